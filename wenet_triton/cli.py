@@ -1,0 +1,192 @@
+"""`wenet-triton`: one entry point for export, build, serve, transcribe, cer, bench."""
+from __future__ import annotations
+
+import argparse
+import glob
+import logging
+import os
+import sys
+import time
+from typing import List, Optional
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+log = logging.getLogger("wenet_triton")
+
+
+def default_model_dir() -> Optional[str]:
+    """$WENET_TRITON_MODEL, the repo's demo model, or the shared test model, first found."""
+    for cand in (os.environ.get("WENET_TRITON_MODEL"),
+                 os.path.join(REPO_ROOT, "models", "demo_zh_synth"),
+                 os.path.join(REPO_ROOT, "..", "shared", "models", "u2pp_conformer")):
+        if cand and os.path.exists(os.path.join(cand, "train.yaml")):
+            return os.path.normpath(cand)
+    return None
+
+
+def _model_arg(p: argparse.ArgumentParser, required: bool = False):
+    d = default_model_dir()
+    p.add_argument("--model", default=None if required else d, required=required and d is None,
+                   help="WeNet model dir (train.yaml, final.pt, units.txt|words.txt, global_cmvn)"
+                   + (f"; default {d}" if d and not required else ""))
+
+
+def _weights_args(p: argparse.ArgumentParser):
+    p.add_argument("--beam-size", type=int, default=10, help="CTC prefix beam / n-best size")
+    p.add_argument("--ctc-weight", type=float, default=None,
+                   help="CTC weight in attention rescoring (default: train.yaml model_conf)")
+    p.add_argument("--reverse-weight", type=float, default=None,
+                   help="right-to-left decoder weight (default: train.yaml model_conf)")
+
+
+def expand_inputs(items: List[str]) -> List[str]:
+    """Files, directories (their *.wav/*.flac) and glob patterns -> sorted file list."""
+    out: List[str] = []
+    for it in items:
+        if os.path.isdir(it):
+            out += sorted(glob.glob(os.path.join(it, "*.wav")) + glob.glob(os.path.join(it, "*.flac")))
+        elif any(c in it for c in "*?["):
+            out += sorted(glob.glob(it))
+        else:
+            out.append(it)
+    return out
+
+
+def utt_id(path: str) -> str:
+    return os.path.splitext(os.path.basename(path))[0]
+
+
+def progress(iterable, total: int, desc: str):
+    """tqdm on stderr when it is a terminal or the job is long; silent for short jobs."""
+    from tqdm import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, unit="wav", file=sys.stderr,
+                disable=total < 50 and not sys.stderr.isatty())
+
+
+# -- commands ---------------------------------------------------------------------------------
+def cmd_export(a):
+    from .export import export_onnx
+
+    s = export_onnx(a.model, a.out, a.beam_size, a.ctc_weight, a.reverse_weight)
+    for k, v in s.get("verification", {}).items():
+        print(f"verified {k}: " + ", ".join(f"{n} max err {e:.2e}" for n, e in v.items()))
+    print(f"wrote {a.out}/encoder.onnx, decoder.onnx, wenet_triton.json, units.txt")
+
+
+def cmd_transcribe(a):
+    from .artifacts import ensure_export
+    from .cer import cer, read_text
+    from .engines import open_engine
+    from .frontend import AudioError, read_audio
+    from .pipeline import Recognizer, Vocab
+
+    files = expand_inputs(a.wavs)
+    if not files:
+        sys.exit("transcribe: no audio files given")
+    engine_dir = a.engine_dir or ensure_export(a.model, None, a.beam_size, a.ctc_weight,
+                                               a.reverse_weight)
+    eng = open_engine(engine_dir, a.engine, a.device, a.dtype, a.model, a.threads)
+    rec = Recognizer(eng, Vocab.from_engine_dir(engine_dir, eng.settings))
+    rate = rec.fbank.conf.sample_rate
+    hyps, failed, audio_s = {}, 0, 0.0
+    t0 = time.time()
+    bar = progress(range(0, len(files), a.batch_size), (len(files) + a.batch_size - 1) // a.batch_size,
+                   "transcribe")
+    for start in bar:
+        batch = files[start:start + a.batch_size]
+        wavs, names = [], []
+        for path in batch:
+            try:
+                wavs.append(read_audio(path, rate))
+                names.append(utt_id(path))
+            except AudioError as e:
+                print(f"error: {e}", file=sys.stderr)
+                failed += 1
+        if not wavs:
+            continue
+        audio_s += sum(len(w) for w in wavs) / rate
+        try:
+            results = rec.recognize(wavs)
+        except AudioError as e:
+            print(f"error: {e}", file=sys.stderr)
+            failed += len(wavs)
+            continue
+        for n, r in zip(names, results):
+            hyps[n] = r.text
+            print(f"{n}\t{r.text}", flush=True)
+    wall = time.time() - t0
+    print(f"# {len(hyps)} files, {audio_s:.1f} s audio, {wall:.2f} s wall, "
+          f"RTF {wall / max(audio_s, 1e-9):.4f}", file=sys.stderr)
+    if a.ref:
+        ref = read_text(a.ref)
+        common = [u for u in hyps if u in ref]
+        rate_, err, chars = cer((ref[u], hyps[u]) for u in common)
+        print(f"# CER {rate_ * 100:.2f}% ({err}/{chars} chars, {len(common)} utts)", file=sys.stderr)
+    if failed:
+        sys.exit(1)
+
+
+def cmd_cer(a):
+    from .cer import cer_files
+
+    r = cer_files(a.ref, a.hyp)
+    print(f"CER {r['cer'] * 100:.2f}% ({r['errors']}/{r['chars']} chars, {r['utts']} utts)")
+    if r["missing_in_hyp"]:
+        print(f"{len(r['missing_in_hyp'])} reference utts missing in {a.hyp}", file=sys.stderr)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="wenet-triton", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    e = sub.add_parser("export", help="export encoder.onnx/decoder.onnx (WeNet GPU I/O) and verify")
+    _model_arg(e)
+    e.add_argument("--out", required=True, help="output directory")
+    _weights_args(e)
+    e.set_defaults(func=cmd_export)
+
+    t = sub.add_parser("transcribe", help="transcribe wav files offline; prints <utt>\\t<text>")
+    _model_arg(t)
+    t.add_argument("wavs", nargs="+", help="wav/flac files, directories or globs")
+    t.add_argument("--engine", default="onnxruntime", choices=["onnxruntime", "torch"])
+    t.add_argument("--engine-dir", help="use this export instead of the cached one")
+    t.add_argument("--device", default="cpu", help="torch engine device (cpu, cuda)")
+    t.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
+                   help="torch engine autocast dtype")
+    t.add_argument("--batch-size", type=int, default=8)
+    t.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: all)")
+    t.add_argument("--ref", help="Kaldi `text` file: print CER against it")
+    _weights_args(t)
+    t.set_defaults(func=cmd_transcribe)
+
+    c = sub.add_parser("cer", help="character error rate of a hypothesis text file")
+    c.add_argument("ref")
+    c.add_argument("hyp")
+    c.set_defaults(func=cmd_cer)
+
+    from . import cli_serving
+
+    cli_serving.add_commands(sub, _model_arg, _weights_args)
+    return p
+
+
+def main(argv=None):
+    p = build_parser()
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if hasattr(a, "model") and a.model is None and a.command not in ("serve", "cer"):
+        p.error("--model is required (no default model found)")
+    try:
+        a.func(a)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except (ValueError, FileNotFoundError) as e:  # CheckpointError, AudioError are ValueErrors
+        if a.verbose:
+            raise
+        sys.exit(f"wenet-triton {a.command}: error: {e}")
+
+
+if __name__ == "__main__":
+    main()

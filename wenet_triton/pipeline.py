@@ -1,0 +1,95 @@
+"""The whole recognizer: waveform -> fbank -> encoder -> CTC prefix beam search ->
+attention rescoring -> text. Used offline (`wenet-triton transcribe`), inside the Triton
+python models (each stage on its own) and by the benchmarks."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from .checkpoint import FbankConf, read_vocab
+from .engines import Engine
+from .frontend import Fbank, check_waveform, pad_feats
+from .search import ctc_greedy, ctc_prefix_beam_search, rescoring_inputs
+
+
+@dataclass
+class Result:
+    ids: List[int]
+    text: str
+    score: float
+    greedy: List[int] = field(default_factory=list)
+    nbest: List = field(default_factory=list)
+
+
+class Vocab:
+    def __init__(self, tokens: List[str], eos: int):
+        self.tokens, self.eos = tokens, eos
+
+    @classmethod
+    def from_engine_dir(cls, engine_dir: str, settings: Dict) -> "Vocab":
+        return cls(read_vocab(os.path.join(engine_dir, settings.get("vocab_file", "units.txt"))),
+                   settings["eos"])
+
+    def text(self, ids: Sequence[int]) -> str:
+        toks = [self.tokens[i] for i in ids if 0 < i < len(self.tokens) and i != self.eos]
+        return "".join(toks).replace("\u2581", " ").strip()
+
+
+def search_batch(enc: Dict[str, np.ndarray], beam_size: int, blank: int = 0):
+    """n-best lists for each utterance of an encoder batch output."""
+    lens = enc["encoder_out_lens"]
+    return [ctc_prefix_beam_search(enc["beam_log_probs"][b], enc["beam_log_probs_idx"][b],
+                                   int(lens[b]), beam_size, blank) for b in range(len(lens))]
+
+
+def rescore_batch(engine: Engine, enc: Dict[str, np.ndarray], nbest, settings: Dict):
+    """-> list of (best hyp ids, rescoring score) per utterance."""
+    beam = settings["beam_size"]
+    pad, lens, rpad, ctc = rescoring_inputs(nbest, beam, settings["sos"], settings["eos"])
+    best, score = engine.rescore(enc["encoder_out"], enc["encoder_out_lens"], pad, lens, rpad, ctc)
+    out = []
+    for b, hyps in enumerate(nbest):
+        i = int(best[b])
+        ids = list(hyps[i][0]) if i < len(hyps) else []
+        out.append((ids, float(score[b, i])))
+    return out
+
+
+class Recognizer:
+    def __init__(self, engine: Engine, vocab: Vocab, fbank_conf: Optional[FbankConf] = None):
+        self.engine = engine
+        self.settings = engine.settings
+        self.vocab = vocab
+        fb = self.settings.get("fbank")
+        self.fbank = Fbank(fbank_conf or (FbankConf(**fb) if fb else FbankConf()))
+
+    @property
+    def min_frames(self) -> int:
+        """Fewest fbank frames that give one encoder frame."""
+        return self.settings.get("right_context", 6) + 1
+
+    def recognize_feats(self, feats: Sequence[np.ndarray]) -> List[Result]:
+        # audio too short for one encoder frame decodes to nothing
+        keep = [i for i, f in enumerate(feats) if f.shape[0] >= self.min_frames]
+        out = [Result([], "", 0.0) for _ in feats]
+        if keep:
+            for i, r in zip(keep, self._recognize_feats([feats[i] for i in keep])):
+                out[i] = r
+        return out
+
+    def _recognize_feats(self, feats: Sequence[np.ndarray]) -> List[Result]:
+        x, lens = pad_feats(feats)
+        enc = self.engine.encode(x, lens)
+        nbest = search_batch(enc, self.settings["beam_size"], self.settings.get("blank", 0))
+        rescored = rescore_batch(self.engine, enc, nbest, self.settings)
+        results = []
+        for b, (ids, score) in enumerate(rescored):
+            greedy = ctc_greedy(enc["beam_log_probs_idx"][b], int(enc["encoder_out_lens"][b]))
+            results.append(Result(ids, self.vocab.text(ids), score, greedy, nbest[b]))
+        return results
+
+    def recognize(self, wavs: Sequence[np.ndarray]) -> List[Result]:
+        return self.recognize_feats([self.fbank(check_waveform(w)) for w in wavs])

@@ -1,0 +1,121 @@
+"""CTC greedy search, CTC prefix beam search and attention-rescoring inputs.
+
+The prefix beam search follows WeNet's `_ctc_prefix_beam_search` step for step (same
+candidate order, same stable sort, log-add in double precision), so n-best lists and
+their scores match WeNet's; it works on the encoder's top-k outputs, one utterance at a
+time, and its inner loop is plain Python over at most beam x beam candidates per frame.
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Sequence, Tuple
+
+import numpy as np
+
+NEG_INF = -float("inf")
+Hyp = Tuple[Tuple[int, ...], float]
+
+
+def ctc_greedy(topk_idx: np.ndarray, length: int, blank: int = 0) -> List[int]:
+    """topk_idx (T, k) with the argmax in column 0 -> collapsed ids."""
+    best = topk_idx[:length, 0]
+    out, prev = [], -1
+    for t in best.tolist():
+        if t != prev and t != blank:
+            out.append(t)
+        prev = t
+    return out
+
+
+def _log_add(a: float, b: float) -> float:
+    # same arithmetic as WeNet's log_add([a, b]) so sort orders agree bit for bit
+    m = a if a > b else b
+    if m == NEG_INF:
+        return NEG_INF
+    return m + math.log(math.exp(a - m) + math.exp(b - m))
+
+
+def _log_add3(a: float, b: float, c: float) -> float:
+    m = max(a, b, c)
+    if m == NEG_INF:
+        return NEG_INF
+    return m + math.log(math.exp(a - m) + math.exp(b - m) + math.exp(c - m))
+
+
+def ctc_prefix_beam_search(topk_logp: np.ndarray, topk_idx: np.ndarray, length: int,
+                           beam_size: int = 10, blank: int = 0) -> List[Hyp]:
+    """WeNet's CTC prefix beam search over per-frame top-k candidates.
+
+    topk_logp/topk_idx: (T, k) with k >= beam_size, sorted descending per frame.
+    Returns up to beam_size (prefix, log-prob) sorted best first.
+    """
+    # state: prefix -> [p_blank_ending, p_nonblank_ending]
+    cur: List[Tuple[Tuple[int, ...], float, float]] = [((), 0.0, NEG_INF)]
+    lp = topk_logp[:length, :beam_size].astype(np.float64).tolist()
+    ix = topk_idx[:length, :beam_size].tolist()
+    for t in range(length):
+        nxt: dict = {}
+        for s, ps in zip(ix[t], lp[t]):
+            for prefix, pb, pnb in cur:
+                if s == blank:
+                    e = nxt.get(prefix)
+                    v = _log_add3(pb + ps, pnb + ps, NEG_INF)
+                    if e is None:
+                        nxt[prefix] = [v, NEG_INF]
+                    else:
+                        e[0] = _log_add3(e[0], pb + ps, pnb + ps)
+                    continue
+                last = prefix[-1] if prefix else None
+                if s == last:
+                    e = nxt.get(prefix)
+                    if e is None:
+                        nxt[prefix] = [NEG_INF, pnb + ps]
+                    else:
+                        e[1] = _log_add(e[1], pnb + ps)
+                    np_ = prefix + (s,)
+                    e = nxt.get(np_)
+                    if e is None:
+                        nxt[np_] = [NEG_INF, pb + ps]
+                    else:
+                        e[1] = _log_add(e[1], pb + ps)
+                else:
+                    np_ = prefix + (s,)
+                    e = nxt.get(np_)
+                    if e is None:
+                        nxt[np_] = [NEG_INF, _log_add(pb + ps, pnb + ps)]
+                    else:
+                        e[1] = _log_add3(e[1], pb + ps, pnb + ps)
+        ranked = sorted(nxt.items(), key=lambda kv: _log_add(kv[1][0], kv[1][1]), reverse=True)
+        cur = [(p, v[0], v[1]) for p, v in ranked[:beam_size]]
+    return [(p, _log_add(pb, pnb)) for p, pb, pnb in cur]
+
+
+def rescoring_inputs(nbest: Sequence[Sequence[Hyp]], beam_size: int, sos: int, eos: int
+                     ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Pack n-best lists of a batch into the decoder's inputs.
+
+    Lists shorter than beam_size (very short audio) are filled by repeating their last
+    hypothesis; rescoring then cannot pick a filler over the original since ties keep the
+    first index. Returns hyps_pad_sos_eos, hyps_lens_sos, r_hyps_pad_sos_eos, ctc_score.
+    """
+    B = len(nbest)
+    filled = []
+    for hyps in nbest:
+        hyps = list(hyps) or [((), 0.0)]
+        hyps += [hyps[-1]] * (beam_size - len(hyps))
+        filled.append(hyps[:beam_size])
+    max_len = max(len(h[0]) for hyps in filled for h in hyps)
+    pad = np.full((B, beam_size, max_len + 2), eos, dtype=np.int64)
+    rpad = np.full((B, beam_size, max_len + 2), eos, dtype=np.int64)
+    lens = np.zeros((B, beam_size), dtype=np.int32)
+    score = np.zeros((B, beam_size), dtype=np.float32)
+    pad[:, :, 0] = sos
+    rpad[:, :, 0] = sos
+    for b, hyps in enumerate(filled):
+        for i, (ids, sc) in enumerate(hyps):
+            n = len(ids)
+            pad[b, i, 1:n + 1] = ids
+            rpad[b, i, 1:n + 1] = ids[::-1]
+            lens[b, i] = n + 1
+            score[b, i] = sc
+    return pad, lens, rpad, score
