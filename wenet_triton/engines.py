@@ -38,7 +38,10 @@ class Engine:
 
 
 class OnnxEngine(Engine):
-    def __init__(self, engine_dir: str, providers=None, threads: int = 0):
+    """encoder.onnx and/or decoder.onnx (`parts`) from one directory."""
+
+    def __init__(self, engine_dir: str, providers=None, threads: int = 0,
+                 parts=("encoder", "decoder")):
         import onnxruntime as ort
 
         self.settings = load_settings(engine_dir)
@@ -47,10 +50,15 @@ class OnnxEngine(Engine):
             so.intra_op_num_threads = threads
         so.log_severity_level = 3
         providers = providers or ["CPUExecutionProvider"]
-        self.enc = ort.InferenceSession(os.path.join(engine_dir, "encoder.onnx"), so,
-                                        providers=providers)
-        self.dec = ort.InferenceSession(os.path.join(engine_dir, "decoder.onnx"), so,
-                                        providers=providers)
+
+        def session(name):
+            path = os.path.join(engine_dir, f"{name}.onnx")
+            if not os.path.exists(path):
+                raise FileNotFoundError(f"{path} not found")
+            return ort.InferenceSession(path, so, providers=providers)
+
+        self.enc = session("encoder") if "encoder" in parts else None
+        self.dec = session("decoder") if "decoder" in parts else None
         self.dec_inputs, _ = decoder_io(self.settings)
 
     def encode(self, feats, lens):
@@ -121,10 +129,10 @@ class TorchEngine(Engine):
 
 
 def open_engine(engine_dir: str, engine: str = "onnxruntime", device: str = "cpu",
-                dtype: Optional[str] = None, model_dir: Optional[str] = None, threads: int = 0
-                ) -> Engine:
+                dtype: Optional[str] = None, model_dir: Optional[str] = None, threads: int = 0,
+                parts=("encoder", "decoder")) -> Engine:
     if engine == "onnxruntime":
-        return OnnxEngine(engine_dir, threads=threads)
+        return OnnxEngine(engine_dir, threads=threads, parts=parts)
     if engine == "torch":
         from .checkpoint import load_model_dir
         from .model import ASRModel

@@ -1,0 +1,154 @@
+"""A real tritonserver (nvidia-pytriton's) serving the rendered repository over gRPC."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, model_dir, shared_path, wav_path
+
+pytestmark = pytest.mark.server
+tritonclient = pytest.importorskip("tritonclient.grpc")
+
+
+def _our_processes(tag):
+    """pids of processes whose command line mentions `tag` (our repo path)."""
+    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if tag in line and "ps -eo" not in line]
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory, exports):
+    from wenet_triton.repo import build_repo
+
+    out = str(tmp_path_factory.mktemp("repo") / "model_repo")
+    return build_repo(model_dir("u2pp_conformer"), out, "onnxruntime",
+                      overrides={"max_audio_seconds": 30, "engine": {"threads": 2}},
+                      engine_dir=exports["u2pp_conformer"])
+
+
+@pytest.fixture(scope="module")
+def server(repo, tmp_path_factory):
+    from wenet_triton.server import TritonServer, free_port
+
+    log = str(tmp_path_factory.mktemp("log") / "triton.log")
+    s = TritonServer(repo, free_port(), free_port(), free_port(), host="127.0.0.1", log_file=log)
+    s.start(timeout=240)
+    yield s
+    s.stop()
+    time.sleep(1)
+    assert not _our_processes(repo), "tritonserver or stubs left behind"
+
+
+def test_grpc_matches_offline_at_concurrency_8(server, exports):
+    from wenet_triton.client import transcribe_many
+    from wenet_triton.engines import OnnxEngine
+    from wenet_triton.frontend import read_audio
+    from wenet_triton.pipeline import Recognizer, Vocab
+
+    d = shared_path("data", "synth_test")
+    names = sorted(f[:-4] for f in os.listdir(d) if f.endswith(".wav"))
+    items = [(n, read_audio(os.path.join(d, n + ".wav"))) for n in names]
+    replies = transcribe_many(server.grpc_url, items, concurrency=8)
+    assert [r.error for r in replies] == [None] * len(items)
+    eng = OnnxEngine(exports["u2pp_conformer"])
+    rec = Recognizer(eng, Vocab.from_engine_dir(exports["u2pp_conformer"], eng.settings))
+    offline = []
+    for i in range(0, len(items), 8):
+        offline += [r.text for r in rec.recognize([w for _, w in items[i:i + 8]])]
+    assert [r.text for r in replies] == offline
+
+
+def _infer_raw(url, wav, lens=None, wav_dtype="FP32", lens_dtype="INT32"):
+    client = tritonclient.InferenceServerClient(url)
+    a = tritonclient.InferInput("WAV", list(wav.shape), wav_dtype)
+    a.set_data_from_numpy(wav)
+    n = np.array([[wav.shape[-1] if lens is None else lens]],
+                 dtype=np.int32 if lens_dtype == "INT32" else np.int64)
+    b = tritonclient.InferInput("WAV_LENS", [1, 1], lens_dtype)
+    b.set_data_from_numpy(n)
+    return client.infer("attention_rescoring", [a, b])
+
+
+@pytest.mark.parametrize("wav,lens,dtypes,msg", [
+    (np.zeros((1, 0), np.float32), None, ("FP32", "INT32"), "empty WAV"),
+    (np.full((1, 16000), np.nan, np.float32), None, ("FP32", "INT32"), "NaN or inf"),
+    (np.full((1, 16000), np.inf, np.float32), None, ("FP32", "INT32"), "NaN or inf"),
+    (np.zeros((1, 16000), np.float32), 0, ("FP32", "INT32"), "WAV_LENS 0 outside"),
+    (np.zeros((1, 16000), np.float32), 20000, ("FP32", "INT32"), "WAV_LENS 20000 outside"),
+    (np.zeros((1, 16000 * 31), np.float32), None, ("FP32", "INT32"), "longer than the configured maximum"),
+    (np.zeros((1, 50), np.float32), None, ("FP32", "INT32"), "shorter than one"),
+    (np.zeros((1, 1000), np.float32), None, ("FP32", "INT32"), "too short"),
+    (np.zeros((1, 16000), np.int16), None, ("INT16", "INT32"), "data-type"),
+    (np.zeros((1, 16000), np.float32), None, ("FP32", "INT64"), "data-type"),
+    (np.zeros((1, 2, 8000), np.float32), None, ("FP32", "INT32"), "unexpected shape"),
+])
+def test_bad_input_gets_clear_error_and_server_keeps_serving(server, wav, lens, dtypes, msg):
+    from tritonclient.utils import InferenceServerException
+
+    from wenet_triton.client import transcribe_one
+    from wenet_triton.frontend import read_audio
+
+    with pytest.raises(InferenceServerException, match=msg):
+        _infer_raw(server.grpc_url, wav, lens, *dtypes)
+    good = read_audio(wav_path("test_000003"))
+    assert len(transcribe_one(server.grpc_url, good)) > 0
+
+
+def test_bad_request_does_not_spoil_its_batch(server):
+    """A NaN request batched with good ones fails alone."""
+    from wenet_triton.client import transcribe_many
+    from wenet_triton.frontend import read_audio
+
+    good = [(f"g{i}", read_audio(wav_path(f"test_00000{i}"))) for i in range(6)]
+    items = good[:3] + [("bad", np.full(16000, np.nan, np.float32))] + good[3:]
+    replies = transcribe_many(server.grpc_url, items, concurrency=7)
+    assert [r.name for r in replies if r.error] == ["bad"]
+    alone = transcribe_many(server.grpc_url, good, concurrency=1)
+    assert [r.text for r in replies if not r.error] == [r.text for r in alone]
+
+
+def test_client_script_resamples_and_reports_bad_files(server, tmp_path):
+    import soundfile as sf
+    from scipy.signal import resample_poly
+
+    from wenet_triton.frontend import read_audio
+
+    wav = read_audio(wav_path("test_000004"))
+    sf.write(tmp_path / "rate8k.wav", resample_poly(wav, 1, 2).astype(np.float32), 8000)
+    (tmp_path / "corrupt.wav").write_bytes(b"RIFF\x00\x00garbage")
+    ok = tmp_path / "ok.wav"
+    sf.write(ok, wav, 16000, subtype="PCM_16")
+    res = subprocess.run([sys.executable, os.path.join(ROOT, "client", "transcribe.py"), "--server",
+                          server.grpc_url, str(tmp_path / "rate8k.wav"), str(tmp_path / "corrupt.wav"),
+                          str(ok)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1  # one file failed
+    assert "corrupt.wav: not a readable audio file" in res.stderr
+    lines = dict(line.split("\t") for line in res.stdout.splitlines())
+    assert set(lines) == {"rate8k", "ok"} and lines["ok"] and lines["rate8k"]
+    assert "1 failed" in res.stderr and "RTF" in res.stderr
+
+
+def test_serve_command_stops_cleanly_on_sigterm(repo, tmp_path):
+    from wenet_triton.client import transcribe_one, wait_until_ready
+    from wenet_triton.frontend import read_audio
+    from wenet_triton.server import free_port
+
+    ports = [str(free_port()) for _ in range(3)]
+    proc = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "wenet-triton"), "serve",
+                             "--repo", repo, "--host", "127.0.0.1", "--http-port", ports[0],
+                             "--grpc-port", ports[1], "--metrics-port", ports[2]],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_until_ready(f"127.0.0.1:{ports[1]}", 240)
+        assert transcribe_one(f"127.0.0.1:{ports[1]}", read_audio(wav_path("test_000001")))
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    time.sleep(1)
+    assert not [p for p in _our_processes(repo) if ports[1] in p]

@@ -1,0 +1,124 @@
+"""Render the Triton model repository from model_repo/ templates for one model + engine."""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import shutil
+from string import Template
+from typing import Dict, Optional
+
+import yaml
+
+from .artifacts import ensure_export
+from .export import CONFIG_NAME
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODELS = ("feature_extractor", "encoder", "decoder", "scoring", "attention_rescoring")
+REPO_ENGINES = ("onnxruntime", "torch")
+
+
+def templates_dir() -> str:
+    d = os.environ.get("WENET_TRITON_TEMPLATES", os.path.join(REPO_ROOT, "model_repo"))
+    if not os.path.exists(os.path.join(d, "serving.yaml")):
+        raise FileNotFoundError(f"model_repo templates not found in {d} "
+                                "(install with `pip install -e .` or set WENET_TRITON_TEMPLATES)")
+    return d
+
+
+def _merge(base: Dict, over: Dict) -> Dict:
+    out = copy.deepcopy(base)
+    for k, v in (over or {}).items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_serving_config(path: Optional[str] = None, overrides: Optional[Dict] = None) -> Dict:
+    with open(os.path.join(templates_dir(), "serving.yaml")) as f:
+        cfg = yaml.safe_load(f)
+    if path:
+        with open(path) as f:
+            cfg = _merge(cfg, yaml.safe_load(f) or {})
+    return _merge(cfg, overrides or {})
+
+
+def _batching(m: Dict, max_batch: int) -> str:
+    sizes = [s for s in m.get("preferred_batch_sizes", []) if s <= max_batch]
+    pref = f"  preferred_batch_size: [ {', '.join(map(str, sizes))} ]\n" if sizes else ""
+    return ("dynamic_batching {\n" + pref
+            + f"  max_queue_delay_microseconds: {int(m.get('max_queue_delay_us', 1000))}\n}}")
+
+
+def _instances(m: Dict) -> str:
+    return f"instance_group [ {{ count: {int(m.get('instances', 1))} kind: {m.get('kind', 'KIND_CPU')} }} ]"
+
+
+def _engine_params(engine: str, cfg: Dict) -> str:
+    e = cfg.get("engine", {})
+    params = {"engine": engine, "threads": str(e.get("threads", 0)), "dtype": e.get("dtype") or ""}
+    return "\n".join(f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}'
+                     for k, v in params.items())
+
+
+def build_repo(model_dir: str, out: str, engine: str = "onnxruntime",
+               config: Optional[str] = None, overrides: Optional[Dict] = None,
+               engine_dir: Optional[str] = None, ctc_weight: Optional[float] = None,
+               reverse_weight: Optional[float] = None) -> str:
+    """Export (if needed) and write a complete Triton repository to `out`."""
+    if engine not in REPO_ENGINES:
+        raise ValueError(f"engine {engine!r} not available for the model repository "
+                         f"({', '.join(REPO_ENGINES)})")
+    cfg = load_serving_config(config, overrides)
+    beam = int(cfg.get("beam_size", 10))
+    engine_dir = engine_dir or ensure_export(model_dir, None, beam, ctc_weight, reverse_weight)
+    with open(os.path.join(engine_dir, CONFIG_NAME)) as f:
+        settings = json.load(f)
+    if settings["beam_size"] != beam:
+        raise ValueError(f"engine dir beam_size {settings['beam_size']} != serving beam_size {beam}")
+    max_batch = int(cfg["max_batch_size"])
+    values = {
+        "max_batch_size": max_batch, "input_dim": settings["input_dim"],
+        "output_size": settings["output_size"], "vocab_size": settings["vocab_size"],
+        "beam_size": beam, "max_audio_seconds": cfg.get("max_audio_seconds", 60),
+        "min_frames": settings["right_context"] + 1,
+        "engine_parameters": _engine_params(engine, cfg),
+        "reverse_input": ("  { name: \"r_hyps_pad_sos_eos\" data_type: TYPE_INT64 dims: "
+                          f"[ {beam}, -1 ] allow_ragged_batch: true }},\n"
+                          if settings["decoder_has_reverse_input"] else ""),
+    }
+    tdir = templates_dir()
+    if os.path.exists(out):
+        shutil.rmtree(out)
+    for name in MODELS:
+        m = cfg.get("models", {}).get(name, {})
+        v = dict(values, dynamic_batching=_batching(m, max_batch), instance_group=_instances(m))
+        with open(os.path.join(tdir, name, "config.pbtxt.tmpl")) as f:
+            text = Template(f.read()).substitute(v)
+        vdir = os.path.join(out, name, "1")
+        os.makedirs(vdir)
+        with open(os.path.join(out, name, "config.pbtxt"), "w") as f:
+            f.write(text)
+        src = os.path.join(tdir, name, "1", "model.py")
+        if os.path.exists(src):
+            shutil.copyfile(src, os.path.join(vdir, "model.py"))
+        if name != "attention_rescoring":  # every python model reads the settings
+            shutil.copyfile(os.path.join(engine_dir, CONFIG_NAME), os.path.join(vdir, CONFIG_NAME))
+    _link(os.path.join(engine_dir, "encoder.onnx"), os.path.join(out, "encoder", "1", "encoder.onnx"))
+    _link(os.path.join(engine_dir, "decoder.onnx"), os.path.join(out, "decoder", "1", "decoder.onnx"))
+    shutil.copyfile(os.path.join(engine_dir, "units.txt"), os.path.join(out, "scoring", "1", "units.txt"))
+    with open(os.path.join(out, "serving.json"), "w") as f:
+        json.dump({"model_dir": os.path.abspath(model_dir), "engine": engine,
+                   "engine_dir": os.path.abspath(engine_dir), "config": cfg}, f, indent=2)
+    log.info("wrote Triton repository %s (engine %s, max batch %d)", out, engine, max_batch)
+    return out
+
+
+def _link(src: str, dst: str):
+    """Hard-link big artifacts when on one filesystem, else copy."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)

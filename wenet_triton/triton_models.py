@@ -1,0 +1,268 @@
+"""Triton python-backend models of the `attention_rescoring` ensemble.
+
+feature_extractor -> encoder -> scoring (CTC prefix beam search, BLS call to decoder).
+Every model takes *ragged* requests (one utterance or one padded batch each), pads them
+together, runs one batched engine call and splits the result, so requests of different
+lengths share a dynamic batch and still get exactly what they would get alone.
+A bad request gets an error of its own; the others in its batch are served.
+"""
+from __future__ import annotations
+
+import json
+import os
+import traceback
+from typing import Dict, List
+
+import numpy as np
+
+try:  # only inside the Triton python backend stub
+    import triton_python_backend_utils as pb_utils
+except ImportError:  # pragma: no cover - lets the module be imported for docs and linting
+    pb_utils = None
+
+
+def _params(args) -> Dict[str, str]:
+    cfg = json.loads(args["model_config"])
+    return {k: v["string_value"] for k, v in cfg.get("parameters", {}).items()}
+
+
+def _version_dir(args) -> str:
+    return os.path.join(args["model_repository"], str(args["model_version"]))
+
+
+def _error(msg: str, invalid_input: bool = False):
+    code = getattr(pb_utils.TritonError, "INVALID_ARG", None) if invalid_input else None
+    err = pb_utils.TritonError(msg, code) if code is not None else pb_utils.TritonError(msg)
+    return pb_utils.InferenceResponse(output_tensors=[], error=err)
+
+
+def _input(request, name):
+    t = pb_utils.get_input_tensor_by_name(request, name)
+    return None if t is None else t.as_numpy()
+
+
+def _device(args, params) -> str:
+    if params.get("device", "cpu") == "cuda" or args.get("model_instance_kind") == "GPU":
+        return f"cuda:{args.get('model_instance_device_id', '0')}"
+    return "cpu"
+
+
+def _pad_stack(arrays: List[np.ndarray], fill=0) -> np.ndarray:
+    """Stack arrays that differ in their first dim, padding with `fill`."""
+    n = max(a.shape[0] for a in arrays)
+    out = np.full((len(arrays), n) + arrays[0].shape[1:], fill, dtype=arrays[0].dtype)
+    for i, a in enumerate(arrays):
+        out[i, : a.shape[0]] = a
+    return out
+
+
+def _cat_padded(arrays: List[np.ndarray], axis: int, fill=0) -> np.ndarray:
+    """Concatenate along dim 0 arrays that may differ along `axis` (padded with fill)."""
+    n = max(a.shape[axis] for a in arrays)
+    out = []
+    for a in arrays:
+        if a.shape[axis] < n:
+            pad = [(0, 0)] * a.ndim
+            pad[axis] = (0, n - a.shape[axis])
+            a = np.pad(a, pad, constant_values=fill)
+        out.append(a)
+    return np.concatenate(out, axis=0)
+
+
+def _open_engine(args, params, parts):
+    from .engines import open_engine
+
+    return open_engine(_version_dir(args), params.get("engine", "onnxruntime"),
+                       device=_device(args, params), dtype=params.get("dtype") or None,
+                       threads=int(params.get("threads", "0")), parts=parts)
+
+
+class FeatureExtractor:
+    """WAV FP32 [-1] + WAV_LENS INT32 [1] -> speech FP32 [-1, 80], speech_lengths INT32 [1]."""
+
+    def initialize(self, args):
+        from .checkpoint import FbankConf
+        from .frontend import Fbank
+
+        p = _params(args)
+        with open(os.path.join(_version_dir(args), "wenet_triton.json")) as f:
+            self.fbank = Fbank(FbankConf(**json.load(f)["fbank"]))
+        self.max_seconds = float(p.get("max_audio_seconds", "60"))
+        self.min_frames = int(p.get("min_frames", "7"))
+
+    def _features(self, request) -> np.ndarray:
+        from .frontend import check_waveform
+
+        wav, lens = _input(request, "WAV"), _input(request, "WAV_LENS")
+        if wav.shape[0] != 1:
+            raise ValueError(f"send one utterance per request (got batch {wav.shape[0]})")
+        if wav.shape[1] == 0:
+            raise ValueError("empty WAV (0 samples)")
+        n = int(lens.reshape(-1)[0])
+        if n <= 0 or n > wav.shape[1]:
+            raise ValueError(f"WAV_LENS {n} outside 1..{wav.shape[1]} (the WAV length)")
+        wav = check_waveform(wav[0, :n], "WAV", self.max_seconds, self.fbank.conf.sample_rate)
+        feats = self.fbank(wav)
+        if feats.shape[0] < self.min_frames:
+            ms = self.min_frames * self.fbank.conf.frame_shift_ms + self.fbank.conf.frame_length_ms
+            raise ValueError(f"audio of {n} samples is too short: at least ~{ms:.0f} ms needed")
+        return feats
+
+    def execute(self, requests):
+        out = []
+        for req in requests:
+            try:
+                feats = self._features(req)
+            except ValueError as e:
+                out.append(_error(str(e), invalid_input=True))
+                continue
+            out.append(pb_utils.InferenceResponse([
+                pb_utils.Tensor("speech", feats[None]),
+                pb_utils.Tensor("speech_lengths", np.array([[feats.shape[0]]], np.int32))]))
+        return out
+
+    def finalize(self):
+        pass
+
+
+class Encoder:
+    """speech [-1, 80], speech_lengths [1] -> WeNet GPU-export encoder outputs."""
+
+    OUTPUTS = ("encoder_out", "encoder_out_lens", "ctc_log_probs", "beam_log_probs",
+               "beam_log_probs_idx")
+
+    def initialize(self, args):
+        self.engine = _open_engine(args, _params(args), ("encoder",))
+
+    def execute(self, requests):
+        try:
+            xs = [_input(r, "speech") for r in requests]
+            ls = [_input(r, "speech_lengths").reshape(-1).astype(np.int32) for r in requests]
+            sizes = [x.shape[0] for x in xs]
+            feats = _cat_padded(xs, axis=1)
+            enc = self.engine.encode(feats, np.concatenate(ls))
+        except Exception as e:  # noqa: BLE001 - report to every request of the batch
+            return [_error(f"encoder failed: {e}\n{traceback.format_exc(limit=3)}")
+                    for _ in requests]
+        out, start = [], 0
+        for req, n in zip(requests, sizes):
+            lens = enc["encoder_out_lens"][start:start + n]
+            t = int(lens.max()) if n else 0
+            wanted = set(req.requested_output_names()) or set(self.OUTPUTS)
+            tensors = []
+            for name in self.OUTPUTS:
+                if name not in wanted:
+                    continue
+                v = enc[name][start:start + n]
+                v = v.reshape(n, 1) if name == "encoder_out_lens" else v[:, :t]
+                tensors.append(pb_utils.Tensor(name, np.ascontiguousarray(v)))
+            out.append(pb_utils.InferenceResponse(tensors))
+            start += n
+        return out
+
+    def finalize(self):
+        pass
+
+
+class Decoder:
+    """WeNet GPU-export decoder: n-best hyps + CTC scores -> best_index [1], score [beam]."""
+
+    def initialize(self, args):
+        self.engine = _open_engine(args, _params(args), ("decoder",))
+        self.eos = self.engine.settings["eos"]
+        self.reverse = self.engine.settings["decoder_has_reverse_input"]
+
+    def execute(self, requests):
+        try:
+            get = lambda name: [_input(r, name) for r in requests]  # noqa: E731
+            sizes = [x.shape[0] for x in get("encoder_out")]
+            enc = _cat_padded(get("encoder_out"), axis=1)
+            enc_lens = np.concatenate([x.reshape(-1) for x in get("encoder_out_lens")])
+            hyps = _cat_padded(get("hyps_pad_sos_eos"), axis=2, fill=self.eos)
+            lens = np.concatenate(get("hyps_lens_sos"))
+            rhyps = _cat_padded(get("r_hyps_pad_sos_eos"), axis=2, fill=self.eos) \
+                if self.reverse else hyps
+            ctc = np.concatenate(get("ctc_score"))
+            best, score = self.engine.rescore(enc, enc_lens, hyps, lens, rhyps, ctc)
+        except Exception as e:  # noqa: BLE001
+            return [_error(f"decoder failed: {e}") for _ in requests]
+        out, start = [], 0
+        for n in sizes:
+            out.append(pb_utils.InferenceResponse([
+                pb_utils.Tensor("best_index", best[start:start + n].reshape(n, 1).astype(np.int32)),
+                pb_utils.Tensor("score", score[start:start + n].astype(np.float32))]))
+            start += n
+        return out
+
+    def finalize(self):
+        pass
+
+
+class Scoring:
+    """CTC prefix beam search + attention rescoring (BLS to `decoder`) -> TRANSCRIPTS."""
+
+    def initialize(self, args):
+        from .engines import load_settings
+        from .pipeline import Vocab
+
+        p = _params(args)
+        vdir = _version_dir(args)
+        self.settings = load_settings(vdir)
+        self.vocab = Vocab.from_engine_dir(vdir, self.settings)
+        self.decoder_name = p.get("decoder_model", "decoder")
+        self.rescoring = p.get("rescoring", "true").lower() == "true"
+        self.chunk = int(p.get("decoder_max_batch_size", "16"))
+
+    def execute(self, requests):
+        from .search import ctc_prefix_beam_search, rescoring_inputs
+
+        try:
+            beam, s = self.settings["beam_size"], self.settings
+            encs, lens, nbest = [], [], []
+            for r in requests:
+                lp, idx = _input(r, "beam_log_probs"), _input(r, "beam_log_probs_idx")
+                ln = _input(r, "encoder_out_lens").reshape(-1)
+                for b in range(lp.shape[0]):
+                    nbest.append(ctc_prefix_beam_search(lp[b], idx[b], int(ln[b]), beam, s["blank"]))
+                encs.append(_input(r, "encoder_out"))
+                lens.append(ln.astype(np.int32))
+            best = [0] * len(nbest)
+            if self.rescoring:
+                enc, enc_lens = _cat_padded(encs, axis=1), np.concatenate(lens)
+                for i in range(0, len(nbest), self.chunk):  # the decoder's max batch each
+                    j = i + self.chunk
+                    t = int(enc_lens[i:j].max())
+                    best[i:j] = self._rescore(
+                        np.ascontiguousarray(enc[i:j, :t]), enc_lens[i:j],
+                        rescoring_inputs(nbest[i:j], beam, s["sos"], s["eos"]))
+        except Exception as e:  # noqa: BLE001
+            return [_error(f"scoring failed: {e}") for _ in requests]
+        out, k = [], 0
+        for r in requests:
+            n = _input(r, "encoder_out_lens").shape[0]
+            texts = []
+            for _ in range(n):
+                hyps = nbest[k]
+                ids = hyps[best[k]][0] if best[k] < len(hyps) else ()
+                texts.append([self.vocab.text(ids).encode("utf-8")])
+                k += 1
+            out.append(pb_utils.InferenceResponse([
+                pb_utils.Tensor("TRANSCRIPTS", np.array(texts, dtype=np.object_))]))
+        return out
+
+    def _rescore(self, enc, enc_lens, packed) -> List[int]:
+        pad, hl, rpad, ctc = packed
+        inputs = [pb_utils.Tensor("encoder_out", enc), pb_utils.Tensor("encoder_out_lens",
+                                                                       enc_lens.reshape(-1, 1)),
+                  pb_utils.Tensor("hyps_pad_sos_eos", pad), pb_utils.Tensor("hyps_lens_sos", hl),
+                  pb_utils.Tensor("ctc_score", ctc)]
+        if self.settings["decoder_has_reverse_input"]:
+            inputs.append(pb_utils.Tensor("r_hyps_pad_sos_eos", rpad))
+        resp = pb_utils.InferenceRequest(model_name=self.decoder_name, inputs=inputs,
+                                         requested_output_names=["best_index"]).exec()
+        if resp.has_error():
+            raise RuntimeError(resp.error().message())
+        return pb_utils.get_output_tensor_by_name(resp, "best_index").as_numpy().reshape(-1).tolist()
+
+    def finalize(self):
+        pass
