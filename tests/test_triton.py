@@ -138,16 +138,19 @@ def test_serve_command_stops_cleanly_on_sigterm(repo, tmp_path):
     from wenet_triton.server import free_port
 
     ports = [str(free_port()) for _ in range(3)]
+    log = open(tmp_path / "serve.log", "w")
     proc = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "wenet-triton"), "serve",
                              "--repo", repo, "--host", "127.0.0.1", "--http-port", ports[0],
                              "--grpc-port", ports[1], "--metrics-port", ports[2]],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_until_ready(f"127.0.0.1:{ports[1]}", 240)
         assert transcribe_one(f"127.0.0.1:{ports[1]}", read_audio(wav_path("test_000001")))
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(60) == 0
+        code = proc.wait(60)
+        assert code == 0, (tmp_path / "serve.log").read_text()[-3000:]
     finally:
+        log.close()
         if proc.poll() is None:
             proc.kill()
     time.sleep(1)

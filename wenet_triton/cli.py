@@ -149,11 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("transcribe", help="transcribe wav files offline; prints <utt>\\t<text>")
     _model_arg(t)
     t.add_argument("wavs", nargs="+", help="wav/flac files, directories or globs")
-    t.add_argument("--engine", default="onnxruntime", choices=["onnxruntime", "torch"])
+    t.add_argument("--engine", default="onnxruntime", choices=["onnxruntime", "torch", "torch_cuda"],
+                   help="torch_cuda: fp16 GPU engine with fused kernels and CUDA graphs")
     t.add_argument("--engine-dir", help="use this export instead of the cached one")
     t.add_argument("--device", default="cpu", help="torch engine device (cpu, cuda)")
     t.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
-                   help="torch engine autocast dtype")
+                   help="torch: autocast dtype; torch_cuda: compute dtype (default float16)")
     t.add_argument("--batch-size", type=int, default=8)
     t.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: all)")
     t.add_argument("--ref", help="Kaldi `text` file: print CER against it")

@@ -49,23 +49,68 @@ def cmd_serve(a):
     server = TritonServer(repo, a.http_port, a.grpc_port, a.metrics_port, a.host,
                           log_verbose=a.log_verbose)
 
-    def _stop(signum, _frame):
+    stopping = []
+
+    def _stop(signum, _frame):  # only signal here; the main thread reaps the server
         log.info("signal %d: stopping Triton", signum)
-        server.stop()
-        sys.exit(0)
+        stopping.append(signum)
+        server.terminate()
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    server.start(a.ready_timeout)
+    from .server import ServerError
+
+    try:
+        server.start(a.ready_timeout)
+    except ServerError:
+        server.stop()
+        if stopping:
+            sys.exit(0)
+        raise
     print(f"serving {repo} on gRPC {a.host}:{a.grpc_port} (HTTP {a.http_port}, metrics "
           f"{a.metrics_port}); transcribe with: python client/transcribe.py --server "
           f"localhost:{a.grpc_port} WAV...", flush=True)
     code = server.proc.wait()
+    server.stop()
+    if stopping:
+        sys.exit(0)
     log.error("tritonserver exited with code %d", code)
     sys.exit(code or 1)
 
 
+def cmd_build_plugins(a):
+    from .kernels import build
+
+    path = build(a.out, a.arch.split(",") if a.arch else None)
+    print(f"built {path}")
+
+
+def cmd_bench(a):
+    from .bench import run
+
+    path = run(a.out, a.models, [int(x) for x in a.batches.split(",")],
+               [float(x) for x in a.seconds.split(",")], a.engines.split(","), a.iters,
+               device=a.device)
+    print(f"wrote {path} and plots in {a.out}")
+
+
 def add_commands(sub, model_arg, weights_args):
+    bp = sub.add_parser("build-plugins", help="compile plugins/wenet_kernels.cu into the kernel .so")
+    bp.add_argument("--out", help="output .so (default plugins/build/libwenet_kernels.so)")
+    bp.add_argument("--arch", help="comma-separated SM versions, e.g. 90,80 (default: this GPU)")
+    bp.set_defaults(func=cmd_build_plugins)
+
+    be = sub.add_parser("bench", help="model-level latency/throughput per engine (CSV + plots)")
+    be.add_argument("--out", default="bench_out")
+    be.add_argument("--models", nargs="+", default=["aishell"],
+                    help="'aishell' (random weights, AISHELL shape) and/or WeNet model dirs")
+    be.add_argument("--engines", default="eager_fp32,eager_fp16,onnxruntime_cpu,torch_cuda_nokernels,torch_cuda")
+    be.add_argument("--batches", default="1,4,8,16,32,64")
+    be.add_argument("--seconds", default="5,10,20")
+    be.add_argument("--iters", type=int, default=20)
+    be.add_argument("--device", default="cuda")
+    be.set_defaults(func=cmd_bench)
+
     b = sub.add_parser("build-repo", help="render the Triton model repository for a model")
     _repo_args(b, model_arg, weights_args)
     b.add_argument("--out", required=True, help="repository directory to (re)create")

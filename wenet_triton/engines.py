@@ -14,7 +14,7 @@ import numpy as np
 
 from .export import CONFIG_NAME, ENCODER_OUTPUTS, decoder_io
 
-ENGINES = ("onnxruntime", "torch")
+ENGINES = ("onnxruntime", "torch", "torch_cuda")
 
 
 def load_settings(engine_dir: str) -> Dict:
@@ -140,4 +140,13 @@ def open_engine(engine_dir: str, engine: str = "onnxruntime", device: str = "cpu
         settings = load_settings(engine_dir)
         spec = load_model_dir(model_dir or settings["source_model_dir"])
         return TorchEngine(ASRModel.from_spec(spec), settings, device, dtype)
+    if engine == "torch_cuda":
+        from .checkpoint import load_model_dir
+        from .gpu_engine import CudaEngine
+        from .model import ASRModel
+
+        settings = load_settings(engine_dir)
+        spec = load_model_dir(model_dir or settings["source_model_dir"])
+        dev = device if device.startswith("cuda") else "cuda"
+        return CudaEngine(ASRModel.from_spec(spec), settings, dev, dtype or "float16")
     raise ValueError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")

@@ -104,6 +104,18 @@ def export_onnx(model_dir: str, out_dir: str, beam_size: int = 10,
     spec = load_model_dir(model_dir)
     model = ASRModel.from_spec(spec)
     settings = export_settings(spec, model, beam_size, ctc_weight, reverse_weight)
+    export_onnx_from_model(model, settings, out_dir, verify)
+    # keep the model config beside the engines so serving needs no other files
+    shutil.copyfile(os.path.join(model_dir, "train.yaml"), os.path.join(out_dir, "train.yaml"))
+    return settings
+
+
+def export_onnx_from_model(model: ASRModel, settings: Dict, out_dir: str, verify: bool = True) -> Dict:
+    spec = model.spec
+    full = export_settings(spec, model, settings["beam_size"], settings["ctc_weight"],
+                           settings["reverse_weight"])
+    settings.update({k: v for k, v in full.items() if k not in settings})
+    beam_size = settings["beam_size"]
     os.makedirs(out_dir, exist_ok=True)
     enc_path = os.path.join(out_dir, "encoder.onnx")
     dec_path = os.path.join(out_dir, "decoder.onnx")
@@ -141,17 +153,15 @@ def export_onnx(model_dir: str, out_dir: str, beam_size: int = 10,
                           input_names=ins, output_names=outs, do_constant_folding=True,
                           dynamic_axes={k: v for k, v in axes.items() if k in ins + outs})
 
-    with open(os.path.join(out_dir, CONFIG_NAME), "w") as f:
-        json.dump(settings, f, indent=2)
     with open(os.path.join(out_dir, "units.txt"), "w", encoding="utf-8") as f:
         for i, tok in enumerate(spec.vocab):
             f.write(f"{tok} {i}\n")
-    # keep the model config beside the engines so serving needs no other files
-    shutil.copyfile(os.path.join(model_dir, "train.yaml"), os.path.join(out_dir, "train.yaml"))
+    cfg = os.path.join(out_dir, CONFIG_NAME)
+    with open(cfg, "w") as f:
+        json.dump(settings, f, indent=2)
     if verify:
-        report = verify_onnx(model, out_dir, settings)
-        settings["verification"] = report
-        with open(os.path.join(out_dir, CONFIG_NAME), "w") as f:
+        settings["verification"] = verify_onnx(model, out_dir, settings)
+        with open(cfg, "w") as f:
             json.dump(settings, f, indent=2)
     return settings
 

@@ -148,6 +148,14 @@ class TritonServer:
         raise ServerError(f"tritonserver not ready after {timeout:.0f} s"
                           + (f"; see {self.log_file}" if self.log_file else ""))
 
+    def terminate(self):
+        """Ask tritonserver to shut down (SIGINT to its group); safe in a signal handler."""
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGINT)
+            except ProcessLookupError:
+                pass
+
     def stop(self, timeout: float = 30.0):
         if self.proc is None:
             return

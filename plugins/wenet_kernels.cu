@@ -1,0 +1,279 @@
+// Fused CUDA kernels for WeNet conformer inference.
+//
+// Plain C launchers (no torch / TensorRT headers), so one shared library serves the torch
+// custom ops (bound from Python through ctypes + torch.library) and the TensorRT plugins.
+// Activations are float32, float16 or bfloat16 (dtype code 0/1/2); every reduction, norm
+// statistic, softmax and log-softmax accumulates in float32.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+namespace {
+
+template <typename T> __device__ __forceinline__ float to_f(T v);
+template <> __device__ __forceinline__ float to_f<float>(float v) { return v; }
+template <> __device__ __forceinline__ float to_f<__half>(__half v) { return __half2float(v); }
+template <> __device__ __forceinline__ float to_f<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename T> __device__ __forceinline__ T from_f(float v);
+template <> __device__ __forceinline__ float from_f<float>(float v) { return v; }
+template <> __device__ __forceinline__ __half from_f<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// Block-wide sum; `red` holds >= 32 floats. All threads get the result.
+__device__ float block_sum(float v, float* red) {
+  const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+  v = warp_sum(v);
+  __syncthreads();
+  if (lane == 0) red[wid] = v;
+  __syncthreads();
+  v = (threadIdx.x < nw) ? red[threadIdx.x] : 0.f;
+  if (wid == 0) v = warp_sum(v);
+  if (threadIdx.x == 0) red[0] = v;
+  __syncthreads();
+  return red[0];
+}
+
+__device__ float block_max(float v, float* red) {
+  const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+  v = warp_max(v);
+  __syncthreads();
+  if (lane == 0) red[wid] = v;
+  __syncthreads();
+  v = (threadIdx.x < nw) ? red[threadIdx.x] : -INFINITY;
+  if (wid == 0) v = warp_max(v);
+  if (threadIdx.x == 0) red[0] = v;
+  __syncthreads();
+  return red[0];
+}
+
+// ---------------------------------------------------------------------------------------
+// s = x + alpha * delta (delta optional);  sum_out = s (optional);  norm_out = LN(s)
+// One block per row; the row is staged in shared memory (cols floats).
+template <typename T>
+__global__ void add_layernorm_kernel(T* __restrict__ sum_out, T* __restrict__ norm_out,
+                                     const T* __restrict__ x, const T* __restrict__ delta,
+                                     float alpha, const T* __restrict__ gamma,
+                                     const T* __restrict__ beta, int cols, float eps) {
+  extern __shared__ float srow[];
+  __shared__ float red[32];
+  const size_t base = (size_t)blockIdx.x * cols;
+  float local = 0.f;
+  for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+    float v = to_f(x[base + c]);
+    if (delta) v += alpha * to_f(delta[base + c]);
+    srow[c] = v;
+    local += v;
+  }
+  const float mean = block_sum(local, red) / cols;
+  local = 0.f;
+  for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+    const float d = srow[c] - mean;
+    local += d * d;
+  }
+  const float rstd = rsqrtf(block_sum(local, red) / cols + eps);
+  for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+    const float v = srow[c];
+    if (sum_out) sum_out[base + c] = from_f<T>(v);
+    norm_out[base + c] = from_f<T>((v - mean) * rstd * to_f(gamma[c]) + to_f(beta[c]));
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Conformer conv module middle: GLU -> depthwise conv (BN folded into w/b) -> [LayerNorm]
+// -> swish.  h: (B, T, 2C) = pointwise_conv1 output, time-major.  out: (B, T, C).
+// Frames outside [0, len) are zero, except frames left of 0 in causal mode, which are
+// glu(pointwise_conv1.bias) = pad_value (WeNet pads before pointwise_conv1).
+template <typename T>
+__global__ void glu_dwconv_kernel(T* __restrict__ out, const T* __restrict__ h,
+                                  const int32_t* __restrict__ lens, const float* __restrict__ w,
+                                  const float* __restrict__ bias, const float* __restrict__ pad_value,
+                                  const float* __restrict__ ln_gamma, const float* __restrict__ ln_beta,
+                                  int T_, int C, int K, int causal, float eps) {
+  extern __shared__ float srow[];
+  __shared__ float red[32];
+  const int t = blockIdx.x, b = blockIdx.y;
+  const int len = lens[b];
+  const int P = causal ? K - 1 : (K - 1) / 2;
+  const T* hb = h + (size_t)b * T_ * 2 * C;
+  float local = 0.f;
+  for (int c = threadIdx.x; c < C; c += blockDim.x) {
+    float acc = bias[c];
+    for (int k = 0; k < K; ++k) {
+      const int tt = t + k - P;
+      float g;
+      if (tt >= 0 && tt < len) {
+        const float a = to_f(hb[(size_t)tt * 2 * C + c]);
+        const float gate = to_f(hb[(size_t)tt * 2 * C + C + c]);
+        g = a / (1.f + __expf(-gate));
+      } else {
+        g = (tt < 0 && causal) ? pad_value[c] : 0.f;
+      }
+      acc += w[c * K + k] * g;
+    }
+    srow[c] = acc;
+    local += acc;
+  }
+  float mean = 0.f, rstd = 1.f;
+  if (ln_gamma) {
+    mean = block_sum(local, red) / C;
+    local = 0.f;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+      const float d = srow[c] - mean;
+      local += d * d;
+    }
+    rstd = rsqrtf(block_sum(local, red) / C + eps);
+  }
+  T* ob = out + ((size_t)b * T_ + t) * C;
+  for (int c = threadIdx.x; c < C; c += blockDim.x) {
+    float v = srow[c];
+    if (ln_gamma) v = (v - mean) * rstd * ln_gamma[c] + ln_beta[c];
+    ob[c] = from_f<T>(v / (1.f + __expf(-v)));  // swish
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Row-wise log-softmax (fp32 out, optional) + top-k (values fp32, indices int64).
+// Ties go to the lower index. One block per row; k <= 32.
+template <typename T>
+__global__ void log_softmax_topk_kernel(float* __restrict__ logp, float* __restrict__ topv,
+                                        int64_t* __restrict__ topi, const T* __restrict__ x,
+                                        int V, int k) {
+  __shared__ float red[32];
+  __shared__ float sval[32];
+  __shared__ int sidx[32];
+  __shared__ int chosen[32];
+  const size_t base = (size_t)blockIdx.x * V;
+  float m = -INFINITY;
+  for (int c = threadIdx.x; c < V; c += blockDim.x) m = fmaxf(m, to_f(x[base + c]));
+  m = block_max(m, red);
+  float s = 0.f;
+  for (int c = threadIdx.x; c < V; c += blockDim.x) s += __expf(to_f(x[base + c]) - m);
+  const float lse = m + logf(block_sum(s, red));
+  if (logp)
+    for (int c = threadIdx.x; c < V; c += blockDim.x) logp[base + c] = to_f(x[base + c]) - lse;
+  const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+  for (int r = 0; r < k; ++r) {
+    float bv = -INFINITY;
+    int bi = 0x7fffffff;
+    for (int c = threadIdx.x; c < V; c += blockDim.x) {
+      bool taken = false;
+      for (int q = 0; q < r; ++q) taken |= (chosen[q] == c);
+      const float v = to_f(x[base + c]);
+      if (!taken && (v > bv || (v == bv && c < bi))) { bv = v; bi = c; }
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+      const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+      const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+      if (ov > bv || (ov == bv && oi < bi)) { bv = ov; bi = oi; }
+    }
+    if (lane == 0) { sval[wid] = bv; sidx[wid] = bi; }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      for (int w2 = 1; w2 < nw; ++w2)
+        if (sval[w2] > bv || (sval[w2] == bv && sidx[w2] < bi)) { bv = sval[w2]; bi = sidx[w2]; }
+      chosen[r] = bi;
+      topv[(size_t)blockIdx.x * k + r] = bv - lse;
+      topi[(size_t)blockIdx.x * k + r] = bi;
+    }
+    __syncthreads();
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Decoder scoring: out[n, l] = log_softmax(x[n, l, :])[target[n, l]] for l < len[n], else 0.
+template <typename T>
+__global__ void log_softmax_gather_kernel(float* __restrict__ out, const T* __restrict__ x,
+                                          const int64_t* __restrict__ target,
+                                          const int32_t* __restrict__ lens, int L, int V) {
+  __shared__ float red[32];
+  const int row = blockIdx.x, n = row / L, l = row % L;
+  if (l >= lens[n]) {
+    if (threadIdx.x == 0) out[row] = 0.f;
+    return;
+  }
+  const size_t base = (size_t)row * V;
+  float m = -INFINITY;
+  for (int c = threadIdx.x; c < V; c += blockDim.x) m = fmaxf(m, to_f(x[base + c]));
+  m = block_max(m, red);
+  float s = 0.f;
+  for (int c = threadIdx.x; c < V; c += blockDim.x) s += __expf(to_f(x[base + c]) - m);
+  s = block_sum(s, red);
+  if (threadIdx.x == 0) {
+    int64_t tgt = target[row];
+    tgt = tgt < 0 ? 0 : (tgt >= V ? V - 1 : tgt);
+    out[row] = to_f(x[base + tgt]) - (m + logf(s));
+  }
+}
+
+int threads_for(int cols) {
+  int t = ((cols + 31) / 32) * 32;
+  return t < 64 ? 64 : (t > 1024 ? 1024 : t);
+}
+
+}  // namespace
+
+#define DISPATCH(dtype, ...)                                        \
+  switch (dtype) {                                                  \
+    case 0: { using T = float; __VA_ARGS__; break; }                \
+    case 1: { using T = __half; __VA_ARGS__; break; }               \
+    case 2: { using T = __nv_bfloat16; __VA_ARGS__; break; }        \
+    default: return (int)cudaErrorInvalidValue;                     \
+  }
+
+extern "C" {
+
+int wk_version() { return 1; }
+
+int wk_add_layernorm(void* sum_out, void* norm_out, const void* x, const void* delta,
+                     float alpha, const void* gamma, const void* beta, int rows, int cols,
+                     float eps, int dtype, cudaStream_t stream) {
+  if (rows <= 0) return 0;
+  const size_t smem = (size_t)cols * sizeof(float);
+  DISPATCH(dtype, add_layernorm_kernel<T><<<rows, threads_for(cols < 256 ? cols : 256), smem, stream>>>(
+      (T*)sum_out, (T*)norm_out, (const T*)x, (const T*)delta, alpha, (const T*)gamma,
+      (const T*)beta, cols, eps));
+  return (int)cudaGetLastError();
+}
+
+int wk_glu_dwconv(void* out, const void* h, const int32_t* lens, const float* w,
+                  const float* bias, const float* pad_value, const float* ln_gamma,
+                  const float* ln_beta, int B, int T_, int C, int K, int causal, float eps,
+                  int dtype, cudaStream_t stream) {
+  if (B <= 0 || T_ <= 0) return 0;
+  dim3 grid(T_, B);
+  const size_t smem = (size_t)C * sizeof(float);
+  DISPATCH(dtype, glu_dwconv_kernel<T><<<grid, threads_for(C < 256 ? C : 256), smem, stream>>>(
+      (T*)out, (const T*)h, lens, w, bias, pad_value, ln_gamma, ln_beta, T_, C, K, causal, eps));
+  return (int)cudaGetLastError();
+}
+
+int wk_log_softmax_topk(float* logp, float* topv, int64_t* topi, const void* x, int rows,
+                        int V, int k, int dtype, cudaStream_t stream) {
+  if (rows <= 0) return 0;
+  if (k < 1 || k > 32 || k > V) return (int)cudaErrorInvalidValue;
+  DISPATCH(dtype, log_softmax_topk_kernel<T><<<rows, 256, 0, stream>>>(logp, topv, topi,
+                                                                       (const T*)x, V, k));
+  return (int)cudaGetLastError();
+}
+
+int wk_log_softmax_gather(float* out, const void* x, const int64_t* target,
+                          const int32_t* lens, int N, int L, int V, int dtype,
+                          cudaStream_t stream) {
+  if (N <= 0 || L <= 0) return 0;
+  DISPATCH(dtype, log_softmax_gather_kernel<T><<<N * L, 256, 0, stream>>>(out, (const T*)x,
+                                                                          target, lens, L, V));
+  return (int)cudaGetLastError();
+}
+
+}  // extern "C"

@@ -1,0 +1,41 @@
+"""The GPU engine's restructured math (fused qkv, rel-pos as one attention with concatenated
+heads, decoder K/V per utterance, kernel references), checked in fp32 on the CPU so CI covers
+it; the CUDA kernels themselves are tested in test_gpu.py."""
+import numpy as np
+import pytest
+import torch
+
+from conftest import MODELS, reference
+from wenet_triton.frontend import pad_feats
+from wenet_triton.gpu_engine import FastModel
+from wenet_triton.model import ExportDecoder
+from wenet_triton.search import ctc_prefix_beam_search, rescoring_inputs
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_fast_model_matches_wenet_fp32(name, torch_models):
+    model = torch_models[name]
+    fm = FastModel(model, torch.float32, "cpu", use_kernels=False)
+    dec, npz = reference(name)
+    utts = sorted(dec["utts"])[:6]
+    refs = [npz(u) for u in utts]
+    x, lens_in = pad_feats([r["feats"] for r in refs])
+    with torch.no_grad():
+        enc, lens, _, topv, topi = fm.encode(torch.from_numpy(x), torch.from_numpy(lens_in), 10)
+        for b, r in enumerate(refs):
+            n = r["encoder_out"].shape[0]
+            assert lens[b] == n
+            assert np.abs(enc[b, :n].numpy() - r["encoder_out"]).max() <= 1e-4
+            assert np.abs(topv[b, :n].numpy() - r["ctc_topk_values"]).max() <= 1e-4
+        nbest = [ctc_prefix_beam_search(topv[b].numpy(), topi[b].numpy(), int(lens[b]), 10)
+                 for b in range(len(refs))]
+        pad, hl, rpad, ctc = rescoring_inputs(nbest, 10, model.spec.sos, model.spec.eos)
+        t = torch.from_numpy
+        ref_best, ref_score = ExportDecoder(model, dec["ctc_weight"], dec["reverse_weight"])(
+            enc, lens, t(pad), t(hl), t(rpad), t(ctc))
+        best, score = fm.rescore(enc, lens, t(pad), t(hl), t(rpad), t(ctc), dec["ctc_weight"],
+                                 dec["reverse_weight"])
+    assert torch.equal(best, ref_best)
+    assert ((score - ref_score).abs() / ref_score.abs().clamp(min=1)).max() <= 1e-5
+    for b, u in enumerate(utts):
+        assert list(nbest[b][int(best[b])][0]) == dec["utts"][u]["rescored"]

@@ -1,0 +1,203 @@
+"""CUDA kernels and the torch_cuda engine on a GPU (skipped without one)."""
+import numpy as np
+import pytest
+import torch
+
+from conftest import MODELS, reference
+
+pytestmark = pytest.mark.gpu
+if not torch.cuda.is_available():
+    pytest.skip("needs a CUDA GPU", allow_module_level=True)
+
+from wenet_triton import kernels  # noqa: E402
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+TOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def lib():
+    import os
+    if not os.path.exists(kernels.default_lib_path()):
+        kernels.build()
+    kernels.load()
+
+
+def poison():
+    """Fill the caching allocator's free blocks with NaN so unwritten outputs show up."""
+    x = torch.full((64 * 1024 * 1024,), float("nan"), device="cuda")
+    del x
+
+
+def rel_err(a, b):
+    return ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp(min=1e-6)).item()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows,cols", [(1, 256), (7, 256), (64 * 333, 256), (5, 80), (3, 1000)])
+def test_add_layernorm(dtype, rows, cols):
+    g = torch.Generator(device="cuda").manual_seed(rows)
+    x = torch.randn(rows, cols, device="cuda", generator=g).to(dtype) * 3
+    d = torch.randn(rows, cols, device="cuda", generator=g).to(dtype)
+    gamma = torch.randn(cols, device="cuda", generator=g).to(dtype)
+    beta = torch.randn(cols, device="cuda", generator=g).to(dtype)
+    poison()
+    s, y = kernels.add_layernorm(x, d, 0.5, gamma, beta, 1e-5)
+    rs, ry = kernels.ref_add_layernorm(x, d, 0.5, gamma, beta, 1e-5)
+    assert torch.isfinite(s).all() and torch.isfinite(y).all()
+    assert rel_err(s, rs) <= TOL[dtype] and rel_err(y, ry) <= TOL[dtype]
+    y2 = kernels.layernorm(x, gamma, beta, 1e-5)
+    assert rel_err(y2, kernels.ref_add_layernorm(x, torch.zeros_like(x), 0, gamma, beta, 1e-5)[1]) <= TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("B,T,C,K,causal,ln", [(1, 1, 256, 15, False, False), (3, 37, 256, 15, False, False),
+                                              (64, 129, 256, 8, True, True), (2, 50, 144, 31, False, True),
+                                              (4, 5, 256, 8, True, False)])
+def test_glu_dwconv(dtype, B, T, C, K, causal, ln):
+    g = torch.Generator(device="cuda").manual_seed(B * T)
+    h = torch.randn(B, T, 2 * C, device="cuda", generator=g).to(dtype)
+    lens = torch.randint(1, T + 1, (B,), device="cuda", generator=g).to(torch.int32)
+    lens[0] = T
+    w = torch.randn(C, K, device="cuda", generator=g) * 0.3
+    bias = torch.randn(C, device="cuda", generator=g)
+    pad = torch.randn(C, device="cuda", generator=g)
+    lg = torch.randn(C, device="cuda", generator=g) if ln else None
+    lb = torch.randn(C, device="cuda", generator=g) if ln else None
+    poison()
+    out = kernels.glu_dwconv(h, lens, w, bias, pad, lg, lb, causal, 1e-5)
+    ref = kernels.ref_glu_dwconv(h, lens, w, bias, pad, lg, lb, causal, 1e-5)
+    valid = torch.arange(T, device="cuda")[None, :] < lens[:, None]
+    assert torch.isfinite(out).all()
+    assert rel_err(out[valid], ref[valid]) <= TOL[dtype] * 2
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows,V,k", [(1, 3003, 10), (333, 4233, 10), (64 * 50, 5000, 16), (7, 40, 32)])
+def test_log_softmax_topk(dtype, rows, V, k):
+    g = torch.Generator(device="cuda").manual_seed(V)
+    x = (torch.randn(rows, V, device="cuda", generator=g) * 6).to(dtype)
+    poison()
+    logp, v, i = kernels.log_softmax_topk(x, k, True)
+    rlogp, rv, ri = kernels.ref_log_softmax_topk(x, k, True)
+    assert torch.isfinite(logp).all() and torch.isfinite(v).all()
+    assert (logp - rlogp).abs().max() <= 1e-4
+    assert (v - rv).abs().max() <= 1e-4
+    # indices agree except between exactly tied inputs; values at our indices must match
+    assert (rlogp.gather(1, i) - rv).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("N,L,V", [(1, 1, 3003), (10, 17, 3003), (640, 41, 4233)])
+def test_log_softmax_gather(dtype, N, L, V):
+    g = torch.Generator(device="cuda").manual_seed(N * L)
+    x = (torch.randn(N, L, V, device="cuda", generator=g) * 5).to(dtype)
+    tgt = torch.randint(0, V, (N, L), device="cuda", generator=g)
+    lens = torch.randint(1, L + 1, (N,), device="cuda", generator=g).to(torch.int32)
+    poison()
+    out = kernels.log_softmax_gather(x, tgt, lens)
+    ref = kernels.ref_log_softmax_gather(x, tgt, lens)
+    assert torch.isfinite(out).all() and (out - ref).abs().max() <= 1e-4
+
+
+@pytest.fixture(scope="module", autouse=True)
+def exact_fp32():
+    """fp32 references must not use TF32 (cuDNN convs default to it)."""
+    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
+
+
+def _random_inputs(B, T, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, T, 80, generator=g) * 2 + 12
+    lens = torch.linspace(T, max(7, T // 4), B).to(torch.int32)
+    return x.numpy(), lens.numpy()
+
+
+@pytest.mark.parametrize("shape", ["AISHELL", "U2PP"])
+def test_cuda_engine_fp32_equals_eager_model(shape):
+    """torch_cuda (kernels + graphs, fp32) vs the PyTorch model that CI checks against WeNet."""
+    from wenet_triton import bench
+    from wenet_triton.engines import TorchEngine
+    from wenet_triton.gpu_engine import CudaEngine
+    from wenet_triton.model import ASRModel
+    from wenet_triton.pipeline import search_batch
+    from wenet_triton.search import rescoring_inputs
+
+    spec = bench.random_spec(getattr(bench, shape))
+    settings = bench.settings_for(spec)
+    ref = TorchEngine(ASRModel.from_spec(spec), settings, "cpu")
+    eng = CudaEngine(ASRModel.from_spec(spec), settings, "cuda", "float32", want_ctc_log_probs=True)
+    for B, T in [(1, 7), (3, 301), (17, 1011)]:  # odd sizes exercise the bucket padding
+        x, lens = _random_inputs(B, T, seed=T)
+        a, b = ref.encode(x, lens), eng.encode(x, lens)
+        np.testing.assert_array_equal(a["encoder_out_lens"], b["encoder_out_lens"])
+        for i in range(B):
+            n = a["encoder_out_lens"][i]
+            assert np.abs(a["encoder_out"][i, :n] - b["encoder_out"][i, :n]).max() <= 1e-4
+            assert np.abs(a["ctc_log_probs"][i, :n] - b["ctc_log_probs"][i, :n]).max() <= 1e-4
+        nbest = search_batch(a, 10)
+        pad, hl, rpad, ctc = rescoring_inputs(nbest, 10, spec.sos, spec.eos)
+        ba, sa = ref.rescore(a["encoder_out"], a["encoder_out_lens"], pad, hl, rpad, ctc)
+        bb, sb = eng.rescore(a["encoder_out"], a["encoder_out_lens"], pad, hl, rpad, ctc)
+        assert (np.abs(sa - sb) / np.maximum(np.abs(sa), 1)).max() <= 1e-5
+        np.testing.assert_array_equal(ba, bb)
+
+
+def _available_models():
+    import os
+    from conftest import SHARED
+    return [m for m in MODELS if os.path.exists(os.path.join(SHARED, "reference", m, "decode.json"))
+            and os.path.exists(os.path.join(SHARED, "models", m, "final.pt"))]
+
+
+@pytest.mark.parametrize("name", _available_models())
+def test_cuda_engine_matches_wenet(name, tmp_path):
+    """fp32 against WeNet's reference; fp16 accuracy report (written to $WENET_REPORT_DIR)."""
+    import json
+    import os
+
+    from conftest import model_dir
+    from wenet_triton.checkpoint import load_model_dir
+    from wenet_triton.export import export_settings
+    from wenet_triton.frontend import pad_feats
+    from wenet_triton.gpu_engine import CudaEngine
+    from wenet_triton.model import ASRModel
+    from wenet_triton.pipeline import Recognizer, Vocab
+
+    dec, npz = reference(name)
+    spec = load_model_dir(model_dir(name))
+    model = ASRModel.from_spec(spec)
+    settings = export_settings(spec, model, dec["beam_size"], dec["ctc_weight"], dec["reverse_weight"])
+    vocab = Vocab(spec.vocab, spec.eos)
+    utts = sorted(dec["utts"])
+    refs = [npz(u) for u in utts]
+    feats = [r["feats"] for r in refs]
+    report = {}
+    for dtype in ("float32", "float16", "bfloat16"):
+        eng = CudaEngine(ASRModel.from_spec(spec), settings, "cuda", dtype)
+        out = eng.encode(*pad_feats(feats))
+        errs, top1 = [], []
+        for b, r in enumerate(refs):
+            n = r["encoder_out"].shape[0]
+            assert out["encoder_out_lens"][b] == n
+            e = out["encoder_out"][b, :n] - r["encoder_out"]
+            errs.append((np.abs(e).max(), np.linalg.norm(e) / np.linalg.norm(r["encoder_out"])))
+            top1.append(np.mean(out["beam_log_probs_idx"][b, :n, 0] == r["ctc_topk_idx"][:, 0]))
+        res = Recognizer(eng, vocab).recognize_feats(feats)
+        same = sum(x.ids == dec["utts"][u]["rescored"] for x, u in zip(res, utts))
+        report[dtype] = {"encoder_out_max_abs": float(max(e[0] for e in errs)),
+                         "encoder_out_rel_l2": float(max(e[1] for e in errs)),
+                         "ctc_top1_agreement": float(np.mean(top1)),
+                         "rescored_identical": f"{same}/{len(utts)}"}
+        if dtype == "float32":
+            assert report[dtype]["encoder_out_max_abs"] <= 1e-4, report
+            assert same >= len(utts) - 1, report
+        else:
+            assert report[dtype]["encoder_out_rel_l2"] <= 3e-2, report
+    if os.environ.get("WENET_REPORT_DIR"):
+        with open(os.path.join(os.environ["WENET_REPORT_DIR"], f"accuracy_{name}.json"), "w") as f:
+            json.dump(report, f, indent=2)
+    print(name, json.dumps(report))

@@ -1,0 +1,266 @@
+"""Model-level benchmark: encoder and decoder latency per engine, batch and audio length.
+
+Engines in one run: PyTorch eager fp32 (WeNet's model math as WeNet runs it = "original"),
+PyTorch eager fp16 autocast, onnxruntime CPU (small configs only), and the torch_cuda
+engine (fp16, fused kernels, CUDA graphs) with and without the custom kernels.
+Latency is median / p90 over warm, rotating inputs, timed with CUDA events for GPU engines.
+Writes bench.csv and PNG plots.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import logging
+import os
+import time
+from typing import Dict, List
+
+import numpy as np
+import torch
+
+from .checkpoint import FbankConf, ModelSpec, load_model_dir
+from .model import ASRModel
+
+log = logging.getLogger(__name__)
+
+# WeNet's AISHELL conformer shape (12 x 256, ffn 2048, 4 heads, kernel 15, vocab 4233)
+AISHELL = {
+    "encoder": "conformer",
+    "encoder_conf": {"output_size": 256, "attention_heads": 4, "linear_units": 2048,
+                     "num_blocks": 12, "cnn_module_kernel": 15, "pos_enc_layer_type": "rel_pos",
+                     "selfattention_layer_type": "rel_selfattn", "input_layer": "conv2d",
+                     "normalize_before": True, "activation_type": "swish",
+                     "cnn_module_norm": "batch_norm", "causal": False},
+    "decoder": "transformer",
+    "decoder_conf": {"attention_heads": 4, "linear_units": 2048, "num_blocks": 6},
+    "vocab_size": 4233, "ctc_weight": 0.5, "reverse_weight": 0.0,
+}
+
+
+# U2++ shape of the shared test model: causal conv, layer_norm conv, bitransformer decoder
+U2PP = {
+    "encoder": "conformer",
+    "encoder_conf": {"output_size": 256, "attention_heads": 4, "linear_units": 1024,
+                     "num_blocks": 6, "cnn_module_kernel": 8, "pos_enc_layer_type": "rel_pos",
+                     "input_layer": "conv2d", "normalize_before": True, "activation_type": "swish",
+                     "cnn_module_norm": "layer_norm", "causal": True},
+    "decoder": "bitransformer",
+    "decoder_conf": {"attention_heads": 4, "linear_units": 1024, "num_blocks": 2, "r_num_blocks": 1},
+    "vocab_size": 3003, "ctc_weight": 0.3, "reverse_weight": 0.3,
+}
+
+
+def random_spec(cfg: Dict = AISHELL, seed: int = 0) -> ModelSpec:
+    """A random-weight model of a given shape (no checkpoint to carry)."""
+    g = torch.Generator().manual_seed(seed)
+    V = cfg["vocab_size"]
+    spec = ModelSpec(model_dir="<random>", encoder_type=cfg["encoder"],
+                     encoder_conf=dict(cfg["encoder_conf"]), decoder_type=cfg["decoder"],
+                     decoder_conf=dict(cfg["decoder_conf"]), input_dim=80, vocab_size=V,
+                     ctc_weight=cfg["ctc_weight"], reverse_weight=cfg["reverse_weight"],
+                     vocab=[f"t{i}" for i in range(V)], fbank=FbankConf(),
+                     cmvn_mean=(torch.rand(80, generator=g) * 4 + 10).numpy(),
+                     cmvn_istd=(torch.rand(80, generator=g) * 0.5 + 0.2).numpy())
+    torch.manual_seed(seed)
+    model = ASRModel(spec)
+    sd = model.state_dict()
+    for k, v in sd.items():  # randomize norms so nothing is an identity
+        if k.endswith("running_var"):
+            sd[k] = torch.rand(v.shape, generator=g) + 0.5
+        elif k.endswith("running_mean") or (k.endswith(".bias") and "norm" in k):
+            sd[k] = torch.randn(v.shape, generator=g) * 0.1
+        elif "norm" in k and k.endswith(".weight"):
+            sd[k] = 1 + torch.randn(v.shape, generator=g) * 0.1
+    spec.state_dict = sd
+    return spec
+
+
+def settings_for(spec: ModelSpec, beam: int = 10) -> Dict:
+    return {"beam_size": beam, "ctc_weight": spec.ctc_weight, "reverse_weight": spec.reverse_weight,
+            "sos": spec.sos, "eos": spec.eos, "blank": 0, "vocab_size": spec.vocab_size,
+            "decoder_has_reverse_input": spec.reverse_weight > 0}
+
+
+def frames(seconds: float) -> int:
+    return 1 + (int(seconds * 16000) - 400) // 160
+
+
+def _time_gpu(fn, iters: int, warmup: int = 3) -> List[float]:
+    for _ in range(warmup):
+        fn(0)
+    torch.cuda.synchronize()
+    out = []
+    for i in range(iters):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn(i)
+        b.record()
+        b.synchronize()
+        out.append(a.elapsed_time(b))
+    return out
+
+
+def _time_cpu(fn, iters: int, warmup: int = 1) -> List[float]:
+    for _ in range(warmup):
+        fn(0)
+    out = []
+    for i in range(iters):
+        t = time.perf_counter()
+        fn(i)
+        out.append((time.perf_counter() - t) * 1000)
+    return out
+
+
+def _inputs(B: int, seconds: float, n_sets: int, device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    T = frames(seconds)
+    sets = []
+    for _ in range(n_sets):
+        x = torch.randn(B, T, 80, generator=g) * 2 + 12
+        lens = torch.full((B,), T, dtype=torch.int32)
+        sets.append((x.to(device), lens.to(device)))
+    return sets
+
+
+def _hyps(B: int, beam: int, seconds: float, spec: ModelSpec, device, seed=0):
+    """Decoder inputs for a typical transcript length (~4 tokens/s of Mandarin)."""
+    g = torch.Generator().manual_seed(seed)
+    L = max(2, int(4 * seconds))
+    h = torch.randint(2, spec.vocab_size - 1, (B, beam, L + 2), generator=g)
+    h[:, :, 0] = spec.sos
+    h[:, :, -1] = spec.eos
+    lens = torch.full((B, beam), L + 1, dtype=torch.int32)
+    return (h.to(device), lens.to(device), h.flip(-1).contiguous().to(device),
+            torch.randn(B, beam, generator=g).to(device))
+
+
+def run(out_dir: str, models: List[str], batches: List[int], seconds: List[float],
+        engines: List[str], iters: int = 20, ort_max_batch: int = 4, ort_max_seconds: float = 10,
+        beam: int = 10, device: str = "cuda") -> str:
+    from .gpu_engine import CudaEngine
+    from .model import ExportDecoder, ExportEncoder
+
+    os.makedirs(out_dir, exist_ok=True)
+    rows = []
+    dev = device
+    gpu = dev.startswith("cuda")
+    timer = _time_gpu if gpu else _time_cpu
+    for mname in models:
+        spec = random_spec() if mname == "aishell" else load_model_dir(mname)
+        label = "aishell_12x256" if mname == "aishell" else os.path.basename(mname.rstrip("/"))
+        base = ASRModel.from_spec(spec)
+        settings = settings_for(spec, beam)
+        ort_dir = None
+        for eng in engines:
+            log.info("model %s engine %s", label, eng)
+            if eng.startswith("eager"):
+                model = copy.deepcopy(base).to(dev)
+                enc_m, dec_m = ExportEncoder(model, beam), ExportDecoder(model, spec.ctc_weight, spec.reverse_weight)
+                amp = eng == "eager_fp16"
+
+                def enc_fn(x, l, enc_m=enc_m, amp=amp):
+                    with torch.inference_mode(), torch.autocast(dev.split(":")[0], torch.float16, enabled=amp):
+                        return enc_m(x, l)
+
+                def dec_fn(e, el, h, hl, rh, c, dec_m=dec_m, amp=amp):
+                    with torch.inference_mode(), torch.autocast(dev.split(":")[0], torch.float16, enabled=amp):
+                        return dec_m(e, el, h, hl, rh, c)
+            elif eng.startswith("torch_cuda"):
+                ce = CudaEngine(copy.deepcopy(base), settings, dev, "float16" if gpu else "float32",
+                                use_kernels=gpu and eng != "torch_cuda_nokernels", cuda_graphs=gpu)
+                enc_fn = ce.encode_tensors
+                dec_fn = ce.rescore_tensors
+            elif eng == "onnxruntime_cpu":
+                from .engines import OnnxEngine
+                from .export import export_onnx_from_model
+                if ort_dir is None:  # outside out_dir: ONNX files are large
+                    import tempfile
+                    ort_dir = tempfile.mkdtemp(prefix=f"onnx_{label}_")
+                    export_onnx_from_model(base, dict(settings), ort_dir, verify=False)
+                oe = OnnxEngine(ort_dir)
+            else:
+                raise ValueError(f"unknown bench engine {eng}")
+            for B in batches:
+                for sec in seconds:
+                    cpu = eng == "onnxruntime_cpu"
+                    if cpu and (B > ort_max_batch or sec > ort_max_seconds):
+                        continue
+                    d = "cpu" if cpu else dev
+                    ins = _inputs(B, sec, 3, d)
+                    hy = _hyps(B, beam, sec, spec, d)
+                    try:
+                        if cpu:
+                            np_ins = [(x.numpy(), l.numpy()) for x, l in ins]
+                            enc0 = oe.encode(*np_ins[0])
+                            np_h = [t.numpy() for t in hy]
+                            e_ms = _time_cpu(lambda i: oe.encode(*np_ins[i % 3]), max(3, iters // 5))
+                            d_ms = _time_cpu(lambda i: oe.rescore(enc0["encoder_out"], enc0["encoder_out_lens"], *np_h),
+                                             max(3, iters // 5))
+                        else:
+                            enc0 = enc_fn(*ins[0])
+                            e_ms = timer(lambda i: enc_fn(*ins[i % 3]), iters)
+                            eo, el = enc0[0], enc0[1]
+                            d_ms = timer(lambda i: dec_fn(eo, el, *hy), iters)
+                    except torch.cuda.OutOfMemoryError:
+                        log.warning("OOM: %s %s B=%d %gs", label, eng, B, sec)
+                        torch.cuda.empty_cache()
+                        continue
+                    em, dm = float(np.median(e_ms)), float(np.median(d_ms))
+                    rows.append({"model": label, "engine": eng, "batch": B, "seconds": sec,
+                                 "enc_ms_p50": em, "enc_ms_p90": float(np.percentile(e_ms, 90)),
+                                 "dec_ms_p50": dm, "dec_ms_p90": float(np.percentile(d_ms, 90)),
+                                 "audio_s_per_s": B * sec / ((em + dm) / 1000)})
+                    log.info("%s", rows[-1])
+            if gpu:
+                torch.cuda.empty_cache()
+    path = os.path.join(out_dir, "bench.csv")
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0].keys()))
+        w.writeheader()
+        w.writerows(rows)
+    _add_speedups(rows)
+    with open(os.path.join(out_dir, "bench_speedup.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0].keys()))
+        w.writeheader()
+        w.writerows(rows)
+    plot(rows, out_dir)
+    return path
+
+
+def _add_speedups(rows):
+    ref = {(r["model"], r["batch"], r["seconds"]): r for r in rows if r["engine"] == "eager_fp32"}
+    for r in rows:
+        b = ref.get((r["model"], r["batch"], r["seconds"]))
+        r["speedup_vs_eager_fp32"] = (b["enc_ms_p50"] + b["dec_ms_p50"]) / (r["enc_ms_p50"] + r["dec_ms_p50"]) if b else ""
+
+
+def plot(rows, out_dir):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for model in sorted({r["model"] for r in rows}):
+        secs = sorted({r["seconds"] for r in rows if r["model"] == model})
+        fig, axes = plt.subplots(2, len(secs), figsize=(5 * len(secs), 8), squeeze=False)
+        for j, sec in enumerate(secs):
+            for eng in sorted({r["engine"] for r in rows}):
+                pts = sorted((r["batch"], r["enc_ms_p50"] + r["dec_ms_p50"], r["audio_s_per_s"])
+                             for r in rows if r["model"] == model and r["engine"] == eng and r["seconds"] == sec)
+                if not pts:
+                    continue
+                b, lat, thr = zip(*pts)
+                axes[0][j].plot(b, lat, marker="o", label=eng)
+                axes[1][j].plot(b, thr, marker="o", label=eng)
+            for ax, yl in ((axes[0][j], "encoder+decoder latency p50 (ms)"),
+                           (axes[1][j], "audio seconds / second")):
+                ax.set_xscale("log", base=2)
+                ax.set_yscale("log")
+                ax.set_xlabel("batch")
+                ax.set_ylabel(yl)
+                ax.set_title(f"{model}, {sec:g} s utterances")
+                ax.grid(True, which="both", alpha=0.3)
+            axes[0][j].legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(os.path.join(out_dir, f"bench_{model}.png"), dpi=90)
+        plt.close(fig)

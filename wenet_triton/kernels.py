@@ -1,0 +1,235 @@
+"""Build and bind plugins/wenet_kernels.cu.
+
+`build()` compiles the shared library with nvcc (one command: `wenet-triton build-plugins`);
+`ops()` loads it through ctypes and registers torch custom ops `wenet::*` that launch the
+kernels on the current CUDA stream (so they are captured by CUDA graphs). The same .so's C
+launchers back the TensorRT plugins. Reference implementations in plain torch sit beside
+each op; the tests compare the two.
+"""
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import shutil
+import subprocess
+from typing import List, Optional, Tuple
+
+import torch
+
+log = logging.getLogger(__name__)
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SOURCE = os.path.join(REPO_ROOT, "plugins", "wenet_kernels.cu")
+LIB_NAME = "libwenet_kernels.so"
+_DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+
+
+def default_lib_path() -> str:
+    return os.environ.get("WENET_KERNELS_LIB", os.path.join(REPO_ROOT, "plugins", "build", LIB_NAME))
+
+
+def build(out: Optional[str] = None, archs: Optional[List[str]] = None, nvcc: str = "nvcc") -> str:
+    """Compile the kernels into a shared library; archs like ['90', '80'] (default: the
+    visible GPU's, else 80+90)."""
+    out = out or default_lib_path()
+    if shutil.which(nvcc) is None:
+        raise RuntimeError(f"{nvcc} not found: the CUDA toolkit is needed to build the plugins")
+    if archs is None:
+        if torch.cuda.is_available():
+            major, minor = torch.cuda.get_device_capability()
+            archs = [f"{major}{minor}"]
+        else:
+            archs = ["80", "90"]
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    cmd = [nvcc, "-O3", "-std=c++17", "-Xcompiler", "-fPIC", "-shared", "-o", out, SOURCE]
+    for a in archs:
+        cmd += [f"-gencode=arch=compute_{a},code=sm_{a}"]
+    log.info("building %s: %s", out, " ".join(cmd))
+    subprocess.run(cmd, check=True)
+    return out
+
+
+class _Lib:
+    def __init__(self, path: str):
+        self.path = path
+        lib = ctypes.CDLL(path)
+        P, I, F = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
+        lib.wk_add_layernorm.argtypes = [P, P, P, P, F, P, P, I, I, F, I, P]
+        lib.wk_glu_dwconv.argtypes = [P, P, P, P, P, P, P, P, I, I, I, I, I, F, I, P]
+        lib.wk_log_softmax_topk.argtypes = [P, P, P, P, I, I, I, I, P]
+        lib.wk_log_softmax_gather.argtypes = [P, P, P, P, I, I, I, I, P]
+        for f in (lib.wk_add_layernorm, lib.wk_glu_dwconv, lib.wk_log_softmax_topk,
+                  lib.wk_log_softmax_gather):
+            f.restype = ctypes.c_int
+        self.lib = lib
+
+
+_LIB: Optional[_Lib] = None
+
+
+def load(path: Optional[str] = None) -> _Lib:
+    global _LIB
+    if _LIB is None:
+        path = path or default_lib_path()
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path} not found: run `wenet-triton build-plugins` first")
+        _LIB = _Lib(path)
+    return _LIB
+
+
+def available() -> bool:
+    try:
+        load()
+        return torch.cuda.is_available()
+    except (FileNotFoundError, OSError):
+        return False
+
+
+def _ptr(t: Optional[torch.Tensor]):
+    return None if t is None else ctypes.c_void_p(t.data_ptr())
+
+
+def _stream():
+    return ctypes.c_void_p(torch.cuda.current_stream().cuda_stream)
+
+
+def _check(code: int, name: str):
+    if code != 0:
+        raise RuntimeError(f"{name} failed with CUDA error {code}")
+
+
+# -- custom ops ------------------------------------------------------------------------------
+@torch.library.custom_op("wenet::add_layernorm", mutates_args=())
+def add_layernorm(x: torch.Tensor, delta: torch.Tensor, alpha: float, gamma: torch.Tensor,
+                  beta: torch.Tensor, eps: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(s, LayerNorm(s)) with s = x + alpha*delta, in one pass; fp32 statistics."""
+    x, delta = x.contiguous(), delta.contiguous()
+    cols = x.shape[-1]
+    s, y = torch.empty_like(x), torch.empty_like(x)
+    _check(load().lib.wk_add_layernorm(
+        _ptr(s), _ptr(y), _ptr(x), _ptr(delta), alpha, _ptr(gamma), _ptr(beta),
+        x.numel() // cols, cols, eps, _DTYPES[x.dtype], _stream()), "wk_add_layernorm")
+    return s, y
+
+
+@add_layernorm.register_fake
+def _(x, delta, alpha, gamma, beta, eps):
+    return torch.empty_like(x), torch.empty_like(x)
+
+
+@torch.library.custom_op("wenet::layernorm", mutates_args=())
+def layernorm(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, eps: float) -> torch.Tensor:
+    """LayerNorm with fp32 statistics for fp16/bf16/fp32 rows."""
+    x = x.contiguous()
+    cols = x.shape[-1]
+    y = torch.empty_like(x)
+    _check(load().lib.wk_add_layernorm(
+        None, _ptr(y), _ptr(x), None, 0.0, _ptr(gamma), _ptr(beta), x.numel() // cols, cols,
+        eps, _DTYPES[x.dtype], _stream()), "wk_add_layernorm")
+    return y
+
+
+@layernorm.register_fake
+def _(x, gamma, beta, eps):
+    return torch.empty_like(x)
+
+
+def ref_add_layernorm(x, delta, alpha, gamma, beta, eps):
+    s = x.float() + (alpha * delta.float() if delta is not None else 0)
+    y = torch.nn.functional.layer_norm(s, (x.shape[-1],), gamma.float(), beta.float(), eps)
+    return s.to(x.dtype), y.to(x.dtype)
+
+
+@torch.library.custom_op("wenet::glu_dwconv", mutates_args=())
+def glu_dwconv(h: torch.Tensor, lens: torch.Tensor, w: torch.Tensor, bias: torch.Tensor,
+               pad_value: torch.Tensor, ln_gamma: Optional[torch.Tensor],
+               ln_beta: Optional[torch.Tensor], causal: bool, eps: float) -> torch.Tensor:
+    """GLU -> depthwise conv (w (C,K), bias, fp32) -> optional LayerNorm -> swish."""
+    h = h.contiguous()
+    B, T, C2 = h.shape
+    C, K = w.shape
+    out = torch.empty(B, T, C, dtype=h.dtype, device=h.device)
+    _check(load().lib.wk_glu_dwconv(
+        _ptr(out), _ptr(h), _ptr(lens), _ptr(w), _ptr(bias), _ptr(pad_value), _ptr(ln_gamma),
+        _ptr(ln_beta), B, T, C, K, int(causal), eps, _DTYPES[h.dtype], _stream()),
+        "wk_glu_dwconv")
+    return out
+
+
+@glu_dwconv.register_fake
+def _(h, lens, w, bias, pad_value, ln_gamma, ln_beta, causal, eps):
+    return h.new_empty(h.shape[0], h.shape[1], w.shape[0])
+
+
+def ref_glu_dwconv(h, lens, w, bias, pad_value, ln_gamma, ln_beta, causal, eps):
+    B, T, _ = h.shape
+    C, K = w.shape
+    g = torch.nn.functional.glu(h.float(), dim=-1)  # (B,T,C)
+    valid = torch.arange(T, device=h.device)[None, :] < lens[:, None].long()
+    g = g * valid[..., None]
+    g = g.transpose(1, 2)  # (B,C,T)
+    if causal:
+        pad = pad_value.float()[None, :, None].expand(B, C, K - 1)
+        g = torch.cat([pad, g], dim=2)
+        y = torch.nn.functional.conv1d(g, w.float()[:, None, :], bias.float(), groups=C)
+    else:
+        y = torch.nn.functional.conv1d(g, w.float()[:, None, :], bias.float(),
+                                       padding=(K - 1) // 2, groups=C)
+    y = y.transpose(1, 2)
+    if ln_gamma is not None:
+        y = torch.nn.functional.layer_norm(y, (C,), ln_gamma.float(), ln_beta.float(), eps)
+    return torch.nn.functional.silu(y).to(h.dtype)
+
+
+@torch.library.custom_op("wenet::log_softmax_topk", mutates_args=())
+def log_softmax_topk(x: torch.Tensor, k: int, want_logp: bool
+                     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Row-wise fp32 log-softmax (empty unless want_logp) + top-k values/int64 indices."""
+    x = x.contiguous()
+    V = x.shape[-1]
+    lead = x.shape[:-1]
+    rows = x.numel() // V
+    logp = torch.empty(*lead, V if want_logp else 0, dtype=torch.float32, device=x.device)
+    topv = torch.empty(*lead, k, dtype=torch.float32, device=x.device)
+    topi = torch.empty(*lead, k, dtype=torch.int64, device=x.device)
+    _check(load().lib.wk_log_softmax_topk(
+        _ptr(logp) if want_logp else None, _ptr(topv), _ptr(topi), _ptr(x), rows, V, k,
+        _DTYPES[x.dtype], _stream()), "wk_log_softmax_topk")
+    return logp, topv, topi
+
+
+@log_softmax_topk.register_fake
+def _(x, k, want_logp):
+    lead = x.shape[:-1]
+    return (x.new_empty(*lead, x.shape[-1] if want_logp else 0, dtype=torch.float32),
+            x.new_empty(*lead, k, dtype=torch.float32), x.new_empty(*lead, k, dtype=torch.int64))
+
+
+def ref_log_softmax_topk(x, k, want_logp):
+    logp = torch.log_softmax(x.float(), dim=-1)
+    v, i = logp.topk(k, dim=-1)
+    return (logp if want_logp else logp[..., :0]), v, i
+
+
+@torch.library.custom_op("wenet::log_softmax_gather", mutates_args=())
+def log_softmax_gather(x: torch.Tensor, target: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
+    """x (N,L,V), target (N,L) int64, lens (N,) int32 -> log_softmax(x)[target], 0 past len."""
+    x = x.contiguous()
+    N, L, V = x.shape
+    out = torch.empty(N, L, dtype=torch.float32, device=x.device)
+    _check(load().lib.wk_log_softmax_gather(_ptr(out), _ptr(x), _ptr(target.contiguous()),
+                                            _ptr(lens.contiguous()), N, L, V, _DTYPES[x.dtype],
+                                            _stream()), "wk_log_softmax_gather")
+    return out
+
+
+@log_softmax_gather.register_fake
+def _(x, target, lens):
+    return x.new_empty(x.shape[0], x.shape[1], dtype=torch.float32)
+
+
+def ref_log_softmax_gather(x, target, lens):
+    logp = torch.log_softmax(x.float(), dim=-1)
+    tok = logp.gather(2, target.clamp(0, x.shape[-1] - 1).unsqueeze(2)).squeeze(2)
+    valid = torch.arange(x.shape[1], device=x.device)[None, :] < lens[:, None].long()
+    return tok * valid
