@@ -89,6 +89,47 @@ __global__ void add_layernorm_kernel(T* __restrict__ sum_out, T* __restrict__ no
   }
 }
 
+// Same, one warp per row (cols <= 1024): no shared memory, no block barriers.
+template <typename T>
+__global__ void add_layernorm_warp_kernel(T* __restrict__ sum_out, T* __restrict__ norm_out,
+                                          const T* __restrict__ x, const T* __restrict__ delta,
+                                          float alpha, const T* __restrict__ gamma,
+                                          const T* __restrict__ beta, int rows, int cols, float eps) {
+  const int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  const int lane = threadIdx.x & 31;
+  if (row >= rows) return;
+  const size_t base = (size_t)row * cols;
+  float v[32];
+  float s = 0.f;
+#pragma unroll
+  for (int i = 0; i < 32; ++i) {
+    const int c = i * 32 + lane;
+    v[i] = 0.f;
+    if (c < cols) {
+      float t = to_f(x[base + c]);
+      if (delta) t += alpha * to_f(delta[base + c]);
+      v[i] = t;
+      s += t;
+    }
+  }
+  const float mean = warp_sum(s) / cols;
+  float q = 0.f;
+#pragma unroll
+  for (int i = 0; i < 32; ++i) {
+    const int c = i * 32 + lane;
+    if (c < cols) { const float d = v[i] - mean; q += d * d; }
+  }
+  const float rstd = rsqrtf(warp_sum(q) / cols + eps);
+#pragma unroll
+  for (int i = 0; i < 32; ++i) {
+    const int c = i * 32 + lane;
+    if (c < cols) {
+      if (sum_out) sum_out[base + c] = from_f<T>(v[i]);
+      norm_out[base + c] = from_f<T>((v[i] - mean) * rstd * to_f(gamma[c]) + to_f(beta[c]));
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------------------
 // Conformer conv module middle: GLU -> depthwise conv (BN folded into w/b) -> [LayerNorm]
 // -> swish.  h: (B, T, 2C) = pointwise_conv1 output, time-major.  out: (B, T, C).
@@ -142,18 +183,164 @@ __global__ void glu_dwconv_kernel(T* __restrict__ out, const T* __restrict__ h,
   }
 }
 
+// Same, time-tiled: a block computes TT output frames for all channels (one thread per
+// channel, C <= 1024); each GLU value is computed once into shared memory.
+template <typename T, int TT>
+__global__ void glu_dwconv_tiled_kernel(T* __restrict__ out, const T* __restrict__ h,
+                                        const int32_t* __restrict__ lens, const float* __restrict__ w,
+                                        const float* __restrict__ bias, const float* __restrict__ pad_value,
+                                        const float* __restrict__ ln_gamma, const float* __restrict__ ln_beta,
+                                        int T_, int C, int K, int causal, float eps) {
+  extern __shared__ float g[];  // (TT + K - 1) x C
+  __shared__ float red[TT][33];
+  const int t0 = blockIdx.x * TT, b = blockIdx.y, c = threadIdx.x;
+  const int len = lens[b];
+  const int P = causal ? K - 1 : (K - 1) / 2;
+  const int rows = TT + K - 1;
+  const T* hb = h + (size_t)b * T_ * 2 * C;
+  if (c < C) {
+    for (int r = 0; r < rows; ++r) {
+      const int tt = t0 - P + r;
+      float v;
+      if (tt >= 0 && tt < len) {
+        const float a = to_f(hb[(size_t)tt * 2 * C + c]);
+        const float gate = to_f(hb[(size_t)tt * 2 * C + C + c]);
+        v = a / (1.f + __expf(-gate));
+      } else {
+        v = (tt < 0 && causal) ? pad_value[c] : 0.f;
+      }
+      g[r * C + c] = v;
+    }
+  }
+  __syncthreads();
+  float acc[TT];
+  const float bc = c < C ? bias[c] : 0.f;
+#pragma unroll
+  for (int i = 0; i < TT; ++i) acc[i] = bc;
+  if (c < C) {
+    for (int k = 0; k < K; ++k) {
+      const float wk = w[c * K + k];
+#pragma unroll
+      for (int i = 0; i < TT; ++i) acc[i] += wk * g[(i + k) * C + c];
+    }
+  }
+  const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+  float mean[TT], rstd[TT];
+  if (ln_gamma) {
+#pragma unroll
+    for (int i = 0; i < TT; ++i) {
+      const float s = warp_sum(c < C ? acc[i] : 0.f);
+      if (lane == 0) red[i][wid] = s;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int i = 0; i < TT; ++i) {
+      float s = 0.f;
+      for (int q = 0; q < nw; ++q) s += red[i][q];
+      mean[i] = s / C;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int i = 0; i < TT; ++i) {
+      const float d = c < C ? acc[i] - mean[i] : 0.f;
+      const float s = warp_sum(d * d);
+      if (lane == 0) red[i][wid] = s;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int i = 0; i < TT; ++i) {
+      float s = 0.f;
+      for (int q = 0; q < nw; ++q) s += red[i][q];
+      rstd[i] = rsqrtf(s / C + eps);
+    }
+  }
+  if (c < C) {
+    const float lg = ln_gamma ? ln_gamma[c] : 1.f, lb = ln_gamma ? ln_beta[c] : 0.f;
+#pragma unroll
+    for (int i = 0; i < TT; ++i) {
+      const int t = t0 + i;
+      if (t >= T_) break;
+      float v = acc[i];
+      if (ln_gamma) v = (v - mean[i]) * rstd[i] * lg + lb;
+      out[((size_t)b * T_ + t) * C + c] = from_f<T>(v / (1.f + __expf(-v)));
+    }
+  }
+}
+
+// Log-softmax + top-k with a per-thread top-KM list in registers, merged in k rounds.
+template <typename T, int KM>
+__global__ void log_softmax_topk_reg_kernel(float* __restrict__ logp, float* __restrict__ topv,
+                                            int64_t* __restrict__ topi, const T* __restrict__ x,
+                                            int V, int k, int ld) {
+  __shared__ float red[32];
+  __shared__ float sval[32];
+  __shared__ int sidx[32];
+  __shared__ int winner;
+  const size_t base = (size_t)blockIdx.x * ld;
+  const size_t obase = (size_t)blockIdx.x * V;
+  float lv[KM];
+  int li[KM];
+#pragma unroll
+  for (int j = 0; j < KM; ++j) { lv[j] = -INFINITY; li[j] = 0x7fffffff; }
+  for (int c = threadIdx.x; c < V; c += blockDim.x) {
+    const float v = to_f(x[base + c]);
+    if (v > lv[KM - 1]) {  // strict: an equal later index never passes an earlier one
+      lv[KM - 1] = v; li[KM - 1] = c;
+#pragma unroll
+      for (int j = KM - 1; j > 0; --j) {
+        if (lv[j] > lv[j - 1]) {
+          const float tv = lv[j]; lv[j] = lv[j - 1]; lv[j - 1] = tv;
+          const int ti = li[j]; li[j] = li[j - 1]; li[j - 1] = ti;
+        }
+      }
+    }
+  }
+  const float m = block_max(lv[0], red);
+  float s = 0.f;
+  for (int c = threadIdx.x; c < V; c += blockDim.x) s += __expf(to_f(x[base + c]) - m);
+  const float lse = m + logf(block_sum(s, red));
+  if (logp)
+    for (int c = threadIdx.x; c < V; c += blockDim.x) logp[obase + c] = to_f(x[base + c]) - lse;
+  const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+  for (int r = 0; r < k; ++r) {
+    float bv = lv[0];
+    int bi = li[0];
+    for (int o = 16; o > 0; o >>= 1) {
+      const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+      const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+      if (ov > bv || (ov == bv && oi < bi)) { bv = ov; bi = oi; }
+    }
+    if (lane == 0) { sval[wid] = bv; sidx[wid] = bi; }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      for (int w2 = 1; w2 < nw; ++w2)
+        if (sval[w2] > bv || (sval[w2] == bv && sidx[w2] < bi)) { bv = sval[w2]; bi = sidx[w2]; }
+      topv[(size_t)blockIdx.x * k + r] = bv - lse;
+      topi[(size_t)blockIdx.x * k + r] = bi;
+      winner = bi;
+    }
+    __syncthreads();
+    if (li[0] == winner) {  // the owner pops its head
+#pragma unroll
+      for (int j = 0; j < KM - 1; ++j) { lv[j] = lv[j + 1]; li[j] = li[j + 1]; }
+      lv[KM - 1] = -INFINITY; li[KM - 1] = 0x7fffffff;
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------------------
 // Row-wise log-softmax (fp32 out, optional) + top-k (values fp32, indices int64).
 // Ties go to the lower index. One block per row; k <= 32.
 template <typename T>
 __global__ void log_softmax_topk_kernel(float* __restrict__ logp, float* __restrict__ topv,
                                         int64_t* __restrict__ topi, const T* __restrict__ x,
-                                        int V, int k) {
+                                        int V, int k, int ld) {
   __shared__ float red[32];
   __shared__ float sval[32];
   __shared__ int sidx[32];
   __shared__ int chosen[32];
-  const size_t base = (size_t)blockIdx.x * V;
+  const size_t base = (size_t)blockIdx.x * ld;
+  const size_t obase = (size_t)blockIdx.x * V;
   float m = -INFINITY;
   for (int c = threadIdx.x; c < V; c += blockDim.x) m = fmaxf(m, to_f(x[base + c]));
   m = block_max(m, red);
@@ -161,7 +348,7 @@ __global__ void log_softmax_topk_kernel(float* __restrict__ logp, float* __restr
   for (int c = threadIdx.x; c < V; c += blockDim.x) s += __expf(to_f(x[base + c]) - m);
   const float lse = m + logf(block_sum(s, red));
   if (logp)
-    for (int c = threadIdx.x; c < V; c += blockDim.x) logp[base + c] = to_f(x[base + c]) - lse;
+    for (int c = threadIdx.x; c < V; c += blockDim.x) logp[obase + c] = to_f(x[base + c]) - lse;
   const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
   for (int r = 0; r < k; ++r) {
     float bv = -INFINITY;
@@ -195,14 +382,14 @@ __global__ void log_softmax_topk_kernel(float* __restrict__ logp, float* __restr
 template <typename T>
 __global__ void log_softmax_gather_kernel(float* __restrict__ out, const T* __restrict__ x,
                                           const int64_t* __restrict__ target,
-                                          const int32_t* __restrict__ lens, int L, int V) {
+                                          const int32_t* __restrict__ lens, int L, int V, int ld) {
   __shared__ float red[32];
   const int row = blockIdx.x, n = row / L, l = row % L;
   if (l >= lens[n]) {
     if (threadIdx.x == 0) out[row] = 0.f;
     return;
   }
-  const size_t base = (size_t)row * V;
+  const size_t base = (size_t)row * ld;
   float m = -INFINITY;
   for (int c = threadIdx.x; c < V; c += blockDim.x) m = fmaxf(m, to_f(x[base + c]));
   m = block_max(m, red);
@@ -233,14 +420,22 @@ int threads_for(int cols) {
 
 extern "C" {
 
-int wk_version() { return 1; }
+int wk_version() { return 2; }
 
 int wk_add_layernorm(void* sum_out, void* norm_out, const void* x, const void* delta,
                      float alpha, const void* gamma, const void* beta, int rows, int cols,
                      float eps, int dtype, cudaStream_t stream) {
   if (rows <= 0) return 0;
+  if (cols <= 1024) {
+    const int rows_per_block = 4;
+    DISPATCH(dtype, add_layernorm_warp_kernel<T><<<(rows + rows_per_block - 1) / rows_per_block,
+                                                     32 * rows_per_block, 0, stream>>>(
+        (T*)sum_out, (T*)norm_out, (const T*)x, (const T*)delta, alpha, (const T*)gamma,
+        (const T*)beta, rows, cols, eps));
+    return (int)cudaGetLastError();
+  }
   const size_t smem = (size_t)cols * sizeof(float);
-  DISPATCH(dtype, add_layernorm_kernel<T><<<rows, threads_for(cols < 256 ? cols : 256), smem, stream>>>(
+  DISPATCH(dtype, add_layernorm_kernel<T><<<rows, 256, smem, stream>>>(
       (T*)sum_out, (T*)norm_out, (const T*)x, (const T*)delta, alpha, (const T*)gamma,
       (const T*)beta, cols, eps));
   return (int)cudaGetLastError();
@@ -251,6 +446,15 @@ int wk_glu_dwconv(void* out, const void* h, const int32_t* lens, const float* w,
                   const float* ln_beta, int B, int T_, int C, int K, int causal, float eps,
                   int dtype, cudaStream_t stream) {
   if (B <= 0 || T_ <= 0) return 0;
+  constexpr int TT = 8;
+  const size_t tiled_smem = (size_t)(TT + K - 1) * C * sizeof(float);
+  if (C <= 1024 && tiled_smem <= 48 * 1024) {
+    dim3 tgrid((T_ + TT - 1) / TT, B);
+    const int threads = ((C + 31) / 32) * 32;
+    DISPATCH(dtype, (glu_dwconv_tiled_kernel<T, TT><<<tgrid, threads, tiled_smem, stream>>>(
+        (T*)out, (const T*)h, lens, w, bias, pad_value, ln_gamma, ln_beta, T_, C, K, causal, eps)));
+    return (int)cudaGetLastError();
+  }
   dim3 grid(T_, B);
   const size_t smem = (size_t)C * sizeof(float);
   DISPATCH(dtype, glu_dwconv_kernel<T><<<grid, threads_for(C < 256 ? C : 256), smem, stream>>>(
@@ -259,20 +463,27 @@ int wk_glu_dwconv(void* out, const void* h, const int32_t* lens, const float* w,
 }
 
 int wk_log_softmax_topk(float* logp, float* topv, int64_t* topi, const void* x, int rows,
-                        int V, int k, int dtype, cudaStream_t stream) {
+                        int V, int ld, int k, int dtype, cudaStream_t stream) {
+  if (ld < V) return (int)cudaErrorInvalidValue;
   if (rows <= 0) return 0;
   if (k < 1 || k > 32 || k > V) return (int)cudaErrorInvalidValue;
+  if (k <= 16) {
+    DISPATCH(dtype, (log_softmax_topk_reg_kernel<T, 16><<<rows, 128, 0, stream>>>(
+        logp, topv, topi, (const T*)x, V, k, ld)));
+    return (int)cudaGetLastError();
+  }
   DISPATCH(dtype, log_softmax_topk_kernel<T><<<rows, 256, 0, stream>>>(logp, topv, topi,
-                                                                       (const T*)x, V, k));
+                                                                       (const T*)x, V, k, ld));
   return (int)cudaGetLastError();
 }
 
 int wk_log_softmax_gather(float* out, const void* x, const int64_t* target,
-                          const int32_t* lens, int N, int L, int V, int dtype,
+                          const int32_t* lens, int N, int L, int V, int ld, int dtype,
                           cudaStream_t stream) {
   if (N <= 0 || L <= 0) return 0;
+  if (ld < V) return (int)cudaErrorInvalidValue;
   DISPATCH(dtype, log_softmax_gather_kernel<T><<<N * L, 256, 0, stream>>>(out, (const T*)x,
-                                                                          target, lens, L, V));
+                                                                          target, lens, L, V, ld));
   return (int)cudaGetLastError();
 }
 

@@ -73,13 +73,15 @@ def test_glu_dwconv(dtype, B, T, C, K, causal, ln):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("rows,V,k", [(1, 3003, 10), (333, 4233, 10), (64 * 50, 5000, 16), (7, 40, 32)])
-def test_log_softmax_topk(dtype, rows, V, k):
+@pytest.mark.parametrize("rows,V,ld,k", [(1, 3003, 3003, 10), (333, 4233, 4240, 10),
+                                         (64 * 50, 5000, 5000, 16), (7, 40, 48, 32), (5, 40, 40, 17)])
+def test_log_softmax_topk(dtype, rows, V, ld, k):
     g = torch.Generator(device="cuda").manual_seed(V)
-    x = (torch.randn(rows, V, device="cuda", generator=g) * 6).to(dtype)
+    x = (torch.randn(rows, ld, device="cuda", generator=g) * 6).to(dtype)
+    x[:, V:] = 1e4  # padding columns must be ignored
     poison()
-    logp, v, i = kernels.log_softmax_topk(x, k, True)
-    rlogp, rv, ri = kernels.ref_log_softmax_topk(x, k, True)
+    logp, v, i = kernels.log_softmax_topk(x, k, True, V)
+    rlogp, rv, ri = kernels.ref_log_softmax_topk(x, k, True, V)
     assert torch.isfinite(logp).all() and torch.isfinite(v).all()
     assert (logp - rlogp).abs().max() <= 1e-4
     assert (v - rv).abs().max() <= 1e-4
@@ -88,15 +90,16 @@ def test_log_softmax_topk(dtype, rows, V, k):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("N,L,V", [(1, 1, 3003), (10, 17, 3003), (640, 41, 4233)])
-def test_log_softmax_gather(dtype, N, L, V):
+@pytest.mark.parametrize("N,L,V,ld", [(1, 1, 3003, 3003), (10, 17, 3003, 3008), (640, 41, 4233, 4240)])
+def test_log_softmax_gather(dtype, N, L, V, ld):
     g = torch.Generator(device="cuda").manual_seed(N * L)
-    x = (torch.randn(N, L, V, device="cuda", generator=g) * 5).to(dtype)
+    x = (torch.randn(N, L, ld, device="cuda", generator=g) * 5).to(dtype)
+    x[..., V:] = 1e4  # padding columns must be ignored
     tgt = torch.randint(0, V, (N, L), device="cuda", generator=g)
     lens = torch.randint(1, L + 1, (N,), device="cuda", generator=g).to(torch.int32)
     poison()
-    out = kernels.log_softmax_gather(x, tgt, lens)
-    ref = kernels.ref_log_softmax_gather(x, tgt, lens)
+    out = kernels.log_softmax_gather(x, tgt, lens, V)
+    ref = kernels.ref_log_softmax_gather(x, tgt, lens, V)
     assert torch.isfinite(out).all() and (out - ref).abs().max() <= 1e-4
 
 

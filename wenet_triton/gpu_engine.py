@@ -35,17 +35,64 @@ def _round_up(x: int, m: int) -> int:
     return (x + m - 1) // m * m
 
 
-def linear_f32(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """x @ w.T + b accumulated and stored in fp32 (fp16/bf16 operands stay on tensor cores)."""
+class _tf32:
+    """Allow TF32 GEMMs inside the block. Exact when the fp32 operands hold fp16/bf16 values:
+    TF32 keeps 10 mantissa bits, so products are exact and accumulation is fp32."""
+
+    def __enter__(self):
+        m = torch.backends.cuda.matmul
+        self.new_api = hasattr(m, "fp32_precision")
+        self.prev = m.fp32_precision if self.new_api else m.allow_tf32
+        if self.new_api:
+            m.fp32_precision = "tf32"
+        else:
+            m.allow_tf32 = True
+
+    def __exit__(self, *exc):
+        m = torch.backends.cuda.matmul
+        if self.new_api:
+            m.fp32_precision = self.prev
+        else:
+            m.allow_tf32 = self.prev
+
+
+def linear_f32(x: torch.Tensor, w32: torch.Tensor, b32: torch.Tensor) -> torch.Tensor:
+    """x @ w.T + b accumulated and stored in fp32. w32/b32 are fp32 tensors; for fp16/bf16
+    x they hold fp16/bf16-rounded weights, so a TF32 GEMM computes the exact products."""
     x2 = x.reshape(-1, x.shape[-1])
     if x.dtype != torch.float32 and x.is_cuda:
-        try:
-            y = torch.mm(x2, w.t(), out_dtype=torch.float32)
-        except (RuntimeError, TypeError):
-            y = torch.mm(x2.float(), w.t().float())
+        with _tf32():
+            y = torch.addmm(b32, x2.float(), w32.t())
     else:
-        y = torch.mm(x2.float(), w.t().float())
-    return (y + b.float()).view(*x.shape[:-1], w.shape[0])
+        y = torch.addmm(b32, x2.float(), w32.t())
+    return y.view(*x.shape[:-1], w32.shape[0])
+
+
+_SDPA_CHOICE: Dict[Tuple, object] = {}
+
+
+def sdpa(q, k, v, mask, scale=None):
+    """scaled_dot_product_attention on the first fused backend that takes these shapes
+    (cuDNN, then memory-efficient), resolved once per shape signature and cached. Left to
+    itself SDPA chose its math path (fp32 bmm + softmax) for the rel-pos encoder call."""
+    if not q.is_cuda:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    key = (q.shape[-1], v.shape[-1], q.dtype, None if mask is None else (mask.dtype, mask.shape[-2] == 1))
+    choice = _SDPA_CHOICE.get(key)
+    if choice is not None:
+        with sdpa_kernel([choice]):
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    for be in (SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH):
+        try:
+            with sdpa_kernel([be]):
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+        except RuntimeError:
+            continue
+        _SDPA_CHOICE[key] = be
+        return out
+    raise RuntimeError("no attention backend accepted the inputs")
 
 
 class FastModel:
@@ -61,18 +108,31 @@ class FastModel:
         f32 = lambda t: t.detach().to(self.device, torch.float32).contiguous()  # noqa: E731
         self.cmvn = (f32(enc.global_cmvn.mean), f32(enc.global_cmvn.istd)) \
             if enc.global_cmvn is not None else None
-        self.convs = [(cv(m.weight), cv(m.bias), m.stride) for m in enc.embed.conv
-                      if isinstance(m, torch.nn.Conv2d)]
+        cl = torch.channels_last
+        convs = [m for m in enc.embed.conv if isinstance(m, torch.nn.Conv2d)]
+        # first conv has one input channel: unfold + one GEMM writing channels-last output
+        # (cuDNN ran it as an fp32 GEMM plus layout and dtype conversions)
+        c1 = convs[0]
+        k1 = c1.kernel_size[0]
+        kp = _round_up(k1 * k1, 8)
+        self.conv1 = (cv(F.pad(c1.weight.reshape(c1.out_channels, k1 * k1), (0, kp - k1 * k1))),
+                      cv(c1.bias), k1, c1.stride[0], kp)
+        self.convs = [(cv(m.weight).contiguous(memory_format=cl), cv(m.bias), m.stride)
+                      for m in convs[1:]]
         self.layout = enc.embed.layout
         out = enc.embed.out[0]
-        self.out_w, self.out_b = cv(out.weight * enc.xscale), cv(out.bias * enc.xscale)
+        # convs run channels-last, so their output flattens as (f, c): reorder the columns
+        C = convs[-1].out_channels
+        w = out.weight.view(out.out_features, C, -1).transpose(1, 2).reshape(out.out_features, -1)
+        self.out_w, self.out_b = cv(w * enc.xscale), cv(out.bias * enc.xscale)
         self.d = enc.d_model
         self.rel_pos = enc.rel_pos
         self.subsampling = enc.embed.subsampling_rate
         self.right_context = enc.embed.right_context
         self.layers = [self._pack_layer(L, cv, f32) for L in enc.encoders]
         self.after_norm = self._ln(enc.after_norm, cv)
-        self.ctc_w, self.ctc_b = cv(model.ctc.ctc_lo.weight), f32(model.ctc.ctc_lo.bias)
+        self.vocab = model.ctc.ctc_lo.out_features
+        self.ctc_w, self.ctc_b = self._padded(model.ctc.ctc_lo, cv, f32)
         dec = model.decoder
         self.left = self._pack_decoder(dec.left_decoder if isinstance(dec, BiTransformerDecoder)
                                        else dec, cv, f32)
@@ -80,6 +140,14 @@ class FastModel:
             if isinstance(dec, BiTransformerDecoder) else None
 
     # -- packing -----------------------------------------------------------------------------
+    @staticmethod
+    def _padded(lin, cv, f32):
+        """Vocabulary projection as fp32 copies of the rounded weights, rows padded to a
+        multiple of 16 so the GEMM's output leading dimension is aligned."""
+        n = lin.out_features
+        pad = _round_up(n, 16) - n
+        return (F.pad(cv(lin.weight).float(), (0, 0, 0, pad)), F.pad(f32(lin.bias), (0, pad)))
+
     @staticmethod
     def _ln(m, cv):
         return (cv(m.weight), cv(m.bias), float(m.eps))
@@ -100,7 +168,14 @@ class FastModel:
         p = {"w_qkv": cv(w), "b_qkv": cv(b), "w_out": cv(m.linear_out.weight),
              "b_out": cv(m.linear_out.bias), "h": m.h, "dk": m.d_k}
         if hasattr(m, "linear_pos"):
-            p.update(w_pos=cv(m.linear_pos.weight), u=cv(m.pos_bias_u), v=cv(m.pos_bias_v))
+            # one GEMM gives, per head, [q+u, q+v] (2*dk), then k and v
+            h, dk, D = m.h, m.d_k, m.linear_q.out_features
+            wq = m.linear_q.weight.view(h, dk, D)
+            bq = b[:D].view(h, dk)
+            wq2 = torch.stack([wq, wq], 1).reshape(2 * D, D)
+            bq2 = torch.stack([bq + m.pos_bias_u, bq + m.pos_bias_v], 1).reshape(2 * D)
+            p.update(w_qkv=cv(torch.cat([wq2, w[D:]])), b_qkv=cv(torch.cat([bq2, b[D:]])),
+                     w_pos=cv(m.linear_pos.weight), rel=True)
         return p
 
     def _pack_layer(self, L, cv, f32):
@@ -142,7 +217,8 @@ class FastModel:
                            self._ln(L.norm3, cv), self._ffn(L.feed_forward, cv)))
         return {"embed": cv(dec.embed[0].weight), "layers": layers,
                 "after_norm": self._ln(dec.after_norm, cv),
-                "out_w": cv(dec.output_layer.weight), "out_b": f32(dec.output_layer.bias)}
+                "out_w": self._padded(dec.output_layer, cv, f32)[0],
+                "out_b": self._padded(dec.output_layer, cv, f32)[1]}
 
     # -- building blocks ---------------------------------------------------------------------
     def ln(self, x, p):
@@ -171,12 +247,15 @@ class FastModel:
     def self_attn(self, y, p, pe_proj, mask):
         B, T, D = y.shape
         h, dk = p["h"], p["dk"]
-        q, k, v = F.linear(y, p["w_qkv"], p["b_qkv"]).view(B, T, 3, h, dk).unbind(2)
-        if pe_proj is not None:  # rel-pos: [q+u, q+v] . [k, p]
-            q = torch.cat([q + p["u"], q + p["v"]], dim=-1)
+        if p.get("rel"):  # rel-pos: [q+u, q+v] . [k, p], q+u / q+v straight from the GEMM
+            out = F.linear(y, p["w_qkv"], p["b_qkv"])
+            q = out[..., : 2 * D].view(B, T, h, 2 * dk)
+            k = out[..., 2 * D: 3 * D].view(B, T, h, dk)
+            v = out[..., 3 * D:].view(B, T, h, dk)
             k = torch.cat([k, pe_proj.view(1, T, h, dk).expand(B, T, h, dk)], dim=-1)
-        o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                           attn_mask=mask, scale=1.0 / math.sqrt(dk))
+        else:
+            q, k, v = F.linear(y, p["w_qkv"], p["b_qkv"]).view(B, T, 3, h, dk).unbind(2)
+        o = sdpa(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask, 1.0 / math.sqrt(dk))
         return F.linear(o.transpose(1, 2).reshape(B, T, D), p["w_out"], p["b_out"])
 
     def conv(self, y, p, lens):
@@ -196,10 +275,15 @@ class FastModel:
         x = speech
         if self.cmvn is not None:
             x = (x - self.cmvn[0]) * self.cmvn[1]
-        x = x.to(self.dtype).unsqueeze(1)
+        w1, b1, k1, s1, kp = self.conv1
+        x = x.to(self.dtype).unfold(1, k1, s1).unfold(2, k1, s1)  # (B,T1,F1,kt,kf)
+        x = x.reshape(*x.shape[:3], k1 * k1)
+        if kp > k1 * k1:
+            x = F.pad(x, (0, kp - k1 * k1))
+        x = F.relu(F.linear(x, w1, b1)).permute(0, 3, 1, 2)  # NCHW view, channels-last memory
         for w, b, s in self.convs:
             x = F.relu(F.conv2d(x, w, b, s))
-        x = F.linear(x.transpose(1, 2).flatten(2), self.out_w, self.out_b)
+        x = F.linear(x.permute(0, 2, 3, 1).flatten(2), self.out_w, self.out_b)
         for k, s in self.layout:
             valid = valid[:, k - 1::s]
         Tp = x.shape[1]
@@ -230,10 +314,8 @@ class FastModel:
                     x, y = x + scale * out, None
         x = self.ln(x, self.after_norm)
         logits = linear_f32(x, self.ctc_w, self.ctc_b)
-        if self.kern:
-            logp, topv, topi = kernels.log_softmax_topk(logits, beam, want_logp)
-        else:
-            logp, topv, topi = kernels.ref_log_softmax_topk(logits, beam, want_logp)
+        fn = kernels.log_softmax_topk if self.kern else kernels.ref_log_softmax_topk
+        logp, topv, topi = fn(logits, beam, want_logp, self.vocab)
         return x, out_lens, logp, topv, topi
 
     # -- decoder -----------------------------------------------------------------------------
@@ -249,9 +331,11 @@ class FastModel:
             y = self.ln(x, n1) if y is None else y
             x, y = self.add_ln(x, self.self_attn(y, sa, None, self_mask), 1.0, n2)
             h, dk = ca["h"], ca["dk"]
-            q = self._split(F.linear(y, ca["w_qkv"][: self.d], ca["b_qkv"][: self.d]), h, dk)
+            # the beam*L queries of one utterance share its memory: one batch entry each
+            q = F.linear(y, ca["w_qkv"][: self.d], ca["b_qkv"][: self.d])
+            q = q.view(N // beam, beam * L, h, dk).transpose(1, 2)
             k, v = memory_kv[i]
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mem_mask)
+            o = sdpa(q, k, v, mem_mask)
             o = F.linear(o.transpose(1, 2).reshape(N, L, self.d), ca["w_out"], ca["b_out"])
             x, y = self.add_ln(x, o, 1.0, n3)
             out = self.ffn(y, ff)
@@ -261,18 +345,17 @@ class FastModel:
                 _, x = self.add_ln(x, out, 1.0, D["after_norm"])
         logits = linear_f32(x, D["out_w"], D["out_b"])
         fn = kernels.log_softmax_gather if self.kern else kernels.ref_log_softmax_gather
-        return fn(logits, ys_out, lens_sos).sum(1)
+        return fn(logits, ys_out, lens_sos, self.vocab).sum(1)
 
-    def _memory_kv(self, D, memory, beam):
-        """Cross-attention K/V per layer from the B unique memories, repeated per hypothesis."""
+    def _memory_kv(self, D, memory):
+        """Cross-attention K/V per layer, once per utterance (not per hypothesis)."""
         B, T, _ = memory.shape
         out = []
         for (_, _, _, ca, _, _) in D["layers"]:
             h, dk = ca["h"], ca["dk"]
             kv = F.linear(memory, ca["w_qkv"][self.d:], ca["b_qkv"][self.d:])
             k, v = kv.view(B, T, 2, h, dk).unbind(2)
-            rep = lambda t: t.transpose(1, 2).repeat_interleave(beam, 0)  # noqa: E731
-            out.append((rep(k), rep(v)))
+            out.append((k.transpose(1, 2), v.transpose(1, 2)))
         return out
 
     def rescore(self, enc, enc_lens, hyps, hyps_lens, rhyps, ctc_score, ctc_weight, reverse_weight):
@@ -280,14 +363,14 @@ class FastModel:
         T = enc.shape[1]
         memory = enc.to(self.dtype)
         mem_valid = torch.arange(T, device=enc.device)[None, :] < enc_lens[:, None]
-        mem_mask = mem_valid.repeat_interleave(beam, 0)[:, None, None, :]
+        mem_mask = mem_valid[:, None, None, :]
         lens = hyps_lens.reshape(-1)
         flat = hyps.reshape(-1, L2)
-        score = self._dec_scores(self.left, self._memory_kv(self.left, memory, beam), mem_mask,
+        score = self._dec_scores(self.left, self._memory_kv(self.left, memory), mem_mask,
                                  flat[:, :-1], flat[:, 1:], lens, beam)
         if reverse_weight > 0 and self.right is not None:
             rflat = rhyps.reshape(-1, L2)
-            r = self._dec_scores(self.right, self._memory_kv(self.right, memory, beam), mem_mask,
+            r = self._dec_scores(self.right, self._memory_kv(self.right, memory), mem_mask,
                                  rflat[:, :-1], rflat[:, 1:], lens, beam)
             score = score * (1 - reverse_weight) + r * reverse_weight
         score = score.view(B, beam) + ctc_weight * ctc_score

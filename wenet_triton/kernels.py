@@ -56,8 +56,11 @@ class _Lib:
         P, I, F = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
         lib.wk_add_layernorm.argtypes = [P, P, P, P, F, P, P, I, I, F, I, P]
         lib.wk_glu_dwconv.argtypes = [P, P, P, P, P, P, P, P, I, I, I, I, I, F, I, P]
-        lib.wk_log_softmax_topk.argtypes = [P, P, P, P, I, I, I, I, P]
-        lib.wk_log_softmax_gather.argtypes = [P, P, P, P, I, I, I, I, P]
+        lib.wk_log_softmax_topk.argtypes = [P, P, P, P, I, I, I, I, I, P]
+        lib.wk_log_softmax_gather.argtypes = [P, P, P, P, I, I, I, I, I, P]
+        lib.wk_version.restype = ctypes.c_int
+        if lib.wk_version() != 2:
+            raise OSError(f"{path} is an old build: run `wenet-triton build-plugins` again")
         for f in (lib.wk_add_layernorm, lib.wk_glu_dwconv, lib.wk_log_softmax_topk,
                   lib.wk_log_softmax_gather):
             f.restype = ctypes.c_int
@@ -182,53 +185,60 @@ def ref_glu_dwconv(h, lens, w, bias, pad_value, ln_gamma, ln_beta, causal, eps):
 
 
 @torch.library.custom_op("wenet::log_softmax_topk", mutates_args=())
-def log_softmax_topk(x: torch.Tensor, k: int, want_logp: bool
+def log_softmax_topk(x: torch.Tensor, k: int, want_logp: bool, V: int = -1
                      ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Row-wise fp32 log-softmax (empty unless want_logp) + top-k values/int64 indices."""
+    """Row-wise fp32 log-softmax (empty unless want_logp) + top-k values/int64 indices over
+    the first V columns (V=-1: all; x may be wider, e.g. padded for GEMM alignment)."""
     x = x.contiguous()
-    V = x.shape[-1]
+    ld = x.shape[-1]
+    V = ld if V < 0 else V
     lead = x.shape[:-1]
-    rows = x.numel() // V
+    rows = x.numel() // ld
     logp = torch.empty(*lead, V if want_logp else 0, dtype=torch.float32, device=x.device)
     topv = torch.empty(*lead, k, dtype=torch.float32, device=x.device)
     topi = torch.empty(*lead, k, dtype=torch.int64, device=x.device)
     _check(load().lib.wk_log_softmax_topk(
-        _ptr(logp) if want_logp else None, _ptr(topv), _ptr(topi), _ptr(x), rows, V, k,
+        _ptr(logp) if want_logp else None, _ptr(topv), _ptr(topi), _ptr(x), rows, V, ld, k,
         _DTYPES[x.dtype], _stream()), "wk_log_softmax_topk")
     return logp, topv, topi
 
 
 @log_softmax_topk.register_fake
-def _(x, k, want_logp):
+def _(x, k, want_logp, V=-1):
     lead = x.shape[:-1]
-    return (x.new_empty(*lead, x.shape[-1] if want_logp else 0, dtype=torch.float32),
+    V = x.shape[-1] if V < 0 else V
+    return (x.new_empty(*lead, V if want_logp else 0, dtype=torch.float32),
             x.new_empty(*lead, k, dtype=torch.float32), x.new_empty(*lead, k, dtype=torch.int64))
 
 
-def ref_log_softmax_topk(x, k, want_logp):
-    logp = torch.log_softmax(x.float(), dim=-1)
+def ref_log_softmax_topk(x, k, want_logp, V=-1):
+    logp = torch.log_softmax(x[..., : x.shape[-1] if V < 0 else V].float(), dim=-1)
     v, i = logp.topk(k, dim=-1)
     return (logp if want_logp else logp[..., :0]), v, i
 
 
 @torch.library.custom_op("wenet::log_softmax_gather", mutates_args=())
-def log_softmax_gather(x: torch.Tensor, target: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
-    """x (N,L,V), target (N,L) int64, lens (N,) int32 -> log_softmax(x)[target], 0 past len."""
+def log_softmax_gather(x: torch.Tensor, target: torch.Tensor, lens: torch.Tensor,
+                       V: int = -1) -> torch.Tensor:
+    """x (N,L,ld), target (N,L) int64, lens (N,) int32 -> log_softmax(x[..., :V])[target],
+    0 past len."""
     x = x.contiguous()
-    N, L, V = x.shape
+    N, L, ld = x.shape
+    V = ld if V < 0 else V
     out = torch.empty(N, L, dtype=torch.float32, device=x.device)
     _check(load().lib.wk_log_softmax_gather(_ptr(out), _ptr(x), _ptr(target.contiguous()),
-                                            _ptr(lens.contiguous()), N, L, V, _DTYPES[x.dtype],
-                                            _stream()), "wk_log_softmax_gather")
+                                            _ptr(lens.contiguous()), N, L, V, ld,
+                                            _DTYPES[x.dtype], _stream()), "wk_log_softmax_gather")
     return out
 
 
 @log_softmax_gather.register_fake
-def _(x, target, lens):
+def _(x, target, lens, V=-1):
     return x.new_empty(x.shape[0], x.shape[1], dtype=torch.float32)
 
 
-def ref_log_softmax_gather(x, target, lens):
+def ref_log_softmax_gather(x, target, lens, V=-1):
+    x = x[..., : x.shape[-1] if V < 0 else V]
     logp = torch.log_softmax(x.float(), dim=-1)
     tok = logp.gather(2, target.clamp(0, x.shape[-1] - 1).unsqueeze(2)).squeeze(2)
     valid = torch.arange(x.shape[1], device=x.device)[None, :] < lens[:, None].long()
