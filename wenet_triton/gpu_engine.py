@@ -291,7 +291,8 @@ class FastModel:
         pe = sinusoid_table(Tp, self.d, x.device, self.dtype)[0]
         if not self.rel_pos:
             x = x + pe
-        mask = valid[:, None, None, :]
+        # contiguous: the strided subsampling slice makes fused attention backends refuse it
+        mask = valid.contiguous()[:, None, None, :]
         y = None
         for stages, final in self.layers:
             y = self.ln(x, stages[0][1]) if y is None else y
