@@ -227,6 +227,17 @@ def run(out_dir: str, models: List[str], batches: List[int], seconds: List[float
     return path
 
 
+def load_csv(path: str):
+    """bench CSV -> rows with numeric fields (for re-plotting)."""
+    rows = list(csv.DictReader(open(path)))
+    for r in rows:
+        for k in ("batch",):
+            r[k] = int(r[k])
+        for k in ("seconds", "enc_ms_p50", "enc_ms_p90", "dec_ms_p50", "dec_ms_p90", "audio_s_per_s"):
+            r[k] = float(r[k])
+    return rows
+
+
 def _add_speedups(rows):
     ref = {(r["model"], r["batch"], r["seconds"]): r for r in rows if r["engine"] == "eager_fp32"}
     for r in rows:
@@ -240,6 +251,8 @@ def plot(rows, out_dir):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    engines = sorted({r["engine"] for r in rows})
+    colors = {e: f"C{i}" for i, e in enumerate(engines)}  # one colour per engine everywhere
     for model in sorted({r["model"] for r in rows}):
         secs = sorted({r["seconds"] for r in rows if r["model"] == model})
         fig, axes = plt.subplots(2, len(secs), figsize=(5 * len(secs), 8), squeeze=False)
@@ -250,8 +263,8 @@ def plot(rows, out_dir):
                 if not pts:
                     continue
                 b, lat, thr = zip(*pts)
-                axes[0][j].plot(b, lat, marker="o", label=eng)
-                axes[1][j].plot(b, thr, marker="o", label=eng)
+                axes[0][j].plot(b, lat, marker="o", label=eng, color=colors[eng])
+                axes[1][j].plot(b, thr, marker="o", label=eng, color=colors[eng])
             for ax, yl in ((axes[0][j], "encoder+decoder latency p50 (ms)"),
                            (axes[1][j], "audio seconds / second")):
                 ax.set_xscale("log", base=2)

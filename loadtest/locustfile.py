@@ -1,0 +1,95 @@
+"""Locust load test of the `attention_rescoring` ensemble over gRPC (tritonclient).
+
+    locust -f loadtest/locustfile.py --headless -u 16 -r 4 -t 60s --host 127.0.0.1:8001 \
+        --csv out/locust [--wav-dir ../shared/data/synth_test]
+
+Each user sends random wavs from --wav-dir, records every request in locust's statistics
+(name = utterance length bucket) and fails a request whose transcript is empty or not
+well-formed text. Runs stop by themselves after -t.
+"""
+import os
+import random
+import time
+
+# grpc must cooperate with locust's gevent loop before any channel exists
+import grpc.experimental.gevent as grpc_gevent
+
+grpc_gevent.init_gevent()
+
+import numpy as np  # noqa: E402
+from locust import User, events, task  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_WAVS = os.path.join(ROOT, "..", "shared", "data", "synth_test")
+
+
+@events.init_command_line_parser.add_listener
+def _args(parser):
+    parser.add_argument("--wav-dir", default=DEFAULT_WAVS, help="directory of 16 kHz wavs to send")
+    parser.add_argument("--max-wavs", type=int, default=200, help="wavs loaded per worker")
+
+
+_WAVS = []
+
+
+@events.init.add_listener
+def _load(environment, **_kw):
+    import glob
+    import sys
+
+    sys.path.insert(0, ROOT)
+    from wenet_triton.frontend import read_audio
+
+    opts = environment.parsed_options
+    files = sorted(glob.glob(os.path.join(opts.wav_dir, "*.wav")))[: opts.max_wavs]
+    if not files:
+        raise SystemExit(f"no wavs in {opts.wav_dir}")
+    _WAVS.extend((os.path.basename(f), read_audio(f)) for f in files)
+
+
+@events.quit.add_listener
+def _exit(exit_code, **_kw):
+    """grpc's gevent integration leaves threads that keep the interpreter alive; locust has
+    written its stats and CSVs when `quit` fires, so leave now."""
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(exit_code)
+
+
+def well_formed(text: str) -> bool:
+    return bool(text.strip()) and all(c.isprintable() or c == " " for c in text)
+
+
+class TritonASRUser(User):
+    """One simulated client: one request in flight at a time, no think time."""
+
+    def on_start(self):
+        import tritonclient.grpc as grpcclient
+
+        self.client = grpcclient.InferenceServerClient(self.host or "127.0.0.1:8001")
+        self.mod = grpcclient
+
+    def on_stop(self):
+        self.client.close()
+
+    @task
+    def transcribe(self):
+        from wenet_triton.client import MODEL, decode_transcript, make_inputs
+
+        name, wav = random.choice(_WAVS)
+        secs = len(wav) / 16000
+        bucket = f"{MODEL} {int(secs // 5) * 5}-{int(secs // 5) * 5 + 5}s"
+        inputs, outputs = make_inputs(wav, self.mod)
+        t0 = time.perf_counter()
+        exc, size = None, 0
+        try:
+            text = decode_transcript(self.client.infer(MODEL, inputs, outputs=outputs))
+            size = len(text.encode("utf-8"))
+            if not well_formed(text):
+                exc = ValueError(f"{name}: empty or malformed transcript {text!r}")
+        except Exception as e:  # noqa: BLE001 - every failure is a locust failure
+            exc = e
+        events.request.fire(request_type="grpc", name=bucket, response_time=(time.perf_counter() - t0) * 1000,
+                            response_length=size, exception=exc, context={})
