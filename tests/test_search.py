@@ -96,3 +96,33 @@ def test_cer():
     assert edit_distance("abcd", "abd") == 1
     assert edit_distance("abcd", "xbcdy") == 2
     assert cer([("今天 天气", "今天天汽"), ("好", "")]) == (2 / 5, 2, 5)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_native_search_is_bit_identical(name):
+    """The C++ search (used by default) against WeNet's n-best and the Python search."""
+    from wenet_triton.native import prefix_beam_search_batch
+
+    dec, npz = reference(name)
+    utts = sorted(dec["utts"])
+    refs = [npz(u) for u in utts]
+    T = max(len(r["ctc_topk_idx"]) for r in refs)
+    v = np.full((len(refs), T, 10), -1e9, np.float32)
+    i = np.zeros((len(refs), T, 10), np.int64)
+    lens = np.array([len(r["ctc_topk_idx"]) for r in refs], np.int32)
+    for b, r in enumerate(refs):  # a padded batch: padding must not matter
+        v[b, :lens[b]], i[b, :lens[b]] = r["ctc_topk_values"], r["ctc_topk_idx"]
+    native = prefix_beam_search_batch(v, i, lens, dec["beam_size"])
+    assert native is not None, "C++ search failed to build (is g++ installed?)"
+    for b, u in enumerate(utts):
+        py = ctc_prefix_beam_search(refs[b]["ctc_topk_values"], refs[b]["ctc_topk_idx"], lens[b], 10)
+        assert native[b] == py
+        assert [list(h[0]) for h in native[b]] == [h[0] for h in dec["utts"][u]["nbest"]]
+    # random top-k with ties and repeats
+    g = np.random.default_rng(0)
+    v = np.sort(g.normal(-5, 3, (3, 60, 10)).astype(np.float32), axis=-1)[..., ::-1].copy()
+    v[:, ::7, 3] = v[:, ::7, 2]  # exact ties
+    i = g.integers(0, 6, (3, 60, 10))
+    native = prefix_beam_search_batch(v, i, np.array([60, 31, 1]), 10)
+    for b, n in enumerate([60, 31, 1]):
+        assert native[b] == ctc_prefix_beam_search(v[b], i[b], n, 10)

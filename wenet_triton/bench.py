@@ -75,6 +75,38 @@ def random_spec(cfg: Dict = AISHELL, seed: int = 0) -> ModelSpec:
     return spec
 
 
+def write_model_dir(spec: ModelSpec, out: str) -> str:
+    """Save a (random) spec as a WeNet model directory: train.yaml, final.pt, units.txt,
+    global_cmvn, loadable by the project's loader and by WeNet's code alike."""
+    import json
+
+    import yaml
+
+    os.makedirs(out, exist_ok=True)
+    cfg = {"encoder": spec.encoder_type, "encoder_conf": spec.encoder_conf,
+           "decoder": spec.decoder_type, "decoder_conf": spec.decoder_conf,
+           "model_conf": {"ctc_weight": spec.ctc_weight, "reverse_weight": spec.reverse_weight},
+           "input_dim": spec.input_dim, "output_dim": spec.vocab_size, "is_json_cmvn": True,
+           "cmvn_file": "global_cmvn",
+           "dataset_conf": {"fbank_conf": {"num_mel_bins": 80, "frame_shift": 10, "frame_length": 25}}}
+    with open(os.path.join(out, "train.yaml"), "w") as f:
+        yaml.safe_dump(cfg, f)
+    sd = dict(spec.state_dict)
+    sd["encoder.global_cmvn.mean"] = torch.from_numpy(spec.cmvn_mean)
+    sd["encoder.global_cmvn.istd"] = torch.from_numpy(spec.cmvn_istd)
+    torch.save(sd, os.path.join(out, "final.pt"))
+    n = 1000.0  # JSON stats reproducing mean/istd
+    mean = spec.cmvn_mean.astype(np.float64)
+    var = 1.0 / spec.cmvn_istd.astype(np.float64) ** 2
+    with open(os.path.join(out, "global_cmvn"), "w") as f:
+        json.dump({"mean_stat": (mean * n).tolist(), "var_stat": ((var + mean ** 2) * n).tolist(),
+                   "frame_num": n}, f)
+    with open(os.path.join(out, "units.txt"), "w") as f:
+        for i, tok in enumerate(["<blank>", "<unk>"] + spec.vocab[2:-1] + ["<sos/eos>"]):
+            f.write(f"{tok} {i}\n")
+    return out
+
+
 def settings_for(spec: ModelSpec, beam: int = 10) -> Dict:
     return {"beam_size": beam, "ctc_weight": spec.ctc_weight, "reverse_weight": spec.reverse_weight,
             "sos": spec.sos, "eos": spec.eos, "blank": 0, "vocab_size": spec.vocab_size,

@@ -11,8 +11,9 @@ log = logging.getLogger("wenet_triton")
 
 def _repo_args(p, model_arg, weights_args):
     model_arg(p)
-    p.add_argument("--engine", default="onnxruntime", choices=["onnxruntime", "torch"],
-                   help="engine inside the encoder/decoder models")
+    p.add_argument("--engine", default="onnxruntime", choices=["onnxruntime", "torch", "torch_cuda"],
+                   help="engine inside the encoder/decoder models (torch_cuda: GPU, fp16, fused "
+                   "kernels; run `wenet-triton build-plugins` first)")
     p.add_argument("--config", help="serving YAML overriding model_repo/serving.yaml "
                    "(batch sizes, queue delays, instances, max audio length)")
     p.add_argument("--max-batch-size", type=int, help="override max_batch_size")

@@ -17,15 +17,38 @@ class AudioError(ValueError):
     """Audio that cannot be used: unreadable, empty, non-finite, too long."""
 
 
+def _read_wav_stdlib(path: str):
+    """PCM wav through the standard library (where soundfile is not installed)."""
+    import wave
+
+    with wave.open(path, "rb") as w:
+        width, ch, rate, n = w.getsampwidth(), w.getnchannels(), w.getframerate(), w.getnframes()
+        raw = w.readframes(n)
+    if width == 2:
+        data = np.frombuffer(raw, "<i2").astype(np.float32) / 32768.0
+    elif width == 4:
+        data = np.frombuffer(raw, "<i4").astype(np.float32) / 2147483648.0
+    elif width == 1:
+        data = (np.frombuffer(raw, np.uint8).astype(np.float32) - 128.0) / 128.0
+    else:
+        raise ValueError(f"{width * 8}-bit PCM is not supported without soundfile")
+    return data.reshape(-1, ch), rate
+
+
 def read_audio(path: str, target_rate: int = 16000) -> np.ndarray:
     """Read wav/flac/ogg as mono float32 in [-1, 1), resampled to `target_rate`."""
-    import soundfile as sf
-
     if not os.path.exists(path):
         raise AudioError(f"{path}: no such file")
     try:
-        data, rate = sf.read(path, dtype="float32", always_2d=True)
-    except Exception as e:  # soundfile raises LibsndfileError/RuntimeError
+        import soundfile as sf
+    except ImportError:  # e.g. a minimal GPU image: PCM wav only
+        sf = None
+    try:
+        if sf is not None:
+            data, rate = sf.read(path, dtype="float32", always_2d=True)
+        else:
+            data, rate = _read_wav_stdlib(path)
+    except Exception as e:  # soundfile raises LibsndfileError/RuntimeError; wave raises Error/EOFError
         raise AudioError(f"{path}: not a readable audio file ({e})") from e
     if data.shape[1] > 1:
         log.warning("%s: %d channels, using the first", path, data.shape[1])

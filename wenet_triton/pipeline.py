@@ -12,7 +12,7 @@ import numpy as np
 from .checkpoint import FbankConf, read_vocab
 from .engines import Engine
 from .frontend import Fbank, check_waveform, pad_feats
-from .search import ctc_greedy, ctc_prefix_beam_search, rescoring_inputs
+from .search import ctc_greedy, ctc_prefix_beam_search_batch, rescoring_inputs
 
 
 @dataclass
@@ -40,9 +40,8 @@ class Vocab:
 
 def search_batch(enc: Dict[str, np.ndarray], beam_size: int, blank: int = 0):
     """n-best lists for each utterance of an encoder batch output."""
-    lens = enc["encoder_out_lens"]
-    return [ctc_prefix_beam_search(enc["beam_log_probs"][b], enc["beam_log_probs_idx"][b],
-                                   int(lens[b]), beam_size, blank) for b in range(len(lens))]
+    return ctc_prefix_beam_search_batch(enc["beam_log_probs"], enc["beam_log_probs_idx"],
+                                        enc["encoder_out_lens"], beam_size, blank)
 
 
 def rescore_batch(engine: Engine, enc: Dict[str, np.ndarray], nbest, settings: Dict):

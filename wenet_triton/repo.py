@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = ("feature_extractor", "encoder", "decoder", "scoring", "attention_rescoring")
-REPO_ENGINES = ("onnxruntime", "torch")
+REPO_ENGINES = ("onnxruntime", "torch", "torch_cuda")
 
 
 def templates_dir() -> str:
@@ -58,7 +58,9 @@ def _instances(m: Dict) -> str:
 
 def _engine_params(engine: str, cfg: Dict) -> str:
     e = cfg.get("engine", {})
-    params = {"engine": engine, "threads": str(e.get("threads", 0)), "dtype": e.get("dtype") or ""}
+    dtype = e.get("dtype") or ("float16" if engine == "torch_cuda" else "")
+    params = {"engine": engine, "threads": str(e.get("threads", 0)), "dtype": dtype,
+              "device": "cuda" if engine == "torch_cuda" else e.get("device", "cpu")}
     return "\n".join(f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}'
                      for k, v in params.items())
 
@@ -106,8 +108,18 @@ def build_repo(model_dir: str, out: str, engine: str = "onnxruntime",
             shutil.copyfile(src, os.path.join(vdir, "model.py"))
         if name != "attention_rescoring":  # every python model reads the settings
             shutil.copyfile(os.path.join(engine_dir, CONFIG_NAME), os.path.join(vdir, CONFIG_NAME))
-    _link(os.path.join(engine_dir, "encoder.onnx"), os.path.join(out, "encoder", "1", "encoder.onnx"))
-    _link(os.path.join(engine_dir, "decoder.onnx"), os.path.join(out, "decoder", "1", "decoder.onnx"))
+    if engine == "onnxruntime":
+        _link(os.path.join(engine_dir, "encoder.onnx"), os.path.join(out, "encoder", "1", "encoder.onnx"))
+        _link(os.path.join(engine_dir, "decoder.onnx"), os.path.join(out, "decoder", "1", "decoder.onnx"))
+    else:  # torch engines load the checkpoint itself: ship it inside the repository
+        for name in ("encoder", "decoder"):
+            mdir = os.path.join(out, name, "1", "model")
+            os.makedirs(mdir)
+            for f in os.listdir(model_dir):
+                src = os.path.join(model_dir, f)
+                if os.path.isfile(src) and (f in ("train.yaml", "final.pt", "global_cmvn")
+                                            or f.endswith(".txt")):
+                    _link(src, os.path.join(mdir, f))
     shutil.copyfile(os.path.join(engine_dir, "units.txt"), os.path.join(out, "scoring", "1", "units.txt"))
     with open(os.path.join(out, "serving.json"), "w") as f:
         json.dump({"model_dir": os.path.abspath(model_dir), "engine": engine,

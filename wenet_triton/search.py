@@ -90,6 +90,18 @@ def ctc_prefix_beam_search(topk_logp: np.ndarray, topk_idx: np.ndarray, length: 
     return [(p, _log_add(pb, pnb)) for p, pb, pnb in cur]
 
 
+def ctc_prefix_beam_search_batch(topk_logp: np.ndarray, topk_idx: np.ndarray, lens,
+                                 beam_size: int = 10, blank: int = 0) -> List[List[Hyp]]:
+    """Batched search: the C++ implementation when it can be built, else the Python one."""
+    from .native import prefix_beam_search_batch
+
+    out = prefix_beam_search_batch(topk_logp, topk_idx, np.asarray(lens), beam_size, blank)
+    if out is not None:
+        return out
+    return [ctc_prefix_beam_search(topk_logp[b], topk_idx[b], int(lens[b]), beam_size, blank)
+            for b in range(len(lens))]
+
+
 def rescoring_inputs(nbest: Sequence[Sequence[Hyp]], beam_size: int, sos: int, eos: int
                      ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Pack n-best lists of a batch into the decoder's inputs.

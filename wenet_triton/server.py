@@ -40,19 +40,33 @@ class TritonInstall:
     env: dict
 
 
+def _bundle_dirs():
+    """(tritonserver dir, bundled-libs dir) of $WENET_TRITON_SERVER_DIR (layout: bin/,
+    backends/python/, python_backend_stubs/X.Y/, libs/) or of the nvidia-pytriton wheel,
+    located without importing it (its __init__ pulls in many packages)."""
+    import importlib.util
+
+    env = os.environ.get("WENET_TRITON_SERVER_DIR")
+    if env:
+        return env, os.path.join(env, "libs")
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        return None, None
+    pkg = list(spec.submodule_search_locations)[0]
+    return os.path.join(pkg, "tritonserver"), os.path.join(os.path.dirname(pkg), "nvidia_pytriton.libs")
+
+
 def _pytriton_install(cache: str) -> Optional[TritonInstall]:
-    try:
-        import pytriton
-    except ImportError:
+    base, libdir = _bundle_dirs()
+    if base is None:
         return None
-    base = os.path.join(os.path.dirname(pytriton.__file__), "tritonserver")
     binary = os.path.join(base, "bin", "tritonserver")
     if not os.path.exists(binary):
         return None
     ver = f"{sys.version_info.major}.{sys.version_info.minor}"
     stub = os.path.join(base, "python_backend_stubs", ver, "triton_python_backend_stub")
     if not os.path.exists(stub):
-        raise ServerError(f"nvidia-pytriton has no python backend stub for Python {ver}")
+        raise ServerError(f"the Triton bundle in {base} has no python backend stub for Python {ver}")
     backends = os.path.join(cache, f"triton_backends_py{ver}")
     pydir = os.path.join(backends, "python")
     os.makedirs(pydir, exist_ok=True)
@@ -61,11 +75,9 @@ def _pytriton_install(cache: str) -> Optional[TritonInstall]:
         dst = os.path.join(pydir, os.path.basename(src))
         if not os.path.exists(dst) or os.path.getsize(dst) != os.path.getsize(src):
             shutil.copy2(src, dst)
-    site = os.path.dirname(os.path.dirname(pytriton.__file__))
     env = dict(os.environ)
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
-    libs = [sysconfig.get_config_var("LIBDIR"), os.path.join(site, "nvidia_pytriton.libs"),
-            env.get("LD_LIBRARY_PATH")]
+    libs = [sysconfig.get_config_var("LIBDIR"), libdir, env.get("LD_LIBRARY_PATH")]
     env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in libs if p)
     return TritonInstall(binary, backends, env)
 

@@ -36,6 +36,21 @@ def _error(msg: str, invalid_input: bool = False):
     return pb_utils.InferenceResponse(output_tensors=[], error=err)
 
 
+# Triton 24.10's python backend stub loses numeric outputs built from numpy >= 2 arrays
+# (they arrive with 0 bytes); hand those over through DLPack instead.
+_DLPACK_OUTPUTS = int(np.__version__.split(".")[0]) >= 2 or os.environ.get("WENET_TRITON_DLPACK") == "1"
+
+
+def _tensor(name: str, arr: np.ndarray):
+    arr = np.ascontiguousarray(arr)
+    if _DLPACK_OUTPUTS and arr.dtype != np.object_:
+        import torch
+        from torch.utils.dlpack import to_dlpack
+
+        return pb_utils.Tensor.from_dlpack(name, to_dlpack(torch.from_numpy(arr)))
+    return pb_utils.Tensor(name, arr)
+
+
 def _input(request, name):
     t = pb_utils.get_input_tensor_by_name(request, name)
     return None if t is None else t.as_numpy()
@@ -72,8 +87,11 @@ def _cat_padded(arrays: List[np.ndarray], axis: int, fill=0) -> np.ndarray:
 def _open_engine(args, params, parts):
     from .engines import open_engine
 
-    return open_engine(_version_dir(args), params.get("engine", "onnxruntime"),
+    vdir = _version_dir(args)
+    mdir = os.path.join(vdir, "model")  # checkpoint shipped for the torch engines
+    return open_engine(vdir, params.get("engine", "onnxruntime"),
                        device=_device(args, params), dtype=params.get("dtype") or None,
+                       model_dir=mdir if os.path.isdir(mdir) else None,
                        threads=int(params.get("threads", "0")), parts=parts)
 
 
@@ -117,8 +135,8 @@ class FeatureExtractor:
                 out.append(_error(str(e), invalid_input=True))
                 continue
             out.append(pb_utils.InferenceResponse([
-                pb_utils.Tensor("speech", feats[None]),
-                pb_utils.Tensor("speech_lengths", np.array([[feats.shape[0]]], np.int32))]))
+                _tensor("speech", feats[None]),
+                _tensor("speech_lengths", np.array([[feats.shape[0]]], np.int32))]))
         return out
 
     def finalize(self):
@@ -155,7 +173,7 @@ class Encoder:
                     continue
                 v = enc[name][start:start + n]
                 v = v.reshape(n, 1) if name == "encoder_out_lens" else v[:, :t]
-                tensors.append(pb_utils.Tensor(name, np.ascontiguousarray(v)))
+                tensors.append(_tensor(name, v))
             out.append(pb_utils.InferenceResponse(tensors))
             start += n
         return out
@@ -189,8 +207,8 @@ class Decoder:
         out, start = [], 0
         for n in sizes:
             out.append(pb_utils.InferenceResponse([
-                pb_utils.Tensor("best_index", best[start:start + n].reshape(n, 1).astype(np.int32)),
-                pb_utils.Tensor("score", score[start:start + n].astype(np.float32))]))
+                _tensor("best_index", best[start:start + n].reshape(n, 1).astype(np.int32)),
+                _tensor("score", score[start:start + n].astype(np.float32))]))
             start += n
         return out
 
@@ -214,7 +232,7 @@ class Scoring:
         self.chunk = int(p.get("decoder_max_batch_size", "16"))
 
     def execute(self, requests):
-        from .search import ctc_prefix_beam_search, rescoring_inputs
+        from .search import ctc_prefix_beam_search_batch, rescoring_inputs
 
         try:
             beam, s = self.settings["beam_size"], self.settings
@@ -222,8 +240,7 @@ class Scoring:
             for r in requests:
                 lp, idx = _input(r, "beam_log_probs"), _input(r, "beam_log_probs_idx")
                 ln = _input(r, "encoder_out_lens").reshape(-1)
-                for b in range(lp.shape[0]):
-                    nbest.append(ctc_prefix_beam_search(lp[b], idx[b], int(ln[b]), beam, s["blank"]))
+                nbest += ctc_prefix_beam_search_batch(lp, idx, ln, beam, s["blank"])
                 encs.append(_input(r, "encoder_out"))
                 lens.append(ln.astype(np.int32))
             best = [0] * len(nbest)
@@ -252,12 +269,11 @@ class Scoring:
 
     def _rescore(self, enc, enc_lens, packed) -> List[int]:
         pad, hl, rpad, ctc = packed
-        inputs = [pb_utils.Tensor("encoder_out", enc), pb_utils.Tensor("encoder_out_lens",
-                                                                       enc_lens.reshape(-1, 1)),
-                  pb_utils.Tensor("hyps_pad_sos_eos", pad), pb_utils.Tensor("hyps_lens_sos", hl),
-                  pb_utils.Tensor("ctc_score", ctc)]
+        inputs = [_tensor("encoder_out", enc), _tensor("encoder_out_lens", enc_lens.reshape(-1, 1)),
+                  _tensor("hyps_pad_sos_eos", pad), _tensor("hyps_lens_sos", hl),
+                  _tensor("ctc_score", ctc)]
         if self.settings["decoder_has_reverse_input"]:
-            inputs.append(pb_utils.Tensor("r_hyps_pad_sos_eos", rpad))
+            inputs.append(_tensor("r_hyps_pad_sos_eos", rpad))
         resp = pb_utils.InferenceRequest(model_name=self.decoder_name, inputs=inputs,
                                          requested_output_names=["best_index"]).exec()
         if resp.has_error():

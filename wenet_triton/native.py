@@ -1,0 +1,81 @@
+"""The C++ CTC prefix beam search (plugins/ctc_prefix_beam_search.cpp), compiled with the
+system C++ compiler on first use into the cache and loaded with ctypes. If no compiler is
+available the pure-Python search (same results) is used instead."""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from typing import List, Optional, Tuple
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SOURCE = os.path.join(REPO_ROOT, "plugins", "ctc_prefix_beam_search.cpp")
+_LIB = None
+_FAILED = False
+
+
+def _build() -> Optional[str]:
+    from .artifacts import cache_root
+
+    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    if not cxx or not os.path.exists(SOURCE):
+        return None
+    with open(SOURCE, "rb") as f:
+        digest = hashlib.sha1(f.read()).hexdigest()[:12]
+    out = os.path.join(cache_root(), "native", f"libctc_search_{digest}.so")
+    if os.path.exists(out):
+        return out
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    tmp = tempfile.mktemp(suffix=".so", dir=os.path.dirname(out))
+    cmd = [cxx, "-O2", "-std=c++17", "-shared", "-fPIC", "-o", tmp, SOURCE]
+    log.info("compiling %s", " ".join(cmd))
+    subprocess.run(cmd, check=True, capture_output=True)
+    os.replace(tmp, out)  # atomic: concurrent Triton instances may build at once
+    return out
+
+
+def lib():
+    global _LIB, _FAILED
+    if _LIB is None and not _FAILED:
+        try:
+            path = _build()
+            if path is None:
+                raise OSError("no C++ compiler")
+            L = ctypes.CDLL(path)
+            P, I = ctypes.c_void_p, ctypes.c_int
+            L.wk_ctc_prefix_beam_search.argtypes = [P, P, P, I, I, I, I, I, I, P, P, P, P]
+            L.wk_ctc_prefix_beam_search.restype = I
+            _LIB = L
+        except (OSError, subprocess.CalledProcessError) as e:
+            log.warning("native CTC prefix beam search unavailable (%s); using Python", e)
+            _FAILED = True
+    return _LIB
+
+
+def prefix_beam_search_batch(topv: np.ndarray, topi: np.ndarray, lens: np.ndarray, beam: int,
+                             blank: int = 0) -> Optional[List[List[Tuple[Tuple[int, ...], float]]]]:
+    """(B,T,K) top-k log-probs/ids -> n-best per utterance, or None without the library."""
+    L = lib()
+    if L is None:
+        return None
+    topv = np.ascontiguousarray(topv, dtype=np.float32)
+    topi = np.ascontiguousarray(topi, dtype=np.int64)
+    lens = np.ascontiguousarray(lens, dtype=np.int32)
+    B, T, K = topv.shape
+    max_len = max(T, 1)
+    tokens = np.zeros((B, beam, max_len), np.int32)
+    out_lens = np.zeros((B, beam), np.int32)
+    scores = np.zeros((B, beam), np.float64)
+    count = np.zeros(B, np.int32)
+    p = lambda a: a.ctypes.data_as(ctypes.c_void_p)  # noqa: E731
+    L.wk_ctc_prefix_beam_search(p(topv), p(topi), p(lens), B, T, K, beam, blank, max_len,
+                                p(tokens), p(out_lens), p(scores), p(count))
+    return [[(tuple(tokens[b, i, :out_lens[b, i]].tolist()), float(scores[b, i]))
+             for i in range(count[b])] for b in range(B)]
