@@ -1,6 +1,7 @@
 """Serving subcommands of `wenet-triton`: build-repo, serve."""
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import signal
@@ -86,6 +87,29 @@ def cmd_build_plugins(a):
     print(f"built {path}")
 
 
+def cmd_build(a):
+    """Offline build of an engine's artifacts into one directory."""
+    from .export import export_onnx
+
+    s = export_onnx(a.model, a.out, a.beam_size, a.ctc_weight, a.reverse_weight)
+    print(f"exported ONNX to {a.out} (verified: {', '.join(s.get('verification', {}))})")
+    if a.engine == "torch_cuda":
+        from .kernels import build
+
+        print(f"built {build(os.path.join(a.out, 'libwenet_kernels.so'))}")
+    elif a.engine == "tensorrt":
+        import importlib.util
+
+        from .repo import REPO_ROOT
+
+        spec = importlib.util.spec_from_file_location(
+            "build_trt", os.path.join(REPO_ROOT, "build_engines", "build_trt.py"))
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        mod.main(["--export-dir", a.out, "--fp16"] + (["--int8", "--calib-wavs", a.calib_wavs]
+                                                      if a.int8 else []) + a.trt_args)
+
+
 def cmd_bench(a):
     from .bench import run
 
@@ -100,6 +124,17 @@ def add_commands(sub, model_arg, weights_args):
     bp.add_argument("--out", help="output .so (default plugins/build/libwenet_kernels.so)")
     bp.add_argument("--arch", help="comma-separated SM versions, e.g. 90,80 (default: this GPU)")
     bp.set_defaults(func=cmd_build_plugins)
+
+    bd = sub.add_parser("build", help="build an engine's artifacts (ONNX, kernel .so, TensorRT plans)")
+    model_arg(bd)
+    bd.add_argument("--engine", default="onnxruntime", choices=["onnxruntime", "torch_cuda", "tensorrt"])
+    bd.add_argument("--out", required=True)
+    weights_args(bd)
+    bd.add_argument("--int8", action="store_true", help="tensorrt: INT8 encoder (needs --calib-wavs)")
+    bd.add_argument("--calib-wavs", help="tensorrt INT8 calibration audio")
+    bd.add_argument("--trt-args", nargs=argparse.REMAINDER, default=[],
+                    help="further arguments for build_engines/build_trt.py")
+    bd.set_defaults(func=cmd_build)
 
     be = sub.add_parser("bench", help="model-level latency/throughput per engine (CSV + plots)")
     be.add_argument("--out", default="bench_out")

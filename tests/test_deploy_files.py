@@ -1,0 +1,36 @@
+"""Docker files are not built here (no Docker engine); check what can be checked: the
+compose file's structure against the serving contract and the Dockerfile's references."""
+import os
+import re
+
+import yaml
+
+from conftest import ROOT
+
+
+def test_compose_serves_triton_with_gpu_and_healthcheck():
+    with open(os.path.join(ROOT, "docker-compose.yml")) as f:
+        c = yaml.safe_load(f)
+    t = c["services"]["triton"]
+    assert t["build"]["dockerfile"] == "Dockerfile.triton"
+    assert {p.split(":")[0] for p in t["ports"]} == {"8000", "8001", "8002"}
+    dev = t["deploy"]["resources"]["reservations"]["devices"][0]
+    assert dev["driver"] == "nvidia" and "gpu" in dev["capabilities"]
+    assert "/v2/health/ready" in " ".join(t["healthcheck"]["test"])
+    assert any(v.endswith(":/models/model:ro") for v in t["volumes"])
+    assert any(v.split(":")[0] == "cache" for v in t["volumes"]) and "cache" in c["volumes"]
+    loc = c["services"]["locust"]
+    assert loc["depends_on"]["triton"]["condition"] == "service_healthy"
+    assert "loadtest/locustfile.py" in loc["command"] and "-t" in loc["command"]
+
+
+def test_dockerfile_copies_existing_paths_and_entrypoint():
+    text = open(os.path.join(ROOT, "Dockerfile.triton")).read()
+    assert re.search(r"^FROM nvcr.io/nvidia/tritonserver:\$\{TRITON_TAG\}", text, re.M)
+    assert re.search(r"^ARG TRITON_TAG=\d\d\.\d\d-py3$", text, re.M)  # pinned tag
+    for src in re.findall(r"^COPY (?!--from)(\S+)", text, re.M):
+        assert os.path.exists(os.path.join(ROOT, src)), src
+    entry = re.search(r'ENTRYPOINT \[.*"(/opt/wenet-triton/[^"]+)"\]', text).group(1)
+    assert os.path.exists(os.path.join(ROOT, entry.replace("/opt/wenet-triton/", "")))
+    cfg = re.search(r"SERVING_CONFIG=/opt/wenet-triton/(\S+)", text).group(1)
+    assert os.path.exists(os.path.join(ROOT, cfg))
