@@ -12,7 +12,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from wenet_triton.cer import cer, read_text  # noqa: E402
+from wenet_triton.cer import cer_summary  # noqa: E402
 from wenet_triton.cli import expand_inputs, utt_id  # noqa: E402
 from wenet_triton.client import transcribe_many, wait_until_ready  # noqa: E402
 from wenet_triton.frontend import AudioError, read_audio  # noqa: E402
@@ -64,10 +64,7 @@ def main(argv=None):
           f"RTF {wall / max(audio, 1e-9):.4f}, latency p50 {lat[len(lat) // 2] * 1000:.0f} ms "
           f"max {lat[-1] * 1000:.0f} ms (concurrency {a.concurrency})", file=sys.stderr)
     if a.ref:
-        ref = read_text(a.ref)
-        common = [u for u in hyps if u in ref]
-        rate, err, chars = cer((ref[u], hyps[u]) for u in common)
-        print(f"# CER {rate * 100:.2f}% ({err}/{chars} chars, {len(common)} utts)", file=sys.stderr)
+        print(cer_summary(a.ref, hyps), file=sys.stderr)
     sys.exit(1 if bad else 0)
 
 

@@ -267,7 +267,8 @@ __global__ void glu_dwconv_tiled_kernel(T* __restrict__ out, const T* __restrict
   }
 }
 
-// Log-softmax + top-k with a per-thread top-KM list in registers, merged in k rounds.
+// Row-wise log-softmax (fp32 out, optional) + top-k (values fp32, indices int64), k <= KM:
+// a per-thread top-KM list in registers, merged in k rounds; ties go to the lower index.
 template <typename T, int KM>
 __global__ void log_softmax_topk_reg_kernel(float* __restrict__ logp, float* __restrict__ topv,
                                             int64_t* __restrict__ topi, const T* __restrict__ x,
@@ -325,55 +326,6 @@ __global__ void log_softmax_topk_reg_kernel(float* __restrict__ logp, float* __r
       for (int j = 0; j < KM - 1; ++j) { lv[j] = lv[j + 1]; li[j] = li[j + 1]; }
       lv[KM - 1] = -INFINITY; li[KM - 1] = 0x7fffffff;
     }
-  }
-}
-
-// ---------------------------------------------------------------------------------------
-// Row-wise log-softmax (fp32 out, optional) + top-k (values fp32, indices int64).
-// Ties go to the lower index. One block per row; k <= 32.
-template <typename T>
-__global__ void log_softmax_topk_kernel(float* __restrict__ logp, float* __restrict__ topv,
-                                        int64_t* __restrict__ topi, const T* __restrict__ x,
-                                        int V, int k, int ld) {
-  __shared__ float red[32];
-  __shared__ float sval[32];
-  __shared__ int sidx[32];
-  __shared__ int chosen[32];
-  const size_t base = (size_t)blockIdx.x * ld;
-  const size_t obase = (size_t)blockIdx.x * V;
-  float m = -INFINITY;
-  for (int c = threadIdx.x; c < V; c += blockDim.x) m = fmaxf(m, to_f(x[base + c]));
-  m = block_max(m, red);
-  float s = 0.f;
-  for (int c = threadIdx.x; c < V; c += blockDim.x) s += __expf(to_f(x[base + c]) - m);
-  const float lse = m + logf(block_sum(s, red));
-  if (logp)
-    for (int c = threadIdx.x; c < V; c += blockDim.x) logp[obase + c] = to_f(x[base + c]) - lse;
-  const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
-  for (int r = 0; r < k; ++r) {
-    float bv = -INFINITY;
-    int bi = 0x7fffffff;
-    for (int c = threadIdx.x; c < V; c += blockDim.x) {
-      bool taken = false;
-      for (int q = 0; q < r; ++q) taken |= (chosen[q] == c);
-      const float v = to_f(x[base + c]);
-      if (!taken && (v > bv || (v == bv && c < bi))) { bv = v; bi = c; }
-    }
-    for (int o = 16; o > 0; o >>= 1) {
-      const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-      const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-      if (ov > bv || (ov == bv && oi < bi)) { bv = ov; bi = oi; }
-    }
-    if (lane == 0) { sval[wid] = bv; sidx[wid] = bi; }
-    __syncthreads();
-    if (threadIdx.x == 0) {
-      for (int w2 = 1; w2 < nw; ++w2)
-        if (sval[w2] > bv || (sval[w2] == bv && sidx[w2] < bi)) { bv = sval[w2]; bi = sidx[w2]; }
-      chosen[r] = bi;
-      topv[(size_t)blockIdx.x * k + r] = bv - lse;
-      topi[(size_t)blockIdx.x * k + r] = bi;
-    }
-    __syncthreads();
   }
 }
 
@@ -470,10 +422,10 @@ int wk_log_softmax_topk(float* logp, float* topv, int64_t* topi, const void* x, 
   if (k <= 16) {
     DISPATCH(dtype, (log_softmax_topk_reg_kernel<T, 16><<<rows, 128, 0, stream>>>(
         logp, topv, topi, (const T*)x, V, k, ld)));
-    return (int)cudaGetLastError();
+  } else {
+    DISPATCH(dtype, (log_softmax_topk_reg_kernel<T, 32><<<rows, 128, 0, stream>>>(
+        logp, topv, topi, (const T*)x, V, k, ld)));
   }
-  DISPATCH(dtype, log_softmax_topk_kernel<T><<<rows, 256, 0, stream>>>(logp, topv, topi,
-                                                                       (const T*)x, V, k, ld));
   return (int)cudaGetLastError();
 }
 

@@ -46,3 +46,11 @@ def cer_files(ref_path: str, hyp_path: str) -> Dict:
     rate, errors, chars = cer((ref[u], hyp[u]) for u in common)
     return {"cer": rate, "errors": errors, "chars": chars, "utts": len(common),
             "missing_in_hyp": sorted(set(ref) - set(hyp))}
+
+
+def cer_summary(ref_path: str, hyps: Dict[str, str]) -> str:
+    """One line: CER of `hyps` (utt -> text) against a Kaldi `text` file."""
+    ref = read_text(ref_path)
+    common = [u for u in hyps if u in ref]
+    rate, errors, chars = cer((ref[u], hyps[u]) for u in common)
+    return f"# CER {rate * 100:.2f}% ({errors}/{chars} chars, {len(common)} utts)"

@@ -75,7 +75,7 @@ def cmd_export(a):
 
 def cmd_transcribe(a):
     from .artifacts import ensure_export
-    from .cer import cer, read_text
+    from .cer import cer_summary
     from .engines import open_engine
     from .frontend import AudioError, read_audio
     from .pipeline import Recognizer, Vocab
@@ -118,10 +118,7 @@ def cmd_transcribe(a):
     print(f"# {len(hyps)} files, {audio_s:.1f} s audio, {wall:.2f} s wall, "
           f"RTF {wall / max(audio_s, 1e-9):.4f}", file=sys.stderr)
     if a.ref:
-        ref = read_text(a.ref)
-        common = [u for u in hyps if u in ref]
-        rate_, err, chars = cer((ref[u], hyps[u]) for u in common)
-        print(f"# CER {rate_ * 100:.2f}% ({err}/{chars} chars, {len(common)} utts)", file=sys.stderr)
+        print(cer_summary(a.ref, hyps), file=sys.stderr)
     if failed:
         sys.exit(1)
 
