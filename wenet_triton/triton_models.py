@@ -96,19 +96,31 @@ def _open_engine(args, params, parts):
 
 
 class FeatureExtractor:
-    """WAV FP32 [-1] + WAV_LENS INT32 [1] -> speech FP32 [-1, 80], speech_lengths INT32 [1]."""
+    """WAV FP32 [-1] + WAV_LENS INT32 [1] -> speech FP32 [-1, 80], speech_lengths INT32 [1].
+    Parameter `device`: cpu (kaldi-native-fbank per request) or cuda (one batched torch fbank
+    for the whole dynamic batch)."""
 
     def initialize(self, args):
         from .checkpoint import FbankConf
-        from .frontend import Fbank
 
         p = _params(args)
         with open(os.path.join(_version_dir(args), "wenet_triton.json")) as f:
-            self.fbank = Fbank(FbankConf(**json.load(f)["fbank"]))
+            self.conf = FbankConf(**json.load(f)["fbank"])
+        device = p.get("device", "cpu")
+        if device.startswith("cuda"):
+            from .torch_fbank import TorchFbank
+
+            self.fbank_batch = TorchFbank(self.conf, device).batch
+        else:
+            from .frontend import Fbank
+
+            fb = Fbank(self.conf)
+            self.fbank_batch = lambda wavs: [fb(w) for w in wavs]
         self.max_seconds = float(p.get("max_audio_seconds", "60"))
         self.min_frames = int(p.get("min_frames", "7"))
+        self.window = int(self.conf.sample_rate * self.conf.frame_length_ms / 1000)
 
-    def _features(self, request) -> np.ndarray:
+    def _waveform(self, request) -> np.ndarray:
         from .frontend import check_waveform
 
         wav, lens = _input(request, "WAV"), _input(request, "WAV_LENS")
@@ -119,24 +131,36 @@ class FeatureExtractor:
         n = int(lens.reshape(-1)[0])
         if n <= 0 or n > wav.shape[1]:
             raise ValueError(f"WAV_LENS {n} outside 1..{wav.shape[1]} (the WAV length)")
-        wav = check_waveform(wav[0, :n], "WAV", self.max_seconds, self.fbank.conf.sample_rate)
-        feats = self.fbank(wav)
-        if feats.shape[0] < self.min_frames:
-            ms = self.min_frames * self.fbank.conf.frame_shift_ms + self.fbank.conf.frame_length_ms
-            raise ValueError(f"audio of {n} samples is too short: at least ~{ms:.0f} ms needed")
-        return feats
+        wav = check_waveform(wav[0, :n], "WAV", self.max_seconds, self.conf.sample_rate)
+        if n < self.window:
+            raise ValueError(f"audio of {n} samples is shorter than one "
+                             f"{self.conf.frame_length_ms:g} ms frame")
+        return wav
 
     def execute(self, requests):
-        out = []
-        for req in requests:
+        out: List = [None] * len(requests)
+        wavs, idx = [], []
+        for i, req in enumerate(requests):
             try:
-                feats = self._features(req)
+                wavs.append(self._waveform(req))
+                idx.append(i)
             except ValueError as e:
-                out.append(_error(str(e), invalid_input=True))
+                out[i] = _error(str(e), invalid_input=True)
+        try:
+            feats = self.fbank_batch(wavs) if wavs else []
+        except Exception as e:  # noqa: BLE001
+            feats = None
+            for i in idx:
+                out[i] = _error(f"feature extraction failed: {e}")
+        for i, f in zip(idx, feats or []):
+            if f.shape[0] < self.min_frames:
+                ms = self.min_frames * self.conf.frame_shift_ms + self.conf.frame_length_ms
+                out[i] = _error(f"audio of {len(wavs[idx.index(i)])} samples is too short: at least "
+                                f"~{ms:.0f} ms needed", invalid_input=True)
                 continue
-            out.append(pb_utils.InferenceResponse([
-                _tensor("speech", feats[None]),
-                _tensor("speech_lengths", np.array([[feats.shape[0]]], np.int32))]))
+            out[i] = pb_utils.InferenceResponse([
+                _tensor("speech", f[None]),
+                _tensor("speech_lengths", np.array([[f.shape[0]]], np.int32))])
         return out
 
     def finalize(self):
