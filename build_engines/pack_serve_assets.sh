@@ -20,5 +20,5 @@ for f in $T/bin/tritonserver $T/backends/python/libtriton_python.so $T/python_ba
   LD_LIBRARY_PATH=$W/nvidia_pytriton.libs ldd $f | grep -o "nvidia_pytriton.libs/[^ ]*" || true
 done | sort -u | while read -r lib; do cp "$W/$lib" $T/libs/; done
 tar cJf $D/tritonserver_bundle.txz -C $W/bundle tritonserver
-cp ../shared/data/synth_test/test_0000[0-9].wav ../shared/data/synth_test/test_00001[01].wav $D/wavs/
+cp ../shared/data/synth_test/test_00000[0-9].wav ../shared/data/synth_test/test_00001[01].wav $D/wavs/
 rm -rf $W; du -sh $D
