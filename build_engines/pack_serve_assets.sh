@@ -10,7 +10,7 @@ D=.device_serve; W=$(mktemp -d); rm -rf $D; mkdir -p $D/whl $D/wavs
 P="--no-deps --only-binary=:all: --python-version 3.12 --implementation cp"
 for plat in manylinux_2_39_x86_64 manylinux_2_38_x86_64 manylinux_2_35_x86_64 manylinux_2_28_x86_64 manylinux_2_24_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64; do P="$P --platform $plat"; done
 python3 -m pip download -q $P -d $W nvidia-pytriton==0.7.0
-python3 -m pip download -q $P -d $D/whl perf-analyzer==2.60.0 tritonclient==2.73.0 kaldi-native-fbank==1.23.0 numpy==1.26.4
+python3 -m pip download -q $P -d $D/whl perf-analyzer==2.60.0 tritonclient==2.73.0 python-rapidjson kaldi-native-fbank==1.23.0 numpy==1.26.4
 (cd $W && unzip -q nvidia_pytriton-*.whl 'pytriton/tritonserver/*' 'nvidia_pytriton.libs/*')
 T=$W/bundle/tritonserver; mkdir -p $T/python_backend_stubs $T/libs
 cp -r $W/pytriton/tritonserver/bin $W/pytriton/tritonserver/backends $T/
