@@ -135,56 +135,8 @@ __global__ void add_layernorm_warp_kernel(T* __restrict__ sum_out, T* __restrict
 // -> swish.  h: (B, T, 2C) = pointwise_conv1 output, time-major.  out: (B, T, C).
 // Frames outside [0, len) are zero, except frames left of 0 in causal mode, which are
 // glu(pointwise_conv1.bias) = pad_value (WeNet pads before pointwise_conv1).
-template <typename T>
-__global__ void glu_dwconv_kernel(T* __restrict__ out, const T* __restrict__ h,
-                                  const int32_t* __restrict__ lens, const float* __restrict__ w,
-                                  const float* __restrict__ bias, const float* __restrict__ pad_value,
-                                  const float* __restrict__ ln_gamma, const float* __restrict__ ln_beta,
-                                  int T_, int C, int K, int causal, float eps) {
-  extern __shared__ float srow[];
-  __shared__ float red[32];
-  const int t = blockIdx.x, b = blockIdx.y;
-  const int len = lens[b];
-  const int P = causal ? K - 1 : (K - 1) / 2;
-  const T* hb = h + (size_t)b * T_ * 2 * C;
-  float local = 0.f;
-  for (int c = threadIdx.x; c < C; c += blockDim.x) {
-    float acc = bias[c];
-    for (int k = 0; k < K; ++k) {
-      const int tt = t + k - P;
-      float g;
-      if (tt >= 0 && tt < len) {
-        const float a = to_f(hb[(size_t)tt * 2 * C + c]);
-        const float gate = to_f(hb[(size_t)tt * 2 * C + C + c]);
-        g = a / (1.f + __expf(-gate));
-      } else {
-        g = (tt < 0 && causal) ? pad_value[c] : 0.f;
-      }
-      acc += w[c * K + k] * g;
-    }
-    srow[c] = acc;
-    local += acc;
-  }
-  float mean = 0.f, rstd = 1.f;
-  if (ln_gamma) {
-    mean = block_sum(local, red) / C;
-    local = 0.f;
-    for (int c = threadIdx.x; c < C; c += blockDim.x) {
-      const float d = srow[c] - mean;
-      local += d * d;
-    }
-    rstd = rsqrtf(block_sum(local, red) / C + eps);
-  }
-  T* ob = out + ((size_t)b * T_ + t) * C;
-  for (int c = threadIdx.x; c < C; c += blockDim.x) {
-    float v = srow[c];
-    if (ln_gamma) v = (v - mean) * rstd * ln_gamma[c] + ln_beta[c];
-    ob[c] = from_f<T>(v / (1.f + __expf(-v)));  // swish
-  }
-}
-
-// Same, time-tiled: a block computes TT output frames for all channels (one thread per
-// channel, C <= 1024); each GLU value is computed once into shared memory.
+// Time-tiled: a block computes TT output frames for all channels (one thread per channel,
+// C <= 1024); each GLU value is computed once into shared memory.
 template <typename T, int TT>
 __global__ void glu_dwconv_tiled_kernel(T* __restrict__ out, const T* __restrict__ h,
                                         const int32_t* __restrict__ lens, const float* __restrict__ w,
@@ -355,10 +307,6 @@ __global__ void log_softmax_gather_kernel(float* __restrict__ out, const T* __re
   }
 }
 
-int threads_for(int cols) {
-  int t = ((cols + 31) / 32) * 32;
-  return t < 64 ? 64 : (t > 1024 ? 1024 : t);
-}
 
 }  // namespace
 
@@ -399,18 +347,21 @@ int wk_glu_dwconv(void* out, const void* h, const int32_t* lens, const float* w,
                   int dtype, cudaStream_t stream) {
   if (B <= 0 || T_ <= 0) return 0;
   constexpr int TT = 8;
-  const size_t tiled_smem = (size_t)(TT + K - 1) * C * sizeof(float);
-  if (C <= 1024 && tiled_smem <= 48 * 1024) {
-    dim3 tgrid((T_ + TT - 1) / TT, B);
-    const int threads = ((C + 31) / 32) * 32;
-    DISPATCH(dtype, (glu_dwconv_tiled_kernel<T, TT><<<tgrid, threads, tiled_smem, stream>>>(
-        (T*)out, (const T*)h, lens, w, bias, pad_value, ln_gamma, ln_beta, T_, C, K, causal, eps)));
-    return (int)cudaGetLastError();
-  }
-  dim3 grid(T_, B);
-  const size_t smem = (size_t)C * sizeof(float);
-  DISPATCH(dtype, glu_dwconv_kernel<T><<<grid, threads_for(C < 256 ? C : 256), smem, stream>>>(
-      (T*)out, (const T*)h, lens, w, bias, pad_value, ln_gamma, ln_beta, T_, C, K, causal, eps));
+  if (C > 1024) return (int)cudaErrorInvalidValue;
+  const size_t smem = (size_t)(TT + K - 1) * C * sizeof(float);
+  dim3 grid((T_ + TT - 1) / TT, B);
+  const int threads = ((C + 31) / 32) * 32;
+  DISPATCH(dtype, {
+    auto kernel = glu_dwconv_tiled_kernel<T, TT>;
+    static size_t smem_allowed = 48 * 1024;  // per dtype; raised once, outside graph replays
+    if (smem > smem_allowed) {  // large C*K: opt in to more dynamic shared memory
+      const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+      if (e != cudaSuccess) return (int)e;
+      smem_allowed = smem;
+    }
+    kernel<<<grid, threads, smem, stream>>>((T*)out, (const T*)h, lens, w, bias, pad_value,
+                                            ln_gamma, ln_beta, T_, C, K, causal, eps);
+  });
   return (int)cudaGetLastError();
 }
 

@@ -53,7 +53,8 @@ def test_add_layernorm(dtype, rows, cols):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("B,T,C,K,causal,ln", [(1, 1, 256, 15, False, False), (3, 37, 256, 15, False, False),
                                               (64, 129, 256, 8, True, True), (2, 50, 144, 31, False, True),
-                                              (4, 5, 256, 8, True, False)])
+                                              (4, 5, 256, 8, True, False),
+                                              (2, 40, 512, 31, False, True)])  # > 48 KB shared memory
 def test_glu_dwconv(dtype, B, T, C, K, causal, ln):
     g = torch.Generator(device="cuda").manual_seed(B * T)
     h = torch.randn(B, T, 2 * C, device="cuda", generator=g).to(dtype)

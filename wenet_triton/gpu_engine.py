@@ -240,10 +240,6 @@ class FastModel:
             F.gelu(h) if act == "gelu" else torch.tanh(h)
         return F.linear(h, w2, b2)
 
-    @staticmethod
-    def _split(x, h, dk):  # (B,T,h*dk) -> (B,h,T,dk)
-        return x.view(x.shape[0], x.shape[1], h, dk).transpose(1, 2)
-
     def self_attn(self, y, p, pe_proj, mask):
         B, T, D = y.shape
         h, dk = p["h"], p["dk"]

@@ -62,15 +62,6 @@ def _device(args, params) -> str:
     return "cpu"
 
 
-def _pad_stack(arrays: List[np.ndarray], fill=0) -> np.ndarray:
-    """Stack arrays that differ in their first dim, padding with `fill`."""
-    n = max(a.shape[0] for a in arrays)
-    out = np.full((len(arrays), n) + arrays[0].shape[1:], fill, dtype=arrays[0].dtype)
-    for i, a in enumerate(arrays):
-        out[i, : a.shape[0]] = a
-    return out
-
-
 def _cat_padded(arrays: List[np.ndarray], axis: int, fill=0) -> np.ndarray:
     """Concatenate along dim 0 arrays that may differ along `axis` (padded with fill)."""
     n = max(a.shape[axis] for a in arrays)
