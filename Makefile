@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH_SPEC)"
-	$(PIP) install -q -e ".[server,test,loadtest]"
+	$(PIP) install -q -e ".[server,test,loadtest,trt]"
 	touch $@
 
 # Start Triton on the CPU default (exports and renders the repository on first use),
