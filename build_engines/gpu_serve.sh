@@ -16,16 +16,18 @@ tar xJf $D/tritonserver_bundle.txz -C /tmp && export WENET_TRITON_SERVER_DIR=/tm
 python3 -m wenet_triton.cli build-plugins > "$OUT/server.log" 2>&1 || { tail "$OUT/server.log"; exit 1; }
 python3 -c "from wenet_triton import bench; bench.write_model_dir(bench.random_spec(), '/tmp/aishell_model')"
 python3 -m wenet_triton.cli build-repo --model /tmp/aishell_model --engine torch_cuda \
-  --config build_engines/serving_gpu.yaml --out /tmp/repo_gpu >> "$OUT/server.log" 2>&1 || exit 1
+  --config ${SERVING_CONFIG:-build_engines/serving_gpu.yaml} --out /tmp/repo_gpu >> "$OUT/server.log" 2>&1 || exit 1
 setsid python3 -m wenet_triton.cli serve --repo /tmp/repo_gpu --host 127.0.0.1 >> "$OUT/server.log" 2>&1 &
 python3 loadtest/sweep.py --server 127.0.0.1:8001 --metrics 127.0.0.1:8002 --wav-dir $D/wavs \
   --seconds ${SECONDS_LIST:-5,10} --concurrency ${CONC:-1,8,32,64,128} --per-worker 16 --max-requests 6000 \
   --max-seconds 60 --out "$OUT" 2>&1 | grep -v Warn | tee "$OUT/sweep.log"
+if [ -z "${SKIP_PERF_ANALYZER:-}" ]; then
 PA=$(python3 -c "import shutil,sys,os; print(shutil.which('perf_analyzer') or os.path.join(os.path.dirname(sys.executable),'perf_analyzer'))")
 python3 loadtest/perf_analyzer_inputs.py --wav-dir $D/wavs --seconds 5 --out /tmp/pa > /dev/null
 timeout 200 "$PA" -m attention_rescoring -i grpc -u 127.0.0.1:8001 --input-data /tmp/pa/wav_5s.json \
   --shape WAV:80000 --concurrency-range 16:128:16 --measurement-interval 4000 --max-trials 4 \
   --stability-percentage 30 -f "$OUT/perf_analyzer_5s.csv" > "$OUT/perf_analyzer.log" 2>&1
 echo "perf_analyzer rc=$?"; grep -E "Concurrency:|Throughput|p99 latency" "$OUT/perf_analyzer.log" | head -30
+fi
 pkill -f "wenet_triton.cli serve"; sleep 3; pkill -9 -f tritonserver
 grep -iE "error|Traceback" "$OUT/server.log" | head -5
