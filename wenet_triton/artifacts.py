@@ -24,8 +24,11 @@ def _fingerprint(model_dir: str, beam_size: int, ctc_weight, reverse_weight) -> 
         st = os.stat(p) if os.path.exists(p) else None
         h.update(f"{name}:{st.st_size if st else -1}:{int(st.st_mtime) if st else -1}".encode())
     h.update(f"{os.path.abspath(model_dir)}|{beam_size}|{ctc_weight}|{reverse_weight}".encode())
-    from . import __version__
-    h.update(__version__.encode())
+    # the code that shapes an export: a change to it must not reuse an old export
+    here = os.path.dirname(os.path.abspath(__file__))
+    for name in ("checkpoint.py", "model.py", "export.py"):
+        with open(os.path.join(here, name), "rb") as f:
+            h.update(f.read())
     return h.hexdigest()[:12]
 
 
