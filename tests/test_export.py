@@ -1,4 +1,6 @@
 """ONNX exports (onnxruntime) against WeNet's outputs, at several batch sizes and lengths."""
+import os
+
 import numpy as np
 import onnx
 import pytest
@@ -57,3 +59,16 @@ def test_onnx_io_contract_and_symbolic_shapes(name, exports, torch_models):
         for b_ in range(batch):
             n = a["encoder_out_lens"][b_]
             assert np.abs(a["encoder_out"][b_, :n] - b["encoder_out"][b_, :n]).max() <= 1e-4
+
+
+def test_export_cache_reused_and_keyed_by_settings(tmp_path, monkeypatch):
+    from conftest import model_dir
+    from wenet_triton.artifacts import ensure_export
+
+    monkeypatch.setenv("WENET_TRITON_CACHE", str(tmp_path))
+    d1 = ensure_export(model_dir("conformer_2021"), beam_size=10)
+    stamp = os.path.getmtime(os.path.join(d1, "encoder.onnx"))
+    assert ensure_export(model_dir("conformer_2021"), beam_size=10) == d1
+    assert os.path.getmtime(os.path.join(d1, "encoder.onnx")) == stamp  # not exported again
+    d2 = ensure_export(model_dir("conformer_2021"), beam_size=10, ctc_weight=0.5)
+    assert d2 != d1 and os.path.exists(os.path.join(d2, "decoder.onnx"))
