@@ -172,3 +172,35 @@ def test_locust_smoke_zero_failures(server, tmp_path):
     total = [r for r in rows if r["Name"] == "Aggregated"][0]
     assert int(total["Request Count"]) > 0, res.stderr[-2000:]
     assert int(total["Failure Count"]) == 0, res.stderr[-2000:]
+
+
+def test_padded_feature_batches_give_the_same_transcripts(exports, tmp_path):
+    """feature_pad_batch (what TensorRT encoders need): each dynamic batch's features are
+    padded to its longest; transcripts must equal offline decoding."""
+    sys.path.insert(0, ROOT)
+    from loadtest.metrics import delta, scrape, summarize
+    from wenet_triton.client import transcribe_many
+    from wenet_triton.engines import OnnxEngine
+    from wenet_triton.frontend import read_audio
+    from wenet_triton.pipeline import Recognizer, Vocab
+    from wenet_triton.repo import build_repo
+    from wenet_triton.server import TritonServer, free_port
+
+    repo = build_repo(model_dir("u2pp_conformer"), str(tmp_path / "repo"), "onnxruntime",
+                      overrides={"feature_pad_batch": True, "engine": {"threads": 2},
+                                 "models": {"feature_extractor": {"instances": 1,
+                                                                  "max_queue_delay_us": 200000}}},
+                      engine_dir=exports["u2pp_conformer"])
+    items = [(f"u{i}", read_audio(wav_path(f"test_00000{i}"))) for i in range(8)]
+    metrics_port = free_port()
+    with TritonServer(repo, free_port(), free_port(), metrics_port, host="127.0.0.1",
+                      log_file=str(tmp_path / "log")) as s:
+        before = scrape(f"127.0.0.1:{metrics_port}")
+        padded = transcribe_many(s.grpc_url, items, concurrency=8)
+        stats = summarize(delta(before, scrape(f"127.0.0.1:{metrics_port}")))
+    assert stats["feature_extractor"]["avg_batch"] > 1  # padding really happened
+    assert [r.error for r in padded] == [None] * 8
+    eng = OnnxEngine(exports["u2pp_conformer"])
+    rec = Recognizer(eng, Vocab.from_engine_dir(exports["u2pp_conformer"], eng.settings))
+    assert [r.text for r in padded] == [r.text for r in rec.recognize([w for _, w in items])]
+    assert not _our_processes(repo)

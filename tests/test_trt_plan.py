@@ -33,3 +33,45 @@ def test_plan_pins_sensitive_ops_and_profiles_match_io(name, reverse, exports):
 def test_build_without_tensorrt_says_so(exports):
     with pytest.raises(SystemExit, match="TensorRT is not installed"):
         build_trt.main(["--export-dir", exports["conformer_2021"], "--fp16"])
+
+
+def _parse_config(path):
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    with open(path) as f:
+        return text_format.Parse(f.read(), model_config_pb2.ModelConfig())
+
+
+@pytest.mark.parametrize("name", ["u2pp_conformer", "conformer_2021"])
+def test_rendered_configs_parse_as_triton_model_configs(name, exports, tmp_path):
+    """Every config.pbtxt, for the onnxruntime and the tensorrt layouts, is a valid Triton
+    ModelConfig; the tensorrt one serves plans with the contract's I/O."""
+    import shutil
+
+    from conftest import model_dir
+    from wenet_triton.repo import MODELS, build_repo
+
+    repo = build_repo(model_dir(name), str(tmp_path / "ort"), "onnxruntime", engine_dir=exports[name])
+    for m in MODELS:
+        cfg = _parse_config(os.path.join(repo, m, "config.pbtxt"))
+        assert cfg.name == m
+    trt_dir = tmp_path / "trt_build"
+    shutil.copytree(exports[name], trt_dir)
+    with pytest.raises(FileNotFoundError, match="encoder.plan not found"):
+        build_repo(model_dir(name), str(tmp_path / "x"), "tensorrt", engine_dir=str(trt_dir))
+    for p in ("encoder", "decoder"):
+        (trt_dir / f"{p}.plan").write_bytes(b"plan bytes")
+    repo = build_repo(model_dir(name), str(tmp_path / "trt"), "tensorrt", engine_dir=str(trt_dir))
+    enc = _parse_config(os.path.join(repo, "encoder", "config.pbtxt"))
+    dec = _parse_config(os.path.join(repo, "decoder", "config.pbtxt"))
+    assert enc.platform == dec.platform == "tensorrt_plan"
+    assert [i.name for i in enc.input] == ["speech", "speech_lengths"]
+    assert list(enc.input[1].reshape.shape) == []  # [B] tensors in the plan
+    names = [i.name for i in dec.input]
+    assert ("r_hyps_pad_sos_eos" in names) == (name == "u2pp_conformer")
+    for p in ("encoder", "decoder"):
+        assert os.path.exists(os.path.join(repo, p, "1", "model.plan"))
+        assert not os.path.exists(os.path.join(repo, p, "1", "model.py"))
+    fe = _parse_config(os.path.join(repo, "feature_extractor", "config.pbtxt"))
+    assert fe.parameters["pad_to_batch_max"].string_value == "true"

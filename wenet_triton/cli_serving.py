@@ -12,9 +12,12 @@ log = logging.getLogger("wenet_triton")
 
 def _repo_args(p, model_arg, weights_args):
     model_arg(p)
-    p.add_argument("--engine", default="onnxruntime", choices=["onnxruntime", "torch", "torch_cuda"],
+    p.add_argument("--engine", default="onnxruntime",
+                   choices=["onnxruntime", "torch", "torch_cuda", "tensorrt"],
                    help="engine inside the encoder/decoder models (torch_cuda: GPU, fp16, fused "
-                   "kernels; run `wenet-triton build-plugins` first)")
+                   "kernels, run `wenet-triton build-plugins` first; tensorrt: plans from "
+                   "`wenet-triton build --engine tensorrt`, give --engine-dir)")
+    p.add_argument("--engine-dir", help="use this export/build directory instead of the cache")
     p.add_argument("--config", help="serving YAML overriding model_repo/serving.yaml "
                    "(batch sizes, queue delays, instances, max audio length)")
     p.add_argument("--max-batch-size", type=int, help="override max_batch_size")
@@ -28,8 +31,8 @@ def _build(a, out):
     from .repo import build_repo
 
     over = {"max_batch_size": a.max_batch_size} if a.max_batch_size else None
-    return build_repo(a.model, out, a.engine, a.config, over, ctc_weight=a.ctc_weight,
-                      reverse_weight=a.reverse_weight)
+    return build_repo(a.model, out, a.engine, a.config, over, engine_dir=a.engine_dir,
+                      ctc_weight=a.ctc_weight, reverse_weight=a.reverse_weight)
 
 
 def cmd_build_repo(a):

@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = ("feature_extractor", "encoder", "decoder", "scoring", "attention_rescoring")
-REPO_ENGINES = ("onnxruntime", "torch", "torch_cuda")
+REPO_ENGINES = ("onnxruntime", "torch", "torch_cuda", "tensorrt")
 
 
 def templates_dir() -> str:
@@ -93,6 +93,10 @@ def build_repo(model_dir: str, out: str, engine: str = "onnxruntime",
         "reverse_input": ("  { name: \"r_hyps_pad_sos_eos\" data_type: TYPE_INT64 dims: "
                           f"[ {beam}, -1 ] allow_ragged_batch: true }},\n"
                           if settings["decoder_has_reverse_input"] else ""),
+        "reverse_input_trt": ("  { name: \"r_hyps_pad_sos_eos\" data_type: TYPE_INT64 dims: "
+                              f"[ {beam}, -1 ] }},\n" if settings["decoder_has_reverse_input"] else ""),
+        # TensorRT batches only equal shapes: the feature extractor pads each dynamic batch
+        "fe_pad": "true" if engine == "tensorrt" or cfg.get("feature_pad_batch") else "false",
     }
     tdir = templates_dir()
     if os.path.exists(out):
@@ -100,18 +104,28 @@ def build_repo(model_dir: str, out: str, engine: str = "onnxruntime",
     for name in MODELS:
         m = cfg.get("models", {}).get(name, {})
         v = dict(values, dynamic_batching=_batching(m, max_batch), instance_group=_instances(m))
-        with open(os.path.join(tdir, name, "config.pbtxt.tmpl")) as f:
+        tmpl = os.path.join(tdir, name, "config.pbtxt.tmpl")
+        if engine == "tensorrt" and name in ("encoder", "decoder"):
+            tmpl = os.path.join(tdir, name, "config.tensorrt.pbtxt.tmpl")
+        with open(tmpl) as f:
             text = Template(f.read()).substitute(v)
         vdir = os.path.join(out, name, "1")
         os.makedirs(vdir)
         with open(os.path.join(out, name, "config.pbtxt"), "w") as f:
             f.write(text)
         src = os.path.join(tdir, name, "1", "model.py")
-        if os.path.exists(src):
+        if os.path.exists(src) and not (engine == "tensorrt" and name in ("encoder", "decoder")):
             shutil.copyfile(src, os.path.join(vdir, "model.py"))
         if name != "attention_rescoring":  # every python model reads the settings
             shutil.copyfile(os.path.join(engine_dir, CONFIG_NAME), os.path.join(vdir, CONFIG_NAME))
-    if engine == "onnxruntime":
+    if engine == "tensorrt":  # plans from `wenet-triton build --engine tensorrt`
+        for name in ("encoder", "decoder"):
+            plan = os.path.join(engine_dir, f"{name}.plan")
+            if not os.path.exists(plan):
+                raise FileNotFoundError(f"{plan} not found: run `wenet-triton build --engine tensorrt "
+                                        f"--out {engine_dir}` on the serving GPU first")
+            _link(plan, os.path.join(out, name, "1", "model.plan"))
+    elif engine == "onnxruntime":
         _link(os.path.join(engine_dir, "encoder.onnx"), os.path.join(out, "encoder", "1", "encoder.onnx"))
         _link(os.path.join(engine_dir, "decoder.onnx"), os.path.join(out, "decoder", "1", "decoder.onnx"))
     else:  # torch engines load the checkpoint itself: ship it inside the repository

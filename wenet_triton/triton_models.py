@@ -110,6 +110,8 @@ class FeatureExtractor:
         self.max_seconds = float(p.get("max_audio_seconds", "60"))
         self.min_frames = int(p.get("min_frames", "7"))
         self.window = int(self.conf.sample_rate * self.conf.frame_length_ms / 1000)
+        # TensorRT encoders batch only equal shapes: pad every response to the batch's longest
+        self.pad_batch = p.get("pad_to_batch_max", "false").lower() == "true"
 
     def _waveform(self, request) -> np.ndarray:
         from .frontend import check_waveform
@@ -143,15 +145,19 @@ class FeatureExtractor:
             feats = None
             for i in idx:
                 out[i] = _error(f"feature extraction failed: {e}")
+        width = max((f.shape[0] for f in feats or []), default=0) if self.pad_batch else 0
         for i, f in zip(idx, feats or []):
             if f.shape[0] < self.min_frames:
                 ms = self.min_frames * self.conf.frame_shift_ms + self.conf.frame_length_ms
                 out[i] = _error(f"audio of {len(wavs[idx.index(i)])} samples is too short: at least "
                                 f"~{ms:.0f} ms needed", invalid_input=True)
                 continue
+            n = f.shape[0]
+            if width > n:
+                f = np.pad(f, ((0, width - n), (0, 0)))
             out[i] = pb_utils.InferenceResponse([
                 _tensor("speech", f[None]),
-                _tensor("speech_lengths", np.array([[f.shape[0]]], np.int32))])
+                _tensor("speech_lengths", np.array([[n]], np.int32))])
         return out
 
     def finalize(self):
