@@ -135,6 +135,25 @@ __global__ void add_layernorm_warp_kernel(T* __restrict__ sum_out, T* __restrict
 // -> swish.  h: (B, T, 2C) = pointwise_conv1 output, time-major.  out: (B, T, C).
 // Frames outside [0, len) are zero, except frames left of 0 in causal mode, which are
 // glu(pointwise_conv1.bias) = pad_value (WeNet pads before pointwise_conv1).
+// For each of TT rows, the sum of v[i] over the block; every thread gets the sums.
+template <int TT>
+__device__ __forceinline__ void tile_sums(const float (&v)[TT], float (&out)[TT], float (*red)[33]) {
+  const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+#pragma unroll
+  for (int i = 0; i < TT; ++i) {
+    const float s = warp_sum(v[i]);
+    if (lane == 0) red[i][wid] = s;
+  }
+  __syncthreads();
+#pragma unroll
+  for (int i = 0; i < TT; ++i) {
+    float s = 0.f;
+    for (int q = 0; q < nw; ++q) s += red[i][q];
+    out[i] = s;
+  }
+  __syncthreads();  // red is reused by the next call
+}
+
 // Time-tiled: a block computes TT output frames for all channels (one thread per channel,
 // C <= 1024); each GLU value is computed once into shared memory.
 template <typename T, int TT>
@@ -176,35 +195,20 @@ __global__ void glu_dwconv_tiled_kernel(T* __restrict__ out, const T* __restrict
       for (int i = 0; i < TT; ++i) acc[i] += wk * g[(i + k) * C + c];
     }
   }
-  const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
-  float mean[TT], rstd[TT];
-  if (ln_gamma) {
+  float mean[TT], rstd[TT], tmp[TT];
+  if (ln_gamma) {  // LayerNorm over channels, per frame: two block-wide sums
+#pragma unroll
+    for (int i = 0; i < TT; ++i) tmp[i] = c < C ? acc[i] : 0.f;
+    tile_sums<TT>(tmp, mean, red);
 #pragma unroll
     for (int i = 0; i < TT; ++i) {
-      const float s = warp_sum(c < C ? acc[i] : 0.f);
-      if (lane == 0) red[i][wid] = s;
-    }
-    __syncthreads();
-#pragma unroll
-    for (int i = 0; i < TT; ++i) {
-      float s = 0.f;
-      for (int q = 0; q < nw; ++q) s += red[i][q];
-      mean[i] = s / C;
-    }
-    __syncthreads();
-#pragma unroll
-    for (int i = 0; i < TT; ++i) {
+      mean[i] /= C;
       const float d = c < C ? acc[i] - mean[i] : 0.f;
-      const float s = warp_sum(d * d);
-      if (lane == 0) red[i][wid] = s;
+      tmp[i] = d * d;
     }
-    __syncthreads();
+    tile_sums<TT>(tmp, rstd, red);
 #pragma unroll
-    for (int i = 0; i < TT; ++i) {
-      float s = 0.f;
-      for (int q = 0; q < nw; ++q) s += red[i][q];
-      rstd[i] = rsqrtf(s / C + eps);
-    }
+    for (int i = 0; i < TT; ++i) rstd[i] = rsqrtf(rstd[i] / C + eps);
   }
   if (c < C) {
     const float lg = ln_gamma ? ln_gamma[c] : 1.f, lb = ln_gamma ? ln_beta[c] : 0.f;
