@@ -21,41 +21,38 @@ template <> __device__ __forceinline__ float from_f<float>(float v) { return v; 
 template <> __device__ __forceinline__ __half from_f<__half>(float v) { return __float2half_rn(v); }
 template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
-__device__ __forceinline__ float warp_sum(float v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-__device__ __forceinline__ float warp_max(float v) {
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
+struct SumOp {
+  static __device__ __forceinline__ float apply(float a, float b) { return a + b; }
+  static __device__ __forceinline__ float identity() { return 0.f; }
+};
+struct MaxOp {
+  static __device__ __forceinline__ float apply(float a, float b) { return fmaxf(a, b); }
+  static __device__ __forceinline__ float identity() { return -INFINITY; }
+};
 
-// Block-wide sum; `red` holds >= 32 floats. All threads get the result.
-__device__ float block_sum(float v, float* red) {
+template <typename Op>
+__device__ __forceinline__ float warp_reduce(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = Op::apply(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+__device__ __forceinline__ float warp_sum(float v) { return warp_reduce<SumOp>(v); }
+
+// Block-wide reduction; `red` holds >= 32 floats. All threads get the result.
+template <typename Op>
+__device__ float block_reduce(float v, float* red) {
   const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
-  v = warp_sum(v);
+  v = warp_reduce<Op>(v);
   __syncthreads();
   if (lane == 0) red[wid] = v;
   __syncthreads();
-  v = (threadIdx.x < nw) ? red[threadIdx.x] : 0.f;
-  if (wid == 0) v = warp_sum(v);
+  v = (threadIdx.x < nw) ? red[threadIdx.x] : Op::identity();
+  if (wid == 0) v = warp_reduce<Op>(v);
   if (threadIdx.x == 0) red[0] = v;
   __syncthreads();
   return red[0];
 }
-
-__device__ float block_max(float v, float* red) {
-  const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
-  v = warp_max(v);
-  __syncthreads();
-  if (lane == 0) red[wid] = v;
-  __syncthreads();
-  v = (threadIdx.x < nw) ? red[threadIdx.x] : -INFINITY;
-  if (wid == 0) v = warp_max(v);
-  if (threadIdx.x == 0) red[0] = v;
-  __syncthreads();
-  return red[0];
-}
+__device__ float block_sum(float v, float* red) { return block_reduce<SumOp>(v, red); }
+__device__ float block_max(float v, float* red) { return block_reduce<MaxOp>(v, red); }
 
 // ---------------------------------------------------------------------------------------
 // s = x + alpha * delta (delta optional);  sum_out = s (optional);  norm_out = LN(s)

@@ -133,20 +133,16 @@ def open_engine(engine_dir: str, engine: str = "onnxruntime", device: str = "cpu
                 parts=("encoder", "decoder")) -> Engine:
     if engine == "onnxruntime":
         return OnnxEngine(engine_dir, threads=threads, parts=parts)
-    if engine == "torch":
+    if engine in ("torch", "torch_cuda"):
         from .checkpoint import load_model_dir
         from .model import ASRModel
 
         settings = load_settings(engine_dir)
-        spec = load_model_dir(model_dir or settings["source_model_dir"])
-        return TorchEngine(ASRModel.from_spec(spec), settings, device, dtype)
-    if engine == "torch_cuda":
-        from .checkpoint import load_model_dir
+        model = ASRModel.from_spec(load_model_dir(model_dir or settings["source_model_dir"]))
+        if engine == "torch":
+            return TorchEngine(model, settings, device, dtype)
         from .gpu_engine import CudaEngine
-        from .model import ASRModel
 
-        settings = load_settings(engine_dir)
-        spec = load_model_dir(model_dir or settings["source_model_dir"])
         dev = device if device.startswith("cuda") else "cuda"
-        return CudaEngine(ASRModel.from_spec(spec), settings, dev, dtype or "float16")
+        return CudaEngine(model, settings, dev, dtype or "float16")
     raise ValueError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")

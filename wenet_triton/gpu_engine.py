@@ -59,11 +59,11 @@ class _tf32:
 def linear_f32(x: torch.Tensor, w32: torch.Tensor, b32: torch.Tensor) -> torch.Tensor:
     """x @ w.T + b accumulated and stored in fp32. w32/b32 are fp32 tensors; for fp16/bf16
     x they hold fp16/bf16-rounded weights, so a TF32 GEMM computes the exact products."""
+    import contextlib
+
     x2 = x.reshape(-1, x.shape[-1])
-    if x.dtype != torch.float32 and x.is_cuda:
-        with _tf32():
-            y = torch.addmm(b32, x2.float(), w32.t())
-    else:
+    exact_tf32 = x.dtype != torch.float32 and x.is_cuda
+    with _tf32() if exact_tf32 else contextlib.nullcontext():
         y = torch.addmm(b32, x2.float(), w32.t())
     return y.view(*x.shape[:-1], w32.shape[0])
 
@@ -215,10 +215,9 @@ class FastModel:
             layers.append((self._ln(L.norm1, cv), self._attn(L.self_attn, cv),
                            self._ln(L.norm2, cv), self._attn(L.src_attn, cv),
                            self._ln(L.norm3, cv), self._ffn(L.feed_forward, cv)))
+        out_w, out_b = self._padded(dec.output_layer, cv, f32)
         return {"embed": cv(dec.embed[0].weight), "layers": layers,
-                "after_norm": self._ln(dec.after_norm, cv),
-                "out_w": self._padded(dec.output_layer, cv, f32)[0],
-                "out_b": self._padded(dec.output_layer, cv, f32)[1]}
+                "after_norm": self._ln(dec.after_norm, cv), "out_w": out_w, "out_b": out_b}
 
     # -- building blocks ---------------------------------------------------------------------
     def ln(self, x, p):

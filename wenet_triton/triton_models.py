@@ -146,10 +146,10 @@ class FeatureExtractor:
             for i in idx:
                 out[i] = _error(f"feature extraction failed: {e}")
         width = max((f.shape[0] for f in feats or []), default=0) if self.pad_batch else 0
-        for i, f in zip(idx, feats or []):
+        for i, wav, f in zip(idx, wavs, feats or []):
             if f.shape[0] < self.min_frames:
                 ms = self.min_frames * self.conf.frame_shift_ms + self.conf.frame_length_ms
-                out[i] = _error(f"audio of {len(wavs[idx.index(i)])} samples is too short: at least "
+                out[i] = _error(f"audio of {len(wav)} samples is too short: at least "
                                 f"~{ms:.0f} ms needed", invalid_input=True)
                 continue
             n = f.shape[0]
@@ -257,13 +257,14 @@ class Scoring:
 
         try:
             beam, s = self.settings["beam_size"], self.settings
-            encs, lens, nbest = [], [], []
+            encs, lens, nbest, sizes = [], [], [], []
             for r in requests:
                 lp, idx = _input(r, "beam_log_probs"), _input(r, "beam_log_probs_idx")
                 ln = _input(r, "encoder_out_lens").reshape(-1)
                 nbest += ctc_prefix_beam_search_batch(lp, idx, ln, beam, s["blank"])
                 encs.append(_input(r, "encoder_out"))
                 lens.append(ln.astype(np.int32))
+                sizes.append(len(ln))
             best = [0] * len(nbest)
             if self.rescoring:
                 enc, enc_lens = _cat_padded(encs, axis=1), np.concatenate(lens)
@@ -276,8 +277,7 @@ class Scoring:
         except Exception as e:  # noqa: BLE001
             return [_error(f"scoring failed: {e}") for _ in requests]
         out, k = [], 0
-        for r in requests:
-            n = _input(r, "encoder_out_lens").shape[0]
+        for n in sizes:
             texts = []
             for _ in range(n):
                 hyps = nbest[k]
