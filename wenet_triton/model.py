@@ -1,8 +1,9 @@
 """U2 / U2++ conformer (and transformer) ASR model with WeNet's state_dict names.
 
-Inference only, batch-first, full context. Differences from WeNet's code are deliberate and
-keep WeNet's numbers: masks and positional embeddings are built once per batch, BatchNorm
-is folded into the depthwise conv, positional tables are computed from the symbolic length
+Batch-first; full context for inference (dynamic chunk masks only when training, see
+wenet_triton.train). Differences from WeNet's code are deliberate and keep WeNet's
+numbers: masks and positional embeddings are built once per batch, BatchNorm is folded
+into the depthwise conv, positional tables are computed from the symbolic length
 (so ONNX exports have no length frozen in), and the non-causal conv module zeroes padded
 frames after the GLU so that a padded batch gives what each utterance gives alone.
 """
@@ -22,6 +23,12 @@ def make_pad_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
     """(B,) lengths -> (B, max_len) bool, True on padding."""
     seq = torch.arange(max_len, device=lengths.device, dtype=lengths.dtype)
     return seq.unsqueeze(0) >= lengths.unsqueeze(1)
+
+
+def chunk_mask(length: int, chunk_size: int, device) -> torch.Tensor:
+    """(T, T) bool: frame i sees frames j < (i // chunk + 1) * chunk (full left context)."""
+    idx = torch.arange(length, device=device)
+    return idx[None, :] < (idx[:, None] // chunk_size + 1) * chunk_size
 
 
 def attention_bias(valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -300,7 +307,9 @@ class Encoder(nn.Module):
         self.encoders = nn.ModuleList(layers)
         self.after_norm = nn.LayerNorm(d, eps=eps)
 
-    def forward(self, xs: torch.Tensor, xs_lens: torch.Tensor):
+    def forward(self, xs: torch.Tensor, xs_lens: torch.Tensor, chunk_size: int = 0):
+        """chunk_size > 0 (training, WeNet's dynamic chunk): each frame attends to frames up
+        to the end of its own chunk; 0 = full context (inference and every export)."""
         valid = ~make_pad_mask(xs_lens, xs.size(1))
         if self.global_cmvn is not None:
             xs = self.global_cmvn(xs)
@@ -309,7 +318,11 @@ class Encoder(nn.Module):
         xs = xs * self.xscale
         if not self.rel_pos:
             xs = xs + pe
-        att_bias = attention_bias(valid, xs.dtype)[:, None, None, :]  # (B,1,1,T)
+        if chunk_size > 0:
+            att_bias = attention_bias(valid[:, None, :] & chunk_mask(
+                xs.size(1), chunk_size, xs.device)[None], xs.dtype)[:, None]  # (B,1,T,T)
+        else:
+            att_bias = attention_bias(valid, xs.dtype)[:, None, None, :]  # (B,1,1,T)
         mask_pad = valid.to(xs.dtype).unsqueeze(1)  # (B,1,T)
         for layer in self.encoders:
             xs = layer(xs, att_bias, pe, mask_pad)

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Train the demo model on the GPU machine (issue #4), across device calls of <= 10 minutes:
+#   bash build_engines/pack_train_assets.sh            # here, once: fills .device_train/
+#   device run (carry .device_train):  bash build_engines/train_demo.sh start
+#   device run (same warm machine):    bash build_engines/train_demo.sh follow   # repeat
+# `start` launches corpus generation and training as their own sessions (setsid), so they
+# outlive the call while the machine stays warm; every call follows the log for up to
+# FOLLOW_S seconds and leaves the log, the summary and the latest model (fp16, split in
+# parts under the 16 MiB file limit) in $OUT. Join the parts with `cat final.pt.part-* >final.pt`.
+# Env: MINUTES (training budget, default 21), TRAIN_ARGS (extra train_demo.py train flags),
+#      GEN_JOBS (synthesis processes, default nproc-2), NUM_TRAIN (utterances, 0 = all
+#      120k), FOLLOW_S (default 540).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+W=work/demo_train
+A=.device_train
+OUT=${OUT:-$W/out}
+FOLLOW_S=${FOLLOW_S:-540}
+mkdir -p $W "$OUT"
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site $A/whl/*.whl 2>/dev/null
+export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
+
+if [ "${1:-follow}" = start ]; then
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  python3 -c "import torch; print('torch', torch.__version__)"
+  rm -rf $W/corpus $W/run
+  setsid nohup python3 build_engines/train_demo.py gen --espeak-dir "$PWD/$A/espeak" \
+    --synth-dir $A/synth --out $W/corpus --num-train "${NUM_TRAIN:-0}" --jobs "${GEN_JOBS:-$(( $(nproc) - 2 ))}" \
+    >$W/gen.log 2>&1 </dev/null &
+  setsid nohup python3 build_engines/train_demo.py train --corpus $W/corpus --out $W/run \
+    --minutes "${MINUTES:-21}" ${TRAIN_ARGS:-} >$W/train.log 2>&1 </dev/null &
+  sleep 5
+fi
+
+end=$(( $(date +%s) + FOLLOW_S ))
+shown=0
+while :; do
+  n=$(cat $W/train.log $W/gen.log 2>/dev/null | wc -l)
+  if [ "$n" -gt "$shown" ]; then
+    cat $W/gen.log $W/train.log 2>/dev/null | tail -n +$((shown + 1)) | cut -c1-220
+    shown=$n
+  fi
+  [ -f $W/run/DONE ] && break
+  pgrep -f "train_demo.py train" >/dev/null || { echo "trainer is not running"; break; }
+  [ "$(date +%s)" -ge "$end" ] && break
+  sleep 10
+done
+
+cp $W/gen.log $W/train.log "$OUT"/ 2>/dev/null
+cp $W/run/train_log.jsonl $W/run/summary.json "$OUT"/ 2>/dev/null
+src=$W/run/model; [ -f $src/final.pt ] || src=$W/run/snapshot
+if [ -f $src/final.pt ]; then
+  cp $src/train.yaml $src/global_cmvn "$OUT"/
+  split -b 15M -d $src/final.pt "$OUT"/final.pt.part-
+  echo "model from $src: $(du -h $src/final.pt | cut -f1)"
+fi
+nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
+[ -f $W/run/DONE ] && echo "DONE: $(cat $W/run/DONE)" || echo "still training"
