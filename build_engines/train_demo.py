@@ -80,7 +80,8 @@ def cmd_gen(a):
     os.makedirs(a.out, exist_ok=True)
     units = read_units(os.path.join(a.synth_dir, "units.txt"))
     jobs = [("dev", read_list(os.path.join(a.synth_dir, "dev.txt"), a.num_dev))]
-    train = read_list(os.path.join(a.synth_dir, "train.txt"), a.num_train)
+    train = [it for name in a.train_list for it in read_list(os.path.join(a.synth_dir, name), 0)]
+    train = train[:a.num_train] if a.num_train else train
     jobs += [(f"train_{i // a.shard_size:04d}", train[i:i + a.shard_size])
              for i in range(0, len(train), a.shard_size)]
     t0, done_s = time.time(), 0.0
@@ -176,15 +177,25 @@ def cmd_train(a):
     dev = torch.load(os.path.join(a.corpus, "dev.pt"), weights_only=True)
     corpus = Corpus(a.corpus, device)
     corpus.refresh()
-    cmvn = cmvn_stats([f.float() for f in corpus.feats[:4000]])
-    config = json.loads(json.dumps(DEMO_CONFIG))
+    if a.init:  # go on from a model: its config and CMVN
+        import yaml
+        config = yaml.safe_load(open(os.path.join(a.init, "train.yaml"), encoding="utf-8"))
+        config.pop("output_dim", None)
+        cmvn = json.load(open(os.path.join(a.init, "global_cmvn")))
+    else:
+        cmvn = cmvn_stats([f.float() for f in corpus.feats[:4000]])
+        config = json.loads(json.dumps(DEMO_CONFIG))
     if a.tiny:  # CPU dry run
         config["encoder_conf"].update(output_size=64, linear_units=128, num_blocks=2)
         config["decoder_conf"].update(linear_units=128, num_blocks=1)
     units_path = os.path.join(a.corpus, "units.txt")
     spec_dir = write_model_dir(os.path.join(a.out, "model_fp32"), config, units_path, cmvn)
     spec = load_model_dir(spec_dir, load_weights=False)
-    model = ASRModel(spec).to(device)
+    model = ASRModel(spec)
+    if a.init:
+        model.load_wenet_state_dict(load_model_dir(a.init).state_dict)
+        log(f"initialised from {a.init}")
+    model = model.to(device)
     model.train()
     n_params = sum(p.numel() for p in model.parameters())
     log(f"model {n_params / 1e6:.2f} M parameters; {len(corpus.feats)} train utts loaded")
@@ -259,6 +270,40 @@ def cmd_train(a):
     open(os.path.join(a.out, "DONE"), "w").write(stop + "\n")
 
 
+# ---------------------------------------------------------------- fp32 vs fp16 accuracy
+def cmd_eval(a):
+    """CER of each decoding mode on the dev shard with the eager fp32 model and the fp16
+    GPU engine (torch_cuda), from the same features; and how many transcripts agree."""
+    from wenet_triton.engines import TorchEngine
+    from wenet_triton.export import export_settings
+    from wenet_triton.gpu_engine import CudaEngine
+    from wenet_triton.pipeline import Recognizer, Vocab
+
+    spec = load_model_dir(a.model)
+    model = ASRModel.from_spec(spec)
+    settings = export_settings(spec, model, a.beam_size, None, None)
+    dev = torch.load(os.path.join(a.corpus, "dev.pt"), weights_only=True)
+    feats = [f.float().numpy() for f in dev["feats"]]
+    engines = {"eager_fp32": lambda: TorchEngine(model, settings, "cuda", None),
+               "torch_cuda_fp16": lambda: CudaEngine(model, settings, "cuda", "float16")}
+    report, texts = {"model": a.model, "utts": len(feats)}, {}
+    for name, make in engines.items():
+        rec = Recognizer(make(), Vocab(spec.vocab, spec.eos))
+        res = []
+        for i in range(0, len(feats), a.batch_size):
+            res += rec.recognize_feats(feats[i:i + a.batch_size])
+        modes = {"attention_rescoring": [r.text for r in res],
+                 "ctc_prefix_beam": [rec.vocab.text(r.nbest[0][0]) if r.nbest else "" for r in res],
+                 "ctc_greedy": [rec.vocab.text(r.greedy) for r in res]}
+        report[name] = {m: round(cer(zip(dev["texts"], h))[0], 4) for m, h in modes.items()}
+        texts[name] = modes["attention_rescoring"]
+        log(name, json.dumps(report[name]))
+    same = sum(x == y for x, y in zip(texts["eager_fp32"], texts["torch_cuda_fp16"]))
+    report["identical_rescored_transcripts"] = same
+    json.dump(report, open(a.out, "w"), indent=1)
+    log(json.dumps(report))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -266,7 +311,9 @@ def main(argv=None):
     g.add_argument("--espeak-dir", default="system", help="dir with espeak-ng, lib/, espeak-ng-data/ or 'system'")
     g.add_argument("--synth-dir", default="../shared/synth", help="gen.py, units.txt, train.txt, dev.txt")
     g.add_argument("--out", required=True)
-    g.add_argument("--num-train", type=int, default=0, help="0 = all of train.txt")
+    g.add_argument("--train-list", nargs="+", default=["train.txt"],
+                   help="text lists in --synth-dir, synthesized in this order")
+    g.add_argument("--num-train", type=int, default=0, help="0 = all of the lists")
     g.add_argument("--num-dev", type=int, default=200)
     g.add_argument("--shard-size", type=int, default=4000)
     g.add_argument("--jobs", type=int, default=os.cpu_count())
@@ -282,11 +329,20 @@ def main(argv=None):
     t.add_argument("--eval-every", type=int, default=500)
     t.add_argument("--abort-step", type=int, default=3000, help="stop if dev CER > 95%% by then")
     t.add_argument("--seed", type=int, default=1)
+    t.add_argument("--init", help="model dir to go on from (its train.yaml, CMVN and weights)")
     t.add_argument("--tiny", action="store_true", help="tiny model for a CPU dry run")
     t.add_argument("--no-augment", action="store_true",
                    help="no SpecAugment, full context (e.g. to check it can overfit a few utts)")
+    e = sub.add_parser("eval", help="dev-shard CER: eager fp32 vs the fp16 GPU engine")
+    e.add_argument("--model", required=True)
+    e.add_argument("--corpus", required=True)
+    e.add_argument("--out", required=True, help="JSON report")
+    e.add_argument("--beam-size", type=int, default=10)
+    e.add_argument("--batch-size", type=int, default=32)
     a = ap.parse_args(argv)
-    if a.cmd == "gen":
+    if a.cmd == "eval":
+        cmd_eval(a)
+    elif a.cmd == "gen":
         import shutil
         os.makedirs(a.out, exist_ok=True)
         shutil.copyfile(os.path.join(a.synth_dir, "units.txt"), os.path.join(a.out, "units.txt"))

@@ -9,7 +9,9 @@
 # parts under the 16 MiB file limit) in $OUT. Join the parts with `cat final.pt.part-* >final.pt`.
 # Env: MINUTES (training budget, default 21), TRAIN_ARGS (extra train_demo.py train flags),
 #      GEN_JOBS (synthesis processes, default nproc-2), NUM_TRAIN (utterances, 0 = all
-#      120k), FOLLOW_S (default 540).
+#      of the lists), NUM_DEV (default 200), TRAIN_LISTS (lists in .device_train/synth, default
+#      train.txt), INIT (model dir to go on from), EVAL (1: once done, fp32 vs fp16 dev CER
+#      into eval.json), FOLLOW_S (default 540).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 W=work/demo_train
@@ -23,30 +25,38 @@ export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
 if [ "${1:-follow}" = start ]; then
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   python3 -c "import torch; print('torch', torch.__version__)"
-  rm -rf $W/corpus $W/run
+  rm -rf $W/corpus $W/run $W/eval.json
   setsid nohup python3 build_engines/train_demo.py gen --espeak-dir "$PWD/$A/espeak" \
-    --synth-dir $A/synth --out $W/corpus --num-train "${NUM_TRAIN:-0}" --jobs "${GEN_JOBS:-$(( $(nproc) - 2 ))}" \
+    --synth-dir $A/synth --out $W/corpus --num-train "${NUM_TRAIN:-0}" --num-dev "${NUM_DEV:-200}" \
+    --train-list ${TRAIN_LISTS:-train.txt} --jobs "${GEN_JOBS:-$(( $(nproc) - 2 ))}" \
     >$W/gen.log 2>&1 </dev/null &
   setsid nohup python3 build_engines/train_demo.py train --corpus $W/corpus --out $W/run \
-    --minutes "${MINUTES:-21}" ${TRAIN_ARGS:-} >$W/train.log 2>&1 </dev/null &
+    --minutes "${MINUTES:-21}" ${INIT:+--init "$INIT"} ${TRAIN_ARGS:-} >$W/train.log 2>&1 </dev/null &
   sleep 5
 fi
 
 end=$(( $(date +%s) + FOLLOW_S ))
-shown=0
+declare -A shown=([gen]=0 [train]=0)
 while :; do
-  n=$(cat $W/train.log $W/gen.log 2>/dev/null | wc -l)
-  if [ "$n" -gt "$shown" ]; then
-    cat $W/gen.log $W/train.log 2>/dev/null | tail -n +$((shown + 1)) | cut -c1-220
-    shown=$n
-  fi
+  for f in gen train; do
+    n=$(cat $W/$f.log 2>/dev/null | wc -l)
+    [ "$n" -gt "${shown[$f]}" ] && tail -n +$((shown[$f] + 1)) $W/$f.log | head -n $((n - shown[$f])) | cut -c1-220
+    shown[$f]=$n
+  done
   [ -f $W/run/DONE ] && break
   pgrep -f "train_demo.py train" >/dev/null || { echo "trainer is not running"; break; }
   [ "$(date +%s)" -ge "$end" ] && break
   sleep 10
 done
 
-cp $W/gen.log $W/train.log "$OUT"/ 2>/dev/null
+if [ -f $W/run/DONE ] && [ -f $W/run/model/final.pt ] && [ "${EVAL:-1}" = 1 ] && [ ! -f $W/eval.json ]; then
+  # fp32 eager vs the fp16 GPU engine on the dev shard (builds the kernels first)
+  python3 -m wenet_triton.cli build-plugins >$W/eval.log 2>&1
+  python3 build_engines/train_demo.py eval --model $W/run/model --corpus $W/corpus \
+    --out $W/eval.json >>$W/eval.log 2>&1 || tail -20 $W/eval.log
+  tail -3 $W/eval.log | cut -c1-400
+fi
+cp $W/gen.log $W/train.log $W/eval.json "$OUT"/ 2>/dev/null
 cp $W/run/train_log.jsonl $W/run/summary.json "$OUT"/ 2>/dev/null
 src=$W/run/model; [ -f $src/final.pt ] || src=$W/run/snapshot
 if [ -f $src/final.pt ]; then

@@ -48,9 +48,15 @@ def cer_files(ref_path: str, hyp_path: str) -> Dict:
             "missing_in_hyp": sorted(set(ref) - set(hyp))}
 
 
-def cer_summary(ref_path: str, hyps: Dict[str, str]) -> str:
-    """One line: CER of `hyps` (utt -> text) against a Kaldi `text` file."""
+def cer_report(ref_path: str, hyps: Dict[str, str]) -> Dict:
+    """CER of `hyps` (utt -> text) against a Kaldi `text` file, over the utts in both."""
     ref = read_text(ref_path)
     common = [u for u in hyps if u in ref]
     rate, errors, chars = cer((ref[u], hyps[u]) for u in common)
-    return f"# CER {rate * 100:.2f}% ({errors}/{chars} chars, {len(common)} utts)"
+    return {"cer": rate, "errors": errors, "chars": chars, "utts": len(common)}
+
+
+def cer_summary(ref_path: str, hyps: Dict[str, str]) -> str:
+    """One line: CER of `hyps` (utt -> text) against a Kaldi `text` file."""
+    r = cer_report(ref_path, hyps)
+    return f"# CER {r['cer'] * 100:.2f}% ({r['errors']}/{r['chars']} chars, {r['utts']} utts)"

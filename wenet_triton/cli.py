@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import json
 import logging
 import os
 import sys
@@ -89,6 +90,7 @@ def cmd_transcribe(a):
     rec = Recognizer(eng, Vocab.from_engine_dir(engine_dir, eng.settings))
     rate = rec.fbank.conf.sample_rate
     hyps, failed, audio_s = {}, 0, 0.0
+    by_mode = {"ctc_greedy": {}, "ctc_prefix_beam": {}}  # the other decoding modes, for --ref
     t0 = time.time()
     bar = progress(range(0, len(files), a.batch_size), (len(files) + a.batch_size - 1) // a.batch_size,
                    "transcribe")
@@ -113,12 +115,25 @@ def cmd_transcribe(a):
             continue
         for n, r in zip(names, results):
             hyps[n] = r.text
+            by_mode["ctc_greedy"][n] = rec.vocab.text(r.greedy)
+            by_mode["ctc_prefix_beam"][n] = rec.vocab.text(r.nbest[0][0]) if r.nbest else ""
             print(f"{n}\t{r.text}", flush=True)
     wall = time.time() - t0
     print(f"# {len(hyps)} files, {audio_s:.1f} s audio, {wall:.2f} s wall, "
           f"RTF {wall / max(audio_s, 1e-9):.4f}", file=sys.stderr)
     if a.ref:
-        print(cer_summary(a.ref, hyps), file=sys.stderr)
+        print(cer_summary(a.ref, hyps) + " attention rescoring", file=sys.stderr)
+        for mode, h in by_mode.items():
+            print(cer_summary(a.ref, h) + " " + mode.replace("_", " "), file=sys.stderr)
+    if a.cer_json:
+        if not a.ref:
+            sys.exit("transcribe: --cer-json needs --ref")
+        from .cer import cer_report
+        by_mode["attention_rescoring"] = hyps
+        report = {m: cer_report(a.ref, h) for m, h in by_mode.items()}
+        report.update(model=a.model, engine=a.engine, dtype=a.dtype, files=len(files))
+        with open(a.cer_json, "w") as f:
+            json.dump(report, f, indent=1)
     if failed:
         sys.exit(1)
 
@@ -154,7 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch: autocast dtype; torch_cuda: compute dtype (default float16)")
     t.add_argument("--batch-size", type=int, default=8)
     t.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: all)")
-    t.add_argument("--ref", help="Kaldi `text` file: print CER against it")
+    t.add_argument("--ref", help="Kaldi `text` file: print CER against it (attention rescoring, "
+                   "CTC prefix beam and CTC greedy)")
+    t.add_argument("--cer-json", help="with --ref: write the CER of each decoding mode here")
     _weights_args(t)
     t.set_defaults(func=cmd_transcribe)
 
