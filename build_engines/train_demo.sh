@@ -13,7 +13,7 @@
 #      train.txt), INIT (model dir to go on from), EVAL (1: once done, fp32 vs fp16 dev CER
 #      into eval.json), FOLLOW_S (default 540).
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 W=work/demo_train
 A=.device_train
 OUT=${OUT:-$W/out}
@@ -26,10 +26,12 @@ if [ "${1:-follow}" = start ]; then
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   python3 -c "import torch; print('torch', torch.__version__)"
   rm -rf $W/corpus $W/run $W/eval.json
+  # shellcheck disable=SC2086  # TRAIN_LISTS is a word list on purpose
   setsid nohup python3 build_engines/train_demo.py gen --espeak-dir "$PWD/$A/espeak" \
     --synth-dir $A/synth --out $W/corpus --num-train "${NUM_TRAIN:-0}" --num-dev "${NUM_DEV:-200}" \
     --train-list ${TRAIN_LISTS:-train.txt} --jobs "${GEN_JOBS:-$(( $(nproc) - 2 ))}" \
     >$W/gen.log 2>&1 </dev/null &
+  # shellcheck disable=SC2086  # TRAIN_ARGS is a word list on purpose
   setsid nohup python3 build_engines/train_demo.py train --corpus $W/corpus --out $W/run \
     --minutes "${MINUTES:-21}" ${INIT:+--init "$INIT"} ${TRAIN_ARGS:-} >$W/train.log 2>&1 </dev/null &
   sleep 5
