@@ -181,6 +181,9 @@ def main(argv=None):
     p.add_argument("--calib-count", type=int, default=200)
     p.add_argument("--fp32-layers", nargs="*", default=[], help="extra node-name regexes to keep in FP32")
     p.add_argument("--plugins", nargs="*", default=[], help="plugin .so files to load")
+    p.add_argument("--plugin-nodes", action="store_true",
+                   help="rewrite the graphs with plugin nodes first (WenetAddLayerNorm, "
+                   "WenetLogSoftmaxTopK; needs --plugins libwenet_trt_plugins.so)")
     p.add_argument("--workspace-gb", type=int, default=8)
     p.add_argument("--timing-cache", default=None, help="default: <out>/timing.cache")
     p.add_argument("--plan-only", action="store_true", help="print profiles and FP32 pins; no TensorRT")
@@ -194,9 +197,26 @@ def main(argv=None):
     if a.profiles:
         with open(a.profiles) as f:
             profs.update(yaml.safe_load(f) or {})
+    if a.plugin_nodes and not (a.plugins or a.plan_only):
+        raise SystemExit("--plugin-nodes needs --plugins plugins/build/libwenet_trt_plugins.so")
+    out = a.out or a.export_dir
+    os.makedirs(out, exist_ok=True)
+    sources = {k: os.path.join(a.export_dir, f"{k}.onnx") for k in ("encoder", "decoder")}
+    if a.plugin_nodes:  # graph passes + plugin nodes (build_engines/graph_passes.py)
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import graph_passes
+        import onnx
+
+        for kind, src in sources.items():
+            model, rep = graph_passes.optimize(onnx.load(src), plugin_nodes=True)
+            sources[kind] = os.path.join(out, f"{kind}.plugins.onnx")
+            onnx.save(model, sources[kind])
+            print(f"{kind}: {rep['nodes_before']} -> {rep['nodes_after']} nodes, plugin nodes "
+                  f"{rep.get('add_layernorm_plugins', 0)} WenetAddLayerNorm, "
+                  f"{rep.get('log_softmax_topk_plugins', 0)} WenetLogSoftmaxTopK", flush=True)
     plan = {}
     for kind in ("encoder", "decoder"):
-        onnx_path = os.path.join(a.export_dir, f"{kind}.onnx")
+        onnx_path = sources[kind]
         plan[kind] = {"shapes": profile_shapes(kind, profs[kind], settings),
                       "fp32_nodes": fp32_nodes(onnx_path, a.fp32_layers) if (a.fp16 or a.int8) else []}
     if a.plan_only:
@@ -215,8 +235,6 @@ def main(argv=None):
         raise SystemExit("--int8 needs --calib-wavs (real audio for calibration)")
     for lib in a.plugins:
         trt.get_plugin_registry().load_library(lib)
-    out = a.out or a.export_dir
-    os.makedirs(out, exist_ok=True)
     cache_path = a.timing_cache or os.path.join(out, "timing.cache")
     logger = trt.Logger(trt.Logger.WARNING)
     cfg0 = trt.Builder(logger).create_builder_config()
@@ -231,7 +249,7 @@ def main(argv=None):
         print(f"building {kind}: {len(plan[kind]['fp32_nodes'])} ONNX nodes pinned to FP32", flush=True)
         ak = argparse.Namespace(**vars(a))
         ak.int8 = a.int8 and kind == "encoder"  # the decoder stays FP16 (no calibration data)
-        report[kind] = build_engine(trt, os.path.join(a.export_dir, f"{kind}.onnx"),
+        report[kind] = build_engine(trt, sources[kind],
                                     os.path.join(out, f"{kind}.plan"), plan[kind]["shapes"],
                                     plan[kind]["fp32_nodes"], ak, timing_cache, calib)
     with open(cache_path, "wb") as f:

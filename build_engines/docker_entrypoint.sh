@@ -13,7 +13,7 @@ if [ "$ENGINE" = tensorrt ]; then
   plugin=/opt/wenet-triton/plugins/build/libwenet_trt_plugins.so
   dir=$(python3 -c 'import sys; from wenet_triton.artifacts import ensure_export; print(ensure_export(sys.argv[1]))' "$MODEL_DIR")
   [ -f "$dir/encoder.plan" ] || python3 /opt/wenet-triton/build_engines/build_trt.py \
-    --export-dir "$dir" --fp16 --plugins "$plugin"   # plans are per GPU: clear /cache after a GPU change
+    --export-dir "$dir" --fp16 --plugins "$plugin" --plugin-nodes  # per GPU: clear /cache after a GPU change
   export LD_PRELOAD="$plugin${LD_PRELOAD:+:$LD_PRELOAD}"
   set -- --engine-dir "$dir" "$@"
 fi

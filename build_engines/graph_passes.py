@@ -8,9 +8,14 @@ in onnxruntime and compare):
   1. constant folding (the positional-table arithmetic on the symbolic length, mask shapes);
   2. Transpose chains composed into one Transpose, identity permutations removed;
   3. Reshape chains collapsed to the last Reshape, Identity/no-op Cast removed;
-  4. cleanup + topological sort.
+  4. cleanup + topological sort;
+  5. with --plugin-nodes (after shape inference): residual Add + LayerNormalization -> WenetAddLayerNorm, and the CTC
+     LogSoftmax + TopK -> WenetLogSoftmaxTopK, nodes that TensorRT's ONNX parser resolves to
+     the plugins of plugins/trt/ (load libwenet_trt_plugins.so; build_trt.py --plugins).
+     Tests run these graphs in onnxruntime with the same ops as Python custom ops
+     (onnxruntime-extensions) computing the kernels' reference math.
 LayerNorm needs no pass: the opset-17 export already emits LayerNormalization nodes.
-Not done yet: replacing the rel-pos attention subgraph with a plugin node.
+Not done yet: the conv-module (WenetGluDwConv) and rel-pos attention subgraphs as plugin nodes.
 """
 from __future__ import annotations
 
@@ -98,7 +103,73 @@ def collapse_reshapes(graph) -> int:
     return n
 
 
-def optimize(model: onnx.ModelProto) -> (onnx.ModelProto, Dict):
+PLUGIN_DOMAIN = "ai.onnx.contrib"  # TensorRT's parser matches plugins by op type
+
+
+def _const(t):
+    return getattr(t, "values", None) is not None
+
+
+def fuse_add_layernorm(graph, domain: str = PLUGIN_DOMAIN) -> int:
+    """LayerNormalization(Add(x, d)) over the last axis, both Add inputs computed tensors of
+    the same known shape -> WenetAddLayerNorm(x, d, gamma, beta) -> (x + d, LN(x + d))."""
+    import onnx_graphsurgeon as gs
+
+    n = 0
+    for ln in list(graph.nodes):
+        if ln.op != "LayerNormalization" or ln.attrs.get("axis", -1) != -1 or len(ln.inputs) != 3:
+            continue
+        src = ln.inputs[0]
+        if len(src.inputs) != 1 or src.inputs[0].op != "Add" or len(ln.outputs) != 1:
+            continue
+        add = src.inputs[0]
+        x, d = add.inputs
+        if _const(x) or _const(d) or x.shape is None or d.shape is None or list(x.shape) != list(d.shape):
+            continue
+        if not (_const(ln.inputs[1]) and _const(ln.inputs[2])):
+            continue
+        node = gs.Node("WenetAddLayerNorm", name=f"{ln.name}_plugin", domain=domain,
+                       attrs={"epsilon": float(ln.attrs.get("epsilon", 1e-5)), "alpha": 1.0},
+                       inputs=[x, d, ln.inputs[1], ln.inputs[2]], outputs=[src, ln.outputs[0]])
+        add.outputs.clear()
+        ln.outputs.clear()
+        graph.nodes.append(node)
+        n += 1
+    return n
+
+
+def fuse_log_softmax_topk(graph, domain: str = PLUGIN_DOMAIN) -> int:
+    """LogSoftmax (last axis) feeding only a TopK (last axis, largest, sorted, constant k)
+    -> WenetLogSoftmaxTopK(logits) -> (log-probs, top-k values, top-k indices)."""
+    import onnx_graphsurgeon as gs
+
+    n = 0
+    for ls in list(graph.nodes):
+        if ls.op != "LogSoftmax" or not ls.outputs:
+            continue
+        out = ls.outputs[0]
+        rank = len(out.shape) if out.shape is not None else None
+        if ls.attrs.get("axis", -1) not in (-1, (rank or 0) - 1):
+            continue
+        topks = [c for c in out.outputs if c.op == "TopK"]
+        if len(topks) != 1 or len(out.outputs) != 1:
+            continue
+        tk = topks[0]
+        k = getattr(tk.inputs[1], "values", None)
+        if k is None or tk.attrs.get("axis", -1) not in (-1, (rank or 0) - 1) \
+                or tk.attrs.get("largest", 1) != 1 or tk.attrs.get("sorted", 1) != 1:
+            continue
+        node = gs.Node("WenetLogSoftmaxTopK", name=f"{ls.name}_plugin", domain=domain,
+                       attrs={"k": int(np.asarray(k).reshape(-1)[0])},
+                       inputs=[ls.inputs[0]], outputs=[out, tk.outputs[0], tk.outputs[1]])
+        ls.outputs.clear()
+        tk.outputs.clear()
+        graph.nodes.append(node)
+        n += 1
+    return n
+
+
+def optimize(model: onnx.ModelProto, plugin_nodes: bool = False) -> (onnx.ModelProto, Dict):
     import onnx_graphsurgeon as gs
 
     before = _counts(model)
@@ -109,7 +180,14 @@ def optimize(model: onnx.ModelProto) -> (onnx.ModelProto, Dict):
     stats["reshape_identity_cast_removed"] = collapse_reshapes(graph)
     graph.cleanup().toposort()
     graph.fold_constants().cleanup()
+    if plugin_nodes:  # the fusions check shapes: infer them first
+        graph = gs.import_onnx(onnx.shape_inference.infer_shapes(gs.export_onnx(graph)))
+        stats["add_layernorm_plugins"] = fuse_add_layernorm(graph)
+        stats["log_softmax_topk_plugins"] = fuse_log_softmax_topk(graph)
+        graph.cleanup().toposort()
     out = gs.export_onnx(graph)
+    if plugin_nodes and not any(o.domain == PLUGIN_DOMAIN for o in out.opset_import):
+        out.opset_import.append(onnx.helper.make_opsetid(PLUGIN_DOMAIN, 1))
     after = _counts(out)
     report = {"nodes_before": sum(before.values()), "nodes_after": sum(after.values()),
               "by_op_before": before, "by_op_after": after, **stats}
@@ -121,8 +199,10 @@ def main(argv=None):
     p.add_argument("input")
     p.add_argument("output")
     p.add_argument("--report", help="write the node-count report (JSON) here")
+    p.add_argument("--plugin-nodes", action="store_true",
+                   help="put WenetAddLayerNorm / WenetLogSoftmaxTopK plugin nodes in the graph")
     a = p.parse_args(argv)
-    model, report = optimize(onnx.load(a.input))
+    model, report = optimize(onnx.load(a.input), a.plugin_nodes)
     onnx.checker.check_model(model)
     onnx.save(model, a.output)
     print(f"{a.input}: {report['nodes_before']} -> {report['nodes_after']} nodes")

@@ -50,3 +50,60 @@ def test_passes_keep_outputs(name, exports):
     feed = {k: full[k] for k in names}
     (ba, sa), (bb, sb) = _session(dec).run(None, feed), _session(dec_opt).run(None, feed)
     assert np.array_equal(ba, bb) and np.abs(sa - sb).max() <= 1e-4 * max(1, np.abs(sa).max())
+
+
+_PLUGIN_OPS = []
+
+
+def _plugin_session(model):
+    """onnxruntime session where the plugin nodes run as Python custom ops computing the
+    kernels' references (wenet_triton.kernels.ref_*), as TensorRT would run the plugins."""
+    ox = pytest.importorskip("onnxruntime_extensions")
+    import onnxruntime as ort
+
+    from wenet_triton import kernels
+
+    if not _PLUGIN_OPS:
+        f32, i64 = ox.PyCustomOpDef.dt_float, ox.PyCustomOpDef.dt_int64
+
+        @ox.onnx_op(op_type="WenetAddLayerNorm", inputs=[f32] * 4, outputs=[f32, f32],
+                    attrs={"epsilon": f32, "alpha": f32})
+        def add_layernorm(x, d, g, b, **attrs):
+            s, y = kernels.ref_add_layernorm(*(torch.from_numpy(np.asarray(a)) for a in (x, d)),
+                                             attrs["alpha"], torch.from_numpy(g),
+                                             torch.from_numpy(b), attrs["epsilon"])
+            return s.numpy(), y.numpy()
+
+        @ox.onnx_op(op_type="WenetLogSoftmaxTopK", inputs=[f32], outputs=[f32, f32, i64],
+                    attrs={"k": i64})
+        def log_softmax_topk(x, **attrs):
+            logp, v, i = kernels.ref_log_softmax_topk(torch.from_numpy(x), int(attrs["k"]), True)
+            return logp.numpy(), v.numpy(), i.numpy()
+
+        _PLUGIN_OPS.extend([add_layernorm, log_softmax_topk])
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.register_custom_ops_library(ox.get_library_path())
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_plugin_nodes_compute_the_same(name, exports):
+    enc = onnx.load(os.path.join(exports[name], "encoder.onnx"))
+    fused, rep = graph_passes.optimize(enc, plugin_nodes=True)
+    onnx.checker.check_model(fused)
+    assert rep["log_softmax_topk_plugins"] == 1 and rep["add_layernorm_plugins"] >= 8
+    assert rep["by_op_after"].get("LogSoftmax", 0) == 0 and rep["by_op_after"].get("TopK", 0) == 0
+    a, b = _session(enc), _plugin_session(fused)
+    g = np.random.default_rng(1)
+    for B, T in [(1, 67), (3, 301)]:
+        feed = {"speech": (g.standard_normal((B, T, 80)) * 3 + 10).astype(np.float32),
+                "speech_lengths": np.linspace(T, max(7, T // 2), B).astype(np.int32)}
+        ref, out = a.run(None, feed), b.run(None, feed)
+        names = [o.name for o in enc.graph.output]
+        for n, x, y in zip(names, ref, out):
+            assert x.shape == y.shape, n
+            if n == "beam_log_probs_idx":  # ties aside, the same tokens
+                assert (x == y).mean() > 0.999, n
+            else:
+                assert np.abs(x.astype(np.float64) - y).max() <= 1e-4 * max(1.0, np.abs(x).max()), n

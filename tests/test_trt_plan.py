@@ -75,3 +75,17 @@ def test_rendered_configs_parse_as_triton_model_configs(name, exports, tmp_path)
         assert not os.path.exists(os.path.join(repo, p, "1", "model.py"))
     fe = _parse_config(os.path.join(repo, "feature_extractor", "config.pbtxt"))
     assert fe.parameters["pad_to_batch_max"].string_value == "true"
+
+
+def test_plugin_nodes_plan_writes_rewritten_graphs(exports, tmp_path):
+    out = str(tmp_path / "trt")
+    with pytest.raises(SystemExit, match="--plugin-nodes needs --plugins"):
+        build_trt.main(["--export-dir", exports["u2pp_conformer"], "--out", out, "--plugin-nodes"])
+    build_trt.main(["--export-dir", exports["u2pp_conformer"], "--out", out, "--fp16",
+                    "--plan-only", "--plugin-nodes"])
+    enc = onnx.load(os.path.join(out, "encoder.plugins.onnx"))
+    ops = [n.op_type for n in enc.graph.node]
+    assert ops.count("WenetLogSoftmaxTopK") == 1 and ops.count("WenetAddLayerNorm") >= 8
+    # the plugin names are the ones plugins/trt registers
+    src = open(os.path.join(ROOT, "plugins", "trt", "wenet_trt_plugins.cpp")).read()
+    assert all(f'"{op}"' in src for op in ("WenetLogSoftmaxTopK", "WenetAddLayerNorm"))
