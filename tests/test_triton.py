@@ -157,20 +157,22 @@ def test_serve_command_stops_cleanly_on_sigterm(repo, tmp_path):
     assert not [p for p in _our_processes(repo) if ports[1] in p]
 
 
-def test_padded_feature_batches_give_the_same_transcripts(exports, tmp_path):
+@pytest.mark.parametrize("impl", ["knf", "torch"])
+def test_padded_feature_batches_give_the_same_transcripts(impl, exports, tmp_path):
     """feature_pad_batch (what TensorRT encoders need): each dynamic batch's features are
-    padded to its longest; transcripts must equal offline decoding."""
+    padded to its longest; transcripts must equal offline decoding with the same fbank."""
     sys.path.insert(0, ROOT)
     from loadtest.metrics import delta, scrape, summarize
     from wenet_triton.client import transcribe_many
     from wenet_triton.engines import OnnxEngine
-    from wenet_triton.frontend import read_audio
+    from wenet_triton.frontend import Fbank, read_audio
     from wenet_triton.pipeline import Recognizer, Vocab
     from wenet_triton.repo import build_repo
     from wenet_triton.server import TritonServer, free_port
 
     repo = build_repo(model_dir("u2pp_conformer"), str(tmp_path / "repo"), "onnxruntime",
                       overrides={"feature_pad_batch": True, "engine": {"threads": 2},
+                                 "feature_impl": impl,
                                  "models": {"feature_extractor": {"instances": 1,
                                                                   "max_queue_delay_us": 200000}}},
                       engine_dir=exports["u2pp_conformer"])
@@ -185,6 +187,7 @@ def test_padded_feature_batches_give_the_same_transcripts(exports, tmp_path):
     assert [r.error for r in padded] == [None] * 8
     eng = OnnxEngine(exports["u2pp_conformer"])
     rec = Recognizer(eng, Vocab.from_engine_dir(exports["u2pp_conformer"], eng.settings))
+    rec.fbank = Fbank(rec.fbank.conf, impl)
     assert [r.text for r in padded] == [r.text for r in rec.recognize([w for _, w in items])]
     assert not _our_processes(repo)
 

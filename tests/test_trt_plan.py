@@ -75,6 +75,7 @@ def test_rendered_configs_parse_as_triton_model_configs(name, exports, tmp_path)
         assert not os.path.exists(os.path.join(repo, p, "1", "model.py"))
     fe = _parse_config(os.path.join(repo, "feature_extractor", "config.pbtxt"))
     assert fe.parameters["pad_to_batch_max"].string_value == "true"
+    assert fe.parameters["fbank_impl"].string_value == "knf"  # serving.yaml default
 
 
 def test_plugin_nodes_plan_writes_rewritten_graphs(exports, tmp_path):

@@ -89,6 +89,7 @@ def build_repo(model_dir: str, out: str, engine: str = "onnxruntime",
         # cuda: one batched torch fbank per dynamic batch on the GPU. Measured on an H200 it
         # was slower than CPU fbank (another process time-sliced on the GPU), so opt-in.
         "fe_device": cfg.get("feature_device") or "cpu",
+        "fe_impl": cfg.get("feature_impl") or "knf",
         "engine_parameters": _engine_params(engine, cfg),
         "reverse_input": ("  { name: \"r_hyps_pad_sos_eos\" data_type: TYPE_INT64 dims: "
                           f"[ {beam}, -1 ] allow_ragged_batch: true }},\n"

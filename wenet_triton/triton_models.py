@@ -88,8 +88,8 @@ def _open_engine(args, params, parts):
 
 class FeatureExtractor:
     """WAV FP32 [-1] + WAV_LENS INT32 [1] -> speech FP32 [-1, 80], speech_lengths INT32 [1].
-    Parameter `device`: cpu (kaldi-native-fbank per request) or cuda (one batched torch fbank
-    for the whole dynamic batch)."""
+    Parameter `device`: cpu (per request, frontend.Fbank: torch on one thread, or
+    kaldi-native-fbank without torch) or cuda (one batched torch fbank for the dynamic batch)."""
 
     def initialize(self, args):
         from .checkpoint import FbankConf
@@ -105,7 +105,11 @@ class FeatureExtractor:
         else:
             from .frontend import Fbank
 
-            fb = Fbank(self.conf)
+            fb = Fbank(self.conf, p.get("fbank_impl", "knf"))
+            if fb.impl == "torch":  # one utterance at a time: one thread is fastest
+                import torch
+
+                torch.set_num_threads(1)
             self.fbank_batch = lambda wavs: [fb(w) for w in wavs]
         self.max_seconds = float(p.get("max_audio_seconds", "60"))
         self.min_frames = int(p.get("min_frames", "7"))
