@@ -213,6 +213,7 @@ def main(argv=None):
             onnx.save(model, sources[kind])
             print(f"{kind}: {rep['nodes_before']} -> {rep['nodes_after']} nodes, plugin nodes "
                   f"{rep.get('add_layernorm_plugins', 0)} WenetAddLayerNorm, "
+                  f"{rep.get('conv_module_plugins', 0)} WenetGluDwConv, "
                   f"{rep.get('log_softmax_topk_plugins', 0)} WenetLogSoftmaxTopK", flush=True)
     plan = {}
     for kind in ("encoder", "decoder"):

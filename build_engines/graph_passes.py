@@ -9,13 +9,14 @@ in onnxruntime and compare):
   2. Transpose chains composed into one Transpose, identity permutations removed;
   3. Reshape chains collapsed to the last Reshape, Identity/no-op Cast removed;
   4. cleanup + topological sort;
-  5. with --plugin-nodes (after shape inference): residual Add + LayerNormalization -> WenetAddLayerNorm, and the CTC
+  5. with --plugin-nodes (after shape inference): residual Add + LayerNormalization -> WenetAddLayerNorm, the CTC
      LogSoftmax + TopK -> WenetLogSoftmaxTopK, nodes that TensorRT's ONNX parser resolves to
      the plugins of plugins/trt/ (load libwenet_trt_plugins.so; build_trt.py --plugins).
      Tests run these graphs in onnxruntime with the same ops as Python custom ops
      (onnxruntime-extensions) computing the kernels' reference math.
 LayerNorm needs no pass: the opset-17 export already emits LayerNormalization nodes.
-Not done yet: the conv-module (WenetGluDwConv) and rel-pos attention subgraphs as plugin nodes.
+     and the conformer conv module (pointwise_conv1 .. swish) -> WenetGluDwConv.
+Not done yet: the rel-pos attention subgraph as a plugin node.
 """
 from __future__ import annotations
 
@@ -169,6 +170,121 @@ def fuse_log_softmax_topk(graph, domain: str = PLUGIN_DOMAIN) -> int:
     return n
 
 
+def _producer(t, op):
+    """The node of type `op` that produces tensor t, or None."""
+    if t is None or len(getattr(t, "inputs", [])) != 1:
+        return None
+    node = t.inputs[0]
+    return node if node.op == op else None
+
+
+def _sigmoid_gate(mul):
+    """Mul(a, Sigmoid(b)) -> (a, b), else None."""
+    if mul is None or mul.op != "Mul":
+        return None
+    a, b = mul.inputs
+    for x, y in ((a, b), (b, a)):
+        sig = _producer(y, "Sigmoid")
+        if sig is not None:
+            return x, sig.inputs[0]
+    return None
+
+
+def fuse_conv_module(graph, domain: str = PLUGIN_DOMAIN) -> int:
+    """Conformer conv module, from the masked input of pointwise_conv1 to the swish before
+    pointwise_conv2 -> Transpose, WenetGluDwConv, Transpose. Causal modules (left Pad before
+    pointwise_conv1) pass glu(conv1 bias) as the pad value, as WeNet's padding gives; the
+    plugin's frames past each length differ, and the module's final mask zeroes them."""
+    import onnx_graphsurgeon as gs
+
+    n, lens_of = 0, {}
+    for swish in [x for x in graph.nodes if x.op == "Mul"]:
+        gate = _sigmoid_gate(swish)
+        if gate is None or gate[0] is not gate[1]:
+            continue
+        y = gate[0]
+        ln = None
+        tr = _producer(y, "Transpose")
+        if tr is not None:  # Transpose -> LayerNormalization -> Transpose (layer_norm conv)
+            ln = _producer(tr.inputs[0], "LayerNormalization")
+            tr0 = ln and _producer(ln.inputs[0], "Transpose")
+            if ln is None or tr0 is None or not (_const(ln.inputs[1]) and _const(ln.inputs[2])):
+                continue
+            y = tr0.inputs[0]
+        dw = _producer(y, "Conv")
+        if dw is None or not _const(dw.inputs[1]):
+            continue
+        w = np.asarray(dw.inputs[1].values)
+        C, K = w.shape[0], w.shape[-1]
+        if w.ndim != 3 or w.shape[1] != 1 or dw.attrs.get("group") != C:
+            continue
+        g_in = dw.inputs[0]
+        post_mask = _producer(g_in, "Mul")  # non-causal: glu(...) * mask
+        glu = _sigmoid_gate(_producer(g_in, "Mul"))
+        if glu is None and post_mask is not None:
+            for t in post_mask.inputs:
+                glu = glu or _sigmoid_gate(_producer(t, "Mul"))
+        if glu is None:
+            continue
+        split_a, split_b = _producer(glu[0], "Split"), _producer(glu[1], "Split")
+        if split_a is None or split_a is not split_b or split_a.attrs.get("axis") != 1 \
+                or list(split_a.outputs) != [glu[0], glu[1]]:  # glu: first half * sigmoid(second)
+            continue
+        conv1 = _producer(split_a.inputs[0], "Conv")
+        if conv1 is None or not _const(conv1.inputs[1]) or np.asarray(conv1.inputs[1].values).shape[-1] != 1:
+            continue
+        x = conv1.inputs[0]
+        pad = _producer(x, "Pad")
+        causal = pad is not None
+        if causal:
+            pads = getattr(pad.inputs[1], "values", None)
+            if pads is None or list(np.asarray(pads)) != [0, 0, K - 1, 0, 0, 0]:
+                continue
+            x = pad.inputs[0]
+        elif list(dw.attrs.get("pads", [0, 0])) != [(K - 1) // 2] * 2:
+            continue
+        masked = _producer(x, "Mul")
+        if masked is None:
+            continue
+        mask = next((t for t in masked.inputs if t.shape is not None and len(t.shape) == 3
+                     and t.shape[1] == 1), None)
+        if mask is None:
+            continue
+        if mask.name not in lens_of:  # lens [B] int32 from the (B, 1, T) float mask
+            s = gs.Variable(f"{mask.name}_sum", dtype=np.float32)
+            lens = gs.Variable(f"{mask.name}_lens", dtype=np.int32)
+            graph.nodes += [
+                gs.Node("ReduceSum", inputs=[mask, gs.Constant(f"{mask.name}_axes", np.array([1, 2], np.int64))],
+                        outputs=[s], attrs={"keepdims": 0}),
+                gs.Node("Cast", inputs=[s], outputs=[lens], attrs={"to": onnx.TensorProto.INT32})]
+            lens_of[mask.name] = lens
+        b1 = np.asarray(conv1.inputs[2].values, np.float32) if len(conv1.inputs) > 2 else np.zeros(2 * C, np.float32)
+        pad_value = b1[:C] / (1.0 + np.exp(-b1[C:]))  # glu(bias): what a zero input frame gives
+        bias = np.asarray(dw.inputs[2].values, np.float32) if len(dw.inputs) > 2 else np.zeros(C, np.float32)
+        gamma = np.asarray(ln.inputs[1].values, np.float32) if ln else np.ones(C, np.float32)
+        beta = np.asarray(ln.inputs[2].values, np.float32) if ln else np.zeros(C, np.float32)
+        tag = dw.name or f"conv_module_{n}"
+        h_bct = gs.Variable(f"{tag}_h_bct", dtype=np.float32)
+        h = gs.Variable(f"{tag}_h", dtype=np.float32)
+        out_btc = gs.Variable(f"{tag}_out_btc", dtype=np.float32)
+        const = lambda name, v: gs.Constant(f"{tag}_{name}", np.ascontiguousarray(v, np.float32))  # noqa: E731
+        out = swish.outputs[0]
+        swish.outputs.clear()
+        graph.nodes += [
+            gs.Node("Conv", name=f"{tag}_pw1", inputs=[x] + conv1.inputs[1:], outputs=[h_bct],
+                    attrs={k: v for k, v in conv1.attrs.items()}),
+            gs.Node("Transpose", inputs=[h_bct], outputs=[h], attrs={"perm": [0, 2, 1]}),
+            gs.Node("WenetGluDwConv", name=f"{tag}_plugin", domain=domain,
+                    attrs={"causal": int(causal), "has_layer_norm": int(ln is not None),
+                           "epsilon": float(ln.attrs.get("epsilon", 1e-5)) if ln else 1e-5},
+                    inputs=[h, lens_of[mask.name], const("w", w.reshape(C, K)), const("bias", bias),
+                            const("pad", pad_value), const("gamma", gamma), const("beta", beta)],
+                    outputs=[out_btc]),
+            gs.Node("Transpose", inputs=[out_btc], outputs=[out], attrs={"perm": [0, 2, 1]})]
+        n += 1
+    return n
+
+
 def optimize(model: onnx.ModelProto, plugin_nodes: bool = False) -> (onnx.ModelProto, Dict):
     import onnx_graphsurgeon as gs
 
@@ -184,6 +300,7 @@ def optimize(model: onnx.ModelProto, plugin_nodes: bool = False) -> (onnx.ModelP
         graph = gs.import_onnx(onnx.shape_inference.infer_shapes(gs.export_onnx(graph)))
         stats["add_layernorm_plugins"] = fuse_add_layernorm(graph)
         stats["log_softmax_topk_plugins"] = fuse_log_softmax_topk(graph)
+        stats["conv_module_plugins"] = fuse_conv_module(graph)
         graph.cleanup().toposort()
     out = gs.export_onnx(graph)
     if plugin_nodes and not any(o.domain == PLUGIN_DOMAIN for o in out.opset_import):

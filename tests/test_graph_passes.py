@@ -80,7 +80,15 @@ def _plugin_session(model):
             logp, v, i = kernels.ref_log_softmax_topk(torch.from_numpy(x), int(attrs["k"]), True)
             return logp.numpy(), v.numpy(), i.numpy()
 
-        _PLUGIN_OPS.extend([add_layernorm, log_softmax_topk])
+        @ox.onnx_op(op_type="WenetGluDwConv", inputs=[f32, ox.PyCustomOpDef.dt_int32] + [f32] * 5,
+                    outputs=[f32], attrs={"causal": i64, "has_layer_norm": i64, "epsilon": f32})
+        def glu_dwconv(h, lens, w, bias, pad, gamma, beta, **attrs):
+            t = [torch.from_numpy(np.asarray(a)) for a in (h, lens, w, bias, pad, gamma, beta)]
+            ln = bool(attrs["has_layer_norm"])
+            return kernels.ref_glu_dwconv(*t[:5], t[5] if ln else None, t[6] if ln else None,
+                                          bool(attrs["causal"]), attrs["epsilon"]).numpy()
+
+        _PLUGIN_OPS.extend([add_layernorm, log_softmax_topk, glu_dwconv])
     so = ort.SessionOptions()
     so.log_severity_level = 3
     so.register_custom_ops_library(ox.get_library_path())
@@ -93,6 +101,8 @@ def test_plugin_nodes_compute_the_same(name, exports):
     fused, rep = graph_passes.optimize(enc, plugin_nodes=True)
     onnx.checker.check_model(fused)
     assert rep["log_softmax_topk_plugins"] == 1 and rep["add_layernorm_plugins"] >= 8
+    blocks = sum(1 for n in enc.graph.node if n.name.endswith("depthwise_conv/Conv"))
+    assert blocks and rep["conv_module_plugins"] == blocks  # every conv module
     assert rep["by_op_after"].get("LogSoftmax", 0) == 0 and rep["by_op_after"].get("TopK", 0) == 0
     a, b = _session(enc), _plugin_session(fused)
     g = np.random.default_rng(1)
