@@ -2,20 +2,32 @@
 # Serve on the GPU machine and load it: Triton (the nvidia-pytriton server bundle) with the
 # torch_cuda engine on a random-weight AISHELL-shape checkpoint, a concurrency sweep with
 # our tritonclient client (CSV + plot + per-model queue/compute from the metrics port) and a
-# perf_analyzer run. Carry .device_serve/ (build_engines/pack_serve_assets.sh). Results in $OUT.
-# Note: it installs numpy 1.26 into the machine's Python (the stub's environment).
+# perf_analyzer run. Results in $OUT. Assets: build_engines/pack_serve_assets.sh, then two
+# device calls on one warm machine (the tree + both asset folders exceed the 64 MiB carry):
+#   carry .device_serve_whl:  bash build_engines/gpu_serve.sh stage   # installs the wheels
+#   carry .device_serve:      bash build_engines/gpu_serve.sh
+# Note: stage installs numpy 1.26 into the machine's Python (the stub's environment).
+# Env: MODEL (serve this model dir, e.g. models/demo_zh_synth; default a random-weight
+# AISHELL-shape checkpoint), SERVING_CONFIG, SECONDS_LIST, CONC, SKIP_PERF_ANALYZER.
 set -uo pipefail
 OUT=${OUT:-gpu_serve_out}
 D=.device_serve
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 WENET_TRITON_CACHE=/tmp/wtcache
-# into the interpreter's own environment: the python backend stub takes its packages from it
-python3 -m pip install -q --no-index --no-deps --no-compile $D/whl/*.whl >/dev/null 2>&1
+if [ "${1:-}" = stage ]; then
+  # into the interpreter's own environment: the python backend stub takes its packages from it
+  python3 -m pip install -q --no-index --no-deps --no-compile .device_serve_whl/*.whl && \
+    python3 -c "import numpy, tritonclient, kaldi_native_fbank; print('staged, numpy', numpy.__version__)"
+  exit
+fi
+python3 -c "import numpy, sys; sys.exit(0 if numpy.__version__.startswith('1.') else 1)" || {
+  echo "numpy 1.x missing: run 'gpu_serve.sh stage' (carry .device_serve_whl) on this machine first"; exit 1; }
 python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . >/dev/null 2>&1 || exit 1
 tar xJf $D/tritonserver_bundle.txz -C /tmp && export WENET_TRITON_SERVER_DIR=/tmp/tritonserver
 python3 -m wenet_triton.cli build-plugins > "$OUT/server.log" 2>&1 || { tail "$OUT/server.log"; exit 1; }
-python3 -c "from wenet_triton import bench; bench.write_model_dir(bench.random_spec(), '/tmp/aishell_model')"
-python3 -m wenet_triton.cli build-repo --model /tmp/aishell_model --engine torch_cuda \
+MODEL=${MODEL:-/tmp/aishell_model}
+[ -f "$MODEL/train.yaml" ] || python3 -c "from wenet_triton import bench; bench.write_model_dir(bench.random_spec(), '$MODEL')"
+python3 -m wenet_triton.cli build-repo --model "$MODEL" --engine torch_cuda \
   --config ${SERVING_CONFIG:-build_engines/serving_gpu.yaml} --out /tmp/repo_gpu >> "$OUT/server.log" 2>&1 || exit 1
 setsid python3 -m wenet_triton.cli serve --repo /tmp/repo_gpu --host 127.0.0.1 >> "$OUT/server.log" 2>&1 &
 python3 loadtest/sweep.py --server 127.0.0.1:8001 --metrics 127.0.0.1:8002 --wav-dir $D/wavs \
