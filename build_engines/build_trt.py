@@ -183,7 +183,7 @@ def main(argv=None):
     p.add_argument("--plugins", nargs="*", default=[], help="plugin .so files to load")
     p.add_argument("--plugin-nodes", action="store_true",
                    help="rewrite the graphs with plugin nodes first (WenetAddLayerNorm, "
-                   "WenetLogSoftmaxTopK; needs --plugins libwenet_trt_plugins.so)")
+                   "WenetGluDwConv, WenetLogSoftmaxTopK; needs --plugins libwenet_trt_plugins.so)")
     p.add_argument("--workspace-gb", type=int, default=8)
     p.add_argument("--timing-cache", default=None, help="default: <out>/timing.cache")
     p.add_argument("--plan-only", action="store_true", help="print profiles and FP32 pins; no TensorRT")

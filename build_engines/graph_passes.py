@@ -9,13 +9,13 @@ in onnxruntime and compare):
   2. Transpose chains composed into one Transpose, identity permutations removed;
   3. Reshape chains collapsed to the last Reshape, Identity/no-op Cast removed;
   4. cleanup + topological sort;
-  5. with --plugin-nodes (after shape inference): residual Add + LayerNormalization -> WenetAddLayerNorm, the CTC
-     LogSoftmax + TopK -> WenetLogSoftmaxTopK, nodes that TensorRT's ONNX parser resolves to
-     the plugins of plugins/trt/ (load libwenet_trt_plugins.so; build_trt.py --plugins).
-     Tests run these graphs in onnxruntime with the same ops as Python custom ops
-     (onnxruntime-extensions) computing the kernels' reference math.
+  5. with --plugin-nodes (after shape inference): residual Add + LayerNormalization ->
+     WenetAddLayerNorm, the conformer conv module (pointwise_conv1 .. swish) ->
+     WenetGluDwConv, the CTC LogSoftmax + TopK -> WenetLogSoftmaxTopK: nodes that TensorRT's
+     ONNX parser resolves to the plugins of plugins/trt/ (load libwenet_trt_plugins.so;
+     build_trt.py --plugins). Tests run these graphs in onnxruntime with the same ops as
+     Python custom ops (onnxruntime-extensions) computing the kernels' reference math.
 LayerNorm needs no pass: the opset-17 export already emits LayerNormalization nodes.
-     and the conformer conv module (pointwise_conv1 .. swish) -> WenetGluDwConv.
 Not done yet: the rel-pos attention subgraph as a plugin node.
 """
 from __future__ import annotations
@@ -219,10 +219,10 @@ def fuse_conv_module(graph, domain: str = PLUGIN_DOMAIN) -> int:
         if w.ndim != 3 or w.shape[1] != 1 or dw.attrs.get("group") != C:
             continue
         g_in = dw.inputs[0]
-        post_mask = _producer(g_in, "Mul")  # non-causal: glu(...) * mask
-        glu = _sigmoid_gate(_producer(g_in, "Mul"))
-        if glu is None and post_mask is not None:
-            for t in post_mask.inputs:
+        mul = _producer(g_in, "Mul")
+        glu = _sigmoid_gate(mul)
+        if glu is None and mul is not None:  # non-causal: glu(...) * mask
+            for t in mul.inputs:
                 glu = glu or _sigmoid_gate(_producer(t, "Mul"))
         if glu is None:
             continue
@@ -317,7 +317,7 @@ def main(argv=None):
     p.add_argument("output")
     p.add_argument("--report", help="write the node-count report (JSON) here")
     p.add_argument("--plugin-nodes", action="store_true",
-                   help="put WenetAddLayerNorm / WenetLogSoftmaxTopK plugin nodes in the graph")
+                   help="put WenetAddLayerNorm / WenetGluDwConv / WenetLogSoftmaxTopK plugin nodes in the graph")
     a = p.parse_args(argv)
     model, report = optimize(onnx.load(a.input), a.plugin_nodes)
     onnx.checker.check_model(model)

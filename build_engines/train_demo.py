@@ -30,8 +30,8 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from wenet_triton.cer import cer  # noqa: E402
-from wenet_triton.checkpoint import load_model_dir  # noqa: E402
+from wenet_triton.cer import cer, read_text  # noqa: E402
+from wenet_triton.checkpoint import load_model_dir, read_vocab  # noqa: E402
 from wenet_triton.model import ASRModel  # noqa: E402
 from wenet_triton.train import (DEMO_CONFIG, cmvn_stats, dynamic_chunk_size, greedy_ids,  # noqa: E402
                                 spec_augment, u2_loss, warmup_cosine, write_model_dir)
@@ -61,16 +61,8 @@ def _make(item):
     return uid, feats, ids, len(x)
 
 
-def read_units(path):
-    units = {}
-    for line in open(path, encoding="utf-8"):
-        tok, i = line.split()
-        units[tok] = int(i)
-    return units
-
-
 def read_list(path, limit):
-    items = [line.rstrip("\n").split(" ", 1) for line in open(path, encoding="utf-8")]
+    items = list(read_text(path).items())
     return items[:limit] if limit else items
 
 
@@ -78,7 +70,7 @@ def cmd_gen(a):
     from multiprocessing import Pool
 
     os.makedirs(a.out, exist_ok=True)
-    units = read_units(os.path.join(a.synth_dir, "units.txt"))
+    units = {tok: i for i, tok in enumerate(read_vocab(os.path.join(a.synth_dir, "units.txt")))}
     jobs = [("dev", read_list(os.path.join(a.synth_dir, "dev.txt"), a.num_dev))]
     train = [it for name in a.train_list for it in read_list(os.path.join(a.synth_dir, name), 0)]
     train = train[:a.num_train] if a.num_train else train
@@ -147,17 +139,13 @@ def pad(feats, device):
     return x, lens
 
 
-def subsampled(frames):  # conv2d 4x
-    return ((frames - 3) // 2 + 1 - 3) // 2 + 1
-
-
-def dev_cer(model, dev, device, vocab, bs=64):
+def dev_cer(model, dev, device, bs=64):
     model.eval()
     pairs = []
     for i in range(0, len(dev["feats"]), bs):
         x, lens = pad([f.to(device) for f in dev["feats"][i:i + bs]], device)
         for ids, ref in zip(greedy_ids(model, x, lens), dev["texts"][i:i + bs]):
-            pairs.append((ref, "".join(vocab[t] for t in ids if 1 < t < len(vocab) - 1)))
+            pairs.append((ref, model.spec.ids_to_text(ids)))
     model.train()
     return cer(pairs)[0], pairs[:2]
 
@@ -229,7 +217,7 @@ def cmd_train(a):
             if not a.no_augment:
                 x = spec_augment(x, lens, fill, gen, sa["num_f_mask"], sa["max_f"],
                                  sa["num_t_mask"], sa["max_t"])
-                chunk = dynamic_chunk_size(subsampled(int(lens.max())), gen)
+                chunk = dynamic_chunk_size(model.encoder.embed.output_frames(int(lens.max())), gen)
             out = u2_loss(model, x, lens, [corpus.ids[i] for i in batch], mc["ctc_weight"],
                           mc["reverse_weight"], mc["lsm_weight"], chunk)
             opt.zero_grad(set_to_none=True)
@@ -242,7 +230,7 @@ def cmd_train(a):
                 agg[k] += out[k].detach()  # summed on the device: no sync per step
             agg["n"] += 1
             if step % a.eval_every == 0:
-                rate, ex = dev_cer(model, dev, device, spec.vocab)
+                rate, ex = dev_cer(model, dev, device)
                 rec = {"step": step, "epoch": epoch, "elapsed_s": round(time.time() - t0, 1),
                        "lr": lr, "utts": len(corpus.feats), "dev_greedy_cer": round(rate, 4),
                        **{k: round(float(agg[k]) / agg["n"], 3) for k in ("loss", "ctc", "att")}}
@@ -256,7 +244,7 @@ def cmd_train(a):
                     stop = f"not learning: dev greedy CER {rate:.3f} at step {step}"
                     break
     log("stopped:", stop)
-    rate, _ = dev_cer(model, dev, device, spec.vocab)
+    rate, _ = dev_cer(model, dev, device)
     write_model_dir(os.path.join(a.out, "model_fp32"), config, units_path, cmvn,
                     model.state_dict())
     write_model_dir(os.path.join(a.out, "model"), config, units_path, cmvn,
@@ -292,9 +280,8 @@ def cmd_eval(a):
         res = []
         for i in range(0, len(feats), a.batch_size):
             res += rec.recognize_feats(feats[i:i + a.batch_size])
-        modes = {"attention_rescoring": [r.text for r in res],
-                 "ctc_prefix_beam": [rec.vocab.text(r.nbest[0][0]) if r.nbest else "" for r in res],
-                 "ctc_greedy": [rec.vocab.text(r.greedy) for r in res]}
+        texts_of = [rec.mode_texts(r) for r in res]
+        modes = {m: [t[m] for t in texts_of] for m in texts_of[0]}
         report[name] = {m: round(cer(zip(dev["texts"], h))[0], 4) for m, h in modes.items()}
         texts[name] = modes["attention_rescoring"]
         log(name, json.dumps(report[name]))

@@ -53,8 +53,9 @@ def demo_results():
         res = []
         for i in range(0, len(wavs), 10):
             res += rec.recognize([read_audio(p) for p in wavs[i:i + 10]])
-        out[name] = {"rescored": [r.text for r in res],
-                     "greedy": [rec.vocab.text(r.greedy) for r in res]}
+        texts = [rec.mode_texts(r) for r in res]
+        out[name] = {"rescored": [t["attention_rescoring"] for t in texts],
+                     "greedy": [t["ctc_greedy"] for t in texts]}
     out["ref"] = [ref[os.path.basename(p)[:-4]] for p in wavs]
     return out
 

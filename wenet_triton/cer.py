@@ -40,20 +40,20 @@ def cer(pairs: Iterable[Tuple[str, str]]) -> Tuple[float, int, int]:
     return (errors / chars if chars else 0.0), errors, chars
 
 
+def _report(ref: Dict[str, str], hyps: Dict[str, str]) -> Dict:
+    common = [u for u in hyps if u in ref]
+    rate, errors, chars = cer((ref[u], hyps[u]) for u in common)
+    return {"cer": rate, "errors": errors, "chars": chars, "utts": len(common)}
+
+
 def cer_files(ref_path: str, hyp_path: str) -> Dict:
     ref, hyp = read_text(ref_path), read_text(hyp_path)
-    common = sorted(set(ref) & set(hyp))
-    rate, errors, chars = cer((ref[u], hyp[u]) for u in common)
-    return {"cer": rate, "errors": errors, "chars": chars, "utts": len(common),
-            "missing_in_hyp": sorted(set(ref) - set(hyp))}
+    return {**_report(ref, hyp), "missing_in_hyp": sorted(set(ref) - set(hyp))}
 
 
 def cer_report(ref_path: str, hyps: Dict[str, str]) -> Dict:
     """CER of `hyps` (utt -> text) against a Kaldi `text` file, over the utts in both."""
-    ref = read_text(ref_path)
-    common = [u for u in hyps if u in ref]
-    rate, errors, chars = cer((ref[u], hyps[u]) for u in common)
-    return {"cer": rate, "errors": errors, "chars": chars, "utts": len(common)}
+    return _report(read_text(ref_path), hyps)
 
 
 def cer_summary(ref_path: str, hyps: Dict[str, str]) -> str:

@@ -115,8 +115,9 @@ def cmd_transcribe(a):
             continue
         for n, r in zip(names, results):
             hyps[n] = r.text
-            by_mode["ctc_greedy"][n] = rec.vocab.text(r.greedy)
-            by_mode["ctc_prefix_beam"][n] = rec.vocab.text(r.nbest[0][0]) if r.nbest else ""
+            texts = rec.mode_texts(r)
+            for mode, h in by_mode.items():
+                h[n] = texts[mode]
             print(f"{n}\t{r.text}", flush=True)
     wall = time.time() - t0
     print(f"# {len(hyps)} files, {audio_s:.1f} s audio, {wall:.2f} s wall, "

@@ -94,6 +94,12 @@ class Conv2dSubsampling(nn.Module):
             mult *= s
         self.right_context = rc
 
+    def output_frames(self, frames: int) -> int:
+        """Frames out for `frames` frames in (what slicing the mask below gives)."""
+        for k, s in self.layout:
+            frames = (frames - k) // s + 1
+        return frames
+
     def forward(self, x: torch.Tensor, valid: torch.Tensor):
         x = self.conv(x.unsqueeze(1))  # (B, C, T', F')
         x = self.out(x.transpose(1, 2).flatten(2))

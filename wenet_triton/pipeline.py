@@ -90,5 +90,11 @@ class Recognizer:
             results.append(Result(ids, self.vocab.text(ids), score, greedy, nbest[b]))
         return results
 
+    def mode_texts(self, r: Result) -> Dict[str, str]:
+        """The text of each decoding mode of one result."""
+        return {"attention_rescoring": r.text,
+                "ctc_prefix_beam": self.vocab.text(r.nbest[0][0]) if r.nbest else "",
+                "ctc_greedy": self.vocab.text(r.greedy)}
+
     def recognize(self, wavs: Sequence[np.ndarray]) -> List[Result]:
         return self.recognize_feats([self.fbank(check_waveform(w)) for w in wavs])

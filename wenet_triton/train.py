@@ -166,17 +166,11 @@ def u2_loss(model: ASRModel, feats: torch.Tensor, lens: torch.Tensor, ys: List[t
 
 @torch.no_grad()
 def greedy_ids(model: ASRModel, feats: torch.Tensor, lens: torch.Tensor) -> List[List[int]]:
+    from .search import ctc_greedy
+
     enc, enc_lens = model.encoder(feats, lens)
-    best = model.ctc.log_softmax(enc).argmax(-1).cpu()
-    out = []
-    for row, n in zip(best, enc_lens.tolist()):
-        ids, prev = [], -1
-        for t in row[:n].tolist():
-            if t != prev and t != 0:
-                ids.append(t)
-            prev = t
-        out.append(ids)
-    return out
+    best = model.ctc.log_softmax(enc).argmax(-1, keepdim=True).cpu().numpy()  # (B, T, 1)
+    return [ctc_greedy(row, n) for row, n in zip(best, enc_lens.tolist())]
 
 
 def warmup_cosine(progress: float, step: int, peak: float, warmup: int,
