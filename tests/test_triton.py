@@ -192,6 +192,43 @@ def test_padded_feature_batches_give_the_same_transcripts(impl, exports, tmp_pat
     assert not _our_processes(repo)
 
 
+def test_fbank_inside_the_encoder_gives_the_same_transcripts(exports, tmp_path):
+    """feature_device: encoder (what GPU hosts use: fbank batched in the encoder's process,
+    no feature_extractor hop): same transcripts as offline decoding, and a bad request in a
+    dynamic batch gets its own clear error while the others are served."""
+    sys.path.insert(0, ROOT)
+    from loadtest.metrics import delta, scrape, summarize
+    from wenet_triton.client import transcribe_many
+    from wenet_triton.engines import OnnxEngine
+    from wenet_triton.frontend import read_audio
+    from wenet_triton.pipeline import Recognizer, Vocab
+    from wenet_triton.repo import build_repo
+    from wenet_triton.server import TritonServer, free_port
+
+    repo = build_repo(model_dir("u2pp_conformer"), str(tmp_path / "repo"), "onnxruntime",
+                      overrides={"feature_device": "encoder", "engine": {"threads": 2},
+                                 "models": {"encoder": {"max_queue_delay_us": 200000}}},
+                      engine_dir=exports["u2pp_conformer"])
+    assert not os.path.exists(os.path.join(repo, "feature_extractor"))
+    good = [(f"u{i}", read_audio(wav_path(f"test_00000{i}"))) for i in range(8)]
+    bad = [("short", np.zeros(1000, np.float32)), ("nan", np.full(16000, np.nan, np.float32))]
+    metrics_port = free_port()
+    with TritonServer(repo, free_port(), free_port(), metrics_port, host="127.0.0.1",
+                      log_file=str(tmp_path / "log")) as s:
+        before = scrape(f"127.0.0.1:{metrics_port}")
+        replies = transcribe_many(s.grpc_url, good[:4] + bad + good[4:], concurrency=10)
+        stats = summarize(delta(before, scrape(f"127.0.0.1:{metrics_port}")))
+    assert stats["encoder"]["avg_batch"] > 1
+    errors = {r.name: r.error for r in replies if r.error}
+    assert sorted(errors) == ["nan", "short"]
+    assert "too short" in errors["short"] and "NaN or inf" in errors["nan"]
+    eng = OnnxEngine(exports["u2pp_conformer"])
+    rec = Recognizer(eng, Vocab.from_engine_dir(exports["u2pp_conformer"], eng.settings))
+    assert [r.text for r in replies if not r.error] == \
+        [r.text for r in rec.recognize([w for _, w in good])]
+    assert not _our_processes(repo)
+
+
 def test_locust_smoke_zero_failures(server, tmp_path):
     """A short headless locust run (loadtest/locustfile.py) on loopback: no failed request."""
     import csv

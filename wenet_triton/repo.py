@@ -19,6 +19,9 @@ log = logging.getLogger(__name__)
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = ("feature_extractor", "encoder", "decoder", "scoring", "attention_rescoring")
 REPO_ENGINES = ("onnxruntime", "torch", "torch_cuda", "tensorrt")
+# cpu: feature_extractor per request; cuda: feature_extractor batched on the GPU;
+# encoder: fbank batched inside the encoder model's process (one GPU process, no extra hop)
+FEATURE_DEVICES = ("cpu", "cuda", "encoder")
 
 
 def templates_dir() -> str:
@@ -65,6 +68,34 @@ def _engine_params(engine: str, cfg: Dict) -> str:
                      for k, v in params.items())
 
 
+def _frontend_values(fused: bool, input_dim: int, min_frames: int, cfg: Dict) -> Dict[str, str]:
+    """Template values that route WAV through feature_extractor, or straight to the encoder."""
+    wav_map = ('      input_map { key: "WAV" value: "WAV" }\n'
+               '      input_map { key: "WAV_LENS" value: "WAV_LENS" }\n')
+    if fused:
+        params = {"frontend": "fbank", "fbank_impl": cfg.get("feature_impl") or "knf",
+                  "max_audio_seconds": cfg.get("max_audio_seconds", 60), "min_frames": min_frames}
+        return {
+            "frontend_step": "",
+            "encoder_input_map": wav_map,
+            "encoder_inputs": ('  { name: "WAV" data_type: TYPE_FP32 dims: [ -1 ] allow_ragged_batch: true },\n'
+                               '  { name: "WAV_LENS" data_type: TYPE_INT32 dims: [ 1 ] }'),
+            "encoder_frontend_parameters": "\n".join(
+                f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}' for k, v in params.items()),
+        }
+    return {
+        "frontend_step": ('    {\n      model_name: "feature_extractor"\n      model_version: -1\n'
+                          + wav_map + '      output_map { key: "speech" value: "SPEECH" }\n'
+                          '      output_map { key: "speech_lengths" value: "SPEECH_LENGTHS" }\n    },\n'),
+        "encoder_input_map": ('      input_map { key: "speech" value: "SPEECH" }\n'
+                              '      input_map { key: "speech_lengths" value: "SPEECH_LENGTHS" }\n'),
+        "encoder_inputs": (f'  {{ name: "speech" data_type: TYPE_FP32 dims: [ -1, {input_dim} ] '
+                           'allow_ragged_batch: true },\n'
+                           '  { name: "speech_lengths" data_type: TYPE_INT32 dims: [ 1 ] }'),
+        "encoder_frontend_parameters": "",
+    }
+
+
 def build_repo(model_dir: str, out: str, engine: str = "onnxruntime",
                config: Optional[str] = None, overrides: Optional[Dict] = None,
                engine_dir: Optional[str] = None, ctc_weight: Optional[float] = None,
@@ -81,6 +112,13 @@ def build_repo(model_dir: str, out: str, engine: str = "onnxruntime",
     if settings["beam_size"] != beam:
         raise ValueError(f"engine dir beam_size {settings['beam_size']} != serving beam_size {beam}")
     max_batch = int(cfg["max_batch_size"])
+    fe_device = cfg.get("feature_device") or "cpu"
+    if fe_device not in FEATURE_DEVICES:
+        raise ValueError(f"feature_device {fe_device!r}: use one of {', '.join(FEATURE_DEVICES)}")
+    fused = fe_device == "encoder"  # fbank inside the encoder's process
+    if fused and engine == "tensorrt":
+        raise ValueError("feature_device: encoder needs a python encoder model; a TensorRT plan "
+                         "takes features (use cpu or cuda)")
     values = {
         "max_batch_size": max_batch, "input_dim": settings["input_dim"],
         "output_size": settings["output_size"], "vocab_size": settings["vocab_size"],
@@ -88,8 +126,9 @@ def build_repo(model_dir: str, out: str, engine: str = "onnxruntime",
         "min_frames": settings["right_context"] + 1,
         # cuda: one batched torch fbank per dynamic batch on the GPU. Measured on an H200 it
         # was slower than CPU fbank (another process time-sliced on the GPU), so opt-in.
-        "fe_device": cfg.get("feature_device") or "cpu",
+        "fe_device": fe_device,
         "fe_impl": cfg.get("feature_impl") or "knf",
+        **_frontend_values(fused, settings["input_dim"], settings["right_context"] + 1, cfg),
         "engine_parameters": _engine_params(engine, cfg),
         "reverse_input": ("  { name: \"r_hyps_pad_sos_eos\" data_type: TYPE_INT64 dims: "
                           f"[ {beam}, -1 ] allow_ragged_batch: true }},\n"
@@ -103,6 +142,8 @@ def build_repo(model_dir: str, out: str, engine: str = "onnxruntime",
     if os.path.exists(out):
         shutil.rmtree(out)
     for name in MODELS:
+        if fused and name == "feature_extractor":
+            continue
         m = cfg.get("models", {}).get(name, {})
         v = dict(values, dynamic_batching=_batching(m, max_batch), instance_group=_instances(m))
         tmpl = os.path.join(tdir, name, "config.pbtxt.tmpl")

@@ -55,11 +55,12 @@ class TorchFbank:
         return 0 if n_samples < self.win else 1 + (n_samples - self.win) // self.shift
 
     @torch.inference_mode()
-    def batch(self, wavs: Sequence[np.ndarray]) -> List[np.ndarray]:
-        """Float waveforms in [-1, 1) -> per-utterance (T_i, num_mel_bins) float32 arrays."""
-        lens = [len(w) for w in wavs]
-        n = max(lens)
-        x = torch.zeros(len(wavs), n, dtype=torch.float32)
+    def batch_tensor(self, wavs: Sequence[np.ndarray]):
+        """Float waveforms in [-1, 1) -> (feats (B, T, num_mel_bins) float32, lens (B,) int32),
+        both on self.device; frames past an utterance's length are zero (like padded batches)."""
+        n_frames = [self.num_frames(len(w)) for w in wavs]
+        n = max(len(w) for w in wavs)
+        x = torch.zeros(len(wavs), n, dtype=torch.float32, pin_memory=self.device.type == "cuda")
         for i, w in enumerate(wavs):
             x[i, : len(w)] = torch.from_numpy(np.asarray(w, np.float32))
         x = x.to(self.device, non_blocking=True) * 32768.0
@@ -69,5 +70,13 @@ class TorchFbank:
         frames = (frames - 0.97 * prev) * self.window
         spec = torch.fft.rfft(frames, n=self.n_fft, dim=2)
         power = spec.real ** 2 + spec.imag ** 2
-        feats = torch.log(torch.clamp(power @ self.banks.t(), min=self.eps)).cpu().numpy()
-        return [feats[i, : self.num_frames(L)] for i, L in enumerate(lens)]
+        feats = torch.log(torch.clamp(power @ self.banks.t(), min=self.eps))
+        lens = torch.tensor(n_frames, dtype=torch.int32).to(self.device, non_blocking=True)
+        valid = torch.arange(feats.shape[1], device=self.device)[None, :] < lens[:, None]
+        return feats * valid[:, :, None], lens
+
+    def batch(self, wavs: Sequence[np.ndarray]) -> List[np.ndarray]:
+        """Float waveforms in [-1, 1) -> per-utterance (T_i, num_mel_bins) float32 arrays."""
+        feats, lens = self.batch_tensor(wavs)
+        feats = feats.cpu().numpy()
+        return [feats[i, :n] for i, n in enumerate(lens.cpu().tolist())]

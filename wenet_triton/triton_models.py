@@ -1,6 +1,7 @@
 """Triton python-backend models of the `attention_rescoring` ensemble.
 
-feature_extractor -> encoder -> scoring (CTC prefix beam search, BLS call to decoder).
+feature_extractor -> encoder -> scoring (CTC prefix beam search, BLS call to decoder); with
+`feature_device: encoder` fbank runs inside the encoder model (feature_extractor unused).
 Every model takes *ragged* requests (one utterance or one padded batch each), pads them
 together, runs one batched engine call and splits the result, so requests of different
 lengths share a dynamic batch and still get exactly what they would get alone.
@@ -86,38 +87,38 @@ def _open_engine(args, params, parts):
                        threads=int(params.get("threads", "0")), parts=parts)
 
 
-class FeatureExtractor:
-    """WAV FP32 [-1] + WAV_LENS INT32 [1] -> speech FP32 [-1, 80], speech_lengths INT32 [1].
-    Parameter `device`: cpu (per request, frontend.Fbank: torch on one thread, or
-    kaldi-native-fbank without torch) or cuda (one batched torch fbank for the dynamic batch)."""
+class _WavFrontend:
+    """Checks WAV/WAV_LENS requests and turns the good ones into fbank features. device cpu:
+    per request (frontend.Fbank: kaldi-native-fbank, or torch on one thread); cuda: one
+    batched torch fbank per dynamic batch (torch_fbank.TorchFbank). Shared by the
+    feature_extractor model and the encoder when fbank runs in its process."""
 
-    def initialize(self, args):
+    def __init__(self, args, params, device: str):
         from .checkpoint import FbankConf
 
-        p = _params(args)
         with open(os.path.join(_version_dir(args), "wenet_triton.json")) as f:
             self.conf = FbankConf(**json.load(f)["fbank"])
-        device = p.get("device", "cpu")
         if device.startswith("cuda"):
             from .torch_fbank import TorchFbank
 
-            self.fbank_batch = TorchFbank(self.conf, device).batch
+            self.torch_fbank = TorchFbank(self.conf, device)
+            self.fbank_batch = self.torch_fbank.batch
         else:
             from .frontend import Fbank
 
-            fb = Fbank(self.conf, p.get("fbank_impl", "knf"))
+            self.torch_fbank = None
+            fb = Fbank(self.conf, params.get("fbank_impl", "knf"))
             if fb.impl == "torch":  # one utterance at a time: one thread is fastest
                 import torch
 
                 torch.set_num_threads(1)
             self.fbank_batch = lambda wavs: [fb(w) for w in wavs]
-        self.max_seconds = float(p.get("max_audio_seconds", "60"))
-        self.min_frames = int(p.get("min_frames", "7"))
+        self.max_seconds = float(params.get("max_audio_seconds", "60"))
+        self.min_frames = int(params.get("min_frames", "7"))
         self.window = int(self.conf.sample_rate * self.conf.frame_length_ms / 1000)
-        # TensorRT encoders batch only equal shapes: pad every response to the batch's longest
-        self.pad_batch = p.get("pad_to_batch_max", "false").lower() == "true"
+        self.shift = int(self.conf.sample_rate * self.conf.frame_shift_ms / 1000)
 
-    def _waveform(self, request) -> np.ndarray:
+    def waveform(self, request) -> np.ndarray:
         from .frontend import check_waveform
 
         wav, lens = _input(request, "WAV"), _input(request, "WAV_LENS")
@@ -132,30 +133,45 @@ class FeatureExtractor:
         if n < self.window:
             raise ValueError(f"audio of {n} samples is shorter than one "
                              f"{self.conf.frame_length_ms:g} ms frame")
+        frames = 1 + (n - self.window) // self.shift
+        if frames < self.min_frames:
+            ms = self.min_frames * self.conf.frame_shift_ms + self.conf.frame_length_ms
+            raise ValueError(f"audio of {n} samples is too short: at least ~{ms:.0f} ms needed")
         return wav
 
-    def execute(self, requests):
-        out: List = [None] * len(requests)
+    def check(self, requests, out: List):
+        """Valid requests' waveforms and indices; out[i] gets an error for the others."""
         wavs, idx = [], []
         for i, req in enumerate(requests):
             try:
-                wavs.append(self._waveform(req))
+                wavs.append(self.waveform(req))
                 idx.append(i)
             except ValueError as e:
                 out[i] = _error(str(e), invalid_input=True)
+        return wavs, idx
+
+
+class FeatureExtractor:
+    """WAV FP32 [-1] + WAV_LENS INT32 [1] -> speech FP32 [-1, 80], speech_lengths INT32 [1].
+    Parameter `device`: cpu (per request) or cuda (one batched torch fbank per batch)."""
+
+    def initialize(self, args):
+        p = _params(args)
+        self.front = _WavFrontend(args, p, p.get("device", "cpu"))
+        # TensorRT encoders batch only equal shapes: pad every response to the batch's longest
+        self.pad_batch = p.get("pad_to_batch_max", "false").lower() == "true"
+
+    def execute(self, requests):
+        out: List = [None] * len(requests)
+        wavs, idx = self.front.check(requests, out)
         try:
-            feats = self.fbank_batch(wavs) if wavs else []
+            feats = self.front.fbank_batch(wavs) if wavs else []
         except Exception as e:  # noqa: BLE001
-            feats = None
+            feats = []
             for i in idx:
                 out[i] = _error(f"feature extraction failed: {e}")
-        width = max((f.shape[0] for f in feats or []), default=0) if self.pad_batch else 0
-        for i, wav, f in zip(idx, wavs, feats or []):
-            if f.shape[0] < self.min_frames:
-                ms = self.min_frames * self.conf.frame_shift_ms + self.conf.frame_length_ms
-                out[i] = _error(f"audio of {len(wav)} samples is too short: at least "
-                                f"~{ms:.0f} ms needed", invalid_input=True)
-                continue
+        width = max((f.shape[0] for f in feats), default=0) if self.pad_batch else 0
+        for i, f in zip(idx, feats):
             n = f.shape[0]
             if width > n:
                 f = np.pad(f, ((0, width - n), (0, 0)))
@@ -169,37 +185,70 @@ class FeatureExtractor:
 
 
 class Encoder:
-    """speech [-1, 80], speech_lengths [1] -> WeNet GPU-export encoder outputs."""
+    """speech [-1, 80], speech_lengths [1] -> WeNet GPU-export encoder outputs.
+    With parameter frontend=fbank it takes the ensemble's WAV/WAV_LENS instead and computes
+    fbank itself, batched on the engine's device: one GPU process for both, no feature copy."""
 
     OUTPUTS = ("encoder_out", "encoder_out_lens", "ctc_log_probs", "beam_log_probs",
                "beam_log_probs_idx")
 
     def initialize(self, args):
-        self.engine = _open_engine(args, _params(args), ("encoder",))
+        p = _params(args)
+        self.engine = _open_engine(args, p, ("encoder",))
+        self.front = None
+        if p.get("frontend", "") == "fbank":
+            self.front = _WavFrontend(args, p, _device(args, p))
 
-    def execute(self, requests):
-        try:
+    def _features(self, requests, out: List):
+        """(feats, lens, request indices) for the batch; errors go to out."""
+        if self.front is None:
             xs = [_input(r, "speech") for r in requests]
             ls = [_input(r, "speech_lengths").reshape(-1).astype(np.int32) for r in requests]
-            sizes = [x.shape[0] for x in xs]
-            feats = _cat_padded(xs, axis=1)
-            enc = self.engine.encode(feats, np.concatenate(ls))
+            return _cat_padded(xs, axis=1), np.concatenate(ls), [x.shape[0] for x in xs]
+        wavs, idx = self.front.check(requests, out)
+        if not wavs:
+            return None, None, []
+        sizes = [1 if i in idx else 0 for i in range(len(requests))]
+        if self.front.torch_fbank is not None and hasattr(self.engine, "encode_tensors"):
+            return (*self.front.torch_fbank.batch_tensor(wavs), sizes)  # stays on the GPU
+        feats = self.front.fbank_batch(wavs)
+        lens = np.array([f.shape[0] for f in feats], np.int32)
+        return _cat_padded([f[None] for f in feats], axis=1), lens, sizes
+
+    def _encode(self, feats, lens):
+        if isinstance(feats, np.ndarray):
+            return self.engine.encode(feats, lens)
+        from .engines import ENCODER_OUTPUTS
+
+        res = {}
+        for name, t in zip(ENCODER_OUTPUTS, self.engine.encode_tensors(feats, lens)):
+            if name in self.OUTPUTS and (name != "ctc_log_probs" or self.engine.want_logp):
+                res[name] = (t.float() if t.is_floating_point() else t).cpu().numpy()
+        return res
+
+    def execute(self, requests):
+        out: List = [None] * len(requests)
+        try:
+            feats, lens, sizes = self._features(requests, out)
+            enc = self._encode(feats, lens) if feats is not None else None
         except Exception as e:  # noqa: BLE001 - report to every request of the batch
-            return [_error(f"encoder failed: {e}\n{traceback.format_exc(limit=3)}")
-                    for _ in requests]
-        out, start = [], 0
-        for req, n in zip(requests, sizes):
-            lens = enc["encoder_out_lens"][start:start + n]
-            t = int(lens.max()) if n else 0
+            msg = f"encoder failed: {e}\n{traceback.format_exc(limit=3)}"
+            return [o if o is not None else _error(msg) for o in out]
+        start = 0
+        for i, (req, n) in enumerate(zip(requests, sizes)):
+            if n == 0:
+                continue
+            lens_i = enc["encoder_out_lens"][start:start + n]
+            t = int(lens_i.max())
             wanted = set(req.requested_output_names()) or set(self.OUTPUTS)
             tensors = []
             for name in self.OUTPUTS:
-                if name not in wanted:
+                if name not in wanted or name not in enc:
                     continue
                 v = enc[name][start:start + n]
                 v = v.reshape(n, 1) if name == "encoder_out_lens" else v[:, :t]
                 tensors.append(_tensor(name, v))
-            out.append(pb_utils.InferenceResponse(tensors))
+            out[i] = pb_utils.InferenceResponse(tensors)
             start += n
         return out
 
