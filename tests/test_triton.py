@@ -98,6 +98,34 @@ def test_bad_input_gets_clear_error_and_server_keeps_serving(server, wav, lens, 
     assert len(transcribe_one(server.grpc_url, good)) > 0
 
 
+def _infer_batch(url, wavs):
+    """One request carrying several utterances (WAV [B, N] zero-padded, WAV_LENS [B, 1])."""
+    wav = np.zeros((len(wavs), max(len(w) for w in wavs)), np.float32)
+    for i, w in enumerate(wavs):
+        wav[i, :len(w)] = w
+    client = tritonclient.InferenceServerClient(url)
+    a = tritonclient.InferInput("WAV", list(wav.shape), "FP32")
+    a.set_data_from_numpy(wav)
+    b = tritonclient.InferInput("WAV_LENS", [len(wavs), 1], "INT32")
+    b.set_data_from_numpy(np.array([[len(w)] for w in wavs], np.int32))
+    res = client.infer("attention_rescoring", [a, b])
+    return [t[0].decode("utf-8") for t in res.as_numpy("TRANSCRIPTS")]
+
+
+def test_one_request_may_carry_a_batch_of_utterances(server):
+    """What perf_analyzer -b N sends: rows of one request come back in order, each as if
+    sent alone; a bad row fails the request with an error naming the row."""
+    from tritonclient.utils import InferenceServerException
+
+    from wenet_triton.client import transcribe_one
+    from wenet_triton.frontend import read_audio
+
+    wavs = [read_audio(wav_path(f"test_00000{i}")) for i in (1, 4, 2)]
+    assert _infer_batch(server.grpc_url, wavs) == [transcribe_one(server.grpc_url, w) for w in wavs]
+    with pytest.raises(InferenceServerException, match=r"WAV \(row 1\): waveform contains NaN or inf"):
+        _infer_batch(server.grpc_url, [wavs[0], np.full(16000, np.nan, np.float32)])
+
+
 def test_bad_request_does_not_spoil_its_batch(server):
     """A NaN request batched with good ones fails alone."""
     from wenet_triton.client import transcribe_many
@@ -218,14 +246,16 @@ def test_fbank_inside_the_encoder_gives_the_same_transcripts(exports, tmp_path):
         before = scrape(f"127.0.0.1:{metrics_port}")
         replies = transcribe_many(s.grpc_url, good[:4] + bad + good[4:], concurrency=10)
         stats = summarize(delta(before, scrape(f"127.0.0.1:{metrics_port}")))
+        batched = _infer_batch(s.grpc_url, [w for _, w in good[:3]])
     assert stats["encoder"]["avg_batch"] > 1
     errors = {r.name: r.error for r in replies if r.error}
     assert sorted(errors) == ["nan", "short"]
     assert "too short" in errors["short"] and "NaN or inf" in errors["nan"]
     eng = OnnxEngine(exports["u2pp_conformer"])
     rec = Recognizer(eng, Vocab.from_engine_dir(exports["u2pp_conformer"], eng.settings))
-    assert [r.text for r in replies if not r.error] == \
-        [r.text for r in rec.recognize([w for _, w in good])]
+    offline = [r.text for r in rec.recognize([w for _, w in good])]
+    assert [r.text for r in replies if not r.error] == offline
+    assert batched == offline[:3]
     assert not _our_processes(repo)
 
 

@@ -63,9 +63,10 @@ def _device(args, params) -> str:
     return "cpu"
 
 
-def _cat_padded(arrays: List[np.ndarray], axis: int, fill=0) -> np.ndarray:
-    """Concatenate along dim 0 arrays that may differ along `axis` (padded with fill)."""
-    n = max(a.shape[axis] for a in arrays)
+def _cat_padded(arrays: List[np.ndarray], axis: int, fill=0, width: int = 0) -> np.ndarray:
+    """Concatenate along dim 0 arrays that may differ along `axis` (padded with fill, to at
+    least `width`)."""
+    n = max(width, max(a.shape[axis] for a in arrays))
     out = []
     for a in arrays:
         if a.shape[axis] < n:
@@ -118,37 +119,44 @@ class _WavFrontend:
         self.window = int(self.conf.sample_rate * self.conf.frame_length_ms / 1000)
         self.shift = int(self.conf.sample_rate * self.conf.frame_shift_ms / 1000)
 
-    def waveform(self, request) -> np.ndarray:
+    def waveforms(self, request) -> List[np.ndarray]:
+        """A request's utterances: WAV [B, N] + WAV_LENS [B, 1], one row each (B >= 1)."""
         from .frontend import check_waveform
 
-        wav, lens = _input(request, "WAV"), _input(request, "WAV_LENS")
-        if wav.shape[0] != 1:
-            raise ValueError(f"send one utterance per request (got batch {wav.shape[0]})")
+        wav, lens = _input(request, "WAV"), _input(request, "WAV_LENS").reshape(-1)
         if wav.shape[1] == 0:
             raise ValueError("empty WAV (0 samples)")
-        n = int(lens.reshape(-1)[0])
-        if n <= 0 or n > wav.shape[1]:
-            raise ValueError(f"WAV_LENS {n} outside 1..{wav.shape[1]} (the WAV length)")
-        wav = check_waveform(wav[0, :n], "WAV", self.max_seconds, self.conf.sample_rate)
-        if n < self.window:
-            raise ValueError(f"audio of {n} samples is shorter than one "
-                             f"{self.conf.frame_length_ms:g} ms frame")
-        frames = 1 + (n - self.window) // self.shift
-        if frames < self.min_frames:
-            ms = self.min_frames * self.conf.frame_shift_ms + self.conf.frame_length_ms
-            raise ValueError(f"audio of {n} samples is too short: at least ~{ms:.0f} ms needed")
-        return wav
+        if len(lens) != wav.shape[0]:
+            raise ValueError(f"WAV has {wav.shape[0]} rows but WAV_LENS {len(lens)}")
+        out = []
+        for row in range(wav.shape[0]):
+            at = f" (row {row})" if wav.shape[0] > 1 else ""
+            n = int(lens[row])
+            if n <= 0 or n > wav.shape[1]:
+                raise ValueError(f"WAV_LENS {n} outside 1..{wav.shape[1]} (the WAV length){at}")
+            w = check_waveform(wav[row, :n], "WAV" + at, self.max_seconds, self.conf.sample_rate)
+            if n < self.window:
+                raise ValueError(f"audio of {n} samples is shorter than one "
+                                 f"{self.conf.frame_length_ms:g} ms frame{at}")
+            if 1 + (n - self.window) // self.shift < self.min_frames:
+                ms = self.min_frames * self.conf.frame_shift_ms + self.conf.frame_length_ms
+                raise ValueError(f"audio of {n} samples is too short: at least ~{ms:.0f} ms needed{at}")
+            out.append(w)
+        return out
 
     def check(self, requests, out: List):
-        """Valid requests' waveforms and indices; out[i] gets an error for the others."""
-        wavs, idx = [], []
+        """Valid requests' waveforms (flat) and utterance counts per request (0: invalid,
+        out[i] then holds its error)."""
+        wavs, counts = [], []
         for i, req in enumerate(requests):
             try:
-                wavs.append(self.waveform(req))
-                idx.append(i)
+                ws = self.waveforms(req)
             except ValueError as e:
                 out[i] = _error(str(e), invalid_input=True)
-        return wavs, idx
+                ws = []
+            wavs += ws
+            counts.append(len(ws))
+        return wavs, counts
 
 
 class FeatureExtractor:
@@ -163,21 +171,23 @@ class FeatureExtractor:
 
     def execute(self, requests):
         out: List = [None] * len(requests)
-        wavs, idx = self.front.check(requests, out)
+        wavs, counts = self.front.check(requests, out)
         try:
             feats = self.front.fbank_batch(wavs) if wavs else []
         except Exception as e:  # noqa: BLE001
-            feats = []
-            for i in idx:
-                out[i] = _error(f"feature extraction failed: {e}")
+            feats, msg = [], f"feature extraction failed: {e}"
+            return [o if o is not None else _error(msg) for o in out]
         width = max((f.shape[0] for f in feats), default=0) if self.pad_batch else 0
-        for i, f in zip(idx, feats):
-            n = f.shape[0]
-            if width > n:
-                f = np.pad(f, ((0, width - n), (0, 0)))
+        start = 0
+        for i, n in enumerate(counts):
+            if n == 0:
+                continue
+            fs = feats[start:start + n]
+            start += n
+            lens = np.array([[f.shape[0]] for f in fs], np.int32)
             out[i] = pb_utils.InferenceResponse([
-                _tensor("speech", f[None]),
-                _tensor("speech_lengths", np.array([[n]], np.int32))])
+                _tensor("speech", _cat_padded([f[None] for f in fs], axis=1, width=width)),
+                _tensor("speech_lengths", lens)])
         return out
 
     def finalize(self):
@@ -200,15 +210,14 @@ class Encoder:
             self.front = _WavFrontend(args, p, _device(args, p))
 
     def _features(self, requests, out: List):
-        """(feats, lens, request indices) for the batch; errors go to out."""
+        """(feats, lens, utterances per request) for the batch; errors go to out."""
         if self.front is None:
             xs = [_input(r, "speech") for r in requests]
             ls = [_input(r, "speech_lengths").reshape(-1).astype(np.int32) for r in requests]
             return _cat_padded(xs, axis=1), np.concatenate(ls), [x.shape[0] for x in xs]
-        wavs, idx = self.front.check(requests, out)
+        wavs, sizes = self.front.check(requests, out)
         if not wavs:
-            return None, None, []
-        sizes = [1 if i in idx else 0 for i in range(len(requests))]
+            return None, None, sizes
         if self.front.torch_fbank is not None and hasattr(self.engine, "encode_tensors"):
             return (*self.front.torch_fbank.batch_tensor(wavs), sizes)  # stays on the GPU
         feats = self.front.fbank_batch(wavs)
