@@ -1,45 +1,122 @@
 #!/usr/bin/env bash
 # Serve on the GPU machine and load it: Triton (the nvidia-pytriton server bundle) with the
-# torch_cuda engine on a random-weight AISHELL-shape checkpoint, a concurrency sweep with
-# our tritonclient client (CSV + plot + per-model queue/compute from the metrics port) and a
-# perf_analyzer run. Results in $OUT. Assets: build_engines/pack_serve_assets.sh, then two
-# device calls on one warm machine (the tree + both asset folders exceed the 64 MiB carry):
-#   carry .device_serve_whl:  bash build_engines/gpu_serve.sh stage   # installs the wheels
-#   carry .device_serve:      bash build_engines/gpu_serve.sh
-# Note: stage installs numpy 1.26 into the machine's Python (the stub's environment).
-# Env: MODEL (serve this model dir, e.g. models/demo_zh_synth; default a random-weight
-# AISHELL-shape checkpoint), SERVING_CONFIG, SECONDS_LIST, CONC, SKIP_PERF_ANALYZER.
+# torch_cuda engine and fbank inside the encoder process (build_engines/serving_gpu.yaml);
+# accuracy against the CPU pipeline, our tritonclient concurrency sweep (CSV + plot +
+# per-model queue/compute from the metrics port), perf_analyzer concurrency and batch
+# sweeps, a distributed headless locust run. Results in $OUT.
+# Assets: build_engines/pack_serve_assets.sh; the tree + both asset folders exceed the
+# 64 MiB carry, so: one call `stage` (carry .device_serve_whl: installs the wheels into the
+# machine's Python, which the python-backend stub uses), then calls carrying .device_serve:
+#   bash build_engines/gpu_serve.sh [all]            # start accuracy sweep pa locust stop
+#   bash build_engines/gpu_serve.sh start sweep      # any steps, in order; the server stays
+#   bash build_engines/gpu_serve.sh pa locust stop   #   up between calls while warm
+# Env: MODEL (default models/demo_zh_synth; "aishell" = random-weight AISHELL-shape
+# checkpoint), SERVING_CONFIG, SECONDS_LIST, CONC, PA_CONC, PA_BATCHES, LOCUST_USERS,
+# LOCUST_TIME, LOCUST_WORKERS.
 set -uo pipefail
 OUT=${OUT:-gpu_serve_out}
 D=.device_serve
+REPO=/tmp/repo_gpu
+GRPC=127.0.0.1:8001
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 WENET_TRITON_CACHE=/tmp/wtcache
-if [ "${1:-}" = stage ]; then
-  # into the interpreter's own environment: the python backend stub takes its packages from it
+py() { python3 "$@" 2>&1 | grep -v Warn; }
+
+stage() {
   python3 -m pip install -q --no-index --no-deps --no-compile .device_serve_whl/*.whl && \
-    python3 -c "import numpy, tritonclient, kaldi_native_fbank; print('staged, numpy', numpy.__version__)"
-  exit
-fi
-python3 -c "import numpy, sys; sys.exit(0 if numpy.__version__.startswith('1.') else 1)" || {
-  echo "numpy 1.x missing: run 'gpu_serve.sh stage' (carry .device_serve_whl) on this machine first"; exit 1; }
-python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . >/dev/null 2>&1 || exit 1
-tar xJf $D/tritonserver_bundle.txz -C /tmp && export WENET_TRITON_SERVER_DIR=/tmp/tritonserver
-python3 -m wenet_triton.cli build-plugins > "$OUT/server.log" 2>&1 || { tail "$OUT/server.log"; exit 1; }
-MODEL=${MODEL:-/tmp/aishell_model}
-[ -f "$MODEL/train.yaml" ] || python3 -c "from wenet_triton import bench; bench.write_model_dir(bench.random_spec(), '$MODEL')"
-python3 -m wenet_triton.cli build-repo --model "$MODEL" --engine torch_cuda \
-  --config ${SERVING_CONFIG:-build_engines/serving_gpu.yaml} --out /tmp/repo_gpu >> "$OUT/server.log" 2>&1 || exit 1
-setsid python3 -m wenet_triton.cli serve --repo /tmp/repo_gpu --host 127.0.0.1 >> "$OUT/server.log" 2>&1 &
-python3 loadtest/sweep.py --server 127.0.0.1:8001 --metrics 127.0.0.1:8002 --wav-dir $D/wavs \
-  --seconds ${SECONDS_LIST:-5,10} --concurrency ${CONC:-1,8,32,64,128} --per-worker 16 --max-requests 6000 \
-  --max-seconds 60 --out "$OUT" 2>&1 | grep -v Warn | tee "$OUT/sweep.log"
-if [ -z "${SKIP_PERF_ANALYZER:-}" ]; then
-PA=$(python3 -c "import shutil,sys,os; print(shutil.which('perf_analyzer') or os.path.join(os.path.dirname(sys.executable),'perf_analyzer'))")
-python3 loadtest/perf_analyzer_inputs.py --wav-dir $D/wavs --seconds 5 --out /tmp/pa > /dev/null
-timeout 200 "$PA" -m attention_rescoring -i grpc -u 127.0.0.1:8001 --input-data /tmp/pa/wav_5s.json \
-  --shape WAV:80000 --concurrency-range 16:128:16 --measurement-interval 4000 --max-trials 4 \
-  --stability-percentage 30 -f "$OUT/perf_analyzer_5s.csv" > "$OUT/perf_analyzer.log" 2>&1
-echo "perf_analyzer rc=$?"; grep -E "Concurrency:|Throughput|p99 latency" "$OUT/perf_analyzer.log" | head -30
-fi
-pkill -f "wenet_triton.cli serve"; sleep 3; pkill -9 -f tritonserver
-grep -iE "error|Traceback" "$OUT/server.log" | head -5
+    python3 -c "import numpy, tritonclient, kaldi_native_fbank, locust; print('staged, numpy', numpy.__version__)"
+}
+
+ready() { python3 -c "from wenet_triton.client import wait_until_ready as w; w('$GRPC', ${1:-1})" >/dev/null 2>&1; }
+
+start() {
+  if ready; then echo "server already up"; return 0; fi
+  python3 -c "import numpy, sys; sys.exit(0 if numpy.__version__.startswith('1.') else 1)" || {
+    echo "numpy 1.x missing: run 'gpu_serve.sh stage' (carry .device_serve_whl) on this machine first"; exit 1; }
+  python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . >/dev/null 2>&1 || exit 1
+  [ -d /tmp/tritonserver ] || tar xJf $D/tritonserver_bundle.txz -C /tmp
+  export WENET_TRITON_SERVER_DIR=/tmp/tritonserver
+  python3 -m wenet_triton.cli build-plugins > "$OUT/server.log" 2>&1 || { tail "$OUT/server.log"; exit 1; }
+  local model=${MODEL:-models/demo_zh_synth}
+  if [ "$model" = aishell ]; then
+    model=/tmp/aishell_model
+    [ -f $model/train.yaml ] || python3 -c "from wenet_triton import bench; bench.write_model_dir(bench.random_spec(), '$model')"
+  fi
+  python3 -m wenet_triton.cli build-repo --model "$model" --engine torch_cuda \
+    --config "${SERVING_CONFIG:-build_engines/serving_gpu.yaml}" --out $REPO >> "$OUT/server.log" 2>&1 || exit 1
+  echo "$model" > /tmp/served_model
+  setsid python3 -m wenet_triton.cli serve --repo $REPO --host 127.0.0.1 > /tmp/server.log 2>&1 < /dev/null &
+  ready 300 || { tail -20 /tmp/server.log; exit 1; }
+  echo "serving $model"
+}
+
+accuracy() {  # served (GPU fbank + fp16 engine) vs the CPU pipeline (knf + onnxruntime fp32)
+  local model; model=$(cat /tmp/served_model)
+  python3 client/transcribe.py --server $GRPC --concurrency 16 --ref $D/text $D/wavs \
+    > "$OUT/served.txt" 2> "$OUT/served_cer.txt"
+  python3 -m wenet_triton.cli transcribe --model "$model" --engine onnxruntime --ref $D/text $D/wavs \
+    > "$OUT/cpu_onnxruntime.txt" 2> "$OUT/cpu_cer.txt"
+  python3 - "$OUT" <<'EOF'
+import sys
+out = sys.argv[1]
+read = lambda f: dict(l.rstrip("\n").split("\t", 1) for l in open(f"{out}/{f}") if "\t" in l)
+a, b = read("served.txt"), read("cpu_onnxruntime.txt")
+same = sum(a.get(k) == v for k, v in b.items())
+print(f"accuracy: {same}/{len(b)} served transcripts identical to the CPU pipeline")
+EOF
+  grep -h -i "cer" "$OUT/served_cer.txt" "$OUT/cpu_cer.txt" | head -6
+}
+
+sweep() {
+  py loadtest/sweep.py --server $GRPC --metrics 127.0.0.1:8002 --wav-dir $D/wavs \
+    --seconds "${SECONDS_LIST:-2,5,10,20}" --concurrency "${CONC:-1,32,64,128,256}" --per-worker 16 \
+    --max-requests 8000 --max-seconds 40 --out "$OUT" | tee "$OUT/sweep.log"
+}
+
+pa() {  # perf_analyzer: concurrency sweep (one utterance per request), then batch sweep (-b)
+  local PA; PA=$(python3 -c "import shutil,sys,os; print(shutil.which('perf_analyzer') or os.path.join(os.path.dirname(sys.executable),'perf_analyzer'))")
+  python3 loadtest/perf_analyzer_inputs.py --wav-dir $D/wavs --seconds 5 --out /tmp/pa > /dev/null
+  local common=(-m attention_rescoring -i grpc -u "$GRPC" --input-data /tmp/pa/wav_5s.json --shape WAV:80000
+                --measurement-interval 3000 --max-trials 4 --stability-percentage 30)
+  timeout 240 "$PA" "${common[@]}" --concurrency-range "${PA_CONC:-64:320:64}" \
+    -f "$OUT/perf_analyzer_5s.csv" > "$OUT/perf_analyzer.log" 2>&1
+  echo "perf_analyzer concurrency rc=$?"
+  for b in ${PA_BATCHES:-1 4 16}; do
+    timeout 100 "$PA" "${common[@]}" -b "$b" --concurrency-range "$((128 / b)):$((128 / b))" \
+      -f "$OUT/perf_analyzer_5s_b$b.csv" >> "$OUT/perf_analyzer.log" 2>&1
+    echo "perf_analyzer batch $b rc=$?"
+  done
+  grep -E "Batch size|Concurrency:|Throughput|p99 latency" "$OUT/perf_analyzer.log" | head -40
+}
+
+locust_run() {  # distributed locust: one master, LOCUST_WORKERS gevent workers
+  local n=${LOCUST_WORKERS:-4} L
+  L=$(python3 -c "import shutil,sys,os; print(shutil.which('locust') or os.path.join(os.path.dirname(sys.executable),'locust'))")
+  local args=(-f loadtest/locustfile.py --host "$GRPC" --wav-dir "$D/wavs")
+  for _ in $(seq "$n"); do "$L" "${args[@]}" --worker > /dev/null 2>&1 & done
+  timeout 200 "$L" "${args[@]}" --master --expect-workers "$n" --headless -u "${LOCUST_USERS:-128}" -r 64 \
+    -t "${LOCUST_TIME:-60s}" --csv "$OUT/locust" --only-summary > "$OUT/locust.log" 2>&1
+  echo "locust rc=$?"; wait
+  python3 - "$OUT" <<'EOF'
+import csv, sys
+rows = list(csv.DictReader(open(f"{sys.argv[1]}/locust_stats.csv")))
+for r in rows:
+    print(f"locust {r['Name']:<28} requests {r['Request Count']:>6} failures {r['Failure Count']:>3} "
+          f"{float(r['Requests/s']):7.1f} req/s  p50 {r['50%']} ms  p99 {r['99%']} ms")
+EOF
+}
+
+stop() {
+  pkill -f "wenet_triton.cli serve"; sleep 3; pkill -9 -f tritonserver
+  cp /tmp/server.log "$OUT/triton.log" 2>/dev/null
+  grep -iE "error|Traceback" "$OUT/triton.log" | head -5
+}
+
+steps=("$@"); [ ${#steps[@]} -eq 0 ] || [ "${steps[0]}" = all ] && steps=(start accuracy sweep pa locust stop)
+for s in "${steps[@]}"; do
+  case $s in
+    stage|start|accuracy|sweep|pa|stop) $s ;;
+    locust) locust_run ;;
+    *) echo "unknown step $s (stage start accuracy sweep pa locust stop all)"; exit 2 ;;
+  esac
+done
