@@ -77,6 +77,42 @@ def _cat_padded(arrays: List[np.ndarray], axis: int, fill=0, width: int = 0) -> 
     return np.concatenate(out, axis=0)
 
 
+class _StageTimer:
+    """Per-stage wall time of execute() when WENET_TRITON_PROFILE=N (seconds between
+    reports, printed to the server log): mean ms per batch and per utterance."""
+
+    def __init__(self, model: str):
+        self.every = float(os.environ.get("WENET_TRITON_PROFILE", "0") or 0)
+        self.model, self.sums, self.batches, self.utts = model, {}, 0, 0
+        self.last = self.t = 0.0
+
+    def start(self):
+        if self.every:
+            import time
+
+            self.t = time.perf_counter()
+            self.last = self.last or self.t
+
+    def mark(self, stage: str):
+        if self.every:
+            import time
+
+            now = time.perf_counter()
+            self.sums[stage] = self.sums.get(stage, 0.0) + now - self.t
+            self.t = now
+
+    def done(self, utts: int):
+        if not self.every:
+            return
+        self.batches += 1
+        self.utts += utts
+        if self.t - self.last >= self.every:
+            parts = "  ".join(f"{k} {v / self.batches * 1e3:.2f}" for k, v in self.sums.items())
+            print(f"[profile {self.model}] {self.batches} batches, {self.utts / self.batches:.1f} utts/batch; "
+                  f"ms per batch: {parts}", flush=True)
+            self.sums, self.batches, self.utts, self.last = {}, 0, 0, self.t
+
+
 def _open_engine(args, params, parts):
     from .engines import open_engine
 
@@ -206,8 +242,13 @@ class Encoder:
         p = _params(args)
         self.engine = _open_engine(args, p, ("encoder",))
         self.front = None
+        self.timer = _StageTimer("encoder")
         if p.get("frontend", "") == "fbank":
             self.front = _WavFrontend(args, p, _device(args, p))
+            if self.front.torch_fbank is not None:  # the GPU does the math; keep torch's
+                import torch                       # CPU thread pool from spinning on all cores
+
+                torch.set_num_threads(2)
 
     def _features(self, requests, out: List):
         """(feats, lens, utterances per request) for the batch; errors go to out."""
@@ -216,6 +257,7 @@ class Encoder:
             ls = [_input(r, "speech_lengths").reshape(-1).astype(np.int32) for r in requests]
             return _cat_padded(xs, axis=1), np.concatenate(ls), [x.shape[0] for x in xs]
         wavs, sizes = self.front.check(requests, out)
+        self.timer.mark("check")
         if not wavs:
             return None, None, sizes
         if self.front.torch_fbank is not None and hasattr(self.engine, "encode_tensors"):
@@ -237,9 +279,12 @@ class Encoder:
 
     def execute(self, requests):
         out: List = [None] * len(requests)
+        self.timer.start()
         try:
             feats, lens, sizes = self._features(requests, out)
+            self.timer.mark("fbank")
             enc = self._encode(feats, lens) if feats is not None else None
+            self.timer.mark("encode")
         except Exception as e:  # noqa: BLE001 - report to every request of the batch
             msg = f"encoder failed: {e}\n{traceback.format_exc(limit=3)}"
             return [o if o is not None else _error(msg) for o in out]
@@ -259,6 +304,8 @@ class Encoder:
                 tensors.append(_tensor(name, v))
             out[i] = pb_utils.InferenceResponse(tensors)
             start += n
+        self.timer.mark("responses")
+        self.timer.done(start)
         return out
 
     def finalize(self):
@@ -313,10 +360,12 @@ class Scoring:
         self.decoder_name = p.get("decoder_model", "decoder")
         self.rescoring = p.get("rescoring", "true").lower() == "true"
         self.chunk = int(p.get("decoder_max_batch_size", "16"))
+        self.timer = _StageTimer("scoring")
 
     def execute(self, requests):
         from .search import ctc_prefix_beam_search_batch, rescoring_inputs
 
+        self.timer.start()
         try:
             beam, s = self.settings["beam_size"], self.settings
             encs, lens, nbest, sizes = [], [], [], []
@@ -327,6 +376,7 @@ class Scoring:
                 encs.append(_input(r, "encoder_out"))
                 lens.append(ln.astype(np.int32))
                 sizes.append(len(ln))
+            self.timer.mark("search")
             best = [0] * len(nbest)
             if self.rescoring:
                 enc, enc_lens = _cat_padded(encs, axis=1), np.concatenate(lens)
@@ -336,6 +386,7 @@ class Scoring:
                     best[i:j] = self._rescore(
                         np.ascontiguousarray(enc[i:j, :t]), enc_lens[i:j],
                         rescoring_inputs(nbest[i:j], beam, s["sos"], s["eos"]))
+            self.timer.mark("rescore_bls")
         except Exception as e:  # noqa: BLE001
             return [_error(f"scoring failed: {e}") for _ in requests]
         out, k = [], 0
@@ -348,6 +399,8 @@ class Scoring:
                 k += 1
             out.append(pb_utils.InferenceResponse([
                 pb_utils.Tensor("TRANSCRIPTS", np.array(texts, dtype=np.object_))]))
+        self.timer.mark("responses")
+        self.timer.done(k)
         return out
 
     def _rescore(self, enc, enc_lens, packed) -> List[int]:
