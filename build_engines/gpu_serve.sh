@@ -77,12 +77,12 @@ pa() {  # perf_analyzer: concurrency sweep (one utterance per request), then bat
   local PA; PA=$(python3 -c "import shutil,sys,os; print(shutil.which('perf_analyzer') or os.path.join(os.path.dirname(sys.executable),'perf_analyzer'))")
   python3 loadtest/perf_analyzer_inputs.py --wav-dir $D/wavs --seconds 5 --out /tmp/pa > /dev/null
   local common=(-m attention_rescoring -i grpc -u "$GRPC" --input-data /tmp/pa/wav_5s.json --shape WAV:80000
-                --measurement-interval 3000 --max-trials 4 --stability-percentage 30)
-  timeout 240 "$PA" "${common[@]}" --concurrency-range "${PA_CONC:-64:320:64}" \
+                --measurement-interval 4000 --max-trials 10 --stability-percentage 25)
+  timeout 300 "$PA" "${common[@]}" --concurrency-range "${PA_CONC:-64:256:64}" \
     -f "$OUT/perf_analyzer_5s.csv" > "$OUT/perf_analyzer.log" 2>&1
   echo "perf_analyzer concurrency rc=$?"
   for b in ${PA_BATCHES:-1 4 16}; do
-    timeout 100 "$PA" "${common[@]}" -b "$b" --concurrency-range "$((128 / b)):$((128 / b))" \
+    timeout 90 "$PA" "${common[@]}" -b "$b" --concurrency-range "$((128 / b)):$((128 / b))" \
       -f "$OUT/perf_analyzer_5s_b$b.csv" >> "$OUT/perf_analyzer.log" 2>&1
     echo "perf_analyzer batch $b rc=$?"
   done
