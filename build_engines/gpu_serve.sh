@@ -96,7 +96,8 @@ locust_run() {  # distributed locust: one master, LOCUST_WORKERS gevent workers
   for _ in $(seq "$n"); do "$L" "${args[@]}" --worker > /dev/null 2>&1 & done
   timeout 200 "$L" "${args[@]}" --master --expect-workers "$n" --headless -u "${LOCUST_USERS:-128}" -r 64 \
     -t "${LOCUST_TIME:-60s}" --csv "$OUT/locust" --only-summary > "$OUT/locust.log" 2>&1
-  echo "locust rc=$?"; wait
+  echo "locust rc=$?"; sleep 3
+  pkill -f "locustfile.py.*--worker"  # workers can outlive their master's quit
   python3 - "$OUT" <<'EOF'
 import csv, sys
 rows = list(csv.DictReader(open(f"{sys.argv[1]}/locust_stats.csv")))

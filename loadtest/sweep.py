@@ -11,6 +11,7 @@ import argparse
 import csv
 import glob
 import os
+import re
 import sys
 import time
 
@@ -68,11 +69,7 @@ def run(a):
             if wall > a.max_seconds:
                 print(f"stopping this length: {wall:.0f} s > --max-seconds", flush=True)
                 break
-    keys = list(rows[0]) + sorted({k for r in rows for k in r} - set(rows[0]))
-    with open(os.path.join(a.out, "sweep.csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(rows, os.path.join(a.out, "sweep.csv"))
     plot(rows, os.path.join(a.out, "sweep.png"))
     return rows
 
@@ -106,11 +103,40 @@ def plot(rows, path):
     fig.savefig(path, dpi=90)
 
 
+LOG_LINE = re.compile(r"^\s*([\d.]+)s c=(\d+)\s+([\d.]+) infer/s\s+([\d.]+) audio-s/s\s+p50\s+([\d.]+)"
+                      r"\s+p99\s+([\d.]+) ms\s+failures (\d+)")
+
+
+def rows_from_log(path):
+    """Rows (no p90, no per-model metrics) from the lines a sweep printed, for when only
+    its log survived (e.g. a run cut off before the CSV came back)."""
+    rows = []
+    for line in open(path):
+        m = LOG_LINE.match(line)
+        if m:
+            sec, c, ips, aps, p50, p99, fails = m.groups()
+            rows.append({"seconds": float(sec), "concurrency": int(c), "failures": int(fails),
+                         "infer_per_s": float(ips), "audio_s_per_s": float(aps),
+                         "p50_ms": float(p50), "p99_ms": float(p99)})
+    if not rows:
+        sys.exit(f"no sweep lines in {path}")
+    return rows
+
+
+def write_csv(rows, path):
+    keys = list(rows[0]) + sorted({k for r in rows for k in r} - set(rows[0]))
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--server", default="127.0.0.1:8001")
     p.add_argument("--metrics", default="127.0.0.1:8002", help="metrics host:port ('' to skip)")
-    p.add_argument("--wav-dir", required=True)
+    p.add_argument("--wav-dir", help="wavs to send (tiled/cropped to each length)")
+    p.add_argument("--from-log", help="only rebuild sweep.csv + sweep.png in --out from a sweep log")
     p.add_argument("--max-wavs", type=int, default=50)
     p.add_argument("--seconds", default="5", help="comma-separated utterance lengths")
     p.add_argument("--concurrency", default="1,4,16,64")
@@ -121,7 +147,16 @@ def main(argv=None):
     p.add_argument("--timeout", type=float, default=300)
     p.add_argument("--wait", type=float, default=300)
     p.add_argument("--out", default="sweep_out")
-    run(p.parse_args(argv))
+    a = p.parse_args(argv)
+    if a.from_log:
+        rows = rows_from_log(a.from_log)
+        os.makedirs(a.out, exist_ok=True)
+        write_csv(rows, os.path.join(a.out, "sweep.csv"))
+        plot(rows, os.path.join(a.out, "sweep.png"))
+        return
+    if not a.wav_dir:
+        p.error("--wav-dir is required")
+    run(a)
 
 
 if __name__ == "__main__":
