@@ -76,6 +76,23 @@ def test_rendered_configs_parse_as_triton_model_configs(name, exports, tmp_path)
     fe = _parse_config(os.path.join(repo, "feature_extractor", "config.pbtxt"))
     assert fe.parameters["pad_to_batch_max"].string_value == "true"
     assert fe.parameters["fbank_impl"].string_value == "knf"  # serving.yaml default
+    # the GPU hosts' config puts fbank in the encoder; a plan cannot: feature_extractor stays
+    gpu_yaml = os.path.join(ROOT, "build_engines", "serving_gpu.yaml")
+    repo = build_repo(model_dir(name), str(tmp_path / "trt_gpu"), "tensorrt", config=gpu_yaml,
+                      engine_dir=str(trt_dir))
+    steps = _parse_config(os.path.join(repo, "attention_rescoring", "config.pbtxt")).ensemble_scheduling.step
+    assert [s.model_name for s in steps] == ["feature_extractor", "encoder", "scoring"]
+    # ... while a python encoder takes the WAV itself
+    repo = build_repo(model_dir(name), str(tmp_path / "fused"), "onnxruntime", config=gpu_yaml,
+                      engine_dir=exports[name])
+    assert not os.path.exists(os.path.join(repo, "feature_extractor"))
+    steps = _parse_config(os.path.join(repo, "attention_rescoring", "config.pbtxt")).ensemble_scheduling.step
+    assert [s.model_name for s in steps] == ["encoder", "scoring"]
+    assert dict(steps[0].input_map) == {"WAV": "WAV", "WAV_LENS": "WAV_LENS"}
+    enc = _parse_config(os.path.join(repo, "encoder", "config.pbtxt"))
+    assert [i.name for i in enc.input] == ["WAV", "WAV_LENS"]
+    assert enc.parameters["frontend"].string_value == "fbank"
+    assert enc.instance_group[0].count == 2
 
 
 def test_plugin_nodes_plan_writes_rewritten_graphs(exports, tmp_path):

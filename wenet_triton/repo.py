@@ -115,10 +115,12 @@ def build_repo(model_dir: str, out: str, engine: str = "onnxruntime",
     fe_device = cfg.get("feature_device") or "cpu"
     if fe_device not in FEATURE_DEVICES:
         raise ValueError(f"feature_device {fe_device!r}: use one of {', '.join(FEATURE_DEVICES)}")
+    if fe_device == "encoder" and engine == "tensorrt":
+        # a TensorRT plan takes features: keep the feature_extractor model (CPU fbank)
+        log.warning("feature_device: encoder needs a python encoder model; with tensorrt "
+                    "the feature_extractor computes fbank on the CPU instead")
+        fe_device = "cpu"
     fused = fe_device == "encoder"  # fbank inside the encoder's process
-    if fused and engine == "tensorrt":
-        raise ValueError("feature_device: encoder needs a python encoder model; a TensorRT plan "
-                         "takes features (use cpu or cuda)")
     values = {
         "max_batch_size": max_batch, "input_dim": settings["input_dim"],
         "output_size": settings["output_size"], "vocab_size": settings["vocab_size"],

@@ -1,0 +1,57 @@
+#!/usr/bin/env python3
+"""CPU cost per utterance of the serving path's CPU stages: fbank (kaldi-native-fbank),
+the C++ CTC prefix beam search and the packing of rescoring inputs, on fixed-length
+utterances through the onnxruntime export of a model (default: the demo model)."""
+import argparse
+import glob
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from wenet_triton import artifacts, engines, search  # noqa: E402
+from wenet_triton.cli import default_model_dir  # noqa: E402
+from wenet_triton.frontend import Fbank, read_audio  # noqa: E402
+from wenet_triton.pipeline import Recognizer, Vocab  # noqa: E402
+
+
+def per_utt_ms(fn, n_utts, reps=5):
+    fn()
+    t = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    return (time.perf_counter() - t) / reps / n_utts * 1000
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--model", default=default_model_dir())
+    p.add_argument("--wav-dir", default="../shared/data/synth_test")
+    p.add_argument("--seconds", type=float, default=5)
+    p.add_argument("--count", type=int, default=16)
+    a = p.parse_args()
+    d = artifacts.ensure_export(a.model, None, 10)
+    eng = engines.open_engine(d, "onnxruntime")
+    s = eng.settings
+    knf = Fbank(Recognizer(eng, Vocab.from_engine_dir(d, s)).fbank.conf, "knf")
+    n = int(a.seconds * 16000)
+    wavs = [np.resize(read_audio(f), n).astype(np.float32)
+            for f in sorted(glob.glob(os.path.join(a.wav_dir, "*.wav")))[: a.count]]
+    feats = [knf(w) for w in wavs]
+    enc = eng.encode(np.stack(feats), np.array([f.shape[0] for f in feats], np.int32))
+    lp, ix, ln = enc["beam_log_probs"], enc["beam_log_probs_idx"], enc["encoder_out_lens"].reshape(-1)
+    nbest = search.ctc_prefix_beam_search_batch(lp, ix, ln, s["beam_size"], s["blank"])
+    rows = [("fbank (kaldi-native-fbank)", per_utt_ms(lambda: [knf(w) for w in wavs], len(wavs))),
+            ("CTC prefix beam search (C++)", per_utt_ms(
+                lambda: search.ctc_prefix_beam_search_batch(lp, ix, ln, s["beam_size"], s["blank"]), len(wavs))),
+            ("rescoring inputs", per_utt_ms(
+                lambda: search.rescoring_inputs(nbest, s["beam_size"], s["sos"], s["eos"]), len(wavs)))]
+    print(f"{len(wavs)} utterances of {a.seconds:g} s, {np.mean([len(h[0][0]) for h in nbest]):.1f} tokens each")
+    for name, ms in rows:
+        print(f"{name:<32} {ms:7.3f} ms per utterance")
+
+
+if __name__ == "__main__":
+    main()
