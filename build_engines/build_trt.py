@@ -183,7 +183,8 @@ def main(argv=None):
     p.add_argument("--plugins", nargs="*", default=[], help="plugin .so files to load")
     p.add_argument("--plugin-nodes", action="store_true",
                    help="rewrite the graphs with plugin nodes first (WenetAddLayerNorm, "
-                   "WenetGluDwConv, WenetLogSoftmaxTopK; needs --plugins libwenet_trt_plugins.so)")
+                   "WenetGluDwConv, WenetLogSoftmaxTopK, WenetRelPosAttention; needs --plugins "
+                   "libwenet_trt_plugins.so)")
     p.add_argument("--workspace-gb", type=int, default=8)
     p.add_argument("--timing-cache", default=None, help="default: <out>/timing.cache")
     p.add_argument("--plan-only", action="store_true", help="print profiles and FP32 pins; no TensorRT")
@@ -214,7 +215,8 @@ def main(argv=None):
             print(f"{kind}: {rep['nodes_before']} -> {rep['nodes_after']} nodes, plugin nodes "
                   f"{rep.get('add_layernorm_plugins', 0)} WenetAddLayerNorm, "
                   f"{rep.get('conv_module_plugins', 0)} WenetGluDwConv, "
-                  f"{rep.get('log_softmax_topk_plugins', 0)} WenetLogSoftmaxTopK", flush=True)
+                  f"{rep.get('log_softmax_topk_plugins', 0)} WenetLogSoftmaxTopK, "
+                  f"{rep.get('attention_plugins', 0)} attention", flush=True)
     plan = {}
     for kind in ("encoder", "decoder"):
         onnx_path = sources[kind]

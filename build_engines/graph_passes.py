@@ -13,10 +13,10 @@ in onnxruntime and compare):
      WenetAddLayerNorm, the conformer conv module (pointwise_conv1 .. swish) ->
      WenetGluDwConv, the CTC LogSoftmax + TopK -> WenetLogSoftmaxTopK: nodes that TensorRT's
      ONNX parser resolves to the plugins of plugins/trt/ (load libwenet_trt_plugins.so;
-     build_trt.py --plugins). Tests run these graphs in onnxruntime with the same ops as
-     Python custom ops (onnxruntime-extensions) computing the kernels' reference math.
+     build_trt.py --plugins), and the encoder's (rel-pos) self-attention -> WenetRelPosAttention.
+     Tests run these graphs in onnxruntime with the same ops as Python custom ops
+     (onnxruntime-extensions) computing the kernels' reference math.
 LayerNorm needs no pass: the opset-17 export already emits LayerNormalization nodes.
-Not done yet: the rel-pos attention subgraph as a plugin node.
 """
 from __future__ import annotations
 
@@ -285,6 +285,71 @@ def fuse_conv_module(graph, domain: str = PLUGIN_DOMAIN) -> int:
     return n
 
 
+def _static_dim(t, i):
+    d = None if t.shape is None or len(t.shape) <= i else t.shape[i]
+    return d if isinstance(d, int) else None
+
+
+def fuse_attention(graph, domain: str = PLUGIN_DOMAIN, max_head_dim: int = 128) -> int:
+    """softmax((A Kt [+ C Pt]) / c + bias) V, the shape WeNet's (rel-pos) self-attention
+    exports to -> WenetRelPosAttention(A, K, V, bias, C, P) or WenetAttention(A, K, V, bias)
+    with K, P = Kt, Pt transposed back (the Transposes compose with the heads' transposes).
+    Only where heads and head size are static (the encoder; the decoder's reshapes keep them
+    symbolic, and TensorRT fuses plain attention itself)."""
+    import onnx_graphsurgeon as gs
+
+    n = 0
+    for sm in [x for x in graph.nodes if x.op == "Softmax"]:
+        out = sm.outputs[0]
+        if sm.attrs.get("axis", -1) not in (-1, 3) or out.shape is None or len(out.shape) != 4:
+            continue
+        pv = out.outputs[0] if len(out.outputs) == 1 else None
+        if pv is None or pv.op != "MatMul" or pv.inputs[0] is not out:
+            continue
+        add = _producer(sm.inputs[0], "Add")
+        if add is None:
+            continue
+        div = bias = None
+        for x, y in (add.inputs, add.inputs[::-1]):
+            d = _producer(x, "Div")
+            if d is not None and _const(d.inputs[1]) and np.asarray(d.inputs[1].values).size == 1 \
+                    and not _const(y) and y.shape is not None and len(y.shape) == 4:
+                div, bias = d, y
+                break
+        if div is None:
+            continue
+        scale = 1.0 / float(np.asarray(div.inputs[1].values).reshape(-1)[0])
+        mm = _producer(div.inputs[0], "MatMul")
+        terms = [mm] if mm is not None else None
+        if terms is None:
+            s2 = _producer(div.inputs[0], "Add")
+            terms = s2 and [_producer(t, "MatMul") for t in s2.inputs]
+        if not terms or any(t is None for t in terms) or len(terms) > 2:
+            continue
+        q = terms[0].inputs[0]
+        H, dk = _static_dim(q, 1), _static_dim(q, 3)
+        if H is None or dk is None or dk > max_head_dim \
+                or any(_static_dim(t.inputs[0], 3) != dk or len(t.inputs[1].shape or ()) != 4 for t in terms):
+            continue
+        tag = sm.name or f"attention_{n}"
+
+        def back(t, i):  # (b, H, dk, Tk) -> (b, H, Tk, dk)
+            v = gs.Variable(f"{tag}_kp{i}", dtype=np.float32)
+            graph.nodes.append(gs.Node("Transpose", inputs=[t], outputs=[v], attrs={"perm": [0, 1, 3, 2]}))
+            return v
+
+        inputs = [q, back(terms[0].inputs[1], 0), pv.inputs[1], bias]
+        if len(terms) == 2:
+            inputs += [terms[1].inputs[0], back(terms[1].inputs[1], 1)]
+        res = pv.outputs[0]
+        pv.outputs.clear()
+        graph.nodes.append(gs.Node("WenetRelPosAttention" if len(terms) == 2 else "WenetAttention",
+                                   name=f"{tag}_plugin", domain=domain, attrs={"scale": scale},
+                                   inputs=inputs, outputs=[res]))
+        n += 1
+    return n
+
+
 def optimize(model: onnx.ModelProto, plugin_nodes: bool = False) -> (onnx.ModelProto, Dict):
     import onnx_graphsurgeon as gs
 
@@ -301,6 +366,9 @@ def optimize(model: onnx.ModelProto, plugin_nodes: bool = False) -> (onnx.ModelP
         stats["add_layernorm_plugins"] = fuse_add_layernorm(graph)
         stats["log_softmax_topk_plugins"] = fuse_log_softmax_topk(graph)
         stats["conv_module_plugins"] = fuse_conv_module(graph)
+        stats["attention_plugins"] = fuse_attention(graph)
+        graph.cleanup()
+        stats["transposes_removed"] += compose_transposes(graph)  # K/P back to (b, H, T, dk)
         graph.cleanup().toposort()
     out = gs.export_onnx(graph)
     if plugin_nodes and not any(o.domain == PLUGIN_DOMAIN for o in out.opset_import):
@@ -317,7 +385,8 @@ def main(argv=None):
     p.add_argument("output")
     p.add_argument("--report", help="write the node-count report (JSON) here")
     p.add_argument("--plugin-nodes", action="store_true",
-                   help="put WenetAddLayerNorm / WenetGluDwConv / WenetLogSoftmaxTopK plugin nodes in the graph")
+                   help="put WenetAddLayerNorm / WenetGluDwConv / WenetLogSoftmaxTopK / WenetRelPosAttention "
+                        "plugin nodes in the graph")
     a = p.parse_args(argv)
     model, report = optimize(onnx.load(a.input), a.plugin_nodes)
     onnx.checker.check_model(model)

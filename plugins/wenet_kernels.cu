@@ -309,6 +309,73 @@ __global__ void log_softmax_gather_kernel(float* __restrict__ out, const T* __re
 }
 
 
+
+// ---------------------------------------------------------------------------------------
+// Attention with an optional relative-position term (WeNet's RelPositionMultiHeadedAttention):
+//   out = softmax(((q+u) k^T + [(q+v) p^T]) * scale + bias) v
+// qu, qv, out: (B, H, Tq, dk); v: (B, H, Tk, dk); k, p: (Kb|Pb, H, Tk, dk) with Kb, Pb 1 or B;
+// bias (additive mask): (Bb, Hb, Qb, Tk) with each of Bb/Hb/Qb 1 or full. One warp per query
+// row, online softmax in fp32 over the keys; lane l holds elements l, l+32, ... (R of them).
+// A key whose score is -inf (an fp16 mask bias) gets weight 0; a row with no key left gets 0.
+template <typename T, int R>
+__global__ void attention_kernel(T* __restrict__ out, const T* __restrict__ qu,
+                                 const T* __restrict__ k, const T* __restrict__ v,
+                                 const T* __restrict__ qv, const T* __restrict__ p,
+                                 const T* __restrict__ bias, int H, int Tq, int Tk, int dk,
+                                 int k_batch, int p_batch, int bias_b, int bias_h, int bias_q,
+                                 float scale) {
+  const int lane = threadIdx.x & 31;
+  const int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  const int bh = blockIdx.y, b = bh / H, h = bh % H;
+  if (row >= Tq) return;
+  const size_t q_off = ((size_t)bh * Tq + row) * dk;
+  const T* kb = k + ((size_t)(k_batch == 1 ? 0 : b) * H + h) * Tk * dk;
+  const T* vb = v + (size_t)bh * Tk * dk;
+  const T* pb = p == nullptr ? nullptr : p + ((size_t)(p_batch == 1 ? 0 : b) * H + h) * Tk * dk;
+  const T* brow = bias == nullptr ? nullptr
+      : bias + (((size_t)(bias_b == 1 ? 0 : b) * bias_h + (bias_h == 1 ? 0 : h)) * bias_q +
+                (bias_q == 1 ? 0 : row)) * Tk;
+  float a[R], c[R], acc[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const int e = lane + 32 * r;
+    a[r] = e < dk ? to_f(qu[q_off + e]) : 0.f;
+    c[r] = (pb != nullptr && e < dk) ? to_f(qv[q_off + e]) : 0.f;
+    acc[r] = 0.f;
+  }
+  float m = -INFINITY, l = 0.f;
+  for (int j = 0; j < Tk; ++j) {
+    const size_t o = (size_t)j * dk;
+    float s = 0.f;
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const int e = lane + 32 * r;
+      if (e < dk) {
+        s += a[r] * to_f(kb[o + e]);
+        if (pb != nullptr) s += c[r] * to_f(pb[o + e]);
+      }
+    }
+    s = warp_sum(s) * scale + (brow != nullptr ? to_f(brow[j]) : 0.f);
+    if (s == -INFINITY) continue;  // same in every lane: the warp stays converged
+    const float mn = fmaxf(m, s);
+    const float corr = m == -INFINITY ? 0.f : __expf(m - mn);
+    const float w = __expf(s - mn);
+    l = l * corr + w;
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const int e = lane + 32 * r;
+      acc[r] = acc[r] * corr + (e < dk ? w * to_f(vb[o + e]) : 0.f);
+    }
+    m = mn;
+  }
+  const float inv = l > 0.f ? 1.f / l : 0.f;
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const int e = lane + 32 * r;
+    if (e < dk) out[q_off + e] = from_f<T>(acc[r] * inv);
+  }
+}
+
 }  // namespace
 
 #define DISPATCH(dtype, ...)                                        \
@@ -321,7 +388,7 @@ __global__ void log_softmax_gather_kernel(float* __restrict__ out, const T* __re
 
 extern "C" {
 
-int wk_version() { return 2; }
+int wk_version() { return 3; }
 
 int wk_add_layernorm(void* sum_out, void* norm_out, const void* x, const void* delta,
                      float alpha, const void* gamma, const void* beta, int rows, int cols,
@@ -388,6 +455,28 @@ int wk_log_softmax_gather(float* out, const void* x, const int64_t* target,
   if (ld < V) return (int)cudaErrorInvalidValue;
   DISPATCH(dtype, log_softmax_gather_kernel<T><<<N * L, 256, 0, stream>>>(out, (const T*)x,
                                                                           target, lens, L, V, ld));
+  return (int)cudaGetLastError();
+}
+
+int wk_attention(void* out, const void* qu, const void* k, const void* v, const void* qv,
+                 const void* p, const void* bias, int B, int H, int Tq, int Tk, int dk,
+                 int k_batch, int p_batch, int bias_b, int bias_h, int bias_q, float scale,
+                 int dtype, cudaStream_t stream) {
+  if (B <= 0 || H <= 0 || Tq <= 0) return 0;
+  if (Tk <= 0 || dk <= 0 || dk > 128 || (p != nullptr && qv == nullptr)) return (int)cudaErrorInvalidValue;
+  if ((long long)B * H > 65535) return (int)cudaErrorInvalidValue;
+  constexpr int kWarps = 4;
+  dim3 grid((Tq + kWarps - 1) / kWarps, B * H);
+#define WK_ATTN(R) attention_kernel<T, R><<<grid, 32 * kWarps, 0, stream>>>(                 \
+      (T*)out, (const T*)qu, (const T*)k, (const T*)v, (const T*)qv, (const T*)p,          \
+      (const T*)bias, H, Tq, Tk, dk, k_batch, p_batch, bias_b, bias_h, bias_q, scale)
+  DISPATCH(dtype, {
+    if (dk <= 32) WK_ATTN(1);
+    else if (dk <= 64) WK_ATTN(2);
+    else if (dk <= 96) WK_ATTN(3);
+    else WK_ATTN(4);
+  });
+#undef WK_ATTN
   return (int)cudaGetLastError();
 }
 

@@ -104,6 +104,38 @@ def test_log_softmax_gather(dtype, N, L, V, ld):
     assert torch.isfinite(out).all() and (out - ref).abs().max() <= 1e-4
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("B,H,Tq,Tk,dk,pos,bias", [
+    (2, 4, 37, 37, 64, True, "keys"), (1, 4, 1, 5, 48, True, "keys"),
+    (3, 8, 129, 129, 32, False, "causal"), (2, 2, 300, 300, 128, True, None),
+    (2, 4, 20, 33, 96, False, "shared")])
+def test_attention(dtype, B, H, Tq, Tk, dk, pos, bias):
+    """The WenetRelPosAttention / WenetAttention kernel vs the plain softmax formula, with
+    key-padding masks (finfo.min bias, as the export makes), causal masks, no mask, Tq != Tk."""
+    from wenet_triton.model import attention_bias
+
+    g = torch.Generator(device="cuda").manual_seed(Tq * dk)
+    r = lambda *s: torch.randn(*s, device="cuda", generator=g).to(dtype)  # noqa: E731
+    qu, k, v = r(B, H, Tq, dk), r(B, H, Tk, dk), r(B, H, Tk, dk)
+    qv, p = (r(B, H, Tq, dk), r(1, H, Tk, dk)) if pos else (None, None)
+    if bias == "keys":
+        lens = torch.randint(1, Tk + 1, (B,), device="cuda", generator=g)
+        valid = torch.arange(Tk, device="cuda")[None, :] < lens[:, None]
+        bias_t = attention_bias(valid, dtype)[:, None, None, :]
+    elif bias == "causal":
+        valid = torch.ones(Tq, Tk, device="cuda").tril().bool()
+        bias_t = attention_bias(valid, dtype)[None, None].expand(B, 1, Tq, Tk).contiguous()
+    elif bias == "shared":
+        bias_t = r(1, 1, 1, Tk)
+    else:
+        bias_t = None
+    poison()
+    out = kernels.attention(qu, k, v, bias_t, qv, p, dk ** -0.5)
+    ref = kernels.ref_attention(qu, k, v, bias_t, qv, p, dk ** -0.5)
+    assert torch.isfinite(out).all()
+    assert rel_err(out, ref) <= TOL[dtype] * 2
+
+
 @pytest.fixture(scope="module", autouse=True)
 def exact_fp32():
     """fp32 references must not use TF32 (cuDNN convs default to it)."""

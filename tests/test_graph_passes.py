@@ -88,7 +88,13 @@ def _plugin_session(model):
             return kernels.ref_glu_dwconv(*t[:5], t[5] if ln else None, t[6] if ln else None,
                                           bool(attrs["causal"]), attrs["epsilon"]).numpy()
 
-        _PLUGIN_OPS.extend([add_layernorm, log_softmax_topk, glu_dwconv])
+        @ox.onnx_op(op_type="WenetRelPosAttention", inputs=[f32] * 6, outputs=[f32],
+                    attrs={"scale": f32})
+        def rel_pos_attention(qu, k, v, bias, qv, p, **attrs):
+            t = [torch.from_numpy(np.asarray(a)) for a in (qu, k, v, bias, qv, p)]
+            return kernels.ref_attention(*t, attrs["scale"]).numpy()
+
+        _PLUGIN_OPS.extend([add_layernorm, log_softmax_topk, glu_dwconv, rel_pos_attention])
     so = ort.SessionOptions()
     so.log_severity_level = 3
     so.register_custom_ops_library(ox.get_library_path())
@@ -104,6 +110,9 @@ def test_plugin_nodes_compute_the_same(name, exports):
     blocks = sum(1 for n in enc.graph.node if n.name.endswith("depthwise_conv/Conv"))
     assert blocks and rep["conv_module_plugins"] == blocks  # every conv module
     assert rep["by_op_after"].get("LogSoftmax", 0) == 0 and rep["by_op_after"].get("TopK", 0) == 0
+    softmaxes = sum(1 for n in enc.graph.node if n.op_type == "Softmax")
+    assert rep["attention_plugins"] == softmaxes == blocks  # every self-attention
+    assert rep["by_op_after"].get("Softmax", 0) == 0
     a, b = _session(enc), _plugin_session(fused)
     g = np.random.default_rng(1)
     for B, T in [(1, 67), (3, 301)]:

@@ -105,6 +105,8 @@ def test_plugin_nodes_plan_writes_rewritten_graphs(exports, tmp_path):
     ops = [n.op_type for n in enc.graph.node]
     assert ops.count("WenetLogSoftmaxTopK") == 1 and ops.count("WenetAddLayerNorm") >= 8
     assert ops.count("WenetGluDwConv") == 6  # u2pp: one per block
+    assert ops.count("WenetRelPosAttention") == 6 and "Softmax" not in ops
     # the plugin names are the ones plugins/trt registers
     src = open(os.path.join(ROOT, "plugins", "trt", "wenet_trt_plugins.cpp")).read()
-    assert all(f"\"{op}\"" in src for op in ("WenetLogSoftmaxTopK", "WenetAddLayerNorm", "WenetGluDwConv"))
+    assert all(f"\"{op}\"" in src for op in ("WenetLogSoftmaxTopK", "WenetAddLayerNorm", "WenetGluDwConv",
+                                                "WenetRelPosAttention", "WenetAttention"))

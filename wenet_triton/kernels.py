@@ -58,11 +58,12 @@ class _Lib:
         lib.wk_glu_dwconv.argtypes = [P, P, P, P, P, P, P, P, I, I, I, I, I, F, I, P]
         lib.wk_log_softmax_topk.argtypes = [P, P, P, P, I, I, I, I, I, P]
         lib.wk_log_softmax_gather.argtypes = [P, P, P, P, I, I, I, I, I, P]
+        lib.wk_attention.argtypes = [P] * 7 + [I] * 10 + [F, I, P]
         lib.wk_version.restype = ctypes.c_int
-        if lib.wk_version() != 2:
+        if lib.wk_version() != 3:
             raise OSError(f"{path} is an old build: run `wenet-triton build-plugins` again")
         for f in (lib.wk_add_layernorm, lib.wk_glu_dwconv, lib.wk_log_softmax_topk,
-                  lib.wk_log_softmax_gather):
+                  lib.wk_log_softmax_gather, lib.wk_attention):
             f.restype = ctypes.c_int
         self.lib = lib
 
@@ -243,3 +244,43 @@ def ref_log_softmax_gather(x, target, lens, V=-1):
     tok = logp.gather(2, target.clamp(0, x.shape[-1] - 1).unsqueeze(2)).squeeze(2)
     valid = torch.arange(x.shape[1], device=x.device)[None, :] < lens[:, None].long()
     return tok * valid
+
+
+@torch.library.custom_op("wenet::attention", mutates_args=())
+def attention(qu: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Optional[torch.Tensor],
+              qv: Optional[torch.Tensor], p: Optional[torch.Tensor], scale: float) -> torch.Tensor:
+    """softmax(((q+u) k^T + [(q+v) p^T]) * scale + bias) v, fp32 softmax, one kernel.
+    qu/qv/v (B,H,Tq|Tk,dk), k/p (1|B,H,Tk,dk), bias broadcastable to (B,H,Tq,Tk) (4-D: 1|B,
+    1|H, 1|Tq, Tk)."""
+    qu, k, v = qu.contiguous(), k.contiguous(), v.contiguous()
+    B, H, Tq, dk = qu.shape
+    Tk = k.shape[2]
+    if bias is not None:
+        bias = bias.to(qu.dtype)
+        while bias.dim() < 4:
+            bias = bias.unsqueeze(0)
+        bias = bias.contiguous()
+    bb, bh, bq = (bias.shape[:3] if bias is not None else (1, 1, 1))
+    if p is not None:
+        qv, p = qv.contiguous(), p.contiguous()
+    out = torch.empty_like(qu)
+    _check(load().lib.wk_attention(
+        _ptr(out), _ptr(qu), _ptr(k), _ptr(v), _ptr(qv if p is not None else None), _ptr(p),
+        _ptr(bias), B, H, Tq, Tk, dk, k.shape[0], p.shape[0] if p is not None else 1, bb, bh, bq, scale,
+        _DTYPES[qu.dtype], _stream()), "wk_attention")
+    return out
+
+
+@attention.register_fake
+def _(qu, k, v, bias, qv, p, scale):
+    return torch.empty_like(qu)
+
+
+def ref_attention(qu, k, v, bias, qv, p, scale):
+    scores = qu.float() @ k.float().transpose(-2, -1)
+    if p is not None:
+        scores = scores + qv.float() @ p.float().transpose(-2, -1)
+    scores = scores * scale
+    if bias is not None:
+        scores = scores + bias.float()
+    return (torch.softmax(scores, dim=-1) @ v.float()).to(qu.dtype)

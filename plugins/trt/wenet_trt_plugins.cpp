@@ -4,6 +4,10 @@
 //   WenetGluDwConv       (h [B,T,2C], lens [B] i32, w [C,K], bias [C], pad [C], ln_gamma [C],
 //                         ln_beta [C]) -> swish(LN(depthwise_conv(glu(h))))  [B,T,C]
 //   WenetLogSoftmaxTopK  (logits [B,T,V]) -> (log_softmax fp32, top-k values fp32, indices i64)
+//   WenetRelPosAttention (q+u [B,H,Tq,dk], k [1|B,H,Tk,dk], v [B,H,Tk,dk], bias [1|B,1|H,1|Tq,Tk],
+//                         q+v [B,H,Tq,dk], p [1|B,H,Tk,dk])
+//                         -> softmax(((q+u)k^T + (q+v)p^T) * scale + bias) v  [B,H,Tq,dk]
+//   WenetAttention       (q, k, v, bias) -> softmax(q k^T * scale + bias) v (same layouts)
 // Registered two ways: statically when the library is loaded (Triton: LD_PRELOAD or
 // --backend-config=tensorrt,plugins=...), and through getCreators()/setLoggerFinder() for
 // IPluginRegistry::loadLibrary (build_engines/build_trt.py) and trtexec --dynamicPlugins.
@@ -26,6 +30,10 @@ int wk_glu_dwconv(void* out, const void* h, const int32_t* lens, const float* w,
                   int C, int K, int causal, float eps, int dtype, cudaStream_t stream);
 int wk_log_softmax_topk(float* logp, float* topv, int64_t* topi, const void* x, int rows, int V,
                         int ld, int k, int dtype, cudaStream_t stream);
+int wk_attention(void* out, const void* qu, const void* k, const void* v, const void* qv,
+                 const void* p, const void* bias, int B, int H, int Tq, int Tk, int dk, int k_batch,
+                 int p_batch, int bias_b, int bias_h, int bias_q, float scale, int dtype,
+                 cudaStream_t stream);
 }
 
 using namespace nvinfer1;
@@ -245,6 +253,59 @@ class LogSoftmaxTopK final : public PluginBase {
   int32_t k_;
 };
 
+// ------------------------------------------------- WenetRelPosAttention / WenetAttention
+class Attention final : public PluginBase {
+ public:
+  Attention(bool relPos, float scale) : relPos_(relPos), scale_(scale) {}
+  char const* getPluginName() const noexcept override {
+    return relPos_ ? "WenetRelPosAttention" : "WenetAttention";
+  }
+  IPluginV3* clone() noexcept override { return new Attention(relPos_, scale_); }
+  int32_t getNbOutputs() const noexcept override { return 1; }
+  int32_t nbIn() const { return relPos_ ? 6 : 4; }
+  int32_t getOutputDataTypes(DataType* out, int32_t nbOutputs, DataType const* in,
+                             int32_t nbInputs) const noexcept override {
+    if (nbInputs != nbIn() || nbOutputs != 1) return -1;
+    out[0] = in[0];
+    return 0;
+  }
+  int32_t getOutputShapes(DimsExprs const* in, int32_t nbInputs, DimsExprs const*, int32_t,
+                          DimsExprs* out, int32_t nbOutputs, IExprBuilder&) noexcept override {
+    if (nbInputs != nbIn() || nbOutputs != 1 || in[0].nbDims != 4) return -1;
+    out[0] = in[0];  // [B, H, Tq, dk]
+    return 0;
+  }
+  bool supportsFormatCombination(int32_t pos, DynamicPluginTensorDesc const* io, int32_t,
+                                 int32_t) noexcept override {
+    PluginTensorDesc const& d = io[pos].desc;
+    if (d.format != TensorFormat::kLINEAR) return false;
+    return pos == 0 ? isFloatType(d.type) : d.type == io[0].desc.type;  // one type throughout
+  }
+  int32_t enqueue(PluginTensorDesc const* in, PluginTensorDesc const*, void const* const* inputs,
+                  void* const* outputs, void*, cudaStream_t stream) noexcept override {
+    Dims const& q = in[0].dims;
+    Dims const& bias = in[3].dims;
+    if (q.nbDims != 4 || in[1].dims.nbDims != 4 || bias.nbDims != 4) return -1;
+    const int B = static_cast<int>(q.d[0]), H = static_cast<int>(q.d[1]);
+    const int Tq = static_cast<int>(q.d[2]), dk = static_cast<int>(q.d[3]);
+    const int Tk = static_cast<int>(in[1].dims.d[2]);
+    return wk_attention(outputs[0], inputs[0], inputs[1], inputs[2], relPos_ ? inputs[4] : nullptr,
+                        relPos_ ? inputs[5] : nullptr, inputs[3], B, H, Tq, Tk, dk,
+                        static_cast<int>(in[1].dims.d[0]),
+                        relPos_ ? static_cast<int>(in[5].dims.d[0]) : 1,
+                        static_cast<int>(bias.d[0]), static_cast<int>(bias.d[1]),
+                        static_cast<int>(bias.d[2]), scale_, dtypeCode(in[0].type), stream);
+  }
+  PluginFieldCollection const* getFieldsToSerialize() noexcept override {
+    fields_ = {PluginField("scale", &scale_, PluginFieldType::kFLOAT32, 1)};
+    return collection();
+  }
+
+ private:
+  bool relPos_;
+  float scale_;
+};
+
 // ------------------------------------------------------------------------------- creators
 template <typename Make>
 class Creator final : public IPluginCreatorV3One {
@@ -303,6 +364,16 @@ IPluginCreatorInterface* const* creatorList(int32_t& n) {
                   {PluginField("k", nullptr, PluginFieldType::kINT32, 1)},
                   [](PluginFieldCollection const* fc) -> IPluginV3* {
                     return new LogSoftmaxTopK(field<int32_t>(fc, "k", PluginFieldType::kINT32, 10));
+                  }),
+      makeCreator("WenetRelPosAttention",
+                  {PluginField("scale", nullptr, PluginFieldType::kFLOAT32, 1)},
+                  [](PluginFieldCollection const* fc) -> IPluginV3* {
+                    return new Attention(true, field<float>(fc, "scale", PluginFieldType::kFLOAT32, 1.f));
+                  }),
+      makeCreator("WenetAttention",
+                  {PluginField("scale", nullptr, PluginFieldType::kFLOAT32, 1)},
+                  [](PluginFieldCollection const* fc) -> IPluginV3* {
+                    return new Attention(false, field<float>(fc, "scale", PluginFieldType::kFLOAT32, 1.f));
                   }),
   };
   n = static_cast<int32_t>(sizeof(list) / sizeof(list[0]));
