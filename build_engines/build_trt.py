@@ -183,8 +183,10 @@ def main(argv=None):
     p.add_argument("--plugins", nargs="*", default=[], help="plugin .so files to load")
     p.add_argument("--plugin-nodes", action="store_true",
                    help="rewrite the graphs with plugin nodes first (WenetAddLayerNorm, "
-                   "WenetGluDwConv, WenetLogSoftmaxTopK, WenetRelPosAttention; needs --plugins "
-                   "libwenet_trt_plugins.so)")
+                   "WenetGluDwConv, WenetLogSoftmaxTopK; needs --plugins libwenet_trt_plugins.so)")
+    p.add_argument("--attention-plugin", action="store_true",
+                   help="with --plugin-nodes, the encoder's self-attention -> WenetRelPosAttention too "
+                   "(exact; slower than the unfused math at long inputs on an H200, so opt-in)")
     p.add_argument("--workspace-gb", type=int, default=8)
     p.add_argument("--timing-cache", default=None, help="default: <out>/timing.cache")
     p.add_argument("--plan-only", action="store_true", help="print profiles and FP32 pins; no TensorRT")
@@ -209,7 +211,8 @@ def main(argv=None):
         import onnx
 
         for kind, src in sources.items():
-            model, rep = graph_passes.optimize(onnx.load(src), plugin_nodes=True)
+            model, rep = graph_passes.optimize(onnx.load(src), plugin_nodes=True,
+                                               attention_plugin=a.attention_plugin)
             sources[kind] = os.path.join(out, f"{kind}.plugins.onnx")
             onnx.save(model, sources[kind])
             print(f"{kind}: {rep['nodes_before']} -> {rep['nodes_after']} nodes, plugin nodes "

@@ -13,7 +13,8 @@ in onnxruntime and compare):
      WenetAddLayerNorm, the conformer conv module (pointwise_conv1 .. swish) ->
      WenetGluDwConv, the CTC LogSoftmax + TopK -> WenetLogSoftmaxTopK: nodes that TensorRT's
      ONNX parser resolves to the plugins of plugins/trt/ (load libwenet_trt_plugins.so;
-     build_trt.py --plugins), and the encoder's (rel-pos) self-attention -> WenetRelPosAttention.
+     build_trt.py --plugins); with --attention-plugin also the encoder's (rel-pos)
+     self-attention -> WenetRelPosAttention.
      Tests run these graphs in onnxruntime with the same ops as Python custom ops
      (onnxruntime-extensions) computing the kernels' reference math.
 LayerNorm needs no pass: the opset-17 export already emits LayerNormalization nodes.
@@ -350,7 +351,11 @@ def fuse_attention(graph, domain: str = PLUGIN_DOMAIN, max_head_dim: int = 128) 
     return n
 
 
-def optimize(model: onnx.ModelProto, plugin_nodes: bool = False) -> (onnx.ModelProto, Dict):
+def optimize(model: onnx.ModelProto, plugin_nodes: bool = False,
+             attention_plugin: bool = False) -> (onnx.ModelProto, Dict):
+    """attention_plugin (with plugin_nodes): also the self-attention -> WenetRelPosAttention.
+    Off by default: the kernel is exact but, on an H200, slower than the unfused math from
+    ~64 x 125 frames up (build_engines/results/h200/attention/attention_bench.txt)."""
     import onnx_graphsurgeon as gs
 
     before = _counts(model)
@@ -366,7 +371,7 @@ def optimize(model: onnx.ModelProto, plugin_nodes: bool = False) -> (onnx.ModelP
         stats["add_layernorm_plugins"] = fuse_add_layernorm(graph)
         stats["log_softmax_topk_plugins"] = fuse_log_softmax_topk(graph)
         stats["conv_module_plugins"] = fuse_conv_module(graph)
-        stats["attention_plugins"] = fuse_attention(graph)
+        stats["attention_plugins"] = fuse_attention(graph) if attention_plugin else 0
         graph.cleanup()
         stats["transposes_removed"] += compose_transposes(graph)  # K/P back to (b, H, T, dk)
         graph.cleanup().toposort()
@@ -385,10 +390,12 @@ def main(argv=None):
     p.add_argument("output")
     p.add_argument("--report", help="write the node-count report (JSON) here")
     p.add_argument("--plugin-nodes", action="store_true",
-                   help="put WenetAddLayerNorm / WenetGluDwConv / WenetLogSoftmaxTopK / WenetRelPosAttention "
-                        "plugin nodes in the graph")
+                   help="put WenetAddLayerNorm / WenetGluDwConv / WenetLogSoftmaxTopK plugin nodes in the graph")
+    p.add_argument("--attention-plugin", action="store_true",
+                   help="with --plugin-nodes: self-attention -> WenetRelPosAttention too (exact, but "
+                        "slower than the unfused math at long inputs on an H200)")
     a = p.parse_args(argv)
-    model, report = optimize(onnx.load(a.input), a.plugin_nodes)
+    model, report = optimize(onnx.load(a.input), a.plugin_nodes, a.attention_plugin)
     onnx.checker.check_model(model)
     onnx.save(model, a.output)
     print(f"{a.input}: {report['nodes_before']} -> {report['nodes_after']} nodes")

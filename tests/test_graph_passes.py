@@ -104,7 +104,7 @@ def _plugin_session(model):
 @pytest.mark.parametrize("name", MODELS)
 def test_plugin_nodes_compute_the_same(name, exports):
     enc = onnx.load(os.path.join(exports[name], "encoder.onnx"))
-    fused, rep = graph_passes.optimize(enc, plugin_nodes=True)
+    fused, rep = graph_passes.optimize(enc, plugin_nodes=True, attention_plugin=True)
     onnx.checker.check_model(fused)
     assert rep["log_softmax_topk_plugins"] == 1 and rep["add_layernorm_plugins"] >= 8
     blocks = sum(1 for n in enc.graph.node if n.name.endswith("depthwise_conv/Conv"))

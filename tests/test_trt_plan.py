@@ -101,6 +101,9 @@ def test_plugin_nodes_plan_writes_rewritten_graphs(exports, tmp_path):
         build_trt.main(["--export-dir", exports["u2pp_conformer"], "--out", out, "--plugin-nodes"])
     build_trt.main(["--export-dir", exports["u2pp_conformer"], "--out", out, "--fp16",
                     "--plan-only", "--plugin-nodes"])
+    assert "WenetRelPosAttention" not in [n.op_type for n in onnx.load(os.path.join(out, "encoder.plugins.onnx")).graph.node]
+    build_trt.main(["--export-dir", exports["u2pp_conformer"], "--out", out, "--fp16",
+                    "--plan-only", "--plugin-nodes", "--attention-plugin"])
     enc = onnx.load(os.path.join(out, "encoder.plugins.onnx"))
     ops = [n.op_type for n in enc.graph.node]
     assert ops.count("WenetLogSoftmaxTopK") == 1 and ops.count("WenetAddLayerNorm") >= 8
