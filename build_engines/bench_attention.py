@@ -3,22 +3,12 @@
 math and PyTorch SDPA over [q+u, q+v]·[k, p] (what the torch_cuda engine runs), fp16, H200."""
 import os
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from wenet_triton import kernels  # noqa: E402
-
-
-def ms(f, n=50):
-    f()
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(n):
-        f()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - t) / n * 1e3
+from wenet_triton.bench import gpu_ms as ms  # noqa: E402
 
 
 def main():

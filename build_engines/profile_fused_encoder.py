@@ -6,26 +6,21 @@ import glob
 import json
 import os
 import sys
-import time
 
 import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from wenet_triton.bench import gpu_ms  # noqa: E402
 from wenet_triton.checkpoint import FbankConf  # noqa: E402
 from wenet_triton.engines import open_engine  # noqa: E402
 from wenet_triton.frontend import read_audio  # noqa: E402
 from wenet_triton.torch_fbank import TorchFbank  # noqa: E402
 
 
-def timed(fn, n=10):
-    fn()
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(n):
-        out = fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - t) / n * 1000, out
+def timed(fn):
+    """(mean ms, one output) of fn on the GPU."""
+    return gpu_ms(fn), fn()
 
 
 def main():

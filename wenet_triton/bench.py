@@ -132,6 +132,11 @@ def _time_gpu(fn, iters: int, warmup: int = 3) -> List[float]:
     return out
 
 
+def gpu_ms(fn, iters: int = 20) -> float:
+    """Mean milliseconds of fn() on the GPU (CUDA events, after warm-up)."""
+    return float(np.mean(_time_gpu(lambda i: fn(), iters)))
+
+
 def _time_cpu(fn, iters: int, warmup: int = 1) -> List[float]:
     for _ in range(warmup):
         fn(0)

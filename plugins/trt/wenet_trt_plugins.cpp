@@ -102,6 +102,12 @@ class PluginBase : public IPluginV3,
   IPluginV3* attachToContext(IPluginResourceContext*) noexcept override { return clone(); }
 
  protected:
+  // linear layout, every tensor of the first one's float type
+  static bool linearOneFloatType(int32_t pos, DynamicPluginTensorDesc const* io) {
+    PluginTensorDesc const& d = io[pos].desc;
+    if (d.format != TensorFormat::kLINEAR) return false;
+    return pos == 0 ? isFloatType(d.type) : d.type == io[0].desc.type;
+  }
   // fields_ points into the derived object's members: rebuilt on each call
   PluginFieldCollection const* collection() noexcept {
     fc_.nbFields = static_cast<int32_t>(fields_.size());
@@ -133,9 +139,7 @@ class AddLayerNorm final : public PluginBase {
   }
   bool supportsFormatCombination(int32_t pos, DynamicPluginTensorDesc const* io, int32_t,
                                  int32_t) noexcept override {
-    PluginTensorDesc const& d = io[pos].desc;
-    if (d.format != TensorFormat::kLINEAR) return false;
-    return pos == 0 ? isFloatType(d.type) : d.type == io[0].desc.type;  // one type throughout
+    return linearOneFloatType(pos, io);
   }
   int32_t enqueue(PluginTensorDesc const* in, PluginTensorDesc const*, void const* const* inputs,
                   void* const* outputs, void*, cudaStream_t stream) noexcept override {
@@ -277,9 +281,7 @@ class Attention final : public PluginBase {
   }
   bool supportsFormatCombination(int32_t pos, DynamicPluginTensorDesc const* io, int32_t,
                                  int32_t) noexcept override {
-    PluginTensorDesc const& d = io[pos].desc;
-    if (d.format != TensorFormat::kLINEAR) return false;
-    return pos == 0 ? isFloatType(d.type) : d.type == io[0].desc.type;  // one type throughout
+    return linearOneFloatType(pos, io);
   }
   int32_t enqueue(PluginTensorDesc const* in, PluginTensorDesc const*, void const* const* inputs,
                   void* const* outputs, void*, cudaStream_t stream) noexcept override {
