@@ -11,7 +11,8 @@
 #   bash build_engines/gpu_serve.sh start sweep      # any steps, in order; the server stays
 #   bash build_engines/gpu_serve.sh pa locust stop   #   up between calls while warm
 # Env: MODEL (default models/demo_zh_synth; "aishell" = random-weight AISHELL-shape
-# checkpoint), SERVING_CONFIG, SECONDS_LIST, CONC, PA_CONC, PA_BATCHES, LOCUST_USERS,
+# checkpoint), SERVING_CONFIG, SECONDS_LIST, CONC, PA_SECONDS (e.g. "2 5 10 20"), PA_CONC,
+# PA_BATCHES, LOCUST_USERS,
 # LOCUST_TIME, LOCUST_WORKERS.
 set -uo pipefail
 OUT=${OUT:-gpu_serve_out}
@@ -73,20 +74,24 @@ sweep() {
     --max-requests 8000 --max-seconds 40 --out "$OUT" | tee "$OUT/sweep.log"
 }
 
-pa() {  # perf_analyzer: concurrency sweep (one utterance per request), then batch sweep (-b)
+pa() {  # perf_analyzer: concurrency sweep per length (one utterance per request), batch sweep (-b) at 5 s
   local PA; PA=$(python3 -c "import shutil,sys,os; print(shutil.which('perf_analyzer') or os.path.join(os.path.dirname(sys.executable),'perf_analyzer'))")
-  python3 loadtest/perf_analyzer_inputs.py --wav-dir $D/wavs --seconds 5 --out /tmp/pa > /dev/null
-  local common=(-m attention_rescoring -i grpc -u "$GRPC" --input-data /tmp/pa/wav_5s.json --shape WAV:80000
-                --measurement-interval 4000 --max-trials 10 --stability-percentage 25)
-  timeout 300 "$PA" "${common[@]}" --concurrency-range "${PA_CONC:-64:256:64}" \
-    -f "$OUT/perf_analyzer_5s.csv" > "$OUT/perf_analyzer.log" 2>&1
-  echo "perf_analyzer concurrency rc=$?"
+  local secs=${PA_SECONDS:-5}
+  python3 loadtest/perf_analyzer_inputs.py --wav-dir $D/wavs --seconds "${secs// /,},5" --out /tmp/pa > /dev/null
+  local opts=(-m attention_rescoring -i grpc -u "$GRPC" --measurement-interval 4000 --max-trials 10
+              --stability-percentage 25)
+  : > "$OUT/perf_analyzer.log"
+  for sec in $secs; do
+    timeout 300 "$PA" "${opts[@]}" --input-data "/tmp/pa/wav_${sec}s.json" --shape "WAV:$((sec * 16000))" \
+      --concurrency-range "${PA_CONC:-64:256:64}" -f "$OUT/perf_analyzer_${sec}s.csv" >> "$OUT/perf_analyzer.log" 2>&1
+    echo "perf_analyzer ${sec} s rc=$?"
+  done
   for b in ${PA_BATCHES:-1 4 16}; do
-    timeout 90 "$PA" "${common[@]}" -b "$b" --concurrency-range "$((128 / b)):$((128 / b))" \
-      -f "$OUT/perf_analyzer_5s_b$b.csv" >> "$OUT/perf_analyzer.log" 2>&1
+    timeout 90 "$PA" "${opts[@]}" --input-data /tmp/pa/wav_5s.json --shape WAV:80000 -b "$b" \
+      --concurrency-range "$((128 / b)):$((128 / b))" -f "$OUT/perf_analyzer_5s_b$b.csv" >> "$OUT/perf_analyzer.log" 2>&1
     echo "perf_analyzer batch $b rc=$?"
   done
-  grep -E "Batch size|Concurrency:|Throughput|p99 latency" "$OUT/perf_analyzer.log" | head -40
+  grep -E "Batch size|Concurrency:|Throughput|p99 latency" "$OUT/perf_analyzer.log" | head -60
 }
 
 locust_run() {  # distributed locust: one master, LOCUST_WORKERS gevent workers
