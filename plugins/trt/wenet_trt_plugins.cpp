@@ -100,14 +100,16 @@ class PluginBase : public IPluginV3,
     return 0;
   }
   IPluginV3* attachToContext(IPluginResourceContext*) noexcept override { return clone(); }
-
- protected:
-  // linear layout, every tensor of the first one's float type
-  static bool linearOneFloatType(int32_t pos, DynamicPluginTensorDesc const* io) {
+  // default: linear layout, every tensor of the first one's float type (plugins with int or
+  // fp32-only tensors override it)
+  bool supportsFormatCombination(int32_t pos, DynamicPluginTensorDesc const* io, int32_t,
+                                 int32_t) noexcept override {
     PluginTensorDesc const& d = io[pos].desc;
     if (d.format != TensorFormat::kLINEAR) return false;
     return pos == 0 ? isFloatType(d.type) : d.type == io[0].desc.type;
   }
+
+ protected:
   // fields_ points into the derived object's members: rebuilt on each call
   PluginFieldCollection const* collection() noexcept {
     fc_.nbFields = static_cast<int32_t>(fields_.size());
@@ -136,10 +138,6 @@ class AddLayerNorm final : public PluginBase {
     if (nbInputs != 4 || nbOutputs != 2) return -1;
     out[0] = out[1] = in[0];
     return 0;
-  }
-  bool supportsFormatCombination(int32_t pos, DynamicPluginTensorDesc const* io, int32_t,
-                                 int32_t) noexcept override {
-    return linearOneFloatType(pos, io);
   }
   int32_t enqueue(PluginTensorDesc const* in, PluginTensorDesc const*, void const* const* inputs,
                   void* const* outputs, void*, cudaStream_t stream) noexcept override {
@@ -278,10 +276,6 @@ class Attention final : public PluginBase {
     if (nbInputs != nbIn() || nbOutputs != 1 || in[0].nbDims != 4) return -1;
     out[0] = in[0];  // [B, H, Tq, dk]
     return 0;
-  }
-  bool supportsFormatCombination(int32_t pos, DynamicPluginTensorDesc const* io, int32_t,
-                                 int32_t) noexcept override {
-    return linearOneFloatType(pos, io);
   }
   int32_t enqueue(PluginTensorDesc const* in, PluginTensorDesc const*, void const* const* inputs,
                   void* const* outputs, void*, cudaStream_t stream) noexcept override {
