@@ -494,10 +494,13 @@ class CudaEngine(Engine):
 
     # numpy interface (Engine)
     def encode(self, feats, lens):
-        outs = self.encode_tensors(torch.from_numpy(np.ascontiguousarray(feats)).to(self.device),
-                                   torch.from_numpy(lens.astype(np.int32)).to(self.device))
+        return self.encode_device(torch.from_numpy(np.ascontiguousarray(feats)).to(self.device),
+                                  torch.from_numpy(lens.astype(np.int32)).to(self.device))
+
+    def encode_device(self, speech: torch.Tensor, lens: torch.Tensor) -> Dict[str, np.ndarray]:
+        """Features already on the GPU (e.g. fbank computed there) -> numpy outputs."""
         res = {}
-        for name, t in zip(ENCODER_OUTPUTS, outs):
+        for name, t in zip(ENCODER_OUTPUTS, self.encode_tensors(speech, lens)):
             if name == "ctc_log_probs" and not self.want_logp:
                 continue
             res[name] = t.float().cpu().numpy() if t.is_floating_point() else t.cpu().numpy()

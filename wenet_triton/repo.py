@@ -121,16 +121,17 @@ def build_repo(model_dir: str, out: str, engine: str = "onnxruntime",
                     "the feature_extractor computes fbank on the CPU instead")
         fe_device = "cpu"
     fused = fe_device == "encoder"  # fbank inside the encoder's process
+    min_frames = settings["right_context"] + 1
     values = {
         "max_batch_size": max_batch, "input_dim": settings["input_dim"],
         "output_size": settings["output_size"], "vocab_size": settings["vocab_size"],
         "beam_size": beam, "max_audio_seconds": cfg.get("max_audio_seconds", 60),
-        "min_frames": settings["right_context"] + 1,
+        "min_frames": min_frames,
         # cuda: one batched torch fbank per dynamic batch on the GPU. Measured on an H200 it
         # was slower than CPU fbank (another process time-sliced on the GPU), so opt-in.
         "fe_device": fe_device,
         "fe_impl": cfg.get("feature_impl") or "knf",
-        **_frontend_values(fused, settings["input_dim"], settings["right_context"] + 1, cfg),
+        **_frontend_values(fused, settings["input_dim"], min_frames, cfg),
         "engine_parameters": _engine_params(engine, cfg),
         "reverse_input": ("  { name: \"r_hyps_pad_sos_eos\" data_type: TYPE_INT64 dims: "
                           f"[ {beam}, -1 ] allow_ragged_batch: true }},\n"

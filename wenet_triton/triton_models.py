@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import traceback
 from typing import Dict, List
 
@@ -79,7 +80,7 @@ def _cat_padded(arrays: List[np.ndarray], axis: int, fill=0, width: int = 0) -> 
 
 class _StageTimer:
     """Per-stage wall time of execute() when WENET_TRITON_PROFILE=N (seconds between
-    reports, printed to the server log): mean ms per batch and per utterance."""
+    reports, printed to the server log): mean ms per batch and utterances per batch."""
 
     def __init__(self, model: str):
         self.every = float(os.environ.get("WENET_TRITON_PROFILE", "0") or 0)
@@ -88,15 +89,11 @@ class _StageTimer:
 
     def start(self):
         if self.every:
-            import time
-
             self.t = time.perf_counter()
             self.last = self.last or self.t
 
     def mark(self, stage: str):
         if self.every:
-            import time
-
             now = time.perf_counter()
             self.sums[stage] = self.sums.get(stage, 0.0) + now - self.t
             self.t = now
@@ -132,6 +129,7 @@ class _WavFrontend:
 
     def __init__(self, args, params, device: str):
         from .checkpoint import FbankConf
+        from .frontend import min_samples
 
         with open(os.path.join(_version_dir(args), "wenet_triton.json")) as f:
             self.conf = FbankConf(**json.load(f)["fbank"])
@@ -152,7 +150,7 @@ class _WavFrontend:
             self.fbank_batch = lambda wavs: [fb(w) for w in wavs]
         self.max_seconds = float(params.get("max_audio_seconds", "60"))
         self.min_frames = int(params.get("min_frames", "7"))
-        self.window = int(self.conf.sample_rate * self.conf.frame_length_ms / 1000)
+        self.window = min_samples(self.conf)
         self.shift = int(self.conf.sample_rate * self.conf.frame_shift_ms / 1000)
 
     def waveforms(self, request) -> List[np.ndarray]:
@@ -211,7 +209,7 @@ class FeatureExtractor:
         try:
             feats = self.front.fbank_batch(wavs) if wavs else []
         except Exception as e:  # noqa: BLE001
-            feats, msg = [], f"feature extraction failed: {e}"
+            msg = f"feature extraction failed: {e}"
             return [o if o is not None else _error(msg) for o in out]
         width = max((f.shape[0] for f in feats), default=0) if self.pad_batch else 0
         start = 0
@@ -260,7 +258,7 @@ class Encoder:
         self.timer.mark("check")
         if not wavs:
             return None, None, sizes
-        if self.front.torch_fbank is not None and hasattr(self.engine, "encode_tensors"):
+        if self.front.torch_fbank is not None and hasattr(self.engine, "encode_device"):
             return (*self.front.torch_fbank.batch_tensor(wavs), sizes)  # stays on the GPU
         feats = self.front.fbank_batch(wavs)
         lens = np.array([f.shape[0] for f in feats], np.int32)
@@ -269,13 +267,7 @@ class Encoder:
     def _encode(self, feats, lens):
         if isinstance(feats, np.ndarray):
             return self.engine.encode(feats, lens)
-        from .engines import ENCODER_OUTPUTS
-
-        res = {}
-        for name, t in zip(ENCODER_OUTPUTS, self.engine.encode_tensors(feats, lens)):
-            if name in self.OUTPUTS and (name != "ctc_log_probs" or self.engine.want_logp):
-                res[name] = (t.float() if t.is_floating_point() else t).cpu().numpy()
-        return res
+        return self.engine.encode_device(feats, lens)  # torch_cuda with GPU fbank
 
     def execute(self, requests):
         out: List = [None] * len(requests)
