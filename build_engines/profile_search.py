@@ -13,7 +13,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from wenet_triton import artifacts, engines, search  # noqa: E402
 from wenet_triton.cli import default_model_dir  # noqa: E402
-from wenet_triton.frontend import Fbank, read_audio  # noqa: E402
+from wenet_triton.frontend import read_audio  # noqa: E402
 from wenet_triton.pipeline import Recognizer, Vocab  # noqa: E402
 
 
@@ -35,7 +35,7 @@ def main():
     d = artifacts.ensure_export(a.model, None, 10)
     eng = engines.open_engine(d, "onnxruntime")
     s = eng.settings
-    knf = Fbank(Recognizer(eng, Vocab.from_engine_dir(d, s)).fbank.conf, "knf")
+    knf = Recognizer(eng, Vocab.from_engine_dir(d, s)).fbank  # kaldi-native-fbank (the default)
     n = int(a.seconds * 16000)
     wavs = [np.resize(read_audio(f), n).astype(np.float32)
             for f in sorted(glob.glob(os.path.join(a.wav_dir, "*.wav")))[: a.count]]
