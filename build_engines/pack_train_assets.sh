@@ -21,14 +21,15 @@ for f in "$data"/*; do
     *) cp -r "$f" $D/espeak/espeak-ng-data/ ;;
   esac
 done
-cp ../shared/synth/{gen.py,units.txt,train.txt,dev.txt} $D/synth/
-# more sentences of the same distribution (jieba's dict.txt from its PyPI sdist)
+cp ../shared/synth/{gen.py,units.txt,train.txt,dev.txt,test.txt} $D/synth/
+# more sentences of the same distribution, and its word list for composed sentences
+# (jieba's dict.txt from its PyPI sdist)
 tmp=$(mktemp -d)
 python3 -m pip download -q --no-deps --no-binary=:all: -d "$tmp" jieba==0.42.1
 tar xzf "$tmp"/jieba-0.42.1.tar.gz -C "$tmp" jieba-0.42.1/jieba/dict.txt
 python3 build_engines/make_more_text.py --dict "$tmp"/jieba-0.42.1/jieba/dict.txt \
   --units ../shared/synth/units.txt --exclude ../shared/synth/dev.txt ../shared/synth/test.txt \
-  --num "${MORE_SENTENCES:-150000}" --out $D/synth/more.txt
+  --num "${MORE_SENTENCES:-150000}" --out $D/synth/more.txt --words-out $D/synth/words.txt
 rm -rf "$tmp"
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \

@@ -11,7 +11,9 @@
 #      GEN_JOBS (synthesis processes, default nproc-2), NUM_TRAIN (utterances, 0 = all
 #      of the lists), NUM_DEV (default 200), TRAIN_LISTS (lists in .device_train/synth, default
 #      train.txt), INIT (model dir to go on from), EVAL (1: once done, fp32 vs fp16 dev CER
-#      into eval.json), FOLLOW_S (default 540).
+#      into eval.json), FOLLOW_S (default 540), COMPOSE (compose workers: random sentences
+#      assembled from per-voice word clips, default 0), COMPOSE_ARGS (extra compose flags),
+#      NEW_TEXT (N: draw N new sentences with seed NEW_TEXT_SEED, default 12, as list new.txt).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 W=work/demo_train
@@ -25,11 +27,24 @@ export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
 if [ "${1:-follow}" = start ]; then
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   python3 -c "import torch; print('torch', torch.__version__)"
-  rm -rf $W/corpus $W/run $W/eval.json
+  rm -rf $W/corpus $W/compose $W/run $W/eval.json
+  if [ -n "${NEW_TEXT:-}" ]; then
+    python3 build_engines/make_more_text.py --words $A/synth/words.txt --num "$NEW_TEXT" \
+      --seed "${NEW_TEXT_SEED:-12}" --prefix new --out $A/synth/new.txt \
+      --exclude $A/synth/dev.txt $A/synth/test.txt
+  fi
+  COMPOSE=${COMPOSE:-0}
+  if [ "$COMPOSE" -gt 0 ]; then
+    # shellcheck disable=SC2086  # COMPOSE_ARGS is a word list on purpose
+    setsid nohup python3 build_engines/train_demo.py compose --espeak-dir "$PWD/$A/espeak" \
+      --synth-dir $A/synth --out $W/compose --jobs "$COMPOSE" --minutes "${MINUTES:-21}" \
+      ${COMPOSE_ARGS:-} >$W/compose.log 2>&1 </dev/null &
+    TRAIN_ARGS="--composed-dir $W/compose ${TRAIN_ARGS:-}"
+  fi
   # shellcheck disable=SC2086  # TRAIN_LISTS is a word list on purpose
   setsid nohup python3 build_engines/train_demo.py gen --espeak-dir "$PWD/$A/espeak" \
     --synth-dir $A/synth --out $W/corpus --num-train "${NUM_TRAIN:-0}" --num-dev "${NUM_DEV:-200}" \
-    --train-list ${TRAIN_LISTS:-train.txt} --jobs "${GEN_JOBS:-$(( $(nproc) - 2 ))}" \
+    --train-list ${TRAIN_LISTS:-train.txt} --jobs "${GEN_JOBS:-$(( $(nproc) - 2 - COMPOSE ))}" \
     >$W/gen.log 2>&1 </dev/null &
   # shellcheck disable=SC2086  # TRAIN_ARGS is a word list on purpose
   setsid nohup python3 build_engines/train_demo.py train --corpus $W/corpus --out $W/run \
@@ -38,9 +53,9 @@ if [ "${1:-follow}" = start ]; then
 fi
 
 end=$(( $(date +%s) + FOLLOW_S ))
-declare -A shown=([gen]=0 [train]=0)
+declare -A shown=([gen]=0 [train]=0 [compose]=0)
 while :; do
-  for f in gen train; do
+  for f in gen compose train; do
     n=$(cat $W/$f.log 2>/dev/null | wc -l)
     [ "$n" -gt "${shown[$f]}" ] && tail -n +$((shown[$f] + 1)) $W/$f.log | head -n $((n - shown[$f])) | cut -c1-220
     shown[$f]=$n
@@ -51,6 +66,10 @@ while :; do
   sleep 10
 done
 
+if [ -f $W/run/DONE ]; then  # free the CPU cores for the evaluation
+  touch $W/compose/STOP 2>/dev/null
+  pkill -f "train_demo.py gen" 2>/dev/null
+fi
 if [ -f $W/run/DONE ] && [ -f $W/run/model/final.pt ] && [ "${EVAL:-1}" = 1 ] && [ ! -f $W/eval.json ]; then
   # fp32 eager vs the fp16 GPU engine on the dev shard (builds the kernels first)
   python3 -m wenet_triton.cli build-plugins >$W/eval.log 2>&1
@@ -58,7 +77,7 @@ if [ -f $W/run/DONE ] && [ -f $W/run/model/final.pt ] && [ "${EVAL:-1}" = 1 ] &&
     --out $W/eval.json >>$W/eval.log 2>&1 || tail -20 $W/eval.log
   tail -3 $W/eval.log | cut -c1-400
 fi
-cp $W/gen.log $W/train.log $W/eval.json "$OUT"/ 2>/dev/null
+cp $W/gen.log $W/compose.log $W/train.log $W/eval.json "$OUT"/ 2>/dev/null
 cp $W/run/train_log.jsonl $W/run/summary.json "$OUT"/ 2>/dev/null
 src=$W/run/model; [ -f $src/final.pt ] || src=$W/run/snapshot
 if [ -f $src/final.pt ]; then
