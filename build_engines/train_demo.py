@@ -349,6 +349,7 @@ def cmd_train(a):
     torch.backends.cuda.matmul.allow_tf32 = True  # fp32 weights, TF32 matmuls (no bf16: see #4)
     torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(a.seed)
+    torch.set_num_threads(a.threads)  # the other cores synthesize; more threads only contend
     rng, gen = random.Random(a.seed), torch.Generator().manual_seed(a.seed)
     os.makedirs(a.out, exist_ok=True)
     logf = open(os.path.join(a.out, "train_log.jsonl"), "a")
@@ -529,6 +530,7 @@ def main(argv=None):
     t.add_argument("--eval-every", type=int, default=500)
     t.add_argument("--abort-step", type=int, default=3000, help="stop if dev CER > 95%% by then")
     t.add_argument("--seed", type=int, default=1)
+    t.add_argument("--threads", type=int, default=4, help="torch CPU threads of the trainer")
     t.add_argument("--init", help="model dir to go on from (its train.yaml, CMVN and weights)")
     t.add_argument("--composed-dir", nargs="*", default=[], help="more dirs where compose writes comp_*.pt")
     t.add_argument("--max-composed", type=int, default=400000, help="composed utterances held at most")
