@@ -97,10 +97,10 @@ def cmd_gen(a):
 # ---------------------------------------------------------------- composed sentences
 # Rare words are where the model errs (multi-character words of rank > 10 000 in the word
 # list: ~25% of their characters wrong vs 5% for the top 1 000), and espeak-ng synthesis of
-# whole sentences is too slow to show each of the 70 000 words often. So each compose worker
-# synthesizes the whole word list once in one voice (words separated by commas, cut at the
-# pauses), then assembles new random sentences from those clips in milliseconds each, with
-# gen.py's silence, gain and noise. A model trained on real sentences only recognises such
+# whole sentences is too slow to show each of the 70 000 words often. So the compose workers
+# together synthesize the whole word list in one voice (words separated by commas, cut at the
+# pauses; each worker a share, then all read all), then assemble new random sentences from
+# those clips in milliseconds each, with gen.py's silence, gain and noise; then the next voice. A model trained on real sentences only recognises such
 # composed audio almost as well as real sentences (30 dev sentences: 23.9% vs 22.4% CER).
 def _espeak(espeak_dir, text, voice, speed, pitch):
     import io
@@ -146,11 +146,12 @@ def _to_16k(x, sr):
     return np.interp(np.arange(n) * sr / 16000, np.arange(len(x)), x).astype(np.float32)
 
 
-def word_bank(espeak_dir, words, voice, speed, pitch, chunk=20):
-    """16 kHz clips of every word in one voice; a chunk whose pauses do not split cleanly
-    is synthesized word by word."""
-    bank, word_by_word = [None] * len(words), 0
-    for i in range(0, len(words), chunk):
+def word_bank(espeak_dir, words, voice, speed, pitch, chunk=20, part=(0, 1)):
+    """{word index: 16 kHz clip} in one voice for chunks part[0], part[0] + part[1], ... of the
+    list (all of it by default); a chunk whose pauses do not split cleanly is synthesized word
+    by word."""
+    bank, word_by_word = {}, 0
+    for i in range(part[0] * chunk, len(words), part[1] * chunk):
         group = list(range(i, min(i + chunk, len(words))))
         x, sr = _espeak(espeak_dir, "，".join(words[j] for j in group), voice, speed, pitch)
         clips = split_at_pauses(x, sr, len(group))
@@ -186,21 +187,54 @@ def compose(bank, idx, rng, gap_ms):
     return np.clip(np.round(x + nz), -32768, 32767).astype(np.int16)
 
 
+def shared_bank(a, words, k, wid, voice):
+    """Voice k's clips of every word, synthesized by all compose workers together: each
+    writes its share of the list to OUT/banks, then reads everyone's. None when stopped."""
+    d = os.path.join(a.out, "banks")
+    os.makedirs(d, exist_ok=True)
+    part, single = word_bank(a.espeak_dir, words, *voice, part=(wid, a.jobs))
+    idx = np.array(sorted(part), dtype=np.int64)
+    clips = [np.clip(np.round(part[j]), -32768, 32767).astype(np.int16) for j in idx]
+    offs = np.cumsum([0] + [len(c) for c in clips])
+    path = os.path.join(d, f"v{k:04d}_{wid:02d}.npz")
+    np.savez(path + ".tmp.npz", idx=idx, offs=offs, data=np.concatenate(clips) if clips else np.zeros(0, np.int16))
+    os.replace(path + ".tmp.npz", path)
+    paths = [os.path.join(d, f"v{k:04d}_{w:02d}.npz") for w in range(a.jobs)]
+    while not all(os.path.exists(p) for p in paths):
+        if os.path.exists(os.path.join(a.out, "STOP")):
+            return None, single
+        time.sleep(0.5)
+    bank = [None] * len(words)
+    for p in paths:
+        z = np.load(p)
+        data, offs = z["data"].astype(np.float32), z["offs"]
+        for n, j in enumerate(z["idx"]):
+            bank[j] = data[offs[n]:offs[n + 1]]
+    old = os.path.join(d, f"v{k - 2:04d}_{wid:02d}.npz")  # every worker has long read it
+    if os.path.exists(old):
+        os.remove(old)
+    return bank, single
+
+
 def _compose_worker(args):
     a, wid, words, weights, units, excluded = args
     sys.path.insert(0, os.path.abspath(a.synth_dir))
     import gen
     rng = np.random.default_rng(a.seed * 1000 + wid)
     cum = np.cumsum(weights) / np.sum(weights)
-    deadline, n_shard = time.time() + a.minutes * 60, 0
+    deadline, n_shard, k = time.time() + a.minutes * 60, 0, 0
     lens = np.array([len(w) for w in words])
     while time.time() < deadline and not os.path.exists(os.path.join(a.out, "STOP")):
-        v = gen.VARIANTS[rng.integers(len(gen.VARIANTS))]
-        voice, speed, pitch = "cmn" + ("+" + v if v else ""), int(rng.integers(120, 230)), int(rng.integers(15, 85))
+        vr = np.random.default_rng([a.seed, k])  # the same voice k in every worker
+        v = gen.VARIANTS[vr.integers(len(gen.VARIANTS))]
+        voice = ("cmn" + ("+" + v if v else ""), int(vr.integers(120, 230)), int(vr.integers(15, 85)))
         t0 = time.time()
-        bank, single = word_bank(a.espeak_dir, words, voice, speed, pitch)
-        log(f"compose worker {wid}: bank of {len(words)} words in {voice} speed {speed} pitch {pitch} "
-            f"in {time.time() - t0:.0f} s ({single} synthesized one by one)")
+        bank, single = shared_bank(a, words, k, wid, voice)
+        if bank is None:
+            break
+        log(f"compose worker {wid}: voice {k} ({' '.join(map(str, voice))}) for {len(words)} words "
+            f"ready in {time.time() - t0:.0f} s ({single} of its share synthesized one by one)")
+        k += 1
         until = min(deadline, time.time() + a.bank_minutes * 60)
         while time.time() < until and not os.path.exists(os.path.join(a.out, "STOP")):
             wavs, ids, texts = [], [], []
@@ -218,6 +252,8 @@ def _compose_worker(args):
                 ids.append(torch.tensor([units.get(c, 1) for c in text], dtype=torch.int16))
                 texts.append(text)
             while len(glob.glob(os.path.join(a.out, "comp_*.pt"))) >= a.max_pending:
+                if time.time() > deadline or os.path.exists(os.path.join(a.out, "STOP")):
+                    return n_shard
                 time.sleep(0.5)  # the trainer has not taken the last ones yet
             path = os.path.join(a.out, f"comp_{wid:02d}_{n_shard:05d}.pt")
             torch.save({"wavs": wavs, "ids": ids, "texts": texts}, path + ".tmp")
@@ -513,7 +549,7 @@ def main(argv=None):
     c.add_argument("--out", required=True, help="where comp_*.pt shards go (the trainer deletes them)")
     c.add_argument("--jobs", type=int, default=4)
     c.add_argument("--minutes", type=float, default=20.0, help="stop after this long (or at OUT/STOP)")
-    c.add_argument("--bank-minutes", type=float, default=6.0, help="compose this long, then a new voice")
+    c.add_argument("--bank-minutes", type=float, default=1.5, help="compose this long, then a new voice")
     c.add_argument("--shard-size", type=int, default=2000)
     c.add_argument("--max-pending", type=int, default=6, help="shards waiting for the trainer at most")
     c.add_argument("--seed", type=int, default=1)

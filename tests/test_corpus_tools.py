@@ -110,3 +110,25 @@ def test_corpus_evicts_oldest_composed_shards(tmp_path, n):
     assert c.n_comp == 3 and len(c.feats) == 4 + 3
     assert c.frames[-1] == c.fbank.num_frames(4000 + 100 * (n - 1))
     assert c.frames[0] == c.fbank.num_frames(8000)  # real shards are kept
+
+
+@pytest.mark.skipif(not __import__("shutil").which("espeak-ng"), reason="needs espeak-ng")
+def test_shared_bank_equals_one_worker_synthesizing_everything(tmp_path):
+    import argparse
+    import threading
+
+    words = ["世界", "中国", "银行", "好", "人民代表大会", "山水", "天地", "和平"] * 3
+    a = argparse.Namespace(espeak_dir="system", out=str(tmp_path), jobs=2)
+    voice = ("cmn+m3", 170, 50)
+    got = {}
+    threads = [threading.Thread(target=lambda w=w: got.update({w: train_demo.shared_bank(a, words, 0, w, voice)[0]}))
+               for w in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    whole, _ = train_demo.word_bank("system", words, *voice, chunk=20)
+    for w in range(2):
+        assert len(got[w]) == len(words)
+        for j, clip in enumerate(got[w]):  # every worker reads every share, stored as int16
+            np.testing.assert_allclose(clip, np.round(whole[j]), atol=0.5)
