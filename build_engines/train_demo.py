@@ -187,9 +187,10 @@ def compose(bank, idx, rng, gap_ms):
     return np.clip(np.round(x + nz), -32768, 32767).astype(np.int16)
 
 
-def shared_bank(a, words, k, wid, voice):
+def shared_bank(a, words, k, wid, voice, deadline=float("inf")):
     """Voice k's clips of every word, synthesized by all compose workers together: each
-    writes its share of the list to OUT/banks, then reads everyone's. None when stopped."""
+    writes its share of the list to OUT/banks, then reads everyone's. None when stopped or
+    past the deadline (e.g. a worker died)."""
     d = os.path.join(a.out, "banks")
     os.makedirs(d, exist_ok=True)
     part, single = word_bank(a.espeak_dir, words, *voice, part=(wid, a.jobs))
@@ -201,7 +202,7 @@ def shared_bank(a, words, k, wid, voice):
     os.replace(path + ".tmp.npz", path)
     paths = [os.path.join(d, f"v{k:04d}_{w:02d}.npz") for w in range(a.jobs)]
     while not all(os.path.exists(p) for p in paths):
-        if os.path.exists(os.path.join(a.out, "STOP")):
+        if os.path.exists(os.path.join(a.out, "STOP")) or time.time() > deadline:
             return None, single
         time.sleep(0.5)
     bank = [None] * len(words)
@@ -229,7 +230,7 @@ def _compose_worker(args):
         v = gen.VARIANTS[vr.integers(len(gen.VARIANTS))]
         voice = ("cmn" + ("+" + v if v else ""), int(vr.integers(120, 230)), int(vr.integers(15, 85)))
         t0 = time.time()
-        bank, single = shared_bank(a, words, k, wid, voice)
+        bank, single = shared_bank(a, words, k, wid, voice, deadline)
         if bank is None:
             break
         log(f"compose worker {wid}: voice {k} ({' '.join(map(str, voice))}) for {len(words)} words "
