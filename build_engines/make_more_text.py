@@ -30,6 +30,12 @@ def load_words(dict_path, units_path):
     return words, weights
 
 
+def read_words(path):
+    """(words, weights) from a list written by --words-out."""
+    pairs = [line.split() for line in open(path, encoding="utf-8")]
+    return [w for w, _ in pairs], [float(x) for _, x in pairs]
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dict", help="jieba dict.txt (word freq pos)")
@@ -43,8 +49,7 @@ def main(argv=None):
     ap.add_argument("--words-out", help="also write the word list with its weights (word weight per line)")
     a = ap.parse_args(argv)
     if a.words:
-        pairs = [line.split() for line in open(a.words, encoding="utf-8")]
-        words, weights = [w for w, _ in pairs], [float(x) for _, x in pairs]
+        words, weights = read_words(a.words)
     elif a.dict and a.units:
         words, weights = load_words(a.dict, a.units)
     else:

@@ -30,6 +30,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from make_more_text import read_words  # noqa: E402  (this script's folder)
 from wenet_triton.cer import cer, read_text  # noqa: E402
 from wenet_triton.checkpoint import load_model_dir, read_vocab  # noqa: E402
 from wenet_triton.model import ASRModel  # noqa: E402
@@ -100,8 +101,9 @@ def cmd_gen(a):
 # whole sentences is too slow to show each of the 70 000 words often. So the compose workers
 # together synthesize the whole word list in one voice (words separated by commas, cut at the
 # pauses; each worker a share, then all read all), then assemble new random sentences from
-# those clips in milliseconds each, with gen.py's silence, gain and noise; then the next voice. A model trained on real sentences only recognises such
-# composed audio almost as well as real sentences (30 dev sentences: 23.9% vs 22.4% CER).
+# those clips in milliseconds each, with gen.py's silence, gain and noise; then the next
+# voice. A model trained on real sentences only recognises such composed audio almost as
+# well as real sentences (30 dev sentences: 23.9% vs 22.4% CER).
 def _espeak(espeak_dir, text, voice, speed, pitch):
     import io
     import subprocess
@@ -121,6 +123,12 @@ def _silent_runs(x, min_len):
     return [(a, b) for a, b in zip(np.flatnonzero(d == 1), np.flatnonzero(d == -1)) if b - a >= min_len]
 
 
+def _trim(x):
+    """x without its leading and trailing digital silence (all of it if silent)."""
+    nz = np.flatnonzero(np.abs(x) > 2)
+    return x[nz[0]:nz[-1] + 1] if len(nz) else x
+
+
 def split_at_pauses(x, sr, n):
     """Cut espeak-ng's audio of n comma-separated words into n clips at its n-1 longest
     pauses (trimmed); None unless those pauses are clearly longer than any inside a word."""
@@ -131,14 +139,8 @@ def split_at_pauses(x, sr, n):
             [b - a for a, b in rest], default=0))):
         return None
     bounds = [0] + [v for c in sorted(cuts) for v in c] + [len(x)]
-    clips = [x[bounds[i]:bounds[i + 1]] for i in range(0, len(bounds), 2)]
-    out = []
-    for c in clips:
-        nz = np.flatnonzero(np.abs(c) > 2)
-        if not len(nz):
-            return None
-        out.append(c[nz[0]:nz[-1] + 1])
-    return out
+    clips = [_trim(x[bounds[i]:bounds[i + 1]]) for i in range(0, len(bounds), 2)]
+    return None if any(np.all(np.abs(c) <= 2) for c in clips) else clips
 
 
 def _to_16k(x, sr):
@@ -159,8 +161,7 @@ def word_bank(espeak_dir, words, voice, speed, pitch, chunk=20, part=(0, 1)):
             clips, word_by_word = [], word_by_word + len(group)
             for j in group:
                 y, sr = _espeak(espeak_dir, words[j], voice, speed, pitch)
-                nz = np.flatnonzero(np.abs(y) > 2)
-                clips.append(y[nz[0]:nz[-1] + 1] if len(nz) else y)
+                clips.append(_trim(y))
         for j, c in zip(group, clips):
             bank[j] = _to_16k(c, sr)
     return bank, word_by_word
@@ -217,6 +218,17 @@ def shared_bank(a, words, k, wid, voice, deadline=float("inf")):
     return bank, single
 
 
+def _random_sentence(rng, cum, lens, max_chars=30):
+    """Word indices of one sentence drawn like the shared lists (3-12 words by weight), ending
+    before the word that would pass their 30-character cap (a clip cannot be cut)."""
+    idx = []
+    for j in np.searchsorted(cum, rng.random(int(rng.integers(3, 13)))):
+        if lens[idx].sum() + lens[j] > max_chars:
+            break
+        idx.append(int(j))
+    return idx
+
+
 def _compose_worker(args):
     a, wid, words, weights, units, excluded = args
     sys.path.insert(0, os.path.abspath(a.synth_dir))
@@ -241,11 +253,7 @@ def _compose_worker(args):
             wavs, ids, texts = [], [], []
             while len(wavs) < a.shard_size:
                 gap = 10 * int(rng.integers(0, 6))  # gen.py's -g (word gap, 10 ms units)
-                idx = []
-                for j in np.searchsorted(cum, rng.random(int(rng.integers(3, 13)))):
-                    if lens[idx].sum() + lens[j] > 30:  # the lists' 30-character cap
-                        break
-                    idx.append(int(j))
+                idx = _random_sentence(rng, cum, lens)
                 text = "".join(words[j] for j in idx)
                 if not idx or text in excluded:
                     continue
@@ -268,11 +276,7 @@ def cmd_compose(a):
 
     os.makedirs(a.out, exist_ok=True)
     units = {tok: i for i, tok in enumerate(read_vocab(os.path.join(a.synth_dir, "units.txt")))}
-    words, weights = [], []
-    for line in open(os.path.join(a.synth_dir, "words.txt"), encoding="utf-8"):
-        w, x = line.split()
-        words.append(w)
-        weights.append(float(x))
+    words, weights = read_words(os.path.join(a.synth_dir, "words.txt"))
     if a.num_words:  # the most likely words only (a quick dry run)
         keep = sorted(np.argsort(weights)[::-1][:a.num_words])
         words, weights = [words[i] for i in keep], [weights[i] for i in keep]
@@ -311,13 +315,16 @@ class Corpus:
         self.dir, self.device, self.composed_dirs = corpus_dir, device, [corpus_dir, *composed_dirs]
         self.fbank = TorchFbank(device=str(device))
         self.max_composed = max_composed
-        self.loaded, self.real, self.comp, self.n_comp = set(), ([], []), [], 0
+        self.loaded, self.real, self.comp = set(), ([], []), []
         self.composed_seen = 0
         self.feats, self.ids, self.frames = [], [], []
 
+    @property
+    def n_comp(self):
+        return sum(len(ids) for _, ids in self.comp)
+
     def _comp_files(self):
-        return sorted((p for d in self.composed_dirs for p in glob.glob(os.path.join(d, "comp_*.pt"))),
-                      key=os.path.getmtime)
+        return [p for d in self.composed_dirs for p in glob.glob(os.path.join(d, "comp_*.pt"))]
 
     def pending(self):
         return bool(self._comp_files()) or any(
@@ -333,14 +340,13 @@ class Corpus:
             self.real[1].extend(i.long().to(self.device) for i in s["ids"])
             self.loaded.add(p)
             new_real += len(s["ids"])
-        for p in self._comp_files():
+        for p in sorted(self._comp_files(), key=os.path.getmtime):  # oldest first
             s = torch.load(p, weights_only=True)
             os.remove(p)
             self.comp.append((shard_feats(s, self.fbank), [i.long().to(self.device) for i in s["ids"]]))
-            self.n_comp += len(s["ids"])
             new_comp += len(s["ids"])
         while self.n_comp > self.max_composed and len(self.comp) > 1:
-            self.n_comp -= len(self.comp.pop(0)[0])
+            self.comp.pop(0)
         self.composed_seen += new_comp
         if new_real or new_comp:
             self.feats = self.real[0] + [f for c in self.comp for f in c[0]]
@@ -504,12 +510,11 @@ def cmd_eval(a):
     from wenet_triton.export import export_settings
     from wenet_triton.gpu_engine import CudaEngine
     from wenet_triton.pipeline import Recognizer, Vocab
+    from wenet_triton.torch_fbank import TorchFbank
 
     spec = load_model_dir(a.model)
     model = ASRModel.from_spec(spec)
     settings = export_settings(spec, model, a.beam_size, None, None)
-    from wenet_triton.torch_fbank import TorchFbank
-
     dev = torch.load(os.path.join(a.corpus, "dev.pt"), weights_only=True)
     feats = [f.float().cpu().numpy() for f in shard_feats(dev, TorchFbank(device="cuda"))]
     engines = {"eager_fp32": lambda: TorchEngine(model, settings, "cuda", None),

@@ -92,6 +92,12 @@ def min_samples(conf: FbankConf) -> int:
     return int(conf.sample_rate * conf.frame_length_ms / 1000)
 
 
+def num_frames(conf: FbankConf, n_samples: int) -> int:
+    """Fbank frames of n_samples (Kaldi's snip_edges)."""
+    win, shift = min_samples(conf), int(conf.sample_rate * conf.frame_shift_ms / 1000)
+    return 0 if n_samples < win else 1 + (n_samples - win) // shift
+
+
 class Fbank:
     """Kaldi fbank for float waveforms in [-1, 1) (scaled to int16 range like WeNet).
 

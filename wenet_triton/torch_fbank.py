@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from .checkpoint import FbankConf
+from .frontend import num_frames
 
 
 def _mel(f):
@@ -65,7 +66,7 @@ class TorchFbank:
         return self._pinned[: b * n].view(b, n)
 
     def num_frames(self, n_samples: int) -> int:
-        return 0 if n_samples < self.win else 1 + (n_samples - self.win) // self.shift
+        return num_frames(self.conf, n_samples)
 
     @torch.inference_mode()
     def batch_tensor(self, wavs: Sequence[np.ndarray]):

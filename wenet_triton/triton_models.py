@@ -151,11 +151,10 @@ class _WavFrontend:
         self.max_seconds = float(params.get("max_audio_seconds", "60"))
         self.min_frames = int(params.get("min_frames", "7"))
         self.window = min_samples(self.conf)
-        self.shift = int(self.conf.sample_rate * self.conf.frame_shift_ms / 1000)
 
     def waveforms(self, request) -> List[np.ndarray]:
         """A request's utterances: WAV [B, N] + WAV_LENS [B, 1], one row each (B >= 1)."""
-        from .frontend import check_waveform
+        from .frontend import check_waveform, num_frames
 
         wav, lens = _input(request, "WAV"), _input(request, "WAV_LENS").reshape(-1)
         if wav.shape[1] == 0:
@@ -172,7 +171,7 @@ class _WavFrontend:
             if n < self.window:
                 raise ValueError(f"audio of {n} samples is shorter than one "
                                  f"{self.conf.frame_length_ms:g} ms frame{at}")
-            if 1 + (n - self.window) // self.shift < self.min_frames:
+            if num_frames(self.conf, n) < self.min_frames:
                 ms = self.min_frames * self.conf.frame_shift_ms + self.conf.frame_length_ms
                 raise ValueError(f"audio of {n} samples is too short: at least ~{ms:.0f} ms needed{at}")
             out.append(w)
