@@ -1,7 +1,8 @@
 // CTC prefix beam search with WeNet's exact semantics (candidate order: top-k symbols outer,
 // current hypotheses inner; stable sort by log-add(pb, pnb); log-add computed like WeNet's
 // `log_add` in double precision). Prefixes live in a trie, so a prefix is one node id.
-// Plain C ABI for ctypes; one call decodes a batch.
+// Optionally fuses a back-off n-gram LM (shallow fusion): prefixes are then ranked by
+// ctc + lm_weight * lm + length_bonus * len. Plain C ABI for ctypes; one call decodes a batch.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -32,18 +33,62 @@ inline double log_add3(double a, double b, double c) {
 
 struct Trie {
   // children in one hash map keyed by (parent, token): no per-node allocation
-  std::vector<int> parent, token;
+  std::vector<int> parent, token, depth;
+  std::vector<double> lm;  // LM log-prob of the prefix (LM search only)
   std::unordered_map<uint64_t, int> children;
-  Trie() { parent.push_back(-1); token.push_back(-1); children.reserve(1024); }
-  int child(int node, int tok) {
+  Trie() {
+    parent.push_back(-1); token.push_back(-1); depth.push_back(0); lm.push_back(0.0);
+    children.reserve(1024);
+  }
+  int child(int node, int tok, double lm_score = 0.0) {
     const uint64_t key = ((uint64_t)(uint32_t)node << 32) | (uint32_t)tok;
     auto it = children.find(key);
     if (it != children.end()) return it->second;
     const int id = (int)parent.size();
     parent.push_back(node);
     token.push_back(tok);
+    depth.push_back(depth[node] + 1);
+    lm.push_back(lm_score);
     children.emplace(key, id);
     return id;
+  }
+};
+
+// Back-off n-gram model as sorted tables per order: n-grams packed `bits` per token
+// (oldest first), ln P and ln back-off weight (0 where none), as in wenet_triton/lm.py.
+struct NgramLM {
+  int order, bits, bos;
+  const int64_t* const* codes;
+  const double* const* logp;
+  const double* const* bow;
+  const int64_t* count;
+  // index of `code` in order n (1-based) or -1
+  int64_t find(int n, int64_t code) const {
+    const int64_t* b = codes[n - 1];
+    const int64_t* e = b + count[n - 1];
+    const int64_t* it = std::lower_bound(b, e, code);
+    return (it != e && *it == code) ? it - b : -1;
+  }
+  // ln P(tok | the prefix ending at trie node `node`), backing off as ARPA prescribes
+  double score(const Trie& trie, int node, int tok) const {
+    int ctx[16];
+    int n = 0;  // context, newest first; <s> when the prefix is shorter than order - 1
+    for (int x = node; n < order - 1; x = trie.parent[x]) {
+      if (x == 0) { ctx[n++] = bos; break; }
+      ctx[n++] = trie.token[x];
+    }
+    double acc = 0.0;
+    for (int k = n; k >= 0; --k) {
+      int64_t h = 0;
+      for (int i = k - 1; i >= 0; --i) h = (h << bits) | ctx[i];
+      const int64_t at = find(k + 1, (h << bits) | tok);
+      if (at >= 0) return acc + logp[k][at];
+      if (k > 0) {
+        const int64_t hc = find(k, h);
+        if (hc >= 0) acc += bow[k - 1][hc];
+      }
+    }
+    return acc - 23.025850929940457;  // ln 1e-10: a token outside the LM
   }
 };
 
@@ -59,6 +104,7 @@ struct Cand {
   uint64_t key;
   int node, parent, tok;  // node < 0: pending extension of parent by tok
   double pb, pnb;
+  double lm;  // LM search: the prefix's LM log-prob, set when it is created
 };
 
 inline uint64_t pair_key(int parent, int tok) {
@@ -91,24 +137,18 @@ struct NextHyps {
     }
     slot_gen[h] = gen;
     slot_item[h] = (int)items.size();
-    items.push_back({key, node, parent, tok, NEG_INF, NEG_INF});
+    items.push_back({key, node, parent, tok, NEG_INF, NEG_INF, 0.0});
     *fresh = true;
     return items.back();
   }
 };
 
-}  // namespace
-
-extern "C" {
-
-// topv/topi: (B, T, K) per-frame top-K log-probs (descending) and token ids; lens: (B,).
-// Outputs per utterance b, hypothesis i < out_count[b] (<= beam):
-//   out_lens[b*beam+i], out_tokens[(b*beam+i)*max_len ...], out_scores[b*beam+i].
-// Returns 0, or 1 if some prefix was longer than max_len (it is truncated).
-int wk_ctc_prefix_beam_search(const float* topv, const int64_t* topi, const int32_t* lens,
-                              int B, int T, int K, int beam, int blank, int max_len,
-                              int32_t* out_tokens, int32_t* out_lens, double* out_scores,
-                              int32_t* out_count) {
+// lm == nullptr: WeNet's search. Otherwise out_lm receives each hypothesis' LM log-prob
+// (with </s>) and hypotheses are ordered by the fused score.
+int search(const float* topv, const int64_t* topi, const int32_t* lens, int B, int T, int K,
+           int beam, int blank, int max_len, int32_t* out_tokens, int32_t* out_lens,
+           double* out_scores, int32_t* out_count, const NgramLM* lm, double lm_weight,
+           double length_bonus, int eos, double* out_lm) {
   int status = 0;
   const int width = beam < K ? beam : K;
   for (int b = 0; b < B; ++b) {
@@ -118,6 +158,21 @@ int wk_ctc_prefix_beam_search(const float* topv, const int64_t* topi, const int3
     std::vector<std::pair<double, int>> order;
     const uint64_t root_key = ~(uint64_t)0;
     const int len = lens[b] < T ? lens[b] : T;
+    // an extension of `parent` by `s`, scored by the LM when it is new; the same
+    // extensions come back frame after frame, so their LM scores are cached
+    std::unordered_map<uint64_t, double> lm_cache;
+    auto extend = [&](int parent, int s) -> Cand& {
+      bool fresh;
+      const uint64_t key = pair_key(parent, s);
+      Cand& e = next.get(key, -1, parent, s, &fresh);
+      if (fresh && lm) {
+        auto it = lm_cache.find(key);
+        if (it == lm_cache.end())
+          it = lm_cache.emplace(key, trie.lm[parent] + lm->score(trie, parent, s)).first;
+        e.lm = it->second;
+      }
+      return e;
+    };
     for (int t = 0; t < len; ++t) {
       const float* v = topv + ((size_t)b * T + t) * K;
       const int64_t* ix = topi + ((size_t)b * T + t) * K;
@@ -130,6 +185,7 @@ int wk_ctc_prefix_beam_search(const float* topv, const int64_t* topi, const int3
           const uint64_t self = h.node == 0 ? root_key : pair_key(trie.parent[h.node], trie.token[h.node]);
           if (s == blank) {
             Cand& e = next.get(self, h.node, 0, 0, &fresh);
+            if (fresh) e.lm = trie.lm[h.node];
             e.pb = fresh ? log_add3(NEG_INF, h.pb + ps, h.pnb + ps)
                          : log_add3(e.pb, h.pb + ps, h.pnb + ps);
             continue;
@@ -137,18 +193,28 @@ int wk_ctc_prefix_beam_search(const float* topv, const int64_t* topi, const int3
           const int last = h.node == 0 ? -1 : trie.token[h.node];
           if (s == last) {
             Cand& e = next.get(self, h.node, 0, 0, &fresh);  // *ss -> *s
+            if (fresh) e.lm = trie.lm[h.node];
             e.pnb = log_add2(e.pnb, h.pnb + ps);
-            Cand& e2 = next.get(pair_key(h.node, s), -1, h.node, s, &fresh);  // *s-s -> *ss
+            Cand& e2 = extend(h.node, s);  // *s-s -> *ss
             e2.pnb = log_add2(e2.pnb, h.pb + ps);
           } else {
-            Cand& e = next.get(pair_key(h.node, s), -1, h.node, s, &fresh);
-            e.pnb = fresh ? log_add2(h.pb + ps, h.pnb + ps) : log_add3(e.pnb, h.pb + ps, h.pnb + ps);
+            const size_t before = next.items.size();
+            Cand& e = extend(h.node, s);
+            e.pnb = next.items.size() > before ? log_add2(h.pb + ps, h.pnb + ps)
+                                               : log_add3(e.pnb, h.pb + ps, h.pnb + ps);
           }
         }
       }
       order.clear();
-      for (int i = 0; i < (int)next.items.size(); ++i)
-        order.emplace_back(log_add2(next.items[i].pb, next.items[i].pnb), i);
+      for (int i = 0; i < (int)next.items.size(); ++i) {
+        const Cand& c = next.items[i];
+        double key = log_add2(c.pb, c.pnb);
+        if (lm) {  // same association as the Python search, so ties break alike
+          const int depth = c.node >= 0 ? trie.depth[c.node] : trie.depth[c.parent] + 1;
+          key = key + lm_weight * c.lm + length_bonus * depth;
+        }
+        order.emplace_back(key, i);
+      }
       std::stable_sort(order.begin(), order.end(),
                        [](const std::pair<double, int>& a, const std::pair<double, int>& c) {
                          return a.first > c.first;
@@ -156,8 +222,26 @@ int wk_ctc_prefix_beam_search(const float* topv, const int64_t* topi, const int3
       cur.clear();
       for (int i = 0; i < (int)order.size() && i < beam; ++i) {
         const Cand& c = next.items[order[i].second];
-        cur.push_back({c.node >= 0 ? c.node : trie.child(c.parent, c.tok), c.pb, c.pnb});
+        cur.push_back({c.node >= 0 ? c.node : trie.child(c.parent, c.tok, c.lm), c.pb, c.pnb});
       }
+    }
+    std::vector<double> lm_total(cur.size(), 0.0);
+    if (lm) {  // close each sentence with </s>, then order by the fused score
+      order.clear();
+      for (int i = 0; i < (int)cur.size(); ++i) {
+        lm_total[i] = trie.lm[cur[i].node] + lm->score(trie, cur[i].node, eos);
+        order.emplace_back(log_add2(cur[i].pb, cur[i].pnb) + lm_weight * lm_total[i] +
+                               length_bonus * trie.depth[cur[i].node], i);
+      }
+      std::stable_sort(order.begin(), order.end(),
+                       [](const std::pair<double, int>& a, const std::pair<double, int>& c) {
+                         return a.first > c.first;
+                       });
+      std::vector<Hyp> sorted;
+      std::vector<double> lms;
+      for (auto& o : order) { sorted.push_back(cur[o.second]); lms.push_back(lm_total[o.second]); }
+      cur.swap(sorted);
+      lm_total.swap(lms);
     }
     out_count[b] = (int32_t)cur.size();
     for (int i = 0; i < (int)cur.size(); ++i) {
@@ -169,9 +253,42 @@ int wk_ctc_prefix_beam_search(const float* topv, const int64_t* topi, const int3
       out_lens[o] = (int32_t)seq.size();
       for (int q = 0; q < (int)seq.size(); ++q) out_tokens[o * max_len + q] = seq[q];
       out_scores[o] = log_add2(cur[i].pb, cur[i].pnb);
+      if (out_lm) out_lm[o] = lm_total[i];
     }
   }
   return status;
+}
+
+}  // namespace
+
+extern "C" {
+
+// topv/topi: (B, T, K) per-frame top-K log-probs (descending) and token ids; lens: (B,).
+// Outputs per utterance b, hypothesis i < out_count[b] (<= beam):
+//   out_lens[b*beam+i], out_tokens[(b*beam+i)*max_len ...], out_scores[b*beam+i] (CTC).
+// Returns 0, or 1 if some prefix was longer than max_len (it is truncated).
+int wk_ctc_prefix_beam_search(const float* topv, const int64_t* topi, const int32_t* lens,
+                              int B, int T, int K, int beam, int blank, int max_len,
+                              int32_t* out_tokens, int32_t* out_lens, double* out_scores,
+                              int32_t* out_count) {
+  return search(topv, topi, lens, B, T, K, beam, blank, max_len, out_tokens, out_lens,
+                out_scores, out_count, nullptr, 0.0, 0.0, 0, nullptr);
+}
+
+// The same with LM fusion. The LM: `lm_order` tables (codes sorted ascending, ln P, ln
+// back-off) of lm_count[n] entries; tokens are unit ids, bos/eos the ids of <s>/</s>.
+// out_lm[b*beam+i]: the hypothesis' LM log-prob including </s>.
+int wk_ctc_prefix_beam_search_lm(const float* topv, const int64_t* topi, const int32_t* lens,
+                                 int B, int T, int K, int beam, int blank, int max_len,
+                                 int32_t* out_tokens, int32_t* out_lens, double* out_scores,
+                                 int32_t* out_count, int lm_order, int lm_bits,
+                                 const int64_t* const* lm_codes, const double* const* lm_logp,
+                                 const double* const* lm_bow, const int64_t* lm_count, int bos,
+                                 int eos, double lm_weight, double length_bonus, double* out_lm) {
+  if (lm_order < 1 || lm_order > 16) return 2;
+  const NgramLM lm{lm_order, lm_bits, bos, lm_codes, lm_logp, lm_bow, lm_count};
+  return search(topv, topi, lens, B, T, K, beam, blank, max_len, out_tokens, out_lens,
+                out_scores, out_count, &lm, lm_weight, length_bonus, eos, out_lm);
 }
 
 }  // extern "C"

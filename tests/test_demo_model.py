@@ -39,22 +39,29 @@ def demo_results():
     """Rescoring/greedy transcripts of the 100 test wavs through onnxruntime and PyTorch fp32."""
     from wenet_triton.artifacts import ensure_export
     from wenet_triton.cer import read_text
+    from wenet_triton.decoding import Decoding, resolve
     from wenet_triton.engines import open_engine
     from wenet_triton.frontend import read_audio
     from wenet_triton.pipeline import Recognizer, Vocab
 
     wavs = sorted(glob.glob(os.path.join(shared_path("data", "synth_test"), "*.wav")))
     ref = read_text(shared_path("data", "synth_test", "text"))
-    engine_dir = ensure_export(DEMO)
+    audio = [read_audio(p) for p in wavs]
+    lm_decoding = resolve(DEMO)  # the model's decoding.yaml: beam 20 and its n-gram LM
+    assert lm_decoding.lm, "models/demo_zh_synth/decoding.yaml names no LM"
     out = {}
-    for name in ("onnxruntime", "torch"):
-        eng = open_engine(engine_dir, name, "cpu", None, DEMO)
-        rec = Recognizer(eng, Vocab.from_engine_dir(engine_dir, eng.settings))
+    for name, engine, dec in [("onnxruntime", "onnxruntime", Decoding(10)),
+                              ("torch", "torch", Decoding(10)),
+                              ("onnxruntime_lm", "onnxruntime", lm_decoding)]:
+        engine_dir = ensure_export(DEMO, beam_size=dec.beam_size)
+        eng = open_engine(engine_dir, engine, "cpu", None, DEMO)
+        rec = Recognizer(eng, Vocab.from_engine_dir(engine_dir, eng.settings), decoding=dec)
         res = []
         for i in range(0, len(wavs), 10):
-            res += rec.recognize([read_audio(p) for p in wavs[i:i + 10]])
+            res += rec.recognize(audio[i:i + 10])
         texts = [rec.mode_texts(r) for r in res]
         out[name] = {"rescored": [t["attention_rescoring"] for t in texts],
+                     "first_pass": [t["ctc_prefix_beam"] for t in texts],
                      "greedy": [t["ctc_greedy"] for t in texts]}
     out["ref"] = [ref[os.path.basename(p)[:-4]] for p in wavs]
     return out
@@ -83,3 +90,15 @@ def test_demo_model_recognizes_and_rescoring_helps(demo_results):
     # each hypothesis is as long as its reference in most utterances (errors are homophones)
     same_len = np.mean([len(r) == len(h) for r, h in zip(ref, ort["rescored"])])
     assert same_len >= 0.9
+
+
+def test_the_models_lm_reaches_the_target(demo_results):
+    """decoding.yaml's LM (beam 20): attention rescoring <= 10% CER (issue #4's target) and
+    better than without it, in the first pass too."""
+    ref, lm, plain = demo_results["ref"], demo_results["onnxruntime_lm"], demo_results["onnxruntime"]
+    rescored = _cer(ref, lm["rescored"])
+    assert rescored <= 0.10, rescored
+    assert rescored < _cer(ref, plain["rescored"]) - 0.04
+    assert _cer(ref, lm["first_pass"]) < _cer(ref, plain["first_pass"]) - 0.04
+    # greedy does not use the LM: the same as without it
+    assert lm["greedy"] == plain["greedy"]

@@ -31,8 +31,17 @@ def _model_arg(p: argparse.ArgumentParser, required: bool = False):
                    + (f"; default {d}" if d and not required else ""))
 
 
-def _weights_args(p: argparse.ArgumentParser):
-    p.add_argument("--beam-size", type=int, default=10, help="CTC prefix beam / n-best size")
+def _weights_args(p: argparse.ArgumentParser, lm: bool = False):
+    p.add_argument("--beam-size", type=int, default=None,
+                   help="CTC prefix beam / n-best size (default: the model's decoding.yaml, else 10)")
+    if lm:
+        p.add_argument("--lm", default=None, help="token n-gram LM (ARPA, .gz ok) fused into the "
+                       "prefix beam search and rescoring; `none` turns off the model's "
+                       "(default: the model's decoding.yaml, else none)")
+        p.add_argument("--lm-weight", type=float, default=None,
+                       help="LM weight in the prefix beam search (default: decoding.yaml, else 0.5)")
+        p.add_argument("--lm-rescore-weight", type=float, default=None,
+                       help="LM weight added in attention rescoring (default: decoding.yaml, else 0.5)")
     p.add_argument("--ctc-weight", type=float, default=None,
                    help="CTC weight in attention rescoring (default: train.yaml model_conf)")
     p.add_argument("--reverse-weight", type=float, default=None,
@@ -66,9 +75,10 @@ def progress(iterable, total: int, desc: str):
 
 # -- commands ---------------------------------------------------------------------------------
 def cmd_export(a):
+    from .decoding import from_args
     from .export import export_onnx
 
-    s = export_onnx(a.model, a.out, a.beam_size, a.ctc_weight, a.reverse_weight)
+    s = export_onnx(a.model, a.out, from_args(a).beam_size, a.ctc_weight, a.reverse_weight)
     for k, v in s.get("verification", {}).items():
         print(f"verified {k}: " + ", ".join(f"{n} max err {e:.2e}" for n, e in v.items()))
     print(f"wrote {a.out}/encoder.onnx, decoder.onnx, wenet_triton.json, units.txt")
@@ -77,6 +87,7 @@ def cmd_export(a):
 def cmd_transcribe(a):
     from .artifacts import ensure_export
     from .cer import cer_summary
+    from .decoding import from_args
     from .engines import open_engine
     from .frontend import AudioError, read_audio
     from .pipeline import Recognizer, Vocab
@@ -84,10 +95,16 @@ def cmd_transcribe(a):
     files = expand_inputs(a.wavs)
     if not files:
         sys.exit("transcribe: no audio files given")
-    engine_dir = a.engine_dir or ensure_export(a.model, None, a.beam_size, a.ctc_weight,
+    dec = from_args(a)
+    engine_dir = a.engine_dir or ensure_export(a.model, None, dec.beam_size, a.ctc_weight,
                                                a.reverse_weight)
     eng = open_engine(engine_dir, a.engine, a.device, a.dtype, a.model, a.threads)
-    rec = Recognizer(eng, Vocab.from_engine_dir(engine_dir, eng.settings))
+    if a.engine_dir and a.beam_size is None:
+        dec.beam_size = eng.settings["beam_size"]  # a given export fixes the beam
+    rec = Recognizer(eng, Vocab.from_engine_dir(engine_dir, eng.settings), decoding=dec)
+    if rec.lm:
+        print(f"# LM {dec.lm}: weight {dec.lm_weight} in the search, {dec.lm_rescore_weight} "
+              f"in rescoring; beam {dec.beam_size}", file=sys.stderr)
     rate = rec.fbank.conf.sample_rate
     hyps, failed, audio_s = {}, 0, 0.0
     by_mode = {"ctc_greedy": {}, "ctc_prefix_beam": {}}  # the other decoding modes, for --ref
@@ -125,18 +142,45 @@ def cmd_transcribe(a):
     if a.ref:
         print(cer_summary(a.ref, hyps) + " attention rescoring", file=sys.stderr)
         for mode, h in by_mode.items():
-            print(cer_summary(a.ref, h) + " " + mode.replace("_", " "), file=sys.stderr)
+            lm = " + LM" if rec.lm and mode == "ctc_prefix_beam" else ""
+            print(cer_summary(a.ref, h) + " " + mode.replace("_", " ") + lm, file=sys.stderr)
     if a.cer_json:
         if not a.ref:
             sys.exit("transcribe: --cer-json needs --ref")
         from .cer import cer_report
         by_mode["attention_rescoring"] = hyps
         report = {m: cer_report(a.ref, h) for m, h in by_mode.items()}
-        report.update(model=a.model, engine=a.engine, dtype=a.dtype, files=len(files))
+        report.update(model=a.model, engine=a.engine, dtype=a.dtype, files=len(files),
+                      decoding=rec.decoding.as_dict())
         with open(a.cer_json, "w") as f:
             json.dump(report, f, indent=1)
     if failed:
         sys.exit(1)
+
+
+def cmd_lm(a):
+    from .checkpoint import read_vocab
+    from .lm import LMError, estimate, text_to_ids
+
+    units_path = a.units or os.path.join(a.model or "", "units.txt")
+    if not os.path.exists(units_path):
+        sys.exit(f"lm: units file {units_path} not found (give --units or --model)")
+    units = read_vocab(units_path)
+    try:
+        min_count = [int(x) for x in a.min_count.split(",")] if a.min_count else []
+    except ValueError:
+        sys.exit(f"lm: --min-count takes comma-separated integers, got {a.min_count!r}")
+    t0 = time.time()
+    try:
+        sents, unk = text_to_ids(a.text, units, a.with_ids)
+        print(f"# {len(sents):,} sentences, {sum(map(len, sents)):,} tokens"
+              + (f", {unk:,} outside the units (<unk>)" if unk else ""), file=sys.stderr)
+        lm = estimate(sents, len(units), a.order, min_count,
+                      progress=lambda m: print(f"# {m} ({time.time() - t0:.0f} s)", file=sys.stderr))
+    except LMError as e:
+        sys.exit(f"lm: {e}")
+    lm.write_arpa(a.out, units)
+    print(f"wrote {a.out}: {lm} in {time.time() - t0:.0f} s")
 
 
 def cmd_cer(a):
@@ -173,8 +217,22 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--ref", help="Kaldi `text` file: print CER against it (attention rescoring, "
                    "CTC prefix beam and CTC greedy)")
     t.add_argument("--cer-json", help="with --ref: write the CER of each decoding mode here")
-    _weights_args(t)
+    _weights_args(t, lm=True)
     t.set_defaults(func=cmd_transcribe)
+
+    m = sub.add_parser("lm", help="build a token n-gram LM (ARPA) from text for --lm",
+                       description="Interpolated modified Kneser-Ney n-gram LM over the model's "
+                       "units (characters), written as ARPA (.gz ok).")
+    _model_arg(m)
+    m.add_argument("--units", help="units.txt (default: the model's)")
+    m.add_argument("--text", nargs="+", required=True, help="training text, one sentence per line")
+    m.add_argument("--with-ids", action="store_true",
+                   help="lines start with an utterance id (Kaldi `text`): drop it")
+    m.add_argument("--order", type=int, default=5)
+    m.add_argument("--min-count", default="1,3,3,3,3",
+                   help="per order, fewest occurrences an n-gram needs to be kept (pruning)")
+    m.add_argument("--out", required=True, help="ARPA file to write (.gz: gzip)")
+    m.set_defaults(func=cmd_lm)
 
     c = sub.add_parser("cer", help="character error rate of a hypothesis text file")
     c.add_argument("ref")
@@ -192,7 +250,7 @@ def main(argv=None):
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
-    if hasattr(a, "model") and a.model is None and a.command not in ("serve", "cer"):
+    if hasattr(a, "model") and a.model is None and a.command not in ("serve", "cer", "lm"):
         p.error("--model is required (no default model found)")
     try:
         a.func(a)

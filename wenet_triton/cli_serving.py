@@ -21,18 +21,20 @@ def _repo_args(p, model_arg, weights_args):
     p.add_argument("--config", help="serving YAML overriding model_repo/serving.yaml "
                    "(batch sizes, queue delays, instances, max audio length)")
     p.add_argument("--max-batch-size", type=int, help="override max_batch_size")
-    p.add_argument("--ctc-weight", type=float, default=None,
-                   help="CTC weight in attention rescoring (default: train.yaml)")
-    p.add_argument("--reverse-weight", type=float, default=None,
-                   help="right-to-left decoder weight (default: train.yaml)")
+    weights_args(p, lm=True)
 
 
 def _build(a, out):
     from .repo import build_repo
 
-    over = {"max_batch_size": a.max_batch_size} if a.max_batch_size else None
+    from .decoding import from_args
+
+    over = {"max_batch_size": a.max_batch_size} if a.max_batch_size else {}
+    if a.beam_size:
+        over["beam_size"] = a.beam_size
     return build_repo(a.model, out, a.engine, a.config, over, engine_dir=a.engine_dir,
-                      ctc_weight=a.ctc_weight, reverse_weight=a.reverse_weight)
+                      ctc_weight=a.ctc_weight, reverse_weight=a.reverse_weight,
+                      decoding=from_args(a))
 
 
 def cmd_build_repo(a):
@@ -94,7 +96,9 @@ def cmd_build(a):
     """Offline build of an engine's artifacts into one directory."""
     from .export import export_onnx
 
-    s = export_onnx(a.model, a.out, a.beam_size, a.ctc_weight, a.reverse_weight)
+    from .decoding import from_args
+
+    s = export_onnx(a.model, a.out, from_args(a).beam_size, a.ctc_weight, a.reverse_weight)
     print(f"exported ONNX to {a.out} (verified: {', '.join(s.get('verification', {}))})")
     if a.engine == "torch_cuda":
         from .kernels import build

@@ -52,6 +52,10 @@ def lib():
             P, I = ctypes.c_void_p, ctypes.c_int
             L.wk_ctc_prefix_beam_search.argtypes = [P, P, P, I, I, I, I, I, I, P, P, P, P]
             L.wk_ctc_prefix_beam_search.restype = I
+            L.wk_ctc_prefix_beam_search_lm.argtypes = [P, P, P, I, I, I, I, I, I, P, P, P, P, I, I,
+                                                       P, P, P, P, I, I, ctypes.c_double,
+                                                       ctypes.c_double, P]
+            L.wk_ctc_prefix_beam_search_lm.restype = I
             _LIB = L
         except (OSError, subprocess.CalledProcessError) as e:
             log.warning("native CTC prefix beam search unavailable (%s); using Python", e)
@@ -60,8 +64,12 @@ def lib():
 
 
 def prefix_beam_search_batch(topv: np.ndarray, topi: np.ndarray, lens: np.ndarray, beam: int,
-                             blank: int = 0) -> Optional[List[List[Tuple[Tuple[int, ...], float]]]]:
-    """(B,T,K) top-k log-probs/ids -> n-best per utterance, or None without the library."""
+                             blank: int = 0, lm=None, lm_weight: float = 0.0,
+                             length_bonus: float = 0.0) -> Optional[List[List[tuple]]]:
+    """(B,T,K) top-k log-probs/ids -> n-best per utterance, or None without the library.
+
+    Hypotheses are (tokens, ctc log-prob), or with an `lm.NgramLM` (tokens, ctc, lm log-prob)
+    ranked by the fused score."""
     L = lib()
     if L is None:
         return None
@@ -75,7 +83,19 @@ def prefix_beam_search_batch(topv: np.ndarray, topi: np.ndarray, lens: np.ndarra
     scores = np.zeros((B, beam), np.float64)
     count = np.zeros(B, np.int32)
     p = lambda a: a.ctypes.data_as(ctypes.c_void_p)  # noqa: E731
-    L.wk_ctc_prefix_beam_search(p(topv), p(topi), p(lens), B, T, K, beam, blank, max_len,
-                                p(tokens), p(out_lens), p(scores), p(count))
-    return [[(tuple(tokens[b, i, :out_lens[b, i]].tolist()), float(scores[b, i]))
-             for i in range(count[b])] for b in range(B)]
+    args = [p(topv), p(topi), p(lens), B, T, K, beam, blank, max_len, p(tokens), p(out_lens),
+            p(scores), p(count)]
+    if lm is None:
+        L.wk_ctc_prefix_beam_search(*args)
+        return [[(tuple(tokens[b, i, :out_lens[b, i]].tolist()), float(scores[b, i]))
+                 for i in range(count[b])] for b in range(B)]
+    codes, logp, bow, sizes = lm.tables()
+    ptrs = lambda arrays: (ctypes.c_void_p * len(arrays))(*[a.ctypes.data for a in arrays])  # noqa: E731
+    lm_scores = np.zeros((B, beam), np.float64)
+    rc = L.wk_ctc_prefix_beam_search_lm(*args, lm.order, lm.bits, ptrs(codes), ptrs(logp),
+                                        ptrs(bow), p(sizes), lm.bos, lm.eos, lm_weight,
+                                        length_bonus, p(lm_scores))
+    if rc == 2:
+        raise ValueError(f"LM order {lm.order} is not supported (1-16)")
+    return [[(tuple(tokens[b, i, :out_lens[b, i]].tolist()), float(scores[b, i]),
+              float(lm_scores[b, i])) for i in range(count[b])] for b in range(B)]

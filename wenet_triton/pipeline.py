@@ -12,7 +12,8 @@ import numpy as np
 from .checkpoint import FbankConf, read_vocab
 from .engines import Engine
 from .frontend import Fbank, check_waveform, pad_feats
-from .search import ctc_greedy, ctc_prefix_beam_search_batch, rescoring_inputs
+from .decoding import Decoding, load_lm
+from .search import ctc_greedy, ctc_prefix_beam_search_batch, pick_rescored, rescoring_inputs
 
 
 @dataclass
@@ -38,32 +39,41 @@ class Vocab:
         return "".join(toks).replace("\u2581", " ").strip()
 
 
-def search_batch(enc: Dict[str, np.ndarray], beam_size: int, blank: int = 0):
-    """n-best lists for each utterance of an encoder batch output."""
+def search_batch(enc: Dict[str, np.ndarray], beam_size: int, blank: int = 0, lm=None,
+                 lm_weight: float = 0.0, length_bonus: float = 0.0):
+    """n-best lists for each utterance of an encoder batch output (LM-fused with an lm)."""
     return ctc_prefix_beam_search_batch(enc["beam_log_probs"], enc["beam_log_probs_idx"],
-                                        enc["encoder_out_lens"], beam_size, blank)
+                                        enc["encoder_out_lens"], beam_size, blank, lm, lm_weight,
+                                        length_bonus)
 
 
-def rescore_batch(engine: Engine, enc: Dict[str, np.ndarray], nbest, settings: Dict):
+def rescore_batch(engine: Engine, enc: Dict[str, np.ndarray], nbest, settings: Dict,
+                  lm_rescore_weight: float = 0.0):
     """-> list of (best hyp ids, rescoring score) per utterance."""
     beam = settings["beam_size"]
     pad, lens, rpad, ctc = rescoring_inputs(nbest, beam, settings["sos"], settings["eos"])
     best, score = engine.rescore(enc["encoder_out"], enc["encoder_out_lens"], pad, lens, rpad, ctc)
     out = []
     for b, hyps in enumerate(nbest):
-        i = int(best[b])
+        i = pick_rescored(hyps, score[b], best[b], lm_rescore_weight)
         ids = list(hyps[i][0]) if i < len(hyps) else []
         out.append((ids, float(score[b, i])))
     return out
 
 
 class Recognizer:
-    def __init__(self, engine: Engine, vocab: Vocab, fbank_conf: Optional[FbankConf] = None):
+    def __init__(self, engine: Engine, vocab: Vocab, fbank_conf: Optional[FbankConf] = None,
+                 decoding: Optional[Decoding] = None):
         self.engine = engine
         self.settings = engine.settings
         self.vocab = vocab
         fb = self.settings.get("fbank")
         self.fbank = Fbank(fbank_conf or (FbankConf(**fb) if fb else FbankConf()))
+        self.decoding = decoding or Decoding(beam_size=self.settings["beam_size"])
+        if self.decoding.beam_size != self.settings["beam_size"]:
+            raise ValueError(f"beam size {self.decoding.beam_size} != the export's top-k "
+                             f"{self.settings['beam_size']} (export again with that beam)")
+        self.lm = load_lm(self.decoding.lm, vocab.tokens) if self.decoding.lm else None
 
     @property
     def min_frames(self) -> int:
@@ -82,8 +92,11 @@ class Recognizer:
     def _recognize_feats(self, feats: Sequence[np.ndarray]) -> List[Result]:
         x, lens = pad_feats(feats)
         enc = self.engine.encode(x, lens)
-        nbest = search_batch(enc, self.settings["beam_size"], self.settings.get("blank", 0))
-        rescored = rescore_batch(self.engine, enc, nbest, self.settings)
+        d = self.decoding
+        nbest = search_batch(enc, d.beam_size, self.settings.get("blank", 0), self.lm, d.lm_weight,
+                             d.length_bonus)
+        rescored = rescore_batch(self.engine, enc, nbest, self.settings,
+                                 d.lm_rescore_weight if self.lm else 0.0)
         results = []
         for b, (ids, score) in enumerate(rescored):
             greedy = ctc_greedy(enc["beam_log_probs_idx"][b], int(enc["encoder_out_lens"][b]))

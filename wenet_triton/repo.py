@@ -12,6 +12,7 @@ from typing import Dict, Optional
 import yaml
 
 from .artifacts import ensure_export
+from .decoding import Decoding, resolve
 from .export import CONFIG_NAME
 
 log = logging.getLogger(__name__)
@@ -99,13 +100,16 @@ def _frontend_values(fused: bool, input_dim: int, min_frames: int, cfg: Dict) ->
 def build_repo(model_dir: str, out: str, engine: str = "onnxruntime",
                config: Optional[str] = None, overrides: Optional[Dict] = None,
                engine_dir: Optional[str] = None, ctc_weight: Optional[float] = None,
-               reverse_weight: Optional[float] = None) -> str:
-    """Export (if needed) and write a complete Triton repository to `out`."""
+               reverse_weight: Optional[float] = None, decoding: Optional[Decoding] = None) -> str:
+    """Export (if needed) and write a complete Triton repository to `out`.
+    decoding: beam and LM (default: the model's decoding.yaml); a serving config's
+    beam_size wins over it."""
     if engine not in REPO_ENGINES:
         raise ValueError(f"engine {engine!r} not available for the model repository "
                          f"({', '.join(REPO_ENGINES)})")
     cfg = load_serving_config(config, overrides)
-    beam = int(cfg.get("beam_size", 10))
+    decoding = decoding or resolve(model_dir)
+    beam = int(cfg.get("beam_size") or decoding.beam_size)
     engine_dir = engine_dir or ensure_export(model_dir, None, beam, ctc_weight, reverse_weight)
     with open(os.path.join(engine_dir, CONFIG_NAME)) as f:
         settings = json.load(f)
@@ -133,6 +137,7 @@ def build_repo(model_dir: str, out: str, engine: str = "onnxruntime",
         "fe_impl": cfg.get("feature_impl") or "knf",
         **_frontend_values(fused, settings["input_dim"], min_frames, cfg),
         "engine_parameters": _engine_params(engine, cfg),
+        "scoring_parameters": _scoring_params(decoding),
         "reverse_input": ("  { name: \"r_hyps_pad_sos_eos\" data_type: TYPE_INT64 dims: "
                           f"[ {beam}, -1 ] allow_ragged_batch: true }},\n"
                           if settings["decoder_has_reverse_input"] else ""),
@@ -183,11 +188,28 @@ def build_repo(model_dir: str, out: str, engine: str = "onnxruntime",
                                             or f.endswith(".txt")):
                     _link(src, os.path.join(mdir, f))
     shutil.copyfile(os.path.join(engine_dir, "units.txt"), os.path.join(out, "scoring", "1", "units.txt"))
+    if decoding.lm:  # the scoring model reads it from its version dir
+        _link(decoding.lm, os.path.join(out, "scoring", "1", _lm_name(decoding.lm)))
     with open(os.path.join(out, "serving.json"), "w") as f:
         json.dump({"model_dir": os.path.abspath(model_dir), "engine": engine,
-                   "engine_dir": os.path.abspath(engine_dir), "config": cfg}, f, indent=2)
+                   "engine_dir": os.path.abspath(engine_dir), "config": cfg,
+                   "decoding": dict(decoding.as_dict(), beam_size=beam)}, f, indent=2)
     log.info("wrote Triton repository %s (engine %s, max batch %d)", out, engine, max_batch)
     return out
+
+
+def _lm_name(path: str) -> str:
+    return "lm.arpa.gz" if path.endswith(".gz") else "lm.arpa"
+
+
+def _scoring_params(decoding: Decoding) -> str:
+    """The scoring model's LM parameters (none without an LM)."""
+    if not decoding.lm:
+        return ""
+    params = {"lm_file": _lm_name(decoding.lm), "lm_weight": decoding.lm_weight,
+              "lm_rescore_weight": decoding.lm_rescore_weight, "length_bonus": decoding.length_bonus}
+    return "\n".join(f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}'
+                     for k, v in params.items())
 
 
 def _link(src: str, dst: str):

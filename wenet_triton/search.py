@@ -90,14 +90,77 @@ def ctc_prefix_beam_search(topk_logp: np.ndarray, topk_idx: np.ndarray, length: 
     return [(p, _log_add(pb, pnb)) for p, pb, pnb in cur]
 
 
+def ctc_prefix_beam_search_lm(topk_logp: np.ndarray, topk_idx: np.ndarray, length: int, lm,
+                              lm_weight: float, length_bonus: float = 0.0, beam_size: int = 10,
+                              blank: int = 0) -> List[Tuple[Tuple[int, ...], float, float]]:
+    """CTC prefix beam search with shallow fusion of a token n-gram LM (`lm.NgramLM`).
+
+    Prefixes are ranked by ctc + lm_weight * lm + length_bonus * len, the LM scoring each
+    new token as the prefix grows and </s> at the end. Returns up to beam_size
+    (prefix, ctc log-prob, lm log-prob) best first; the CTC part is tracked exactly as in
+    `ctc_prefix_beam_search`, so lm_weight 0 gives its n-best.
+    """
+    lm_cache = {(): (0.0, lm.start())}
+
+    def lm_score(prefix):
+        e = lm_cache.get(prefix)
+        if e is None:
+            total, state = lm_cache[prefix[:-1]]
+            lp, state = lm.step(state, prefix[-1])
+            e = lm_cache[prefix] = (total + lp, state)
+        return e[0]
+
+    def key(item):
+        prefix, (pb, pnb) = item
+        return _log_add(pb, pnb) + lm_weight * lm_score(prefix) + length_bonus * len(prefix)
+
+    cur: List[Tuple[Tuple[int, ...], float, float]] = [((), 0.0, NEG_INF)]
+    lp = topk_logp[:length, :beam_size].astype(np.float64).tolist()
+    ix = topk_idx[:length, :beam_size].tolist()
+    for t in range(length):
+        nxt: dict = {}
+        for s, ps in zip(ix[t], lp[t]):
+            for prefix, pb, pnb in cur:
+                if s == blank:
+                    e = nxt.setdefault(prefix, [NEG_INF, NEG_INF])
+                    e[0] = _log_add3(e[0], pb + ps, pnb + ps)
+                    continue
+                if prefix and s == prefix[-1]:
+                    e = nxt.setdefault(prefix, [NEG_INF, NEG_INF])
+                    e[1] = _log_add(e[1], pnb + ps)
+                    e = nxt.setdefault(prefix + (s,), [NEG_INF, NEG_INF])
+                    e[1] = _log_add(e[1], pb + ps)
+                else:
+                    e = nxt.setdefault(prefix + (s,), [NEG_INF, NEG_INF])
+                    e[1] = _log_add3(e[1], pb + ps, pnb + ps)
+        ranked = sorted(nxt.items(), key=key, reverse=True)[:beam_size]
+        cur = [(p, v[0], v[1]) for p, v in ranked]
+    out = []
+    for prefix, pb, pnb in cur:
+        lm_score(prefix)
+        total, state = lm_cache[prefix]
+        out.append((prefix, _log_add(pb, pnb), total + lm.logp(state, lm.eos)))
+    out.sort(key=lambda h: h[1] + lm_weight * h[2] + length_bonus * len(h[0]), reverse=True)
+    return out
+
+
 def ctc_prefix_beam_search_batch(topk_logp: np.ndarray, topk_idx: np.ndarray, lens,
-                                 beam_size: int = 10, blank: int = 0) -> List[List[Hyp]]:
-    """Batched search: the C++ implementation when it can be built, else the Python one."""
+                                 beam_size: int = 10, blank: int = 0, lm=None,
+                                 lm_weight: float = 0.0, length_bonus: float = 0.0) -> List[List]:
+    """Batched search: the C++ implementation when it can be built, else the Python one.
+    With an `lm.NgramLM`, hypotheses are (prefix, ctc, lm) ranked by the fused score."""
     from .native import prefix_beam_search_batch
 
-    out = prefix_beam_search_batch(topk_logp, topk_idx, np.asarray(lens), beam_size, blank)
+    lens = np.asarray(lens)
+    if lm is not None:  # the search's top-k must be the beam, as in the LM-free search
+        topk_logp, topk_idx = topk_logp[..., :beam_size], topk_idx[..., :beam_size]
+    out = prefix_beam_search_batch(topk_logp, topk_idx, lens, beam_size, blank, lm, lm_weight,
+                                   length_bonus)
     if out is not None:
         return out
+    if lm is not None:
+        return [ctc_prefix_beam_search_lm(topk_logp[b], topk_idx[b], int(lens[b]), lm, lm_weight,
+                                          length_bonus, beam_size, blank) for b in range(len(lens))]
     return [ctc_prefix_beam_search(topk_logp[b], topk_idx[b], int(lens[b]), beam_size, blank)
             for b in range(len(lens))]
 
@@ -108,7 +171,8 @@ def rescoring_inputs(nbest: Sequence[Sequence[Hyp]], beam_size: int, sos: int, e
 
     Lists shorter than beam_size (very short audio) are filled by repeating their last
     hypothesis; rescoring then cannot pick a filler over the original since ties keep the
-    first index. Returns hyps_pad_sos_eos, hyps_lens_sos, r_hyps_pad_sos_eos, ctc_score.
+    first index. Hypotheses are (ids, ctc score[, lm score]); ctc_score is the CTC part.
+    Returns hyps_pad_sos_eos, hyps_lens_sos, r_hyps_pad_sos_eos, ctc_score.
     """
     B = len(nbest)
     filled = []
@@ -124,10 +188,20 @@ def rescoring_inputs(nbest: Sequence[Sequence[Hyp]], beam_size: int, sos: int, e
     pad[:, :, 0] = sos
     rpad[:, :, 0] = sos
     for b, hyps in enumerate(filled):
-        for i, (ids, sc) in enumerate(hyps):
+        for i, (ids, sc, *_) in enumerate(hyps):
             n = len(ids)
             pad[b, i, 1:n + 1] = ids
             rpad[b, i, 1:n + 1] = ids[::-1]
             lens[b, i] = n + 1
             score[b, i] = sc
     return pad, lens, rpad, score
+
+
+def pick_rescored(hyps: Sequence, scores: np.ndarray, best: int, lm_rescore_weight: float = 0.0
+                  ) -> int:
+    """Index of the rescored winner: the decoder's `best`, or with LM scores on the
+    hypotheses, the argmax of its score + lm_rescore_weight * lm (fillers excluded)."""
+    if not hyps or len(hyps[0]) < 3 or not lm_rescore_weight:
+        return int(best)
+    total = [float(scores[i]) + lm_rescore_weight * h[2] for i, h in enumerate(hyps)]
+    return int(np.argmax(total))

@@ -351,10 +351,18 @@ class Scoring:
         self.decoder_name = p.get("decoder_model", "decoder")
         self.rescoring = p.get("rescoring", "true").lower() == "true"
         self.chunk = int(p.get("decoder_max_batch_size", "16"))
+        self.lm = None
+        if p.get("lm_file"):  # n-gram LM fusion (decoding.yaml / --lm when the repo was built)
+            from .decoding import load_lm
+
+            self.lm = load_lm(os.path.join(vdir, p["lm_file"]), self.vocab.tokens)
+            self.lm_weight = float(p.get("lm_weight", "0.5"))
+            self.lm_rescore_weight = float(p.get("lm_rescore_weight", "0.5"))
+            self.length_bonus = float(p.get("length_bonus", "0"))
         self.timer = _StageTimer("scoring")
 
     def execute(self, requests):
-        from .search import ctc_prefix_beam_search_batch, rescoring_inputs
+        from .search import ctc_prefix_beam_search_batch, pick_rescored, rescoring_inputs
 
         self.timer.start()
         try:
@@ -363,7 +371,11 @@ class Scoring:
             for r in requests:
                 lp, idx = _input(r, "beam_log_probs"), _input(r, "beam_log_probs_idx")
                 ln = _input(r, "encoder_out_lens").reshape(-1)
-                nbest += ctc_prefix_beam_search_batch(lp, idx, ln, beam, s["blank"])
+                if self.lm is None:
+                    nbest += ctc_prefix_beam_search_batch(lp, idx, ln, beam, s["blank"])
+                else:
+                    nbest += ctc_prefix_beam_search_batch(lp, idx, ln, beam, s["blank"], self.lm,
+                                                          self.lm_weight, self.length_bonus)
                 encs.append(_input(r, "encoder_out"))
                 lens.append(ln.astype(np.int32))
                 sizes.append(len(ln))
@@ -374,9 +386,11 @@ class Scoring:
                 for i in range(0, len(nbest), self.chunk):  # the decoder's max batch each
                     j = i + self.chunk
                     t = int(enc_lens[i:j].max())
-                    best[i:j] = self._rescore(
+                    picked, scores = self._rescore(
                         np.ascontiguousarray(enc[i:j, :t]), enc_lens[i:j],
                         rescoring_inputs(nbest[i:j], beam, s["sos"], s["eos"]))
+                    best[i:j] = [pick_rescored(h, sc, b, self.lm_rescore_weight if self.lm else 0)
+                                 for h, sc, b in zip(nbest[i:j], scores, picked)]
             self.timer.mark("rescore_bls")
         except Exception as e:  # noqa: BLE001
             return [_error(f"scoring failed: {e}") for _ in requests]
@@ -394,7 +408,8 @@ class Scoring:
         self.timer.done(k)
         return out
 
-    def _rescore(self, enc, enc_lens, packed) -> List[int]:
+    def _rescore(self, enc, enc_lens, packed):
+        """BLS to the decoder -> (best_index list, score (B, beam))."""
         pad, hl, rpad, ctc = packed
         inputs = [_tensor("encoder_out", enc), _tensor("encoder_out_lens", enc_lens.reshape(-1, 1)),
                   _tensor("hyps_pad_sos_eos", pad), _tensor("hyps_lens_sos", hl),
@@ -402,10 +417,11 @@ class Scoring:
         if self.settings["decoder_has_reverse_input"]:
             inputs.append(_tensor("r_hyps_pad_sos_eos", rpad))
         resp = pb_utils.InferenceRequest(model_name=self.decoder_name, inputs=inputs,
-                                         requested_output_names=["best_index"]).exec()
+                                         requested_output_names=["best_index", "score"]).exec()
         if resp.has_error():
             raise RuntimeError(resp.error().message())
-        return pb_utils.get_output_tensor_by_name(resp, "best_index").as_numpy().reshape(-1).tolist()
+        get = lambda n: pb_utils.get_output_tensor_by_name(resp, n).as_numpy()  # noqa: E731
+        return get("best_index").reshape(-1).tolist(), get("score")
 
     def finalize(self):
         pass
