@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <queue>
 #include <unordered_map>
 #include <vector>
 
@@ -34,13 +35,15 @@ inline double log_add3(double a, double b, double c) {
 struct Trie {
   // children in one hash map keyed by (parent, token): no per-node allocation
   std::vector<int> parent, token, depth;
-  std::vector<double> lm;  // LM log-prob of the prefix (LM search only)
+  std::vector<double> lm;  // LM search: the prefix's LM log-prob and the length of its
+  std::vector<int> lm_ctx;  // longest suffix that is an n-gram of the LM (<s> included)
   std::unordered_map<uint64_t, int> children;
   Trie() {
     parent.push_back(-1); token.push_back(-1); depth.push_back(0); lm.push_back(0.0);
+    lm_ctx.push_back(1);
     children.reserve(1024);
   }
-  int child(int node, int tok, double lm_score = 0.0) {
+  int child(int node, int tok, double lm_score = 0.0, int ctx = 0) {
     const uint64_t key = ((uint64_t)(uint32_t)node << 32) | (uint32_t)tok;
     auto it = children.find(key);
     if (it != children.end()) return it->second;
@@ -49,45 +52,86 @@ struct Trie {
     token.push_back(tok);
     depth.push_back(depth[node] + 1);
     lm.push_back(lm_score);
+    lm_ctx.push_back(ctx);
     children.emplace(key, id);
     return id;
   }
 };
 
-// Back-off n-gram model as sorted tables per order: n-grams packed `bits` per token
-// (oldest first), ln P and ln back-off weight (0 where none), as in wenet_triton/lm.py.
+// Back-off n-gram model: per order an open-addressing hash table from the packed n-gram
+// (`bits` per token, oldest first, as in wenet_triton/lm.py) to ln P and ln back-off weight.
+// Built once per LM (wk_lm_create) and shared by every search call.
 struct NgramLM {
-  int order, bits, bos;
-  const int64_t* const* codes;
-  const double* const* logp;
-  const double* const* bow;
-  const int64_t* count;
-  // index of `code` in order n (1-based) or -1
-  int64_t find(int n, int64_t code) const {
-    const int64_t* b = codes[n - 1];
-    const int64_t* e = b + count[n - 1];
-    const int64_t* it = std::lower_bound(b, e, code);
-    return (it != e && *it == code) ? it - b : -1;
+  struct Slot { int64_t key; double logp, bow; };  // key -1: empty
+  int order = 0, bits = 0, bos = 0;
+  std::vector<std::vector<Slot>> tables;
+  std::vector<uint64_t> masks;
+  static uint64_t hash(int64_t k) { return (uint64_t)k * 0x9E3779B97F4A7C15ull; }
+  NgramLM(int order_, int bits_, int bos_, const int64_t* const* codes, const double* const* logp,
+          const double* const* bow, const int64_t* count)
+      : order(order_), bits(bits_), bos(bos_), tables(order_), masks(order_) {
+    for (int n = 0; n < order; ++n) {
+      size_t size = 16;
+      while (size * 7 < (size_t)count[n] * 10) size <<= 1;  // load <= 0.7
+      tables[n].assign(size, Slot{-1, 0.0, 0.0});
+      masks[n] = size - 1;
+      for (int64_t i = 0; i < count[n]; ++i) {
+        uint64_t h = (hash(codes[n][i]) >> 20) & masks[n];
+        while (tables[n][h].key != -1) h = (h + 1) & masks[n];
+        tables[n][h] = Slot{codes[n][i], logp[n][i], bow[n][i]};
+      }
+    }
   }
-  // ln P(tok | the prefix ending at trie node `node`), backing off as ARPA prescribes
-  double score(const Trie& trie, int node, int tok) const {
+  // the entry of `code` in order n (1-based) or nullptr
+  const Slot* find(int n, int64_t code) const {
+    const std::vector<Slot>& t = tables[n - 1];
+    for (uint64_t h = (hash(code) >> 20) & masks[n - 1];; h = (h + 1) & masks[n - 1]) {
+      if (t[h].key == code) return &t[h];
+      if (t[h].key == -1) return nullptr;
+    }
+  }
+  // ln P(tok | the prefix ending at trie node `node`), backing off as ARPA prescribes, and
+  // in *next_ctx the new prefix's longest n-gram suffix. The search starts at the node's
+  // longest n-gram suffix: longer contexts are not in the model, so (ARPA's prefix
+  // property) neither are their n-grams, and their back-off weight is 0, as if visited.
+  // Scores depend only on (context, token): `cache` keeps them across the hypotheses of a
+  // batch, which mostly differ in older tokens.
+  using Cache = std::unordered_map<uint64_t, std::pair<double, int>>;
+  double score(const Trie& trie, int node, int tok, int* next_ctx, Cache* cache) const {
     int ctx[16];
-    int n = 0;  // context, newest first; <s> when the prefix is shorter than order - 1
-    for (int x = node; n < order - 1; x = trie.parent[x]) {
+    int n = 0;  // context, newest first; <s> before the first token
+    for (int x = node; n < trie.lm_ctx[node]; x = trie.parent[x]) {
       if (x == 0) { ctx[n++] = bos; break; }
       ctx[n++] = trie.token[x];
     }
+    uint64_t key = 0;  // context and token packed like an n-gram, plus the context length
+    for (int i = n - 1; i >= 0; --i) key = (key << bits) | (uint64_t)ctx[i];
+    key = (((key << bits) | (uint64_t)tok) << 4) | (uint64_t)n;
+    auto it = cache->find(key);
+    if (it != cache->end()) {
+      *next_ctx = it->second.second;
+      return it->second.first;
+    }
+    const double lp = lookup(ctx, n, tok, next_ctx);
+    cache->emplace(key, std::make_pair(lp, *next_ctx));
+    return lp;
+  }
+  double lookup(const int* ctx, int n, int tok, int* next_ctx) const {
     double acc = 0.0;
     for (int k = n; k >= 0; --k) {
       int64_t h = 0;
       for (int i = k - 1; i >= 0; --i) h = (h << bits) | ctx[i];
-      const int64_t at = find(k + 1, (h << bits) | tok);
-      if (at >= 0) return acc + logp[k][at];
+      const Slot* hit = find(k + 1, (h << bits) | tok);
+      if (hit) {
+        *next_ctx = k + 1 < order - 1 ? k + 1 : order - 1;
+        return acc + hit->logp;
+      }
       if (k > 0) {
-        const int64_t hc = find(k, h);
-        if (hc >= 0) acc += bow[k - 1][hc];
+        const Slot* c = find(k, h);
+        if (c) acc += c->bow;
       }
     }
+    *next_ctx = 0;
     return acc - 23.025850929940457;  // ln 1e-10: a token outside the LM
   }
 };
@@ -104,7 +148,8 @@ struct Cand {
   uint64_t key;
   int node, parent, tok;  // node < 0: pending extension of parent by tok
   double pb, pnb;
-  double lm;  // LM search: the prefix's LM log-prob, set when it is created
+  double lm;   // LM search: the prefix's LM log-prob and n-gram suffix length (Trie)
+  int lm_ctx;
 };
 
 inline uint64_t pair_key(int parent, int tok) {
@@ -137,7 +182,7 @@ struct NextHyps {
     }
     slot_gen[h] = gen;
     slot_item[h] = (int)items.size();
-    items.push_back({key, node, parent, tok, NEG_INF, NEG_INF, 0.0});
+    items.push_back({key, node, parent, tok, NEG_INF, NEG_INF, 0.0, 0});
     *fresh = true;
     return items.back();
   }
@@ -151,27 +196,19 @@ int search(const float* topv, const int64_t* topi, const int32_t* lens, int B, i
            double length_bonus, int eos, double* out_lm) {
   int status = 0;
   const int width = beam < K ? beam : K;
+  NgramLM::Cache lm_cache;
   for (int b = 0; b < B; ++b) {
     Trie trie;
     std::vector<Hyp> cur{{0, 0.0, NEG_INF}};
     NextHyps next(2 * (size_t)beam * width + 1);
-    std::vector<std::pair<double, int>> order;
+    std::vector<std::pair<double, int>> order, exact;
     const uint64_t root_key = ~(uint64_t)0;
     const int len = lens[b] < T ? lens[b] : T;
     // an extension of `parent` by `s`, scored by the LM when it is new; the same
     // extensions come back frame after frame, so their LM scores are cached
-    std::unordered_map<uint64_t, double> lm_cache;
     auto extend = [&](int parent, int s) -> Cand& {
       bool fresh;
-      const uint64_t key = pair_key(parent, s);
-      Cand& e = next.get(key, -1, parent, s, &fresh);
-      if (fresh && lm) {
-        auto it = lm_cache.find(key);
-        if (it == lm_cache.end())
-          it = lm_cache.emplace(key, trie.lm[parent] + lm->score(trie, parent, s)).first;
-        e.lm = it->second;
-      }
-      return e;
+      return next.get(pair_key(parent, s), -1, parent, s, &fresh);
     };
     for (int t = 0; t < len; ++t) {
       const float* v = topv + ((size_t)b * T + t) * K;
@@ -209,9 +246,10 @@ int search(const float* topv, const int64_t* topi, const int32_t* lens, int B, i
       for (int i = 0; i < (int)next.items.size(); ++i) {
         const Cand& c = next.items[i];
         double key = log_add2(c.pb, c.pnb);
-        if (lm) {  // same association as the Python search, so ties break alike
+        if (lm) {  // same association as the Python search, so ties break alike. A new
+          // prefix gets its parent's LM score for now: an upper bound (log-probs are <= 0)
           const int depth = c.node >= 0 ? trie.depth[c.node] : trie.depth[c.parent] + 1;
-          key = key + lm_weight * c.lm + length_bonus * depth;
+          key = key + lm_weight * (c.node >= 0 ? c.lm : trie.lm[c.parent]) + length_bonus * depth;
         }
         order.emplace_back(key, i);
       }
@@ -219,17 +257,43 @@ int search(const float* topv, const int64_t* topi, const int32_t* lens, int B, i
                        [](const std::pair<double, int>& a, const std::pair<double, int>& c) {
                          return a.first > c.first;
                        });
+      if (lm) {
+        // Score new prefixes with the LM best bound first, until the next bound is below
+        // the beam-th best exact score: the rest cannot enter the beam (LM lookups are most
+        // of the search's time, and most candidates are far below the beam).
+        exact.clear();
+        std::priority_queue<double, std::vector<double>, std::greater<double>> top;
+        for (const auto& o : order) {
+          if (lm_weight >= 0 && (int)top.size() >= beam && o.first < top.top()) break;
+          Cand& c = next.items[o.second];
+          double key = o.first;
+          if (c.node < 0) {
+            c.lm = trie.lm[c.parent] + lm->score(trie, c.parent, c.tok, &c.lm_ctx, &lm_cache);
+            key = log_add2(c.pb, c.pnb) + lm_weight * c.lm + length_bonus * (trie.depth[c.parent] + 1);
+          }
+          exact.emplace_back(key, o.second);
+          top.push(key);
+          if ((int)top.size() > beam) top.pop();
+        }
+        // what a stable sort of all exact scores would put first (ties: insertion order)
+        std::sort(exact.begin(), exact.end(),
+                  [](const std::pair<double, int>& a, const std::pair<double, int>& c) {
+                    return a.first > c.first || (a.first == c.first && a.second < c.second);
+                  });
+        order.swap(exact);
+      }
       cur.clear();
       for (int i = 0; i < (int)order.size() && i < beam; ++i) {
         const Cand& c = next.items[order[i].second];
-        cur.push_back({c.node >= 0 ? c.node : trie.child(c.parent, c.tok, c.lm), c.pb, c.pnb});
+        cur.push_back({c.node >= 0 ? c.node : trie.child(c.parent, c.tok, c.lm, c.lm_ctx), c.pb, c.pnb});
       }
     }
     std::vector<double> lm_total(cur.size(), 0.0);
     if (lm) {  // close each sentence with </s>, then order by the fused score
       order.clear();
       for (int i = 0; i < (int)cur.size(); ++i) {
-        lm_total[i] = trie.lm[cur[i].node] + lm->score(trie, cur[i].node, eos);
+        int ctx;
+        lm_total[i] = trie.lm[cur[i].node] + lm->score(trie, cur[i].node, eos, &ctx, &lm_cache);
         order.emplace_back(log_add2(cur[i].pb, cur[i].pnb) + lm_weight * lm_total[i] +
                                length_bonus * trie.depth[cur[i].node], i);
       }
@@ -275,20 +339,28 @@ int wk_ctc_prefix_beam_search(const float* topv, const int64_t* topi, const int3
                 out_scores, out_count, nullptr, 0.0, 0.0, 0, nullptr);
 }
 
-// The same with LM fusion. The LM: `lm_order` tables (codes sorted ascending, ln P, ln
-// back-off) of lm_count[n] entries; tokens are unit ids, bos/eos the ids of <s>/</s>.
+// An LM for the search: `lm_order` tables (packed codes, ln P, ln back-off) of lm_count[n]
+// entries, copied into hash tables; tokens are unit ids, bos the id of <s>. nullptr if the
+// order is outside 1..16. Free with wk_lm_free.
+void* wk_lm_create(int lm_order, int lm_bits, int bos, const int64_t* const* lm_codes,
+                   const double* const* lm_logp, const double* const* lm_bow,
+                   const int64_t* lm_count) {
+  if (lm_order < 1 || lm_order > 16) return nullptr;
+  return new NgramLM(lm_order, lm_bits, bos, lm_codes, lm_logp, lm_bow, lm_count);
+}
+
+void wk_lm_free(void* lm) { delete static_cast<NgramLM*>(lm); }
+
+// The search with LM fusion (lm from wk_lm_create; eos: the id of </s>).
 // out_lm[b*beam+i]: the hypothesis' LM log-prob including </s>.
 int wk_ctc_prefix_beam_search_lm(const float* topv, const int64_t* topi, const int32_t* lens,
                                  int B, int T, int K, int beam, int blank, int max_len,
                                  int32_t* out_tokens, int32_t* out_lens, double* out_scores,
-                                 int32_t* out_count, int lm_order, int lm_bits,
-                                 const int64_t* const* lm_codes, const double* const* lm_logp,
-                                 const double* const* lm_bow, const int64_t* lm_count, int bos,
-                                 int eos, double lm_weight, double length_bonus, double* out_lm) {
-  if (lm_order < 1 || lm_order > 16) return 2;
-  const NgramLM lm{lm_order, lm_bits, bos, lm_codes, lm_logp, lm_bow, lm_count};
+                                 int32_t* out_count, const void* lm, int eos, double lm_weight,
+                                 double length_bonus, double* out_lm) {
   return search(topv, topi, lens, B, T, K, beam, blank, max_len, out_tokens, out_lens,
-                out_scores, out_count, &lm, lm_weight, length_bonus, eos, out_lm);
+                out_scores, out_count, static_cast<const NgramLM*>(lm), lm_weight, length_bonus,
+                eos, out_lm);
 }
 
 }  // extern "C"

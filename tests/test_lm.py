@@ -172,7 +172,7 @@ def test_lm_search_python_and_cpp_agree_and_weight_zero_is_wenets(synth_lm):
     lens = np.array([len(r["ctc_topk_idx"]) for r in refs], np.int32)
     for b, r in enumerate(refs):
         v[b, :lens[b]], i[b, :lens[b]] = r["ctc_topk_values"], r["ctc_topk_idx"]
-    for w, bonus in [(0.0, 0.0), (0.7, 0.0), (1.5, 0.5)]:
+    for w, bonus in [(0.0, 0.0), (0.7, 0.0), (1.5, 0.5), (-0.3, 0.0)]:
         native = prefix_beam_search_batch(v, i, lens, 10, 0, lm, w, bonus)
         assert native is not None, "C++ search failed to build"
         for b, u in enumerate(utts):

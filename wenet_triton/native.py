@@ -52,10 +52,12 @@ def lib():
             P, I = ctypes.c_void_p, ctypes.c_int
             L.wk_ctc_prefix_beam_search.argtypes = [P, P, P, I, I, I, I, I, I, P, P, P, P]
             L.wk_ctc_prefix_beam_search.restype = I
-            L.wk_ctc_prefix_beam_search_lm.argtypes = [P, P, P, I, I, I, I, I, I, P, P, P, P, I, I,
-                                                       P, P, P, P, I, I, ctypes.c_double,
-                                                       ctypes.c_double, P]
+            L.wk_ctc_prefix_beam_search_lm.argtypes = [P, P, P, I, I, I, I, I, I, P, P, P, P, P, I,
+                                                       ctypes.c_double, ctypes.c_double, P]
             L.wk_ctc_prefix_beam_search_lm.restype = I
+            L.wk_lm_create.argtypes = [I, I, I, P, P, P, P]
+            L.wk_lm_create.restype = P
+            L.wk_lm_free.argtypes = [P]
             _LIB = L
         except (OSError, subprocess.CalledProcessError) as e:
             log.warning("native CTC prefix beam search unavailable (%s); using Python", e)
@@ -89,13 +91,32 @@ def prefix_beam_search_batch(topv: np.ndarray, topi: np.ndarray, lens: np.ndarra
         L.wk_ctc_prefix_beam_search(*args)
         return [[(tuple(tokens[b, i, :out_lens[b, i]].tolist()), float(scores[b, i]))
                  for i in range(count[b])] for b in range(B)]
-    codes, logp, bow, sizes = lm.tables()
-    ptrs = lambda arrays: (ctypes.c_void_p * len(arrays))(*[a.ctypes.data for a in arrays])  # noqa: E731
     lm_scores = np.zeros((B, beam), np.float64)
-    rc = L.wk_ctc_prefix_beam_search_lm(*args, lm.order, lm.bits, ptrs(codes), ptrs(logp),
-                                        ptrs(bow), p(sizes), lm.bos, lm.eos, lm_weight,
-                                        length_bonus, p(lm_scores))
-    if rc == 2:
-        raise ValueError(f"LM order {lm.order} is not supported (1-16)")
+    L.wk_ctc_prefix_beam_search_lm(*args, _lm_handle(L, lm), lm.eos, lm_weight, length_bonus,
+                                   p(lm_scores))
     return [[(tuple(tokens[b, i, :out_lens[b, i]].tolist()), float(scores[b, i]),
               float(lm_scores[b, i])) for i in range(count[b])] for b in range(B)]
+
+
+class _LMHandle:
+    """The C++ copy of an NgramLM (hash tables), freed with it."""
+
+    def __init__(self, L, lm):
+        codes, logp, bow, sizes = lm.tables()
+        ptrs = lambda arrays: (ctypes.c_void_p * len(arrays))(*[a.ctypes.data for a in arrays])  # noqa: E731
+        self.L = L
+        self.ptr = L.wk_lm_create(lm.order, lm.bits, lm.bos, ptrs(codes), ptrs(logp), ptrs(bow),
+                                  sizes.ctypes.data_as(ctypes.c_void_p))
+        if not self.ptr:
+            raise ValueError(f"LM order {lm.order} is not supported (1-16)")
+
+    def __del__(self):
+        if getattr(self, "ptr", None):
+            self.L.wk_lm_free(self.ptr)
+
+
+def _lm_handle(L, lm) -> int:
+    h = getattr(lm, "_native", None)
+    if h is None or h.L is not L:
+        h = lm._native = _LMHandle(L, lm)
+    return h.ptr
