@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """CPU cost per utterance of the serving path's CPU stages: fbank (kaldi-native-fbank),
-the C++ CTC prefix beam search and the packing of rescoring inputs, on fixed-length
-utterances through the onnxruntime export of a model (default: the demo model)."""
+the C++ CTC prefix beam search (beam 10; and with the model's decoding.yaml beam and LM
+when it has one) and the packing of rescoring inputs, on fixed-length utterances through
+the onnxruntime export of a model (default: the demo model)."""
 import argparse
 import glob
 import os
@@ -11,7 +12,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from wenet_triton import artifacts, engines, search  # noqa: E402
+from wenet_triton import artifacts, decoding, engines, search  # noqa: E402
 from wenet_triton.cli import default_model_dir  # noqa: E402
 from wenet_triton.frontend import read_audio  # noqa: E402
 from wenet_triton.pipeline import Recognizer, Vocab  # noqa: E402
@@ -48,6 +49,17 @@ def main():
                 lambda: search.ctc_prefix_beam_search_batch(lp, ix, ln, s["beam_size"], s["blank"]), len(wavs))),
             ("rescoring inputs", per_utt_ms(
                 lambda: search.rescoring_inputs(nbest, s["beam_size"], s["sos"], s["eos"]), len(wavs)))]
+    dec = decoding.resolve(a.model)
+    if dec.lm:  # the model's decoding: its beam (the export's top-k) with and without its LM
+        d2 = artifacts.ensure_export(a.model, None, dec.beam_size)
+        e2 = engines.open_engine(d2, "onnxruntime").encode(
+            np.stack(feats), np.array([f.shape[0] for f in feats], np.int32))
+        lm = decoding.load_lm(dec.lm, Vocab.from_engine_dir(d2, s).tokens)
+        args = (e2["beam_log_probs"], e2["beam_log_probs_idx"], ln, dec.beam_size, s["blank"])
+        rows[2:2] = [(f"  beam {dec.beam_size}, no LM", per_utt_ms(
+                         lambda: search.ctc_prefix_beam_search_batch(*args), len(wavs))),
+                     (f"  beam {dec.beam_size} + LM ({os.path.basename(dec.lm)})", per_utt_ms(
+                         lambda: search.ctc_prefix_beam_search_batch(*args, lm, dec.lm_weight), len(wavs)))]
     print(f"{len(wavs)} utterances of {a.seconds:g} s, {np.mean([len(h[0][0]) for h in nbest]):.1f} tokens each")
     for name, ms in rows:
         print(f"{name:<32} {ms:7.3f} ms per utterance")

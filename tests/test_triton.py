@@ -278,3 +278,41 @@ def test_locust_smoke_zero_failures(server, tmp_path):
     total = [r for r in rows if r["Name"] == "Aggregated"][0]
     assert int(total["Request Count"]) > 0, res.stderr[-2000:]
     assert int(total["Failure Count"]) == 0, res.stderr[-2000:]
+
+
+def test_demo_model_served_with_its_lm_matches_offline(tmp_path):
+    """The README's main job: the demo model served with its decoding.yaml (beam 20 and the
+    n-gram LM in the scoring model) gives the offline transcripts and <= 10% CER."""
+    from wenet_triton.artifacts import ensure_export
+    from wenet_triton.cer import cer, read_text
+    from wenet_triton.client import transcribe_many
+    from wenet_triton.decoding import resolve
+    from wenet_triton.engines import OnnxEngine
+    from wenet_triton.frontend import read_audio
+    from wenet_triton.pipeline import Recognizer, Vocab
+    from wenet_triton.repo import build_repo
+    from wenet_triton.server import TritonServer, free_port
+
+    demo = os.path.join(ROOT, "models", "demo_zh_synth")
+    dec = resolve(demo)
+    engine_dir = ensure_export(demo, beam_size=dec.beam_size)
+    repo = build_repo(demo, str(tmp_path / "repo"), "onnxruntime",
+                      overrides={"engine": {"threads": 2}}, engine_dir=engine_dir)
+    with open(os.path.join(repo, "scoring", "config.pbtxt")) as f:
+        assert '"lm_file"' in f.read()
+    d = shared_path("data", "synth_test")
+    names = sorted(f[:-4] for f in os.listdir(d) if f.endswith(".wav"))
+    items = [(n, read_audio(os.path.join(d, n + ".wav"))) for n in names]
+    with TritonServer(repo, free_port(), free_port(), free_port(), host="127.0.0.1",
+                      log_file=str(tmp_path / "log")) as s:
+        replies = transcribe_many(s.grpc_url, items, concurrency=8)
+    assert [r.error for r in replies] == [None] * len(items)
+    eng = OnnxEngine(engine_dir)
+    rec = Recognizer(eng, Vocab.from_engine_dir(engine_dir, eng.settings), decoding=dec)
+    offline = []
+    for i in range(0, len(items), 10):
+        offline += [r.text for r in rec.recognize([w for _, w in items[i:i + 10]])]
+    assert [r.text for r in replies] == offline
+    ref = read_text(os.path.join(d, "text"))
+    assert cer((ref[n], r.text) for n, r in zip(names, replies))[0] <= 0.10
+    assert not _our_processes(repo)
