@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """How far can attention rescoring go? CER of the best hypothesis in the CTC prefix-beam
-n-best (the oracle), next to the top-1 and the rescored CER, through the onnxruntime export.
+n-best (the oracle), next to the top-1 and the rescored CER, through the onnxruntime export,
+with the model's decoding.yaml (beam, LM) unless flags say otherwise.
 
-    python build_engines/nbest_oracle.py --beam 50   # demo model on ../shared/data/synth_test
+    python build_engines/nbest_oracle.py                           # demo model, its LM, beam 20
+    python build_engines/nbest_oracle.py --lm none --beam 50       # the model alone
 """
 import argparse
 import glob
@@ -10,7 +12,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from wenet_triton import artifacts, engines  # noqa: E402
+from wenet_triton import artifacts, decoding, engines  # noqa: E402
 from wenet_triton.cer import _chars, edit_distance, read_text  # noqa: E402
 from wenet_triton.cli import default_model_dir  # noqa: E402
 from wenet_triton.frontend import read_audio  # noqa: E402
@@ -20,14 +22,16 @@ from wenet_triton.pipeline import Recognizer, Vocab  # noqa: E402
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=default_model_dir())
-    p.add_argument("--beam", type=int, default=10)
+    p.add_argument("--beam", type=int, default=None, help="default: decoding.yaml, else 10")
+    p.add_argument("--lm", default=None, help="ARPA LM, or none (default: decoding.yaml)")
     p.add_argument("--wav-dir", default="../shared/data/synth_test")
     p.add_argument("--ref", default=None, help="Kaldi text (default: <wav-dir>/text)")
     a = p.parse_args()
-    d = artifacts.ensure_export(a.model, None, a.beam)
+    dec = decoding.resolve(a.model, beam_size=a.beam, lm=a.lm)
+    d = artifacts.ensure_export(a.model, None, dec.beam_size)
     eng = engines.open_engine(d, "onnxruntime")
     vocab = Vocab.from_engine_dir(d, eng.settings)
-    rec = Recognizer(eng, vocab)
+    rec = Recognizer(eng, vocab, decoding=dec)
     ref = read_text(a.ref or os.path.join(a.wav_dir, "text"))
     files = sorted(f for f in glob.glob(os.path.join(a.wav_dir, "*.wav"))
                    if os.path.basename(f)[:-4] in ref)
@@ -42,7 +46,8 @@ def main():
             top1 += errs[0]
             rescored += edit_distance(truth, _chars(r.text))
             exact += min(errs) == 0
-    print(f"{len(files)} utts, beam {a.beam}: n-best oracle CER {oracle / chars:.2%}, "
+    lm = f", LM {os.path.basename(dec.lm)}" if dec.lm else ""
+    print(f"{len(files)} utts, beam {dec.beam_size}{lm}: n-best oracle CER {oracle / chars:.2%}, "
           f"prefix-beam top-1 {top1 / chars:.2%}, attention rescoring {rescored / chars:.2%}; "
           f"exact sentence in the n-best for {exact}/{len(files)}")
 
