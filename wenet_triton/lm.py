@@ -14,7 +14,7 @@ from __future__ import annotations
 import gzip
 import io
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -44,12 +44,12 @@ def text_to_ids(paths: Sequence[str], units: Sequence[str], with_ids: bool = Fal
         try:
             with open(path, encoding="utf-8") as f:
                 for line in f:
-                    if with_ids:
-                        line = line.split(maxsplit=1)[1] if len(line.split(maxsplit=1)) > 1 else ""
-                    s = [ids.get(c, unk_id) for c in line.strip() if not c.isspace()]
-                    unk += sum(1 for c in line.strip() if not c.isspace() and c not in ids)
-                    if s:
-                        sents.append(s)
+                    if with_ids:  # drop the utterance id
+                        line = (line.split(maxsplit=1) + [""])[1]
+                    chars = [c for c in line if not c.isspace()]
+                    unk += sum(c not in ids for c in chars)
+                    if chars:
+                        sents.append([ids.get(c, unk_id) for c in chars])
         except (OSError, UnicodeDecodeError) as e:
             raise LMError(f"cannot read text {path}: {e}") from None
     return sents, unk
@@ -86,9 +86,10 @@ def _suffix(codes: np.ndarray, n: int, bits: int) -> np.ndarray:
     return codes & ((1 << (bits * (n - 1))) - 1)
 
 
-def _lookup(o: _Order, codes: np.ndarray) -> np.ndarray:
-    pos = np.searchsorted(o.codes, codes)
-    if len(codes) and not np.all(o.codes[np.minimum(pos, len(o.codes) - 1)] == codes):
+def _lookup(table: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Positions of `codes` in the sorted `table` (all must be there)."""
+    pos = np.searchsorted(table, codes)
+    if len(codes) and not np.all(table[np.minimum(pos, len(table) - 1)] == codes):
         raise AssertionError("lower-order n-gram missing")
     return pos
 
@@ -135,16 +136,16 @@ def estimate(sentences: Iterable[Sequence[int]], vocab_size: int, order: int = 4
         else:  # continuation counts: distinct left extensions; raw counts after <s>
             su, sc = np.unique(_suffix(raw[n][0], n + 1, bits), return_counts=True)
             c = np.zeros(len(codes))
-            c[_lookup(_Order(codes, c, cnt), su)] = sc
+            c[_lookup(codes, su)] = sc
             after_bos = (codes >> (bits * (n - 1))) == bos if n > 1 else np.zeros(len(codes), bool)
             c[after_bos] = cnt[after_bos]
         D = _discounts(c.astype(np.int64))
         disc = np.minimum(np.where(c >= 3, D[2], np.where(c >= 2, D[1], D[0])), c)
-        uctx, inv = np.unique(codes >> bits, return_inverse=True)
+        _, inv = np.unique(codes >> bits, return_inverse=True)  # contexts
         tot = np.bincount(inv, weights=c)
         gamma = np.bincount(inv, weights=disc) / np.maximum(tot, 1e-300)
         lower = (np.full(len(codes), 1.0 / (vocab_size + 1)) if n == 1 else
-                 np.exp(orders[-1].logp[_lookup(orders[-1], _suffix(codes, n, bits))]))
+                 np.exp(orders[-1].logp[_lookup(orders[-1].codes, _suffix(codes, n, bits))]))
         with np.errstate(divide="ignore"):
             p = (c - disc) / np.maximum(tot[inv], 1e-300) + gamma[inv] * lower
         orders.append(_Order(codes, np.log(p), cnt))
@@ -166,9 +167,8 @@ def _set_backoffs(orders: List[_Order], bits: int) -> None:
     context's distribution sums to one after pruning."""
     for n in range(1, len(orders)):
         lo, hi = orders[n - 1], orders[n]
-        pos = _lookup(lo, hi.codes >> bits)
-        lower = lo_all = orders[n - 1]
-        lower = lo_all.logp[_lookup(lo_all, _suffix(hi.codes, n + 1, bits))]
+        pos = _lookup(lo.codes, hi.codes >> bits)                            # contexts h
+        lower = lo.logp[_lookup(lo.codes, _suffix(hi.codes, n + 1, bits))]  # P(w | h')
         p_hi = np.bincount(pos, weights=np.exp(hi.logp), minlength=len(lo.codes))
         p_lo = np.bincount(pos, weights=np.exp(lower), minlength=len(lo.codes))
         bow = np.zeros(len(lo.codes))
@@ -198,7 +198,7 @@ class NgramLM:
         self.order, self.bits, self.vocab_size = len(orders), bits, vocab_size
         self.bos, self.eos = vocab_size, vocab_size + 1
         self._orders = orders
-        self._dicts = None
+        self._dicts = self._tables = None
 
     def __repr__(self):
         return f"NgramLM(order={self.order}, ngrams={[len(o.codes) for o in self._orders]})"
@@ -206,7 +206,7 @@ class NgramLM:
     def tables(self):
         """Per order: packed codes (int64, sorted), ln P, ln back-off (float64), and the
         entry counts: the layout of the C++ search (plugins/ctc_prefix_beam_search.cpp)."""
-        if not hasattr(self, "_tables"):
+        if self._tables is None:
             c = [np.ascontiguousarray(o.codes, np.int64) for o in self._orders]
             lp = [np.ascontiguousarray(o.logp, np.float64) for o in self._orders]
             bw = [np.ascontiguousarray(o.bow, np.float64) for o in self._orders]
@@ -257,14 +257,11 @@ class NgramLM:
         return total + (self.logp(st, self.eos) if eos else 0.0)
 
     # -- ARPA ---------------------------------------------------------------------------------
-    def _names(self, units: Sequence[str]) -> List[str]:
-        return list(units) + [BOS, EOS]
-
     def write_arpa(self, path: str, units: Sequence[str]) -> None:
         """Standard ARPA (log10); gzip when the name ends in .gz."""
         if len(units) != self.vocab_size:
             raise LMError(f"{len(units)} units given, the LM has {self.vocab_size}")
-        names, bits, mask = self._names(units), self.bits, (1 << self.bits) - 1
+        names, bits, mask = list(units) + [BOS, EOS], self.bits, (1 << self.bits) - 1
         with _open_text_out(path) as f:
             f.write("\\data\\\n")
             for n, o in enumerate(self._orders, 1):
