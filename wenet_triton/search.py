@@ -42,6 +42,43 @@ def _log_add3(a: float, b: float, c: float) -> float:
     return m + math.log(math.exp(a - m) + math.exp(b - m) + math.exp(c - m))
 
 
+def _extend(cur, syms, logps, blank: int) -> dict:
+    """One frame of WeNet's prefix beam search: every (symbol, hypothesis) pair in WeNet's
+    order -> {prefix: [p_blank_ending, p_nonblank_ending]} in first-insertion order."""
+    nxt: dict = {}
+    for s, ps in zip(syms, logps):
+        for prefix, pb, pnb in cur:
+            if s == blank:
+                e = nxt.get(prefix)
+                v = _log_add3(pb + ps, pnb + ps, NEG_INF)
+                if e is None:
+                    nxt[prefix] = [v, NEG_INF]
+                else:
+                    e[0] = _log_add3(e[0], pb + ps, pnb + ps)
+                continue
+            last = prefix[-1] if prefix else None
+            if s == last:
+                e = nxt.get(prefix)
+                if e is None:
+                    nxt[prefix] = [NEG_INF, pnb + ps]
+                else:
+                    e[1] = _log_add(e[1], pnb + ps)
+                np_ = prefix + (s,)
+                e = nxt.get(np_)
+                if e is None:
+                    nxt[np_] = [NEG_INF, pb + ps]
+                else:
+                    e[1] = _log_add(e[1], pb + ps)
+            else:
+                np_ = prefix + (s,)
+                e = nxt.get(np_)
+                if e is None:
+                    nxt[np_] = [NEG_INF, _log_add(pb + ps, pnb + ps)]
+                else:
+                    e[1] = _log_add3(e[1], pb + ps, pnb + ps)
+    return nxt
+
+
 def ctc_prefix_beam_search(topk_logp: np.ndarray, topk_idx: np.ndarray, length: int,
                            beam_size: int = 10, blank: int = 0) -> List[Hyp]:
     """WeNet's CTC prefix beam search over per-frame top-k candidates.
@@ -49,42 +86,11 @@ def ctc_prefix_beam_search(topk_logp: np.ndarray, topk_idx: np.ndarray, length: 
     topk_logp/topk_idx: (T, k) with k >= beam_size, sorted descending per frame.
     Returns up to beam_size (prefix, log-prob) sorted best first.
     """
-    # state: prefix -> [p_blank_ending, p_nonblank_ending]
     cur: List[Tuple[Tuple[int, ...], float, float]] = [((), 0.0, NEG_INF)]
     lp = topk_logp[:length, :beam_size].astype(np.float64).tolist()
     ix = topk_idx[:length, :beam_size].tolist()
     for t in range(length):
-        nxt: dict = {}
-        for s, ps in zip(ix[t], lp[t]):
-            for prefix, pb, pnb in cur:
-                if s == blank:
-                    e = nxt.get(prefix)
-                    v = _log_add3(pb + ps, pnb + ps, NEG_INF)
-                    if e is None:
-                        nxt[prefix] = [v, NEG_INF]
-                    else:
-                        e[0] = _log_add3(e[0], pb + ps, pnb + ps)
-                    continue
-                last = prefix[-1] if prefix else None
-                if s == last:
-                    e = nxt.get(prefix)
-                    if e is None:
-                        nxt[prefix] = [NEG_INF, pnb + ps]
-                    else:
-                        e[1] = _log_add(e[1], pnb + ps)
-                    np_ = prefix + (s,)
-                    e = nxt.get(np_)
-                    if e is None:
-                        nxt[np_] = [NEG_INF, pb + ps]
-                    else:
-                        e[1] = _log_add(e[1], pb + ps)
-                else:
-                    np_ = prefix + (s,)
-                    e = nxt.get(np_)
-                    if e is None:
-                        nxt[np_] = [NEG_INF, _log_add(pb + ps, pnb + ps)]
-                    else:
-                        e[1] = _log_add3(e[1], pb + ps, pnb + ps)
+        nxt = _extend(cur, ix[t], lp[t], blank)
         ranked = sorted(nxt.items(), key=lambda kv: _log_add(kv[1][0], kv[1][1]), reverse=True)
         cur = [(p, v[0], v[1]) for p, v in ranked[:beam_size]]
     return [(p, _log_add(pb, pnb)) for p, pb, pnb in cur]
@@ -100,45 +106,29 @@ def ctc_prefix_beam_search_lm(topk_logp: np.ndarray, topk_idx: np.ndarray, lengt
     (prefix, ctc log-prob, lm log-prob) best first; the CTC part is tracked exactly as in
     `ctc_prefix_beam_search`, so lm_weight 0 gives its n-best.
     """
-    lm_cache = {(): (0.0, lm.start())}
+    lm_cache = {(): (0.0, lm.start())}  # prefix -> (LM log-prob, LM state)
 
-    def lm_score(prefix):
+    def lm_entry(prefix):
         e = lm_cache.get(prefix)
         if e is None:
-            total, state = lm_cache[prefix[:-1]]
+            total, state = lm_entry(prefix[:-1])
             lp, state = lm.step(state, prefix[-1])
             e = lm_cache[prefix] = (total + lp, state)
-        return e[0]
+        return e
 
     def key(item):
         prefix, (pb, pnb) = item
-        return _log_add(pb, pnb) + lm_weight * lm_score(prefix) + length_bonus * len(prefix)
+        return _log_add(pb, pnb) + lm_weight * lm_entry(prefix)[0] + length_bonus * len(prefix)
 
     cur: List[Tuple[Tuple[int, ...], float, float]] = [((), 0.0, NEG_INF)]
     lp = topk_logp[:length, :beam_size].astype(np.float64).tolist()
     ix = topk_idx[:length, :beam_size].tolist()
     for t in range(length):
-        nxt: dict = {}
-        for s, ps in zip(ix[t], lp[t]):
-            for prefix, pb, pnb in cur:
-                if s == blank:
-                    e = nxt.setdefault(prefix, [NEG_INF, NEG_INF])
-                    e[0] = _log_add3(e[0], pb + ps, pnb + ps)
-                    continue
-                if prefix and s == prefix[-1]:
-                    e = nxt.setdefault(prefix, [NEG_INF, NEG_INF])
-                    e[1] = _log_add(e[1], pnb + ps)
-                    e = nxt.setdefault(prefix + (s,), [NEG_INF, NEG_INF])
-                    e[1] = _log_add(e[1], pb + ps)
-                else:
-                    e = nxt.setdefault(prefix + (s,), [NEG_INF, NEG_INF])
-                    e[1] = _log_add3(e[1], pb + ps, pnb + ps)
-        ranked = sorted(nxt.items(), key=key, reverse=True)[:beam_size]
-        cur = [(p, v[0], v[1]) for p, v in ranked]
+        ranked = sorted(_extend(cur, ix[t], lp[t], blank).items(), key=key, reverse=True)
+        cur = [(p, v[0], v[1]) for p, v in ranked[:beam_size]]
     out = []
     for prefix, pb, pnb in cur:
-        lm_score(prefix)
-        total, state = lm_cache[prefix]
+        total, state = lm_entry(prefix)
         out.append((prefix, _log_add(pb, pnb), total + lm.logp(state, lm.eos)))
     out.sort(key=lambda h: h[1] + lm_weight * h[2] + length_bonus * len(h[0]), reverse=True)
     return out
