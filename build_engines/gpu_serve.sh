@@ -4,9 +4,10 @@
 # accuracy against the CPU pipeline, our tritonclient concurrency sweep (CSV + plot +
 # per-model queue/compute from the metrics port), perf_analyzer concurrency and batch
 # sweeps, a distributed headless locust run. Results in $OUT.
-# Assets: build_engines/pack_serve_assets.sh; the tree + both asset folders exceed the
-# 64 MiB carry, so: one call `stage` (carry .device_serve_whl: installs the wheels into the
-# machine's Python, which the python-backend stub uses), then calls carrying .device_serve:
+# Assets: build_engines/pack_serve_assets.sh; the tree + two asset folders exceed the
+# 64 MiB carry, so: one call `stage` carrying .device_serve_whl (installs the wheels into the
+# machine's Python, which the python-backend stub uses), one more carrying
+# .device_serve_whl_locust for the locust step, then calls carrying .device_serve:
 #   bash build_engines/gpu_serve.sh [all]            # start accuracy sweep pa locust stop
 #   bash build_engines/gpu_serve.sh start sweep      # any steps, in order; the server stays
 #   bash build_engines/gpu_serve.sh pa locust stop   #   up between calls while warm
@@ -23,9 +24,16 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 WENET_TRITON_CACHE=/tmp/wtcache
 py() { python3 "$@" 2>&1 | grep -v Warn; }
 
-stage() {
-  python3 -m pip install -q --no-index --no-deps --no-compile .device_serve_whl/*.whl && \
-    python3 -c "import numpy, tritonclient, kaldi_native_fbank, locust; print('staged, numpy', numpy.__version__)"
+stage() {  # whichever wheel folder this call carries (.device_serve_whl, .device_serve_whl_locust)
+  local dirs=() d
+  for d in .device_serve_whl .device_serve_whl_locust; do [ -d $d ] && dirs+=("$d"); done
+  [ ${#dirs[@]} -gt 0 ] || { echo "stage: carry .device_serve_whl or .device_serve_whl_locust"; exit 1; }
+  for d in "${dirs[@]}"; do
+    python3 -m pip install -q --no-index --no-deps --no-compile "$d"/*.whl || exit 1
+    echo "staged $d"
+  done
+  python3 -c "import numpy, tritonclient, kaldi_native_fbank; print('numpy', numpy.__version__)" 2>/dev/null
+  python3 -c "import locust; print('locust', locust.__version__)" 2>/dev/null || echo "locust not staged"
 }
 
 ready() { python3 -c "from wenet_triton.client import wait_until_ready as w; w('$GRPC', ${1:-1})" >/dev/null 2>&1; }
