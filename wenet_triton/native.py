@@ -1,6 +1,7 @@
-"""The C++ CTC prefix beam search (plugins/ctc_prefix_beam_search.cpp), compiled with the
-system C++ compiler on first use into the cache and loaded with ctypes. If no compiler is
-available the pure-Python search (same results) is used instead."""
+"""The C++ CTC prefix beam search (plugins/ctc_prefix_beam_search.cpp), loaded with ctypes:
+prebuilt in plugins/build/ (the Docker image) or compiled with the system C++ compiler on
+first use into the cache. If neither works the pure-Python search (same results, ~10x
+slower; much slower with an LM) is used instead, with a warning."""
 from __future__ import annotations
 
 import ctypes
@@ -29,7 +30,11 @@ def _build() -> Optional[str]:
         return None
     with open(SOURCE, "rb") as f:
         digest = hashlib.sha1(f.read()).hexdigest()[:12]
-    out = os.path.join(cache_root(), "native", f"libctc_search_{digest}.so")
+    name = f"libctc_search_{digest}.so"
+    prebuilt = os.path.join(REPO_ROOT, "plugins", "build", name)  # e.g. the Docker image's
+    if os.path.exists(prebuilt):
+        return prebuilt
+    out = os.path.join(cache_root(), "native", name)
     if os.path.exists(out):
         return out
     os.makedirs(os.path.dirname(out), exist_ok=True)
