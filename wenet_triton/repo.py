@@ -65,6 +65,11 @@ def _engine_params(engine: str, cfg: Dict) -> str:
     dtype = e.get("dtype") or ("float16" if engine == "torch_cuda" else "")
     params = {"engine": engine, "threads": str(e.get("threads", 0)), "dtype": dtype,
               "device": "cuda" if engine == "torch_cuda" else e.get("device", "cpu")}
+    return _pbtxt_params(params)
+
+
+def _pbtxt_params(params: Dict) -> str:
+    """config.pbtxt `parameters` entries (string values) for a python model."""
     return "\n".join(f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}'
                      for k, v in params.items())
 
@@ -81,8 +86,7 @@ def _frontend_values(fused: bool, input_dim: int, min_frames: int, cfg: Dict) ->
             "encoder_input_map": wav_map,
             "encoder_inputs": ('  { name: "WAV" data_type: TYPE_FP32 dims: [ -1 ] allow_ragged_batch: true },\n'
                                '  { name: "WAV_LENS" data_type: TYPE_INT32 dims: [ 1 ] }'),
-            "encoder_frontend_parameters": "\n".join(
-                f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}' for k, v in params.items()),
+            "encoder_frontend_parameters": _pbtxt_params(params),
         }
     return {
         "frontend_step": ('    {\n      model_name: "feature_extractor"\n      model_version: -1\n'
@@ -208,8 +212,7 @@ def _scoring_params(decoding: Decoding) -> str:
         return ""
     params = {"lm_file": _lm_name(decoding.lm), "lm_weight": decoding.lm_weight,
               "lm_rescore_weight": decoding.lm_rescore_weight, "length_bonus": decoding.length_bonus}
-    return "\n".join(f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}'
-                     for k, v in params.items())
+    return _pbtxt_params(params)
 
 
 def _link(src: str, dst: str):
