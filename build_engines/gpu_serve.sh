@@ -63,8 +63,10 @@ accuracy() {  # served (GPU fbank + fp16 engine) vs the CPU pipeline (knf + onnx
   local model; model=$(cat /tmp/served_model)
   python3 client/transcribe.py --server $GRPC --concurrency 16 --ref $D/text $D/wavs \
     > "$OUT/served.txt" 2> "$OUT/served_cer.txt"
-  python3 -m wenet_triton.cli transcribe --model "$model" --engine onnxruntime --ref $D/text $D/wavs \
-    > "$OUT/cpu_onnxruntime.txt" 2> "$OUT/cpu_cer.txt"
+  local beam  # the served decoding's beam (a serving config may override the model's)
+  beam=$(python3 -c "import json; print(json.load(open('$REPO/serving.json'))['decoding']['beam_size'])")
+  python3 -m wenet_triton.cli transcribe --model "$model" --engine onnxruntime --beam-size "$beam" \
+    --ref $D/text $D/wavs > "$OUT/cpu_onnxruntime.txt" 2> "$OUT/cpu_cer.txt"
   python3 - "$OUT" <<'EOF'
 import sys
 out = sys.argv[1]
