@@ -58,17 +58,18 @@ def main():
         encs.append(eng.encode(x, lens))
     rows = []
     for sw in a.search_weights:
-        nbest, scores = [], []
+        nbest, scores, best = [], [], []
         for enc in encs:
             nb = search_batch(enc, dec.beam_size, s["blank"], rec.lm, sw, dec.length_bonus)
             pad, hl, rpad, ctc = rescoring_inputs(nb, dec.beam_size, s["sos"], s["eos"])
-            _, sc = eng.rescore(enc["encoder_out"], enc["encoder_out_lens"], pad, hl, rpad, ctc)
+            bi, sc = eng.rescore(enc["encoder_out"], enc["encoder_out_lens"], pad, hl, rpad, ctc)
             nbest += nb
             scores += list(sc)
+            best += [int(i) for i in bi]
         first = cer(zip(refs, (rec.vocab.text(h[0][0]) for h in nbest)))[0]
         for rw in a.rescore_weights:
-            hyps = [rec.vocab.text(h[pick_rescored(h, sc, int(np.argmax(sc[:len(h)])), rw)][0])
-                    for h, sc in zip(nbest, scores)]
+            hyps = [rec.vocab.text(h[pick_rescored(h, sc, bi, rw)][0])
+                    for h, sc, bi in zip(nbest, scores, best)]
             rows.append({"search_weight": sw, "rescore_weight": rw, "first_pass_cer": first,
                          "rescoring_cer": cer(zip(refs, hyps))[0]})
         print(f"search weight {sw}: first pass {first:.2%}, rescoring "

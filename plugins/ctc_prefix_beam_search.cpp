@@ -148,8 +148,8 @@ struct Cand {
   uint64_t key;
   int node, parent, tok;  // node < 0: pending extension of parent by tok
   double pb, pnb;
-  double lm;   // LM search: the prefix's LM log-prob and n-gram suffix length (Trie)
-  int lm_ctx;
+  double lm;   // LM search, pending extensions: the prefix's LM log-prob and n-gram
+  int lm_ctx;  // suffix length (as in Trie), set once the LM has scored it
 };
 
 inline uint64_t pair_key(int parent, int tok) {
@@ -188,6 +188,10 @@ struct NextHyps {
   }
 };
 
+inline bool by_score_desc(const std::pair<double, int>& a, const std::pair<double, int>& c) {
+  return a.first > c.first;
+}
+
 // lm == nullptr: WeNet's search. Otherwise out_lm receives each hypothesis' LM log-prob
 // (with </s>) and hypotheses are ordered by the fused score.
 int search(const float* topv, const int64_t* topi, const int32_t* lens, int B, int T, int K,
@@ -204,12 +208,6 @@ int search(const float* topv, const int64_t* topi, const int32_t* lens, int B, i
     std::vector<std::pair<double, int>> order, exact;
     const uint64_t root_key = ~(uint64_t)0;
     const int len = lens[b] < T ? lens[b] : T;
-    // an extension of `parent` by `s`, scored by the LM when it is new; the same
-    // extensions come back frame after frame, so their LM scores are cached
-    auto extend = [&](int parent, int s) -> Cand& {
-      bool fresh;
-      return next.get(pair_key(parent, s), -1, parent, s, &fresh);
-    };
     for (int t = 0; t < len; ++t) {
       const float* v = topv + ((size_t)b * T + t) * K;
       const int64_t* ix = topi + ((size_t)b * T + t) * K;
@@ -222,7 +220,6 @@ int search(const float* topv, const int64_t* topi, const int32_t* lens, int B, i
           const uint64_t self = h.node == 0 ? root_key : pair_key(trie.parent[h.node], trie.token[h.node]);
           if (s == blank) {
             Cand& e = next.get(self, h.node, 0, 0, &fresh);
-            if (fresh) e.lm = trie.lm[h.node];
             e.pb = fresh ? log_add3(NEG_INF, h.pb + ps, h.pnb + ps)
                          : log_add3(e.pb, h.pb + ps, h.pnb + ps);
             continue;
@@ -230,15 +227,12 @@ int search(const float* topv, const int64_t* topi, const int32_t* lens, int B, i
           const int last = h.node == 0 ? -1 : trie.token[h.node];
           if (s == last) {
             Cand& e = next.get(self, h.node, 0, 0, &fresh);  // *ss -> *s
-            if (fresh) e.lm = trie.lm[h.node];
             e.pnb = log_add2(e.pnb, h.pnb + ps);
-            Cand& e2 = extend(h.node, s);  // *s-s -> *ss
+            Cand& e2 = next.get(pair_key(h.node, s), -1, h.node, s, &fresh);  // *s-s -> *ss
             e2.pnb = log_add2(e2.pnb, h.pb + ps);
           } else {
-            const size_t before = next.items.size();
-            Cand& e = extend(h.node, s);
-            e.pnb = next.items.size() > before ? log_add2(h.pb + ps, h.pnb + ps)
-                                               : log_add3(e.pnb, h.pb + ps, h.pnb + ps);
+            Cand& e = next.get(pair_key(h.node, s), -1, h.node, s, &fresh);
+            e.pnb = fresh ? log_add2(h.pb + ps, h.pnb + ps) : log_add3(e.pnb, h.pb + ps, h.pnb + ps);
           }
         }
       }
@@ -249,14 +243,11 @@ int search(const float* topv, const int64_t* topi, const int32_t* lens, int B, i
         if (lm) {  // same association as the Python search, so ties break alike. A new
           // prefix gets its parent's LM score for now: an upper bound (log-probs are <= 0)
           const int depth = c.node >= 0 ? trie.depth[c.node] : trie.depth[c.parent] + 1;
-          key = key + lm_weight * (c.node >= 0 ? c.lm : trie.lm[c.parent]) + length_bonus * depth;
+          key = key + lm_weight * trie.lm[c.node >= 0 ? c.node : c.parent] + length_bonus * depth;
         }
         order.emplace_back(key, i);
       }
-      std::stable_sort(order.begin(), order.end(),
-                       [](const std::pair<double, int>& a, const std::pair<double, int>& c) {
-                         return a.first > c.first;
-                       });
+      std::stable_sort(order.begin(), order.end(), by_score_desc);
       if (lm) {
         // Score new prefixes with the LM best bound first, until the next bound is below
         // the beam-th best exact score: the rest cannot enter the beam (LM lookups are most
@@ -297,10 +288,7 @@ int search(const float* topv, const int64_t* topi, const int32_t* lens, int B, i
         order.emplace_back(log_add2(cur[i].pb, cur[i].pnb) + lm_weight * lm_total[i] +
                                length_bonus * trie.depth[cur[i].node], i);
       }
-      std::stable_sort(order.begin(), order.end(),
-                       [](const std::pair<double, int>& a, const std::pair<double, int>& c) {
-                         return a.first > c.first;
-                       });
+      std::stable_sort(order.begin(), order.end(), by_score_desc);
       std::vector<Hyp> sorted;
       std::vector<double> lms;
       for (auto& o : order) { sorted.push_back(cur[o.second]); lms.push_back(lm_total[o.second]); }

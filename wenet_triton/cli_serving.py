@@ -25,9 +25,8 @@ def _repo_args(p, model_arg, weights_args):
 
 
 def _build(a, out):
-    from .repo import build_repo
-
     from .decoding import from_args
+    from .repo import build_repo
 
     over = {"max_batch_size": a.max_batch_size} if a.max_batch_size else {}
     if a.beam_size:
@@ -94,9 +93,8 @@ def cmd_build_plugins(a):
 
 def cmd_build(a):
     """Offline build of an engine's artifacts into one directory."""
-    from .export import export_onnx
-
     from .decoding import from_args
+    from .export import export_onnx
 
     s = export_onnx(a.model, a.out, from_args(a).beam_size, a.ctc_weight, a.reverse_weight)
     print(f"exported ONNX to {a.out} (verified: {', '.join(s.get('verification', {}))})")

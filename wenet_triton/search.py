@@ -142,8 +142,6 @@ def ctc_prefix_beam_search_batch(topk_logp: np.ndarray, topk_idx: np.ndarray, le
     from .native import prefix_beam_search_batch
 
     lens = np.asarray(lens)
-    if lm is not None:  # the search's top-k must be the beam, as in the LM-free search
-        topk_logp, topk_idx = topk_logp[..., :beam_size], topk_idx[..., :beam_size]
     out = prefix_beam_search_batch(topk_logp, topk_idx, lens, beam_size, blank, lm, lm_weight,
                                    length_bonus)
     if out is not None:

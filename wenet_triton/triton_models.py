@@ -351,7 +351,7 @@ class Scoring:
         self.decoder_name = p.get("decoder_model", "decoder")
         self.rescoring = p.get("rescoring", "true").lower() == "true"
         self.chunk = int(p.get("decoder_max_batch_size", "16"))
-        self.lm = None
+        self.lm, self.lm_weight, self.lm_rescore_weight, self.length_bonus = None, 0.0, 0.0, 0.0
         if p.get("lm_file"):  # n-gram LM fusion (decoding.yaml / --lm when the repo was built)
             from .decoding import load_lm
 
@@ -371,11 +371,8 @@ class Scoring:
             for r in requests:
                 lp, idx = _input(r, "beam_log_probs"), _input(r, "beam_log_probs_idx")
                 ln = _input(r, "encoder_out_lens").reshape(-1)
-                if self.lm is None:
-                    nbest += ctc_prefix_beam_search_batch(lp, idx, ln, beam, s["blank"])
-                else:
-                    nbest += ctc_prefix_beam_search_batch(lp, idx, ln, beam, s["blank"], self.lm,
-                                                          self.lm_weight, self.length_bonus)
+                nbest += ctc_prefix_beam_search_batch(lp, idx, ln, beam, s["blank"], self.lm,
+                                                      self.lm_weight, self.length_bonus)
                 encs.append(_input(r, "encoder_out"))
                 lens.append(ln.astype(np.int32))
                 sizes.append(len(ln))
@@ -389,7 +386,7 @@ class Scoring:
                     picked, scores = self._rescore(
                         np.ascontiguousarray(enc[i:j, :t]), enc_lens[i:j],
                         rescoring_inputs(nbest[i:j], beam, s["sos"], s["eos"]))
-                    best[i:j] = [pick_rescored(h, sc, b, self.lm_rescore_weight if self.lm else 0)
+                    best[i:j] = [pick_rescored(h, sc, b, self.lm_rescore_weight)
                                  for h, sc, b in zip(nbest[i:j], scores, picked)]
             self.timer.mark("rescore_bls")
         except Exception as e:  # noqa: BLE001
