@@ -2,14 +2,16 @@
 VENV       ?= .venv
 PY         := $(VENV)/bin/python
 PIP        := $(PY) -m pip
+CLI        := $(VENV)/bin/wenet-triton
 STAMP      := $(VENV)/.installed
 # CPU torch; where a local wheel is offered (PIP_FIND_LINKS) pip takes it without downloading
 TORCH_SPEC ?= torch==2.13.0
-DEMO_WAVS  ?= ../shared/data/synth_test/test_00000*.wav
-DEMO_REF   ?= ../shared/data/synth_test/text
+SAMPLES    := wenet_triton/samples
+DEMO_WAVS  ?= $(SAMPLES)/*.wav
+DEMO_REF   ?= $(SAMPLES)/text
 DEMO_GRPC  ?= 8001
 
-.PHONY: demo test
+.PHONY: demo test lint
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -19,14 +21,17 @@ $(STAMP): pyproject.toml
 	touch $@
 
 # Start Triton on the CPU default (exports and renders the repository on first use),
-# transcribe the demo wavs over gRPC, stop the server.
+# transcribe the sample wavs over gRPC, stop the server.
 demo: $(STAMP)
 	@set -e; \
-	$(VENV)/bin/wenet-triton serve --host 127.0.0.1 --grpc-port $(DEMO_GRPC) \
+	$(CLI) serve --host 127.0.0.1 --grpc-port $(DEMO_GRPC) \
 	  --http-port $$(($(DEMO_GRPC)-1)) --metrics-port $$(($(DEMO_GRPC)+1)) & pid=$$!; \
 	trap 'kill $$pid 2>/dev/null; wait $$pid 2>/dev/null' EXIT; \
-	$(PY) client/transcribe.py --server 127.0.0.1:$(DEMO_GRPC) --wait 600 \
+	$(CLI) transcribe --server 127.0.0.1:$(DEMO_GRPC) --wait 600 \
 	  $$( [ -f $(DEMO_REF) ] && echo --ref $(DEMO_REF) ) $(DEMO_WAVS)
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(VENV)/bin/ruff check --no-cache .
+
+test: lint
 	$(PY) -m pytest -q -p no:cacheprovider

@@ -1,12 +1,13 @@
 """Locust load test of the `attention_rescoring` ensemble over gRPC (tritonclient).
 
     locust -f loadtest/locustfile.py --headless -u 16 -r 4 -t 60s --host 127.0.0.1:8001 \
-        --csv out/locust [--wav-dir ../shared/data/synth_test]
+        --csv out/locust [--wav-dir WAV_DIR]
 
 Each user sends random wavs from --wav-dir, records every request in locust's statistics
 (name = utterance length bucket) and fails a request whose transcript is empty or not
 well-formed text. Runs stop by themselves after -t.
 """
+import glob
 import os
 import random
 import time
@@ -16,11 +17,13 @@ import grpc.experimental.gevent as grpc_gevent
 
 grpc_gevent.init_gevent()
 
-import numpy as np  # noqa: E402
 from locust import User, events, task  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_WAVS = os.path.join(ROOT, "..", "shared", "data", "synth_test")
+from wenet_triton.audio.frontend import read_audio  # noqa: E402
+from wenet_triton.paths import SAMPLES_DIR  # noqa: E402
+from wenet_triton.serving.client import MODEL, decode_transcript, make_inputs  # noqa: E402
+
+DEFAULT_WAVS = SAMPLES_DIR
 
 
 @events.init_command_line_parser.add_listener
@@ -34,12 +37,6 @@ _WAVS = []
 
 @events.init.add_listener
 def _load(environment, **_kw):
-    import glob
-    import sys
-
-    sys.path.insert(0, ROOT)
-    from wenet_triton.frontend import read_audio
-
     opts = environment.parsed_options
     files = sorted(glob.glob(os.path.join(opts.wav_dir, "*.wav")))[: opts.max_wavs]
     if not files:
@@ -76,8 +73,6 @@ class TritonASRUser(User):
 
     @task
     def transcribe(self):
-        from wenet_triton.client import MODEL, decode_transcript, make_inputs
-
         name, wav = random.choice(_WAVS)
         secs = len(wav) / 16000
         bucket = f"{MODEL} {int(secs // 5) * 5}-{int(secs // 5) * 5 + 5}s"

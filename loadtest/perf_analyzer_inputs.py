@@ -2,7 +2,7 @@
 """Write perf_analyzer --input-data JSON files with real audio: one file per utterance
 length (wavs tiled/cropped to N seconds), WAV + WAV_LENS per request.
 
-    python loadtest/perf_analyzer_inputs.py --wav-dir wavs/ --seconds 2,5,10,20 --out pa/
+    python3 -m loadtest.perf_analyzer_inputs --wav-dir wavs/ --seconds 2,5,10,20 --out pa/
     perf_analyzer -m attention_rescoring -i grpc -u 127.0.0.1:8001 --input-data pa/wav_5s.json \
         --shape WAV:80000 --concurrency-range 1:64:2 -f pa/perf_5s.csv
 """
@@ -10,12 +10,9 @@ import argparse
 import glob
 import json
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from loadtest.sweep import fixed_length  # noqa: E402
-from wenet_triton.frontend import read_audio  # noqa: E402
+from loadtest.sweep import fixed_length
+from wenet_triton.audio.frontend import read_audio
 
 
 def main(argv=None):

@@ -4,7 +4,7 @@ fixed-length utterances (wavs tiled/cropped to N seconds), for each concurrency 
 throughput (infer/s, audio s/s), latency p50/p90/p99 and failures; CSV + plot, plus the
 per-model queue/compute split from Triton's metrics port. Bounded in requests and time.
 
-    python loadtest/sweep.py --server 127.0.0.1:8001 --metrics 127.0.0.1:8002 \
+    python3 -m loadtest.sweep --server 127.0.0.1:8001 --metrics 127.0.0.1:8002 \
         --wav-dir wavs/ --seconds 5 --concurrency 1,8,32,64 --out out/
 """
 import argparse
@@ -17,11 +17,9 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from loadtest.metrics import delta, scrape, summarize  # noqa: E402
-from wenet_triton.client import transcribe_many, wait_until_ready  # noqa: E402
-from wenet_triton.frontend import read_audio  # noqa: E402
+from loadtest.metrics import delta, scrape, summarize
+from wenet_triton.audio.frontend import read_audio
+from wenet_triton.serving.client import transcribe_many, wait_until_ready
 
 
 def fixed_length(wavs, seconds, rate=16000):

@@ -36,7 +36,7 @@ def wav_path(utt):
 @pytest.fixture(scope="session")
 def exports(tmp_path_factory):
     """ONNX exports of both shared models with the rescoring weights WeNet's reference used."""
-    from wenet_triton.export import export_onnx
+    from wenet_triton.engines.export import export_onnx
 
     out = {}
     for name in MODELS:
@@ -50,7 +50,28 @@ def exports(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def torch_models():
-    from wenet_triton.checkpoint import load_model_dir
-    from wenet_triton.model import ASRModel
+    from wenet_triton.model.checkpoint import load_model_dir
+    from wenet_triton.model.conformer import ASRModel
 
     return {n: ASRModel.from_spec(load_model_dir(model_dir(n))) for n in MODELS}
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Say loudly how many tests were skipped for want of ../shared (or a GPU), and why."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    if not skipped:
+        return
+    reasons = {}
+    for rep in skipped:
+        msg = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
+        key = ("../shared missing" if "not present" in msg and SHARED in msg
+               else "no CUDA GPU" if "CUDA" in msg or "GPU" in msg else msg.replace("Skipped: ", ""))
+        reasons[key] = reasons.get(key, 0) + 1
+    w = terminalreporter
+    w.section("skipped tests", sep="=", bold=True, yellow=True)
+    for k, n in sorted(reasons.items(), key=lambda kv: -kv[1]):
+        w.line(f"{n:4d} skipped: {k}", yellow=True, bold=True)
+    if "../shared missing" in reasons:
+        w.line(f"SHARED TEST ASSETS NOT FOUND at {SHARED}: {reasons['../shared missing']} tests "
+               "(WeNet reference outputs, shared models, synth_test audio) did not run. Put the "
+               "shared/ folder beside the checkout or set WENET_SHARED.", red=True, bold=True)

@@ -5,11 +5,15 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
 from conftest import model_dir
-from wenet_triton.checkpoint import (CheckpointError, cmvn_from_json, cmvn_from_kaldi_text,
-                                     load_model_dir)
-from wenet_triton.model import ASRModel
+
+from wenet_triton.model.checkpoint import (
+    CheckpointError,
+    cmvn_from_json,
+    cmvn_from_kaldi_text,
+    load_model_dir,
+)
+from wenet_triton.model.conformer import ASRModel
 
 
 def _copy(name, tmp_path):

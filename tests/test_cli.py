@@ -3,7 +3,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import model_dir, shared_path, wav_path
 
 CLI = os.path.join(os.path.dirname(sys.executable), "wenet-triton")

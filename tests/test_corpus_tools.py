@@ -1,4 +1,4 @@
-"""The demo model's corpus tools (build_engines/train_demo.py, make_more_text.py): cutting
+"""The demo model's corpus tools (recipes/demo_zh_synth/train_demo.py, make_more_text.py): cutting
 espeak-ng audio at its pauses, composed utterances, the word list round trip, GPU-style
 fbank of waveform shards against the serving front-end."""
 import os
@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "build_engines"))
+RECIPE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes", "demo_zh_synth")
+sys.path.insert(0, RECIPE)
 import make_more_text  # noqa: E402
 import train_demo  # noqa: E402
 
@@ -80,8 +81,8 @@ def test_word_list_round_trip_gives_the_same_sentences(tmp_path):
 
 
 def test_waveform_shards_get_the_serving_fbank():
-    from wenet_triton.frontend import Fbank
-    from wenet_triton.torch_fbank import TorchFbank
+    from wenet_triton.audio.frontend import Fbank
+    from wenet_triton.audio.torch_fbank import TorchFbank
 
     rng = np.random.default_rng(3)
     wavs = [torch.from_numpy((rng.normal(0, 2000, n)).astype(np.int16)) for n in (16000, 9000, 23456)]

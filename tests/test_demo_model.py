@@ -7,7 +7,6 @@ import re
 import numpy as np
 import pytest
 import torch
-
 from conftest import ROOT, model_dir, shared_path
 
 DEMO = os.path.join(ROOT, "models", "demo_zh_synth")
@@ -18,8 +17,8 @@ def _block_pattern(keys):
 
 
 def test_demo_model_is_wenet_format_and_small():
-    from wenet_triton.checkpoint import load_model_dir
-    from wenet_triton.model import ASRModel
+    from wenet_triton.model.checkpoint import load_model_dir
+    from wenet_triton.model.conformer import ASRModel
 
     size = os.path.getsize(os.path.join(DEMO, "final.pt"))
     assert size <= 25_000_000, f"final.pt is {size / 1e6:.1f} MB"
@@ -37,12 +36,13 @@ def test_demo_model_is_wenet_format_and_small():
 @pytest.fixture(scope="module")
 def demo_results():
     """Rescoring/greedy transcripts of the 100 test wavs through onnxruntime and PyTorch fp32."""
-    from wenet_triton.artifacts import ensure_export
-    from wenet_triton.cer import read_text
-    from wenet_triton.decoding import Decoding, resolve
+    from wenet_triton.audio.frontend import read_audio
+    from wenet_triton.decode.cer import read_text
+    from wenet_triton.decode.options import Decoding, resolve
+    from wenet_triton.decode.vocab import Vocab
     from wenet_triton.engines import open_engine
-    from wenet_triton.frontend import read_audio
-    from wenet_triton.pipeline import Recognizer, Vocab
+    from wenet_triton.engines.artifacts import ensure_export
+    from wenet_triton.pipeline import Recognizer
 
     wavs = sorted(glob.glob(os.path.join(shared_path("data", "synth_test"), "*.wav")))
     ref = read_text(shared_path("data", "synth_test", "text"))
@@ -68,7 +68,7 @@ def demo_results():
 
 
 def _cer(refs, hyps):
-    from wenet_triton.cer import cer
+    from wenet_triton.decode.cer import cer
 
     return cer(zip(refs, hyps))[0]
 

@@ -4,7 +4,6 @@ import os
 import re
 
 import yaml
-
 from conftest import ROOT
 
 
@@ -73,7 +72,11 @@ def test_shell_scripts_pass_shellcheck():
     import glob
     import subprocess
 
-    scripts = sorted(glob.glob(os.path.join(ROOT, "build_engines", "*.sh"))) + [os.path.join(ROOT, ".ci", "run")]
+    scripts = sorted(glob.glob(os.path.join(ROOT, "scripts", "**", "*.sh"), recursive=True)
+                     + glob.glob(os.path.join(ROOT, "recipes", "**", "*.sh"), recursive=True)
+                     + glob.glob(os.path.join(ROOT, "docker", "*.sh"))
+                     + glob.glob(os.path.join(ROOT, "wenet_triton", "csrc", "*.sh")))
+    scripts.append(os.path.join(ROOT, ".ci", "run"))
     res = subprocess.run([_tool("shellcheck"), "-S", "warning", *scripts], capture_output=True,
                          text=True, timeout=120)
     assert res.returncode == 0, res.stdout

@@ -5,10 +5,10 @@ import numpy as np
 import onnx
 import pytest
 import torch
-
 from conftest import MODELS, reference
+
+from wenet_triton.audio.frontend import pad_feats
 from wenet_triton.engines import OnnxEngine, TorchEngine
-from wenet_triton.frontend import pad_feats
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -63,7 +63,8 @@ def test_onnx_io_contract_and_symbolic_shapes(name, exports, torch_models):
 
 def test_export_cache_reused_and_keyed_by_settings(tmp_path, monkeypatch):
     from conftest import model_dir
-    from wenet_triton.artifacts import ensure_export
+
+    from wenet_triton.engines.artifacts import ensure_export
 
     monkeypatch.setenv("WENET_TRITON_CACHE", str(tmp_path))
     d1 = ensure_export(model_dir("conformer_2021"), beam_size=10)

@@ -4,12 +4,12 @@ it; the CUDA kernels themselves are tested in test_gpu.py."""
 import numpy as np
 import pytest
 import torch
-
 from conftest import MODELS, reference
-from wenet_triton.frontend import pad_feats
-from wenet_triton.gpu_engine import FastModel
-from wenet_triton.model import ExportDecoder
-from wenet_triton.search import ctc_prefix_beam_search, rescoring_inputs
+
+from wenet_triton.audio.frontend import pad_feats
+from wenet_triton.decode.search import ctc_prefix_beam_search, rescoring_inputs
+from wenet_triton.engines.cuda import FastModel
+from wenet_triton.model.conformer import ExportDecoder
 
 
 @pytest.mark.parametrize("name", MODELS)

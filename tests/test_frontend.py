@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
-
 from conftest import reference, wav_path
-from wenet_triton.checkpoint import FbankConf
-from wenet_triton.frontend import AudioError, Fbank, check_waveform, read_audio
+
+from wenet_triton.audio.frontend import AudioError, Fbank, check_waveform, read_audio
+from wenet_triton.contract import FbankConf
 
 
 @pytest.mark.parametrize("impl", Fbank.IMPLS)
@@ -70,7 +70,7 @@ def test_too_long_and_unreadable(tmp_path):
 
 def test_torch_fbank_batch_matches_kaldi_native_fbank():
     """The batched torch fbank (GPU feature extractor) against kaldi-native-fbank and WeNet."""
-    from wenet_triton.torch_fbank import TorchFbank
+    from wenet_triton.audio.torch_fbank import TorchFbank
 
     dec, npz = reference("u2pp_conformer")
     utts = sorted(dec["utts"])

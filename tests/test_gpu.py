@@ -2,7 +2,6 @@
 import numpy as np
 import pytest
 import torch
-
 from conftest import MODELS, reference
 
 pytestmark = pytest.mark.gpu
@@ -112,7 +111,7 @@ def test_log_softmax_gather(dtype, N, L, V, ld):
 def test_attention(dtype, B, H, Tq, Tk, dk, pos, bias):
     """The WenetRelPosAttention / WenetAttention kernel vs the plain softmax formula, with
     key-padding masks (finfo.min bias, as the export makes), causal masks, no mask, Tq != Tk."""
-    from wenet_triton.model import attention_bias
+    from wenet_triton.model.conformer import attention_bias
 
     g = torch.Generator(device="cuda").manual_seed(Tq * dk)
     r = lambda *s: torch.randn(*s, device="cuda", generator=g).to(dtype)  # noqa: E731
@@ -155,15 +154,16 @@ def _random_inputs(B, T, seed=0):
 @pytest.mark.parametrize("shape", ["AISHELL", "U2PP"])
 def test_cuda_engine_fp32_equals_eager_model(shape):
     """torch_cuda (kernels + graphs, fp32) vs the PyTorch model that CI checks against WeNet."""
-    from wenet_triton import bench
+    from wenet_triton.decode.search import rescoring_inputs
     from wenet_triton.engines import TorchEngine
-    from wenet_triton.gpu_engine import CudaEngine
-    from wenet_triton.model import ASRModel
+    from wenet_triton.engines.cuda import CudaEngine
+    from wenet_triton.engines.export import export_settings
+    from wenet_triton.model import synthetic
+    from wenet_triton.model.conformer import ASRModel
     from wenet_triton.pipeline import search_batch
-    from wenet_triton.search import rescoring_inputs
 
-    spec = bench.random_spec(getattr(bench, shape))
-    settings = bench.settings_for(spec)
+    spec = synthetic.random_spec(getattr(synthetic, shape))
+    settings = export_settings(spec, ASRModel.from_spec(spec))
     ref = TorchEngine(ASRModel.from_spec(spec), settings, "cpu")
     eng = CudaEngine(ASRModel.from_spec(spec), settings, "cuda", "float32", want_ctc_log_probs=True)
     for B, T in [(1, 7), (3, 301), (17, 1011)]:  # odd sizes exercise the bucket padding
@@ -184,6 +184,7 @@ def test_cuda_engine_fp32_equals_eager_model(shape):
 
 def _available_models():
     import os
+
     from conftest import SHARED
     return [m for m in MODELS if os.path.exists(os.path.join(SHARED, "reference", m, "decode.json"))
             and os.path.exists(os.path.join(SHARED, "models", m, "final.pt"))]
@@ -196,12 +197,14 @@ def test_cuda_engine_matches_wenet(name, tmp_path):
     import os
 
     from conftest import model_dir
-    from wenet_triton.checkpoint import load_model_dir
-    from wenet_triton.export import export_settings
-    from wenet_triton.frontend import pad_feats
-    from wenet_triton.gpu_engine import CudaEngine
-    from wenet_triton.model import ASRModel
-    from wenet_triton.pipeline import Recognizer, Vocab
+
+    from wenet_triton.audio.frontend import pad_feats
+    from wenet_triton.decode.vocab import Vocab
+    from wenet_triton.engines.cuda import CudaEngine
+    from wenet_triton.engines.export import export_settings
+    from wenet_triton.model.checkpoint import load_model_dir
+    from wenet_triton.model.conformer import ASRModel
+    from wenet_triton.pipeline import Recognizer
 
     dec, npz = reference(name)
     spec = load_model_dir(model_dir(name))

@@ -1,17 +1,14 @@
-"""Graph passes (build_engines/graph_passes.py): fewer nodes, same outputs in onnxruntime."""
+"""Graph passes (wenet_triton/trt/graph_passes.py): fewer nodes, same outputs in onnxruntime."""
 import os
-import sys
 
 import numpy as np
 import onnx
 import pytest
 import torch
-
-from conftest import MODELS, ROOT
+from conftest import MODELS
 
 pytest.importorskip("onnx_graphsurgeon")
-sys.path.insert(0, os.path.join(ROOT, "build_engines"))
-import graph_passes  # noqa: E402
+from wenet_triton.trt import graph_passes  # noqa: E402
 
 
 def _session(model):
@@ -24,10 +21,10 @@ def _session(model):
 
 @pytest.mark.parametrize("name", MODELS)
 def test_passes_keep_outputs(name, exports):
-    from wenet_triton.engines import load_settings
-    from wenet_triton.export import _dummy_decoder_inputs, decoder_io
+    from wenet_triton.contract import EngineSettings
+    from wenet_triton.engines.export import _dummy_decoder_inputs
 
-    settings = load_settings(exports[name])
+    settings = EngineSettings.load(exports[name])
     enc = onnx.load(os.path.join(exports[name], "encoder.onnx"))
     enc_opt, rep = graph_passes.optimize(enc)
     onnx.checker.check_model(enc_opt)
@@ -44,7 +41,7 @@ def test_passes_keep_outputs(name, exports):
     dec_opt, rep = graph_passes.optimize(dec)
     assert rep["nodes_after"] < rep["nodes_before"]
     hyps, hl, rhyps, sc = _dummy_decoder_inputs(torch.from_numpy(eo), torch.from_numpy(el), settings, 11)
-    names, _ = decoder_io(settings)
+    names, _ = settings.decoder_io()
     full = {"encoder_out": eo, "encoder_out_lens": el, "hyps_pad_sos_eos": hyps.numpy(),
             "hyps_lens_sos": hl.numpy(), "r_hyps_pad_sos_eos": rhyps.numpy(), "ctc_score": sc.numpy()}
     feed = {k: full[k] for k in names}
@@ -61,7 +58,7 @@ def _plugin_session(model):
     ox = pytest.importorskip("onnxruntime_extensions")
     import onnxruntime as ort
 
-    from wenet_triton import kernels
+    from wenet_triton.engines import kernels
 
     if not _PLUGIN_OPS:
         f32, i64 = ox.PyCustomOpDef.dt_float, ox.PyCustomOpDef.dt_int64

@@ -5,9 +5,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
-
 from conftest import reference, shared_path
-
 
 V_TOY = 300
 
@@ -64,7 +62,7 @@ def _reference_kn(sents, V, order):
 
 
 def test_kneser_ney_matches_the_textbook_formula():
-    from wenet_triton.lm import estimate
+    from wenet_triton.decode.lm import estimate
 
     V, order = V_TOY, 3
     sents = _toy_corpus()
@@ -82,7 +80,7 @@ def test_kneser_ney_matches_the_textbook_formula():
 
 @pytest.mark.parametrize("min_count", [(), (1, 2, 4, 6)])
 def test_every_context_sums_to_one(min_count):
-    from wenet_triton.lm import estimate
+    from wenet_triton.decode.lm import estimate
 
     V = V_TOY
     sents = _toy_corpus()
@@ -94,7 +92,7 @@ def test_every_context_sums_to_one(min_count):
 
 
 def test_pruning_keeps_frequent_ngrams_and_arpa_round_trips(tmp_path):
-    from wenet_triton.lm import NgramLM, estimate
+    from wenet_triton.decode.lm import NgramLM, estimate
 
     V = V_TOY
     sents = _toy_corpus()
@@ -111,7 +109,7 @@ def test_pruning_keeps_frequent_ngrams_and_arpa_round_trips(tmp_path):
 
 def test_arpa_back_off_semantics(tmp_path):
     """A hand-written ARPA file: present n-grams read directly, absent ones back off."""
-    from wenet_triton.lm import NgramLM
+    from wenet_triton.decode.lm import NgramLM
 
     path = tmp_path / "tiny.arpa"
     path.write_text("\\data\\\nngram 1=4\nngram 2=2\n\n\\1-grams:\n-99\t<s>\t-0.5\n-0.5\ta\t-0.3\n"
@@ -128,7 +126,7 @@ def test_arpa_back_off_semantics(tmp_path):
 
 
 def test_bad_arpa_and_wrong_units_get_clear_errors(tmp_path):
-    from wenet_triton.lm import LMError, NgramLM
+    from wenet_triton.decode.lm import LMError, NgramLM
 
     bad = tmp_path / "bad.arpa"
     bad.write_text("hello\n")
@@ -145,8 +143,8 @@ def test_bad_arpa_and_wrong_units_get_clear_errors(tmp_path):
 @pytest.fixture(scope="module")
 def synth_lm():
     """A 4-gram over the shared models' units from the shared training text."""
-    from wenet_triton.checkpoint import read_vocab
-    from wenet_triton.lm import estimate, text_to_ids
+    from wenet_triton.decode.lm import estimate, text_to_ids
+    from wenet_triton.decode.vocab import read_vocab
 
     units = read_vocab(shared_path("synth", "units.txt"))
     sents, unk = text_to_ids([shared_path("synth", "train.txt")], units, with_ids=True)
@@ -161,8 +159,8 @@ def _reference_topk(name):
 
 
 def test_lm_search_python_and_cpp_agree_and_weight_zero_is_wenets(synth_lm):
-    from wenet_triton.native import prefix_beam_search_batch
-    from wenet_triton.search import ctc_prefix_beam_search_lm
+    from wenet_triton.decode.native import prefix_beam_search_batch
+    from wenet_triton.decode.search import ctc_prefix_beam_search_lm
 
     lm, _ = synth_lm
     dec, utts, refs = _reference_topk("u2pp_conformer")
@@ -189,7 +187,7 @@ def test_lm_search_python_and_cpp_agree_and_weight_zero_is_wenets(synth_lm):
 
 def test_lm_changes_the_nbest_towards_likely_text(synth_lm):
     """With weight the first hypothesis' LM score can only rise, its CTC score only fall."""
-    from wenet_triton.search import ctc_prefix_beam_search_batch
+    from wenet_triton.decode.search import ctc_prefix_beam_search_batch
 
     lm, _ = synth_lm
     _, _, refs = _reference_topk("u2pp_conformer")
@@ -204,7 +202,7 @@ def test_lm_changes_the_nbest_towards_likely_text(synth_lm):
 
 
 def test_decoding_yaml_is_validated(tmp_path):
-    from wenet_triton.decoding import resolve
+    from wenet_triton.decode.options import resolve
 
     (tmp_path / "decoding.yaml").write_text("beam_size: 20\nlm_wieght: 0.3\n")
     with pytest.raises(ValueError, match="unknown option.*lm_wieght"):

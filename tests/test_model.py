@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 import torch
-
 from conftest import MODELS, reference
-from wenet_triton.frontend import pad_feats
+
+from wenet_triton.audio.frontend import pad_feats
 
 
 @pytest.mark.parametrize("name", MODELS)

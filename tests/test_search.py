@@ -1,13 +1,14 @@
 """Search and attention rescoring against WeNet's decode.json (greedy, n-best, rescored)."""
 import numpy as np
 import pytest
-
 from conftest import MODELS, reference, wav_path
-from wenet_triton.cer import cer, edit_distance
+
+from wenet_triton.audio.frontend import read_audio
+from wenet_triton.decode.cer import cer, edit_distance
+from wenet_triton.decode.search import ctc_greedy, ctc_prefix_beam_search
+from wenet_triton.decode.vocab import Vocab
 from wenet_triton.engines import OnnxEngine
-from wenet_triton.frontend import read_audio
-from wenet_triton.pipeline import Recognizer, Vocab
-from wenet_triton.search import ctc_greedy, ctc_prefix_beam_search
+from wenet_triton.pipeline import Recognizer
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -101,7 +102,7 @@ def test_cer():
 @pytest.mark.parametrize("name", MODELS)
 def test_native_search_is_bit_identical(name):
     """The C++ search (used by default) against WeNet's n-best and the Python search."""
-    from wenet_triton.native import prefix_beam_search_batch
+    from wenet_triton.decode.native import prefix_beam_search_batch
 
     dec, npz = reference(name)
     utts = sorted(dec["utts"])

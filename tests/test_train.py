@@ -6,12 +6,20 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import model_dir
-from wenet_triton.checkpoint import load_model_dir
-from wenet_triton.model import ASRModel
-from wenet_triton.train import (DEMO_CONFIG, cmvn_stats, decoder_targets, dynamic_chunk_size,
-                                label_smoothing_loss, spec_augment, u2_loss, write_model_dir)
+
+from wenet_triton.model.checkpoint import load_model_dir
+from wenet_triton.model.conformer import ASRModel
+from wenet_triton.model.train import (
+    DEMO_CONFIG,
+    cmvn_stats,
+    decoder_targets,
+    dynamic_chunk_size,
+    label_smoothing_loss,
+    spec_augment,
+    u2_loss,
+    write_model_dir,
+)
 
 
 def _tiny_spec():

@@ -7,7 +7,6 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import ROOT, model_dir, shared_path, wav_path
 
 pytestmark = pytest.mark.server
@@ -22,7 +21,7 @@ def _our_processes(tag):
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory, exports):
-    from wenet_triton.repo import build_repo
+    from wenet_triton.serving.repo import build_repo
 
     out = str(tmp_path_factory.mktemp("repo") / "model_repo")
     return build_repo(model_dir("u2pp_conformer"), out, "onnxruntime",
@@ -32,7 +31,7 @@ def repo(tmp_path_factory, exports):
 
 @pytest.fixture(scope="module")
 def server(repo, tmp_path_factory):
-    from wenet_triton.server import TritonServer, free_port
+    from wenet_triton.serving.server import TritonServer, free_port
 
     log = str(tmp_path_factory.mktemp("log") / "triton.log")
     s = TritonServer(repo, free_port(), free_port(), free_port(), host="127.0.0.1", log_file=log)
@@ -44,10 +43,11 @@ def server(repo, tmp_path_factory):
 
 
 def test_grpc_matches_offline_at_concurrency_8(server, exports):
-    from wenet_triton.client import transcribe_many
+    from wenet_triton.audio.frontend import read_audio
+    from wenet_triton.decode.vocab import Vocab
     from wenet_triton.engines import OnnxEngine
-    from wenet_triton.frontend import read_audio
-    from wenet_triton.pipeline import Recognizer, Vocab
+    from wenet_triton.pipeline import Recognizer
+    from wenet_triton.serving.client import transcribe_many
 
     d = shared_path("data", "synth_test")
     names = sorted(f[:-4] for f in os.listdir(d) if f.endswith(".wav"))
@@ -89,8 +89,8 @@ def _infer_raw(url, wav, lens=None, wav_dtype="FP32", lens_dtype="INT32"):
 def test_bad_input_gets_clear_error_and_server_keeps_serving(server, wav, lens, dtypes, msg):
     from tritonclient.utils import InferenceServerException
 
-    from wenet_triton.client import transcribe_one
-    from wenet_triton.frontend import read_audio
+    from wenet_triton.audio.frontend import read_audio
+    from wenet_triton.serving.client import transcribe_one
 
     with pytest.raises(InferenceServerException, match=msg):
         _infer_raw(server.grpc_url, wav, lens, *dtypes)
@@ -117,8 +117,8 @@ def test_one_request_may_carry_a_batch_of_utterances(server):
     sent alone; a bad row fails the request with an error naming the row."""
     from tritonclient.utils import InferenceServerException
 
-    from wenet_triton.client import transcribe_one
-    from wenet_triton.frontend import read_audio
+    from wenet_triton.audio.frontend import read_audio
+    from wenet_triton.serving.client import transcribe_one
 
     wavs = [read_audio(wav_path(f"test_00000{i}")) for i in (1, 4, 2)]
     assert _infer_batch(server.grpc_url, wavs) == [transcribe_one(server.grpc_url, w) for w in wavs]
@@ -128,8 +128,8 @@ def test_one_request_may_carry_a_batch_of_utterances(server):
 
 def test_bad_request_does_not_spoil_its_batch(server):
     """A NaN request batched with good ones fails alone."""
-    from wenet_triton.client import transcribe_many
-    from wenet_triton.frontend import read_audio
+    from wenet_triton.audio.frontend import read_audio
+    from wenet_triton.serving.client import transcribe_many
 
     good = [(f"g{i}", read_audio(wav_path(f"test_00000{i}"))) for i in range(6)]
     items = good[:3] + [("bad", np.full(16000, np.nan, np.float32))] + good[3:]
@@ -139,18 +139,18 @@ def test_bad_request_does_not_spoil_its_batch(server):
     assert [r.text for r in replies if not r.error] == [r.text for r in alone]
 
 
-def test_client_script_resamples_and_reports_bad_files(server, tmp_path):
+def test_transcribe_with_server_resamples_and_reports_bad_files(server, tmp_path):
     import soundfile as sf
     from scipy.signal import resample_poly
 
-    from wenet_triton.frontend import read_audio
+    from wenet_triton.audio.frontend import read_audio
 
     wav = read_audio(wav_path("test_000004"))
     sf.write(tmp_path / "rate8k.wav", resample_poly(wav, 1, 2).astype(np.float32), 8000)
     (tmp_path / "corrupt.wav").write_bytes(b"RIFF\x00\x00garbage")
     ok = tmp_path / "ok.wav"
     sf.write(ok, wav, 16000, subtype="PCM_16")
-    res = subprocess.run([sys.executable, os.path.join(ROOT, "client", "transcribe.py"), "--server",
+    res = subprocess.run([sys.executable, "-m", "wenet_triton.cli", "transcribe", "--server",
                           server.grpc_url, str(tmp_path / "rate8k.wav"), str(tmp_path / "corrupt.wav"),
                           str(ok)], capture_output=True, text=True, timeout=120)
     assert res.returncode == 1  # one file failed
@@ -161,9 +161,9 @@ def test_client_script_resamples_and_reports_bad_files(server, tmp_path):
 
 
 def test_serve_command_stops_cleanly_on_sigterm(repo, tmp_path):
-    from wenet_triton.client import transcribe_one, wait_until_ready
-    from wenet_triton.frontend import read_audio
-    from wenet_triton.server import free_port
+    from wenet_triton.audio.frontend import read_audio
+    from wenet_triton.serving.client import transcribe_one, wait_until_ready
+    from wenet_triton.serving.server import free_port
 
     ports = [str(free_port()) for _ in range(3)]
     log = open(tmp_path / "serve.log", "w")
@@ -191,12 +191,13 @@ def test_padded_feature_batches_give_the_same_transcripts(impl, exports, tmp_pat
     padded to its longest; transcripts must equal offline decoding with the same fbank."""
     sys.path.insert(0, ROOT)
     from loadtest.metrics import delta, scrape, summarize
-    from wenet_triton.client import transcribe_many
+    from wenet_triton.audio.frontend import Fbank, read_audio
+    from wenet_triton.decode.vocab import Vocab
     from wenet_triton.engines import OnnxEngine
-    from wenet_triton.frontend import Fbank, read_audio
-    from wenet_triton.pipeline import Recognizer, Vocab
-    from wenet_triton.repo import build_repo
-    from wenet_triton.server import TritonServer, free_port
+    from wenet_triton.pipeline import Recognizer
+    from wenet_triton.serving.client import transcribe_many
+    from wenet_triton.serving.repo import build_repo
+    from wenet_triton.serving.server import TritonServer, free_port
 
     repo = build_repo(model_dir("u2pp_conformer"), str(tmp_path / "repo"), "onnxruntime",
                       overrides={"feature_pad_batch": True, "engine": {"threads": 2},
@@ -226,12 +227,13 @@ def test_fbank_inside_the_encoder_gives_the_same_transcripts(exports, tmp_path):
     dynamic batch gets its own clear error while the others are served."""
     sys.path.insert(0, ROOT)
     from loadtest.metrics import delta, scrape, summarize
-    from wenet_triton.client import transcribe_many
+    from wenet_triton.audio.frontend import read_audio
+    from wenet_triton.decode.vocab import Vocab
     from wenet_triton.engines import OnnxEngine
-    from wenet_triton.frontend import read_audio
-    from wenet_triton.pipeline import Recognizer, Vocab
-    from wenet_triton.repo import build_repo
-    from wenet_triton.server import TritonServer, free_port
+    from wenet_triton.pipeline import Recognizer
+    from wenet_triton.serving.client import transcribe_many
+    from wenet_triton.serving.repo import build_repo
+    from wenet_triton.serving.server import TritonServer, free_port
 
     repo = build_repo(model_dir("u2pp_conformer"), str(tmp_path / "repo"), "onnxruntime",
                       overrides={"feature_device": "encoder", "engine": {"threads": 2},
@@ -283,15 +285,16 @@ def test_locust_smoke_zero_failures(server, tmp_path):
 def test_demo_model_served_with_its_lm_matches_offline(tmp_path):
     """The README's main job: the demo model served with its decoding.yaml (beam 20 and the
     n-gram LM in the scoring model) gives the offline transcripts and <= 10% CER."""
-    from wenet_triton.artifacts import ensure_export
-    from wenet_triton.cer import cer, read_text
-    from wenet_triton.client import transcribe_many
-    from wenet_triton.decoding import resolve
+    from wenet_triton.audio.frontend import read_audio
+    from wenet_triton.decode.cer import cer, read_text
+    from wenet_triton.decode.options import resolve
+    from wenet_triton.decode.vocab import Vocab
     from wenet_triton.engines import OnnxEngine
-    from wenet_triton.frontend import read_audio
-    from wenet_triton.pipeline import Recognizer, Vocab
-    from wenet_triton.repo import build_repo
-    from wenet_triton.server import TritonServer, free_port
+    from wenet_triton.engines.artifacts import ensure_export
+    from wenet_triton.pipeline import Recognizer
+    from wenet_triton.serving.client import transcribe_many
+    from wenet_triton.serving.repo import build_repo
+    from wenet_triton.serving.server import TritonServer, free_port
 
     demo = os.path.join(ROOT, "models", "demo_zh_synth")
     dec = resolve(demo)

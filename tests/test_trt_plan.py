@@ -2,15 +2,12 @@
 must fail with a clear message where TensorRT is absent."""
 import importlib.util
 import os
-import sys
 
 import onnx
 import pytest
-
 from conftest import ROOT
 
-sys.path.insert(0, os.path.join(ROOT, "build_engines"))
-import build_trt  # noqa: E402
+from wenet_triton.trt import build as build_trt  # noqa: E402
 
 
 @pytest.mark.parametrize("name,reverse", [("u2pp_conformer", True), ("conformer_2021", False)])
@@ -50,7 +47,8 @@ def test_rendered_configs_parse_as_triton_model_configs(name, exports, tmp_path)
     import shutil
 
     from conftest import model_dir
-    from wenet_triton.repo import MODELS, build_repo
+
+    from wenet_triton.serving.repo import MODELS, build_repo
 
     repo = build_repo(model_dir(name), str(tmp_path / "ort"), "onnxruntime", engine_dir=exports[name])
     for m in MODELS:
@@ -77,7 +75,7 @@ def test_rendered_configs_parse_as_triton_model_configs(name, exports, tmp_path)
     assert fe.parameters["pad_to_batch_max"].string_value == "true"
     assert fe.parameters["fbank_impl"].string_value == "knf"  # serving.yaml default
     # the GPU hosts' config puts fbank in the encoder; a plan cannot: feature_extractor stays
-    gpu_yaml = os.path.join(ROOT, "build_engines", "serving_gpu.yaml")
+    gpu_yaml = os.path.join(ROOT, "configs", "serving_gpu.yaml")
     repo = build_repo(model_dir(name), str(tmp_path / "trt_gpu"), "tensorrt", config=gpu_yaml,
                       engine_dir=str(trt_dir))
     steps = _parse_config(os.path.join(repo, "attention_rescoring", "config.pbtxt")).ensemble_scheduling.step
@@ -101,7 +99,8 @@ def test_plugin_nodes_plan_writes_rewritten_graphs(exports, tmp_path):
         build_trt.main(["--export-dir", exports["u2pp_conformer"], "--out", out, "--plugin-nodes"])
     build_trt.main(["--export-dir", exports["u2pp_conformer"], "--out", out, "--fp16",
                     "--plan-only", "--plugin-nodes"])
-    assert "WenetRelPosAttention" not in [n.op_type for n in onnx.load(os.path.join(out, "encoder.plugins.onnx")).graph.node]
+    plugged = onnx.load(os.path.join(out, "encoder.plugins.onnx")).graph.node
+    assert "WenetRelPosAttention" not in [n.op_type for n in plugged]
     build_trt.main(["--export-dir", exports["u2pp_conformer"], "--out", out, "--fp16",
                     "--plan-only", "--plugin-nodes", "--attention-plugin"])
     enc = onnx.load(os.path.join(out, "encoder.plugins.onnx"))
@@ -109,7 +108,7 @@ def test_plugin_nodes_plan_writes_rewritten_graphs(exports, tmp_path):
     assert ops.count("WenetLogSoftmaxTopK") == 1 and ops.count("WenetAddLayerNorm") >= 8
     assert ops.count("WenetGluDwConv") == 6  # u2pp: one per block
     assert ops.count("WenetRelPosAttention") == 6 and "Softmax" not in ops
-    # the plugin names are the ones plugins/trt registers
-    src = open(os.path.join(ROOT, "plugins", "trt", "wenet_trt_plugins.cpp")).read()
+    # the plugin names are the ones csrc/wenet_trt_plugins.cpp registers
+    src = open(os.path.join(ROOT, "wenet_triton", "csrc", "wenet_trt_plugins.cpp")).read()
     assert all(f"\"{op}\"" in src for op in ("WenetLogSoftmaxTopK", "WenetAddLayerNorm", "WenetGluDwConv",
                                                 "WenetRelPosAttention", "WenetAttention"))

@@ -12,106 +12,21 @@ import copy
 import csv
 import logging
 import os
+import tempfile
 import time
-from typing import Dict, List
+from typing import List
 
 import numpy as np
 import torch
 
-from .checkpoint import FbankConf, ModelSpec, load_model_dir
-from .model import ASRModel
+from wenet_triton.engines import OnnxEngine
+from wenet_triton.engines.cuda import CudaEngine
+from wenet_triton.engines.export import export_onnx_from_model, export_settings
+from wenet_triton.model.checkpoint import ModelSpec, load_model_dir
+from wenet_triton.model.conformer import ASRModel, ExportDecoder, ExportEncoder
+from wenet_triton.model.synthetic import random_spec
 
 log = logging.getLogger(__name__)
-
-# WeNet's AISHELL conformer shape (12 x 256, ffn 2048, 4 heads, kernel 15, vocab 4233)
-AISHELL = {
-    "encoder": "conformer",
-    "encoder_conf": {"output_size": 256, "attention_heads": 4, "linear_units": 2048,
-                     "num_blocks": 12, "cnn_module_kernel": 15, "pos_enc_layer_type": "rel_pos",
-                     "selfattention_layer_type": "rel_selfattn", "input_layer": "conv2d",
-                     "normalize_before": True, "activation_type": "swish",
-                     "cnn_module_norm": "batch_norm", "causal": False},
-    "decoder": "transformer",
-    "decoder_conf": {"attention_heads": 4, "linear_units": 2048, "num_blocks": 6},
-    "vocab_size": 4233, "ctc_weight": 0.5, "reverse_weight": 0.0,
-}
-
-
-# U2++ shape of the shared test model: causal conv, layer_norm conv, bitransformer decoder
-U2PP = {
-    "encoder": "conformer",
-    "encoder_conf": {"output_size": 256, "attention_heads": 4, "linear_units": 1024,
-                     "num_blocks": 6, "cnn_module_kernel": 8, "pos_enc_layer_type": "rel_pos",
-                     "input_layer": "conv2d", "normalize_before": True, "activation_type": "swish",
-                     "cnn_module_norm": "layer_norm", "causal": True},
-    "decoder": "bitransformer",
-    "decoder_conf": {"attention_heads": 4, "linear_units": 1024, "num_blocks": 2, "r_num_blocks": 1},
-    "vocab_size": 3003, "ctc_weight": 0.3, "reverse_weight": 0.3,
-}
-
-
-def random_spec(cfg: Dict = AISHELL, seed: int = 0) -> ModelSpec:
-    """A random-weight model of a given shape (no checkpoint to carry)."""
-    g = torch.Generator().manual_seed(seed)
-    V = cfg["vocab_size"]
-    spec = ModelSpec(model_dir="<random>", encoder_type=cfg["encoder"],
-                     encoder_conf=dict(cfg["encoder_conf"]), decoder_type=cfg["decoder"],
-                     decoder_conf=dict(cfg["decoder_conf"]), input_dim=80, vocab_size=V,
-                     ctc_weight=cfg["ctc_weight"], reverse_weight=cfg["reverse_weight"],
-                     vocab=[f"t{i}" for i in range(V)], fbank=FbankConf(),
-                     cmvn_mean=(torch.rand(80, generator=g) * 4 + 10).numpy(),
-                     cmvn_istd=(torch.rand(80, generator=g) * 0.5 + 0.2).numpy())
-    torch.manual_seed(seed)
-    model = ASRModel(spec)
-    sd = model.state_dict()
-    for k, v in sd.items():  # randomize norms so nothing is an identity
-        if k.endswith("running_var"):
-            sd[k] = torch.rand(v.shape, generator=g) + 0.5
-        elif k.endswith("running_mean") or (k.endswith(".bias") and "norm" in k):
-            sd[k] = torch.randn(v.shape, generator=g) * 0.1
-        elif "norm" in k and k.endswith(".weight"):
-            sd[k] = 1 + torch.randn(v.shape, generator=g) * 0.1
-    spec.state_dict = sd
-    return spec
-
-
-def write_model_dir(spec: ModelSpec, out: str) -> str:
-    """Save a (random) spec as a WeNet model directory: train.yaml, final.pt, units.txt,
-    global_cmvn, loadable by the project's loader and by WeNet's code alike."""
-    import json
-
-    import yaml
-
-    os.makedirs(out, exist_ok=True)
-    cfg = {"encoder": spec.encoder_type, "encoder_conf": spec.encoder_conf,
-           "decoder": spec.decoder_type, "decoder_conf": spec.decoder_conf,
-           "model_conf": {"ctc_weight": spec.ctc_weight, "reverse_weight": spec.reverse_weight},
-           "input_dim": spec.input_dim, "output_dim": spec.vocab_size, "is_json_cmvn": True,
-           "cmvn_file": "global_cmvn",
-           "dataset_conf": {"fbank_conf": {"num_mel_bins": 80, "frame_shift": 10, "frame_length": 25}}}
-    with open(os.path.join(out, "train.yaml"), "w") as f:
-        yaml.safe_dump(cfg, f)
-    sd = dict(spec.state_dict)
-    sd["encoder.global_cmvn.mean"] = torch.from_numpy(spec.cmvn_mean)
-    sd["encoder.global_cmvn.istd"] = torch.from_numpy(spec.cmvn_istd)
-    torch.save(sd, os.path.join(out, "final.pt"))
-    n = 1000.0  # JSON stats reproducing mean/istd
-    mean = spec.cmvn_mean.astype(np.float64)
-    var = 1.0 / spec.cmvn_istd.astype(np.float64) ** 2
-    with open(os.path.join(out, "global_cmvn"), "w") as f:
-        json.dump({"mean_stat": (mean * n).tolist(), "var_stat": ((var + mean ** 2) * n).tolist(),
-                   "frame_num": n}, f)
-    with open(os.path.join(out, "units.txt"), "w") as f:
-        for i, tok in enumerate(["<blank>", "<unk>"] + spec.vocab[2:-1] + ["<sos/eos>"]):
-            f.write(f"{tok} {i}\n")
-    return out
-
-
-def settings_for(spec: ModelSpec, beam: int = 10) -> Dict:
-    return {"beam_size": beam, "ctc_weight": spec.ctc_weight, "reverse_weight": spec.reverse_weight,
-            "sos": spec.sos, "eos": spec.eos, "blank": 0, "vocab_size": spec.vocab_size,
-            "decoder_has_reverse_input": spec.reverse_weight > 0}
-
 
 def frames(seconds: float) -> int:
     return 1 + (int(seconds * 16000) - 400) // 160
@@ -174,9 +89,6 @@ def _hyps(B: int, beam: int, seconds: float, spec: ModelSpec, device, seed=0):
 def run(out_dir: str, models: List[str], batches: List[int], seconds: List[float],
         engines: List[str], iters: int = 20, ort_max_batch: int = 4, ort_max_seconds: float = 10,
         beam: int = 10, device: str = "cuda") -> str:
-    from .gpu_engine import CudaEngine
-    from .model import ExportDecoder, ExportEncoder
-
     os.makedirs(out_dir, exist_ok=True)
     rows = []
     dev = device
@@ -186,7 +98,7 @@ def run(out_dir: str, models: List[str], batches: List[int], seconds: List[float
         spec = random_spec() if mname == "aishell" else load_model_dir(mname)
         label = "aishell_12x256" if mname == "aishell" else os.path.basename(mname.rstrip("/"))
         base = ASRModel.from_spec(spec)
-        settings = settings_for(spec, beam)
+        settings = export_settings(spec, base, beam)
         ort_dir = None
         for eng in engines:
             log.info("model %s engine %s", label, eng)
@@ -208,12 +120,9 @@ def run(out_dir: str, models: List[str], batches: List[int], seconds: List[float
                 enc_fn = ce.encode_tensors
                 dec_fn = ce.rescore_tensors
             elif eng == "onnxruntime_cpu":
-                from .engines import OnnxEngine
-                from .export import export_onnx_from_model
                 if ort_dir is None:  # outside out_dir: ONNX files are large
-                    import tempfile
                     ort_dir = tempfile.mkdtemp(prefix=f"onnx_{label}_")
-                    export_onnx_from_model(base, dict(settings), ort_dir, verify=False)
+                    export_onnx_from_model(base, copy.deepcopy(settings), ort_dir, verify=False)
                 oe = OnnxEngine(ort_dir)
             else:
                 raise ValueError(f"unknown bench engine {eng}")
@@ -279,7 +188,8 @@ def _add_speedups(rows):
     ref = {(r["model"], r["batch"], r["seconds"]): r for r in rows if r["engine"] == "eager_fp32"}
     for r in rows:
         b = ref.get((r["model"], r["batch"], r["seconds"]))
-        r["speedup_vs_eager_fp32"] = (b["enc_ms_p50"] + b["dec_ms_p50"]) / (r["enc_ms_p50"] + r["dec_ms_p50"]) if b else ""
+        r["speedup_vs_eager_fp32"] = ((b["enc_ms_p50"] + b["dec_ms_p50"]) / (r["enc_ms_p50"] + r["dec_ms_p50"])
+                                      if b else "")
 
 
 def plot(rows, out_dir):

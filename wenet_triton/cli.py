@@ -2,26 +2,27 @@
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import logging
 import os
 import sys
 import time
-from typing import List, Optional
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tqdm import tqdm
+
+from wenet_triton import cli_client, cli_serving
+from wenet_triton.audio.frontend import AudioError, expand_inputs, read_audio, utt_id
+from wenet_triton.decode.cer import cer_files, cer_report, cer_summary
+from wenet_triton.decode.lm import LMError, estimate, text_to_ids
+from wenet_triton.decode.options import from_args
+from wenet_triton.decode.vocab import Vocab, read_vocab
+from wenet_triton.engines import open_engine
+from wenet_triton.engines.artifacts import ensure_export
+from wenet_triton.engines.export import export_onnx
+from wenet_triton.paths import default_model_dir
+from wenet_triton.pipeline import Recognizer
+
 log = logging.getLogger("wenet_triton")
-
-
-def default_model_dir() -> Optional[str]:
-    """$WENET_TRITON_MODEL, the repo's demo model, or the shared test model, first found."""
-    for cand in (os.environ.get("WENET_TRITON_MODEL"),
-                 os.path.join(REPO_ROOT, "models", "demo_zh_synth"),
-                 os.path.join(REPO_ROOT, "..", "shared", "models", "u2pp_conformer")):
-        if cand and os.path.exists(os.path.join(cand, "train.yaml")):
-            return os.path.normpath(cand)
-    return None
 
 
 def _model_arg(p: argparse.ArgumentParser, required: bool = False):
@@ -48,36 +49,14 @@ def _weights_args(p: argparse.ArgumentParser, lm: bool = False):
                    help="right-to-left decoder weight (default: train.yaml model_conf)")
 
 
-def expand_inputs(items: List[str]) -> List[str]:
-    """Files, directories (their *.wav/*.flac) and glob patterns -> sorted file list."""
-    out: List[str] = []
-    for it in items:
-        if os.path.isdir(it):
-            out += sorted(glob.glob(os.path.join(it, "*.wav")) + glob.glob(os.path.join(it, "*.flac")))
-        elif any(c in it for c in "*?["):
-            out += sorted(glob.glob(it))
-        else:
-            out.append(it)
-    return out
-
-
-def utt_id(path: str) -> str:
-    return os.path.splitext(os.path.basename(path))[0]
-
-
 def progress(iterable, total: int, desc: str):
     """tqdm on stderr when it is a terminal or the job is long; silent for short jobs."""
-    from tqdm import tqdm
-
     return tqdm(iterable, total=total, desc=desc, unit="wav", file=sys.stderr,
                 disable=total < 50 and not sys.stderr.isatty())
 
 
 # -- commands ---------------------------------------------------------------------------------
 def cmd_export(a):
-    from .decoding import from_args
-    from .export import export_onnx
-
     s = export_onnx(a.model, a.out, from_args(a).beam_size, a.ctc_weight, a.reverse_weight)
     for k, v in s.get("verification", {}).items():
         print(f"verified {k}: " + ", ".join(f"{n} max err {e:.2e}" for n, e in v.items()))
@@ -85,13 +64,8 @@ def cmd_export(a):
 
 
 def cmd_transcribe(a):
-    from .artifacts import ensure_export
-    from .cer import cer_summary
-    from .decoding import from_args
-    from .engines import open_engine
-    from .frontend import AudioError, read_audio
-    from .pipeline import Recognizer, Vocab
-
+    if a.server:
+        return cli_client.transcribe_remote(a)
     files = expand_inputs(a.wavs)
     if not files:
         sys.exit("transcribe: no audio files given")
@@ -100,7 +74,7 @@ def cmd_transcribe(a):
                                                a.reverse_weight)
     eng = open_engine(engine_dir, a.engine, a.device, a.dtype, a.model, a.threads)
     if a.engine_dir and a.beam_size is None:
-        dec.beam_size = eng.settings["beam_size"]  # a given export fixes the beam
+        dec.beam_size = eng.settings.beam_size  # a given export fixes the beam
     rec = Recognizer(eng, Vocab.from_engine_dir(engine_dir, eng.settings), decoding=dec)
     if rec.lm:
         print(f"# LM {dec.lm}: weight {dec.lm_weight} in the search, {dec.lm_rescore_weight} "
@@ -147,7 +121,6 @@ def cmd_transcribe(a):
     if a.cer_json:
         if not a.ref:
             sys.exit("transcribe: --cer-json needs --ref")
-        from .cer import cer_report
         by_mode["attention_rescoring"] = hyps
         report = {m: cer_report(a.ref, h) for m, h in by_mode.items()}
         report.update(model=a.model, engine=a.engine, dtype=a.dtype, files=len(files),
@@ -159,9 +132,6 @@ def cmd_transcribe(a):
 
 
 def cmd_lm(a):
-    from .checkpoint import read_vocab
-    from .lm import LMError, estimate, text_to_ids
-
     units_path = a.units or os.path.join(a.model or "", "units.txt")
     if not os.path.exists(units_path):
         sys.exit(f"lm: units file {units_path} not found (give --units or --model)")
@@ -184,8 +154,6 @@ def cmd_lm(a):
 
 
 def cmd_cer(a):
-    from .cer import cer_files
-
     r = cer_files(a.ref, a.hyp)
     print(f"CER {r['cer'] * 100:.2f}% ({r['errors']}/{r['chars']} chars, {r['utts']} utts)")
     if r["missing_in_hyp"]:
@@ -203,8 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
     _weights_args(e)
     e.set_defaults(func=cmd_export)
 
-    t = sub.add_parser("transcribe", help="transcribe wav files offline; prints <utt>\\t<text>")
+    t = sub.add_parser("transcribe", help="transcribe wav files (offline, or with --server over "
+                       "gRPC); prints <utt>\\t<text>")
     _model_arg(t)
+    cli_client.add_server_args(t)
     t.add_argument("wavs", nargs="+", help="wav/flac files, directories or globs")
     t.add_argument("--engine", default="onnxruntime", choices=["onnxruntime", "torch", "torch_cuda"],
                    help="torch_cuda: fp16 GPU engine with fused kernels and CUDA graphs")
@@ -239,7 +209,6 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("hyp")
     c.set_defaults(func=cmd_cer)
 
-    from . import cli_serving
 
     cli_serving.add_commands(sub, _model_arg, _weights_args)
     return p
@@ -250,7 +219,8 @@ def main(argv=None):
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
-    if hasattr(a, "model") and a.model is None and a.command not in ("serve", "cer", "lm"):
+    if (hasattr(a, "model") and a.model is None and a.command not in ("serve", "cer", "lm")
+            and not getattr(a, "server", None)):
         p.error("--model is required (no default model found)")
     try:
         a.func(a)

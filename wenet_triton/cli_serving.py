@@ -7,6 +7,15 @@ import os
 import signal
 import sys
 
+from wenet_triton.bench import run
+from wenet_triton.decode.options import from_args
+from wenet_triton.engines.export import export_onnx
+from wenet_triton.engines.kernels import build
+from wenet_triton.paths import cache_root
+from wenet_triton.serving.repo import build_repo
+from wenet_triton.serving.server import ServerError, TritonServer
+from wenet_triton.trt import build as trt_build
+
 log = logging.getLogger("wenet_triton")
 
 
@@ -18,16 +27,13 @@ def _repo_args(p, model_arg, weights_args):
                    "kernels, run `wenet-triton build-plugins` first; tensorrt: plans from "
                    "`wenet-triton build --engine tensorrt`, give --engine-dir)")
     p.add_argument("--engine-dir", help="use this export/build directory instead of the cache")
-    p.add_argument("--config", help="serving YAML overriding model_repo/serving.yaml "
+    p.add_argument("--config", help="serving YAML overriding the templates' serving.yaml "
                    "(batch sizes, queue delays, instances, max audio length)")
     p.add_argument("--max-batch-size", type=int, help="override max_batch_size")
     weights_args(p, lm=True)
 
 
 def _build(a, out):
-    from .decoding import from_args
-    from .repo import build_repo
-
     over = {"max_batch_size": a.max_batch_size} if a.max_batch_size else {}
     if a.beam_size:
         over["beam_size"] = a.beam_size
@@ -42,9 +48,6 @@ def cmd_build_repo(a):
 
 
 def cmd_serve(a):
-    from .artifacts import cache_root
-    from .server import TritonServer
-
     repo = a.repo
     if repo is None:
         if a.model is None:
@@ -64,7 +67,6 @@ def cmd_serve(a):
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    from .server import ServerError
 
     try:
         server.start(a.ready_timeout)
@@ -74,7 +76,7 @@ def cmd_serve(a):
             sys.exit(0)
         raise
     print(f"serving {repo} on gRPC {a.host}:{a.grpc_port} (HTTP {a.http_port}, metrics "
-          f"{a.metrics_port}); transcribe with: python client/transcribe.py --server "
+          f"{a.metrics_port}); transcribe with: wenet-triton transcribe --server "
           f"localhost:{a.grpc_port} WAV...", flush=True)
     code = server.proc.wait()
     server.stop()
@@ -85,39 +87,23 @@ def cmd_serve(a):
 
 
 def cmd_build_plugins(a):
-    from .kernels import build
-
     path = build(a.out, a.arch.split(",") if a.arch else None)
     print(f"built {path}")
 
 
 def cmd_build(a):
     """Offline build of an engine's artifacts into one directory."""
-    from .decoding import from_args
-    from .export import export_onnx
-
     s = export_onnx(a.model, a.out, from_args(a).beam_size, a.ctc_weight, a.reverse_weight)
     print(f"exported ONNX to {a.out} (verified: {', '.join(s.get('verification', {}))})")
     if a.engine == "torch_cuda":
-        from .kernels import build
-
         print(f"built {build(os.path.join(a.out, 'libwenet_kernels.so'))}")
     elif a.engine == "tensorrt":
-        import importlib.util
 
-        from .repo import REPO_ROOT
-
-        spec = importlib.util.spec_from_file_location(
-            "build_trt", os.path.join(REPO_ROOT, "build_engines", "build_trt.py"))
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        mod.main(["--export-dir", a.out, "--fp16"] + (["--int8", "--calib-wavs", a.calib_wavs]
+        trt_build.main(["--export-dir", a.out, "--fp16"] + (["--int8", "--calib-wavs", a.calib_wavs]
                                                       if a.int8 else []) + a.trt_args)
 
 
 def cmd_bench(a):
-    from .bench import run
-
     path = run(a.out, a.models, [int(x) for x in a.batches.split(",")],
                [float(x) for x in a.seconds.split(",")], a.engines.split(","), a.iters,
                device=a.device)
@@ -125,8 +111,8 @@ def cmd_bench(a):
 
 
 def add_commands(sub, model_arg, weights_args):
-    bp = sub.add_parser("build-plugins", help="compile plugins/wenet_kernels.cu into the kernel .so")
-    bp.add_argument("--out", help="output .so (default plugins/build/libwenet_kernels.so)")
+    bp = sub.add_parser("build-plugins", help="compile csrc/wenet_kernels.cu into the kernel .so (csrc/build.sh)")
+    bp.add_argument("--out", help="output .so (default: $WENET_KERNELS_LIB, else the cache)")
     bp.add_argument("--arch", help="comma-separated SM versions, e.g. 90,80 (default: this GPU)")
     bp.set_defaults(func=cmd_build_plugins)
 
@@ -138,7 +124,7 @@ def add_commands(sub, model_arg, weights_args):
     bd.add_argument("--int8", action="store_true", help="tensorrt: INT8 encoder (needs --calib-wavs)")
     bd.add_argument("--calib-wavs", help="tensorrt INT8 calibration audio")
     bd.add_argument("--trt-args", nargs=argparse.REMAINDER, default=[],
-                    help="further arguments for build_engines/build_trt.py")
+                    help="further arguments for wenet_triton/trt/build.py")
     bd.set_defaults(func=cmd_build)
 
     be = sub.add_parser("bench", help="model-level latency/throughput per engine (CSV + plots)")

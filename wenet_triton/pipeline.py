@@ -3,17 +3,22 @@ attention rescoring -> text. Used offline (`wenet-triton transcribe`), inside th
 python models (each stage on its own) and by the benchmarks."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .checkpoint import FbankConf, read_vocab
-from .engines import Engine
-from .frontend import Fbank, check_waveform, pad_feats
-from .decoding import Decoding, load_lm
-from .search import ctc_greedy, ctc_prefix_beam_search_batch, pick_rescored, rescoring_inputs
+from wenet_triton.audio.frontend import Fbank, check_waveform, pad_feats
+from wenet_triton.contract import EngineSettings, FbankConf
+from wenet_triton.decode.options import Decoding, load_lm
+from wenet_triton.decode.search import (
+    ctc_greedy,
+    ctc_prefix_beam_search_batch,
+    pick_rescored,
+    rescoring_inputs,
+)
+from wenet_triton.decode.vocab import Vocab
+from wenet_triton.engines.base import Engine
 
 
 @dataclass
@@ -25,20 +30,6 @@ class Result:
     nbest: List = field(default_factory=list)
 
 
-class Vocab:
-    def __init__(self, tokens: List[str], eos: int):
-        self.tokens, self.eos = tokens, eos
-
-    @classmethod
-    def from_engine_dir(cls, engine_dir: str, settings: Dict) -> "Vocab":
-        return cls(read_vocab(os.path.join(engine_dir, settings.get("vocab_file", "units.txt"))),
-                   settings["eos"])
-
-    def text(self, ids: Sequence[int]) -> str:
-        toks = [self.tokens[i] for i in ids if 0 < i < len(self.tokens) and i != self.eos]
-        return "".join(toks).replace("\u2581", " ").strip()
-
-
 def search_batch(enc: Dict[str, np.ndarray], beam_size: int, blank: int = 0, lm=None,
                  lm_weight: float = 0.0, length_bonus: float = 0.0):
     """n-best lists for each utterance of an encoder batch output (LM-fused with an lm)."""
@@ -47,11 +38,11 @@ def search_batch(enc: Dict[str, np.ndarray], beam_size: int, blank: int = 0, lm=
                                         length_bonus)
 
 
-def rescore_batch(engine: Engine, enc: Dict[str, np.ndarray], nbest, settings: Dict,
+def rescore_batch(engine: Engine, enc: Dict[str, np.ndarray], nbest, settings: EngineSettings,
                   lm_rescore_weight: float = 0.0):
     """-> list of (best hyp ids, rescoring score) per utterance."""
-    beam = settings["beam_size"]
-    pad, lens, rpad, ctc = rescoring_inputs(nbest, beam, settings["sos"], settings["eos"])
+    beam = settings.beam_size
+    pad, lens, rpad, ctc = rescoring_inputs(nbest, beam, settings.sos, settings.eos)
     best, score = engine.rescore(enc["encoder_out"], enc["encoder_out_lens"], pad, lens, rpad, ctc)
     out = []
     for b, hyps in enumerate(nbest):
@@ -67,18 +58,17 @@ class Recognizer:
         self.engine = engine
         self.settings = engine.settings
         self.vocab = vocab
-        fb = self.settings.get("fbank")
-        self.fbank = Fbank(fbank_conf or (FbankConf(**fb) if fb else FbankConf()))
-        self.decoding = decoding or Decoding(beam_size=self.settings["beam_size"])
-        if self.decoding.beam_size != self.settings["beam_size"]:
+        self.fbank = Fbank(fbank_conf or self.settings.fbank)
+        self.decoding = decoding or Decoding(beam_size=self.settings.beam_size)
+        if self.decoding.beam_size != self.settings.beam_size:
             raise ValueError(f"beam size {self.decoding.beam_size} != the export's top-k "
-                             f"{self.settings['beam_size']} (export again with that beam)")
+                             f"{self.settings.beam_size} (export again with that beam)")
         self.lm = load_lm(self.decoding.lm, vocab.tokens) if self.decoding.lm else None
 
     @property
     def min_frames(self) -> int:
         """Fewest fbank frames that give one encoder frame."""
-        return self.settings.get("right_context", 6) + 1
+        return self.settings.min_frames
 
     def recognize_feats(self, feats: Sequence[np.ndarray]) -> List[Result]:
         # audio too short for one encoder frame decodes to nothing
@@ -93,7 +83,7 @@ class Recognizer:
         x, lens = pad_feats(feats)
         enc = self.engine.encode(x, lens)
         d = self.decoding
-        nbest = search_batch(enc, d.beam_size, self.settings.get("blank", 0), self.lm, d.lm_weight,
+        nbest = search_batch(enc, d.beam_size, self.settings.blank, self.lm, d.lm_weight,
                              d.length_bonus)
         rescored = rescore_batch(self.engine, enc, nbest, self.settings,
                                  d.lm_rescore_weight if self.lm else 0.0)

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Container start: render the Triton repository for $MODEL_DIR with $ENGINE (exports and
+# CUDA-graph buckets are built on the host's GPU at first use; exports are cached in the
+# /cache volume), then serve on 8000/8001/8002 until stopped.
+set -euo pipefail
+if [ ! -f "$MODEL_DIR/train.yaml" ]; then
+  echo "no WeNet model at MODEL_DIR=$MODEL_DIR (mount a dir with train.yaml, final.pt, units.txt, global_cmvn)" >&2
+  exit 2
+fi
+if [ "$ENGINE" = tensorrt ]; then
+  # export once (cached in /cache), build FP16 plans for this GPU with our plugins, and have
+  # tritonserver load the plugin library (its TensorRT backend finds the creators registered)
+  plugin=$WENET_TRITON_PREBUILT/libwenet_trt_plugins.so
+  dir=$(python3 -c 'import sys; from wenet_triton.engines.artifacts import ensure_export; print(ensure_export(sys.argv[1]))' "$MODEL_DIR")
+  [ -f "$dir/encoder.plan" ] || python3 -m wenet_triton.trt.build \
+    --export-dir "$dir" --fp16 --plugins "$plugin" --plugin-nodes  # per GPU: clear /cache after a GPU change
+  export LD_PRELOAD="$plugin${LD_PRELOAD:+:$LD_PRELOAD}"
+  set -- --engine-dir "$dir" "$@"
+fi
+exec wenet-triton serve --model "$MODEL_DIR" --engine "$ENGINE" --config "$SERVING_CONFIG" \
+  --host 0.0.0.0 --http-port 8000 --grpc-port 8001 --metrics-port 8002 "$@"

@@ -1,2 +1,0 @@
-# Triton python-backend entry point; the logic lives in wenet_triton.triton_models.
-from wenet_triton.triton_models import Encoder as TritonPythonModel  # noqa: F401

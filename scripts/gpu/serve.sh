@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# Serve on a GPU host and measure it: Triton with the torch_cuda engine (fbank inside the
+# encoder process, configs/serving_gpu.yaml), accuracy against the CPU pipeline, the
+# tritonclient concurrency sweep (CSV + plot + per-model queue/compute), perf_analyzer
+# concurrency and batch sweeps, a distributed headless locust run. Results in $OUT.
+#
+#   scripts/gpu/serve.sh [all]             # start accuracy sweep pa locust stop
+#   scripts/gpu/serve.sh start sweep       # any steps, in order; the server stays up
+#   scripts/gpu/serve.sh pa locust stop    #   between invocations until `stop`
+#
+# Needs: this package installed (pip install ".[server,loadtest]" or NVIDIA's Triton image:
+# set WENET_TRITON_SERVER_DIR or TRITONSERVER if tritonserver is elsewhere), nvcc for the
+# kernels, perf_analyzer (pip install perf-analyzer) for `pa`.
+# Env: MODEL (default models/demo_zh_synth; "aishell" = a random-weight AISHELL-1-shape
+# model), WAV_DIR (wavs + a Kaldi `text` file; default the package's samples), OUT, WORK
+# (scratch: repo, pid file, logs; default /tmp/wenet_triton_gpu), GRPC_PORT (8001; metrics
+# on GRPC_PORT+1), SERVING_CONFIG, SECONDS_LIST, CONC, PA_SECONDS ("2 5 10 20"), PA_CONC,
+# PA_BATCHES, LOCUST_USERS, LOCUST_TIME, LOCUST_WORKERS.
+set -uo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+OUT=${OUT:-gpu_serve_out}
+WORK=${WORK:-/tmp/wenet_triton_gpu}
+PORT=${GRPC_PORT:-8001}
+GRPC=127.0.0.1:$PORT
+WAV_DIR=${WAV_DIR:-$(python3 -c 'from wenet_triton.paths import SAMPLES_DIR; print(SAMPLES_DIR)')}
+REPO=$WORK/repo
+PIDFILE=$WORK/server.pid
+mkdir -p "$OUT" "$WORK"
+export PYTHONUNBUFFERED=1 WENET_TRITON_CACHE=${WENET_TRITON_CACHE:-$WORK/cache}
+cli() { python3 -m wenet_triton.cli "$@"; }
+tool() { python3 -c "import shutil,sys,os; print(shutil.which('$1') or os.path.join(os.path.dirname(sys.executable),'$1'))"; }
+ready() { python3 -c "from wenet_triton.serving.client import wait_until_ready as w; w('$GRPC', ${1:-1})" >/dev/null 2>&1; }
+
+start() {
+  if [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; then echo "server already up"; return 0; fi
+  cli build-plugins > "$OUT/server.log" 2>&1 || { tail "$OUT/server.log"; exit 1; }
+  local model=${MODEL:-$root/models/demo_zh_synth}
+  if [ "$model" = aishell ]; then
+    model=$WORK/aishell_model
+    [ -f "$model/train.yaml" ] || python3 -c "from wenet_triton.model import synthetic as s; s.save_spec(s.random_spec(), '$model')"
+  fi
+  cli build-repo --model "$model" --engine torch_cuda \
+    --config "${SERVING_CONFIG:-$root/configs/serving_gpu.yaml}" --out "$REPO" >> "$OUT/server.log" 2>&1 || exit 1
+  echo "$model" > "$WORK/served_model"
+  setsid python3 -m wenet_triton.cli serve --repo "$REPO" --host 127.0.0.1 --grpc-port "$PORT" \
+    --metrics-port $((PORT + 1)) > "$WORK/triton.log" 2>&1 < /dev/null &
+  echo $! > "$PIDFILE"
+  ready 300 || { tail -20 "$WORK/triton.log"; exit 1; }
+  echo "serving $model (pid $(cat "$PIDFILE"))"
+}
+
+accuracy() {  # served (GPU fbank + fp16 engine) vs the CPU pipeline (knf + onnxruntime fp32)
+  local model beam
+  model=$(cat "$WORK/served_model")
+  cli transcribe --server "$GRPC" --concurrency 16 --ref "$WAV_DIR/text" "$WAV_DIR" \
+    > "$OUT/served.txt" 2> "$OUT/served_cer.txt"
+  # the served decoding's beam (a serving config may override the model's)
+  beam=$(python3 -c "import json; print(json.load(open('$REPO/serving.json'))['decoding']['beam_size'])")
+  cli transcribe --model "$model" --engine onnxruntime --beam-size "$beam" \
+    --ref "$WAV_DIR/text" "$WAV_DIR" > "$OUT/cpu_onnxruntime.txt" 2> "$OUT/cpu_cer.txt"
+  python3 - "$OUT" <<'PY'
+import sys
+out = sys.argv[1]
+read = lambda f: dict(l.rstrip("\n").split("\t", 1) for l in open(f"{out}/{f}") if "\t" in l)
+a, b = read("served.txt"), read("cpu_onnxruntime.txt")
+same = sum(a.get(k) == v for k, v in b.items())
+print(f"accuracy: {same}/{len(b)} served transcripts identical to the CPU pipeline")
+PY
+  grep -h -i "cer" "$OUT/served_cer.txt" "$OUT/cpu_cer.txt" | head -6
+}
+
+sweep() {
+  (cd "$root" && python3 -m loadtest.sweep --server "$GRPC" --metrics "127.0.0.1:$((PORT + 1))" \
+    --wav-dir "$WAV_DIR" --seconds "${SECONDS_LIST:-2,5,10,20}" --concurrency "${CONC:-1,32,64,128,256}" \
+    --per-worker 16 --max-requests 8000 --max-seconds 40 --out "$OUT") | tee "$OUT/sweep.log"
+}
+
+pa() {  # perf_analyzer: concurrency sweep per length (one utterance per request), batch sweep (-b) at 5 s
+  local PA secs=${PA_SECONDS:-5}
+  PA=$(tool perf_analyzer)
+  (cd "$root" && python3 -m loadtest.perf_analyzer_inputs --wav-dir "$WAV_DIR" --seconds "${secs// /,},5" \
+    --out "$WORK/pa") > /dev/null
+  local opts=(-m attention_rescoring -i grpc -u "$GRPC" --measurement-interval 4000 --max-trials 10
+              --stability-percentage 25)
+  : > "$OUT/perf_analyzer.log"
+  for sec in $secs; do
+    timeout 300 "$PA" "${opts[@]}" --input-data "$WORK/pa/wav_${sec}s.json" --shape "WAV:$((sec * 16000))" \
+      --concurrency-range "${PA_CONC:-64:256:64}" -f "$OUT/perf_analyzer_${sec}s.csv" >> "$OUT/perf_analyzer.log" 2>&1
+    echo "perf_analyzer ${sec} s rc=$?"
+  done
+  for b in ${PA_BATCHES:-1 4 16}; do
+    timeout 90 "$PA" "${opts[@]}" --input-data "$WORK/pa/wav_5s.json" --shape WAV:80000 -b "$b" \
+      --concurrency-range "$((128 / b)):$((128 / b))" -f "$OUT/perf_analyzer_5s_b$b.csv" >> "$OUT/perf_analyzer.log" 2>&1
+    echo "perf_analyzer batch $b rc=$?"
+  done
+  grep -E "Batch size|Concurrency:|Throughput|p99 latency" "$OUT/perf_analyzer.log" | head -60
+}
+
+locust_run() {  # distributed locust: one master, LOCUST_WORKERS gevent workers
+  local n=${LOCUST_WORKERS:-4} L pids=()
+  L=$(tool locust)
+  local args=(-f "$root/loadtest/locustfile.py" --host "$GRPC" --wav-dir "$WAV_DIR")
+  for _ in $(seq "$n"); do "$L" "${args[@]}" --worker > /dev/null 2>&1 & pids+=($!); done
+  timeout 200 "$L" "${args[@]}" --master --expect-workers "$n" --headless -u "${LOCUST_USERS:-128}" -r 64 \
+    -t "${LOCUST_TIME:-60s}" --csv "$OUT/locust" --only-summary > "$OUT/locust.log" 2>&1
+  echo "locust rc=$?"; sleep 3
+  kill "${pids[@]}" 2>/dev/null  # workers can outlive their master's quit
+  python3 - "$OUT" <<'PY'
+import csv, sys
+for r in csv.DictReader(open(f"{sys.argv[1]}/locust_stats.csv")):
+    print(f"locust {r['Name']:<28} requests {r['Request Count']:>6} failures {r['Failure Count']:>3} "
+          f"{float(r['Requests/s']):7.1f} req/s  p50 {r['50%']} ms  p99 {r['99%']} ms")
+PY
+}
+
+stop() {  # the server we started (its pid file), and everything in its process group
+  if [ -f "$PIDFILE" ]; then
+    local pid; pid=$(cat "$PIDFILE")
+    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null
+    for _ in $(seq 30); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
+    kill -KILL -- "-$pid" 2>/dev/null
+    rm -f "$PIDFILE"
+  fi
+  cp "$WORK/triton.log" "$OUT/triton.log" 2>/dev/null
+  grep -iE "error|Traceback" "$OUT/triton.log" | head -5
+}
+
+steps=("$@"); [ ${#steps[@]} -eq 0 ] || [ "${steps[0]}" = all ] && steps=(start accuracy sweep pa locust stop)
+for s in "${steps[@]}"; do
+  case $s in
+    start|accuracy|sweep|pa|stop) $s ;;
+    locust) locust_run ;;
+    *) echo "unknown step $s (start accuracy sweep pa locust stop all)"; exit 2 ;;
+  esac
+done

@@ -1,0 +1,68 @@
+"""The gRPC side of `wenet-triton transcribe --server HOST:PORT`: send wav files to a running
+Triton `attention_rescoring` ensemble, print `<utt>\\t<text>` per file in input order and a
+summary on stderr. Audio that is not 16 kHz is resampled here."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from tqdm import tqdm
+
+from wenet_triton.audio.frontend import AudioError, expand_inputs, read_audio, utt_id
+from wenet_triton.decode.cer import cer_summary
+from wenet_triton.serving.client import transcribe_many, wait_until_ready
+
+
+def add_server_args(p: argparse.ArgumentParser):
+    g = p.add_argument_group("server (instead of decoding here)")
+    g.add_argument("--server", help="Triton gRPC HOST:PORT: send the audio there (no --model needed)")
+    g.add_argument("--concurrency", type=int, default=8, help="with --server: requests in flight")
+    g.add_argument("--wait", type=float, default=0,
+                   help="with --server: wait up to this many seconds for the server to be ready")
+    g.add_argument("--timeout", type=float, default=120, help="with --server: per-request timeout (s)")
+    g.add_argument("--sample-rate", type=int, default=16000, help="with --server: the rate it expects")
+
+
+def summary(ok: int, failed: int, audio_s: float, wall: float, extra: str = "") -> str:
+    """One stderr line; RTF = wall time / audio time, only when some audio was transcribed."""
+    rtf = f", RTF {wall / audio_s:.4f}" if ok and audio_s > 0 else ""
+    return f"# {ok} ok, {failed} failed, {audio_s:.1f} s audio, {wall:.2f} s wall{rtf}{extra}"
+
+
+def transcribe_remote(a) -> None:
+    items, bad = [], 0
+    for path in expand_inputs(a.wavs):
+        try:
+            items.append((utt_id(path), read_audio(path, a.sample_rate)))
+        except AudioError as e:
+            print(f"error: {e}", file=sys.stderr)
+            bad += 1
+    if not items:
+        sys.exit("transcribe: no readable audio")
+    if a.wait:
+        wait_until_ready(a.server, a.wait)
+    bar = tqdm(total=len(items), unit="wav", file=sys.stderr,
+               disable=len(items) < 50 and not sys.stderr.isatty())
+    t0 = time.perf_counter()
+    replies = transcribe_many(a.server, items, a.concurrency, a.sample_rate,
+                              on_reply=lambda r: bar.update(1), timeout=a.timeout)
+    wall = time.perf_counter() - t0
+    bar.close()
+    hyps = {}
+    for r in replies:
+        if r.error is not None:
+            print(f"error: {r.name}: {r.error}", file=sys.stderr)
+            bad += 1
+        else:
+            hyps[r.name] = r.text
+            print(f"{r.name}\t{r.text}", flush=True)
+    ok = [r for r in replies if r.error is None]
+    lat = sorted(r.seconds for r in ok)
+    extra = (f", latency p50 {lat[len(lat) // 2] * 1000:.0f} ms max {lat[-1] * 1000:.0f} ms"
+             if lat else "") + f" (concurrency {a.concurrency})"
+    print(summary(len(ok), bad, sum(r.audio_seconds for r in ok), wall, extra), file=sys.stderr)
+    if a.ref:
+        print(cer_summary(a.ref, hyps), file=sys.stderr)
+    if bad:
+        sys.exit(1)

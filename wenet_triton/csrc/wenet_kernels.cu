@@ -1,0 +1,485 @@
+// Fused CUDA kernels for WeNet conformer inference.
+//
+// Plain C launchers (no torch / TensorRT headers), so one shared library serves the torch
+// custom ops (bound from Python through ctypes + torch.library) and the TensorRT plugins.
+// Activations are float32, float16 or bfloat16 (dtype code 0/1/2); every reduction, norm
+// statistic, softmax and log-softmax accumulates in float32.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+#include "wenet_kernels.h"
+
+namespace {
+
+template <typename T> __device__ __forceinline__ float to_f(T v);
+template <> __device__ __forceinline__ float to_f<float>(float v) { return v; }
+template <> __device__ __forceinline__ float to_f<__half>(__half v) { return __half2float(v); }
+template <> __device__ __forceinline__ float to_f<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename T> __device__ __forceinline__ T from_f(float v);
+template <> __device__ __forceinline__ float from_f<float>(float v) { return v; }
+template <> __device__ __forceinline__ __half from_f<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
+struct SumOp {
+  static __device__ __forceinline__ float apply(float a, float b) { return a + b; }
+  static __device__ __forceinline__ float identity() { return 0.f; }
+};
+struct MaxOp {
+  static __device__ __forceinline__ float apply(float a, float b) { return fmaxf(a, b); }
+  static __device__ __forceinline__ float identity() { return -INFINITY; }
+};
+
+template <typename Op>
+__device__ __forceinline__ float warp_reduce(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = Op::apply(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+__device__ __forceinline__ float warp_sum(float v) { return warp_reduce<SumOp>(v); }
+
+// Block-wide reduction; `red` holds >= 32 floats. All threads get the result.
+template <typename Op>
+__device__ float block_reduce(float v, float* red) {
+  const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+  v = warp_reduce<Op>(v);
+  __syncthreads();
+  if (lane == 0) red[wid] = v;
+  __syncthreads();
+  v = (threadIdx.x < nw) ? red[threadIdx.x] : Op::identity();
+  if (wid == 0) v = warp_reduce<Op>(v);
+  if (threadIdx.x == 0) red[0] = v;
+  __syncthreads();
+  return red[0];
+}
+__device__ float block_sum(float v, float* red) { return block_reduce<SumOp>(v, red); }
+__device__ float block_max(float v, float* red) { return block_reduce<MaxOp>(v, red); }
+
+// ---------------------------------------------------------------------------------------
+// s = x + alpha * delta (delta optional);  sum_out = s (optional);  norm_out = LN(s)
+// One block per row; the row is staged in shared memory (cols floats).
+template <typename T>
+__global__ void add_layernorm_kernel(T* __restrict__ sum_out, T* __restrict__ norm_out,
+                                     const T* __restrict__ x, const T* __restrict__ delta,
+                                     float alpha, const T* __restrict__ gamma,
+                                     const T* __restrict__ beta, int cols, float eps) {
+  extern __shared__ float srow[];
+  __shared__ float red[32];
+  const size_t base = (size_t)blockIdx.x * cols;
+  float local = 0.f;
+  for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+    float v = to_f(x[base + c]);
+    if (delta) v += alpha * to_f(delta[base + c]);
+    srow[c] = v;
+    local += v;
+  }
+  const float mean = block_sum(local, red) / cols;
+  local = 0.f;
+  for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+    const float d = srow[c] - mean;
+    local += d * d;
+  }
+  const float rstd = rsqrtf(block_sum(local, red) / cols + eps);
+  for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+    const float v = srow[c];
+    if (sum_out) sum_out[base + c] = from_f<T>(v);
+    norm_out[base + c] = from_f<T>((v - mean) * rstd * to_f(gamma[c]) + to_f(beta[c]));
+  }
+}
+
+// Same, one warp per row (cols <= 1024): no shared memory, no block barriers.
+template <typename T>
+__global__ void add_layernorm_warp_kernel(T* __restrict__ sum_out, T* __restrict__ norm_out,
+                                          const T* __restrict__ x, const T* __restrict__ delta,
+                                          float alpha, const T* __restrict__ gamma,
+                                          const T* __restrict__ beta, int rows, int cols, float eps) {
+  const int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  const int lane = threadIdx.x & 31;
+  if (row >= rows) return;
+  const size_t base = (size_t)row * cols;
+  float v[32];
+  float s = 0.f;
+#pragma unroll
+  for (int i = 0; i < 32; ++i) {
+    const int c = i * 32 + lane;
+    v[i] = 0.f;
+    if (c < cols) {
+      float t = to_f(x[base + c]);
+      if (delta) t += alpha * to_f(delta[base + c]);
+      v[i] = t;
+      s += t;
+    }
+  }
+  const float mean = warp_sum(s) / cols;
+  float q = 0.f;
+#pragma unroll
+  for (int i = 0; i < 32; ++i) {
+    const int c = i * 32 + lane;
+    if (c < cols) { const float d = v[i] - mean; q += d * d; }
+  }
+  const float rstd = rsqrtf(warp_sum(q) / cols + eps);
+#pragma unroll
+  for (int i = 0; i < 32; ++i) {
+    const int c = i * 32 + lane;
+    if (c < cols) {
+      if (sum_out) sum_out[base + c] = from_f<T>(v[i]);
+      norm_out[base + c] = from_f<T>((v[i] - mean) * rstd * to_f(gamma[c]) + to_f(beta[c]));
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Conformer conv module middle: GLU -> depthwise conv (BN folded into w/b) -> [LayerNorm]
+// -> swish.  h: (B, T, 2C) = pointwise_conv1 output, time-major.  out: (B, T, C).
+// Frames outside [0, len) are zero, except frames left of 0 in causal mode, which are
+// glu(pointwise_conv1.bias) = pad_value (WeNet pads before pointwise_conv1).
+// For each of TT rows, the sum of v[i] over the block; every thread gets the sums.
+template <int TT>
+__device__ __forceinline__ void tile_sums(const float (&v)[TT], float (&out)[TT], float (*red)[33]) {
+  const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+#pragma unroll
+  for (int i = 0; i < TT; ++i) {
+    const float s = warp_sum(v[i]);
+    if (lane == 0) red[i][wid] = s;
+  }
+  __syncthreads();
+#pragma unroll
+  for (int i = 0; i < TT; ++i) {
+    float s = 0.f;
+    for (int q = 0; q < nw; ++q) s += red[i][q];
+    out[i] = s;
+  }
+  __syncthreads();  // red is reused by the next call
+}
+
+// Time-tiled: a block computes TT output frames for all channels (one thread per channel,
+// C <= 1024); each GLU value is computed once into shared memory.
+template <typename T, int TT>
+__global__ void glu_dwconv_tiled_kernel(T* __restrict__ out, const T* __restrict__ h,
+                                        const int32_t* __restrict__ lens, const float* __restrict__ w,
+                                        const float* __restrict__ bias, const float* __restrict__ pad_value,
+                                        const float* __restrict__ ln_gamma, const float* __restrict__ ln_beta,
+                                        int T_, int C, int K, int causal, float eps) {
+  extern __shared__ float g[];  // (TT + K - 1) x C
+  __shared__ float red[TT][33];
+  const int t0 = blockIdx.x * TT, b = blockIdx.y, c = threadIdx.x;
+  const int len = lens[b];
+  const int P = causal ? K - 1 : (K - 1) / 2;
+  const int rows = TT + K - 1;
+  const T* hb = h + (size_t)b * T_ * 2 * C;
+  if (c < C) {
+    for (int r = 0; r < rows; ++r) {
+      const int tt = t0 - P + r;
+      float v;
+      if (tt >= 0 && tt < len) {
+        const float a = to_f(hb[(size_t)tt * 2 * C + c]);
+        const float gate = to_f(hb[(size_t)tt * 2 * C + C + c]);
+        v = a / (1.f + __expf(-gate));
+      } else {
+        v = (tt < 0 && causal) ? pad_value[c] : 0.f;
+      }
+      g[r * C + c] = v;
+    }
+  }
+  __syncthreads();
+  float acc[TT];
+  const float bc = c < C ? bias[c] : 0.f;
+#pragma unroll
+  for (int i = 0; i < TT; ++i) acc[i] = bc;
+  if (c < C) {
+    for (int k = 0; k < K; ++k) {
+      const float wk = w[c * K + k];
+#pragma unroll
+      for (int i = 0; i < TT; ++i) acc[i] += wk * g[(i + k) * C + c];
+    }
+  }
+  float mean[TT], rstd[TT], tmp[TT];
+  if (ln_gamma) {  // LayerNorm over channels, per frame: two block-wide sums
+#pragma unroll
+    for (int i = 0; i < TT; ++i) tmp[i] = c < C ? acc[i] : 0.f;
+    tile_sums<TT>(tmp, mean, red);
+#pragma unroll
+    for (int i = 0; i < TT; ++i) {
+      mean[i] /= C;
+      const float d = c < C ? acc[i] - mean[i] : 0.f;
+      tmp[i] = d * d;
+    }
+    tile_sums<TT>(tmp, rstd, red);
+#pragma unroll
+    for (int i = 0; i < TT; ++i) rstd[i] = rsqrtf(rstd[i] / C + eps);
+  }
+  if (c < C) {
+    const float lg = ln_gamma ? ln_gamma[c] : 1.f, lb = ln_gamma ? ln_beta[c] : 0.f;
+#pragma unroll
+    for (int i = 0; i < TT; ++i) {
+      const int t = t0 + i;
+      if (t >= T_) break;
+      float v = acc[i];
+      if (ln_gamma) v = (v - mean[i]) * rstd[i] * lg + lb;
+      out[((size_t)b * T_ + t) * C + c] = from_f<T>(v / (1.f + __expf(-v)));
+    }
+  }
+}
+
+// Row-wise log-softmax (fp32 out, optional) + top-k (values fp32, indices int64), k <= KM:
+// a per-thread top-KM list in registers, merged in k rounds; ties go to the lower index.
+template <typename T, int KM>
+__global__ void log_softmax_topk_reg_kernel(float* __restrict__ logp, float* __restrict__ topv,
+                                            int64_t* __restrict__ topi, const T* __restrict__ x,
+                                            int V, int k, int ld) {
+  __shared__ float red[32];
+  __shared__ float sval[32];
+  __shared__ int sidx[32];
+  __shared__ int winner;
+  const size_t base = (size_t)blockIdx.x * ld;
+  const size_t obase = (size_t)blockIdx.x * V;
+  float lv[KM];
+  int li[KM];
+#pragma unroll
+  for (int j = 0; j < KM; ++j) { lv[j] = -INFINITY; li[j] = 0x7fffffff; }
+  for (int c = threadIdx.x; c < V; c += blockDim.x) {
+    const float v = to_f(x[base + c]);
+    if (v > lv[KM - 1]) {  // strict: an equal later index never passes an earlier one
+      lv[KM - 1] = v; li[KM - 1] = c;
+#pragma unroll
+      for (int j = KM - 1; j > 0; --j) {
+        if (lv[j] > lv[j - 1]) {
+          const float tv = lv[j]; lv[j] = lv[j - 1]; lv[j - 1] = tv;
+          const int ti = li[j]; li[j] = li[j - 1]; li[j - 1] = ti;
+        }
+      }
+    }
+  }
+  const float m = block_max(lv[0], red);
+  float s = 0.f;
+  for (int c = threadIdx.x; c < V; c += blockDim.x) s += __expf(to_f(x[base + c]) - m);
+  const float lse = m + logf(block_sum(s, red));
+  if (logp)
+    for (int c = threadIdx.x; c < V; c += blockDim.x) logp[obase + c] = to_f(x[base + c]) - lse;
+  const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+  for (int r = 0; r < k; ++r) {
+    float bv = lv[0];
+    int bi = li[0];
+    for (int o = 16; o > 0; o >>= 1) {
+      const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+      const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+      if (ov > bv || (ov == bv && oi < bi)) { bv = ov; bi = oi; }
+    }
+    if (lane == 0) { sval[wid] = bv; sidx[wid] = bi; }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      for (int w2 = 1; w2 < nw; ++w2)
+        if (sval[w2] > bv || (sval[w2] == bv && sidx[w2] < bi)) { bv = sval[w2]; bi = sidx[w2]; }
+      topv[(size_t)blockIdx.x * k + r] = bv - lse;
+      topi[(size_t)blockIdx.x * k + r] = bi;
+      winner = bi;
+    }
+    __syncthreads();
+    if (li[0] == winner) {  // the owner pops its head
+#pragma unroll
+      for (int j = 0; j < KM - 1; ++j) { lv[j] = lv[j + 1]; li[j] = li[j + 1]; }
+      lv[KM - 1] = -INFINITY; li[KM - 1] = 0x7fffffff;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Decoder scoring: out[n, l] = log_softmax(x[n, l, :])[target[n, l]] for l < len[n], else 0.
+template <typename T>
+__global__ void log_softmax_gather_kernel(float* __restrict__ out, const T* __restrict__ x,
+                                          const int64_t* __restrict__ target,
+                                          const int32_t* __restrict__ lens, int L, int V, int ld) {
+  __shared__ float red[32];
+  const int row = blockIdx.x, n = row / L, l = row % L;
+  if (l >= lens[n]) {
+    if (threadIdx.x == 0) out[row] = 0.f;
+    return;
+  }
+  const size_t base = (size_t)row * ld;
+  float m = -INFINITY;
+  for (int c = threadIdx.x; c < V; c += blockDim.x) m = fmaxf(m, to_f(x[base + c]));
+  m = block_max(m, red);
+  float s = 0.f;
+  for (int c = threadIdx.x; c < V; c += blockDim.x) s += __expf(to_f(x[base + c]) - m);
+  s = block_sum(s, red);
+  if (threadIdx.x == 0) {
+    int64_t tgt = target[row];
+    tgt = tgt < 0 ? 0 : (tgt >= V ? V - 1 : tgt);
+    out[row] = to_f(x[base + tgt]) - (m + logf(s));
+  }
+}
+
+
+
+// ---------------------------------------------------------------------------------------
+// Attention with an optional relative-position term (WeNet's RelPositionMultiHeadedAttention):
+//   out = softmax(((q+u) k^T + [(q+v) p^T]) * scale + bias) v
+// qu, qv, out: (B, H, Tq, dk); v: (B, H, Tk, dk); k, p: (Kb|Pb, H, Tk, dk) with Kb, Pb 1 or B;
+// bias (additive mask): (Bb, Hb, Qb, Tk) with each of Bb/Hb/Qb 1 or full. One warp per query
+// row, online softmax in fp32 over the keys; lane l holds elements l, l+32, ... (R of them).
+// A key whose score is -inf (an fp16 mask bias) gets weight 0; a row with no key left gets 0.
+template <typename T, int R>
+__global__ void attention_kernel(T* __restrict__ out, const T* __restrict__ qu,
+                                 const T* __restrict__ k, const T* __restrict__ v,
+                                 const T* __restrict__ qv, const T* __restrict__ p,
+                                 const T* __restrict__ bias, int H, int Tq, int Tk, int dk,
+                                 int k_batch, int p_batch, int bias_b, int bias_h, int bias_q,
+                                 float scale) {
+  const int lane = threadIdx.x & 31;
+  const int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  const int bh = blockIdx.y, b = bh / H, h = bh % H;
+  if (row >= Tq) return;
+  const size_t q_off = ((size_t)bh * Tq + row) * dk;
+  const T* kb = k + ((size_t)(k_batch == 1 ? 0 : b) * H + h) * Tk * dk;
+  const T* vb = v + (size_t)bh * Tk * dk;
+  const T* pb = p == nullptr ? nullptr : p + ((size_t)(p_batch == 1 ? 0 : b) * H + h) * Tk * dk;
+  const T* brow = bias == nullptr ? nullptr
+      : bias + (((size_t)(bias_b == 1 ? 0 : b) * bias_h + (bias_h == 1 ? 0 : h)) * bias_q +
+                (bias_q == 1 ? 0 : row)) * Tk;
+  float a[R], c[R], acc[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const int e = lane + 32 * r;
+    a[r] = e < dk ? to_f(qu[q_off + e]) : 0.f;
+    c[r] = (pb != nullptr && e < dk) ? to_f(qv[q_off + e]) : 0.f;
+    acc[r] = 0.f;
+  }
+  float m = -INFINITY, l = 0.f;
+  for (int j = 0; j < Tk; ++j) {
+    const size_t o = (size_t)j * dk;
+    float s = 0.f;
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const int e = lane + 32 * r;
+      if (e < dk) {
+        s += a[r] * to_f(kb[o + e]);
+        if (pb != nullptr) s += c[r] * to_f(pb[o + e]);
+      }
+    }
+    s = warp_sum(s) * scale + (brow != nullptr ? to_f(brow[j]) : 0.f);
+    if (s == -INFINITY) continue;  // same in every lane: the warp stays converged
+    const float mn = fmaxf(m, s);
+    const float corr = m == -INFINITY ? 0.f : __expf(m - mn);
+    const float w = __expf(s - mn);
+    l = l * corr + w;
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const int e = lane + 32 * r;
+      acc[r] = acc[r] * corr + (e < dk ? w * to_f(vb[o + e]) : 0.f);
+    }
+    m = mn;
+  }
+  const float inv = l > 0.f ? 1.f / l : 0.f;
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const int e = lane + 32 * r;
+    if (e < dk) out[q_off + e] = from_f<T>(acc[r] * inv);
+  }
+}
+
+}  // namespace
+
+#define DISPATCH(dtype, ...)                                        \
+  switch (dtype) {                                                  \
+    case 0: { using T = float; __VA_ARGS__; break; }                \
+    case 1: { using T = __half; __VA_ARGS__; break; }               \
+    case 2: { using T = __nv_bfloat16; __VA_ARGS__; break; }        \
+    default: return (int)cudaErrorInvalidValue;                     \
+  }
+
+extern "C" {
+
+int wk_version() { return 3; }
+
+int wk_add_layernorm(void* sum_out, void* norm_out, const void* x, const void* delta,
+                     float alpha, const void* gamma, const void* beta, int rows, int cols,
+                     float eps, int dtype, cudaStream_t stream) {
+  if (rows <= 0) return 0;
+  if (cols <= 1024) {
+    const int rows_per_block = 4;
+    DISPATCH(dtype, add_layernorm_warp_kernel<T><<<(rows + rows_per_block - 1) / rows_per_block,
+                                                     32 * rows_per_block, 0, stream>>>(
+        (T*)sum_out, (T*)norm_out, (const T*)x, (const T*)delta, alpha, (const T*)gamma,
+        (const T*)beta, rows, cols, eps));
+    return (int)cudaGetLastError();
+  }
+  const size_t smem = (size_t)cols * sizeof(float);
+  DISPATCH(dtype, add_layernorm_kernel<T><<<rows, 256, smem, stream>>>(
+      (T*)sum_out, (T*)norm_out, (const T*)x, (const T*)delta, alpha, (const T*)gamma,
+      (const T*)beta, cols, eps));
+  return (int)cudaGetLastError();
+}
+
+int wk_glu_dwconv(void* out, const void* h, const int32_t* lens, const float* w,
+                  const float* bias, const float* pad_value, const float* ln_gamma,
+                  const float* ln_beta, int B, int T_, int C, int K, int causal, float eps,
+                  int dtype, cudaStream_t stream) {
+  if (B <= 0 || T_ <= 0) return 0;
+  constexpr int TT = 8;
+  if (C > 1024) return (int)cudaErrorInvalidValue;
+  const size_t smem = (size_t)(TT + K - 1) * C * sizeof(float);
+  dim3 grid((T_ + TT - 1) / TT, B);
+  const int threads = ((C + 31) / 32) * 32;
+  DISPATCH(dtype, {
+    auto kernel = glu_dwconv_tiled_kernel<T, TT>;
+    static size_t smem_allowed = 48 * 1024;  // per dtype; raised once, outside graph replays
+    if (smem > smem_allowed) {  // large C*K: opt in to more dynamic shared memory
+      const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+      if (e != cudaSuccess) return (int)e;
+      smem_allowed = smem;
+    }
+    kernel<<<grid, threads, smem, stream>>>((T*)out, (const T*)h, lens, w, bias, pad_value,
+                                            ln_gamma, ln_beta, T_, C, K, causal, eps);
+  });
+  return (int)cudaGetLastError();
+}
+
+int wk_log_softmax_topk(float* logp, float* topv, int64_t* topi, const void* x, int rows,
+                        int V, int ld, int k, int dtype, cudaStream_t stream) {
+  if (ld < V) return (int)cudaErrorInvalidValue;
+  if (rows <= 0) return 0;
+  if (k < 1 || k > 32 || k > V) return (int)cudaErrorInvalidValue;
+  if (k <= 16) {
+    DISPATCH(dtype, (log_softmax_topk_reg_kernel<T, 16><<<rows, 128, 0, stream>>>(
+        logp, topv, topi, (const T*)x, V, k, ld)));
+  } else {
+    DISPATCH(dtype, (log_softmax_topk_reg_kernel<T, 32><<<rows, 128, 0, stream>>>(
+        logp, topv, topi, (const T*)x, V, k, ld)));
+  }
+  return (int)cudaGetLastError();
+}
+
+int wk_log_softmax_gather(float* out, const void* x, const int64_t* target,
+                          const int32_t* lens, int N, int L, int V, int ld, int dtype,
+                          cudaStream_t stream) {
+  if (N <= 0 || L <= 0) return 0;
+  if (ld < V) return (int)cudaErrorInvalidValue;
+  DISPATCH(dtype, log_softmax_gather_kernel<T><<<N * L, 256, 0, stream>>>(out, (const T*)x,
+                                                                          target, lens, L, V, ld));
+  return (int)cudaGetLastError();
+}
+
+int wk_attention(void* out, const void* qu, const void* k, const void* v, const void* qv,
+                 const void* p, const void* bias, int B, int H, int Tq, int Tk, int dk,
+                 int k_batch, int p_batch, int bias_b, int bias_h, int bias_q, float scale,
+                 int dtype, cudaStream_t stream) {
+  if (B <= 0 || H <= 0 || Tq <= 0) return 0;
+  if (Tk <= 0 || dk <= 0 || dk > 128 || (p != nullptr && qv == nullptr)) return (int)cudaErrorInvalidValue;
+  if ((long long)B * H > 65535) return (int)cudaErrorInvalidValue;
+  constexpr int kWarps = 4;
+  dim3 grid((Tq + kWarps - 1) / kWarps, B * H);
+#define WK_ATTN(R) attention_kernel<T, R><<<grid, 32 * kWarps, 0, stream>>>(                 \
+      (T*)out, (const T*)qu, (const T*)k, (const T*)v, (const T*)qv, (const T*)p,          \
+      (const T*)bias, H, Tq, Tk, dk, k_batch, p_batch, bias_b, bias_h, bias_q, scale)
+  DISPATCH(dtype, {
+    if (dk <= 32) WK_ATTN(1);
+    else if (dk <= 64) WK_ATTN(2);
+    else if (dk <= 96) WK_ATTN(3);
+    else WK_ATTN(4);
+  });
+#undef WK_ATTN
+  return (int)cudaGetLastError();
+}
+
+}  // extern "C"

@@ -1,0 +1,42 @@
+// C launchers of the fused CUDA kernels in wenet_kernels.cu: the one declaration shared by
+// the torch custom ops (bound through ctypes, wenet_triton/engines/kernels.py) and the
+// TensorRT plugins (wenet_trt_plugins.cpp). Activations are float32 / float16 / bfloat16
+// (dtype 0 / 1 / 2); each launcher returns a cudaError_t value (0 = success).
+#pragma once
+#include <cuda_runtime_api.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// Version of this interface; bumped whenever a signature changes (kernels.py checks it).
+int wk_version();
+
+// sum_out = x + alpha * delta; norm_out = LayerNorm(sum_out) * gamma + beta   [rows, cols]
+int wk_add_layernorm(void* sum_out, void* norm_out, const void* x, const void* delta, float alpha,
+                     const void* gamma, const void* beta, int rows, int cols, float eps, int dtype,
+                     cudaStream_t stream);
+
+// swish(LN(depthwise_conv(glu(h)))) with padded frames zeroed, h [B, T, 2C], w [C, K]
+int wk_glu_dwconv(void* out, const void* h, const int32_t* lens, const float* w, const float* bias,
+                  const float* pad_value, const float* ln_gamma, const float* ln_beta, int B, int T,
+                  int C, int K, int causal, float eps, int dtype, cudaStream_t stream);
+
+// log_softmax over V (row stride ld) in fp32, plus its top-k values and indices
+int wk_log_softmax_topk(float* logp, float* topv, int64_t* topi, const void* x, int rows, int V,
+                        int ld, int k, int dtype, cudaStream_t stream);
+
+// log_softmax(x)[target] per position of N sequences of length L (0 past lens)
+int wk_log_softmax_gather(float* out, const void* x, const int64_t* target, const int32_t* lens,
+                          int N, int L, int V, int ld, int dtype, cudaStream_t stream);
+
+// softmax(((q+u) k^T + (q+v) p^T) * scale + bias) v; qv/p null for plain attention
+int wk_attention(void* out, const void* qu, const void* k, const void* v, const void* qv,
+                 const void* p, const void* bias, int B, int H, int Tq, int Tk, int dk, int k_batch,
+                 int p_batch, int bias_b, int bias_h, int bias_q, float scale, int dtype,
+                 cudaStream_t stream);
+
+#ifdef __cplusplus
+}
+#endif

@@ -1,0 +1,120 @@
+"""The C++ CTC prefix beam search (csrc/ctc_prefix_beam_search.cpp), loaded with ctypes:
+prebuilt ($WENET_TRITON_PREBUILT: the Docker image) or compiled with the system C++ compiler on
+first use into the cache. If neither works the pure-Python search (same results, ~10x
+slower; much slower with an LM) is used instead, with a warning."""
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import shutil
+import subprocess
+from typing import List, Optional
+
+import numpy as np
+
+from wenet_triton.paths import build_native, cache_root, prebuilt_dir, source_digest
+
+SOURCE = "ctc_prefix_beam_search.cpp"
+
+log = logging.getLogger(__name__)
+_LIB = None
+_FAILED = False
+
+
+def _build() -> Optional[str]:
+    """The library for this source: prebuilt ($WENET_TRITON_PREBUILT, the Docker image), else
+    compiled once into the cache by csrc/build.sh (named by the source's hash)."""
+    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    name = f"libctc_search_{source_digest(SOURCE)}.so"
+    pre = prebuilt_dir()
+    if pre and os.path.exists(os.path.join(pre, name)):
+        return os.path.join(pre, name)
+    out = os.path.join(cache_root(), "native", name)
+    if os.path.exists(out):
+        return out
+    if not cxx:
+        return None
+    log.info("compiling %s -> %s", SOURCE, out)
+    build_native("search", out, capture=True, env={"CXX": cxx})  # writes atomically: Triton instances may race
+    return out
+
+
+def lib():
+    global _LIB, _FAILED
+    if _LIB is None and not _FAILED:
+        try:
+            path = _build()
+            if path is None:
+                raise OSError("no C++ compiler")
+            L = ctypes.CDLL(path)
+            P, I = ctypes.c_void_p, ctypes.c_int
+            L.wk_ctc_prefix_beam_search.argtypes = [P, P, P, I, I, I, I, I, I, P, P, P, P]
+            L.wk_ctc_prefix_beam_search.restype = I
+            L.wk_ctc_prefix_beam_search_lm.argtypes = [P, P, P, I, I, I, I, I, I, P, P, P, P, P, I,
+                                                       ctypes.c_double, ctypes.c_double, P]
+            L.wk_ctc_prefix_beam_search_lm.restype = I
+            L.wk_lm_create.argtypes = [I, I, I, P, P, P, P]
+            L.wk_lm_create.restype = P
+            L.wk_lm_free.argtypes = [P]
+            _LIB = L
+        except (OSError, subprocess.CalledProcessError) as e:
+            log.warning("native CTC prefix beam search unavailable (%s); using Python", e)
+            _FAILED = True
+    return _LIB
+
+
+def prefix_beam_search_batch(topv: np.ndarray, topi: np.ndarray, lens: np.ndarray, beam: int,
+                             blank: int = 0, lm=None, lm_weight: float = 0.0,
+                             length_bonus: float = 0.0) -> Optional[List[List[tuple]]]:
+    """(B,T,K) top-k log-probs/ids -> n-best per utterance, or None without the library.
+
+    Hypotheses are (tokens, ctc log-prob), or with an `lm.NgramLM` (tokens, ctc, lm log-prob)
+    ranked by the fused score."""
+    L = lib()
+    if L is None:
+        return None
+    topv = np.ascontiguousarray(topv, dtype=np.float32)
+    topi = np.ascontiguousarray(topi, dtype=np.int64)
+    lens = np.ascontiguousarray(lens, dtype=np.int32)
+    B, T, K = topv.shape
+    max_len = max(T, 1)
+    tokens = np.zeros((B, beam, max_len), np.int32)
+    out_lens = np.zeros((B, beam), np.int32)
+    scores = np.zeros((B, beam), np.float64)
+    count = np.zeros(B, np.int32)
+    p = lambda a: a.ctypes.data_as(ctypes.c_void_p)  # noqa: E731
+    args = [p(topv), p(topi), p(lens), B, T, K, beam, blank, max_len, p(tokens), p(out_lens),
+            p(scores), p(count)]
+    if lm is None:
+        L.wk_ctc_prefix_beam_search(*args)
+        return [[(tuple(tokens[b, i, :out_lens[b, i]].tolist()), float(scores[b, i]))
+                 for i in range(count[b])] for b in range(B)]
+    lm_scores = np.zeros((B, beam), np.float64)
+    L.wk_ctc_prefix_beam_search_lm(*args, _lm_handle(L, lm), lm.eos, lm_weight, length_bonus,
+                                   p(lm_scores))
+    return [[(tuple(tokens[b, i, :out_lens[b, i]].tolist()), float(scores[b, i]),
+              float(lm_scores[b, i])) for i in range(count[b])] for b in range(B)]
+
+
+class _LMHandle:
+    """The C++ copy of an NgramLM (hash tables), freed with it."""
+    def __init__(self, L, lm):
+        codes, logp, bow, sizes = lm.tables()
+        ptrs = lambda arrays: (ctypes.c_void_p * len(arrays))(*[a.ctypes.data for a in arrays])  # noqa: E731
+        self.L = L
+        self.ptr = L.wk_lm_create(lm.order, lm.bits, lm.bos, ptrs(codes), ptrs(logp), ptrs(bow),
+                                  sizes.ctypes.data_as(ctypes.c_void_p))
+        if not self.ptr:
+            raise ValueError(f"LM order {lm.order} is not supported (1-16)")
+
+    def __del__(self):
+        if getattr(self, "ptr", None):
+            self.L.wk_lm_free(self.ptr)
+
+
+def _lm_handle(L, lm) -> int:
+    h = getattr(lm, "_native", None)
+    if h is None or h.L is not L:
+        h = lm._native = _LMHandle(L, lm)
+    return h.ptr

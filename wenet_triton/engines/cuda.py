@@ -1,0 +1,512 @@
+"""GPU engine (`torch_cuda`): the same model math on CUDA in fp16/bf16 (or fp32) with
+fused kernels from csrc/ and CUDA graphs per (batch, length) bucket.
+
+What makes it fast, each keeping WeNet's numbers:
+- rel-pos attention as ONE scaled_dot_product_attention call: (q+u)·k + (q+v)·p equals
+  [q+u, q+v]·[k, p] with head dim 2*d_k, so the (B,h,T,T) position term is never
+  materialized; only a key-padding mask is passed;
+- residual add + LayerNorm in one kernel (fp32 statistics); GLU + depthwise conv (BatchNorm
+  folded) + LayerNorm + swish in one kernel; CTC log-softmax + top-k in one kernel;
+  decoder log-softmax + gather in one kernel (no (N,L,V) log-prob tensor);
+- the CTC and decoder output projections accumulate AND store in fp32;
+- xscale folded into the subsampling output linear, q/k/v fused into one GEMM, the
+  decoder's cross-attention K/V computed once per utterance instead of once per hypothesis;
+- CUDA graphs: inputs are padded to buckets (padding never changes valid outputs: the
+  model is batch-invariant), one graph per bucket, shared memory pool.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from wenet_triton.contract import ENCODER_OUTPUTS, EngineSettings
+from wenet_triton.engines import kernels
+from wenet_triton.engines.base import Engine
+from wenet_triton.model.conformer import ASRModel, BiTransformerDecoder, sinusoid_table
+
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def _round_up(x: int, m: int) -> int:
+    return (x + m - 1) // m * m
+
+
+class _tf32:
+    """Allow TF32 GEMMs inside the block. Exact when the fp32 operands hold fp16/bf16 values:
+    TF32 keeps 10 mantissa bits, so products are exact and accumulation is fp32."""
+    def __enter__(self):
+        m = torch.backends.cuda.matmul
+        self.new_api = hasattr(m, "fp32_precision")
+        self.prev = m.fp32_precision if self.new_api else m.allow_tf32
+        if self.new_api:
+            m.fp32_precision = "tf32"
+        else:
+            m.allow_tf32 = True
+
+    def __exit__(self, *exc):
+        m = torch.backends.cuda.matmul
+        if self.new_api:
+            m.fp32_precision = self.prev
+        else:
+            m.allow_tf32 = self.prev
+
+
+def linear_f32(x: torch.Tensor, w32: torch.Tensor, b32: torch.Tensor) -> torch.Tensor:
+    """x @ w.T + b accumulated and stored in fp32. w32/b32 are fp32 tensors; for fp16/bf16
+    x they hold fp16/bf16-rounded weights, so a TF32 GEMM computes the exact products."""
+    x2 = x.reshape(-1, x.shape[-1])
+    exact_tf32 = x.dtype != torch.float32 and x.is_cuda
+    with _tf32() if exact_tf32 else contextlib.nullcontext():
+        y = torch.addmm(b32, x2.float(), w32.t())
+    return y.view(*x.shape[:-1], w32.shape[0])
+
+
+_SDPA_CHOICE: Dict[Tuple, object] = {}
+
+
+def sdpa(q, k, v, mask, scale=None):
+    """scaled_dot_product_attention on the first fused backend that takes these shapes
+    (cuDNN, then memory-efficient), resolved once per shape signature and cached. Left to
+    itself SDPA chose its math path (fp32 bmm + softmax) for the rel-pos encoder call."""
+    if not q.is_cuda:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    key = (q.shape[-1], v.shape[-1], q.dtype, None if mask is None else (mask.dtype, mask.shape[-2] == 1))
+    choice = _SDPA_CHOICE.get(key)
+    if choice is not None:
+        with sdpa_kernel([choice]):
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    for be in (SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH):
+        try:
+            with sdpa_kernel([be]):
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+        except RuntimeError:
+            continue
+        _SDPA_CHOICE[key] = be
+        return out
+    raise RuntimeError("no attention backend accepted the inputs")
+
+
+class FastModel:
+    """Inference-only re-packing of an ASRModel's weights for the GPU."""
+    def __init__(self, model: ASRModel, dtype: torch.dtype = torch.float16,
+                 device: str = "cuda", use_kernels: Optional[bool] = None):
+        self.dtype, self.device = dtype, torch.device(device)
+        self.kern = kernels.available() if use_kernels is None else use_kernels
+        model = model.fuse().eval()
+        enc = model.encoder
+        cv = lambda t: t.detach().to(self.device, dtype).contiguous()  # noqa: E731
+        f32 = lambda t: t.detach().to(self.device, torch.float32).contiguous()  # noqa: E731
+        self.cmvn = (f32(enc.global_cmvn.mean), f32(enc.global_cmvn.istd)) \
+            if enc.global_cmvn is not None else None
+        cl = torch.channels_last
+        convs = [m for m in enc.embed.conv if isinstance(m, torch.nn.Conv2d)]
+        # first conv has one input channel: unfold + one GEMM writing channels-last output
+        # (cuDNN ran it as an fp32 GEMM plus layout and dtype conversions)
+        c1 = convs[0]
+        k1 = c1.kernel_size[0]
+        kp = _round_up(k1 * k1, 8)
+        self.conv1 = (cv(F.pad(c1.weight.reshape(c1.out_channels, k1 * k1), (0, kp - k1 * k1))),
+                      cv(c1.bias), k1, c1.stride[0], kp)
+        self.convs = [(cv(m.weight).contiguous(memory_format=cl), cv(m.bias), m.stride)
+                      for m in convs[1:]]
+        self.layout = enc.embed.layout
+        out = enc.embed.out[0]
+        # convs run channels-last, so their output flattens as (f, c): reorder the columns
+        C = convs[-1].out_channels
+        w = out.weight.view(out.out_features, C, -1).transpose(1, 2).reshape(out.out_features, -1)
+        self.out_w, self.out_b = cv(w * enc.xscale), cv(out.bias * enc.xscale)
+        self.d = enc.d_model
+        self.rel_pos = enc.rel_pos
+        self.subsampling = enc.embed.subsampling_rate
+        self.right_context = enc.embed.right_context
+        self.layers = [self._pack_layer(L, cv, f32) for L in enc.encoders]
+        self.after_norm = self._ln(enc.after_norm, cv)
+        self.vocab = model.ctc.ctc_lo.out_features
+        self.ctc_w, self.ctc_b = self._padded(model.ctc.ctc_lo, cv, f32)
+        dec = model.decoder
+        self.left = self._pack_decoder(dec.left_decoder if isinstance(dec, BiTransformerDecoder)
+                                       else dec, cv, f32)
+        self.right = self._pack_decoder(dec.right_decoder, cv, f32) \
+            if isinstance(dec, BiTransformerDecoder) else None
+
+    # -- packing -----------------------------------------------------------------------------
+    @staticmethod
+    def _padded(lin, cv, f32):
+        """Vocabulary projection as fp32 copies of the rounded weights, rows padded to a
+        multiple of 16 so the GEMM's output leading dimension is aligned."""
+        n = lin.out_features
+        pad = _round_up(n, 16) - n
+        return (F.pad(cv(lin.weight).float(), (0, 0, 0, pad)), F.pad(f32(lin.bias), (0, pad)))
+
+    @staticmethod
+    def _ln(m, cv):
+        return (cv(m.weight), cv(m.bias), float(m.eps))
+
+    @staticmethod
+    def _ffn(m, cv):
+        act = m.activation
+        name = "silu" if isinstance(act, torch.nn.SiLU) else "relu" if isinstance(act, torch.nn.ReLU) \
+            else "gelu" if isinstance(act, torch.nn.GELU) else "tanh"
+        return (cv(m.w_1.weight), cv(m.w_1.bias), cv(m.w_2.weight), cv(m.w_2.bias), name)
+
+    @staticmethod
+    def _attn(m, cv):
+        w = torch.cat([m.linear_q.weight, m.linear_k.weight, m.linear_v.weight])
+        zeros = torch.zeros(m.linear_q.out_features)
+        b = torch.cat([x.bias if x.bias is not None else zeros
+                       for x in (m.linear_q, m.linear_k, m.linear_v)])
+        p = {"w_qkv": cv(w), "b_qkv": cv(b), "w_out": cv(m.linear_out.weight),
+             "b_out": cv(m.linear_out.bias), "h": m.h, "dk": m.d_k}
+        if hasattr(m, "linear_pos"):
+            # one GEMM gives, per head, [q+u, q+v] (2*dk), then k and v
+            h, dk, D = m.h, m.d_k, m.linear_q.out_features
+            wq = m.linear_q.weight.view(h, dk, D)
+            bq = b[:D].view(h, dk)
+            wq2 = torch.stack([wq, wq], 1).reshape(2 * D, D)
+            bq2 = torch.stack([bq + m.pos_bias_u, bq + m.pos_bias_v], 1).reshape(2 * D)
+            p.update(w_qkv=cv(torch.cat([wq2, w[D:]])), b_qkv=cv(torch.cat([bq2, b[D:]])),
+                     w_pos=cv(m.linear_pos.weight), rel=True)
+        return p
+
+    def _pack_layer(self, L, cv, f32):
+        stages = []
+        if L.feed_forward_macaron is not None:
+            stages.append(("ffn", self._ln(L.norm_ff_macaron, cv), self._ffn(L.feed_forward_macaron, cv), 0.5))
+        stages.append(("mha", self._ln(L.norm_mha if L.conformer else L.norm1, cv), self._attn(L.self_attn, cv), 1.0))
+        if L.conv_module is not None:
+            cm = L.conv_module
+            C = cm.pointwise_conv2.out_channels
+            b1 = cm.pointwise_conv1.bias if cm.pointwise_conv1.bias is not None \
+                else torch.zeros(2 * C)
+            conv = {"pw1_w": cv(cm.pointwise_conv1.weight[:, :, 0]), "pw1_b": cv(b1),
+                    "dw_w": f32(cm.depthwise_conv.weight[:, 0, :]),
+                    "dw_b": f32(cm.depthwise_conv.bias),
+                    # WeNet pads before pointwise_conv1: causal pad frames are glu(bias)
+                    "pad": f32(F.glu(b1.float(), dim=0)),
+                    "ln_g": f32(cm.norm.weight) if cm.use_layer_norm else None,
+                    "ln_b": f32(cm.norm.bias) if cm.use_layer_norm else None,
+                    "eps": float(cm.norm.eps) if cm.use_layer_norm else 0.0,
+                    "causal": cm.lorder > 0,
+                    "pw2_w": cv(cm.pointwise_conv2.weight[:, :, 0]),
+                    "pw2_b": cv(cm.pointwise_conv2.bias if cm.pointwise_conv2.bias is not None
+                                else torch.zeros(C))}
+            stages.append(("conv", self._ln(L.norm_conv, cv), conv, 1.0))
+        stages.append(("ffn", self._ln(L.norm_ff if L.conformer else L.norm2, cv), self._ffn(L.feed_forward, cv),
+                       L.ff_scale))
+        final = self._ln(L.norm_final, cv) if L.conv_module is not None else None
+        if L.concat_after:
+            raise NotImplementedError("concat_after encoders are not supported by the GPU engine")
+        return stages, final
+
+    def _pack_decoder(self, dec, cv, f32):
+        layers = []
+        for L in dec.decoders:
+            if L.concat_after or not L.normalize_before:
+                raise NotImplementedError("the GPU engine needs normalize_before and no concat_after")
+            layers.append((self._ln(L.norm1, cv), self._attn(L.self_attn, cv),
+                           self._ln(L.norm2, cv), self._attn(L.src_attn, cv),
+                           self._ln(L.norm3, cv), self._ffn(L.feed_forward, cv)))
+        out_w, out_b = self._padded(dec.output_layer, cv, f32)
+        return {"embed": cv(dec.embed[0].weight), "layers": layers,
+                "after_norm": self._ln(dec.after_norm, cv), "out_w": out_w, "out_b": out_b}
+
+    # -- building blocks ---------------------------------------------------------------------
+    def ln(self, x, p):
+        if self.kern:
+            return kernels.layernorm(x, p[0], p[1], p[2])
+        return F.layer_norm(x, (x.shape[-1],), p[0], p[1], p[2])
+
+    def add_ln(self, x, delta, alpha, p):
+        if self.kern:
+            return kernels.add_layernorm(x, delta, alpha, p[0], p[1], p[2])
+        s = x + alpha * delta if alpha != 1.0 else x + delta
+        return s, F.layer_norm(s, (s.shape[-1],), p[0], p[1], p[2])
+
+    @staticmethod
+    def ffn(y, p):
+        w1, b1, w2, b2, act = p
+        h = F.linear(y, w1, b1)
+        h = F.silu(h) if act == "silu" else F.relu(h) if act == "relu" else \
+            F.gelu(h) if act == "gelu" else torch.tanh(h)
+        return F.linear(h, w2, b2)
+
+    def self_attn(self, y, p, pe_proj, mask):
+        B, T, D = y.shape
+        h, dk = p["h"], p["dk"]
+        if p.get("rel"):  # rel-pos: [q+u, q+v] . [k, p], q+u / q+v straight from the GEMM
+            out = F.linear(y, p["w_qkv"], p["b_qkv"])
+            q = out[..., : 2 * D].view(B, T, h, 2 * dk)
+            k = out[..., 2 * D: 3 * D].view(B, T, h, dk)
+            v = out[..., 3 * D:].view(B, T, h, dk)
+            k = torch.cat([k, pe_proj.view(1, T, h, dk).expand(B, T, h, dk)], dim=-1)
+        else:
+            q, k, v = F.linear(y, p["w_qkv"], p["b_qkv"]).view(B, T, 3, h, dk).unbind(2)
+        o = sdpa(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask, 1.0 / math.sqrt(dk))
+        return F.linear(o.transpose(1, 2).reshape(B, T, D), p["w_out"], p["b_out"])
+
+    def conv(self, y, p, lens):
+        hdn = F.linear(y, p["pw1_w"], p["pw1_b"])
+        fn = kernels.glu_dwconv if self.kern else kernels.ref_glu_dwconv
+        g = fn(hdn, lens, p["dw_w"], p["dw_b"], p["pad"], p["ln_g"], p["ln_b"], p["causal"], p["eps"])
+        return F.linear(g, p["pw2_w"], p["pw2_b"])
+
+    # -- encoder -----------------------------------------------------------------------------
+    def frames_for(self, t_out: int) -> int:
+        """Input frames whose subsampled length is exactly t_out."""
+        return (t_out - 1) * self.subsampling + self.right_context + 1
+
+    def encode(self, speech: torch.Tensor, lens: torch.Tensor, beam: int, want_logp: bool = False):
+        B, T, _ = speech.shape
+        valid = torch.arange(T, device=speech.device)[None, :] < lens[:, None]
+        x = speech
+        if self.cmvn is not None:
+            x = (x - self.cmvn[0]) * self.cmvn[1]
+        w1, b1, k1, s1, kp = self.conv1
+        x = x.to(self.dtype).unfold(1, k1, s1).unfold(2, k1, s1)  # (B,T1,F1,kt,kf)
+        x = x.reshape(*x.shape[:3], k1 * k1)
+        if kp > k1 * k1:
+            x = F.pad(x, (0, kp - k1 * k1))
+        x = F.relu(F.linear(x, w1, b1)).permute(0, 3, 1, 2)  # NCHW view, channels-last memory
+        for w, b, s in self.convs:
+            x = F.relu(F.conv2d(x, w, b, s))
+        x = F.linear(x.permute(0, 2, 3, 1).flatten(2), self.out_w, self.out_b)
+        for k, s in self.layout:
+            valid = valid[:, k - 1::s]
+        Tp = x.shape[1]
+        out_lens = valid.sum(1).to(torch.int32)
+        pe = sinusoid_table(Tp, self.d, x.device, self.dtype)[0]
+        if not self.rel_pos:
+            x = x + pe
+        # contiguous: the strided subsampling slice makes fused attention backends refuse it
+        mask = valid.contiguous()[:, None, None, :]
+        y = None
+        for stages, final in self.layers:
+            y = self.ln(x, stages[0][1]) if y is None else y
+            pe_proj = None
+            for j, (kind, _, p, scale) in enumerate(stages):
+                if kind == "ffn":
+                    out = self.ffn(y, p)
+                elif kind == "mha":
+                    if self.rel_pos and pe_proj is None:
+                        pe_proj = F.linear(pe, p["w_pos"])
+                    out = self.self_attn(y, p, pe_proj if self.rel_pos else None, mask)
+                else:
+                    out = self.conv(y, p, out_lens)
+                if j + 1 < len(stages):
+                    x, y = self.add_ln(x, out, scale, stages[j + 1][1])
+                elif final is not None:
+                    _, x = self.add_ln(x, out, scale, final)
+                    y = None
+                else:
+                    x, y = x + scale * out, None
+        x = self.ln(x, self.after_norm)
+        logits = linear_f32(x, self.ctc_w, self.ctc_b)
+        fn = kernels.log_softmax_topk if self.kern else kernels.ref_log_softmax_topk
+        logp, topv, topi = fn(logits, beam, want_logp, self.vocab)
+        return x, out_lens, logp, topv, topi
+
+    # -- decoder -----------------------------------------------------------------------------
+    def _dec_scores(self, D, memory_kv, mem_mask, ys_in, ys_out, lens_sos, beam):
+        N, L = ys_in.shape
+        x = F.embedding(ys_in, D["embed"]) * math.sqrt(self.d) + sinusoid_table(
+            L, self.d, ys_in.device, self.dtype)
+        valid = torch.arange(L, device=ys_in.device)[None, :] < lens_sos[:, None]
+        causal = torch.ones(L, L, dtype=torch.bool, device=ys_in.device).tril()
+        self_mask = (valid[:, None, :] & causal[None])[:, None]  # (N,1,L,L)
+        y = None
+        for i, (n1, sa, n2, ca, n3, ff) in enumerate(D["layers"]):
+            y = self.ln(x, n1) if y is None else y
+            x, y = self.add_ln(x, self.self_attn(y, sa, None, self_mask), 1.0, n2)
+            h, dk = ca["h"], ca["dk"]
+            # the beam*L queries of one utterance share its memory: one batch entry each
+            q = F.linear(y, ca["w_qkv"][: self.d], ca["b_qkv"][: self.d])
+            q = q.view(N // beam, beam * L, h, dk).transpose(1, 2)
+            k, v = memory_kv[i]
+            o = sdpa(q, k, v, mem_mask)
+            o = F.linear(o.transpose(1, 2).reshape(N, L, self.d), ca["w_out"], ca["b_out"])
+            x, y = self.add_ln(x, o, 1.0, n3)
+            out = self.ffn(y, ff)
+            if i + 1 < len(D["layers"]):
+                x, y = self.add_ln(x, out, 1.0, D["layers"][i + 1][0])
+            else:
+                _, x = self.add_ln(x, out, 1.0, D["after_norm"])
+        logits = linear_f32(x, D["out_w"], D["out_b"])
+        fn = kernels.log_softmax_gather if self.kern else kernels.ref_log_softmax_gather
+        return fn(logits, ys_out, lens_sos, self.vocab).sum(1)
+
+    def _memory_kv(self, D, memory):
+        """Cross-attention K/V per layer, once per utterance (not per hypothesis)."""
+        B, T, _ = memory.shape
+        out = []
+        for (_, _, _, ca, _, _) in D["layers"]:
+            h, dk = ca["h"], ca["dk"]
+            kv = F.linear(memory, ca["w_qkv"][self.d:], ca["b_qkv"][self.d:])
+            k, v = kv.view(B, T, 2, h, dk).unbind(2)
+            out.append((k.transpose(1, 2), v.transpose(1, 2)))
+        return out
+
+    def rescore(self, enc, enc_lens, hyps, hyps_lens, rhyps, ctc_score, ctc_weight, reverse_weight):
+        B, beam, L2 = hyps.shape
+        T = enc.shape[1]
+        memory = enc.to(self.dtype)
+        mem_valid = torch.arange(T, device=enc.device)[None, :] < enc_lens[:, None]
+        mem_mask = mem_valid[:, None, None, :]
+        lens = hyps_lens.reshape(-1)
+        flat = hyps.reshape(-1, L2)
+        score = self._dec_scores(self.left, self._memory_kv(self.left, memory), mem_mask,
+                                 flat[:, :-1], flat[:, 1:], lens, beam)
+        if reverse_weight > 0 and self.right is not None:
+            rflat = rhyps.reshape(-1, L2)
+            r = self._dec_scores(self.right, self._memory_kv(self.right, memory), mem_mask,
+                                 rflat[:, :-1], rflat[:, 1:], lens, beam)
+            score = score * (1 - reverse_weight) + r * reverse_weight
+        score = score.view(B, beam) + ctc_weight * ctc_score
+        return torch.argmax(score, dim=1).to(torch.int32), score
+
+
+class _Graphs:
+    """CUDA graphs keyed by input shape, captured on first use; one shared memory pool."""
+    def __init__(self, fn, enabled: bool):
+        self.fn, self.enabled = fn, enabled
+        self.graphs: Dict[Tuple, Tuple] = {}
+        self.pool = None
+
+    def __call__(self, key, make_inputs, fill_inputs):
+        if not self.enabled:
+            inputs = make_inputs()
+            fill_inputs(inputs)
+            return self.fn(*inputs)
+        if key not in self.graphs:
+            inputs = make_inputs()
+            fill_inputs(inputs)
+            s = torch.cuda.Stream()
+            s.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(s):
+                for _ in range(2):  # warm up (cuBLAS handles, SDPA kernel choice)
+                    self.fn(*inputs)
+            torch.cuda.current_stream().wait_stream(s)
+            if self.pool is None:
+                self.pool = torch.cuda.graph_pool_handle()
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g, pool=self.pool):
+                outs = self.fn(*inputs)
+            self.graphs[key] = (g, inputs, outs)
+        g, inputs, outs = self.graphs[key]
+        fill_inputs(inputs)
+        g.replay()
+        return outs
+
+
+class CudaEngine(Engine):
+    """`torch_cuda` engine: FastModel + CUDA graphs over (batch, length) buckets."""
+    BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+    def __init__(self, model: ASRModel, settings: EngineSettings, device: str = "cuda",
+                 dtype: str = "float16", use_kernels: Optional[bool] = None,
+                 cuda_graphs: bool = True, time_bucket: int = 16, want_ctc_log_probs: bool = False):
+        self.settings = settings
+        self.device = torch.device(device)
+        self.fm = FastModel(model, DTYPES[dtype or "float16"], device, use_kernels)
+        self.beam = settings.beam_size
+        self.time_bucket = time_bucket
+        self.want_logp = want_ctc_log_probs
+        self.enc_graphs = _Graphs(lambda x, l: self.fm.encode(x, l, self.beam, self.want_logp),
+                                  cuda_graphs)
+        self.dec_graphs = _Graphs(
+            lambda e, el, h, hl, rh, c: self.fm.rescore(e, el, h, hl, rh, c, settings.ctc_weight,
+                                                        settings.reverse_weight), cuda_graphs)
+
+    def _bucket_batch(self, b: int) -> int:
+        for s in self.BATCH_BUCKETS:
+            if b <= s:
+                return s
+        return _round_up(b, self.BATCH_BUCKETS[-1])
+
+    # tensors in, tensors out (used by the benchmarks and the Triton models on GPU)
+    @torch.inference_mode()
+    def encode_tensors(self, speech: torch.Tensor, lens: torch.Tensor):
+        B, T, D = speech.shape
+        t_out = (T - self.fm.right_context - 1) // self.fm.subsampling + 1
+        Bb = self._bucket_batch(B)
+        Tb = self.fm.frames_for(_round_up(max(t_out, 1), self.time_bucket))
+        min_len = self.fm.right_context + 1
+
+        def make():
+            return (torch.zeros(Bb, Tb, D, device=self.device),
+                    torch.full((Bb,), min_len, dtype=torch.int32, device=self.device))
+
+        Tc = min(T, Tb)  # frames past Tb cannot reach any output frame
+
+        def fill(inp):
+            x, l = inp
+            x.zero_()
+            x[:B, :Tc].copy_(speech[:, :Tc], non_blocking=True)
+            l.fill_(min_len)
+            l[:B].copy_(lens.clamp(max=Tb), non_blocking=True)
+
+        enc, out_lens, logp, topv, topi = self.enc_graphs((Bb, Tb), make, fill)
+        n = int(out_lens[:B].max())
+        return enc[:B, :n], out_lens[:B], logp[:B, :n], topv[:B, :n], topi[:B, :n]
+
+    @torch.inference_mode()
+    def rescore_tensors(self, enc, enc_lens, hyps, hyps_lens, rhyps, ctc_score):
+        B, T, D = enc.shape
+        beam, L2 = hyps.shape[1], hyps.shape[2]
+        Bb, Tb, Lb = self._bucket_batch(B), _round_up(T, self.time_bucket), _round_up(L2, 8)
+        eos = self.settings.eos
+
+        def make():
+            return (torch.zeros(Bb, Tb, D, device=self.device, dtype=self.fm.dtype),
+                    torch.ones(Bb, dtype=torch.int32, device=self.device),
+                    torch.full((Bb, beam, Lb), eos, dtype=torch.int64, device=self.device),
+                    torch.ones(Bb, beam, dtype=torch.int32, device=self.device),
+                    torch.full((Bb, beam, Lb), eos, dtype=torch.int64, device=self.device),
+                    torch.zeros(Bb, beam, device=self.device))
+
+        def fill(inp):
+            e, el, h, hl, rh, c = inp
+            e.zero_()
+            e[:B, :T].copy_(enc)
+            el.fill_(1)
+            el[:B].copy_(enc_lens)
+            h.fill_(eos)
+            h[:B, :, :L2].copy_(hyps)
+            hl.fill_(1)
+            hl[:B].copy_(hyps_lens)
+            rh.fill_(eos)
+            rh[:B, :, :L2].copy_(rhyps)
+            c.zero_()
+            c[:B].copy_(ctc_score)
+
+        best, score = self.dec_graphs((Bb, Tb, Lb, beam), make, fill)
+        return best[:B], score[:B]
+
+    # numpy interface (Engine)
+    def encode(self, feats, lens):
+        return self.encode_device(torch.from_numpy(np.ascontiguousarray(feats)).to(self.device),
+                                  torch.from_numpy(lens.astype(np.int32)).to(self.device))
+
+    def encode_device(self, speech: torch.Tensor, lens: torch.Tensor) -> Dict[str, np.ndarray]:
+        """Features already on the GPU (e.g. fbank computed there) -> numpy outputs."""
+        res = {}
+        for name, t in zip(ENCODER_OUTPUTS, self.encode_tensors(speech, lens)):
+            if name == "ctc_log_probs" and not self.want_logp:
+                continue
+            res[name] = t.float().cpu().numpy() if t.is_floating_point() else t.cpu().numpy()
+        return res
+
+    def rescore(self, encoder_out, encoder_out_lens, hyps_pad_sos_eos, hyps_lens_sos,
+                r_hyps_pad_sos_eos, ctc_score):
+        t = lambda a, dt=None: torch.from_numpy(np.ascontiguousarray(a)).to(self.device, dt)  # noqa: E731
+        best, score = self.rescore_tensors(
+            t(encoder_out, torch.float32), t(encoder_out_lens, torch.int32),
+            t(hyps_pad_sos_eos, torch.int64), t(hyps_lens_sos, torch.int32),
+            t(r_hyps_pad_sos_eos, torch.int64), t(ctc_score, torch.float32))
+        return best.cpu().numpy(), score.float().cpu().numpy()

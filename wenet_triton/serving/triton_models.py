@@ -1,0 +1,428 @@
+"""Triton python-backend models of the `attention_rescoring` ensemble.
+
+feature_extractor -> encoder -> scoring (CTC prefix beam search, BLS call to decoder); with
+`feature_device: encoder` fbank runs inside the encoder model (feature_extractor unused).
+Every model takes *ragged* requests (one utterance or one padded batch each), pads them
+together, runs one batched engine call and splits the result, so requests of different
+lengths share a dynamic batch and still get exactly what they would get alone.
+A bad request gets an error of its own; the others in its batch are served.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+import traceback
+from typing import Dict, List
+
+import numpy as np
+
+try:  # only inside the Triton python backend stub
+    import triton_python_backend_utils as pb_utils
+except ImportError:  # pragma: no cover - lets the module be imported for docs and linting
+    pb_utils = None
+
+
+def _params(args) -> Dict[str, str]:
+    cfg = json.loads(args["model_config"])
+    return {k: v["string_value"] for k, v in cfg.get("parameters", {}).items()}
+
+
+def _version_dir(args) -> str:
+    return os.path.join(args["model_repository"], str(args["model_version"]))
+
+
+def _error(msg: str, invalid_input: bool = False):
+    code = getattr(pb_utils.TritonError, "INVALID_ARG", None) if invalid_input else None
+    err = pb_utils.TritonError(msg, code) if code is not None else pb_utils.TritonError(msg)
+    return pb_utils.InferenceResponse(output_tensors=[], error=err)
+
+
+# Triton 24.10's python backend stub loses numeric outputs built from numpy >= 2 arrays
+# (they arrive with 0 bytes); hand those over through DLPack instead.
+_DLPACK_OUTPUTS = int(np.__version__.split(".")[0]) >= 2 or os.environ.get("WENET_TRITON_DLPACK") == "1"
+
+
+def _tensor(name: str, arr: np.ndarray):
+    arr = np.ascontiguousarray(arr)
+    if _DLPACK_OUTPUTS and arr.dtype != np.object_:
+        import torch
+        from torch.utils.dlpack import to_dlpack
+
+        return pb_utils.Tensor.from_dlpack(name, to_dlpack(torch.from_numpy(arr)))
+    return pb_utils.Tensor(name, arr)
+
+
+def _input(request, name):
+    t = pb_utils.get_input_tensor_by_name(request, name)
+    return None if t is None else t.as_numpy()
+
+
+def _device(args, params) -> str:
+    if params.get("device", "cpu") == "cuda" or args.get("model_instance_kind") == "GPU":
+        return f"cuda:{args.get('model_instance_device_id', '0')}"
+    return "cpu"
+
+
+def _cat_padded(arrays: List[np.ndarray], axis: int, fill=0, width: int = 0) -> np.ndarray:
+    """Concatenate along dim 0 arrays that may differ along `axis` (padded with fill, to at
+    least `width`)."""
+    n = max(width, max(a.shape[axis] for a in arrays))
+    out = []
+    for a in arrays:
+        if a.shape[axis] < n:
+            pad = [(0, 0)] * a.ndim
+            pad[axis] = (0, n - a.shape[axis])
+            a = np.pad(a, pad, constant_values=fill)
+        out.append(a)
+    return np.concatenate(out, axis=0)
+
+
+class _StageTimer:
+    """Per-stage wall time of execute() when WENET_TRITON_PROFILE=N (seconds between
+    reports, printed to the server log): mean ms per batch and utterances per batch."""
+
+    def __init__(self, model: str):
+        self.every = float(os.environ.get("WENET_TRITON_PROFILE", "0") or 0)
+        self.model, self.sums, self.batches, self.utts = model, {}, 0, 0
+        self.last = self.t = 0.0
+
+    def start(self):
+        if self.every:
+            self.t = time.perf_counter()
+            self.last = self.last or self.t
+
+    def mark(self, stage: str):
+        if self.every:
+            now = time.perf_counter()
+            self.sums[stage] = self.sums.get(stage, 0.0) + now - self.t
+            self.t = now
+
+    def done(self, utts: int):
+        if not self.every:
+            return
+        self.batches += 1
+        self.utts += utts
+        if self.t - self.last >= self.every:
+            parts = "  ".join(f"{k} {v / self.batches * 1e3:.2f}" for k, v in self.sums.items())
+            print(f"[profile {self.model}] {self.batches} batches, {self.utts / self.batches:.1f} utts/batch; "
+                  f"ms per batch: {parts}", flush=True)
+            self.sums, self.batches, self.utts, self.last = {}, 0, 0, self.t
+
+
+def _open_engine(args, params, parts):
+    from wenet_triton.engines import open_engine
+
+    vdir = _version_dir(args)
+    mdir = os.path.join(vdir, "model")  # checkpoint shipped for the torch engines
+    return open_engine(vdir, params.get("engine", "onnxruntime"),
+                       device=_device(args, params), dtype=params.get("dtype") or None,
+                       model_dir=mdir if os.path.isdir(mdir) else None,
+                       threads=int(params.get("threads", "0")), parts=parts)
+
+
+class _WavFrontend:
+    """Checks WAV/WAV_LENS requests and turns the good ones into fbank features. device cpu:
+    per request (frontend.Fbank: kaldi-native-fbank, or torch on one thread); cuda: one
+    batched torch fbank per dynamic batch (torch_fbank.TorchFbank). Shared by the
+    feature_extractor model and the encoder when fbank runs in its process."""
+
+    def __init__(self, args, params, device: str):
+        from wenet_triton.audio.frontend import min_samples
+        from wenet_triton.contract import FbankConf
+
+        with open(os.path.join(_version_dir(args), "wenet_triton.json")) as f:
+            self.conf = FbankConf(**json.load(f)["fbank"])
+        if device.startswith("cuda"):
+            from wenet_triton.audio.torch_fbank import TorchFbank
+
+            self.torch_fbank = TorchFbank(self.conf, device)
+            self.fbank_batch = self.torch_fbank.batch
+        else:
+            from wenet_triton.audio.frontend import Fbank
+
+            self.torch_fbank = None
+            fb = Fbank(self.conf, params.get("fbank_impl", "knf"))
+            if fb.impl == "torch":  # one utterance at a time: one thread is fastest
+                import torch
+
+                torch.set_num_threads(1)
+            self.fbank_batch = lambda wavs: [fb(w) for w in wavs]
+        self.max_seconds = float(params.get("max_audio_seconds", "60"))
+        self.min_frames = int(params.get("min_frames", "7"))
+        self.window = min_samples(self.conf)
+
+    def waveforms(self, request) -> List[np.ndarray]:
+        """A request's utterances: WAV [B, N] + WAV_LENS [B, 1], one row each (B >= 1)."""
+        from wenet_triton.audio.frontend import check_waveform, num_frames
+
+        wav, lens = _input(request, "WAV"), _input(request, "WAV_LENS").reshape(-1)
+        if wav.shape[1] == 0:
+            raise ValueError("empty WAV (0 samples)")
+        if len(lens) != wav.shape[0]:
+            raise ValueError(f"WAV has {wav.shape[0]} rows but WAV_LENS {len(lens)}")
+        out = []
+        for row in range(wav.shape[0]):
+            at = f" (row {row})" if wav.shape[0] > 1 else ""
+            n = int(lens[row])
+            if n <= 0 or n > wav.shape[1]:
+                raise ValueError(f"WAV_LENS {n} outside 1..{wav.shape[1]} (the WAV length){at}")
+            w = check_waveform(wav[row, :n], "WAV" + at, self.max_seconds, self.conf.sample_rate)
+            if n < self.window:
+                raise ValueError(f"audio of {n} samples is shorter than one "
+                                 f"{self.conf.frame_length_ms:g} ms frame{at}")
+            if num_frames(self.conf, n) < self.min_frames:
+                ms = self.min_frames * self.conf.frame_shift_ms + self.conf.frame_length_ms
+                raise ValueError(f"audio of {n} samples is too short: at least ~{ms:.0f} ms needed{at}")
+            out.append(w)
+        return out
+
+    def check(self, requests, out: List):
+        """Valid requests' waveforms (flat) and utterance counts per request (0: invalid,
+        out[i] then holds its error)."""
+        wavs, counts = [], []
+        for i, req in enumerate(requests):
+            try:
+                ws = self.waveforms(req)
+            except ValueError as e:
+                out[i] = _error(str(e), invalid_input=True)
+                ws = []
+            wavs += ws
+            counts.append(len(ws))
+        return wavs, counts
+
+
+class FeatureExtractor:
+    """WAV FP32 [-1] + WAV_LENS INT32 [1] -> speech FP32 [-1, 80], speech_lengths INT32 [1].
+    Parameter `device`: cpu (per request) or cuda (one batched torch fbank per batch)."""
+
+    def initialize(self, args):
+        p = _params(args)
+        self.front = _WavFrontend(args, p, p.get("device", "cpu"))
+        # TensorRT encoders batch only equal shapes: pad every response to the batch's longest
+        self.pad_batch = p.get("pad_to_batch_max", "false").lower() == "true"
+
+    def execute(self, requests):
+        out: List = [None] * len(requests)
+        wavs, counts = self.front.check(requests, out)
+        try:
+            feats = self.front.fbank_batch(wavs) if wavs else []
+        except Exception as e:  # noqa: BLE001
+            msg = f"feature extraction failed: {e}"
+            return [o if o is not None else _error(msg) for o in out]
+        width = max((f.shape[0] for f in feats), default=0) if self.pad_batch else 0
+        start = 0
+        for i, n in enumerate(counts):
+            if n == 0:
+                continue
+            fs = feats[start:start + n]
+            start += n
+            lens = np.array([[f.shape[0]] for f in fs], np.int32)
+            out[i] = pb_utils.InferenceResponse([
+                _tensor("speech", _cat_padded([f[None] for f in fs], axis=1, width=width)),
+                _tensor("speech_lengths", lens)])
+        return out
+
+    def finalize(self):
+        pass
+
+
+class Encoder:
+    """speech [-1, 80], speech_lengths [1] -> WeNet GPU-export encoder outputs.
+    With parameter frontend=fbank it takes the ensemble's WAV/WAV_LENS instead and computes
+    fbank itself, batched on the engine's device: one GPU process for both, no feature copy."""
+
+    OUTPUTS = ("encoder_out", "encoder_out_lens", "ctc_log_probs", "beam_log_probs",
+               "beam_log_probs_idx")
+
+    def initialize(self, args):
+        p = _params(args)
+        self.engine = _open_engine(args, p, ("encoder",))
+        self.front = None
+        self.timer = _StageTimer("encoder")
+        if p.get("frontend", "") == "fbank":
+            self.front = _WavFrontend(args, p, _device(args, p))
+            if self.front.torch_fbank is not None:  # the GPU does the math; keep torch's
+                import torch  # CPU thread pool from spinning on all cores
+
+                torch.set_num_threads(2)
+
+    def _features(self, requests, out: List):
+        """(feats, lens, utterances per request) for the batch; errors go to out."""
+        if self.front is None:
+            xs = [_input(r, "speech") for r in requests]
+            ls = [_input(r, "speech_lengths").reshape(-1).astype(np.int32) for r in requests]
+            return _cat_padded(xs, axis=1), np.concatenate(ls), [x.shape[0] for x in xs]
+        wavs, sizes = self.front.check(requests, out)
+        self.timer.mark("check")
+        if not wavs:
+            return None, None, sizes
+        if self.front.torch_fbank is not None and hasattr(self.engine, "encode_device"):
+            return (*self.front.torch_fbank.batch_tensor(wavs), sizes)  # stays on the GPU
+        feats = self.front.fbank_batch(wavs)
+        lens = np.array([f.shape[0] for f in feats], np.int32)
+        return _cat_padded([f[None] for f in feats], axis=1), lens, sizes
+
+    def _encode(self, feats, lens):
+        if isinstance(feats, np.ndarray):
+            return self.engine.encode(feats, lens)
+        return self.engine.encode_device(feats, lens)  # torch_cuda with GPU fbank
+
+    def execute(self, requests):
+        out: List = [None] * len(requests)
+        self.timer.start()
+        try:
+            feats, lens, sizes = self._features(requests, out)
+            self.timer.mark("fbank")
+            enc = self._encode(feats, lens) if feats is not None else None
+            self.timer.mark("encode")
+        except Exception as e:  # noqa: BLE001 - report to every request of the batch
+            msg = f"encoder failed: {e}\n{traceback.format_exc(limit=3)}"
+            return [o if o is not None else _error(msg) for o in out]
+        start = 0
+        for i, (req, n) in enumerate(zip(requests, sizes)):
+            if n == 0:
+                continue
+            lens_i = enc["encoder_out_lens"][start:start + n]
+            t = int(lens_i.max())
+            wanted = set(req.requested_output_names()) or set(self.OUTPUTS)
+            tensors = []
+            for name in self.OUTPUTS:
+                if name not in wanted or name not in enc:
+                    continue
+                v = enc[name][start:start + n]
+                v = v.reshape(n, 1) if name == "encoder_out_lens" else v[:, :t]
+                tensors.append(_tensor(name, v))
+            out[i] = pb_utils.InferenceResponse(tensors)
+            start += n
+        self.timer.mark("responses")
+        self.timer.done(start)
+        return out
+
+    def finalize(self):
+        pass
+
+
+class Decoder:
+    """WeNet GPU-export decoder: n-best hyps + CTC scores -> best_index [1], score [beam]."""
+
+    def initialize(self, args):
+        self.engine = _open_engine(args, _params(args), ("decoder",))
+        self.eos = self.engine.settings.eos
+        self.reverse = self.engine.settings.decoder_has_reverse_input
+
+    def execute(self, requests):
+        try:
+            get = lambda name: [_input(r, name) for r in requests]  # noqa: E731
+            sizes = [x.shape[0] for x in get("encoder_out")]
+            enc = _cat_padded(get("encoder_out"), axis=1)
+            enc_lens = np.concatenate([x.reshape(-1) for x in get("encoder_out_lens")])
+            hyps = _cat_padded(get("hyps_pad_sos_eos"), axis=2, fill=self.eos)
+            lens = np.concatenate(get("hyps_lens_sos"))
+            rhyps = _cat_padded(get("r_hyps_pad_sos_eos"), axis=2, fill=self.eos) \
+                if self.reverse else hyps
+            ctc = np.concatenate(get("ctc_score"))
+            best, score = self.engine.rescore(enc, enc_lens, hyps, lens, rhyps, ctc)
+        except Exception as e:  # noqa: BLE001
+            return [_error(f"decoder failed: {e}") for _ in requests]
+        out, start = [], 0
+        for n in sizes:
+            out.append(pb_utils.InferenceResponse([
+                _tensor("best_index", best[start:start + n].reshape(n, 1).astype(np.int32)),
+                _tensor("score", score[start:start + n].astype(np.float32))]))
+            start += n
+        return out
+
+    def finalize(self):
+        pass
+
+
+class Scoring:
+    """CTC prefix beam search + attention rescoring (BLS to `decoder`) -> TRANSCRIPTS."""
+
+    def initialize(self, args):
+        from wenet_triton.contract import EngineSettings
+        from wenet_triton.decode.vocab import Vocab
+
+        p = _params(args)
+        vdir = _version_dir(args)
+        self.settings = EngineSettings.load(vdir)
+        self.vocab = Vocab.from_engine_dir(vdir, self.settings)
+        self.decoder_name = p.get("decoder_model", "decoder")
+        self.rescoring = p.get("rescoring", "true").lower() == "true"
+        self.chunk = int(p.get("decoder_max_batch_size", "16"))
+        self.lm, self.lm_weight, self.lm_rescore_weight, self.length_bonus = None, 0.0, 0.0, 0.0
+        if p.get("lm_file"):  # n-gram LM fusion (decoding.yaml / --lm when the repo was built)
+            from wenet_triton.decode.options import load_lm
+
+            self.lm = load_lm(os.path.join(vdir, p["lm_file"]), self.vocab.tokens)
+            self.lm_weight = float(p.get("lm_weight", "0.5"))
+            self.lm_rescore_weight = float(p.get("lm_rescore_weight", "0.5"))
+            self.length_bonus = float(p.get("length_bonus", "0"))
+        self.timer = _StageTimer("scoring")
+
+    def execute(self, requests):
+        from wenet_triton.decode.search import (
+            ctc_prefix_beam_search_batch,
+            pick_rescored,
+            rescoring_inputs,
+        )
+
+        self.timer.start()
+        try:
+            beam, s = self.settings.beam_size, self.settings
+            encs, lens, nbest, sizes = [], [], [], []
+            for r in requests:
+                lp, idx = _input(r, "beam_log_probs"), _input(r, "beam_log_probs_idx")
+                ln = _input(r, "encoder_out_lens").reshape(-1)
+                nbest += ctc_prefix_beam_search_batch(lp, idx, ln, beam, s.blank, self.lm,
+                                                      self.lm_weight, self.length_bonus)
+                encs.append(_input(r, "encoder_out"))
+                lens.append(ln.astype(np.int32))
+                sizes.append(len(ln))
+            self.timer.mark("search")
+            best = [0] * len(nbest)
+            if self.rescoring:
+                enc, enc_lens = _cat_padded(encs, axis=1), np.concatenate(lens)
+                for i in range(0, len(nbest), self.chunk):  # the decoder's max batch each
+                    j = i + self.chunk
+                    t = int(enc_lens[i:j].max())
+                    picked, scores = self._rescore(
+                        np.ascontiguousarray(enc[i:j, :t]), enc_lens[i:j],
+                        rescoring_inputs(nbest[i:j], beam, s.sos, s.eos))
+                    best[i:j] = [pick_rescored(h, sc, b, self.lm_rescore_weight)
+                                 for h, sc, b in zip(nbest[i:j], scores, picked)]
+            self.timer.mark("rescore_bls")
+        except Exception as e:  # noqa: BLE001
+            return [_error(f"scoring failed: {e}") for _ in requests]
+        out, k = [], 0
+        for n in sizes:
+            texts = []
+            for _ in range(n):
+                hyps = nbest[k]
+                ids = hyps[best[k]][0] if best[k] < len(hyps) else ()
+                texts.append([self.vocab.text(ids).encode("utf-8")])
+                k += 1
+            out.append(pb_utils.InferenceResponse([
+                pb_utils.Tensor("TRANSCRIPTS", np.array(texts, dtype=np.object_))]))
+        self.timer.mark("responses")
+        self.timer.done(k)
+        return out
+
+    def _rescore(self, enc, enc_lens, packed):
+        """BLS to the decoder -> (best_index list, score (B, beam))."""
+        pad, hl, rpad, ctc = packed
+        inputs = [_tensor("encoder_out", enc), _tensor("encoder_out_lens", enc_lens.reshape(-1, 1)),
+                  _tensor("hyps_pad_sos_eos", pad), _tensor("hyps_lens_sos", hl),
+                  _tensor("ctc_score", ctc)]
+        if self.settings.decoder_has_reverse_input:
+            inputs.append(_tensor("r_hyps_pad_sos_eos", rpad))
+        resp = pb_utils.InferenceRequest(model_name=self.decoder_name, inputs=inputs,
+                                         requested_output_names=["best_index", "score"]).exec()
+        if resp.has_error():
+            raise RuntimeError(resp.error().message())
+        get = lambda n: pb_utils.get_output_tensor_by_name(resp, n).as_numpy()  # noqa: E731
+        return get("best_index").reshape(-1).tolist(), get("score")
+
+    def finalize(self):
+        pass
