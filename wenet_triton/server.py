@@ -96,6 +96,14 @@ def find_tritonserver(cache: Optional[str] = None) -> TritonInstall:
     return inst
 
 
+def package_parent() -> str:
+    """The directory holding the wenet_triton package this process runs. tritonserver starts
+    there: the python backend stub ignores $PYTHONPATH but puts its working directory ('')
+    first on sys.path, so the models import this checkout's wenet_triton, not another
+    (editable) install's."""
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
 class TritonServer:
     """A tritonserver process: `with TritonServer(repo) as s: ...` starts, waits, stops."""
 
@@ -135,7 +143,7 @@ class TritonServer:
             out = self._log
         # own process group, so stop() also reaps the python backend stubs
         self.proc = subprocess.Popen(cmd, env=inst.env, stdout=out, stderr=subprocess.STDOUT
-                                     if out else None, start_new_session=True)
+                                     if out else None, start_new_session=True, cwd=package_parent())
         self.wait_ready(timeout)
         return self
 
