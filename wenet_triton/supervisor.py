@@ -161,7 +161,7 @@ class Supervisor:
                     self._set(state="restarting", healthy=False)
                     if self.guard:
                         self.guard.set_down("restarting")
-                    self._stop_triton()
+                    self._stop_triton(grace=5.0)  # it is broken: do not wait long for it
             self._drain()
             return 0
         finally:
@@ -190,10 +190,11 @@ class Supervisor:
         self._probe_fails = 0
         self._set(state="serving", healthy=not self._stop.is_set())
 
-    def _stop_triton(self):
+    def _stop_triton(self, grace: Optional[float] = None):
         if self.triton is not None:
             self.triton.record_regions()
-            self.triton.stop(timeout=self.cfg.drain_timeout + 10)  # removes its /dev/shm regions
+            # SIGINT, then SIGKILL after the grace; removes its /dev/shm regions either way
+            self.triton.stop(timeout=self.cfg.drain_timeout + 10 if grace is None else grace)
 
     def _watch(self):
         """Until stop or a restart is due: process, stubs and probes."""
