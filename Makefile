@@ -25,9 +25,10 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	@set -e; \
 	$(CLI) serve --host 127.0.0.1 --grpc-port $(DEMO_GRPC) \
-	  --http-port $$(($(DEMO_GRPC)-1)) --metrics-port $$(($(DEMO_GRPC)+1)) & pid=$$!; \
+	  --metrics-port $$(($(DEMO_GRPC)+1)) --health-port $$(($(DEMO_GRPC)+2)) & pid=$$!; \
 	trap 'kill $$pid 2>/dev/null; wait $$pid 2>/dev/null' EXIT; \
-	$(CLI) transcribe --server 127.0.0.1:$(DEMO_GRPC) --wait 600 \
+	$(CLI) transcribe --server 127.0.0.1:$(DEMO_GRPC) --wait 600 --wait-pid $$pid \
+	  --health http://127.0.0.1:$$(($(DEMO_GRPC)+2))/healthz \
 	  $$( [ -f $(DEMO_REF) ] && echo --ref $(DEMO_REF) ) $(DEMO_WAVS)
 
 lint: $(STAMP)

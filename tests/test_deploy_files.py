@@ -12,10 +12,12 @@ def test_compose_serves_triton_with_gpu_and_healthcheck():
         c = yaml.safe_load(f)
     t = c["services"]["triton"]
     assert t["build"]["dockerfile"] == "Dockerfile.triton"
-    assert {p.split(":")[0] for p in t["ports"]} == {"8000", "8001", "8002"}
+    # gRPC and metrics, published on the host's loopback only (closed by default)
+    assert {p.rsplit(":", 1)[1] for p in t["ports"]} == {"8001", "8002"}
+    assert all(p.startswith("127.0.0.1:") for p in t["ports"])
     dev = t["deploy"]["resources"]["reservations"]["devices"][0]
     assert dev["driver"] == "nvidia" and "gpu" in dev["capabilities"]
-    assert "/v2/health/ready" in " ".join(t["healthcheck"]["test"])
+    assert "localhost:8003/healthz" in " ".join(t["healthcheck"]["test"])  # the supervisor's
     assert any(v.endswith(":/models/model:ro") for v in t["volumes"])
     assert any(v.split(":")[0] == "cache" for v in t["volumes"]) and "cache" in c["volumes"]
     loc = c["services"]["locust"]
@@ -27,6 +29,8 @@ def test_dockerfile_copies_existing_paths_and_entrypoint():
     text = open(os.path.join(ROOT, "Dockerfile.triton")).read()
     assert re.search(r"^FROM nvcr.io/nvidia/tritonserver:\$\{TRITON_TAG\}", text, re.M)
     assert re.search(r"^ARG TRITON_TAG=\d\d\.\d\d-py3$", text, re.M)  # pinned tag
+    users = re.findall(r"^USER (\S+)", text, re.M)
+    assert users and users[-1].split(":")[0] not in ("root", "0")  # the server does not run as root
     for src in re.findall(r"^COPY (?!--from)(\S+)", text, re.M):
         assert os.path.exists(os.path.join(ROOT, src)), src
     entry = re.search(r'ENTRYPOINT \[.*"(/opt/wenet-triton/[^"]+)"\]', text).group(1)

@@ -23,6 +23,7 @@ LAYERS = [
 LAZY_OK = {
     "torch": "the knf CPU fbank path and the Triton CPU stubs run without loading torch",
     "wenet_triton.audio.torch_fbank": "imports torch (see torch)",
+    "wenet_triton.engines": "imports torch: the Triton stubs that run no engine (CPU fbank, search) stay without it",
     "onnx_graphsurgeon": "only for the TensorRT graph passes (extra 'trt')",
     "tensorrt": "only on hosts with TensorRT (NVIDIA's images)",
     "matplotlib": "plots only (extra 'loadtest')",

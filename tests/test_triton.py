@@ -165,11 +165,12 @@ def test_serve_command_stops_cleanly_on_sigterm(repo, tmp_path):
     from wenet_triton.serving.client import transcribe_one, wait_until_ready
     from wenet_triton.serving.server import free_port
 
-    ports = [str(free_port()) for _ in range(3)]
+    ports = [str(free_port()) for _ in range(4)]
     log = open(tmp_path / "serve.log", "w")
     proc = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "wenet-triton"), "serve",
                              "--repo", repo, "--host", "127.0.0.1", "--http-port", ports[0],
-                             "--grpc-port", ports[1], "--metrics-port", ports[2]],
+                             "--grpc-port", ports[1], "--metrics-port", ports[2],
+                             "--health-port", ports[3]],
                             stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_until_ready(f"127.0.0.1:{ports[1]}", 240)

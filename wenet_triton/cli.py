@@ -11,7 +11,7 @@ import time
 from tqdm import tqdm
 
 from wenet_triton import cli_client, cli_serving
-from wenet_triton.audio.frontend import AudioError, expand_inputs, read_audio, utt_id
+from wenet_triton.audio.frontend import AudioError, check_waveform, expand_inputs, min_samples, read_audio, utt_id
 from wenet_triton.decode.cer import cer_files, cer_report, cer_summary
 from wenet_triton.decode.lm import LMError, estimate, text_to_ids
 from wenet_triton.decode.options import from_args
@@ -87,23 +87,24 @@ def cmd_transcribe(a):
                    "transcribe")
     for start in bar:
         batch = files[start:start + a.batch_size]
-        wavs, names = [], []
+        wavs, names, paths = [], [], []
         for path in batch:
             try:
-                wavs.append(read_audio(path, rate))
+                wavs.append(_usable_audio(read_audio(path, rate), path, rec))
                 names.append(utt_id(path))
+                paths.append(path)
             except AudioError as e:
                 print(f"error: {e}", file=sys.stderr)
                 failed += 1
         if not wavs:
             continue
-        audio_s += sum(len(w) for w in wavs) / rate
-        try:
-            results = rec.recognize(wavs)
-        except AudioError as e:
+        results, errors = _recognize_each(rec, wavs, paths)
+        for e in errors:
             print(f"error: {e}", file=sys.stderr)
-            failed += len(wavs)
-            continue
+        failed += len(errors)
+        keep = [i for i, r in enumerate(results) if r is not None]
+        audio_s += sum(len(wavs[i]) for i in keep) / rate
+        names, results = [names[i] for i in keep], [results[i] for i in keep]
         for n, r in zip(names, results):
             hyps[n] = r.text
             texts = rec.mode_texts(r)
@@ -111,8 +112,7 @@ def cmd_transcribe(a):
                 h[n] = texts[mode]
             print(f"{n}\t{r.text}", flush=True)
     wall = time.time() - t0
-    print(f"# {len(hyps)} files, {audio_s:.1f} s audio, {wall:.2f} s wall, "
-          f"RTF {wall / max(audio_s, 1e-9):.4f}", file=sys.stderr)
+    print(_summary(len(hyps), failed, audio_s, wall), file=sys.stderr)
     if a.ref:
         print(cer_summary(a.ref, hyps) + " attention rescoring", file=sys.stderr)
         for mode, h in by_mode.items():
@@ -129,6 +129,41 @@ def cmd_transcribe(a):
             json.dump(report, f, indent=1)
     if failed:
         sys.exit(1)
+
+
+def _usable_audio(wav, path: str, rec):
+    """The waveform, or AudioError naming the file: empty, non-finite, or shorter than one
+    fbank frame (checked per file so that it costs no other file of its batch)."""
+    wav = check_waveform(wav, path)
+    need = min_samples(rec.fbank.conf)
+    if len(wav) < need:
+        raise AudioError(f"{path}: {len(wav)} samples is too short (one "
+                         f"{rec.fbank.conf.frame_length_ms:g} ms frame needs {need})")
+    return wav
+
+
+def _recognize_each(rec, wavs, paths):
+    """Recognize a batch; if it fails, each file alone, so one bad file costs only itself.
+    -> (results with None where a file failed, error messages naming those files)."""
+    try:
+        return rec.recognize(wavs), []
+    except Exception as e:  # noqa: BLE001 - retried per file below
+        if len(wavs) == 1:
+            return [None], [f"{paths[0]}: {e}"]
+    results, errors = [], []
+    for w, p in zip(wavs, paths):
+        r, err = _recognize_each(rec, [w], [p])
+        results += r
+        errors += err
+    return results, errors
+
+
+def _summary(ok: int, failed: int, audio_s: float, wall: float) -> str:
+    """'# N files, ...' with an RTF only when some audio was transcribed."""
+    head = f"# {ok} files" + (f", {failed} failed" if failed else "")
+    if not ok:
+        return f"{head}, nothing transcribed ({wall:.2f} s wall)"
+    return f"{head}, {audio_s:.1f} s audio, {wall:.2f} s wall, RTF {wall / audio_s:.4f}"
 
 
 def cmd_lm(a):

@@ -4,9 +4,14 @@ summary on stderr. Audio that is not 16 kHz is resampled here."""
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 import time
+import urllib.error
+import urllib.request
 
+import tritonclient.grpc as grpcclient
 from tqdm import tqdm
 
 from wenet_triton.audio.frontend import AudioError, expand_inputs, read_audio, utt_id
@@ -22,6 +27,34 @@ def add_server_args(p: argparse.ArgumentParser):
                    help="with --server: wait up to this many seconds for the server to be ready")
     g.add_argument("--timeout", type=float, default=120, help="with --server: per-request timeout (s)")
     g.add_argument("--sample-rate", type=int, default=16000, help="with --server: the rate it expects")
+    g.add_argument("--health", help="with --server: the `wenet-triton serve` health URL "
+                   "(http://HOST:PORT/healthz): wait for it, and check that --server is that very "
+                   "server (its id), not another one on the same port")
+    g.add_argument("--wait-pid", type=int, help="with --server: give up waiting when this process "
+                   "(the server) exits")
+
+
+def check_same_server(server: str, health: str, wait: float, pid=None) -> None:
+    """Wait (up to `wait` s) for the supervisor's health to say ready, then make sure the
+    gRPC server at `server` is the one it supervises: another Triton on that port must not
+    answer for it."""
+    deadline, info = time.time() + wait, None
+    while True:
+        try:
+            with urllib.request.urlopen(health, timeout=5) as r:
+                info = json.load(r)
+                break
+        except (urllib.error.URLError, OSError, ValueError):
+            pass
+        if pid and not os.path.exists(f"/proc/{pid}"):
+            sys.exit(f"the server (pid {pid}) exited before it was ready")
+        if time.time() > deadline:
+            sys.exit(f"{health} did not report ready within {wait:.0f} s")
+        time.sleep(1)
+    got = grpcclient.InferenceServerClient(server).get_server_metadata().name
+    if got != info.get("server_id"):
+        sys.exit(f"the gRPC server at {server} (id '{got}') is not the one {health} supervises "
+                 f"(id '{info.get('server_id')}'): another server holds that port")
 
 
 def summary(ok: int, failed: int, audio_s: float, wall: float, extra: str = "") -> str:
@@ -40,7 +73,9 @@ def transcribe_remote(a) -> None:
             bad += 1
     if not items:
         sys.exit("transcribe: no readable audio")
-    if a.wait:
+    if a.health:
+        check_same_server(a.server, a.health, a.wait, a.wait_pid)
+    elif a.wait:
         wait_until_ready(a.server, a.wait)
     bar = tqdm(total=len(items), unit="wav", file=sys.stderr,
                disable=len(items) < 50 and not sys.stderr.isatty())

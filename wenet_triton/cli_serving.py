@@ -13,7 +13,8 @@ from wenet_triton.engines.export import export_onnx
 from wenet_triton.engines.kernels import build
 from wenet_triton.paths import cache_root
 from wenet_triton.serving.repo import build_repo
-from wenet_triton.serving.server import ServerError, TritonServer
+from wenet_triton.serving.server import ServerError
+from wenet_triton.serving.supervisor import Supervisor, SupervisorConfig
 from wenet_triton.trt import build as trt_build
 
 log = logging.getLogger("wenet_triton")
@@ -55,35 +56,29 @@ def cmd_serve(a):
         repo = os.path.join(cache_root(), "repos",
                             os.path.basename(os.path.abspath(a.model)) + f"-{a.engine}")
         _build(a, repo)
-    server = TritonServer(repo, a.http_port, a.grpc_port, a.metrics_port, a.host,
-                          log_verbose=a.log_verbose)
+    sup = Supervisor(SupervisorConfig(
+        repo, host=a.host, grpc_port=a.grpc_port, http_port=a.http_port or None,
+        metrics_port=a.metrics_port, health_port=a.health_port or None, guard=not a.no_guard,
+        probe_interval=a.probe_interval, probe_timeout=a.probe_timeout,
+        restart_after=a.restart_after, drain_timeout=a.drain_timeout,
+        ready_timeout=a.ready_timeout, log_verbose=a.log_verbose))
 
-    stopping = []
-
-    def _stop(signum, _frame):  # only signal here; the main thread reaps the server
-        log.info("signal %d: stopping Triton", signum)
-        stopping.append(signum)
-        server.terminate()
+    def _stop(signum, _frame):  # only signal here; the main thread drains and stops
+        sup.request_stop(signum)
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-
+    print(f"serving {repo} on gRPC {a.host}:{a.grpc_port} (HTTP "
+          f"{a.http_port or 'off'}, metrics {a.metrics_port}, health "
+          + (f"http://{a.host}:{a.health_port}/healthz" if a.health_port else "off")
+          + f"); transcribe with: wenet-triton transcribe --server "
+          f"{'localhost' if a.host in ('0.0.0.0', '127.0.0.1') else a.host}:{a.grpc_port} WAV...",
+          flush=True)
     try:
-        server.start(a.ready_timeout)
-    except ServerError:
-        server.stop()
-        if stopping:
-            sys.exit(0)
-        raise
-    print(f"serving {repo} on gRPC {a.host}:{a.grpc_port} (HTTP {a.http_port}, metrics "
-          f"{a.metrics_port}); transcribe with: wenet-triton transcribe --server "
-          f"localhost:{a.grpc_port} WAV...", flush=True)
-    code = server.proc.wait()
-    server.stop()
-    if stopping:
-        sys.exit(0)
-    log.error("tritonserver exited with code %d", code)
-    sys.exit(code or 1)
+        code = sup.run()
+    except ServerError as e:
+        sys.exit(f"wenet-triton serve: error: {e}")
+    sys.exit(code)
 
 
 def cmd_build_plugins(a):
@@ -146,10 +141,26 @@ def add_commands(sub, model_arg, weights_args):
     s = sub.add_parser("serve", help="run tritonserver in the foreground (Ctrl-C stops it)")
     _repo_args(s, model_arg, weights_args)
     s.add_argument("--repo", help="serve this rendered repository instead of building one")
-    s.add_argument("--host", default="0.0.0.0")
-    s.add_argument("--http-port", type=int, default=8000)
+    s.add_argument("--host", default="127.0.0.1",
+                   help="address to bind gRPC, HTTP, metrics and health (default loopback only; "
+                   "0.0.0.0 inside a container network)")
+    s.add_argument("--http-port", type=int, default=None,
+                   help="Triton's HTTP/REST endpoint on this port (default: off; it has no "
+                   "request checks in front of it, see docs/reliability.md)")
     s.add_argument("--grpc-port", type=int, default=8001)
     s.add_argument("--metrics-port", type=int, default=8002)
+    s.add_argument("--health-port", type=int, default=8003,
+                   help="supervisor health endpoint GET /healthz: 200 only while a real "
+                   "inference probe passes (0: off)")
+    s.add_argument("--no-guard", action="store_true",
+                   help="expose tritonserver's gRPC directly instead of the checking front "
+                   "(faster; loses request checks and drain of newcomers)")
+    s.add_argument("--probe-interval", type=float, default=5.0, help="seconds between probes")
+    s.add_argument("--probe-timeout", type=float, default=30.0)
+    s.add_argument("--restart-after", type=int, default=3,
+                   help="failed probes in a row before tritonserver is restarted")
+    s.add_argument("--drain-timeout", type=float, default=30.0,
+                   help="on SIGTERM, seconds to wait for in-flight requests")
     s.add_argument("--ready-timeout", type=float, default=300.0)
     s.add_argument("--log-verbose", type=int, default=0)
     s.set_defaults(func=cmd_serve)

@@ -71,7 +71,8 @@ def _frontend_values(fused: bool, input_dim: int, min_frames: int, cfg: Dict) ->
                '      input_map { key: "WAV_LENS" value: "WAV_LENS" }\n')
     if fused:
         params = {"frontend": "fbank", "fbank_impl": cfg.get("feature_impl") or "knf",
-                  "max_audio_seconds": cfg.get("max_audio_seconds", 60), "min_frames": min_frames}
+                  "max_audio_seconds": cfg.get("max_audio_seconds", 60), "min_frames": min_frames,
+                  "accept_int16_range": _flag(cfg.get("accept_int16_range"))}
         return {
             "frontend_step": "",
             "encoder_input_map": wav_map,
@@ -125,6 +126,8 @@ def build_repo(model_dir: str, out: str, engine: str = "onnxruntime",
         "output_size": settings.output_size, "vocab_size": settings.vocab_size,
         "beam_size": beam, "max_audio_seconds": cfg.get("max_audio_seconds", 60),
         "min_frames": min_frames,
+        "max_batch_audio_seconds": cfg.get("max_batch_audio_seconds") or 0,
+        "accept_int16_range": _flag(cfg.get("accept_int16_range")),
         # cuda: one batched torch fbank per dynamic batch on the GPU. Measured on an H200 it
         # was slower than CPU fbank (another process time-sliced on the GPU), so opt-in.
         "fe_device": fe_device,
@@ -190,6 +193,11 @@ def build_repo(model_dir: str, out: str, engine: str = "onnxruntime",
                    "decoding": dict(decoding.as_dict(), beam_size=beam)}, f, indent=2)
     log.info("wrote Triton repository %s (engine %s, max batch %d)", out, engine, max_batch)
     return out
+
+
+def _flag(value) -> str:
+    """A YAML boolean as a config.pbtxt string parameter."""
+    return "true" if str(value).lower() in ("true", "1", "yes") else "false"
 
 
 def _lm_name(path: str) -> str:

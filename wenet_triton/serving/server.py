@@ -18,10 +18,12 @@ import subprocess
 import sys
 import sysconfig
 import time
+import uuid
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, Optional, Set
 
-from wenet_triton.paths import cache_root
+from wenet_triton.paths import PACKAGE_DIR, cache_root
+from wenet_triton.serving import procs
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +32,29 @@ class ServerError(RuntimeError):
     pass
 
 
+# Endpoints no client of ours needs: registering shared memory by name, loading/unloading
+# models, changing log and trace settings. Triton answers them only with this header and a
+# per-process random value that nobody outside is told.
+RESTRICTED_APIS = "shared-memory,model-repository,logging,trace"
+ADMIN_HEADER = "wenet-triton-admin"
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """Whether `port` cannot be bound on `host` (something listens there)."""
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(fam, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
 
 
 @dataclass
@@ -95,12 +116,31 @@ def find_tritonserver(cache: Optional[str] = None) -> TritonInstall:
     return inst
 
 
+def package_parent() -> str:
+    """The directory holding the wenet_triton package this process runs. tritonserver starts
+    there: the python backend stub ignores $PYTHONPATH but puts its working directory ('')
+    first on sys.path, so the models import this checkout's wenet_triton, not another
+    (editable) install's."""
+    return os.path.dirname(PACKAGE_DIR)
+
+
 class TritonServer:
     """A tritonserver process: `with TritonServer(repo) as s: ...` starts, waits, stops."""
-    def __init__(self, repo: str, http_port: int = 8000, grpc_port: int = 8001,
-                 metrics_port: int = 8002, host: str = "0.0.0.0", log_file: Optional[str] = None,
-                 extra_args: Optional[List[str]] = None, log_verbose: int = 0):
+
+    def __init__(self, repo: str, http_port: Optional[int] = 8000, grpc_port: int = 8001,
+                 metrics_port: int = 8002, host: str = "127.0.0.1", log_file: Optional[str] = None,
+                 extra_args: Optional[List[str]] = None, log_verbose: int = 0,
+                 grpc_host: Optional[str] = None, server_id: Optional[str] = None,
+                 exit_timeout: Optional[int] = None):
+        """http_port None: no HTTP endpoint. grpc_host: gRPC's bind address when it differs
+        from host (HTTP, metrics). server_id: Triton's --id, checked by wait_ready so that
+        another server on the port is never taken for this one (default: a random one)."""
         self.repo = os.path.abspath(repo)
+        self.grpc_host = grpc_host or host
+        self.server_id = server_id or f"wenet-triton-{uuid.uuid4().hex[:12]}"
+        self.admin_key = uuid.uuid4().hex
+        self.exit_timeout = exit_timeout
+        self.regions: Set[str] = set()  # its python-backend /dev/shm regions, seen while it ran
         self.http_port, self.grpc_port, self.metrics_port = http_port, grpc_port, metrics_port
         self.host = host
         self.log_file = log_file
@@ -111,29 +151,55 @@ class TritonServer:
 
     @property
     def grpc_url(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
+        host = self.grpc_host if self.grpc_host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+        return f"{host}:{self.grpc_port}"
+
+    def is_ours(self, client) -> bool:
+        """Whether the server answering `client` is this process (its --id), not another
+        Triton that holds the port."""
+        return client.get_server_metadata().name == self.server_id
+
+    def record_regions(self) -> Set[str]:
+        """Note the python-backend /dev/shm regions it and its stubs use now (stop() removes
+        them, also after a crash)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.regions |= procs.server_regions(self.proc.pid)
+        return self.regions
 
     def command(self, inst: TritonInstall) -> List[str]:
         cmd = [inst.binary, f"--model-repository={self.repo}",
-               f"--http-port={self.http_port}", f"--grpc-port={self.grpc_port}",
+               f"--http-port={self.http_port or 0}", f"--grpc-port={self.grpc_port}",
                f"--metrics-port={self.metrics_port}", f"--http-address={self.host}",
-               f"--grpc-address={self.host}", "--exit-on-error=true",
+               f"--grpc-address={self.grpc_host}", "--exit-on-error=true",
                f"--log-verbose={self.log_verbose}"]
+        cmd += [f"--id={self.server_id}", f"--metrics-address={self.host}",
+                f"--grpc-restricted-protocol={RESTRICTED_APIS}:{ADMIN_HEADER}={self.admin_key}"]
+        if self.http_port:
+            cmd.append(f"--http-restricted-api={RESTRICTED_APIS}:{ADMIN_HEADER}={self.admin_key}")
+        else:
+            cmd.append("--allow-http=false")
+        if self.exit_timeout is not None:
+            cmd.append(f"--exit-timeout-secs={int(self.exit_timeout)}")
         if inst.backend_dir:
             cmd.append(f"--backend-directory={inst.backend_dir}")
         return cmd + self.extra_args
 
     def start(self, timeout: float = 180.0) -> "TritonServer":
         inst = find_tritonserver()
+        for what, host, port in (("gRPC", self.grpc_host, self.grpc_port),
+                                 ("HTTP", self.host, self.http_port),
+                                 ("metrics", self.host, self.metrics_port)):
+            if port and port_in_use(host, port):  # fail now, not after loading the models
+                raise ServerError(f"{what} port {port} on {host} is already in use")
         cmd = self.command(inst)
-        log.info("starting %s", " ".join(cmd))
+        log.info("starting %s", " ".join(cmd).replace(self.admin_key, "<secret>"))
         out = None
         if self.log_file:
             self._log = open(self.log_file, "ab")
             out = self._log
         # own process group, so stop() also reaps the python backend stubs
         self.proc = subprocess.Popen(cmd, env=inst.env, stdout=out, stderr=subprocess.STDOUT
-                                     if out else None, start_new_session=True)
+                                     if out else None, start_new_session=True, cwd=package_parent())
         self.wait_ready(timeout)
         return self
 
@@ -147,8 +213,10 @@ class TritonServer:
                 raise ServerError(f"tritonserver exited with code {self.proc.returncode}"
                                   + (f"; see {self.log_file}" if self.log_file else ""))
             try:
-                if client.is_server_ready() and client.is_model_ready("attention_rescoring"):
-                    log.info("Triton ready: gRPC %s:%d, HTTP %d, metrics %d", self.host,
+                if client.is_server_ready() and client.is_model_ready("attention_rescoring") \
+                        and self.is_ours(client):
+                    self.record_regions()
+                    log.info("Triton ready: gRPC %s:%d, HTTP %s, metrics %d", self.grpc_host,
                              self.grpc_port, self.http_port, self.metrics_port)
                     return
             except Exception:  # noqa: BLE001 - not listening yet
@@ -184,6 +252,10 @@ class TritonServer:
         except (ProcessLookupError, PermissionError):
             pass
         self.proc = None
+        removed = procs.remove_regions(self.regions)  # what a killed server or stub left
+        if removed:
+            log.info("removed %d shared-memory regions left in /dev/shm", len(removed))
+        self.regions = set()
         if self._log:
             self._log.close()
             self._log = None

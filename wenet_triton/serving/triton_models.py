@@ -17,6 +17,12 @@ from typing import Dict, List
 
 import numpy as np
 
+from wenet_triton.audio.frontend import Fbank, check_waveform, min_samples, num_frames
+from wenet_triton.contract import EngineSettings
+from wenet_triton.decode.options import load_lm
+from wenet_triton.decode.search import ctc_prefix_beam_search_batch, pick_rescored, rescoring_inputs
+from wenet_triton.decode.vocab import Vocab
+
 try:  # only inside the Triton python backend stub
     import triton_python_backend_utils as pb_utils
 except ImportError:  # pragma: no cover - lets the module be imported for docs and linting
@@ -78,10 +84,78 @@ def _cat_padded(arrays: List[np.ndarray], axis: int, fill=0, width: int = 0) -> 
     return np.concatenate(out, axis=0)
 
 
+def _request_name(request) -> str:
+    """' (request "ID")' for error messages when the client gave a request id, else ''."""
+    try:
+        rid = request.request_id()
+    except Exception:  # noqa: BLE001 - a stub without request ids
+        rid = ""
+    return f' (request "{rid}")' if rid else ""
+
+
+def _isolated(fn, requests, stage: str) -> List:
+    """fn(requests) -> responses, run on the whole batch; when it raises, each request runs
+    alone so that only the requests that fail get an error (their own) and the others in
+    the batch are served."""
+    try:
+        return fn(requests)
+    except Exception as e:  # noqa: BLE001 - turned into that request's error
+        if len(requests) == 1:
+            print(f"[{stage}] request failed{_request_name(requests[0])}:\n"
+                  f"{traceback.format_exc(limit=4)}", flush=True)
+            return [_error(f"{stage} failed{_request_name(requests[0])}: {e}")]
+    return [_isolated(fn, [r], stage)[0] for r in requests]
+
+
+def _audio_groups(requests, sizes: List[tuple], cap: float) -> List[List[int]]:
+    """Consecutive request indices grouped so that each group's padded size (rows x longest
+    length, from sizes[i] = (rows, length)) stays within cap (0: one group). Bounds the
+    memory one engine call takes, whatever the dynamic batch holds."""
+    if not cap or len(requests) <= 1:
+        return [list(range(len(requests)))]
+    groups, cur, rows, longest = [], [], 0, 0
+    for i, (b, t) in enumerate(sizes):
+        if cur and (rows + b) * max(longest, t) > cap:
+            groups.append(cur)
+            cur, rows, longest = [], 0, 0
+        cur.append(i)
+        rows, longest = rows + b, max(longest, t)
+    return groups + [cur]
+
+
+def _input_size(request, name: str) -> tuple:
+    """(rows, length) of a [B, T, ...] input without copying it."""
+    t = pb_utils.get_input_tensor_by_name(request, name)
+    shape = list(t.shape()) if t is not None else []
+    return (int(shape[0]) if shape else 0, int(shape[1]) if len(shape) > 1 else 0)
+
+
+def _batch_cap(params, args, per_second_of: str) -> float:
+    """max_batch_audio_seconds as rows x length of this model's main input: 'samples',
+    'frames' (fbank) or 'encoder_frames'; 0 when unset."""
+    sec = float(params.get("max_batch_audio_seconds", "0") or 0)
+    if sec <= 0:
+        return 0.0
+    st = EngineSettings.load(_version_dir(args))
+    fps = 1000.0 / st.fbank.frame_shift_ms
+    rate = {"samples": float(st.fbank.sample_rate), "frames": fps,
+            "encoder_frames": fps / st.subsampling_rate}[per_second_of]
+    return sec * rate
+
+
+def _run_grouped(fn, requests, main_input: str, cap: float, stage: str) -> List:
+    """fn over groups of requests of bounded padded size (cap, see _audio_groups), each
+    group's failures isolated per request."""
+    sizes = [_input_size(r, main_input) for r in requests] if cap and len(requests) > 1 else []
+    out: List = []
+    for group in _audio_groups(requests, sizes, cap):
+        out += _isolated(fn, [requests[i] for i in group], stage)
+    return out
+
+
 class _StageTimer:
     """Per-stage wall time of execute() when WENET_TRITON_PROFILE=N (seconds between
     reports, printed to the server log): mean ms per batch and utterances per batch."""
-
     def __init__(self, model: str):
         self.every = float(os.environ.get("WENET_TRITON_PROFILE", "0") or 0)
         self.model, self.sums, self.batches, self.utts = model, {}, 0, 0
@@ -128,19 +202,13 @@ class _WavFrontend:
     feature_extractor model and the encoder when fbank runs in its process."""
 
     def __init__(self, args, params, device: str):
-        from wenet_triton.audio.frontend import min_samples
-        from wenet_triton.contract import FbankConf
-
-        with open(os.path.join(_version_dir(args), "wenet_triton.json")) as f:
-            self.conf = FbankConf(**json.load(f)["fbank"])
+        self.conf = EngineSettings.load(_version_dir(args)).fbank
         if device.startswith("cuda"):
             from wenet_triton.audio.torch_fbank import TorchFbank
 
             self.torch_fbank = TorchFbank(self.conf, device)
             self.fbank_batch = self.torch_fbank.batch
         else:
-            from wenet_triton.audio.frontend import Fbank
-
             self.torch_fbank = None
             fb = Fbank(self.conf, params.get("fbank_impl", "knf"))
             if fb.impl == "torch":  # one utterance at a time: one thread is fastest
@@ -151,23 +219,36 @@ class _WavFrontend:
         self.max_seconds = float(params.get("max_audio_seconds", "60"))
         self.min_frames = int(params.get("min_frames", "7"))
         self.window = min_samples(self.conf)
+        # int16-range samples (|x| <= 32768) are scaled to [-1, 1]; otherwise |x| > 1 is an error
+        self.int16_range = params.get("accept_int16_range", "false").lower() == "true"
+        mb = float(params.get("max_batch_audio_seconds", "0") or 0)
+        self.max_request_samples = mb * self.conf.sample_rate if mb > 0 else 0
 
     def waveforms(self, request) -> List[np.ndarray]:
         """A request's utterances: WAV [B, N] + WAV_LENS [B, 1], one row each (B >= 1)."""
-        from wenet_triton.audio.frontend import check_waveform, num_frames
-
         wav, lens = _input(request, "WAV"), _input(request, "WAV_LENS").reshape(-1)
+        if wav.ndim != 2:
+            raise ValueError(f"WAV must be [rows, samples], got shape {list(wav.shape)}")
         if wav.shape[1] == 0:
             raise ValueError("empty WAV (0 samples)")
+        rate, limit = self.conf.sample_rate, self.max_seconds * self.conf.sample_rate
+        if wav.shape[1] > limit:  # the buffer, whatever WAV_LENS says
+            raise ValueError(f"WAV buffer of {wav.shape[1]} samples ({wav.shape[1] / rate:.1f} s) "
+                             f"is longer than the configured maximum of {self.max_seconds:g} s")
         if len(lens) != wav.shape[0]:
             raise ValueError(f"WAV has {wav.shape[0]} rows but WAV_LENS {len(lens)}")
+        if self.max_request_samples and wav.size > self.max_request_samples:
+            raise ValueError(f"request carries {wav.size / rate:.1f} s of audio ({wav.shape[0]} rows "
+                             f"x {wav.shape[1]} samples); the most one request may carry is "
+                             f"{self.max_request_samples / rate:g} s (max_batch_audio_seconds)")
         out = []
         for row in range(wav.shape[0]):
             at = f" (row {row})" if wav.shape[0] > 1 else ""
             n = int(lens[row])
             if n <= 0 or n > wav.shape[1]:
                 raise ValueError(f"WAV_LENS {n} outside 1..{wav.shape[1]} (the WAV length){at}")
-            w = check_waveform(wav[row, :n], "WAV" + at, self.max_seconds, self.conf.sample_rate)
+            w = self._amplitude(check_waveform(wav[row, :n], "WAV" + at, self.max_seconds,
+                                               self.conf.sample_rate), at)
             if n < self.window:
                 raise ValueError(f"audio of {n} samples is shorter than one "
                                  f"{self.conf.frame_length_ms:g} ms frame{at}")
@@ -177,6 +258,18 @@ class _WavFrontend:
             out.append(w)
         return out
 
+    def _amplitude(self, w: np.ndarray, at: str) -> np.ndarray:
+        """Samples must lie in [-1, 1] (fbank scales them to int16 range; 1e35 overflows it)."""
+        peak = float(np.max(np.abs(w)))
+        if peak <= 1.0:
+            return w
+        if self.int16_range and peak <= 32768.0:
+            return (w / np.float32(32768.0)).astype(np.float32)
+        i = int(np.argmax(np.abs(w)))
+        raise ValueError(f"WAV{at}: sample {i} is {w[i]:.6g}, outside [-1, 1]: send float audio "
+                         "scaled to [-1, 1]" + ("" if self.int16_range else
+                                                " (or build the repository with accept_int16_range)"))
+
     def check(self, requests, out: List):
         """Valid requests' waveforms (flat) and utterance counts per request (0: invalid,
         out[i] then holds its error)."""
@@ -185,7 +278,7 @@ class _WavFrontend:
             try:
                 ws = self.waveforms(req)
             except ValueError as e:
-                out[i] = _error(str(e), invalid_input=True)
+                out[i] = _error(f"invalid request{_request_name(req)}: {e}", invalid_input=True)
                 ws = []
             wavs += ws
             counts.append(len(ws))
@@ -195,7 +288,6 @@ class _WavFrontend:
 class FeatureExtractor:
     """WAV FP32 [-1] + WAV_LENS INT32 [1] -> speech FP32 [-1, 80], speech_lengths INT32 [1].
     Parameter `device`: cpu (per request) or cuda (one batched torch fbank per batch)."""
-
     def initialize(self, args):
         p = _params(args)
         self.front = _WavFrontend(args, p, p.get("device", "cpu"))
@@ -203,13 +295,12 @@ class FeatureExtractor:
         self.pad_batch = p.get("pad_to_batch_max", "false").lower() == "true"
 
     def execute(self, requests):
+        return _isolated(self._execute, requests, "feature extraction")
+
+    def _execute(self, requests):
         out: List = [None] * len(requests)
         wavs, counts = self.front.check(requests, out)
-        try:
-            feats = self.front.fbank_batch(wavs) if wavs else []
-        except Exception as e:  # noqa: BLE001
-            msg = f"feature extraction failed: {e}"
-            return [o if o is not None else _error(msg) for o in out]
+        feats = self.front.fbank_batch(wavs) if wavs else []
         width = max((f.shape[0] for f in feats), default=0) if self.pad_batch else 0
         start = 0
         for i, n in enumerate(counts):
@@ -231,7 +322,6 @@ class Encoder:
     """speech [-1, 80], speech_lengths [1] -> WeNet GPU-export encoder outputs.
     With parameter frontend=fbank it takes the ensemble's WAV/WAV_LENS instead and computes
     fbank itself, batched on the engine's device: one GPU process for both, no feature copy."""
-
     OUTPUTS = ("encoder_out", "encoder_out_lens", "ctc_log_probs", "beam_log_probs",
                "beam_log_probs_idx")
 
@@ -239,6 +329,8 @@ class Encoder:
         p = _params(args)
         self.engine = _open_engine(args, p, ("encoder",))
         self.front = None
+        self.main_input = "WAV" if p.get("frontend", "") == "fbank" else "speech"
+        self.cap = _batch_cap(p, args, "samples" if self.main_input == "WAV" else "frames")
         self.timer = _StageTimer("encoder")
         if p.get("frontend", "") == "fbank":
             self.front = _WavFrontend(args, p, _device(args, p))
@@ -269,16 +361,15 @@ class Encoder:
         return self.engine.encode_device(feats, lens)  # torch_cuda with GPU fbank
 
     def execute(self, requests):
+        return _run_grouped(self._execute, requests, self.main_input, self.cap, "encoder")
+
+    def _execute(self, requests):
         out: List = [None] * len(requests)
         self.timer.start()
-        try:
-            feats, lens, sizes = self._features(requests, out)
-            self.timer.mark("fbank")
-            enc = self._encode(feats, lens) if feats is not None else None
-            self.timer.mark("encode")
-        except Exception as e:  # noqa: BLE001 - report to every request of the batch
-            msg = f"encoder failed: {e}\n{traceback.format_exc(limit=3)}"
-            return [o if o is not None else _error(msg) for o in out]
+        feats, lens, sizes = self._features(requests, out)
+        self.timer.mark("fbank")
+        enc = self._encode(feats, lens) if feats is not None else None
+        self.timer.mark("encode")
         start = 0
         for i, (req, n) in enumerate(zip(requests, sizes)):
             if n == 0:
@@ -305,26 +396,27 @@ class Encoder:
 
 class Decoder:
     """WeNet GPU-export decoder: n-best hyps + CTC scores -> best_index [1], score [beam]."""
-
     def initialize(self, args):
-        self.engine = _open_engine(args, _params(args), ("decoder",))
+        p = _params(args)
+        self.engine = _open_engine(args, p, ("decoder",))
+        self.cap = _batch_cap(p, args, "encoder_frames")
         self.eos = self.engine.settings.eos
         self.reverse = self.engine.settings.decoder_has_reverse_input
 
     def execute(self, requests):
-        try:
-            get = lambda name: [_input(r, name) for r in requests]  # noqa: E731
-            sizes = [x.shape[0] for x in get("encoder_out")]
-            enc = _cat_padded(get("encoder_out"), axis=1)
-            enc_lens = np.concatenate([x.reshape(-1) for x in get("encoder_out_lens")])
-            hyps = _cat_padded(get("hyps_pad_sos_eos"), axis=2, fill=self.eos)
-            lens = np.concatenate(get("hyps_lens_sos"))
-            rhyps = _cat_padded(get("r_hyps_pad_sos_eos"), axis=2, fill=self.eos) \
-                if self.reverse else hyps
-            ctc = np.concatenate(get("ctc_score"))
-            best, score = self.engine.rescore(enc, enc_lens, hyps, lens, rhyps, ctc)
-        except Exception as e:  # noqa: BLE001
-            return [_error(f"decoder failed: {e}") for _ in requests]
+        return _run_grouped(self._execute, requests, "encoder_out", self.cap, "decoder")
+
+    def _execute(self, requests):
+        get = lambda name: [_input(r, name) for r in requests]  # noqa: E731
+        sizes = [x.shape[0] for x in get("encoder_out")]
+        enc = _cat_padded(get("encoder_out"), axis=1)
+        enc_lens = np.concatenate([x.reshape(-1) for x in get("encoder_out_lens")])
+        hyps = _cat_padded(get("hyps_pad_sos_eos"), axis=2, fill=self.eos)
+        lens = np.concatenate(get("hyps_lens_sos"))
+        rhyps = _cat_padded(get("r_hyps_pad_sos_eos"), axis=2, fill=self.eos) \
+            if self.reverse else hyps
+        ctc = np.concatenate(get("ctc_score"))
+        best, score = self.engine.rescore(enc, enc_lens, hyps, lens, rhyps, ctc)
         out, start = [], 0
         for n in sizes:
             out.append(pb_utils.InferenceResponse([
@@ -339,11 +431,7 @@ class Decoder:
 
 class Scoring:
     """CTC prefix beam search + attention rescoring (BLS to `decoder`) -> TRANSCRIPTS."""
-
     def initialize(self, args):
-        from wenet_triton.contract import EngineSettings
-        from wenet_triton.decode.vocab import Vocab
-
         p = _params(args)
         vdir = _version_dir(args)
         self.settings = EngineSettings.load(vdir)
@@ -353,48 +441,42 @@ class Scoring:
         self.chunk = int(p.get("decoder_max_batch_size", "16"))
         self.lm, self.lm_weight, self.lm_rescore_weight, self.length_bonus = None, 0.0, 0.0, 0.0
         if p.get("lm_file"):  # n-gram LM fusion (decoding.yaml / --lm when the repo was built)
-            from wenet_triton.decode.options import load_lm
 
             self.lm = load_lm(os.path.join(vdir, p["lm_file"]), self.vocab.tokens)
             self.lm_weight = float(p.get("lm_weight", "0.5"))
             self.lm_rescore_weight = float(p.get("lm_rescore_weight", "0.5"))
             self.length_bonus = float(p.get("length_bonus", "0"))
         self.timer = _StageTimer("scoring")
+        self.cap = _batch_cap(p, args, "encoder_frames")
 
     def execute(self, requests):
-        from wenet_triton.decode.search import (
-            ctc_prefix_beam_search_batch,
-            pick_rescored,
-            rescoring_inputs,
-        )
+        return _run_grouped(self._execute, requests, "encoder_out", self.cap, "scoring")
 
+    def _execute(self, requests):
         self.timer.start()
-        try:
-            beam, s = self.settings.beam_size, self.settings
-            encs, lens, nbest, sizes = [], [], [], []
-            for r in requests:
-                lp, idx = _input(r, "beam_log_probs"), _input(r, "beam_log_probs_idx")
-                ln = _input(r, "encoder_out_lens").reshape(-1)
-                nbest += ctc_prefix_beam_search_batch(lp, idx, ln, beam, s.blank, self.lm,
-                                                      self.lm_weight, self.length_bonus)
-                encs.append(_input(r, "encoder_out"))
-                lens.append(ln.astype(np.int32))
-                sizes.append(len(ln))
-            self.timer.mark("search")
-            best = [0] * len(nbest)
-            if self.rescoring:
-                enc, enc_lens = _cat_padded(encs, axis=1), np.concatenate(lens)
-                for i in range(0, len(nbest), self.chunk):  # the decoder's max batch each
-                    j = i + self.chunk
-                    t = int(enc_lens[i:j].max())
-                    picked, scores = self._rescore(
-                        np.ascontiguousarray(enc[i:j, :t]), enc_lens[i:j],
-                        rescoring_inputs(nbest[i:j], beam, s.sos, s.eos))
-                    best[i:j] = [pick_rescored(h, sc, b, self.lm_rescore_weight)
-                                 for h, sc, b in zip(nbest[i:j], scores, picked)]
-            self.timer.mark("rescore_bls")
-        except Exception as e:  # noqa: BLE001
-            return [_error(f"scoring failed: {e}") for _ in requests]
+        beam, s = self.settings.beam_size, self.settings
+        encs, lens, nbest, sizes = [], [], [], []
+        for r in requests:
+            lp, idx = _input(r, "beam_log_probs"), _input(r, "beam_log_probs_idx")
+            ln = _input(r, "encoder_out_lens").reshape(-1)
+            nbest += ctc_prefix_beam_search_batch(lp, idx, ln, beam, s.blank, self.lm,
+                                                  self.lm_weight, self.length_bonus)
+            encs.append(_input(r, "encoder_out"))
+            lens.append(ln.astype(np.int32))
+            sizes.append(len(ln))
+        self.timer.mark("search")
+        best = [0] * len(nbest)
+        if self.rescoring:
+            enc, enc_lens = _cat_padded(encs, axis=1), np.concatenate(lens)
+            for i in range(0, len(nbest), self.chunk):  # the decoder's max batch each
+                j = i + self.chunk
+                t = int(enc_lens[i:j].max())
+                picked, scores = self._rescore(
+                    np.ascontiguousarray(enc[i:j, :t]), enc_lens[i:j],
+                    rescoring_inputs(nbest[i:j], beam, s.sos, s.eos))
+                best[i:j] = [pick_rescored(h, sc, b, self.lm_rescore_weight)
+                             for h, sc, b in zip(nbest[i:j], scores, picked)]
+        self.timer.mark("rescore_bls")
         out, k = [], 0
         for n in sizes:
             texts = []

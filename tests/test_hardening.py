@@ -1,0 +1,497 @@
+"""Issue #16: a server that no request can take down and whose health tells the truth.
+
+One `wenet-triton serve` (supervisor + checking gRPC front + real tritonserver, loopback
+only) is shared by the module; the tests run in file order and the last one stops it with
+SIGTERM under load. Figures (requests sent, rejected, recovery times) are printed with -s
+and quoted in docs/reliability.md.
+"""
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from conftest import ROOT, model_dir, reference, wav_path
+
+pytestmark = pytest.mark.server
+grpcclient = pytest.importorskip("tritonclient.grpc")
+grpc = pytest.importorskip("grpc")
+
+FIGURES = {}
+
+
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def _cli(*args):
+    return [sys.executable, "-m", "wenet_triton.cli", *args]
+
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory):
+    from wenet_triton.engines.export import export_onnx
+
+    dec, _ = reference("u2pp_conformer")
+    d = str(tmp_path_factory.mktemp("hd_export"))
+    export_onnx(model_dir("u2pp_conformer"), d, beam_size=dec["beam_size"],
+                ctc_weight=dec["ctc_weight"], reverse_weight=dec["reverse_weight"])
+    return d
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory, export_dir):
+    from wenet_triton.serving.repo import build_repo
+
+    out = str(tmp_path_factory.mktemp("hd_repo") / "model_repo")
+    return build_repo(model_dir("u2pp_conformer"), out, "onnxruntime",
+                      overrides={"max_audio_seconds": 30, "max_batch_audio_seconds": 120,
+                                 "engine": {"threads": 1},
+                                 "models": {"feature_extractor": {"max_queue_delay_us": 20000}}},
+                      engine_dir=export_dir)
+
+
+class Served:
+    def __init__(self, repo, tmp):
+        from wenet_triton.serving.server import free_port
+
+        self.grpc_port, self.http_port, self.metrics_port, self.health_port = (
+            free_port() for _ in range(4))
+        self.url = f"127.0.0.1:{self.grpc_port}"
+        self.health_url = f"http://127.0.0.1:{self.health_port}/healthz"
+        self.log_path = os.path.join(tmp, "serve.log")
+        self.log = open(self.log_path, "w")
+        self.repo = repo
+        self.regions = set()  # every python-backend region its tritonservers used
+        self.proc = subprocess.Popen(
+            _cli("serve", "--repo", repo, "--grpc-port", str(self.grpc_port), "--http-port",
+                 str(self.http_port), "--metrics-port", str(self.metrics_port), "--health-port",
+                 str(self.health_port), "--probe-interval", "1", "--probe-timeout", "15",
+                 "--restart-after", "2", "--drain-timeout", "30"),
+            stdout=self.log, stderr=subprocess.STDOUT, env=_env(), cwd=tmp)
+
+    def health(self):
+        try:
+            with urllib.request.urlopen(self.health_url, timeout=3) as r:
+                return r.status, json.load(r)
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"{}")
+        except (urllib.error.URLError, OSError):
+            return None, {}
+
+    def wait_healthy(self, timeout):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            assert self.proc.poll() is None, self.tail()
+            if self.health()[0] == 200:
+                self.note_regions()
+                return time.time()
+            time.sleep(0.5)
+        raise AssertionError(f"not healthy after {timeout} s\n{self.tail()}")
+
+    def triton_pid(self):
+        from wenet_triton.serving import procs
+
+        for pid in procs.children(self.proc.pid):
+            if "tritonserver" in " ".join(procs._cmdline(pid)[:1]) and procs.alive(pid):
+                return pid
+        return None
+
+    def note_regions(self):
+        from wenet_triton.serving import procs
+
+        pid = self.triton_pid()
+        if pid:
+            self.regions |= procs.server_regions(pid)
+
+    def tail(self):
+        self.log.flush()
+        with open(self.log_path) as f:
+            return f.read()[-4000:]
+
+
+def _our_processes(tag):
+    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if tag in line and "ps -eo" not in line]
+
+
+@pytest.fixture(scope="module")
+def served(repo, tmp_path_factory):
+    s = Served(repo, str(tmp_path_factory.mktemp("hd_serve")))
+    try:
+        t0 = time.time()
+        s.wait_healthy(240)
+        FIGURES["first start to healthy (s)"] = round(time.time() - t0, 1)
+        yield s
+    finally:
+        if s.proc.poll() is None:
+            s.proc.send_signal(signal.SIGTERM)
+            try:
+                s.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                s.proc.kill()
+                s.proc.wait(10)
+        s.log.close()
+        time.sleep(0.5)
+        leftover = _our_processes(repo)
+        assert not leftover, leftover
+        print("\nhardening figures:", json.dumps(FIGURES, indent=1))
+
+
+@pytest.fixture(scope="module")
+def good(served):
+    """Six test utterances and their transcripts from the served model (answered alone)."""
+    from wenet_triton.audio.frontend import read_audio
+    from wenet_triton.serving.client import transcribe_one
+
+    items = [(f"good{i}", read_audio(wav_path(f"test_00000{i}"))) for i in range(6)]
+    return items, [transcribe_one(served.url, w) for _, w in items]
+
+
+def _check_good(served, good, replies):
+    items, texts = good
+    assert [r.error for r in replies] == [None] * len(items)
+    assert [r.text for r in replies] == texts
+
+
+def _raw_request(model, inputs, rid=""):
+    """A ModelInferRequest built by hand: inputs = [(name, datatype, shape, raw bytes)]."""
+    from tritonclient.grpc import service_pb2
+
+    req = service_pb2.ModelInferRequest(model_name=model, id=rid)
+    for name, dtype, shape, raw in inputs:
+        t = req.inputs.add()
+        t.name, t.datatype = name, dtype
+        t.shape.extend(shape)
+        req.raw_input_contents.append(raw)
+    return req
+
+
+def _send_raw(url, req, timeout=30):
+    """-> (status code name, details)."""
+    from tritonclient.grpc import service_pb2_grpc
+
+    with grpc.insecure_channel(url) as ch:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(ch)
+        try:
+            stub.ModelInfer(req, timeout=timeout)
+            return "OK", ""
+        except grpc.RpcError as e:
+            return e.code().name, e.details() or ""
+
+
+def _wav_request(wav, lens=None, rid="bad"):
+    wav = np.asarray(wav, np.float32).reshape(1, -1)
+    n = wav.shape[1] if lens is None else lens
+    return _raw_request("attention_rescoring", [
+        ("WAV", "FP32", list(wav.shape), wav.tobytes()),
+        ("WAV_LENS", "INT32", [1, 1], np.array([[n]], np.int32).tobytes())], rid)
+
+
+def _bad_cases():
+    from wenet_triton.audio.frontend import read_audio
+
+    w = read_audio(wav_path("test_000001"))
+    huge = w.copy()
+    huge[1000] = 1e35
+    loud = w.copy()
+    loud[2000] = -1.5
+    return {
+        "sample 1e35": (_wav_request(huge, rid="bad-1e35"), "sample 1000 is 1e+35"),
+        "|x| > 1": (_wav_request(loud, rid="bad-loud"), "outside [-1, 1]"),
+        "huge declared shape": (_raw_request("attention_rescoring", [
+            ("WAV", "FP32", [1, 2 ** 31], np.zeros(16, np.float32).tobytes()),
+            ("WAV_LENS", "INT32", [1, 1], np.array([[16]], np.int32).tobytes())]),
+            "declares shape [1, 2147483648]"),
+        "31 s buffer, WAV_LENS 4.5 s": (
+            _wav_request(np.zeros(16000 * 31, np.float32), lens=72000, rid="bad-long"),
+            "longer than the configured maximum"),
+        "[4, 2**62] empty over gRPC": (_raw_request("attention_rescoring", [
+            ("WAV", "FP32", [4, 2 ** 62], b""),
+            ("WAV_LENS", "INT32", [4, 1], np.full((4, 1), 16000, np.int32).tobytes())]),
+            "declares shape [4, 4611686018427387904]"),
+    }
+
+
+@pytest.mark.parametrize("case", ["sample 1e35", "|x| > 1", "huge declared shape",
+                                  "31 s buffer, WAV_LENS 4.5 s", "[4, 2**62] empty over gRPC"])
+def test_bad_request_is_refused_and_its_batch_is_served(served, good, case):
+    from wenet_triton.serving.client import transcribe_many
+
+    req, msg = _bad_cases()[case]
+    with ThreadPoolExecutor(1) as pool:
+        others = pool.submit(transcribe_many, served.url, good[0], 6)
+        time.sleep(0.05)  # the bad one lands among the good ones
+        code, details = _send_raw(served.url, req)
+        replies = others.result(120)
+    assert code == "INVALID_ARGUMENT", (code, details)
+    assert msg in details
+    if req.id:  # the error names the request
+        assert f'"{req.id}"' in details
+    _check_good(served, good, replies)
+    status, info = served.health()
+    assert status == 200 and info["restarts"] == 0, info
+
+
+def test_fuzzed_malformed_requests_never_take_the_server_down(served, good):
+    """A few hundred randomized malformed requests (shapes, dtypes, sizes, sample values,
+    target models); afterwards the same tritonserver still answers correctly."""
+    from wenet_triton.serving.client import transcribe_one
+
+    rng = random.Random(16)
+    pid_before = served.triton_pid()
+    base = good[0][0][1]
+    dtypes = ["FP32", "FP16", "FP64", "INT32", "INT64", "INT16", "UINT8", "BOOL", "BYTES"]
+    models = ["attention_rescoring"] * 6 + ["feature_extractor", "encoder", "scoring", "decoder",
+                                            "nope"]
+    values = [np.nan, np.inf, -np.inf, 1e35, -3.0, 1.0001, 32767.0, 0.0]
+
+    def one(i):
+        kind = rng.randrange(6)
+        model = rng.choice(models)
+        if kind == 0:  # real audio with a poisoned sample
+            w = base[: rng.randrange(1, len(base))].copy()
+            w[rng.randrange(len(w))] = rng.choice(values)
+            req = _wav_request(w, rid=f"fuzz{i}")
+            req.model_name = model
+        elif kind == 1:  # declared shape vs content size
+            shape = [rng.choice([0, 1, 2, 4, 16, 17, 2 ** 31, 2 ** 62, -1])
+                     for _ in range(rng.randrange(1, 4))]
+            raw = os.urandom(rng.choice([0, 4, 64, 4000]))
+            req = _raw_request(model, [("WAV", rng.choice(dtypes), shape, raw),
+                                       ("WAV_LENS", "INT32", [1, 1], np.array([[16000]], np.int32).tobytes())])
+        elif kind == 2:  # WAV_LENS lies
+            n = rng.choice([-5, 0, 1, 399, 10 ** 9, 2 ** 31 - 1])
+            req = _wav_request(base[:16000], lens=n, rid=f"fuzz{i}")
+        elif kind == 3:  # wrong dtypes, right sizes
+            dt = rng.choice(dtypes[1:])
+            req = _raw_request(model, [("WAV", dt, [1, 1000], os.urandom(1000 * 8)),
+                                       ("WAV_LENS", rng.choice(dtypes), [1, 1], os.urandom(8))])
+        elif kind == 4:  # random bytes as samples (NaNs, huge values, denormals)
+            raw = os.urandom(4 * rng.choice([400, 8000, 16000]))
+            req = _raw_request("attention_rescoring", [
+                ("WAV", "FP32", [1, len(raw) // 4], raw),
+                ("WAV_LENS", "INT32", [1, 1], np.array([[len(raw) // 4]], np.int32).tobytes())])
+        else:  # missing / extra / renamed inputs, batch rows that disagree
+            rows = rng.choice([1, 2, 16, 17])
+            w = np.zeros((rows, 8000), np.float32)
+            ins = [("WAV", "FP32", [rows, 8000], w.tobytes()),
+                   ("WAV_LENS", "INT32", [rng.choice([1, rows]), 1],
+                    np.full((rows, 1), 8000, np.int32).tobytes()),
+                   ("EXTRA", "FP32", [1, 1], b"\0\0\0\0")]
+            req = _raw_request(model, rng.sample(ins, rng.randrange(0, 4)))
+        return _send_raw(served.url, req, timeout=60)
+
+    t0 = time.time()
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(one, range(300)))
+    codes = {}
+    for code, _ in results:
+        codes[code] = codes.get(code, 0) + 1
+    FIGURES["fuzz"] = {"sent": len(results), "codes": codes, "seconds": round(time.time() - t0, 1)}
+    assert codes.get("OK", 0) < len(results) // 4  # malformed requests are refused...
+    assert not [d for _, d in results if "not healthy" in d or "Stub" in d]  # ...none kills a stub
+    assert served.triton_pid() == pid_before  # no crash, no restart
+    assert transcribe_one(served.url, good[0][0][1]) == good[1][0]
+    status, info = served.health()
+    assert status == 200 and info["restarts"] == 0
+
+
+def _recover(served, good, kill, what):
+    """kill() the server or a part of it; health must go false, then requests succeed again
+    within 60 s; the killed server's /dev/shm regions are gone."""
+    from wenet_triton.serving.client import transcribe_one
+
+    served.note_regions()
+    old_regions = set(served.regions)
+    t0 = time.time()
+    kill()
+    seen_unhealthy = None
+    ok_at = None
+    while time.time() - t0 < 60:
+        status, info = served.health()
+        if status != 200 and seen_unhealthy is None:
+            seen_unhealthy = time.time() - t0
+        if seen_unhealthy is not None:
+            try:
+                if transcribe_one(served.url, good[0][0][1], timeout=10) == good[1][0]:
+                    ok_at = time.time() - t0
+                    break
+            except Exception:  # noqa: BLE001 - still restarting
+                pass
+        time.sleep(0.3)
+    assert seen_unhealthy is not None, "health never went false"
+    assert ok_at is not None, served.tail()
+    served.wait_healthy(60)
+    FIGURES[what] = {"health false after (s)": round(seen_unhealthy, 1),
+                     "answering again after (s)": round(ok_at, 1)}
+    left = [r for r in old_regions if os.path.exists(os.path.join("/dev/shm", r))]
+    assert not left, f"regions of the killed server left behind: {left}"
+
+
+def test_killed_python_stub_is_detected_and_the_server_restarted(served, good):
+    from wenet_triton.serving import procs
+
+    stub = [s for s in procs.stubs(served.triton_pid()) if "feature_extractor" in s.model][0]
+    _recover(served, good, lambda: os.kill(stub.pid, signal.SIGKILL), "stub kill -9")
+    assert served.health()[1]["restarts"] == 1
+
+
+def test_crashed_tritonserver_is_restarted(served, good):
+    """The issue's HTTP request (150,000 '[' then ']') crashes Triton 2.51; the supervisor
+    brings it back. If this Triton survives the body, it is killed instead."""
+    pid = served.triton_pid()
+
+    def crash():
+        body = b"[" * 150000 + b"]" * 150000
+        try:
+            req = urllib.request.Request(
+                f"http://127.0.0.1:{served.http_port}/v2/models/attention_rescoring/infer",
+                data=body, headers={"Content-Type": "application/json"})
+            urllib.request.urlopen(req, timeout=10).read()
+        except Exception:  # noqa: BLE001 - an error reply or a dropped connection
+            pass
+        time.sleep(2)
+        from wenet_triton.serving import procs
+
+        FIGURES["JSON nesting body crashed tritonserver"] = not procs.alive(pid)
+        if procs.alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+    _recover(served, good, crash, "tritonserver crash")
+    assert served.health()[1]["restarts"] == 2
+
+
+def test_taken_port_fails_fast_and_names_it(served, repo, tmp_path):
+    from wenet_triton.serving.server import ServerError, TritonServer, free_port
+
+    t0 = time.time()
+    res = subprocess.run(_cli("serve", "--repo", repo, "--grpc-port", str(served.grpc_port),
+                              "--metrics-port", str(free_port()), "--health-port", str(free_port())),
+                         capture_output=True, text=True, timeout=60, env=_env(), cwd=tmp_path)
+    took = time.time() - t0
+    assert res.returncode != 0
+    assert f"port {served.grpc_port} (--grpc-port)" in res.stderr and "already in use" in res.stderr
+    assert "a Triton server" in res.stderr  # and it says who holds it
+    assert took < 15, took
+    FIGURES["port clash: serve exits after (s)"] = round(took, 1)
+    t0 = time.time()
+    with pytest.raises(ServerError, match="already in use"):
+        TritonServer(repo, None, served.grpc_port, free_port(), log_file=str(tmp_path / "l")).start(60)
+    assert time.time() - t0 < 5
+
+
+def test_client_refuses_another_server_on_its_port(served, tmp_path):
+    """What `make demo` runs: the client checks that the gRPC server is the supervised one."""
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    class Other(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            body = json.dumps({"healthy": True, "server_id": "somebody-else"}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    httpd = HTTPServer(("127.0.0.1", 0), Other)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        script = os.path.join(ROOT, "client", "transcribe.py")
+        bad = subprocess.run([sys.executable, script, "--server", served.url, "--health",
+                              f"http://127.0.0.1:{httpd.server_port}/healthz", "--wait", "10",
+                              wav_path("test_000001")], capture_output=True, text=True, timeout=60)
+        assert bad.returncode != 0 and "another server holds that port" in bad.stderr
+        ok = subprocess.run([sys.executable, script, "--server", served.url, "--health",
+                             served.health_url, "--wait", "10", wav_path("test_000001")],
+                            capture_output=True, text=True, timeout=60)
+        assert ok.returncode == 0, ok.stderr
+        assert ok.stdout.startswith("test_000001\t")
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_sigterm_under_load_loses_no_in_flight_request(served, good):
+    """SIGTERM while 8 clients keep sending: every request either gets its right transcript
+    or, once the drain began, UNAVAILABLE ('shutting down'); never NOT_FOUND or a lost one.
+    Then the server is gone and so are its /dev/shm regions. (Last test: it stops the server.)"""
+    from wenet_triton.serving.client import transcribe_many
+
+    served.note_regions()
+    items, texts = good
+    load = [(f"{i}", items[i % len(items)][1]) for i in range(64)]
+    want = {f"{i}": texts[i % len(items)] for i in range(64)}
+    replies = []
+    with ThreadPoolExecutor(1) as pool:
+        fut = pool.submit(transcribe_many, served.url, load, 8, 16000, replies.append)
+        deadline = time.time() + 60
+        while len(replies) < 8 and time.time() < deadline:
+            time.sleep(0.05)
+        served.proc.send_signal(signal.SIGTERM)
+        t0 = time.time()
+        time.sleep(0.2)
+        assert served.health()[0] in (503, None)  # not ready while draining
+        out = fut.result(120)
+    code = served.proc.wait(60)
+    FIGURES["SIGTERM under load"] = {
+        "sent": len(out), "answered": sum(r.error is None for r in out),
+        "refused UNAVAILABLE": sum(r.error is not None for r in out),
+        "exit (s)": round(time.time() - t0, 1)}
+    assert code == 0, served.tail()
+    bad = [r for r in out if r.error is None and r.text != want[r.name]]
+    assert not bad
+    errors = [r.error for r in out if r.error is not None]
+    retryable = ("shutting down", "failed to connect", "connection refused", "unavailable")
+    assert all(any(w in e.lower() for w in retryable) for e in errors), errors[:3]
+    assert not any("NOT_FOUND" in e or "unknown model" in e.lower() for e in errors)
+    assert sum(r.error is None for r in out) >= 8
+    time.sleep(0.5)
+    assert not _our_processes(served.repo)
+    left = [r for r in served.regions if os.path.exists(os.path.join("/dev/shm", r))]
+    assert served.regions and not left, left
+    with socket.socket() as s:  # and its ports are free again
+        s.bind(("127.0.0.1", served.grpc_port))
+
+
+def test_transcribe_cli_bad_files_cost_only_themselves(export_dir, tmp_path):
+    import soundfile as sf
+
+    from wenet_triton.audio.frontend import read_audio
+
+    (tmp_path / "empty.wav").write_bytes(b"")
+    sf.write(tmp_path / "short.wav", np.zeros(160, np.float32), 16000)  # 10 ms
+    sf.write(tmp_path / "silent0.wav", np.zeros(0, np.float32), 16000)  # a header, no samples
+    goods = []
+    for i in range(5):
+        p = tmp_path / f"ok{i}.wav"
+        sf.write(p, read_audio(wav_path(f"test_00000{i}")), 16000)
+        goods.append(str(p))
+    files = goods[:2] + [str(tmp_path / "empty.wav"), str(tmp_path / "short.wav")] + goods[2:] \
+        + [str(tmp_path / "silent0.wav")]
+    cmd = _cli("transcribe", "--model", model_dir("u2pp_conformer"), "--engine-dir", export_dir,
+               "--threads", "1", "--batch-size", "8")
+    res = subprocess.run(cmd + files, capture_output=True, text=True, timeout=300, env=_env())
+    assert res.returncode == 1
+    names = [ln.split("\t")[0] for ln in res.stdout.splitlines()]
+    assert names == [f"ok{i}" for i in range(5)]
+    for bad in ("empty.wav", "short.wav", "silent0.wav"):
+        assert any(bad in ln and ln.startswith("error:") for ln in res.stderr.splitlines()), res.stderr
+    assert "# 5 files, 3 failed" in res.stderr and "RTF" in res.stderr
+    none = subprocess.run(cmd + [str(tmp_path / "empty.wav"), str(tmp_path / "short.wav")],
+                          capture_output=True, text=True, timeout=300, env=_env())
+    assert none.returncode == 1
+    assert "# 0 files, 2 failed, nothing transcribed" in none.stderr and "RTF" not in none.stderr

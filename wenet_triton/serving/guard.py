@@ -1,0 +1,335 @@
+"""A checking gRPC front for tritonserver: the only gRPC endpoint `wenet-triton serve` exposes.
+
+Triton 2.51 trusts what a request declares. A tensor declared as [4, 2**62] with empty
+contents passes its byte-size check (the size wraps to 0) and aborts the python backend stub
+that receives it, for good; a huge declared shape makes it allocate gigabytes before it
+fails. The guard parses each inference request (the raw bytes are forwarded unchanged) and
+refuses, with INVALID_ARGUMENT, any tensor whose declared element count is negative, larger
+than the repository's configured maximum or inconsistent with the bytes sent; gRPC itself
+refuses messages larger than the largest valid request. It also
+
+* forwards only health, metadata, config, statistics and inference calls (no shared-memory
+  registration, model loading, log or trace settings: PERMISSION_DENIED),
+* counts requests in flight, so that a drain can refuse newcomers with UNAVAILABLE (which
+  clients retry) and wait for the in-flight ones before tritonserver stops,
+* answers UNAVAILABLE while tritonserver restarts, and reports not-ready then.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Dict, Optional
+
+import grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE = "/inference.GRPCInferenceService/"
+FORWARDED = {"ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata",
+             "ModelConfig", "ModelStatistics", "ModelInfer", "ModelStreamInfer"}
+INFER = {"ModelInfer", "ModelStreamInfer"}
+DTYPE_BYTES = {"BOOL": 1, "UINT8": 1, "UINT16": 2, "UINT32": 4, "UINT64": 8, "INT8": 1,
+               "INT16": 2, "INT32": 4, "INT64": 8, "FP16": 2, "BF16": 2, "FP32": 4, "FP64": 8}
+CONTENTS_FIELD = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents",
+                  "INT32": "int_contents", "INT64": "int64_contents", "UINT8": "uint_contents",
+                  "UINT16": "uint_contents", "UINT32": "uint_contents",
+                  "UINT64": "uint64_contents", "FP32": "fp32_contents", "FP64": "fp64_contents",
+                  "BYTES": "bytes_contents"}
+AUDIO_MODELS = ("attention_rescoring", "feature_extractor", "encoder")
+
+
+@dataclass
+class Limits:
+    max_batch: int = 16
+    max_samples: int = 60 * 16000        # per row of WAV
+    max_request_samples: int = 0         # per request (0: max_batch * max_samples)
+    max_elements: int = 16 * 60 * 16000  # any tensor
+
+    @property
+    def max_message_bytes(self) -> int:
+        """Largest valid request on the wire: its biggest tensor in float32 plus room."""
+        return self.max_elements * 4 + (4 << 20)
+
+    @classmethod
+    def from_repo(cls, repo: str) -> "Limits":
+        """The limits a rendered repository serves with (serving.json + the models' settings)."""
+        cfg = {}
+        path = os.path.join(repo, "serving.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                cfg = json.load(f).get("config", {})
+        rate = 16000
+        for name in os.listdir(repo) if os.path.isdir(repo) else []:
+            settings = os.path.join(repo, name, "1", "wenet_triton.json")
+            if os.path.exists(settings):
+                with open(settings) as f:
+                    rate = int(json.load(f).get("fbank", {}).get("sample_rate", rate))
+                break
+        max_batch = int(cfg.get("max_batch_size", 16))
+        max_samples = int(float(cfg.get("max_audio_seconds", 60)) * rate)
+        per_request = int(float(cfg.get("max_batch_audio_seconds") or 0) * rate)
+        return cls(max_batch, max_samples, per_request, max_batch * max_samples)
+
+
+class Rejected(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+def check_infer_request(req, limits: Limits) -> None:
+    """Raise Rejected when a ModelInferRequest declares what the server would choke on."""
+    name = req.model_name
+    rid = f' (request "{req.id}")' if req.id else ""
+    raw = req.raw_input_contents
+    if raw and len(raw) != len(req.inputs):
+        raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
+                       f"{len(req.inputs)} inputs but {len(raw)} raw contents{rid}")
+    for k, t in enumerate(req.inputs):
+        if "shared_memory_region" in t.parameters:
+            raise Rejected(grpc.StatusCode.PERMISSION_DENIED,
+                           f"input '{t.name}': shared-memory inputs are not served here{rid}")
+        shape = list(t.shape)
+        if any(d < 0 for d in shape):
+            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"input '{t.name}' declares a negative dimension {shape}{rid}")
+        count = math.prod(shape)  # Python ints: no wrap-around
+        if count > limits.max_elements:
+            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"input '{t.name}' declares shape {shape} ({count} elements); the most "
+                           f"this server takes in one tensor is {limits.max_elements}{rid}")
+        size = DTYPE_BYTES.get(t.datatype)
+        if raw:
+            if size is not None and len(raw[k]) != count * size:
+                raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"input '{t.name}': shape {shape} of {t.datatype} needs "
+                               f"{count * size} bytes, the request carries {len(raw[k])}{rid}")
+        else:
+            field = CONTENTS_FIELD.get(t.datatype)
+            have = len(getattr(t.contents, field)) if field else -1
+            if have != count:
+                raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"input '{t.name}': shape {shape} declares {count} elements, the "
+                               f"request carries {max(have, 0)}{rid}")
+        if t.name == "WAV" and name in AUDIO_MODELS:
+            if len(shape) != 2 or not 1 <= shape[0] <= limits.max_batch:
+                raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"WAV must be [rows <= {limits.max_batch}, samples], got {shape}{rid}")
+            if shape[1] > limits.max_samples:
+                raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"WAV buffer of {shape[1]} samples is longer than the configured "
+                               f"maximum of {limits.max_samples} samples per row{rid}")
+            if limits.max_request_samples and count > limits.max_request_samples:
+                raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"WAV carries {count} samples; the most one request may carry "
+                               f"is {limits.max_request_samples} (max_batch_audio_seconds){rid}")
+    for o in req.outputs:
+        if "shared_memory_region" in o.parameters:
+            raise Rejected(grpc.StatusCode.PERMISSION_DENIED,
+                           f"output '{o.name}': shared-memory outputs are not served here{rid}")
+
+
+class GrpcGuard:
+    """The public gRPC endpoint; forwards to tritonserver at `backend` (host:port)."""
+
+    def __init__(self, host: str, port: int, limits: Limits, workers: int = 64):
+        from tritonclient.grpc import service_pb2
+
+        self.pb = service_pb2
+        self.limits = limits
+        self.host, self.port = host, port
+        self._lock = threading.Condition()
+        self.inflight = 0
+        self.served = self.rejected = 0
+        self.draining = False
+        self._down: Optional[str] = "starting"  # reason no backend is there, or None
+        self._channel: Optional[grpc.Channel] = None
+        self._methods: Dict[str, object] = {}
+        self.server = grpc.server(
+            ThreadPoolExecutor(max_workers=workers, thread_name_prefix="guard"),
+            handlers=[_Handler(self)], maximum_concurrent_rpcs=workers * 4,
+            options=[("grpc.max_receive_message_length", limits.max_message_bytes),
+                     ("grpc.max_send_message_length", -1), ("grpc.so_reuseport", 0)])
+        bound = self.server.add_insecure_port(f"{_bracket(host)}:{port}")
+        if bound == 0:
+            raise OSError(f"cannot bind gRPC {host}:{port}")
+        self.port = bound
+
+    # -- control (supervisor) ---------------------------------------------------------------
+    def start(self):
+        self.server.start()
+        log.info("gRPC guard on %s:%d", self.host, self.port)
+
+    def set_backend(self, url: str):
+        ch = grpc.insecure_channel(url, options=[
+            ("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1),
+            ("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 1000)])
+        with self._lock:
+            old, self._channel, self._methods, self._down = self._channel, ch, {}, None
+        if old is not None:
+            old.close()
+
+    def set_down(self, reason: str):
+        with self._lock:
+            self._down = reason
+
+    def drain(self, timeout: float) -> int:
+        """Refuse new requests (UNAVAILABLE) and wait up to `timeout` s for the in-flight
+        ones; -> how many were still in flight at the end."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            self.draining = True
+            while self.inflight and time.monotonic() < deadline:
+                self._lock.wait(min(0.2, max(0.0, deadline - time.monotonic())))
+            return self.inflight
+
+    def stop(self, grace: float = 1.0):
+        self.server.stop(grace).wait(grace + 1)
+        if self._channel is not None:
+            self._channel.close()
+
+    # -- calls ------------------------------------------------------------------------------
+    def _enter(self, infer: bool):
+        with self._lock:
+            if self.draining:
+                raise Rejected(grpc.StatusCode.UNAVAILABLE,
+                               "server is shutting down: retry (another replica)")
+            if self._down:
+                raise Rejected(grpc.StatusCode.UNAVAILABLE, f"server is {self._down}: retry shortly")
+            if infer:
+                self.inflight += 1
+            return self._channel
+
+    def _leave(self):
+        with self._lock:
+            self.inflight -= 1
+            self._lock.notify_all()
+
+    def _stub(self, channel, method: str, streaming: bool):
+        key = (id(channel), method)
+        fn = self._methods.get(key)
+        if fn is None:
+            fn = (channel.stream_stream if streaming else channel.unary_unary)(SERVICE + method)
+            self._methods[key] = fn
+        return fn
+
+    def _check(self, raw: bytes):
+        req = self.pb.ModelInferRequest()
+        try:
+            req.ParseFromString(raw)
+        except Exception as e:  # noqa: BLE001 - malformed protobuf
+            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {e}") from e
+        check_infer_request(req, self.limits)
+
+    def not_ready(self, method: str) -> Optional[bytes]:
+        """While draining or restarting: 'not ready' for readiness calls."""
+        if not (self.draining or self._down):
+            return None
+        if method == "ServerReady":
+            return self.pb.ServerReadyResponse(ready=False).SerializeToString()
+        if method == "ModelReady":
+            return self.pb.ModelReadyResponse(ready=False).SerializeToString()
+        return None
+
+    def unary(self, method: str, raw: bytes, context) -> bytes:
+        infer = method == "ModelInfer"
+        try:
+            if infer:
+                self._check(raw)
+            else:
+                reply = self.not_ready(method)
+                if reply is not None:
+                    return reply
+            channel = self._enter(infer)
+        except Rejected as e:
+            self._count_rejected()
+            context.abort(e.code, str(e))
+        try:
+            return self._stub(channel, method, False)(raw, metadata=_metadata(context),
+                                                       timeout=_remaining(context))
+        except grpc.RpcError as e:
+            context.abort(e.code(), e.details() or str(e.code()))
+        finally:
+            if infer:
+                self._leave()
+                self.served += 1
+
+    def stream(self, method: str, request_iterator, context):
+        try:
+            channel = self._enter(True)
+        except Rejected as e:
+            self._count_rejected()
+            context.abort(e.code, str(e))
+        bad = []
+        call = None
+
+        def checked():
+            for raw in request_iterator:
+                try:
+                    self._check(raw)
+                except Rejected as e:
+                    bad.append(e)
+                    if call is not None:
+                        call.cancel()
+                    return
+                yield raw
+
+        try:
+            call = self._stub(channel, method, True)(checked(), metadata=_metadata(context))
+            for reply in call:
+                yield reply
+        except grpc.RpcError as e:
+            if not bad:
+                context.abort(e.code(), e.details() or str(e.code()))
+        finally:
+            self._leave()
+        if bad:
+            self._count_rejected()
+            context.abort(bad[0].code, str(bad[0]))
+
+    def _count_rejected(self):
+        with self._lock:
+            self.rejected += 1
+
+
+class _Handler(grpc.GenericRpcHandler):
+    def __init__(self, guard: GrpcGuard):
+        self.guard = guard
+
+    def service(self, details):
+        full = details.method or ""
+        method = full[len(SERVICE):] if full.startswith(SERVICE) else ""
+        g = self.guard
+        if method not in FORWARDED:
+            return grpc.unary_unary_rpc_method_handler(_denied(full))
+        if method == "ModelStreamInfer":
+            return grpc.stream_stream_rpc_method_handler(lambda it, ctx: g.stream(method, it, ctx))
+        return grpc.unary_unary_rpc_method_handler(lambda raw, ctx: g.unary(method, raw, ctx))
+
+
+def _denied(method: str):
+    def handler(_raw, context):
+        context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{method} is not served here")
+    return handler
+
+
+def _metadata(context):
+    return tuple((k, v) for k, v in context.invocation_metadata()
+                 if not (k.startswith(":") or k.startswith("grpc-") or k == "user-agent"
+                         or k.startswith("triton-grpc-protocol-")))
+
+
+def _remaining(context) -> Optional[float]:
+    t = context.time_remaining()
+    return t if t is not None and t < 1e7 else None
+
+
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
