@@ -24,6 +24,11 @@ log = logging.getLogger(__name__)
 ENCODER_INPUTS = ["speech", "speech_lengths"]
 ENCODER_OUTPUTS = ["encoder_out", "encoder_out_lens", "ctc_log_probs", "beam_log_probs",
                    "beam_log_probs_idx"]
+# chunk (streaming) encoder: WeNet's export_onnx_gpu.py StreamingEncoder I/O (wenet_triton.streaming)
+STREAMING_ENCODER_INPUTS = ["chunk_xs", "chunk_lens", "offset", "att_cache", "cnn_cache",
+                            "cache_mask"]
+STREAMING_ENCODER_OUTPUTS = ["log_probs", "log_probs_idx", "chunk_out", "chunk_out_lens",
+                             "r_offset", "r_att_cache", "r_cnn_cache", "r_cache_mask"]
 OPSET = 17
 CONFIG_NAME = "wenet_triton.json"
 
@@ -63,6 +68,16 @@ def decoder_io(settings: Dict):
         ins.append("r_hyps_pad_sos_eos")
     ins.append("ctc_score")
     return ins, ["best_index", "score"]
+
+
+def streaming_encoder_io(settings: Dict):
+    """Chunk encoder (inputs, outputs); an encoder without conv modules (transformer) has no
+    cnn_cache / r_cnn_cache, as in WeNet's export."""
+    ins, outs = list(STREAMING_ENCODER_INPUTS), list(STREAMING_ENCODER_OUTPUTS)
+    if not settings.get("cnn_module_kernel_cache", 1):
+        ins.remove("cnn_cache")
+        outs.remove("r_cnn_cache")
+    return ins, outs
 
 
 class _DecoderNoReverse(torch.nn.Module):
