@@ -96,6 +96,10 @@ def cmd_transcribe(a):
     if not files:
         sys.exit("transcribe: no audio files given")
     dec = from_args(a)
+    if a.chunk_size:  # a model that cannot stream fails before any export
+        from .streaming import check_model_dir
+
+        check_model_dir(a.model)
     engine_dir = a.engine_dir or ensure_export(a.model, None, dec.beam_size, a.ctc_weight,
                                                a.reverse_weight)
     eng = open_engine(engine_dir, a.engine, a.device, a.dtype, a.model, a.threads)

@@ -72,6 +72,11 @@ def check_streamable(spec: ModelSpec) -> None:
             "true`); this one was trained with full context only")
 
 
+def check_model_dir(model_dir: str) -> None:
+    """check_streamable on a model directory (CheckpointError when it cannot stream)."""
+    check_streamable(load_model_dir(model_dir))
+
+
 def streaming_settings(model: ASRModel, chunk_size: int, left_chunks: int = -1,
                        beam_size: int = 10) -> Dict:
     """Geometry of chunk decoding (WeNet's onnx_config keys for its streaming export, plus the
@@ -612,6 +617,7 @@ def export_chunk_encoder(model: ASRModel, out_dir: str, chunk_size: int, left_ch
         torch.onnx.export(module, args, path, dynamo=False, opset_version=OPSET,
                           input_names=ins, output_names=outs, do_constant_folding=True,
                           dynamic_axes=axes)
+    _static_cache_dims(path, s)
     s["input_names"], s["output_names"] = ins, outs
     with open(os.path.join(out_dir, STREAMING_CONFIG_NAME), "w") as f:
         json.dump(s, f, indent=2)
@@ -620,6 +626,24 @@ def export_chunk_encoder(model: ASRModel, out_dir: str, chunk_size: int, left_ch
         with open(os.path.join(out_dir, STREAMING_CONFIG_NAME), "w") as f:
             json.dump(s, f, indent=2)
     return s
+
+
+def _static_cache_dims(path: str, s: Dict) -> None:
+    """The exporter leaves the sliced cache outputs' lengths symbolic; write the fixed ones
+    (conv cache always, attention cache when finite) into the graph's output shapes."""
+    import onnx  # heavy optional dependency
+
+    fixed = {"r_cnn_cache": {3: s["cnn_module_kernel_cache"]}}
+    if s["required_cache_size"] >= 0:
+        fixed.update(r_att_cache={3: s["required_cache_size"]},
+                     r_cache_mask={2: s["required_cache_size"]})
+    m = onnx.load(path)
+    for o in m.graph.output:
+        for axis, size in fixed.get(o.name, {}).items():
+            d = o.type.tensor_type.shape.dim[axis]
+            d.ClearField("dim_param")
+            d.dim_value = size
+    onnx.save(m, path)
 
 
 def verify_chunk_export(model: ASRModel, path: str, settings: Dict, tol: float = 1e-4) -> Dict:
