@@ -193,14 +193,14 @@ def test_onnx_chunk_encoder_io_contract(chunk_exports):
 def test_streaming_decode_matches_wenet(config, n_utts, chunked, sref, u2pp_export, model):
     """n-best (CTC prefix beam search over the chunked encoder output) and attention rescoring
     on the whole chunked output, from the stored feats, as WeNet's simulate_streaming."""
-    utts, enc = chunked(config, n_utts)
+    utts, _ = chunked(config, n_utts)
     eng = OnnxEngine(u2pp_export)
     c, left = geometry(sref, config)
     rec = StreamingRecognizer(eng, Vocab.from_engine_dir(u2pp_export, eng.settings),
                               open_chunk_runner("torch", model, c, left, sref["beam_size"]))
     res = rec.recognize_windows([feature_windows(feats_of(u), rec.runner.settings) for u in utts])
     close = 0
-    for b, (u, r) in enumerate(zip(utts, res)):
+    for u, r in zip(utts, res):
         ref = sref["configs"][config]["utts"][u]
         assert r.greedy == ref["greedy"], u
         # random weights: n-best scores are near-tied; only candidates within 1e-3 may swap

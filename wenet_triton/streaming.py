@@ -31,6 +31,7 @@ import json
 import logging
 import math
 import os
+import sys
 import warnings
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -698,9 +699,9 @@ def _code_fingerprint(model_dir: str, chunk_size: int, left_chunks: int, beam_si
         p = os.path.join(model_dir, name)
         st = os.stat(p) if os.path.exists(p) else None
         h.update(f"{name}:{st.st_size if st else -1}:{int(st.st_mtime) if st else -1}".encode())
-    here = os.path.dirname(os.path.abspath(__file__))
-    for name in ("checkpoint.py", "model.py", "streaming.py"):
-        with open(os.path.join(here, name), "rb") as f:
+    # the code that shapes the export (found through the modules, wherever they live)
+    for mod in (CheckpointError.__module__, ASRModel.__module__, __name__):
+        with open(sys.modules[mod].__file__, "rb") as f:
             h.update(f.read())
     return h.hexdigest()[:12]
 
