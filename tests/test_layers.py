@@ -14,7 +14,7 @@ LAYERS = [
     {"audio", "decode"},
     {"model"},
     {"engines"},
-    {"pipeline", "bench"},
+    {"pipeline", "bench", "streaming"},
     {"serving", "trt"},
     {"cli", "cli_serving", "cli_client", "api", "__init__"},
 ]

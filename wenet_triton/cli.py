@@ -19,8 +19,10 @@ from wenet_triton.decode.vocab import Vocab, read_vocab
 from wenet_triton.engines import open_engine
 from wenet_triton.engines.artifacts import ensure_export
 from wenet_triton.engines.export import export_onnx
+from wenet_triton.model.streaming import check_model_dir
 from wenet_triton.paths import default_model_dir
 from wenet_triton.pipeline import Recognizer
+from wenet_triton.streaming import streaming_recognizer
 
 log = logging.getLogger("wenet_triton")
 
@@ -70,12 +72,18 @@ def cmd_transcribe(a):
     if not files:
         sys.exit("transcribe: no audio files given")
     dec = from_args(a)
+    if a.chunk_size:  # a model that cannot stream fails before any export
+        check_model_dir(a.model)
     engine_dir = a.engine_dir or ensure_export(a.model, None, dec.beam_size, a.ctc_weight,
                                                a.reverse_weight)
     eng = open_engine(engine_dir, a.engine, a.device, a.dtype, a.model, a.threads)
     if a.engine_dir and a.beam_size is None:
         dec.beam_size = eng.settings.beam_size  # a given export fixes the beam
-    rec = Recognizer(eng, Vocab.from_engine_dir(engine_dir, eng.settings), decoding=dec)
+    if a.chunk_size:  # WeNet's simulate_streaming: chunk by chunk with caches
+        rec = streaming_recognizer(eng, engine_dir, a.model, a.engine, a.chunk_size,
+                                   a.left_chunks, dec, a.device, a.threads)
+    else:
+        rec = Recognizer(eng, Vocab.from_engine_dir(engine_dir, eng.settings), decoding=dec)
     if rec.lm:
         print(f"# LM {dec.lm}: weight {dec.lm_weight} in the search, {dec.lm_rescore_weight} "
               f"in rescoring; beam {dec.beam_size}", file=sys.stderr)
@@ -219,6 +227,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch: autocast dtype; torch_cuda: compute dtype (default float16)")
     t.add_argument("--batch-size", type=int, default=8)
     t.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: all)")
+    t.add_argument("--chunk-size", type=int, default=0,
+                   help="decode chunk by chunk like WeNet's simulate_streaming (encoder frames "
+                   "per chunk, e.g. 16; a causal U2++ model; engines onnxruntime and torch); "
+                   "0: full context")
+    t.add_argument("--left-chunks", type=int, default=-1,
+                   help="with --chunk-size: chunks of left context in the attention cache "
+                   "(-1: all)")
     t.add_argument("--ref", help="Kaldi `text` file: print CER against it (attention rescoring, "
                    "CTC prefix beam and CTC greedy)")
     t.add_argument("--cer-json", help="with --ref: write the CER of each decoding mode here")

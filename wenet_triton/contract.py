@@ -23,6 +23,21 @@ ENCODER_INPUTS = ["speech", "speech_lengths"]
 ENCODER_OUTPUTS = ["encoder_out", "encoder_out_lens", "ctc_log_probs", "beam_log_probs",
                    "beam_log_probs_idx"]
 DECODER_OUTPUTS = ["best_index", "score"]
+# Chunk (streaming) encoder: the StreamingEncoder wrapper of WeNet's export_onnx_gpu.py.
+STREAMING_ENCODER_INPUTS = ["chunk_xs", "chunk_lens", "offset", "att_cache", "cnn_cache",
+                            "cache_mask"]
+STREAMING_ENCODER_OUTPUTS = ["log_probs", "log_probs_idx", "chunk_out", "chunk_out_lens",
+                             "r_offset", "r_att_cache", "r_cnn_cache", "r_cache_mask"]
+
+
+def streaming_encoder_io(settings: Dict):
+    """Chunk encoder (inputs, outputs); an encoder without conv modules (transformer) has no
+    cnn_cache / r_cnn_cache, as in WeNet's export."""
+    ins, outs = list(STREAMING_ENCODER_INPUTS), list(STREAMING_ENCODER_OUTPUTS)
+    if not settings.get("cnn_module_kernel_cache", 1):
+        ins.remove("cnn_cache")
+        outs.remove("r_cnn_cache")
+    return ins, outs
 
 
 @dataclass

@@ -1,0 +1,367 @@
+"""Streaming (chunk-by-chunk) decoding against WeNet v2.2.1's own streaming decode
+(../shared/reference/u2pp_conformer/streaming.json, streaming_<config>/*.npz)."""
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from conftest import model_dir, shared_path, wav_path
+from test_search import nbest_close
+
+from wenet_triton.audio.frontend import Fbank, read_audio
+from wenet_triton.audio.streaming import FrameWindower, StreamingFbank, StreamingFeatures, window_bounds
+from wenet_triton.contract import STREAMING_ENCODER_INPUTS, STREAMING_ENCODER_OUTPUTS
+from wenet_triton.decode.cer import cer
+from wenet_triton.decode.vocab import Vocab
+from wenet_triton.engines import OnnxEngine
+from wenet_triton.engines.export import export_onnx
+from wenet_triton.engines.streaming import (
+    ChunkRunner,
+    OnnxChunkBackend,
+    TorchChunkBackend,
+    encode_chunked,
+    export_chunk_encoder,
+    open_chunk_runner,
+)
+from wenet_triton.model.checkpoint import CheckpointError, load_model_dir
+from wenet_triton.model.conformer import ASRModel
+from wenet_triton.model.streaming import streaming_settings
+from wenet_triton.pipeline import Recognizer
+from wenet_triton.streaming import StreamingRecognizer, feature_windows
+
+CONFIGS = ["chunk16_left-1", "chunk8_left4", "chunk4_left-1"]
+NAME = "u2pp_conformer"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The CPU is shared; one torch thread is faster than two fighting."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def sref():
+    with open(shared_path("reference", NAME, "streaming.json")) as f:
+        return json.load(f)
+
+
+def feats_of(utt):
+    return np.load(shared_path("reference", NAME, f"{utt}.npz"))["feats"]
+
+
+def chunked_ref(config, utt):
+    return np.load(shared_path("reference", NAME, f"streaming_{config}", f"{utt}.npz"))
+
+
+def geometry(sref, config):
+    c = sref["configs"][config]
+    return c["decoding_chunk_size"], c["num_decoding_left_chunks"]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return ASRModel.from_spec(load_model_dir(model_dir(NAME)))
+
+
+@pytest.fixture(scope="module")
+def u2pp_export(tmp_path_factory, sref):
+    d = str(tmp_path_factory.mktemp("stream_export"))
+    export_onnx(model_dir(NAME), d, beam_size=sref["beam_size"], ctc_weight=sref["ctc_weight"],
+                reverse_weight=sref["reverse_weight"], verify=False)
+    return d
+
+
+@pytest.fixture(scope="module")
+def chunked(model, sref):
+    """config -> (utts, encoder dict) of our torch chunk encoder on the stored feats."""
+    cache = {}
+
+    def get(config, n_utts):
+        if config not in cache or len(cache[config][0]) < n_utts:
+            c, left = geometry(sref, config)
+            run = open_chunk_runner("torch", model, c, left, sref["beam_size"])
+            utts = sorted(sref["configs"][config]["utts"])[:n_utts]
+            cache[config] = utts, encode_chunked(
+                run, [feature_windows(feats_of(u), run.settings) for u in utts])
+        utts, enc = cache[config]
+        return utts[:n_utts], enc
+    return get
+
+
+def run_staggered(runner, windows, slots=4):
+    """A server's view: streams join one per step (so they are at different offsets, with
+    caches of different fill and lengths), at most `slots` at a time -> chunk_out per stream."""
+    todo, active, outs = list(range(len(windows))), {}, [[] for _ in windows]
+    while todo or active:
+        if todo and len(active) < slots:
+            active[todo.pop(0)] = [0, runner.initial_state()]
+        ids = list(active)
+        res, new = runner.step([windows[i][active[i][0]] for i in ids], [active[i][1] for i in ids])
+        for i, o, st in zip(ids, res, new):
+            outs[i].append(o.chunk_out)
+            active[i] = [active[i][0] + 1, st]
+            if active[i][0] == len(windows[i]):
+                del active[i]
+    return [np.concatenate(o) for o in outs]
+
+
+# -- model math ---------------------------------------------------------------------------
+@pytest.mark.parametrize("config", CONFIGS)
+def test_torch_chunk_encoder_matches_wenet(config, chunked):
+    utts, enc = chunked(config, 8)
+    for b, u in enumerate(utts):
+        ref = chunked_ref(config, u)["encoder_out"]
+        n = enc["encoder_out_lens"][b]
+        assert n == len(ref), u
+        assert np.abs(enc["encoder_out"][b, :n] - ref).max() <= 1e-4, u
+
+
+@pytest.fixture(scope="module")
+def chunk_exports(model, sref, tmp_path_factory):
+    """ONNX chunk encoders: the served finite cache (8 x 4 frames) and an unlimited one."""
+    out = {}
+    for config in ("chunk8_left4", "chunk16_left-1"):
+        c, left = geometry(sref, config)
+        d = str(tmp_path_factory.mktemp(f"chunk_{config}"))
+        out[config] = d, export_chunk_encoder(model, d, c, left, sref["beam_size"])
+    return out
+
+
+@pytest.mark.parametrize("config", ["chunk8_left4", "chunk16_left-1"])
+def test_onnx_chunk_encoder_matches_wenet_at_mixed_offsets(config, chunk_exports):
+    d, settings = chunk_exports[config]
+    assert settings["verification"]  # onnxruntime vs torch at B 1/2/5, other T, C, offsets
+    runner = ChunkRunner(OnnxChunkBackend(os.path.join(d, "streaming_encoder.onnx")))
+    utts = [f"test_{i:06d}" for i in range(8)]
+    outs = run_staggered(runner, [feature_windows(feats_of(u), settings) for u in utts])
+    for u, o in zip(utts, outs):
+        ref = chunked_ref(config, u)["encoder_out"]
+        assert o.shape == ref.shape, u
+        assert np.abs(o - ref).max() <= 1e-4, u
+
+
+def test_torch_batch_at_mixed_offsets_equals_wenet(model, sref):
+    c, left = geometry(sref, "chunk4_left-1")  # unlimited cache: caches of unequal length
+    runner = open_chunk_runner("torch", model, c, left, sref["beam_size"])
+    utts = [f"test_{i:06d}" for i in range(3)]
+    windows = [feature_windows(feats_of(u)[:300 + 40 * i], runner.settings)
+               for i, u in enumerate(utts)]
+    outs = run_staggered(runner, windows, slots=3)
+    for u, o, w in zip(utts, outs, windows):
+        n = (len(w) - 1) * c  # the cut's last chunk sees less than the whole utterance's
+        ref = chunked_ref("chunk4_left-1", u)["encoder_out"][:n]
+        assert np.abs(o[:n] - ref).max() <= 1e-4, u
+
+
+def test_onnx_chunk_encoder_io_contract(chunk_exports):
+    d, s = chunk_exports["chunk8_left4"]
+    g = onnx.load(os.path.join(d, "streaming_encoder.onnx"), load_external_data=False).graph
+    assert [i.name for i in g.input] == STREAMING_ENCODER_INPUTS
+    assert [o.name for o in g.output] == STREAMING_ENCODER_OUTPUTS
+
+    def shape(v):
+        return [x.dim_param or x.dim_value for x in v.type.tensor_type.shape.dim]
+
+    def dtype(v):
+        return onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type)
+
+    ins = {i.name: i for i in g.input}
+    outs = {o.name: o for o in g.output}
+    assert shape(ins["chunk_xs"]) == ["B", "T", 80] and dtype(ins["chunk_xs"]) == np.float32
+    assert shape(ins["chunk_lens"]) == ["B"] and dtype(ins["chunk_lens"]) == np.int32
+    assert shape(ins["offset"]) == ["B", 1] and dtype(ins["offset"]) == np.int64
+    assert shape(ins["att_cache"]) == ["B", 6, 4, 32, 128]  # (B, layers, heads, 4 x 8, 2 d_k)
+    assert shape(ins["cnn_cache"]) == ["B", 6, 256, 7]      # (B, layers, D, kernel - 1)
+    assert shape(ins["cache_mask"]) == ["B", 1, 32] and dtype(ins["cache_mask"]) == np.float32
+    assert shape(outs["log_probs"]) == ["B", "T_OUT", 10]
+    assert dtype(outs["log_probs_idx"]) == np.int64
+    assert shape(outs["r_att_cache"]) == ["B", 6, 4, 32, 128]
+    assert shape(outs["r_cnn_cache"]) == ["B", 6, 256, 7]
+    assert shape(outs["r_cache_mask"]) == ["B", 1, 32]
+    assert shape(outs["r_offset"]) == ["B", 1] and dtype(outs["r_offset"]) == np.int64
+    assert shape(outs["chunk_out"]) == ["B", "T_OUT", 256] and shape(outs["chunk_out_lens"]) == ["B"]
+    assert s["decoding_window"] == 35 and s["stride"] == 32 and s["required_cache_size"] == 32
+    # unlimited cache: the cache axis is symbolic
+    d, _ = chunk_exports["chunk16_left-1"]
+    g = onnx.load(os.path.join(d, "streaming_encoder.onnx"), load_external_data=False).graph
+    assert shape(g.input[3])[3] == "C" and shape(g.output[5])[3] == "C_OUT"
+
+
+# -- decoding -----------------------------------------------------------------------------
+@pytest.mark.parametrize("config,n_utts", [("chunk8_left4", 20), ("chunk16_left-1", 8),
+                                           ("chunk4_left-1", 8)])
+def test_streaming_decode_matches_wenet(config, n_utts, chunked, sref, u2pp_export, model):
+    """n-best (CTC prefix beam search over the chunked encoder output) and attention rescoring
+    on the whole chunked output, from the stored feats, as WeNet's simulate_streaming."""
+    utts, _ = chunked(config, n_utts)
+    eng = OnnxEngine(u2pp_export)
+    c, left = geometry(sref, config)
+    rec = StreamingRecognizer(eng, Vocab.from_engine_dir(u2pp_export, eng.settings),
+                              open_chunk_runner("torch", model, c, left, sref["beam_size"]))
+    res = rec.recognize_windows([feature_windows(feats_of(u), rec.runner.settings) for u in utts])
+    close = 0
+    for u, r in zip(utts, res):
+        ref = sref["configs"][config]["utts"][u]
+        assert r.greedy == ref["greedy"], u
+        # random weights: n-best scores are near-tied; only candidates within 1e-3 may swap
+        close += nbest_close(r.nbest, ref["nbest"])
+        assert r.nbest[0][0] == tuple(ref["nbest"][0][0]), u
+        assert r.ids == ref["rescored"], u
+        assert r.text == ref["rescored_text"], u
+        assert abs(r.score - ref["rescored_score"]) <= 1e-3 * max(1.0, abs(ref["rescored_score"]))
+    assert close == len(utts), close
+
+
+def test_from_wav_close_to_wenet(sref, u2pp_export, chunk_exports):
+    """wav -> streaming fbank (0.1 s pieces) -> windows -> onnxruntime chunk encoder (finite
+    cache) -> search -> rescoring. Our fp32 fbank vs WeNet's reference feats (fp16-rounded),
+    amplified by random weights: transcripts agree closely rather than exactly, as in full
+    context (test_search: 1.6% CER). 1.9% here; chunk16_left-1 / chunk4_left-1 measure
+    1.1% / 1.2% (docs/streaming.md)."""
+    config = "chunk8_left4"
+    d, _ = chunk_exports[config]
+    eng = OnnxEngine(u2pp_export)
+    rec = StreamingRecognizer(eng, Vocab.from_engine_dir(u2pp_export, eng.settings),
+                              ChunkRunner(OnnxChunkBackend(os.path.join(d, "streaming_encoder.onnx"))))
+    utts = sorted(sref["configs"][config]["utts"])
+    res = rec.recognize([read_audio(wav_path(u)) for u in utts])
+    pairs = [(sref["configs"][config]["utts"][u]["rescored_text"], r.text) for u, r in zip(utts, res)]
+    rate, _, _ = cer(pairs)
+    assert rate <= 0.02, (rate, sum(a == b for a, b in pairs))
+
+
+# -- front end ----------------------------------------------------------------------------
+@pytest.mark.parametrize("piece", [1, 7, 161, 399, 1601, 10 ** 6])
+def test_streaming_fbank_equals_whole_utterance(piece):
+    wav = read_audio(wav_path("test_000003"))
+    if piece < 100:
+        wav = wav[:9000]  # keep one-sample pieces quick
+    whole = Fbank()(wav)
+    fb = StreamingFbank()
+    got = [fb.accept(wav[i:i + piece]) for i in range(0, len(wav), piece)] + [fb.finish()]
+    np.testing.assert_array_equal(np.concatenate(got), whole)
+
+
+@pytest.mark.parametrize("chunk", [4, 8, 16])
+def test_streaming_windows_equal_wenet_windows(chunk, model):
+    """Windows from 0.1 s-ish odd pieces equal WeNet's forward_chunk_by_chunk slicing of the
+    whole-utterance fbank (overlap right_context + 1 - subsampling frames)."""
+    s = streaming_settings(model, chunk, -1)
+    wav = read_audio(wav_path("test_000005"))
+    for cut in (len(wav), len(wav) - 1234, 400 + 160 * 9):  # also a short tail, a tiny input
+        w = wav[:cut]
+        feats = StreamingFeatures(s)
+        got = []
+        for i in range(0, len(w), 1537):
+            got += feats.accept(w[i:i + 1537])
+        got += feats.finish()
+        want = feature_windows(Fbank()(w), s)
+        assert len(got) == len(want)
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(a, b)
+    # WeNet's loop: for cur in range(0, T - context + 1, stride): xs[cur:min(cur + window, T)]
+    for T in (6, 7, 8, 35, 66, 67, 68, 99, 100, 131, 1000):
+        win = FrameWindower(8, 4, 6, 1)
+        frames = np.arange(T, dtype=np.float32)[:, None]
+        got = [w[:, 0].tolist() for w in win.accept(frames[:T // 2]) + win.accept(frames[T // 2:])
+               + win.finish()]
+        assert got == [list(range(a, b)) for a, b in window_bounds(T, 8, 4, 6)]
+        assert window_bounds(T, 8, 4, 6) == [(c, min(c + 35, T)) for c in range(0, T - 7 + 1, 32)]
+
+
+# -- other models and errors -----------------------------------------------------------------
+def test_non_causal_model_is_a_clear_error(tmp_path):
+    spec = load_model_dir(model_dir("conformer_2021"))
+    m = ASRModel.from_spec(spec)
+    with pytest.raises(CheckpointError, match="causal"):
+        streaming_settings(m, 16, -1)
+    cli = os.path.join(os.path.dirname(sys.executable), "wenet-triton")
+    res = subprocess.run([cli, "transcribe", "--model", model_dir("conformer_2021"), "--chunk-size",
+                          "16", wav_path("test_000001")], capture_output=True, text=True,
+                         timeout=120, env=dict(os.environ, WENET_TRITON_CACHE=str(tmp_path)))
+    assert res.returncode != 0 and "causal" in res.stderr and not res.stdout
+    assert not os.listdir(tmp_path)  # failed before exporting anything
+
+
+@pytest.mark.parametrize("kind", ["transformer_abs_pos", "conformer_conv2d6", "conformer_bn"])
+def test_chunk_by_chunk_equals_full_context_chunk_mask(kind):
+    """Other encoder shapes (random weights): with unlimited left chunks, chunk by chunk with
+    caches equals the full-utterance forward with WeNet's chunk attention mask."""
+    spec = load_model_dir(model_dir(NAME))
+    conf = dict(spec.encoder_conf, output_size=64, linear_units=128, num_blocks=2)
+    etype = "conformer"
+    if kind == "transformer_abs_pos":
+        etype = "transformer"
+        conf.update(pos_enc_layer_type="abs_pos", input_layer="conv2d8")
+        conf.pop("selfattention_layer_type", None)
+    elif kind == "conformer_conv2d6":
+        conf.update(input_layer="conv2d6", cnn_module_kernel=5)
+    else:
+        conf.update(cnn_module_norm="batch_norm", cnn_module_kernel=4)
+    spec = dataclasses.replace(spec, encoder_type=etype, encoder_conf=conf,
+                               decoder_type="transformer", state_dict={})
+    torch.manual_seed(0)
+    m = ASRModel(spec)
+    for mod in m.modules():  # BatchNorm running stats that fold to something non-trivial
+        if isinstance(mod, torch.nn.BatchNorm1d):
+            mod.running_mean.uniform_(-1, 1)
+            mod.running_var.uniform_(0.5, 2)
+    m.eval().fuse()
+    feats = feats_of("test_000002")[:333]
+    for chunk in (3, 8):
+        run = open_chunk_runner("torch", m, chunk, -1, 10)
+        enc = encode_chunked(run, [feature_windows(feats, run.settings)])
+        with torch.no_grad():
+            full, lens = m.encoder(torch.from_numpy(feats)[None], torch.tensor([len(feats)]), chunk)
+        assert enc["encoder_out_lens"][0] == lens[0]
+        assert np.abs(enc["encoder_out"][0] - full[0].numpy()).max() <= 1e-4, (kind, chunk)
+
+
+def test_transformer_chunk_export_has_no_cnn_cache(tmp_path):
+    spec = load_model_dir(model_dir(NAME))
+    conf = dict(spec.encoder_conf, output_size=64, linear_units=128, num_blocks=2,
+                pos_enc_layer_type="abs_pos")
+    spec = dataclasses.replace(spec, encoder_type="transformer", encoder_conf=conf,
+                               decoder_type="transformer", state_dict={})
+    torch.manual_seed(0)
+    m = ASRModel(spec).eval()
+    s = export_chunk_encoder(m, str(tmp_path), 8, 2, 10)
+    g = onnx.load(str(tmp_path / "streaming_encoder.onnx"), load_external_data=False).graph
+    assert "cnn_cache" not in [i.name for i in g.input]
+    assert "r_cnn_cache" not in [o.name for o in g.output]
+    ort_run = ChunkRunner(OnnxChunkBackend(str(tmp_path / "streaming_encoder.onnx")))
+    pt_run = ChunkRunner(TorchChunkBackend(m, s))
+    ws = [feature_windows(feats_of(u)[:200], s) for u in ("test_000000", "test_000001")]
+    for a, b in zip(run_staggered(ort_run, ws, 2), run_staggered(pt_run, ws, 2)):
+        assert np.abs(a - b).max() <= 1e-4
+
+
+# -- CLI and full context -------------------------------------------------------------------
+def test_cli_chunk_transcribe_and_full_context_unchanged(u2pp_export, sref, model):
+    """`transcribe --chunk-size 8 --left-chunks 4` prints <utt>\\t<text> equal to the
+    StreamingRecognizer; without --chunk-size the output is the full-context recognizer's."""
+    cli = os.path.join(os.path.dirname(sys.executable), "wenet-triton")
+    utts = ["test_000001", "test_000002"]
+    eng = OnnxEngine(u2pp_export)
+    vocab = Vocab.from_engine_dir(u2pp_export, eng.settings)
+    wavs = [read_audio(wav_path(u)) for u in utts]
+    stream = StreamingRecognizer(eng, vocab, open_chunk_runner("torch", model, 8, 4, 10)).recognize(wavs)
+    full = Recognizer(eng, vocab).recognize(wavs)
+    for extra, want in ((["--chunk-size", "8", "--left-chunks", "4"], stream), ([], full)):
+        res = subprocess.run([cli, "transcribe", "--model", model_dir(NAME), "--engine-dir",
+                              u2pp_export, "--engine", "onnxruntime"] + extra
+                             + [wav_path(u) for u in utts], capture_output=True, text=True,
+                             timeout=300)
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.splitlines() == [f"{u}\t{r.text}" for u, r in zip(utts, want)]
+    # the chunk export was written once into the engine dir and is reused
+    assert os.path.exists(os.path.join(u2pp_export, "streaming_chunk8_left4",
+                                       "streaming_encoder.onnx"))
