@@ -5,7 +5,7 @@ import os
 
 import torch
 
-from wenet_triton import kernels
+from wenet_triton.engines import kernels
 from wenet_triton.bench import gpu_ms as ms
 
 

@@ -410,12 +410,12 @@ def test_client_refuses_another_server_on_its_port(served, tmp_path):
     httpd = HTTPServer(("127.0.0.1", 0), Other)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     try:
-        script = os.path.join(ROOT, "client", "transcribe.py")
-        bad = subprocess.run([sys.executable, script, "--server", served.url, "--health",
+        script = ["-m", "wenet_triton.cli", "transcribe"]
+        bad = subprocess.run([sys.executable, *script, "--server", served.url, "--health",
                               f"http://127.0.0.1:{httpd.server_port}/healthz", "--wait", "10",
                               wav_path("test_000001")], capture_output=True, text=True, timeout=60)
         assert bad.returncode != 0 and "another server holds that port" in bad.stderr
-        ok = subprocess.run([sys.executable, script, "--server", served.url, "--health",
+        ok = subprocess.run([sys.executable, *script, "--server", served.url, "--health",
                              served.health_url, "--wait", "10", wav_path("test_000001")],
                             capture_output=True, text=True, timeout=60)
         assert ok.returncode == 0, ok.stderr

@@ -30,6 +30,7 @@ LAZY_OK = {
     "tritonclient": "the gRPC client (serving), not needed offline",
     "triton_python_backend_utils": "exists only inside Triton's python backend stub",
     "pytriton": "located, not imported: its __init__ pulls in many packages",
+    "scipy": "resampling only; scipy.signal's import is slow and ties scipy to the numpy it was built for",
     "soundfile": "optional: PCM wav falls back to the standard library",
 }
 

@@ -14,7 +14,7 @@
 # Env: MODEL (default models/demo_zh_synth; "aishell" = a random-weight AISHELL-1-shape
 # model), WAV_DIR (wavs + a Kaldi `text` file; default the package's samples), OUT, WORK
 # (scratch: repo, pid file, logs; default /tmp/wenet_triton_gpu), GRPC_PORT (8001; metrics
-# on GRPC_PORT+1), SERVING_CONFIG, SECONDS_LIST, CONC, PA_SECONDS ("2 5 10 20"), PA_CONC,
+# on GRPC_PORT+1, health on +2), SERVE_ARGS (more `serve` flags, e.g. --no-guard), SERVING_CONFIG, SECONDS_LIST, CONC, PA_SECONDS ("2 5 10 20"), PA_CONC,
 # PA_BATCHES, LOCUST_USERS, LOCUST_TIME, LOCUST_WORKERS.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -43,8 +43,9 @@ start() {
   cli build-repo --model "$model" --engine torch_cuda \
     --config "${SERVING_CONFIG:-$root/configs/serving_gpu.yaml}" --out "$REPO" >> "$OUT/server.log" 2>&1 || exit 1
   echo "$model" > "$WORK/served_model"
+  # shellcheck disable=SC2086  # SERVE_ARGS: further `wenet-triton serve` flags, word-split
   setsid python3 -m wenet_triton.cli serve --repo "$REPO" --host 127.0.0.1 --grpc-port "$PORT" \
-    --metrics-port $((PORT + 1)) > "$WORK/triton.log" 2>&1 < /dev/null &
+    --metrics-port $((PORT + 1)) --health-port $((PORT + 2)) ${SERVE_ARGS:-} > "$WORK/triton.log" 2>&1 < /dev/null &
   echo $! > "$PIDFILE"
   ready 300 || { tail -20 "$WORK/triton.log"; exit 1; }
   echo "serving $model (pid $(cat "$PIDFILE"))"

@@ -13,7 +13,6 @@ from typing import List, Sequence, Tuple
 
 import kaldi_native_fbank as knf
 import numpy as np
-from scipy.signal import resample_poly
 
 from wenet_triton.contract import FbankConf, min_samples, num_frames
 
@@ -68,6 +67,8 @@ def read_audio(path: str, target_rate: int = 16000) -> np.ndarray:
 
 def resample(wav: np.ndarray, src: int, dst: int) -> np.ndarray:
     """Polyphase (Kaiser-windowed sinc) resampling; close to, not bit-equal with, sox/torchaudio."""
+    from scipy.signal import resample_poly  # slow import, needed only for other sample rates
+
 
     g = gcd(src, dst)
     return resample_poly(wav.astype(np.float64), dst // g, src // g).astype(np.float32)

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 OPSET = 17
 
 
-def export_settings(spec: ModelSpec, model: ASRModel, beam_size: int,
+def export_settings(spec: ModelSpec, model: ASRModel, beam_size: int = 10,
                     ctc_weight: Optional[float] = None, reverse_weight: Optional[float] = None
                     ) -> EngineSettings:
     ctc_w = spec.ctc_weight if ctc_weight is None else float(ctc_weight)
