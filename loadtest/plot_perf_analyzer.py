@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Plot perf_analyzer CSVs (its -f output): throughput vs p50/p99 latency, one line per file.
 
-    python loadtest/plot_perf_analyzer.py out/perf_analyzer_5s.csv other.csv --out pa.png
+    python3 -m loadtest.plot_perf_analyzer out/perf_analyzer_5s.csv other.csv --out pa.png
 """
 import argparse
 import csv
