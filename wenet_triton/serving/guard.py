@@ -16,17 +16,18 @@ refuses messages larger than the largest valid request. It also
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Dict, Optional
 
 import grpc
+from tritonclient.grpc import service_pb2
 
 log = logging.getLogger(__name__)
 
@@ -136,11 +137,14 @@ def check_infer_request(req, limits: Limits) -> None:
 
 
 class GrpcGuard:
-    """The public gRPC endpoint; forwards to tritonserver at `backend` (host:port)."""
+    """The public gRPC endpoint; forwards to tritonserver at `backend` (host:port).
 
-    def __init__(self, host: str, port: int, limits: Limits, workers: int = 1024):
-        from tritonclient.grpc import service_pb2
+    An asyncio gRPC server on a thread of its own: a request in flight costs a coroutine, not a
+    thread, so the front keeps up with a GPU server's concurrency (the thread-pool version held
+    an H200 to ~800-1,050 infer/s). The control methods (start, set_backend, set_down, drain,
+    stop) are called from the supervisor's thread."""
 
+    def __init__(self, host: str, port: int, limits: Limits, max_concurrent_rpcs: int = 4096):
         self.pb = service_pb2
         self.limits = limits
         self.host, self.port = host, port
@@ -149,34 +153,44 @@ class GrpcGuard:
         self.served = self.rejected = 0
         self.draining = False
         self._down: Optional[str] = "starting"  # reason no backend is there, or None
-        self._channel: Optional[grpc.Channel] = None
-        self._methods: Dict[str, object] = {}
-        self.server = grpc.server(
-            ThreadPoolExecutor(max_workers=workers, thread_name_prefix="guard"),
-            # a worker waits on tritonserver for each request in flight: size the pool for the
-            # concurrency a GPU server takes (64 workers capped an H200 at ~800 infer/s)
-            handlers=[_Handler(self)], maximum_concurrent_rpcs=workers * 2,
-            options=[("grpc.max_receive_message_length", limits.max_message_bytes),
+        self._channel = None
+        self._methods: Dict[object, object] = {}
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="grpc-guard", daemon=True)
+        self._thread.start()
+        self.server = self._run(self._make_server(max_concurrent_rpcs))
+
+    def _run(self, coro, timeout: Optional[float] = 30):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    async def _make_server(self, max_rpcs: int):
+        server = grpc.aio.server(
+            handlers=[_Handler(self)], maximum_concurrent_rpcs=max_rpcs,
+            options=[("grpc.max_receive_message_length", self.limits.max_message_bytes),
                      ("grpc.max_send_message_length", -1), ("grpc.so_reuseport", 0)])
-        bound = self.server.add_insecure_port(f"{_bracket(host)}:{port}")
+        bound = server.add_insecure_port(f"{_bracket(self.host)}:{self.port}")
         if bound == 0:
-            raise OSError(f"cannot bind gRPC {host}:{port}")
+            raise OSError(f"cannot bind gRPC {self.host}:{self.port}")
         self.port = bound
+        return server
 
     # -- control (supervisor) ---------------------------------------------------------------
     def start(self):
-        self.server.start()
+        self._run(self.server.start())
         log.info("gRPC guard on %s:%d", self.host, self.port)
 
     def set_backend(self, url: str):
-        ch = grpc.insecure_channel(url, options=[
-            ("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1),
-            ("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
-            ("grpc.max_reconnect_backoff_ms", 1000)])
+        async def connect():
+            return grpc.aio.insecure_channel(url, options=[
+                ("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1),
+                ("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
+                ("grpc.max_reconnect_backoff_ms", 1000)])
+
+        ch = self._run(connect())
         with self._lock:
             old, self._channel, self._methods, self._down = self._channel, ch, {}, None
         if old is not None:
-            old.close()
+            self._run(old.close())
 
     def set_down(self, reason: str):
         with self._lock:
@@ -193,9 +207,13 @@ class GrpcGuard:
             return self.inflight
 
     def stop(self, grace: float = 1.0):
-        self.server.stop(grace).wait(grace + 1)
-        if self._channel is not None:
-            self._channel.close()
+        try:
+            self._run(self.server.stop(grace), timeout=grace + 5)
+            if self._channel is not None:
+                self._run(self._channel.close(), timeout=5)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(5)
 
     # -- calls ------------------------------------------------------------------------------
     def _enter(self, infer: bool):
@@ -212,6 +230,7 @@ class GrpcGuard:
     def _leave(self):
         with self._lock:
             self.inflight -= 1
+            self.served += 1
             self._lock.notify_all()
 
     def _stub(self, channel, method: str, streaming: bool):
@@ -240,7 +259,7 @@ class GrpcGuard:
             return self.pb.ModelReadyResponse(ready=False).SerializeToString()
         return None
 
-    def unary(self, method: str, raw: bytes, context) -> bytes:
+    async def unary(self, method: str, raw: bytes, context) -> bytes:
         infer = method == "ModelInfer"
         try:
             if infer:
@@ -252,28 +271,27 @@ class GrpcGuard:
             channel = self._enter(infer)
         except Rejected as e:
             self._count_rejected()
-            context.abort(e.code, str(e))
+            await context.abort(e.code, str(e))
         try:
-            return self._stub(channel, method, False)(raw, metadata=_metadata(context),
-                                                       timeout=_remaining(context))
+            return await self._stub(channel, method, False)(raw, metadata=_metadata(context),
+                                                             timeout=_remaining(context))
         except grpc.RpcError as e:
-            context.abort(e.code(), e.details() or str(e.code()))
+            await context.abort(e.code(), e.details() or str(e.code()))
         finally:
             if infer:
                 self._leave()
-                self.served += 1
 
-    def stream(self, method: str, request_iterator, context):
+    async def stream(self, method: str, request_iterator, context):
         try:
             channel = self._enter(True)
         except Rejected as e:
             self._count_rejected()
-            context.abort(e.code, str(e))
+            await context.abort(e.code, str(e))
         bad = []
         call = None
 
-        def checked():
-            for raw in request_iterator:
+        async def checked():
+            async for raw in request_iterator:
                 try:
                     self._check(raw)
                 except Rejected as e:
@@ -285,16 +303,17 @@ class GrpcGuard:
 
         try:
             call = self._stub(channel, method, True)(checked(), metadata=_metadata(context))
-            for reply in call:
+            async for reply in call:
                 yield reply
-        except grpc.RpcError as e:
+        except (grpc.RpcError, asyncio.CancelledError) as e:
             if not bad:
-                context.abort(e.code(), e.details() or str(e.code()))
+                code = e.code() if isinstance(e, grpc.RpcError) else grpc.StatusCode.CANCELLED
+                await context.abort(code, (e.details() if isinstance(e, grpc.RpcError) else "") or str(code))
         finally:
             self._leave()
         if bad:
             self._count_rejected()
-            context.abort(bad[0].code, str(bad[0]))
+            await context.abort(bad[0].code, str(bad[0]))
 
     def _count_rejected(self):
         with self._lock:
@@ -312,18 +331,24 @@ class _Handler(grpc.GenericRpcHandler):
         if method not in FORWARDED:
             return grpc.unary_unary_rpc_method_handler(_denied(full))
         if method == "ModelStreamInfer":
-            return grpc.stream_stream_rpc_method_handler(lambda it, ctx: g.stream(method, it, ctx))
-        return grpc.unary_unary_rpc_method_handler(lambda raw, ctx: g.unary(method, raw, ctx))
+            async def stream_call(it, ctx):
+                async for reply in g.stream(method, it, ctx):
+                    yield reply
+            return grpc.stream_stream_rpc_method_handler(stream_call)
+
+        async def call(raw, ctx):
+            return await g.unary(method, raw, ctx)
+        return grpc.unary_unary_rpc_method_handler(call)
 
 
 def _denied(method: str):
-    def handler(_raw, context):
-        context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{method} is not served here")
+    async def handler(_raw, context):
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{method} is not served here")
     return handler
 
 
 def _metadata(context):
-    return tuple((k, v) for k, v in context.invocation_metadata()
+    return tuple((k, v) for k, v in (context.invocation_metadata() or ())
                  if not (k.startswith(":") or k.startswith("grpc-") or k == "user-agent"
                          or k.startswith("triton-grpc-protocol-")))
 

@@ -290,7 +290,8 @@ class Supervisor:
                     return
                 with sup._lock:
                     body = json.dumps(sup.status.as_dict()).encode()
-                    code = 200 if sup.status.healthy else 503
+                    # a stop was asked for (SIGTERM): not ready from that moment on
+                    code = 200 if sup.status.healthy and not sup._stop.is_set() else 503
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
