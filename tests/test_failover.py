@@ -242,6 +242,13 @@ def test_balancer_overhead_nginx_vs_direct(cluster, items_and_expected):
             out.setdefault(f"inference {name} {k}", []).append(round(float(v), 1))
     FIGURES["overhead"] = out
     assert out["nginx hop, ms per call"] < 50
+    # what the dashboards and the autoscaler read: Triton's latency quantiles per model and
+    # the supervisor's own metrics
+    triton = urllib.request.urlopen(f"http://127.0.0.1:{a.metrics_port}/metrics", timeout=5).read().decode()
+    assert 'nv_inference_request_summary_us{model="encoder"' in triton and 'quantile="0.99"' in triton
+    own = urllib.request.urlopen(a.health_url.replace("/healthz", "/metrics"), timeout=5).read().decode()
+    for name in ("wenet_triton_healthy 1", "wenet_triton_inflight_requests ", "wenet_triton_restarts_total 0"):
+        assert name in own, own
 
 
 def _upstream_lines(path):
