@@ -3,9 +3,12 @@
     locust -f loadtest/locustfile.py --headless -u 16 -r 4 -t 60s --host 127.0.0.1:8001 \
         --csv out/locust [--wav-dir WAV_DIR]
 
-Each user sends random wavs from --wav-dir, records every request in locust's statistics
-(name = utterance length bucket) and fails a request whose transcript is empty or not
-well-formed text. Runs stop by themselves after -t.
+--host may name several endpoints (A:8001,B:8001: each user goes round robin over them, a
+retry goes to the next) or dns:///NAME:PORT (client-side round robin). UNAVAILABLE (refused,
+reset, restarting/draining server) is retried with backoff within --request-timeout; the
+count of retried requests is printed at the end. Each user sends random wavs from --wav-dir,
+records every request in locust's statistics (name = utterance length bucket) and fails a
+request whose transcript is empty or not well-formed text. Runs stop by themselves after -t.
 """
 import glob
 import os
@@ -21,7 +24,7 @@ from locust import User, events, task  # noqa: E402
 
 from wenet_triton.audio.frontend import read_audio  # noqa: E402
 from wenet_triton.paths import SAMPLES_DIR  # noqa: E402
-from wenet_triton.serving.client import MODEL, decode_transcript, make_inputs  # noqa: E402
+from wenet_triton.serving.client import MODEL, RetryingClient, RetryPolicy  # noqa: E402
 
 DEFAULT_WAVS = SAMPLES_DIR
 
@@ -30,9 +33,12 @@ DEFAULT_WAVS = SAMPLES_DIR
 def _args(parser):
     parser.add_argument("--wav-dir", default=DEFAULT_WAVS, help="directory of 16 kHz wavs to send")
     parser.add_argument("--max-wavs", type=int, default=200, help="wavs loaded per worker")
+    parser.add_argument("--retries", type=int, default=50, help="retries of an UNAVAILABLE request")
+    parser.add_argument("--request-timeout", type=float, default=120, help="deadline per request (s)")
 
 
 _WAVS = []
+RETRIED = [0]
 
 
 @events.init.add_listener
@@ -50,6 +56,7 @@ def _exit(exit_code, **_kw):
     written its stats and CSVs when `quit` fires, so leave now."""
     import sys
 
+    print(f"# requests retried: {RETRIED[0]}", file=sys.stderr)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(exit_code)
@@ -63,10 +70,9 @@ class TritonASRUser(User):
     """One simulated client: one request in flight at a time, no think time."""
 
     def on_start(self):
-        import tritonclient.grpc as grpcclient
-
-        self.client = grpcclient.InferenceServerClient(self.host or "127.0.0.1:8001")
-        self.mod = grpcclient
+        opts = self.environment.parsed_options
+        self.client = RetryingClient(self.host or "127.0.0.1:8001", RetryPolicy(retries=opts.retries))
+        self.timeout = opts.request_timeout
 
     def on_stop(self):
         self.client.close()
@@ -76,11 +82,11 @@ class TritonASRUser(User):
         name, wav = random.choice(_WAVS)
         secs = len(wav) / 16000
         bucket = f"{MODEL} {int(secs // 5) * 5}-{int(secs // 5) * 5 + 5}s"
-        inputs, outputs = make_inputs(wav, self.mod)
         t0 = time.perf_counter()
         exc, size = None, 0
         try:
-            text = decode_transcript(self.client.infer(MODEL, inputs, outputs=outputs))
+            text, attempts, _ = self.client.infer(wav, self.timeout)
+            RETRIED[0] += attempts > 1
             size = len(text.encode("utf-8"))
             if not well_formed(text):
                 exc = ValueError(f"{name}: empty or malformed transcript {text!r}")

@@ -11,6 +11,13 @@ FIELDS = ("nv_inference_request_success", "nv_inference_request_failure", "nv_in
 
 
 def scrape(hostport: str) -> dict:
+    """Per (model, counter) sums; `hostport` may list several servers (comma-separated)."""
+    if "," in hostport:
+        total = defaultdict(float)
+        for one in hostport.split(","):
+            for k, v in scrape(one.strip()).items():
+                total[k] += v
+        return dict(total)
     url = hostport if hostport.startswith("http") else f"http://{hostport}/metrics"
     text = urllib.request.urlopen(url, timeout=10).read().decode()
     out = defaultdict(float)

@@ -6,6 +6,10 @@ per-model queue/compute split from Triton's metrics port. Bounded in requests an
 
     python3 -m loadtest.sweep --server 127.0.0.1:8001 --metrics 127.0.0.1:8002 \
         --wav-dir wavs/ --seconds 5 --concurrency 1,8,32,64 --out out/
+
+--server and --metrics take several endpoints (comma-separated): requests go round robin over
+the servers (retrying UNAVAILABLE on the next one) and the metrics of all are added up; the
+`retried` column counts requests that needed a retry.
 """
 import argparse
 import csv
@@ -49,10 +53,11 @@ def run(a):
             wall = time.perf_counter() - t0
             lat = np.array([r.seconds for r in replies]) * 1000
             fails = sum(r.error is not None or not (r.text or "").strip() for r in replies)
+            retried = sum(r.attempts > 1 for r in replies)
             errs = {r.error for r in replies if r.error}
             if errs:
                 print("errors:", list(errs)[:2], flush=True)
-            row = {"seconds": sec, "concurrency": c, "requests": n, "failures": fails,
+            row = {"seconds": sec, "concurrency": c, "requests": n, "failures": fails, "retried": retried,
                    "infer_per_s": n / wall, "audio_s_per_s": n * sec / wall,
                    "p50_ms": np.percentile(lat, 50), "p90_ms": np.percentile(lat, 90),
                    "p99_ms": np.percentile(lat, 99)}
@@ -131,8 +136,9 @@ def write_csv(rows, path):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--server", default="127.0.0.1:8001")
-    p.add_argument("--metrics", default="127.0.0.1:8002", help="metrics host:port ('' to skip)")
+    p.add_argument("--server", default="127.0.0.1:8001", help="gRPC HOST:PORT, several comma-separated")
+    p.add_argument("--metrics", default="127.0.0.1:8002",
+                   help="metrics host:port, several comma-separated (added up; '' to skip)")
     p.add_argument("--wav-dir", help="wavs to send (tiled/cropped to each length)")
     p.add_argument("--from-log", help="only rebuild sweep.csv + sweep.png in --out from a sweep log")
     p.add_argument("--max-wavs", type=int, default=50)

@@ -429,7 +429,7 @@ def test_sigterm_under_load_loses_no_in_flight_request(served, good):
     """SIGTERM while 8 clients keep sending: every request either gets its right transcript
     or, once the drain began, UNAVAILABLE ('shutting down'); never NOT_FOUND or a lost one.
     Then the server is gone and so are its /dev/shm regions. (Last test: it stops the server.)"""
-    from wenet_triton.serving.client import transcribe_many
+    from wenet_triton.serving.client import NO_RETRY, transcribe_many
 
     served.note_regions()
     items, texts = good
@@ -437,7 +437,8 @@ def test_sigterm_under_load_loses_no_in_flight_request(served, good):
     want = {f"{i}": texts[i % len(items)] for i in range(64)}
     replies = []
     with ThreadPoolExecutor(1) as pool:
-        fut = pool.submit(transcribe_many, served.url, load, 8, 16000, replies.append)
+        # no client retries: the refusals themselves are what this test looks at
+        fut = pool.submit(transcribe_many, served.url, load, 8, 16000, replies.append, retry=NO_RETRY)
         deadline = time.time() + 60
         while len(replies) < 8 and time.time() < deadline:
             time.sleep(0.05)

@@ -1,6 +1,8 @@
 """The gRPC side of `wenet-triton transcribe --server HOST:PORT`: send wav files to a running
 Triton `attention_rescoring` ensemble, print `<utt>\\t<text>` per file in input order and a
-summary on stderr. Audio that is not 16 kHz is resampled here."""
+summary on stderr. Audio that is not 16 kHz is resampled here. `--server` may name several
+endpoints (comma-separated: round robin, a retry goes to the next one) or a `dns:///NAME:PORT`
+with client-side round robin; UNAVAILABLE is retried with backoff within `--timeout`."""
 from __future__ import annotations
 
 import argparse
@@ -16,16 +18,22 @@ from tqdm import tqdm
 
 from wenet_triton.audio.frontend import AudioError, expand_inputs, read_audio, utt_id
 from wenet_triton.decode.cer import cer_summary
-from wenet_triton.serving.client import transcribe_many, wait_until_ready
+from wenet_triton.serving.client import RetryPolicy, endpoints, transcribe_many, wait_until_ready
 
 
 def add_server_args(p: argparse.ArgumentParser):
     g = p.add_argument_group("server (instead of decoding here)")
-    g.add_argument("--server", help="Triton gRPC HOST:PORT: send the audio there (no --model needed)")
+    g.add_argument("--server", help="Triton gRPC HOST:PORT: send the audio there (no --model needed); "
+                   "several as A:PORT,B:PORT (round robin, retries go to the next), or "
+                   "dns:///NAME:PORT (client-side round robin over the name's addresses)")
     g.add_argument("--concurrency", type=int, default=8, help="with --server: requests in flight")
     g.add_argument("--wait", type=float, default=0,
                    help="with --server: wait up to this many seconds for the server to be ready")
-    g.add_argument("--timeout", type=float, default=120, help="with --server: per-request timeout (s)")
+    g.add_argument("--timeout", type=float, default=120,
+                   help="with --server: deadline of each request, its retries included (s)")
+    g.add_argument("--retries", type=int, default=50,
+                   help="with --server: at most this many retries of a request answered UNAVAILABLE "
+                   "(refused, reset, restarting or draining server) within --timeout; 0: none")
     g.add_argument("--sample-rate", type=int, default=16000, help="with --server: the rate it expects")
     g.add_argument("--health", help="with --server: the `wenet-triton serve` health URL "
                    "(http://HOST:PORT/healthz): wait for it, and check that --server is that very "
@@ -74,6 +82,8 @@ def transcribe_remote(a) -> None:
     if not items:
         sys.exit("transcribe: no readable audio")
     if a.health:
+        if len(endpoints(a.server)) != 1:
+            sys.exit("--health checks one server: give one --server endpoint with it")
         check_same_server(a.server, a.health, a.wait, a.wait_pid)
     elif a.wait:
         wait_until_ready(a.server, a.wait)
@@ -81,7 +91,8 @@ def transcribe_remote(a) -> None:
                disable=len(items) < 50 and not sys.stderr.isatty())
     t0 = time.perf_counter()
     replies = transcribe_many(a.server, items, a.concurrency, a.sample_rate,
-                              on_reply=lambda r: bar.update(1), timeout=a.timeout)
+                              on_reply=lambda r: bar.update(1), timeout=a.timeout,
+                              retry=RetryPolicy(retries=a.retries))
     wall = time.perf_counter() - t0
     bar.close()
     hyps = {}
@@ -96,6 +107,9 @@ def transcribe_remote(a) -> None:
     lat = sorted(r.seconds for r in ok)
     extra = (f", latency p50 {lat[len(lat) // 2] * 1000:.0f} ms max {lat[-1] * 1000:.0f} ms"
              if lat else "") + f" (concurrency {a.concurrency})"
+    retried = sum(r.attempts > 1 for r in replies)
+    if retried:
+        extra += f", {retried} retried"
     print(summary(len(ok), bad, sum(r.audio_seconds for r in ok), wall, extra), file=sys.stderr)
     if a.ref:
         print(cer_summary(a.ref, hyps), file=sys.stderr)

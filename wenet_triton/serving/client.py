@@ -1,15 +1,32 @@
-"""gRPC client of the `attention_rescoring` ensemble (tritonclient), used by client/,
-the tests and the load tests."""
+"""gRPC client of the `attention_rescoring` ensemble (tritonclient), used by the CLI, the tests
+and the load tests.
+
+Several endpoints and retries (issue #18). `url` may name one server (`HOST:PORT`), several
+(`A:8001,B:8001` or a list: requests go round robin over them, a retry goes to the next one),
+or a gRPC name with client-side round robin over its addresses (`dns:///svc.ns:8001`, e.g. a
+Kubernetes headless Service). A request is retried only when that is safe: on UNAVAILABLE,
+which is what gRPC reports when the connection could not be made, was reset or was refused
+before the server took the request, what `wenet-triton serve` answers while it restarts or
+drains, and what a proxy (nginx: HTTP 502/503/504) answers when its upstream failed. A
+recognition request has no side effect, so running it twice can only cost time. Other codes
+(INVALID_ARGUMENT, DEADLINE_EXCEEDED, INTERNAL...) are final. Retries pause with exponential
+backoff and full jitter, and all attempts of a request share one deadline (`timeout`).
+"""
 from __future__ import annotations
 
 import asyncio
+import itertools
+import random
+import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 MODEL = "attention_rescoring"
+RETRYABLE = frozenset({"StatusCode.UNAVAILABLE"})
+Urls = Union[str, Sequence[str]]
 
 
 @dataclass
@@ -17,8 +34,58 @@ class Reply:
     name: str
     text: Optional[str]
     error: Optional[str]
-    seconds: float  # request latency
+    seconds: float  # request latency, retries included
     audio_seconds: float
+    attempts: int = 1  # 1 = answered (or failed for good) at the first try
+    endpoint: str = ""  # the endpoint that gave the final answer
+
+
+@dataclass
+class RetryPolicy:
+    """How often and how patiently a request is sent again. The request's deadline (`timeout`)
+    is the real bound: with the defaults a request keeps trying for as long as a replica takes
+    to restart (10-20 s on CPU), pausing at most `max_backoff` between tries."""
+    retries: int = 50          # further tries after the first one (0: no retry)
+    backoff: float = 0.05      # first pause (s); doubled at each retry, full jitter
+    max_backoff: float = 1.0   # longest pause (s)
+
+    @property
+    def attempts(self) -> int:
+        return 1 + max(0, self.retries)
+
+    def pause(self, retry: int) -> float:
+        """Seconds to wait before retry number `retry` (1, 2, ...)."""
+        return random.uniform(0, min(self.max_backoff, self.backoff * 2 ** (retry - 1)))
+
+
+NO_RETRY = RetryPolicy(retries=0)
+
+
+def endpoints(url: Urls) -> List[str]:
+    """'a:1,b:2' or ['a:1', 'b:2'] -> ['a:1', 'b:2'] (order kept, blanks dropped)."""
+    parts = url.split(",") if isinstance(url, str) else list(url)
+    out = [p.strip() for p in parts if p and p.strip()]
+    if not out:
+        raise ValueError("no server endpoint given")
+    return out
+
+
+def channel_args(url: str) -> Optional[list]:
+    """tritonclient's defaults (None) for HOST:PORT; for a `dns:///` name, gRPC's round_robin
+    policy so that requests spread over every address the name resolves to (gRPC's default,
+    pick_first, would pin the channel to one of them)."""
+    if not url.startswith("dns:"):
+        return None
+    big = 2 ** 31 - 1
+    return [("grpc.max_send_message_length", big), ("grpc.max_receive_message_length", big),
+            ("grpc.lb_policy_name", "round_robin"), ("grpc.keepalive_time_ms", 30000),
+            ("grpc.dns_min_time_between_resolutions_ms", 5000)]
+
+
+def retryable(exc) -> bool:
+    """True for the errors that are safe to send again (see the module doc)."""
+    status = exc.status() if hasattr(exc, "status") else None
+    return status in RETRYABLE
 
 
 def make_inputs(wav: np.ndarray, module):
@@ -36,37 +103,107 @@ def decode_transcript(result) -> str:
     return out.decode("utf-8") if isinstance(out, bytes) else str(out)
 
 
-def transcribe_one(url: str, wav: np.ndarray, timeout: float = 60.0) -> str:
+class _RoundRobin:
+    """Which endpoint a request starts on: the next one each time (thread-safe)."""
+
+    def __init__(self, n: int):
+        self.n, self._it, self._lock = n, itertools.count(), threading.Lock()
+
+    def start(self) -> int:
+        with self._lock:
+            return next(self._it) % self.n
+
+
+class RetryingClient:
+    """Blocking client over one or more endpoints with retries (also used by locust's users,
+    where gevent makes the pauses cooperative)."""
+
+    def __init__(self, url: Urls, retry: RetryPolicy = RetryPolicy()):
+        import tritonclient.grpc as grpcclient
+
+        self.urls = endpoints(url)
+        self.retry = retry
+        self.mod = grpcclient
+        self.clients = [grpcclient.InferenceServerClient(u, channel_args=channel_args(u)) for u in self.urls]
+        self._rr = _RoundRobin(len(self.urls))
+
+    def infer(self, wav: np.ndarray, timeout: float = 60.0) -> Tuple[str, int, str]:
+        """-> (transcript, attempts, endpoint); raises the last InferenceServerException when
+        a final error came, the attempts ran out or the deadline passed."""
+        from tritonclient.utils import InferenceServerException
+
+        inputs, outputs = make_inputs(wav, self.mod)
+        deadline = time.monotonic() + timeout
+        k = self._rr.start()
+        for attempt in range(1, self.retry.attempts + 1):
+            i = (k + attempt - 1) % len(self.clients)
+            left = deadline - time.monotonic()
+            try:
+                res = self.clients[i].infer(MODEL, inputs, outputs=outputs, client_timeout=max(left, 0.001))
+                return decode_transcript(res), attempt, self.urls[i]
+            except InferenceServerException as e:
+                pause = self.retry.pause(attempt)
+                if (not retryable(e) or attempt == self.retry.attempts
+                        or time.monotonic() + pause >= deadline):
+                    raise
+                time.sleep(pause)
+        raise AssertionError("unreachable")
+
+    def close(self):
+        for c in self.clients:
+            c.close()
+
+
+def transcribe_one(url: Urls, wav: np.ndarray, timeout: float = 60.0,
+                   retry: RetryPolicy = RetryPolicy()) -> str:
     """Blocking single request (raises tritonclient's InferenceServerException on error)."""
-    import tritonclient.grpc as grpcclient
+    client = RetryingClient(url, retry)
+    try:
+        return client.infer(wav, timeout)[0]
+    finally:
+        client.close()
 
-    client = grpcclient.InferenceServerClient(url)
-    inputs, outputs = make_inputs(wav, grpcclient)
-    return decode_transcript(client.infer(MODEL, inputs, outputs=outputs, client_timeout=timeout))
 
-
-async def _run(url: str, items: Sequence[Tuple[str, np.ndarray]], concurrency: int,
-               sample_rate: int, on_reply: Optional[Callable[[Reply], None]], timeout: float):
+async def _run(url: Urls, items: Sequence[Tuple[str, np.ndarray]], concurrency: int,
+               sample_rate: int, on_reply: Optional[Callable[[Reply], None]], timeout: float,
+               retry: RetryPolicy):
     import tritonclient.grpc.aio as aioclient
     from tritonclient.utils import InferenceServerException
 
-    client = aioclient.InferenceServerClient(url)
+    urls = endpoints(url)
+    clients = [aioclient.InferenceServerClient(u, channel_args=channel_args(u)) for u in urls]
+    rr = _RoundRobin(len(urls))
     queue: asyncio.Queue = asyncio.Queue()
     for i, it in enumerate(items):
         queue.put_nowait((i, it))
     replies: List[Optional[Reply]] = [None] * len(items)
 
+    async def one(name: str, wav: np.ndarray) -> Reply:
+        inputs, outputs = make_inputs(wav, aioclient)
+        t0 = time.perf_counter()
+        deadline = time.monotonic() + timeout
+        k = rr.start()
+        for attempt in range(1, retry.attempts + 1):
+            e_i = (k + attempt - 1) % len(clients)
+            left = max(deadline - time.monotonic(), 0.001)
+            try:
+                res = await clients[e_i].infer(MODEL, inputs, outputs=outputs, client_timeout=left)
+                r = Reply(name, decode_transcript(res), None, 0.0, len(wav) / sample_rate, attempt, urls[e_i])
+                break
+            except InferenceServerException as e:
+                r = Reply(name, None, e.message() or str(e.status()), 0.0, len(wav) / sample_rate,
+                          attempt, urls[e_i])
+                pause = retry.pause(attempt)
+                if not retryable(e) or time.monotonic() + pause >= deadline:
+                    break
+                await asyncio.sleep(pause)
+        r.seconds = time.perf_counter() - t0
+        return r
+
     async def worker():
         while not queue.empty():
             i, (name, wav) = queue.get_nowait()
-            inputs, outputs = make_inputs(wav, aioclient)
-            t0 = time.perf_counter()
-            try:
-                res = await client.infer(MODEL, inputs, outputs=outputs, client_timeout=timeout)
-                r = Reply(name, decode_transcript(res), None, 0.0, len(wav) / sample_rate)
-            except InferenceServerException as e:
-                r = Reply(name, None, e.message(), 0.0, len(wav) / sample_rate)
-            r.seconds = time.perf_counter() - t0
+            r = await one(name, wav)
             replies[i] = r
             if on_reply:
                 on_reply(r)
@@ -74,27 +211,34 @@ async def _run(url: str, items: Sequence[Tuple[str, np.ndarray]], concurrency: i
     try:
         await asyncio.gather(*(worker() for _ in range(max(1, concurrency))))
     finally:
-        await client.close()
+        for c in clients:
+            await c.close()
     return replies
 
 
-def transcribe_many(url: str, items: Sequence[Tuple[str, np.ndarray]], concurrency: int = 8,
+def transcribe_many(url: Urls, items: Sequence[Tuple[str, np.ndarray]], concurrency: int = 8,
                     sample_rate: int = 16000, on_reply: Optional[Callable[[Reply], None]] = None,
-                    timeout: float = 120.0) -> List[Reply]:
-    """Send (name, wav) items with `concurrency` requests in flight; replies in input order."""
-    return asyncio.run(_run(url, items, concurrency, sample_rate, on_reply, timeout))
+                    timeout: float = 120.0, retry: RetryPolicy = RetryPolicy()) -> List[Reply]:
+    """Send (name, wav) items with `concurrency` requests in flight over the endpoint(s) in
+    `url`, retrying what is safe to retry; replies in input order. `timeout` bounds each
+    request, all its attempts together."""
+    return asyncio.run(_run(url, items, concurrency, sample_rate, on_reply, timeout, retry))
 
 
-def wait_until_ready(url: str, timeout: float = 120.0) -> None:
+def wait_until_ready(url: Urls, timeout: float = 120.0) -> None:
+    """Wait until every endpoint in `url` is ready with the model."""
     import tritonclient.grpc as grpcclient
 
-    client = grpcclient.InferenceServerClient(url)
     deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            if client.is_server_ready() and client.is_model_ready(MODEL):
-                return
-        except Exception:  # noqa: BLE001 - not up yet
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"Triton at {url} not ready with model {MODEL} after {timeout:.0f} s")
+    for u in endpoints(url):
+        client = grpcclient.InferenceServerClient(u, channel_args=channel_args(u))
+        while True:
+            try:
+                if client.is_server_ready() and client.is_model_ready(MODEL):
+                    break
+            except Exception:  # noqa: BLE001 - not up yet
+                pass
+            if time.time() > deadline:
+                raise TimeoutError(f"Triton at {u} not ready with model {MODEL} after {timeout:.0f} s")
+            time.sleep(0.5)
+        client.close()

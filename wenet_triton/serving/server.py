@@ -172,7 +172,9 @@ class TritonServer:
                f"--metrics-port={self.metrics_port}", f"--http-address={self.host}",
                f"--grpc-address={self.grpc_host}", "--exit-on-error=true",
                f"--log-verbose={self.log_verbose}"]
+        # latency quantiles per model (nv_inference_*_summary_us{quantile=...}) for dashboards
         cmd += [f"--id={self.server_id}", f"--metrics-address={self.host}",
+                "--metrics-config=summary_latencies=true",
                 f"--grpc-restricted-protocol={RESTRICTED_APIS}:{ADMIN_HEADER}={self.admin_key}"]
         if self.http_port:
             cmd.append(f"--http-restricted-api={RESTRICTED_APIS}:{ADMIN_HEADER}={self.admin_key}")

@@ -10,7 +10,8 @@ tritonserver stays down. The supervisor
   python backend stubs, and restarts tritonserver when it exits, a stub dies or probes
   keep failing,
 * serves its own health endpoint (GET /healthz on --health-port): 200 only while the last
-  real-inference probe passed and the server is not restarting or draining,
+  real-inference probe passed and the server is not restarting or draining, and its own
+  Prometheus metrics there (GET /metrics: health, restarts, probe latency, requests in flight),
 * on SIGTERM/SIGINT stops being ready, lets in-flight requests finish (bounded by
   --drain-timeout; newcomers get UNAVAILABLE, which clients retry), then stops,
 * removes the python-backend /dev/shm regions of its tritonserver on every exit path,
@@ -285,15 +286,20 @@ class Supervisor:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802 - http.server's name
-                if self.path.split("?")[0] not in ("/healthz", "/health", "/readyz"):
+                path = self.path.split("?")[0]
+                if path == "/metrics":
+                    body, code, ctype = sup.metrics_text().encode(), 200, "text/plain; version=0.0.4"
+                elif path in ("/healthz", "/health", "/readyz"):
+                    with sup._lock:
+                        body = json.dumps(sup.status.as_dict()).encode()
+                        # a stop was asked for (SIGTERM): not ready from that moment on
+                        code = 200 if sup.status.healthy and not sup._stop.is_set() else 503
+                    ctype = "application/json"
+                else:
                     self.send_error(404)
                     return
-                with sup._lock:
-                    body = json.dumps(sup.status.as_dict()).encode()
-                    # a stop was asked for (SIGTERM): not ready from that moment on
-                    code = 200 if sup.status.healthy and not sup._stop.is_set() else 503
                 self.send_response(code)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
@@ -305,6 +311,31 @@ class Supervisor:
         self.health = ThreadingHTTPServer((self.cfg.host, self.cfg.health_port), Handler)
         self.health.daemon_threads = True
         threading.Thread(target=self.health.serve_forever, daemon=True, name="health").start()
+
+    def metrics_text(self) -> str:
+        """Prometheus text for GET /metrics on the health port: the supervisor's and the
+        guard's own figures (Triton's per-model metrics stay on --metrics-port)."""
+        with self._lock:
+            st = self.status
+            rows = [("wenet_triton_healthy", "gauge", "1 while the last real-inference probe passed",
+                     int(st.healthy)),
+                    ("wenet_triton_restarts_total", "counter", "tritonserver restarts by the supervisor",
+                     st.restarts),
+                    ("wenet_triton_probe_latency_ms", "gauge", "latency of the last probe inference",
+                     st.last_probe_ms),
+                    ("wenet_triton_draining", "gauge", "1 while draining before a stop",
+                     int(st.state == "draining"))]
+        g = self.guard
+        if g is not None:
+            rows += [("wenet_triton_inflight_requests", "gauge", "requests in flight through the gRPC guard",
+                      g.inflight),
+                     ("wenet_triton_guard_served_total", "counter", "requests the guard forwarded", g.served),
+                     ("wenet_triton_guard_rejected_total", "counter",
+                      "requests the guard refused (bad, restarting, draining)", g.rejected)]
+        out = []
+        for name, kind, doc, value in rows:
+            out += [f"# HELP {name} {doc}", f"# TYPE {name} {kind}", f"{name} {value}"]
+        return "\n".join(out) + "\n"
 
     # -- helpers ----------------------------------------------------------------------------
     def _set(self, **kw):
