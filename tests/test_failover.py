@@ -24,6 +24,7 @@ import urllib.request
 
 import pytest
 from conftest import ROOT, model_dir, reference, shared_path
+from served import ServedProcess, processes_with
 
 pytestmark = pytest.mark.server
 pytest.importorskip("tritonclient.grpc")
@@ -35,87 +36,10 @@ FIGURES = {}
 N_REQUESTS, CONCURRENCY, KILL_AFTER = 300, 8, 60
 
 
-def _env():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    return env
-
-
-def _http(url):
-    try:
-        with urllib.request.urlopen(url, timeout=3) as r:
-            return r.status, json.load(r)
-    except urllib.error.HTTPError as e:
-        return e.code, {}
-    except (urllib.error.URLError, OSError, ValueError):
-        return None, {}
-
-
-class Replica:
-    def __init__(self, name, repo, tmp):
-        from wenet_triton.serving.server import free_port
-
-        self.name = name
-        self.grpc_port, self.metrics_port, self.health_port = (free_port() for _ in range(3))
-        self.url = f"127.0.0.1:{self.grpc_port}"
-        self.health_url = f"http://127.0.0.1:{self.health_port}/healthz"
-        self.log_path = os.path.join(tmp, f"{name}.log")
-        self.log = open(self.log_path, "w")
-        self.regions = set()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "wenet_triton.cli", "serve", "--repo", repo, "--grpc-port",
-             str(self.grpc_port), "--metrics-port", str(self.metrics_port), "--health-port",
-             str(self.health_port), "--probe-interval", "1", "--probe-timeout", "15",
-             "--restart-after", "2", "--drain-timeout", "20"],
-            stdout=self.log, stderr=subprocess.STDOUT, env=_env(), cwd=tmp)
-
-    def health(self):
-        return _http(self.health_url)
-
-    def triton_pid(self):
-        from wenet_triton.serving import procs
-
-        for pid in procs.children(self.proc.pid):
-            if "tritonserver" in " ".join(procs._cmdline(pid)[:1]) and procs.alive(pid):
-                return pid
-        return None
-
-    def note_regions(self):
-        from wenet_triton.serving import procs
-
-        pid = self.triton_pid()
-        if pid:
-            self.regions |= procs.server_regions(pid)
-
-    def tail(self):
-        self.log.flush()
-        with open(self.log_path) as f:
-            return f.read()[-3000:]
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self.log.close()
-
-
 def _wait_healthy(replicas, timeout):
     deadline = time.time() + timeout
     for r in replicas:
-        while r.health()[0] != 200:
-            assert r.proc.poll() is None, r.tail()
-            assert time.time() < deadline, f"{r.name} not healthy after {timeout} s\n{r.tail()}"
-            time.sleep(0.5)
-        r.note_regions()
-
-
-def _procs_with(tag):
-    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if tag in line and "ps -eo" not in line]
+        r.wait_healthy(max(1.0, deadline - time.time()))
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +83,7 @@ def cluster(items_and_expected, tmp_path_factory):
                                  "models": {"feature_extractor": {"max_queue_delay_us": 5000}}},
                       engine_dir=export)
     t0 = time.time()
-    replicas = [Replica(n, repo, tmp) for n in ("replica-a", "replica-b")]
+    replicas = [ServedProcess(repo, tmp, name=n, drain_timeout=20) for n in ("replica-a", "replica-b")]
     lb_port, lb_health = free_port(), free_port()
     conf = os.path.join(tmp, "lb.conf")
     access_log = os.path.join(tmp, "lb_access.log")
@@ -185,7 +109,7 @@ def cluster(items_and_expected, tmp_path_factory):
             nginx.wait(30)
         time.sleep(0.5)
         print("\nfailover figures:", json.dumps(FIGURES, indent=1))
-        left = _procs_with(repo) + _procs_with(conf)
+        left = processes_with(repo) + processes_with(conf)
         assert not left, left
         regions = set().union(*(r.regions for r in replicas))
         stale = [g for g in regions if os.path.exists(os.path.join("/dev/shm", g))]

@@ -20,19 +20,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from conftest import ROOT, model_dir, reference, wav_path
+from conftest import model_dir, reference, wav_path
+from served import ServedProcess, cli_env, processes_with
 
 pytestmark = pytest.mark.server
 grpcclient = pytest.importorskip("tritonclient.grpc")
 grpc = pytest.importorskip("grpc")
 
 FIGURES = {}
-
-
-def _env():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    return env
 
 
 def _cli(*args):
@@ -62,89 +57,18 @@ def repo(tmp_path_factory, export_dir):
                       engine_dir=export_dir)
 
 
-class Served:
-    def __init__(self, repo, tmp):
-        from wenet_triton.serving.server import free_port
-
-        self.grpc_port, self.http_port, self.metrics_port, self.health_port = (
-            free_port() for _ in range(4))
-        self.url = f"127.0.0.1:{self.grpc_port}"
-        self.health_url = f"http://127.0.0.1:{self.health_port}/healthz"
-        self.log_path = os.path.join(tmp, "serve.log")
-        self.log = open(self.log_path, "w")
-        self.repo = repo
-        self.regions = set()  # every python-backend region its tritonservers used
-        self.proc = subprocess.Popen(
-            _cli("serve", "--repo", repo, "--grpc-port", str(self.grpc_port), "--http-port",
-                 str(self.http_port), "--metrics-port", str(self.metrics_port), "--health-port",
-                 str(self.health_port), "--probe-interval", "1", "--probe-timeout", "15",
-                 "--restart-after", "2", "--drain-timeout", "30"),
-            stdout=self.log, stderr=subprocess.STDOUT, env=_env(), cwd=tmp)
-
-    def health(self):
-        try:
-            with urllib.request.urlopen(self.health_url, timeout=3) as r:
-                return r.status, json.load(r)
-        except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read() or b"{}")
-        except (urllib.error.URLError, OSError):
-            return None, {}
-
-    def wait_healthy(self, timeout):
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            assert self.proc.poll() is None, self.tail()
-            if self.health()[0] == 200:
-                self.note_regions()
-                return time.time()
-            time.sleep(0.5)
-        raise AssertionError(f"not healthy after {timeout} s\n{self.tail()}")
-
-    def triton_pid(self):
-        from wenet_triton.serving import procs
-
-        for pid in procs.children(self.proc.pid):
-            if "tritonserver" in " ".join(procs._cmdline(pid)[:1]) and procs.alive(pid):
-                return pid
-        return None
-
-    def note_regions(self):
-        from wenet_triton.serving import procs
-
-        pid = self.triton_pid()
-        if pid:
-            self.regions |= procs.server_regions(pid)
-
-    def tail(self):
-        self.log.flush()
-        with open(self.log_path) as f:
-            return f.read()[-4000:]
-
-
-def _our_processes(tag):
-    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if tag in line and "ps -eo" not in line]
-
-
 @pytest.fixture(scope="module")
 def served(repo, tmp_path_factory):
-    s = Served(repo, str(tmp_path_factory.mktemp("hd_serve")))
+    s = ServedProcess(repo, str(tmp_path_factory.mktemp("hd_serve")), http=True)
     try:
         t0 = time.time()
         s.wait_healthy(240)
         FIGURES["first start to healthy (s)"] = round(time.time() - t0, 1)
         yield s
     finally:
-        if s.proc.poll() is None:
-            s.proc.send_signal(signal.SIGTERM)
-            try:
-                s.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                s.proc.kill()
-                s.proc.wait(10)
-        s.log.close()
+        s.stop()
         time.sleep(0.5)
-        leftover = _our_processes(repo)
+        leftover = processes_with(repo)
         assert not leftover, leftover
         print("\nhardening figures:", json.dumps(FIGURES, indent=1))
 
@@ -379,7 +303,7 @@ def test_taken_port_fails_fast_and_names_it(served, repo, tmp_path):
     t0 = time.time()
     res = subprocess.run(_cli("serve", "--repo", repo, "--grpc-port", str(served.grpc_port),
                               "--metrics-port", str(free_port()), "--health-port", str(free_port())),
-                         capture_output=True, text=True, timeout=60, env=_env(), cwd=tmp_path)
+                         capture_output=True, text=True, timeout=60, env=cli_env(), cwd=tmp_path)
     took = time.time() - t0
     assert res.returncode != 0
     assert f"port {served.grpc_port} (--grpc-port)" in res.stderr and "already in use" in res.stderr
@@ -461,7 +385,7 @@ def test_sigterm_under_load_loses_no_in_flight_request(served, good):
     assert not any("NOT_FOUND" in e or "unknown model" in e.lower() for e in errors)
     assert sum(r.error is None for r in out) >= 8
     time.sleep(0.5)
-    assert not _our_processes(served.repo)
+    assert not processes_with(served.repo)
     left = [r for r in served.regions if os.path.exists(os.path.join("/dev/shm", r))]
     assert served.regions and not left, left
     with socket.socket() as s:  # and its ports are free again
@@ -485,7 +409,7 @@ def test_transcribe_cli_bad_files_cost_only_themselves(export_dir, tmp_path):
         + [str(tmp_path / "silent0.wav")]
     cmd = _cli("transcribe", "--model", model_dir("u2pp_conformer"), "--engine-dir", export_dir,
                "--threads", "1", "--batch-size", "8")
-    res = subprocess.run(cmd + files, capture_output=True, text=True, timeout=300, env=_env())
+    res = subprocess.run(cmd + files, capture_output=True, text=True, timeout=300, env=cli_env())
     assert res.returncode == 1
     names = [ln.split("\t")[0] for ln in res.stdout.splitlines()]
     assert names == [f"ok{i}" for i in range(5)]
@@ -493,6 +417,6 @@ def test_transcribe_cli_bad_files_cost_only_themselves(export_dir, tmp_path):
         assert any(bad in ln and ln.startswith("error:") for ln in res.stderr.splitlines()), res.stderr
     assert "# 5 files, 3 failed" in res.stderr and "RTF" in res.stderr
     none = subprocess.run(cmd + [str(tmp_path / "empty.wav"), str(tmp_path / "short.wav")],
-                          capture_output=True, text=True, timeout=300, env=_env())
+                          capture_output=True, text=True, timeout=300, env=cli_env())
     assert none.returncode == 1
     assert "# 0 files, 2 failed, nothing transcribed" in none.stderr and "RTF" not in none.stderr

@@ -213,13 +213,17 @@ class ConvolutionModule(nn.Module):
         else:
             # zero padded frames after GLU: a batch then equals each utterance alone
             x = F.glu(self.pointwise_conv1(x), dim=1) * mask_pad
+        return (self.after_glu(x) * mask_pad).transpose(1, 2)
+
+    def after_glu(self, x: torch.Tensor) -> torch.Tensor:
+        """depthwise conv -> norm -> activation -> pointwise_conv2, on (B, C, T') after the
+        GLU (T' includes the causal left context; the output has T' - lorder frames)."""
         x = self.depthwise_conv(x)
         if self.use_layer_norm:
             x = self.norm(x.transpose(1, 2)).transpose(1, 2)
         else:
             x = self.norm(x)
-        x = self.pointwise_conv2(self.activation(x))
-        return (x * mask_pad).transpose(1, 2)
+        return self.pointwise_conv2(self.activation(x))
 
 
 class EncoderLayer(nn.Module):

@@ -108,13 +108,7 @@ def _conv_chunk(conv, x, cache):
     previous chunk (zeros before the first). -> (out (B,t,D), new cache)."""
     x = torch.cat([cache, x.transpose(1, 2)], dim=2)
     new_cache = x[:, :, -conv.lorder:]
-    x = F.glu(conv.pointwise_conv1(x), dim=1)
-    x = conv.depthwise_conv(x)
-    if conv.use_layer_norm:
-        x = conv.norm(x.transpose(1, 2)).transpose(1, 2)
-    else:
-        x = conv.norm(x)
-    x = conv.pointwise_conv2(conv.activation(x))
+    x = conv.after_glu(F.glu(conv.pointwise_conv1(x), dim=1))
     return x.transpose(1, 2), new_cache
 
 

@@ -1,0 +1,93 @@
+"""A `wenet-triton serve` process for tests (supervisor + tritonserver on loopback ports):
+its health, its tritonserver's pid and /dev/shm regions, its log; shared by the hardening
+and failover tests."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+from conftest import ROOT
+
+from wenet_triton.serving import procs
+from wenet_triton.serving.server import free_port
+
+
+def cli_env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def processes_with(tag):
+    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if tag in line and "ps -eo" not in line]
+
+
+class ServedProcess:
+    """`wenet-triton serve --repo REPO` with fast probes; http: also an HTTP port."""
+
+    def __init__(self, repo, tmp, name="serve", http=False, drain_timeout=30):
+        self.name, self.repo = name, repo
+        self.grpc_port, self.metrics_port, self.health_port = (free_port() for _ in range(3))
+        self.http_port = free_port() if http else None
+        self.url = f"127.0.0.1:{self.grpc_port}"
+        self.health_url = f"http://127.0.0.1:{self.health_port}/healthz"
+        self.log_path = os.path.join(tmp, f"{name}.log")
+        self.log = open(self.log_path, "w")
+        self.regions = set()  # every python-backend region its tritonservers used
+        args = ["serve", "--repo", repo, "--grpc-port", str(self.grpc_port), "--metrics-port",
+                str(self.metrics_port), "--health-port", str(self.health_port), "--probe-interval", "1",
+                "--probe-timeout", "15", "--restart-after", "2", "--drain-timeout", str(drain_timeout)]
+        if http:
+            args += ["--http-port", str(self.http_port)]
+        self.proc = subprocess.Popen([sys.executable, "-m", "wenet_triton.cli", *args], stdout=self.log,
+                                     stderr=subprocess.STDOUT, env=cli_env(), cwd=tmp)
+
+    def health(self):
+        try:
+            with urllib.request.urlopen(self.health_url, timeout=3) as r:
+                return r.status, json.load(r)
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"{}")
+        except (urllib.error.URLError, OSError, ValueError):
+            return None, {}
+
+    def wait_healthy(self, timeout):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            assert self.proc.poll() is None, self.tail()
+            if self.health()[0] == 200:
+                self.note_regions()
+                return time.time()
+            time.sleep(0.5)
+        raise AssertionError(f"{self.name} not healthy after {timeout} s\n{self.tail()}")
+
+    def triton_pid(self):
+        for pid in procs.children(self.proc.pid):
+            if "tritonserver" in " ".join(procs._cmdline(pid)[:1]) and procs.alive(pid):
+                return pid
+        return None
+
+    def note_regions(self):
+        pid = self.triton_pid()
+        if pid:
+            self.regions |= procs.server_regions(pid)
+
+    def tail(self):
+        self.log.flush()
+        with open(self.log_path) as f:
+            return f.read()[-4000:]
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.log.close()
