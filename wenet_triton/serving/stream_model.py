@@ -189,7 +189,10 @@ class Streaming:
         w = wav[0, :n].astype(np.float32, copy=False)
         if not np.all(np.isfinite(w)):
             raise StreamError("WAV: chunk contains NaN or inf")
-        return check_amplitude(w, self.int16_range)
+        try:
+            return check_amplitude(w, self.int16_range)
+        except ValueError as e:
+            raise StreamError(str(e)) from e
 
     def execute(self, requests):
         out: List = [None] * len(requests)
