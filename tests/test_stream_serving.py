@@ -203,6 +203,50 @@ def _stats(url):
     return int(st.get("inference_count", 0)), int(st.get("execution_count", 0))
 
 
+# -- the resumable search (no server) ------------------------------------------------------
+@pytest.mark.parametrize("with_lm", [False, True])
+def test_resumed_search_equals_search_over_all_frames(with_lm):
+    """The C++ search fed each stream's frames in random pieces (0 to 40 frames per call,
+    streams of 0 to 300 frames in one batch) gives, after every call, exactly the n-best
+    (ids and scores, LM scores too) of one search over all the frames so far."""
+    import random
+
+    from wenet_triton.decode.lm import estimate
+    from wenet_triton.decode.search import (
+        IncrementalSearch,
+        advance_search_batch,
+        ctc_prefix_beam_search_batch,
+    )
+
+    rng = np.random.default_rng(0)
+    B, T, K, V = 4, 300, 10, 40
+    lp = np.sort(np.log(rng.dirichlet(np.full(V, 0.3), size=(B, T))), axis=-1)[..., ::-1][..., :K]
+    lp = np.ascontiguousarray(lp, np.float32)
+    ix = np.stack([[rng.permutation(V)[:K] for _ in range(T)] for _ in range(B)]).astype(np.int64)
+    ix[..., 0][rng.random((B, T)) < 0.6] = 0  # blank-heavy, as CTC is
+    lens = [300, 251, 7, 0]
+    lm, weights = None, (0.0, 0.0)
+    if with_lm:
+        r = random.Random(0)
+        lm = estimate([[r.randrange(1, V) for _ in range(r.randrange(3, 20))] for _ in range(2000)],
+                      V, 3)
+        weights = (0.6, 0.3)
+    searches = [IncrementalSearch() for _ in range(B)]
+    pos, calls = [0] * B, 0
+    while any(p < n for p, n in zip(pos, lens)) or not calls:
+        chunks = []
+        for b in range(B):
+            n = min(int(rng.integers(0, 41)), lens[b] - pos[b])
+            chunks.append((lp[b, pos[b]:pos[b] + n], ix[b, pos[b]:pos[b] + n]))
+            pos[b] += n
+        got = advance_search_batch(searches, chunks, 10, 0, lm, *weights)
+        want = ctc_prefix_beam_search_batch(lp, ix, np.array(pos, np.int32), 10, 0, lm, *weights)
+        assert got == want
+        calls += 1
+    assert searches[0].native is not None, "the C++ search was not built"
+    FIGURES[f"resumed search calls (lm {with_lm})"] = calls
+
+
 # -- exactness ----------------------------------------------------------------------------
 SIZES = [[4800], [10240], [4801, 1601, 12345], [1123], [3203, 9999], [16000], [2560, 777],
          [10240, 4800, 6399]]  # samples per chunk, cycled: 0.3 s, 0.64 s, odd counts, 70 ms to 1 s

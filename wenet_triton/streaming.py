@@ -40,7 +40,7 @@ import numpy as np
 from wenet_triton.audio.frontend import AudioError, check_waveform, min_samples
 from wenet_triton.audio.streaming import StreamingFeatures, window_bounds
 from wenet_triton.contract import FbankConf
-from wenet_triton.decode.search import ctc_greedy, ctc_prefix_beam_search_batch
+from wenet_triton.decode.search import IncrementalSearch, advance_search_batch, ctc_greedy
 from wenet_triton.decode.vocab import Vocab
 from wenet_triton.engines.base import Engine
 from wenet_triton.engines.streaming import ChunkRunner, EncoderState, encode_chunked, open_chunk_runner
@@ -139,6 +139,7 @@ class LiveStream:
     log_probs_idx: List[np.ndarray] = field(default_factory=list)
     finished: bool = False
     last_seen: float = field(default_factory=time.monotonic)
+    search: IncrementalSearch = field(default_factory=IncrementalSearch)  # over frames so far
 
     @property
     def frames(self) -> int:
@@ -205,7 +206,7 @@ class StreamDecoder:
         self.encode_pending({id(s): s for s, _, _ in items}.values())
         frames = [s.frame_ends[k] for (s, _, _), k in zip(items, marks)]
         nbest = self.search([(s, n) for (s, _, _), n in zip(items, frames)])
-        return [PieceResult(nb, n, self.vocab.text(nb[0][0]) if nb else "")
+        return [PieceResult(nb, n, self.vocab.text(nb[0][0]) if nb and n else "")
                 for nb, n in zip(nbest, frames)]
 
     def encode_pending(self, streams) -> int:
@@ -227,23 +228,30 @@ class StreamDecoder:
             steps += 1
 
     def search(self, wanted: Sequence[Tuple[LiveStream, int]]) -> List[List]:
-        """n-best of the prefix beam search over each stream's first `frames` frames."""
+        """n-best of the prefix beam search over each stream's first `frames` frames (a
+        stream's entries in order, non-decreasing). Each stream's search resumes where its
+        previous chunk left it (`IncrementalSearch`): the same n-best as a search over all
+        those frames at once, WeNet's simulate_streaming search."""
         out: List[List] = [[] for _ in wanted]
-        keep = [i for i, (_, n) in enumerate(wanted) if n > 0]
-        if not keep:
-            return out
-        T = max(wanted[i][1] for i in keep)
-        lp = np.zeros((len(keep), T, self.beam), np.float32)
-        ix = np.zeros((len(keep), T, self.beam), np.int64)
-        lens = np.zeros(len(keep), np.int32)
-        for b, i in enumerate(keep):
-            s, n = wanted[i]
-            _, p, x = s.encoder_output(n)
-            lp[b, :n], ix[b, :n], lens[b] = p, x, n
-        res = ctc_prefix_beam_search_batch(lp, ix, lens, self.beam, self.settings.blank, self.lm,
-                                           self.lm_weight, self.length_bonus)
-        for b, i in enumerate(keep):
-            out[i] = res[b]
+        todo = list(range(len(wanted)))
+        while todo:  # one batched call per round: a stream's first pending entry each
+            seen, now, later = set(), [], []
+            for i in todo:
+                (later if id(wanted[i][0]) in seen else now).append(i)
+                seen.add(id(wanted[i][0]))
+            chunks = []
+            for i in now:
+                s, n = wanted[i]
+                if n <= s.search.frames:
+                    chunks.append((np.zeros((0, self.beam), np.float32), np.zeros((0, self.beam), np.int64)))
+                    continue
+                _, p, x = s.encoder_output(n)
+                chunks.append((p[s.search.frames:], x[s.search.frames:]))
+            res = advance_search_batch([wanted[i][0].search for i in now], chunks, self.beam,
+                                       self.settings.blank, self.lm, self.lm_weight, self.length_bonus)
+            for i, r in zip(now, res):
+                out[i] = r
+            todo = later
         return out
 
     def finish(self, ended: Sequence[Tuple[LiveStream, List]], rescorer) -> List[str]:
