@@ -469,6 +469,38 @@ def test_ensemble_beside_streaming_unchanged(served, wavs, repo, export_dir, tmp
         [r.text for r in rec.recognize([w for _, w in items])]
 
 
+def test_load_tools_run_without_failures(served, tmp_path):
+    """loadtest/stream_sweep.py (2 rounds of real-time streams: CSV + plot) and a short
+    headless locust run of loadtest/locust_streams.py: no failed or empty stream."""
+    import csv
+    import importlib.util
+
+    d = shared_path("data", "synth_test")
+    out = tmp_path / "sweep"
+    res = subprocess.run([sys.executable, "-m", "loadtest.stream_sweep", "--server", served,
+                          "--wav-dir", d, "--streams", "1,3", "--seconds", "2", "--out", str(out)],
+                         capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = list(csv.DictReader(open(out / "stream_sweep.csv")))
+    assert [int(r["streams"]) for r in rows] == [1, 3]
+    assert all(int(r["failed"]) == 0 and int(r["empty_finals"]) == 0 for r in rows)
+    assert os.path.getsize(out / "stream_sweep.png") > 10_000
+    FIGURES["stream_sweep"] = res.stdout.strip().splitlines()
+    # never import locust here: it monkey-patches this process with gevent
+    if importlib.util.find_spec("locust") is None:
+        pytest.skip("locust not installed")
+    prefix = tmp_path / "locust"
+    res = subprocess.run([os.path.join(os.path.dirname(sys.executable), "locust"), "-f",
+                          os.path.join(ROOT, "loadtest", "locust_streams.py"), "--headless", "-u", "2",
+                          "-r", "2", "-t", "8s", "--host", served, "--csv", str(prefix),
+                          "--wav-dir", d, "--max-wavs", "10", "--only-summary"],
+                         capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=120)
+    rows = {r["Name"]: r for r in csv.DictReader(open(f"{prefix}_stats.csv"))}
+    assert int(rows["chunk"]["Request Count"]) > 0, res.stderr[-2000:]
+    assert int(rows["Aggregated"]["Failure Count"]) == 0, res.stderr[-2000:]
+    assert live_streams(served) <= 2  # locust stops users mid-stream: their state idles out
+
+
 def test_model_that_cannot_stream_is_served_without_the_streaming_model(tmp_path, caplog):
     from wenet_triton.engines.export import export_onnx
     from wenet_triton.serving.repo import build_repo
