@@ -1,15 +1,17 @@
 #!/usr/bin/env python3
-"""Sweep of concurrent real-time streams against the `streaming` model: for each N, N streams
-(wavs tiled/cropped to --seconds) start within one chunk of each other and send their chunks
-at real-time pace; per N: chunk latency p50/p99, first-partial and final latency p50/p99,
-how many streams fell behind real time (a chunk went out more than one chunk late: the
-server did not keep up), and from Triton's statistics the batches the model ran (average
-streams per batch, compute ms per batch). CSV + plot. Bounded: one round of streams per N,
-and the sweep stops after the first N at which streams fell behind (--keep-going to go on)
-or once a round took longer than --max-seconds.
+"""Sweep of concurrent real-time streams against the `streaming` model: for each N, N
+microphones each send streams back to back (wavs tiled/cropped to --seconds) for about
+--duration seconds, every chunk at real-time pace; the first stream of each starts at a
+random offset within one stream, so ends (and their attention rescoring) are spread as in a
+steady load. Per N: chunk latency p50/p99, first-partial and final latency p50/p99, how many
+streams fell behind real time (a chunk went out more than one chunk late: the server did not
+keep up), and from Triton's statistics the batches the model ran (streams per batch, compute
+ms per batch). CSV + plot. Bounded: --duration per N, and the sweep stops after the first N
+at which streams fell behind (--keep-going to go on) or once a round took longer than
+--max-seconds.
 
     python3 -m loadtest.stream_sweep --server 127.0.0.1:8001 --wav-dir wavs/ \
-        --streams 1,4,8,16,32 --seconds 8 --chunk-ms 640 --out stream_sweep_out/
+        --streams 1,4,8,16,32 --seconds 8 --duration 30 --chunk-ms 640 --out stream_sweep_out/
 """
 import argparse
 import csv
@@ -53,8 +55,9 @@ def run(a):
     stream_many(a.server, [("warmup", wavs[0])], 1, chunk)  # first-call costs out of the numbers
     rows = []
     for n in [int(x) for x in a.streams.split(",")]:
-        items = [(f"s{i}", wavs[i % len(wavs)]) for i in range(n)]
-        delays = [rng.uniform(0, a.chunk_ms / 1000) for _ in range(n)]
+        per = max(1, round(a.duration / a.seconds))  # streams per microphone
+        items = [(f"s{i}", wavs[i % len(wavs)]) for i in range(n * per)]
+        delays = [rng.uniform(0, a.seconds) if i < n else 0.0 for i in range(n * per)]
         before = model_stats(a.server)
         t0 = time.perf_counter()
         replies = stream_many(a.server, items, n, chunk, realtime=True, start_delays=delays,
@@ -66,7 +69,8 @@ def run(a):
         errs = {r.error for r in replies if r.error}
         if errs:
             print("errors:", list(errs)[:2], flush=True)
-        row = {"streams": n, "seconds": a.seconds, "chunk_ms": a.chunk_ms, "failed": n - len(ok),
+        row = {"streams": n, "seconds": a.seconds, "chunk_ms": a.chunk_ms, "sent": len(items),
+               "failed": len(items) - len(ok),
                "empty_finals": sum(not (r.text or "").strip() for r in ok),
                "behind": sum(r.behind for r in ok),
                "max_lag_ms": max((r.max_lag for r in ok), default=0.0) * 1e3,
@@ -77,11 +81,11 @@ def run(a):
         rows.append(row)
         print(f"streams {n:<4} chunk p50 {row['chunk_p50_ms']:7.1f} p99 {row['chunk_p99_ms']:7.1f} ms  "
               f"first-partial p50 {row['first_partial_p50_ms']:6.0f}  final p50 {row['final_p50_ms']:6.0f} "
-              f"p99 {row['final_p99_ms']:6.0f} ms  behind {row['behind']}/{n}  failed {row['failed']}  "
+              f"p99 {row['final_p99_ms']:6.0f} ms  behind {row['behind']}/{len(items)}  failed {row['failed']}  "
               f"{row['streams_per_batch']:.1f} streams/batch, {row['compute_ms_per_batch']:.1f} ms/batch",
               flush=True)
         if row["behind"] and not a.keep_going:
-            print(f"stopping: {row['behind']} of {n} streams fell behind real time", flush=True)
+            print(f"stopping: {row['behind']} of {len(items)} streams fell behind real time", flush=True)
             break
         if wall > a.max_seconds:
             print(f"stopping: the round took {wall:.0f} s > --max-seconds", flush=True)
@@ -114,7 +118,7 @@ def plot(rows, path):
     ax[0].set_ylabel("latency (ms)")
     ax[0].set_yscale("log")
     ax[0].set_title(f"{rows[0]['chunk_ms']:g} ms chunks, {rows[0]['seconds']:g} s streams")
-    ax[1].plot(n, [r["behind"] / r["streams"] for r in rows], "-o", color="C3", label="fell behind (fraction)")
+    ax[1].plot(n, [r["behind"] / r["sent"] for r in rows], "-o", color="C3", label="fell behind (fraction)")
     ax[1].set_xlabel("concurrent real-time streams")
     ax[1].set_ylim(-0.05, 1.05)
     ax2 = ax[1].twinx()
@@ -138,6 +142,8 @@ def main(argv=None):
     p.add_argument("--max-wavs", type=int, default=50)
     p.add_argument("--streams", default="1,4,8,16,32", help="comma-separated concurrent streams")
     p.add_argument("--seconds", type=float, default=8.0, help="audio per stream")
+    p.add_argument("--duration", type=float, default=30.0,
+                   help="seconds each microphone keeps streaming per N (streams back to back)")
     p.add_argument("--chunk-ms", type=float, default=640.0)
     p.add_argument("--keep-going", action="store_true", help="go on after streams fell behind")
     p.add_argument("--max-seconds", type=float, default=120, help="stop once a round took longer")

@@ -478,7 +478,8 @@ def test_load_tools_run_without_failures(served, tmp_path):
     d = shared_path("data", "synth_test")
     out = tmp_path / "sweep"
     res = subprocess.run([sys.executable, "-m", "loadtest.stream_sweep", "--server", served,
-                          "--wav-dir", d, "--streams", "1,3", "--seconds", "2", "--out", str(out)],
+                          "--wav-dir", d, "--streams", "1,3", "--seconds", "2", "--duration", "2",
+                          "--out", str(out)],
                          capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
     rows = list(csv.DictReader(open(out / "stream_sweep.csv")))

@@ -82,7 +82,10 @@ def cmd_serve(a):
           f"{a.http_port or 'off'}, metrics {a.metrics_port}, health "
           + (f"http://{a.host}:{a.health_port}/healthz" if a.health_port else "off")
           + f"); transcribe with: wenet-triton transcribe --server "
-          f"{'localhost' if a.host in ('0.0.0.0', '127.0.0.1') else a.host}:{a.grpc_port} WAV...",
+          f"{'localhost' if a.host in ('0.0.0.0', '127.0.0.1') else a.host}:{a.grpc_port} WAV..."
+          + ("; stream with: wenet-triton stream --server "
+             f"{'localhost' if a.host in ('0.0.0.0', '127.0.0.1') else a.host}:{a.grpc_port} WAV..."
+             if os.path.isdir(os.path.join(repo, "streaming")) else ""),
           flush=True)
     try:
         code = sup.run()
