@@ -5,6 +5,20 @@ length (wavs tiled/cropped to N seconds), WAV + WAV_LENS per request.
     python3 -m loadtest.perf_analyzer_inputs --wav-dir wavs/ --seconds 2,5,10,20 --out pa/
     perf_analyzer -m attention_rescoring -i grpc -u 127.0.0.1:8001 --input-data pa/wav_5s.json \
         --shape WAV:80000 --concurrency-range 1:64:2 -f pa/perf_5s.csv
+
+With --streaming, inputs of the sequence-batched `streaming` model instead: one data stream
+per wav (perf_analyzer plays each stream back on one correlation id, START on its first
+step, END on its last), each step a chunk of --chunk-ms (wavs tiled/cropped to a whole
+number of chunks, so every step has the same shape):
+
+    python3 -m loadtest.perf_analyzer_inputs --streaming --wav-dir wavs/ --seconds 8 \
+        --chunk-ms 640 --out pa/
+    perf_analyzer -m streaming -i grpc -u 127.0.0.1:8001 --input-data pa/stream_8s_640ms.json \
+        --shape WAV:10240 --sequence-length 12 --concurrency-range 8:64:8 -f pa/perf_streams.csv
+
+There the concurrency is the number of concurrent streams (sequences), each sending its next
+chunk as soon as the previous answer came (not at real-time pace: use
+loadtest/stream_sweep.py for that), and the latency is per chunk request.
 """
 import argparse
 import glob
@@ -14,19 +28,45 @@ import os
 from loadtest.sweep import fixed_length
 from wenet_triton.audio.frontend import read_audio
 
+RATE = 16000
+
+
+def _step(w):
+    return {"WAV": {"content": w.round(6).tolist(), "shape": [len(w)]},
+            "WAV_LENS": {"content": [len(w)], "shape": [1]}}
+
+
+def streaming_inputs(base, seconds: float, chunk_ms: float):
+    """data: one stream (list of chunk steps) per wav; -> (data, chunk samples, steps)."""
+    chunk = int(chunk_ms * RATE / 1000)
+    steps = max(1, round(seconds * RATE / chunk))
+    data = [[_step(w[k * chunk:(k + 1) * chunk]) for k in range(steps)]
+            for w in fixed_length(base, steps * chunk / RATE)]
+    return data, chunk, steps
+
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--wav-dir", required=True)
     p.add_argument("--seconds", default="2,5,10,20")
-    p.add_argument("--count", type=int, default=8, help="distinct utterances per file")
+    p.add_argument("--count", type=int, default=8, help="distinct utterances (streams) per file")
+    p.add_argument("--streaming", action="store_true",
+                   help="inputs of the `streaming` model: one chunked stream per wav")
+    p.add_argument("--chunk-ms", type=float, default=640.0, help="with --streaming: audio per chunk")
     p.add_argument("--out", default="pa_inputs")
     a = p.parse_args(argv)
     os.makedirs(a.out, exist_ok=True)
     base = [read_audio(f) for f in sorted(glob.glob(os.path.join(a.wav_dir, "*.wav")))[: a.count]]
     for sec in [float(s) for s in a.seconds.split(",")]:
-        data = [{"WAV": {"content": w.round(6).tolist(), "shape": [len(w)]},
-                 "WAV_LENS": {"content": [len(w)], "shape": [1]}} for w in fixed_length(base, sec)]
+        if a.streaming:
+            data, chunk, steps = streaming_inputs(base, sec, a.chunk_ms)
+            path = os.path.join(a.out, f"stream_{sec:g}s_{a.chunk_ms:g}ms.json")
+            with open(path, "w") as f:
+                json.dump({"data": data}, f)
+            print(f"{path}: {len(data)} streams of {steps} chunks of {chunk} samples (use -m streaming "
+                  f"--shape WAV:{chunk} --sequence-length {steps}; concurrency = streams)")
+            continue
+        data = [_step(w) for w in fixed_length(base, sec)]
         path = os.path.join(a.out, f"wav_{sec:g}s.json")
         with open(path, "w") as f:
             json.dump({"data": data}, f)

@@ -16,7 +16,7 @@ LAYERS = [
     {"engines"},
     {"pipeline", "bench", "streaming"},
     {"serving", "trt"},
-    {"cli", "cli_serving", "cli_client", "api", "__init__"},
+    {"cli", "cli_serving", "cli_client", "cli_stream", "api", "__init__"},
 ]
 
 # imports that may stay inside a function, and why

@@ -10,7 +10,7 @@ import time
 
 from tqdm import tqdm
 
-from wenet_triton import cli_client, cli_serving
+from wenet_triton import cli_client, cli_serving, cli_stream
 from wenet_triton.audio.frontend import AudioError, check_waveform, expand_inputs, min_samples, read_audio, utt_id
 from wenet_triton.decode.cer import cer_files, cer_report, cer_summary
 from wenet_triton.decode.lm import LMError, estimate, text_to_ids
@@ -261,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
     cli_serving.add_commands(sub, _model_arg, _weights_args)
+    cli_stream.add_command(sub)
     return p
 
 

@@ -31,6 +31,12 @@ def _repo_args(p, model_arg, weights_args):
     p.add_argument("--config", help="serving YAML overriding the templates' serving.yaml "
                    "(batch sizes, queue delays, instances, max audio length)")
     p.add_argument("--max-batch-size", type=int, help="override max_batch_size")
+    p.add_argument("--chunk-size", type=int, default=None,
+                   help="the `streaming` model's chunk (encoder frames; default: the serving "
+                   "config's streaming.chunk_size, 16)")
+    p.add_argument("--left-chunks", type=int, default=None,
+                   help="the `streaming` model's attention cache in chunks (finite, > 0; default: "
+                   "streaming.left_chunks, 4)")
     weights_args(p, lm=True)
 
 
@@ -38,6 +44,10 @@ def _build(a, out):
     over = {"max_batch_size": a.max_batch_size} if a.max_batch_size else {}
     if a.beam_size:
         over["beam_size"] = a.beam_size
+    stream = {k: v for k, v in (("chunk_size", a.chunk_size), ("left_chunks", a.left_chunks))
+              if v is not None}
+    if stream:
+        over["streaming"] = stream
     return build_repo(a.model, out, a.engine, a.config, over, engine_dir=a.engine_dir,
                       ctc_weight=a.ctc_weight, reverse_weight=a.reverse_weight,
                       decoding=from_args(a))
@@ -72,7 +82,10 @@ def cmd_serve(a):
           f"{a.http_port or 'off'}, metrics {a.metrics_port}, health "
           + (f"http://{a.host}:{a.health_port}/healthz" if a.health_port else "off")
           + f"); transcribe with: wenet-triton transcribe --server "
-          f"{'localhost' if a.host in ('0.0.0.0', '127.0.0.1') else a.host}:{a.grpc_port} WAV...",
+          f"{'localhost' if a.host in ('0.0.0.0', '127.0.0.1') else a.host}:{a.grpc_port} WAV..."
+          + ("; stream with: wenet-triton stream --server "
+             f"{'localhost' if a.host in ('0.0.0.0', '127.0.0.1') else a.host}:{a.grpc_port} WAV..."
+             if os.path.isdir(os.path.join(repo, "streaming")) else ""),
           flush=True)
     try:
         code = sup.run()

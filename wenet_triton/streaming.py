@@ -23,21 +23,27 @@ Pieces, bottom up:
 - `encode_chunked` (WeNet's `forward_chunk_by_chunk` for a batch of utterances, in
   lockstep), `StreamingRecognizer` (WeNet's `simulate_streaming=True` decoding: CTC prefix
   beam search over the chunked encoder output, attention rescoring on all of it).
+- `StreamDecoder` / `LiveStream`: the same decoding for live streams that send audio in
+  pieces of any size at their own pace (what the Triton `streaming` model runs): one batched
+  chunk step over every stream with a window ready, the partial (best prefix of the search
+  over the frames so far) after each piece, attention rescoring at the end.
 """
 from __future__ import annotations
 
 import logging
-from typing import Dict, List, Optional, Sequence
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from wenet_triton.audio.frontend import AudioError, check_waveform, min_samples
 from wenet_triton.audio.streaming import StreamingFeatures, window_bounds
 from wenet_triton.contract import FbankConf
-from wenet_triton.decode.search import ctc_greedy
+from wenet_triton.decode.search import IncrementalSearch, advance_search_batch, ctc_greedy
 from wenet_triton.decode.vocab import Vocab
 from wenet_triton.engines.base import Engine
-from wenet_triton.engines.streaming import ChunkRunner, encode_chunked, open_chunk_runner
+from wenet_triton.engines.streaming import ChunkRunner, EncoderState, encode_chunked, open_chunk_runner
 from wenet_triton.model.checkpoint import load_model_dir
 from wenet_triton.model.conformer import ASRModel
 from wenet_triton.pipeline import Recognizer, Result, rescore_batch, search_batch
@@ -117,3 +123,151 @@ def streaming_recognizer(engine: Engine, engine_dir: str, model_dir: Optional[st
                                engine_dir, device, threads)
     return StreamingRecognizer(engine, Vocab.from_engine_dir(engine_dir, settings), runner,
                                decoding=decoding)
+
+
+@dataclass
+class LiveStream:
+    """One stream's state between pieces: the front end's remainder (fbank samples, frames of
+    the next window), the encoder caches, and the encoder output so far."""
+    features: StreamingFeatures
+    state: EncoderState
+    pending: List[np.ndarray] = field(default_factory=list)  # windows not encoded yet
+    windows: int = 0                 # windows produced so far (encoded or pending)
+    frame_ends: List[int] = field(default_factory=lambda: [0])  # frames after k encoded windows
+    chunk_out: List[np.ndarray] = field(default_factory=list)
+    log_probs: List[np.ndarray] = field(default_factory=list)
+    log_probs_idx: List[np.ndarray] = field(default_factory=list)
+    finished: bool = False
+    last_seen: float = field(default_factory=time.monotonic)
+    search: IncrementalSearch = field(default_factory=IncrementalSearch)  # over frames so far
+
+    @property
+    def frames(self) -> int:
+        return self.frame_ends[-1]
+
+    def encoder_output(self, frames: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(chunk_out, log_probs, log_probs_idx) of the first `frames` frames (all: None)."""
+        n = self.frames if frames is None else frames
+        cat = (lambda xs: np.concatenate(xs)[:n])  # noqa: E731
+        if len(self.chunk_out) > 1:  # keep one piece: the next concatenation copies less
+            self.chunk_out = [np.concatenate(self.chunk_out)]
+            self.log_probs = [np.concatenate(self.log_probs)]
+            self.log_probs_idx = [np.concatenate(self.log_probs_idx)]
+        return cat(self.chunk_out), cat(self.log_probs), cat(self.log_probs_idx)
+
+
+@dataclass
+class PieceResult:
+    """What one piece of a stream gives: the n-best of the search over the frames so far
+    (the partial is its best prefix) and how many encoder frames that covered."""
+    nbest: List
+    frames: int
+    text: str = ""
+
+
+class StreamDecoder:
+    """Live streams decoded chunk by chunk, each exactly as `StreamingRecognizer` decodes it
+    alone: any number of streams, each at its own offset, sending pieces of any size.
+
+    `advance` takes (stream, samples, last) items (a stream may appear more than once, in
+    order), feeds the samples through each stream's front end, runs one batched chunk-encoder
+    step at a time over every stream that has a window ready (streams at different offsets
+    and cache fills share it) and returns for each item the CTC prefix beam search over its
+    stream's frames up to that item (WeNet's simulate_streaming search, re-run over the
+    accumulated top-k log-probs, with the LM if any). `finish` rescores ended streams with
+    the attention decoder (any object with the engines' `rescore`)."""
+
+    def __init__(self, runner: ChunkRunner, vocab: Vocab, settings, fbank_conf: FbankConf,
+                 decoding=None, lm=None):
+        self.runner, self.vocab, self.settings, self.fbank_conf = runner, vocab, settings, fbank_conf
+        self.beam = runner.settings["beam_size"]
+        self.lm = lm
+        self.lm_weight = decoding.lm_weight if (decoding is not None and lm is not None) else 0.0
+        self.length_bonus = decoding.length_bonus if decoding is not None else 0.0
+        self.lm_rescore_weight = decoding.lm_rescore_weight if (decoding is not None and lm is not None) else 0.0
+
+    def open(self) -> LiveStream:
+        return LiveStream(StreamingFeatures(self.runner.settings, self.fbank_conf),
+                          self.runner.initial_state())
+
+    def advance(self, items: Sequence[Tuple[LiveStream, np.ndarray, bool]]) -> List[PieceResult]:
+        marks = []
+        for stream, wav, last in items:
+            if stream.finished:
+                raise ValueError("the stream has ended")
+            windows = stream.features.accept(wav) if len(wav) else []
+            if last:
+                windows += stream.features.finish()
+                stream.finished = True
+            stream.pending += windows
+            stream.windows += len(windows)
+            stream.last_seen = time.monotonic()
+            marks.append(stream.windows)
+        self.encode_pending({id(s): s for s, _, _ in items}.values())
+        frames = [s.frame_ends[k] for (s, _, _), k in zip(items, marks)]
+        nbest = self.search([(s, n) for (s, _, _), n in zip(items, frames)])
+        return [PieceResult(nb, n, self.vocab.text(nb[0][0]) if nb and n else "")
+                for nb, n in zip(nbest, frames)]
+
+    def encode_pending(self, streams) -> int:
+        """Batched chunk steps until no stream has a window pending; -> steps run."""
+        streams = list(streams)
+        steps = 0
+        while True:
+            ready = [s for s in streams if s.pending]
+            if not ready:
+                return steps
+            outs, states = self.runner.step([s.pending[0] for s in ready], [s.state for s in ready])
+            for s, o, st in zip(ready, outs, states):
+                s.pending.pop(0)
+                s.state = st
+                s.chunk_out.append(o.chunk_out)
+                s.log_probs.append(o.log_probs)
+                s.log_probs_idx.append(o.log_probs_idx)
+                s.frame_ends.append(s.frames + len(o.chunk_out))
+            steps += 1
+
+    def search(self, wanted: Sequence[Tuple[LiveStream, int]]) -> List[List]:
+        """n-best of the prefix beam search over each stream's first `frames` frames (a
+        stream's entries in order, non-decreasing). Each stream's search resumes where its
+        previous chunk left it (`IncrementalSearch`): the same n-best as a search over all
+        those frames at once, WeNet's simulate_streaming search."""
+        out: List[List] = [[] for _ in wanted]
+        todo = list(range(len(wanted)))
+        while todo:  # one batched call per round: a stream's first pending entry each
+            seen, now, later = set(), [], []
+            for i in todo:
+                (later if id(wanted[i][0]) in seen else now).append(i)
+                seen.add(id(wanted[i][0]))
+            chunks = []
+            for i in now:
+                s, n = wanted[i]
+                if n <= s.search.frames:
+                    chunks.append((np.zeros((0, self.beam), np.float32), np.zeros((0, self.beam), np.int64)))
+                    continue
+                _, p, x = s.encoder_output(n)
+                chunks.append((p[s.search.frames:], x[s.search.frames:]))
+            res = advance_search_batch([wanted[i][0].search for i in now], chunks, self.beam,
+                                       self.settings.blank, self.lm, self.lm_weight, self.length_bonus)
+            for i, r in zip(now, res):
+                out[i] = r
+            todo = later
+        return out
+
+    def finish(self, ended: Sequence[Tuple[LiveStream, List]], rescorer) -> List[str]:
+        """Attention-rescored text of each ended stream (its n-best over all its frames);
+        rescorer: an object with the engines' rescore(...) (an engine, or a BLS call)."""
+        texts = ["" for _ in ended]
+        keep = [i for i, (s, nb) in enumerate(ended) if s.frames > 0 and nb]
+        if not keep:
+            return texts
+        T = max(ended[i][0].frames for i in keep)
+        enc = {"encoder_out": np.zeros((len(keep), T, self.runner.settings["output_size"]), np.float32),
+               "encoder_out_lens": np.array([ended[i][0].frames for i in keep], np.int32)}
+        for b, i in enumerate(keep):
+            s = ended[i][0]
+            enc["encoder_out"][b, :s.frames] = s.encoder_output()[0]
+        for b, (ids, _) in enumerate(rescore_batch(rescorer, enc, [ended[i][1] for i in keep],
+                                                   self.settings, self.lm_rescore_weight)):
+            texts[keep[b]] = self.vocab.text(ids)
+        return texts

@@ -192,6 +192,147 @@ inline bool by_score_desc(const std::pair<double, int>& a, const std::pair<doubl
   return a.first > c.first;
 }
 
+// A search in progress: the prefixes seen (trie) and the beam after the frames so far.
+// search() runs one over a whole utterance; the wk_search_* entry points keep one per stream
+// and feed it frames as they come (a live stream), with the same code and so the same result.
+struct SearchState {
+  Trie trie;
+  std::vector<Hyp> cur{{0, 0.0, NEG_INF}};
+  int frames = 0;
+};
+
+struct SearchParams {
+  int beam, blank;
+  const NgramLM* lm;
+  double lm_weight, length_bonus;
+  int eos;
+};
+
+// Frames [0, len) of one utterance's (len, K) top-k log-probs/ids, appended to st.
+void advance(SearchState& st, const float* topv, const int64_t* topi, int len, int K,
+             const SearchParams& p, NgramLM::Cache* lm_cache) {
+  const int beam = p.beam, blank = p.blank;
+  const NgramLM* lm = p.lm;
+  const double lm_weight = p.lm_weight, length_bonus = p.length_bonus;
+  const int width = beam < K ? beam : K;
+  Trie& trie = st.trie;
+  std::vector<Hyp>& cur = st.cur;
+  NextHyps next(2 * (size_t)beam * width + 1);
+  std::vector<std::pair<double, int>> order, exact;
+  const uint64_t root_key = ~(uint64_t)0;
+  for (int t = 0; t < len; ++t) {
+    const float* v = topv + (size_t)t * K;
+    const int64_t* ix = topi + (size_t)t * K;
+    next.clear();
+    bool fresh;
+    for (int j = 0; j < width; ++j) {
+      const int s = (int)ix[j];
+      const double ps = (double)v[j];
+      for (const Hyp& h : cur) {
+        const uint64_t self = h.node == 0 ? root_key : pair_key(trie.parent[h.node], trie.token[h.node]);
+        if (s == blank) {
+          Cand& e = next.get(self, h.node, 0, 0, &fresh);
+          e.pb = fresh ? log_add3(NEG_INF, h.pb + ps, h.pnb + ps)
+                       : log_add3(e.pb, h.pb + ps, h.pnb + ps);
+          continue;
+        }
+        const int last = h.node == 0 ? -1 : trie.token[h.node];
+        if (s == last) {
+          Cand& e = next.get(self, h.node, 0, 0, &fresh);  // *ss -> *s
+          e.pnb = log_add2(e.pnb, h.pnb + ps);
+          Cand& e2 = next.get(pair_key(h.node, s), -1, h.node, s, &fresh);  // *s-s -> *ss
+          e2.pnb = log_add2(e2.pnb, h.pb + ps);
+        } else {
+          Cand& e = next.get(pair_key(h.node, s), -1, h.node, s, &fresh);
+          e.pnb = fresh ? log_add2(h.pb + ps, h.pnb + ps) : log_add3(e.pnb, h.pb + ps, h.pnb + ps);
+        }
+      }
+    }
+    order.clear();
+    for (int i = 0; i < (int)next.items.size(); ++i) {
+      const Cand& c = next.items[i];
+      double key = log_add2(c.pb, c.pnb);
+      if (lm) {  // same association as the Python search, so ties break alike. A new
+        // prefix gets its parent's LM score for now: an upper bound (log-probs are <= 0)
+        const int depth = c.node >= 0 ? trie.depth[c.node] : trie.depth[c.parent] + 1;
+        key = key + lm_weight * trie.lm[c.node >= 0 ? c.node : c.parent] + length_bonus * depth;
+      }
+      order.emplace_back(key, i);
+    }
+    std::stable_sort(order.begin(), order.end(), by_score_desc);
+    if (lm) {
+      // Score new prefixes with the LM best bound first, until the next bound is below
+      // the beam-th best exact score: the rest cannot enter the beam (LM lookups are most
+      // of the search's time, and most candidates are far below the beam).
+      exact.clear();
+      std::priority_queue<double, std::vector<double>, std::greater<double>> top;
+      for (const auto& o : order) {
+        if (lm_weight >= 0 && (int)top.size() >= beam && o.first < top.top()) break;
+        Cand& c = next.items[o.second];
+        double key = o.first;
+        if (c.node < 0) {
+          c.lm = trie.lm[c.parent] + lm->score(trie, c.parent, c.tok, &c.lm_ctx, lm_cache);
+          key = log_add2(c.pb, c.pnb) + lm_weight * c.lm + length_bonus * (trie.depth[c.parent] + 1);
+        }
+        exact.emplace_back(key, o.second);
+        top.push(key);
+        if ((int)top.size() > beam) top.pop();
+      }
+      // what a stable sort of all exact scores would put first (ties: insertion order)
+      std::sort(exact.begin(), exact.end(),
+                [](const std::pair<double, int>& a, const std::pair<double, int>& c) {
+                  return a.first > c.first || (a.first == c.first && a.second < c.second);
+                });
+      order.swap(exact);
+    }
+    cur.clear();
+    for (int i = 0; i < (int)order.size() && i < beam; ++i) {
+      const Cand& c = next.items[order[i].second];
+      cur.push_back({c.node >= 0 ? c.node : trie.child(c.parent, c.tok, c.lm, c.lm_ctx), c.pb, c.pnb});
+    }
+  }
+  st.frames += len;
+}
+
+// The n-best of st (unchanged: with an LM each hypothesis is closed with </s> on a copy) into
+// row b of the outputs; -> 1 if a prefix was longer than max_len (truncated), else 0.
+int emit(SearchState& st, int b, int max_len, const SearchParams& p, NgramLM::Cache* lm_cache,
+         int32_t* out_tokens, int32_t* out_lens, double* out_scores, int32_t* out_count,
+         double* out_lm) {
+  int status = 0;
+  const Trie& trie = st.trie;
+  std::vector<Hyp> cur = st.cur;
+  std::vector<double> lm_total(cur.size(), 0.0);
+  if (p.lm) {  // close each sentence with </s>, then order by the fused score
+    std::vector<std::pair<double, int>> order;
+    for (int i = 0; i < (int)cur.size(); ++i) {
+      int ctx;
+      lm_total[i] = trie.lm[cur[i].node] + p.lm->score(trie, cur[i].node, p.eos, &ctx, lm_cache);
+      order.emplace_back(log_add2(cur[i].pb, cur[i].pnb) + p.lm_weight * lm_total[i] +
+                             p.length_bonus * trie.depth[cur[i].node], i);
+    }
+    std::stable_sort(order.begin(), order.end(), by_score_desc);
+    std::vector<Hyp> sorted;
+    std::vector<double> lms;
+    for (auto& o : order) { sorted.push_back(cur[o.second]); lms.push_back(lm_total[o.second]); }
+    cur.swap(sorted);
+    lm_total.swap(lms);
+  }
+  out_count[b] = (int32_t)cur.size();
+  for (int i = 0; i < (int)cur.size(); ++i) {
+    std::vector<int> seq;
+    for (int n = cur[i].node; n != 0; n = trie.parent[n]) seq.push_back(trie.token[n]);
+    std::reverse(seq.begin(), seq.end());
+    if ((int)seq.size() > max_len) { status = 1; seq.resize(max_len); }
+    const size_t o = (size_t)b * p.beam + i;
+    out_lens[o] = (int32_t)seq.size();
+    for (int q = 0; q < (int)seq.size(); ++q) out_tokens[o * max_len + q] = seq[q];
+    out_scores[o] = log_add2(cur[i].pb, cur[i].pnb);
+    if (out_lm) out_lm[o] = lm_total[i];
+  }
+  return status;
+}
+
 // lm == nullptr: WeNet's search. Otherwise out_lm receives each hypothesis' LM log-prob
 // (with </s>) and hypotheses are ordered by the fused score.
 int search(const float* topv, const int64_t* topi, const int32_t* lens, int B, int T, int K,
@@ -199,114 +340,13 @@ int search(const float* topv, const int64_t* topi, const int32_t* lens, int B, i
            double* out_scores, int32_t* out_count, const NgramLM* lm, double lm_weight,
            double length_bonus, int eos, double* out_lm) {
   int status = 0;
-  const int width = beam < K ? beam : K;
+  const SearchParams p{beam, blank, lm, lm_weight, length_bonus, eos};
   NgramLM::Cache lm_cache;
   for (int b = 0; b < B; ++b) {
-    Trie trie;
-    std::vector<Hyp> cur{{0, 0.0, NEG_INF}};
-    NextHyps next(2 * (size_t)beam * width + 1);
-    std::vector<std::pair<double, int>> order, exact;
-    const uint64_t root_key = ~(uint64_t)0;
+    SearchState st;
     const int len = lens[b] < T ? lens[b] : T;
-    for (int t = 0; t < len; ++t) {
-      const float* v = topv + ((size_t)b * T + t) * K;
-      const int64_t* ix = topi + ((size_t)b * T + t) * K;
-      next.clear();
-      bool fresh;
-      for (int j = 0; j < width; ++j) {
-        const int s = (int)ix[j];
-        const double ps = (double)v[j];
-        for (const Hyp& h : cur) {
-          const uint64_t self = h.node == 0 ? root_key : pair_key(trie.parent[h.node], trie.token[h.node]);
-          if (s == blank) {
-            Cand& e = next.get(self, h.node, 0, 0, &fresh);
-            e.pb = fresh ? log_add3(NEG_INF, h.pb + ps, h.pnb + ps)
-                         : log_add3(e.pb, h.pb + ps, h.pnb + ps);
-            continue;
-          }
-          const int last = h.node == 0 ? -1 : trie.token[h.node];
-          if (s == last) {
-            Cand& e = next.get(self, h.node, 0, 0, &fresh);  // *ss -> *s
-            e.pnb = log_add2(e.pnb, h.pnb + ps);
-            Cand& e2 = next.get(pair_key(h.node, s), -1, h.node, s, &fresh);  // *s-s -> *ss
-            e2.pnb = log_add2(e2.pnb, h.pb + ps);
-          } else {
-            Cand& e = next.get(pair_key(h.node, s), -1, h.node, s, &fresh);
-            e.pnb = fresh ? log_add2(h.pb + ps, h.pnb + ps) : log_add3(e.pnb, h.pb + ps, h.pnb + ps);
-          }
-        }
-      }
-      order.clear();
-      for (int i = 0; i < (int)next.items.size(); ++i) {
-        const Cand& c = next.items[i];
-        double key = log_add2(c.pb, c.pnb);
-        if (lm) {  // same association as the Python search, so ties break alike. A new
-          // prefix gets its parent's LM score for now: an upper bound (log-probs are <= 0)
-          const int depth = c.node >= 0 ? trie.depth[c.node] : trie.depth[c.parent] + 1;
-          key = key + lm_weight * trie.lm[c.node >= 0 ? c.node : c.parent] + length_bonus * depth;
-        }
-        order.emplace_back(key, i);
-      }
-      std::stable_sort(order.begin(), order.end(), by_score_desc);
-      if (lm) {
-        // Score new prefixes with the LM best bound first, until the next bound is below
-        // the beam-th best exact score: the rest cannot enter the beam (LM lookups are most
-        // of the search's time, and most candidates are far below the beam).
-        exact.clear();
-        std::priority_queue<double, std::vector<double>, std::greater<double>> top;
-        for (const auto& o : order) {
-          if (lm_weight >= 0 && (int)top.size() >= beam && o.first < top.top()) break;
-          Cand& c = next.items[o.second];
-          double key = o.first;
-          if (c.node < 0) {
-            c.lm = trie.lm[c.parent] + lm->score(trie, c.parent, c.tok, &c.lm_ctx, &lm_cache);
-            key = log_add2(c.pb, c.pnb) + lm_weight * c.lm + length_bonus * (trie.depth[c.parent] + 1);
-          }
-          exact.emplace_back(key, o.second);
-          top.push(key);
-          if ((int)top.size() > beam) top.pop();
-        }
-        // what a stable sort of all exact scores would put first (ties: insertion order)
-        std::sort(exact.begin(), exact.end(),
-                  [](const std::pair<double, int>& a, const std::pair<double, int>& c) {
-                    return a.first > c.first || (a.first == c.first && a.second < c.second);
-                  });
-        order.swap(exact);
-      }
-      cur.clear();
-      for (int i = 0; i < (int)order.size() && i < beam; ++i) {
-        const Cand& c = next.items[order[i].second];
-        cur.push_back({c.node >= 0 ? c.node : trie.child(c.parent, c.tok, c.lm, c.lm_ctx), c.pb, c.pnb});
-      }
-    }
-    std::vector<double> lm_total(cur.size(), 0.0);
-    if (lm) {  // close each sentence with </s>, then order by the fused score
-      order.clear();
-      for (int i = 0; i < (int)cur.size(); ++i) {
-        int ctx;
-        lm_total[i] = trie.lm[cur[i].node] + lm->score(trie, cur[i].node, eos, &ctx, &lm_cache);
-        order.emplace_back(log_add2(cur[i].pb, cur[i].pnb) + lm_weight * lm_total[i] +
-                               length_bonus * trie.depth[cur[i].node], i);
-      }
-      std::stable_sort(order.begin(), order.end(), by_score_desc);
-      std::vector<Hyp> sorted;
-      std::vector<double> lms;
-      for (auto& o : order) { sorted.push_back(cur[o.second]); lms.push_back(lm_total[o.second]); }
-      cur.swap(sorted);
-      lm_total.swap(lms);
-    }
-    out_count[b] = (int32_t)cur.size();
-    for (int i = 0; i < (int)cur.size(); ++i) {
-      std::vector<int> seq;
-      for (int n = cur[i].node; n != 0; n = trie.parent[n]) seq.push_back(trie.token[n]);
-      std::reverse(seq.begin(), seq.end());
-      if ((int)seq.size() > max_len) { status = 1; seq.resize(max_len); }
-      const size_t o = (size_t)b * beam + i;
-      out_lens[o] = (int32_t)seq.size();
-      for (int q = 0; q < (int)seq.size(); ++q) out_tokens[o * max_len + q] = seq[q];
-      out_scores[o] = log_add2(cur[i].pb, cur[i].pnb);
-      if (out_lm) out_lm[o] = lm_total[i];
-    }
+    advance(st, topv + (size_t)b * T * K, topi + (size_t)b * T * K, len, K, p, &lm_cache);
+    status |= emit(st, b, max_len, p, &lm_cache, out_tokens, out_lens, out_scores, out_count, out_lm);
   }
   return status;
 }
@@ -349,6 +389,33 @@ int wk_ctc_prefix_beam_search_lm(const float* topv, const int64_t* topi, const i
   return search(topv, topi, lens, B, T, K, beam, blank, max_len, out_tokens, out_lens,
                 out_scores, out_count, static_cast<const NgramLM*>(lm), lm_weight, length_bonus,
                 eos, out_lm);
+}
+
+// Searches that resume (live streams): wk_search_new() per stream, then each call of
+// wk_search_advance feeds states[b] the next lens[b] frames of row b of (B, T, K) topv/topi
+// (0: none) and writes every state's n-best after them (outputs as above; out_lm and lm may
+// be null). A state fed its frames in any number of calls ends where one call would.
+void* wk_search_new() { return new SearchState(); }
+
+void wk_search_free(void* state) { delete static_cast<SearchState*>(state); }
+
+int wk_search_frames(const void* state) { return static_cast<const SearchState*>(state)->frames; }
+
+int wk_search_advance(void* const* states, const float* topv, const int64_t* topi,
+                      const int32_t* lens, int B, int T, int K, int beam, int blank, int max_len,
+                      int32_t* out_tokens, int32_t* out_lens, double* out_scores,
+                      int32_t* out_count, const void* lm, int eos, double lm_weight,
+                      double length_bonus, double* out_lm) {
+  int status = 0;
+  const SearchParams p{beam, blank, static_cast<const NgramLM*>(lm), lm_weight, length_bonus, eos};
+  NgramLM::Cache lm_cache;
+  for (int b = 0; b < B; ++b) {
+    SearchState& st = *static_cast<SearchState*>(states[b]);
+    const int len = lens[b] < T ? lens[b] : T;
+    advance(st, topv + (size_t)b * T * K, topi + (size_t)b * T * K, len, K, p, &lm_cache);
+    status |= emit(st, b, max_len, p, &lm_cache, out_tokens, out_lens, out_scores, out_count, out_lm);
+  }
+  return status;
 }
 
 }  // extern "C"

@@ -57,6 +57,14 @@ def lib():
             L.wk_lm_create.argtypes = [I, I, I, P, P, P, P]
             L.wk_lm_create.restype = P
             L.wk_lm_free.argtypes = [P]
+            L.wk_search_new.argtypes = []
+            L.wk_search_new.restype = P
+            L.wk_search_free.argtypes = [P]
+            L.wk_search_frames.argtypes = [P]
+            L.wk_search_frames.restype = I
+            L.wk_search_advance.argtypes = [P, P, P, P, I, I, I, I, I, I, P, P, P, P, P, I,
+                                            ctypes.c_double, ctypes.c_double, P]
+            L.wk_search_advance.restype = I
             _LIB = L
         except (OSError, subprocess.CalledProcessError) as e:
             log.warning("native CTC prefix beam search unavailable (%s); using Python", e)
@@ -93,6 +101,59 @@ def prefix_beam_search_batch(topv: np.ndarray, topi: np.ndarray, lens: np.ndarra
     lm_scores = np.zeros((B, beam), np.float64)
     L.wk_ctc_prefix_beam_search_lm(*args, _lm_handle(L, lm), lm.eos, lm_weight, length_bonus,
                                    p(lm_scores))
+    return [[(tuple(tokens[b, i, :out_lens[b, i]].tolist()), float(scores[b, i]),
+              float(lm_scores[b, i])) for i in range(count[b])] for b in range(B)]
+
+
+class SearchState:
+    """A C++ prefix beam search in progress (one live stream): fed frames as they come by
+    `advance_searches`, it ends where one search over all its frames would."""
+    def __init__(self, L):
+        self.L = L
+        self.ptr = L.wk_search_new()
+
+    @property
+    def frames(self) -> int:
+        return int(self.L.wk_search_frames(self.ptr))
+
+    def __del__(self):
+        if getattr(self, "ptr", None):
+            self.L.wk_search_free(self.ptr)
+            self.ptr = None
+
+
+def new_search_state() -> Optional[SearchState]:
+    """A resumable search state, or None without the library."""
+    L = lib()
+    return None if L is None else SearchState(L)
+
+
+def advance_searches(states, topv: np.ndarray, topi: np.ndarray, lens: np.ndarray, beam: int,
+                     blank: int = 0, lm=None, lm_weight: float = 0.0,
+                     length_bonus: float = 0.0) -> List[List[tuple]]:
+    """Feed states[b] the next lens[b] frames of row b of (B,T,K) top-k log-probs/ids (0: none)
+    -> each state's n-best after them, as prefix_beam_search_batch gives."""
+    L = lib()
+    topv = np.ascontiguousarray(topv, dtype=np.float32)
+    topi = np.ascontiguousarray(topi, dtype=np.int64)
+    lens = np.ascontiguousarray(lens, dtype=np.int32)
+    B, T, K = topv.shape
+    max_len = max([s.frames + int(n) for s, n in zip(states, lens)] + [1])
+    tokens = np.zeros((B, beam, max_len), np.int32)
+    out_lens = np.zeros((B, beam), np.int32)
+    scores = np.zeros((B, beam), np.float64)
+    count = np.zeros(B, np.int32)
+    lm_scores = np.zeros((B, beam), np.float64) if lm is not None else None
+    p = lambda a: a.ctypes.data_as(ctypes.c_void_p)  # noqa: E731
+    ptrs = (ctypes.c_void_p * B)(*[s.ptr for s in states])
+    L.wk_search_advance(ptrs, p(topv), p(topi), p(lens), B, T, K, beam, blank, max_len,
+                        p(tokens), p(out_lens), p(scores), p(count),
+                        _lm_handle(L, lm) if lm is not None else None,
+                        lm.eos if lm is not None else 0, lm_weight, length_bonus,
+                        p(lm_scores) if lm is not None else None)
+    if lm is None:
+        return [[(tuple(tokens[b, i, :out_lens[b, i]].tolist()), float(scores[b, i]))
+                 for i in range(count[b])] for b in range(B)]
     return [[(tuple(tokens[b, i, :out_lens[b, i]].tolist()), float(scores[b, i]),
               float(lm_scores[b, i])) for i in range(count[b])] for b in range(B)]
 

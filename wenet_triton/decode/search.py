@@ -12,7 +12,7 @@ from typing import List, Sequence, Tuple
 
 import numpy as np
 
-from wenet_triton.decode.native import prefix_beam_search_batch
+from wenet_triton.decode.native import advance_searches, new_search_state, prefix_beam_search_batch
 
 NEG_INF = -float("inf")
 Hyp = Tuple[Tuple[int, ...], float]
@@ -151,6 +151,56 @@ def ctc_prefix_beam_search_batch(topk_logp: np.ndarray, topk_idx: np.ndarray, le
                                           length_bonus, beam_size, blank) for b in range(len(lens))]
     return [ctc_prefix_beam_search(topk_logp[b], topk_idx[b], int(lens[b]), beam_size, blank)
             for b in range(len(lens))]
+
+
+class IncrementalSearch:
+    """One live stream's CTC prefix beam search, fed its frames as they come
+    (`advance_search_batch`); after any split of the frames its n-best is what
+    `ctc_prefix_beam_search_batch` gives over all of them. The C++ search resumes where it
+    stopped; without the library the frames are kept and searched again from the start."""
+    def __init__(self):
+        self.native = new_search_state()
+        self.frames = 0
+        self._lp: List[np.ndarray] = []
+        self._ix: List[np.ndarray] = []
+
+
+def advance_search_batch(searches: Sequence[IncrementalSearch], chunks, beam_size: int = 10,
+                         blank: int = 0, lm=None, lm_weight: float = 0.0,
+                         length_bonus: float = 0.0) -> List[List]:
+    """chunks[b] = (log-probs (t, k), ids (t, k)): the next frames of searches[b] (t may be 0)
+    -> each search's n-best after them (hypotheses as ctc_prefix_beam_search_batch's)."""
+    B = len(searches)
+    if not B:
+        return []
+    K = max(c[0].shape[1] for c in chunks) if any(c[0].ndim == 2 for c in chunks) else beam_size
+    T = max([len(c[0]) for c in chunks] + [1])
+    lp = np.zeros((B, T, K), np.float32)
+    ix = np.zeros((B, T, K), np.int64)
+    lens = np.zeros(B, np.int32)
+    for b, (p, x) in enumerate(chunks):
+        n = len(p)
+        if n:
+            lp[b, :n], ix[b, :n] = p, x
+        lens[b] = n
+        searches[b].frames += n
+    if all(s.native is not None for s in searches):
+        return advance_searches([s.native for s in searches], lp, ix, lens, beam_size, blank, lm,
+                                lm_weight, length_bonus)
+    for s, (p, x) in zip(searches, chunks):  # no C++ search: all frames again
+        if len(p):
+            s._lp.append(np.asarray(p, np.float32))
+            s._ix.append(np.asarray(x, np.int64))
+    out: List[List] = []
+    for s in searches:
+        if not s.frames:
+            out.append(ctc_prefix_beam_search_batch(np.zeros((1, 1, K), np.float32),
+                                                    np.zeros((1, 1, K), np.int64), [0], beam_size,
+                                                    blank, lm, lm_weight, length_bonus)[0])
+            continue
+        out += ctc_prefix_beam_search_batch(np.concatenate(s._lp)[None], np.concatenate(s._ix)[None],
+                                            [s.frames], beam_size, blank, lm, lm_weight, length_bonus)
+    return out
 
 
 def rescoring_inputs(nbest: Sequence[Sequence[Hyp]], beam_size: int, sos: int, eos: int

@@ -6,7 +6,9 @@ that receives it, for good; a huge declared shape makes it allocate gigabytes be
 fails. The guard parses each inference request (the raw bytes are forwarded unchanged) and
 refuses, with INVALID_ARGUMENT, any tensor whose declared element count is negative, larger
 than the repository's configured maximum or inconsistent with the bytes sent; gRPC itself
-refuses messages larger than the largest valid request. It also
+refuses messages larger than the largest valid request. Requests of the sequence-batched
+`streaming` model (sequence id, start and end are request parameters) pass unchanged like any
+other; their WAV must be one chunk ([1, n], n up to `streaming.max_chunk_seconds`). It also
 
 * forwards only health, metadata, config, statistics and inference calls (no shared-memory
   registration, model loading, log or trace settings: PERMISSION_DENIED),
@@ -43,6 +45,7 @@ CONTENTS_FIELD = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int
                   "UINT64": "uint64_contents", "FP32": "fp32_contents", "FP64": "fp64_contents",
                   "BYTES": "bytes_contents"}
 AUDIO_MODELS = ("attention_rescoring", "feature_extractor", "encoder")
+STREAM_MODEL = "streaming"  # one chunk of one stream per request (sequence batching)
 
 
 @dataclass
@@ -51,6 +54,7 @@ class Limits:
     max_samples: int = 60 * 16000        # per row of WAV
     max_request_samples: int = 0         # per request (0: max_batch * max_samples)
     max_elements: int = 16 * 60 * 16000  # any tensor
+    max_chunk_samples: int = 2 * 16000   # WAV of the streaming model (one chunk)
 
     @property
     def max_message_bytes(self) -> int:
@@ -75,7 +79,8 @@ class Limits:
         max_batch = int(cfg.get("max_batch_size", 16))
         max_samples = int(float(cfg.get("max_audio_seconds", 60)) * rate)
         per_request = int(float(cfg.get("max_batch_audio_seconds") or 0) * rate)
-        return cls(max_batch, max_samples, per_request, max_batch * max_samples)
+        chunk = int(float((cfg.get("streaming") or {}).get("max_chunk_seconds", 2)) * rate)
+        return cls(max_batch, max_samples, per_request, max_batch * max_samples, chunk)
 
 
 class Rejected(Exception):
@@ -118,6 +123,15 @@ def check_infer_request(req, limits: Limits) -> None:
                 raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
                                f"input '{t.name}': shape {shape} declares {count} elements, the "
                                f"request carries {max(have, 0)}{rid}")
+        if t.name == "WAV" and name == STREAM_MODEL:
+            if len(shape) != 2 or shape[0] != 1:
+                raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"WAV must be [1, samples] (one chunk of one stream), got {shape}{rid}")
+            if shape[1] > limits.max_chunk_samples:
+                raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"chunk of {shape[1]} samples is longer than the configured maximum "
+                               f"of {limits.max_chunk_samples} samples "
+                               f"(streaming.max_chunk_seconds){rid}")
         if t.name == "WAV" and name in AUDIO_MODELS:
             if len(shape) != 2 or not 1 <= shape[0] <= limits.max_batch:
                 raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,

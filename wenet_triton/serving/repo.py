@@ -14,11 +14,16 @@ import yaml
 from wenet_triton.contract import CONFIG_NAME, REPO_ENGINES, EngineSettings
 from wenet_triton.decode.options import Decoding, resolve
 from wenet_triton.engines.artifacts import ensure_export
+from wenet_triton.engines.streaming import STREAMING_CONFIG_NAME, STREAMING_ONNX_NAME, ensure_chunk_export
+from wenet_triton.model.checkpoint import CheckpointError, load_model_dir
+from wenet_triton.model.conformer import ASRModel
+from wenet_triton.model.streaming import check_streamable
 from wenet_triton.paths import templates_dir
 
 log = logging.getLogger(__name__)
 
 MODELS = ("feature_extractor", "encoder", "decoder", "scoring", "attention_rescoring")
+STREAMING_MODEL = "streaming"  # sequence-batched chunk-by-chunk recognition, beside the ensemble
 # cpu: feature_extractor per request; cuda: feature_extractor batched on the GPU;
 # encoder: fbank batched inside the encoder model's process (one GPU process, no extra hop)
 FEATURE_DEVICES = ("cpu", "cuda", "encoder")
@@ -104,6 +109,7 @@ def build_repo(model_dir: str, out: str, engine: str = "onnxruntime",
         raise ValueError(f"engine {engine!r} not available for the model repository "
                          f"({', '.join(REPO_ENGINES)})")
     cfg = load_serving_config(config, overrides)
+    streaming_config(cfg)  # a bad streaming section fails before any export
     decoding = decoding or resolve(model_dir)
     beam = int(cfg.get("beam_size") or decoding.beam_size)
     engine_dir = engine_dir or ensure_export(model_dir, None, beam, ctc_weight, reverse_weight)
@@ -177,22 +183,113 @@ def build_repo(model_dir: str, out: str, engine: str = "onnxruntime",
         _link(os.path.join(engine_dir, "decoder.onnx"), os.path.join(out, "decoder", "1", "decoder.onnx"))
     else:  # torch engines load the checkpoint itself: ship it inside the repository
         for name in ("encoder", "decoder"):
-            mdir = os.path.join(out, name, "1", "model")
-            os.makedirs(mdir)
-            for f in os.listdir(model_dir):
-                src = os.path.join(model_dir, f)
-                if os.path.isfile(src) and (f in ("train.yaml", "final.pt", "global_cmvn")
-                                            or f.endswith(".txt")):
-                    _link(src, os.path.join(mdir, f))
+            _ship_checkpoint(model_dir, os.path.join(out, name, "1", "model"))
     shutil.copyfile(os.path.join(engine_dir, "units.txt"), os.path.join(out, "scoring", "1", "units.txt"))
     if decoding.lm:  # the scoring model reads it from its version dir
         _link(decoding.lm, os.path.join(out, "scoring", "1", _lm_name(decoding.lm)))
+    stream = _render_streaming(model_dir, out, engine, engine_dir, cfg, values, decoding)
     with open(os.path.join(out, "serving.json"), "w") as f:
         json.dump({"model_dir": os.path.abspath(model_dir), "engine": engine,
                    "engine_dir": os.path.abspath(engine_dir), "config": cfg,
-                   "decoding": dict(decoding.as_dict(), beam_size=beam)}, f, indent=2)
+                   "decoding": dict(decoding.as_dict(), beam_size=beam), "streaming": stream},
+                  f, indent=2)
     log.info("wrote Triton repository %s (engine %s, max batch %d)", out, engine, max_batch)
     return out
+
+
+def _ship_checkpoint(model_dir: str, mdir: str):
+    """The checkpoint files the torch engines load, linked into a model's version dir."""
+    os.makedirs(mdir)
+    for f in os.listdir(model_dir):
+        src = os.path.join(model_dir, f)
+        if os.path.isfile(src) and (f in ("train.yaml", "final.pt", "global_cmvn") or f.endswith(".txt")):
+            _link(src, os.path.join(mdir, f))
+
+
+def streaming_config(cfg: Dict) -> Dict:
+    """The serving config's `streaming` section, checked (a finite cache, sane limits)."""
+    st = dict(cfg.get("streaming") or {})
+    st.setdefault("enabled", "auto")
+    out = {"enabled": str(st["enabled"]).lower(), "chunk_size": int(st.get("chunk_size", 16)),
+           "left_chunks": int(st.get("left_chunks", 4)), "max_streams": int(st.get("max_streams", 64)),
+           "idle_seconds": float(st.get("idle_seconds", 30)),
+           "max_chunk_seconds": float(st.get("max_chunk_seconds", 2))}
+    if out["enabled"] not in ("auto", "true", "false"):
+        raise ValueError(f"streaming.enabled {st['enabled']!r}: use auto, true or false")
+    if out["chunk_size"] <= 0:
+        raise ValueError(f"streaming.chunk_size must be > 0, got {out['chunk_size']}")
+    if out["left_chunks"] <= 0:
+        raise ValueError(f"streaming.left_chunks must be > 0 (the served attention cache is finite: "
+                         f"left_chunks x chunk_size frames), got {out['left_chunks']}")
+    for k in ("max_streams", "idle_seconds", "max_chunk_seconds"):
+        if out[k] <= 0:
+            raise ValueError(f"streaming.{k} must be > 0, got {out[k]}")
+    return out
+
+
+def _render_streaming(model_dir: str, out: str, engine: str, engine_dir: str, cfg: Dict,
+                      values: Dict, decoding: Decoding) -> Optional[Dict]:
+    """The `streaming` model beside the ensemble when the checkpoint can stream (else a log
+    line and None: the ensemble is served alone). Chunk encoder: the onnxruntime chunk export
+    (exported once into engine_dir) with engine onnxruntime, else the PyTorch model (torch on
+    the engine's device; torch_cuda and tensorrt hosts: torch on the GPU)."""
+    st = streaming_config(cfg)
+    if st["enabled"] == "false":
+        return None
+    try:
+        spec = load_model_dir(model_dir)
+        check_streamable(spec)
+    except CheckpointError as e:
+        if st["enabled"] == "true":
+            raise
+        log.warning("serving without the `%s` model (chunk-by-chunk recognition): %s",
+                    STREAMING_MODEL, e)
+        return None
+    e = cfg.get("engine", {})
+    if engine == "onnxruntime":
+        chunk_engine, device = "onnxruntime", "cpu"
+    else:
+        chunk_engine = "torch"
+        device = "cuda" if engine in ("torch_cuda", "tensorrt") else e.get("device", "cpu")
+    m = cfg.get("models", {}).get(STREAMING_MODEL, {})
+    max_batch = int(values["max_batch_size"])
+    sizes = [x for x in m.get("preferred_batch_sizes", []) if x <= max_batch]
+    v = dict(values, **{k: st[k] for k in ("chunk_size", "left_chunks", "max_streams",
+                                           "idle_seconds", "max_chunk_seconds")})
+    v.update(
+        idle_us=int(st["idle_seconds"] * 1e6),
+        # Triton queues sequences beyond its candidates; the model refuses beyond max_streams,
+        # so give Triton room for the refused ones (they hold a slot until END or idle timeout)
+        max_candidates=2 * st["max_streams"] * max(1, int(m.get("instances", 1))),
+        preferred_batch=(f"    preferred_batch_size: [ {', '.join(map(str, sizes))} ]\n" if sizes else ""),
+        queue_delay_us=int(m.get("max_queue_delay_us", 2000)),
+        instance_group=_instances(m),
+        engine_parameters=_pbtxt_params({"engine": chunk_engine, "device": device,
+                                         "threads": str(e.get("threads", 0))}))
+    with open(os.path.join(templates_dir(), STREAMING_MODEL, "config.pbtxt.tmpl")) as f:
+        text = Template(f.read()).substitute(v)
+    vdir = os.path.join(out, STREAMING_MODEL, "1")
+    os.makedirs(vdir)
+    with open(os.path.join(out, STREAMING_MODEL, "config.pbtxt"), "w") as f:
+        f.write(text)
+    shutil.copyfile(os.path.join(templates_dir(), STREAMING_MODEL, "1", "model.py"),
+                    os.path.join(vdir, "model.py"))
+    shutil.copyfile(os.path.join(engine_dir, CONFIG_NAME), os.path.join(vdir, CONFIG_NAME))
+    shutil.copyfile(os.path.join(engine_dir, "units.txt"), os.path.join(vdir, "units.txt"))
+    if decoding.lm:
+        _link(decoding.lm, os.path.join(vdir, _lm_name(decoding.lm)))
+    if chunk_engine == "onnxruntime":
+        onnx_path = ensure_chunk_export(ASRModel.from_spec(spec), engine_dir, st["chunk_size"],
+                                        st["left_chunks"], int(values["beam_size"]))
+        _link(onnx_path, os.path.join(vdir, STREAMING_ONNX_NAME))
+        shutil.copyfile(os.path.join(os.path.dirname(onnx_path), STREAMING_CONFIG_NAME),
+                        os.path.join(vdir, STREAMING_CONFIG_NAME))
+    else:
+        _ship_checkpoint(model_dir, os.path.join(vdir, "model"))
+    log.info("`%s` model: chunk %d encoder frames, %d left chunks, %s chunk encoder on %s, "
+             "up to %d streams", STREAMING_MODEL, st["chunk_size"], st["left_chunks"],
+             chunk_engine, device, st["max_streams"])
+    return dict(st, engine=chunk_engine, device=device)
 
 
 def _flag(value) -> str:

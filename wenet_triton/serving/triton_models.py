@@ -195,6 +195,22 @@ def _open_engine(args, params, parts):
                        threads=int(params.get("threads", "0")), parts=parts)
 
 
+def check_amplitude(w: np.ndarray, int16_range: bool, at: str = "") -> np.ndarray:
+    """Samples must lie in [-1, 1] (fbank scales them to int16 range; 1e35 overflows it);
+    with int16_range, int16-range audio (|x| <= 32768) is scaled to [-1, 1] instead."""
+    if not w.size:
+        return w
+    peak = float(np.max(np.abs(w)))
+    if peak <= 1.0:
+        return w
+    if int16_range and peak <= 32768.0:
+        return (w / np.float32(32768.0)).astype(np.float32)
+    i = int(np.argmax(np.abs(w)))
+    raise ValueError(f"WAV{at}: sample {i} is {w[i]:.6g}, outside [-1, 1]: send float audio "
+                     "scaled to [-1, 1]" + ("" if int16_range else
+                                            " (or build the repository with accept_int16_range)"))
+
+
 class _WavFrontend:
     """Checks WAV/WAV_LENS requests and turns the good ones into fbank features. device cpu:
     per request (frontend.Fbank: kaldi-native-fbank, or torch on one thread); cuda: one
@@ -259,16 +275,7 @@ class _WavFrontend:
         return out
 
     def _amplitude(self, w: np.ndarray, at: str) -> np.ndarray:
-        """Samples must lie in [-1, 1] (fbank scales them to int16 range; 1e35 overflows it)."""
-        peak = float(np.max(np.abs(w)))
-        if peak <= 1.0:
-            return w
-        if self.int16_range and peak <= 32768.0:
-            return (w / np.float32(32768.0)).astype(np.float32)
-        i = int(np.argmax(np.abs(w)))
-        raise ValueError(f"WAV{at}: sample {i} is {w[i]:.6g}, outside [-1, 1]: send float audio "
-                         "scaled to [-1, 1]" + ("" if self.int16_range else
-                                                " (or build the repository with accept_int16_range)"))
+        return check_amplitude(w, self.int16_range, at)
 
     def check(self, requests, out: List):
         """Valid requests' waveforms (flat) and utterance counts per request (0: invalid,

@@ -1,0 +1,301 @@
+"""The Triton `streaming` model: chunk-by-chunk recognition of live streams (sequence
+batching, oldest strategy).
+
+Each request is one chunk of one stream: `WAV` FP32 [1, n] (any n from 0 to the configured
+maximum), `WAV_LENS` INT32 [1, 1], and the sequence controls Triton adds (START, END, READY,
+CORRID). The model keeps each stream's state keyed by its correlation id (`LiveStream`:
+fbank remainder, window buffer, encoder caches, accumulated encoder output and top-k
+log-probs) and answers every chunk with `TRANSCRIPT` (the partial: best prefix of the CTC
+prefix beam search over the frames so far; on END the attention-rescored final, through a
+BLS call to the `decoder` model), `IS_FINAL` and `LIVE_STREAMS` (streams this instance holds
+after the request). A dynamic batch runs one batched chunk-encoder step at a time over every
+stream with a window ready (`StreamDecoder`).
+
+Errors belong to one stream: a bad chunk (NaN/inf, |x| > 1, too long, wrong shape) is
+refused with INVALID_ARGUMENT and not added (the stream goes on; on END the stream is
+dropped); a chunk of a stream this instance does not hold (refused at START, expired, or
+never started) is INVALID_ARGUMENT; a START beyond `max_streams` is UNAVAILABLE. A stream
+with no chunk for `idle_seconds` is dropped (Triton frees its sequence slot at the same
+age); nothing is kept for an ended stream.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+import traceback
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+
+from wenet_triton.contract import EngineSettings
+from wenet_triton.decode.options import Decoding, load_lm
+from wenet_triton.decode.vocab import Vocab
+from wenet_triton.engines.streaming import (
+    STREAMING_ONNX_NAME,
+    ChunkRunner,
+    OnnxChunkBackend,
+    TorchChunkBackend,
+)
+from wenet_triton.model.checkpoint import load_model_dir
+from wenet_triton.model.conformer import ASRModel
+from wenet_triton.model.streaming import streaming_settings
+from wenet_triton.serving.triton_models import (
+    _input,
+    _params,
+    _request_name,
+    _tensor,
+    _version_dir,
+    check_amplitude,
+    pb_utils,
+)
+from wenet_triton.streaming import LiveStream, StreamDecoder
+
+
+class StreamError(Exception):
+    """A request's own error: code 'INVALID_ARG' (the client's fault), 'UNAVAILABLE' (retry
+    later) or 'INTERNAL'."""
+    def __init__(self, msg: str, code: str = "INVALID_ARG"):
+        super().__init__(msg)
+        self.code = code
+
+
+def _error_response(msg: str, code: str):
+    c = getattr(pb_utils.TritonError, code, None)
+    err = pb_utils.TritonError(msg, c) if c is not None else pb_utils.TritonError(msg)
+    return pb_utils.InferenceResponse(output_tensors=[], error=err)
+
+
+def _flag(request, name: str) -> bool:
+    v = _input(request, name)
+    return bool(v is not None and v.size and int(v.reshape(-1)[0]))
+
+
+def _corrid(request) -> int:
+    v = _input(request, "CORRID")
+    if v is not None and v.size:
+        return int(v.reshape(-1)[0])
+    try:
+        return int(request.correlation_id())
+    except Exception:  # noqa: BLE001 - no id at all
+        return 0
+
+
+class _BlsRescorer:
+    """The engines' rescore() over a BLS call to the `decoder` model (its max batch each)."""
+    def __init__(self, model: str, max_batch: int, reverse: bool):
+        self.model, self.max_batch, self.reverse = model, max(1, max_batch), reverse
+
+    def rescore(self, enc, enc_lens, pad, lens, rpad, ctc):
+        best, scores = [], []
+        for i in range(0, len(enc), self.max_batch):
+            j = i + self.max_batch
+            t = int(enc_lens[i:j].max())
+            inputs = [_tensor("encoder_out", np.ascontiguousarray(enc[i:j, :t])),
+                      _tensor("encoder_out_lens", enc_lens[i:j].reshape(-1, 1).astype(np.int32)),
+                      _tensor("hyps_pad_sos_eos", pad[i:j]), _tensor("hyps_lens_sos", lens[i:j]),
+                      _tensor("ctc_score", ctc[i:j])]
+            if self.reverse:
+                inputs.append(_tensor("r_hyps_pad_sos_eos", rpad[i:j]))
+            resp = pb_utils.InferenceRequest(model_name=self.model, inputs=inputs,
+                                             requested_output_names=["best_index", "score"]).exec()
+            if resp.has_error():
+                raise RuntimeError(f"decoder: {resp.error().message()}")
+            get = lambda n: pb_utils.get_output_tensor_by_name(resp, n).as_numpy()  # noqa: E731
+            best += get("best_index").reshape(-1).tolist()
+            scores.append(get("score"))
+        return best, np.concatenate(scores)
+
+
+class Streaming:
+    def initialize(self, args):
+        p = _params(args)
+        vdir = _version_dir(args)
+        self.settings = EngineSettings.load(vdir)
+        self.vocab = Vocab.from_engine_dir(vdir, self.settings)
+        self.rate = self.settings.fbank.sample_rate
+        self.max_streams = int(p.get("max_streams", "64"))
+        self.idle = float(p.get("idle_seconds", "30"))
+        self.max_chunk = int(float(p.get("max_chunk_seconds", "2")) * self.rate)
+        self.int16_range = p.get("accept_int16_range", "false").lower() == "true"
+        decoding, lm = Decoding(beam_size=self.settings.beam_size), None
+        if p.get("lm_file"):
+            lm = load_lm(os.path.join(vdir, p["lm_file"]), self.vocab.tokens)
+            decoding.lm_weight = float(p.get("lm_weight", "0.5"))
+            decoding.lm_rescore_weight = float(p.get("lm_rescore_weight", "0.5"))
+            decoding.length_bonus = float(p.get("length_bonus", "0"))
+        self.decoder = StreamDecoder(self._runner(args, p, vdir), self.vocab, self.settings,
+                                     self.settings.fbank, decoding, lm)
+        self.rescorer = _BlsRescorer(p.get("decoder_model", "decoder"),
+                                     int(p.get("decoder_max_batch_size", "16")),
+                                     self.settings.decoder_has_reverse_input)
+        self.streams: Dict[int, LiveStream] = {}
+        self.counts = {"opened": 0, "ended": 0, "expired": 0, "refused": 0, "dropped": 0}
+        self.lock = threading.Lock()
+        self._stop = threading.Event()
+        self._sweeper = threading.Thread(target=self._sweep_loop, daemon=True, name="stream-idle")
+        self._sweeper.start()
+        print(f"[streaming] chunk {self.decoder.runner.settings['decoding_chunk_size']}, left chunks "
+              f"{self.decoder.runner.settings['num_decoding_left_chunks']}, up to {self.max_streams} "
+              f"streams, idle {self.idle:g} s", flush=True)
+
+    def _runner(self, args, p, vdir) -> ChunkRunner:
+        chunk, left = int(p["chunk_size"]), int(p["left_chunks"])
+        if p.get("engine", "onnxruntime") == "onnxruntime":
+            return ChunkRunner(OnnxChunkBackend(os.path.join(vdir, STREAMING_ONNX_NAME),
+                                                threads=int(p.get("threads", "0"))))
+        device = "cpu"
+        if p.get("device", "cpu").startswith("cuda") or args.get("model_instance_kind") == "GPU":
+            device = f"cuda:{args.get('model_instance_device_id', '0')}"
+        elif int(p.get("threads", "0")):
+            torch.set_num_threads(int(p["threads"]))
+        model = ASRModel.from_spec(load_model_dir(os.path.join(vdir, "model")))
+        return ChunkRunner(TorchChunkBackend(
+            model, streaming_settings(model, chunk, left, self.settings.beam_size), device))
+
+    # -- state ------------------------------------------------------------------------------
+    def _sweep(self):
+        """Drop streams idle for longer than idle_seconds (lock held)."""
+        now = time.monotonic()
+        old = [c for c, s in self.streams.items() if now - s.last_seen > self.idle]
+        for c in old:
+            del self.streams[c]
+        if old:
+            self.counts["expired"] += len(old)
+            print(f"[streaming] dropped {len(old)} idle stream(s) ({self.idle:g} s without a chunk): "
+                  f"{', '.join(map(str, old[:8]))}; {len(self.streams)} live", flush=True)
+
+    def _sweep_loop(self):
+        while not self._stop.wait(min(1.0, max(0.05, self.idle / 4))):
+            with self.lock:
+                self._sweep()
+
+    # -- requests ---------------------------------------------------------------------------
+    def _chunk(self, request) -> np.ndarray:
+        wav, lens = _input(request, "WAV"), _input(request, "WAV_LENS")
+        if wav is None or lens is None:
+            raise StreamError("a chunk needs WAV and WAV_LENS")
+        if wav.ndim != 2 or wav.shape[0] != 1 or lens.size != 1:
+            raise StreamError(f"WAV must be [1, samples] (one chunk of one stream), got shape "
+                              f"{list(wav.shape)} with WAV_LENS of {lens.size} values")
+        n = int(lens.reshape(-1)[0])
+        if n < 0 or n > wav.shape[1]:
+            raise StreamError(f"WAV_LENS {n} outside 0..{wav.shape[1]} (the WAV length)")
+        if max(n, wav.shape[1]) > self.max_chunk:
+            raise StreamError(f"chunk of {max(n, wav.shape[1])} samples is longer than the configured "
+                              f"maximum of {self.max_chunk} ({self.max_chunk / self.rate:g} s, "
+                              "streaming.max_chunk_seconds): send shorter chunks")
+        w = wav[0, :n].astype(np.float32, copy=False)
+        if not np.all(np.isfinite(w)):
+            raise StreamError("WAV: chunk contains NaN or inf")
+        try:
+            return check_amplitude(w, self.int16_range)
+        except ValueError as e:
+            raise StreamError(str(e)) from e
+
+    def execute(self, requests):
+        out: List = [None] * len(requests)
+        items, owners = [], []  # (stream, wav, last) and (request index, corrid, last)
+        with self.lock:
+            self._sweep()
+            ended = set()
+            for i, req in enumerate(requests):
+                try:
+                    items_i = self._admit(req, ended)
+                except StreamError as e:
+                    out[i] = _error_response(f"stream {_corrid(req)}{_request_name(req)}: {e}", e.code)
+                    continue
+                items.append(items_i[0])
+                owners.append((i,) + items_i[1])
+            if items:
+                self._run(requests, items, owners, out)
+            live = len(self.streams)
+        for i, r in enumerate(out):
+            if isinstance(r, tuple):
+                text, final = r
+                out[i] = pb_utils.InferenceResponse([
+                    pb_utils.Tensor("TRANSCRIPT", np.array([[text.encode("utf-8")]], dtype=np.object_)),
+                    _tensor("IS_FINAL", np.array([[final]], dtype=bool)),
+                    _tensor("LIVE_STREAMS", np.array([[live]], dtype=np.int32))])
+        return out
+
+    def _admit(self, req, ended: set):
+        """(stream, samples, last) for a request, opening the stream on START; StreamError
+        when the request is refused (the stream's state is left as it was, except that a
+        refused END chunk drops the stream: Triton has ended the sequence)."""
+        cid, start, end = _corrid(req), _flag(req, "START"), _flag(req, "END")
+        if cid == 0:
+            raise StreamError("no sequence id: send chunks with a non-zero sequence_id")
+        if start:
+            if cid in self.streams:  # a new sequence on a live id replaces the old one
+                del self.streams[cid]
+                self.counts["dropped"] += 1
+            elif len(self.streams) >= self.max_streams:
+                self.counts["refused"] += 1
+                raise StreamError(f"too many streams: this instance holds {len(self.streams)}, the "
+                                  f"most it takes is {self.max_streams} (streaming.max_streams); "
+                                  "retry later", "UNAVAILABLE")
+            self.streams[cid] = self.decoder.open()
+            self.counts["opened"] += 1
+            ended.discard(cid)
+        stream = self.streams.get(cid)
+        if stream is None or cid in ended:
+            raise StreamError("unknown stream: no START seen for this sequence id, or it ended, was "
+                              f"refused or was idle for more than {self.idle:g} s")
+        stream.last_seen = time.monotonic()
+        try:
+            wav = self._chunk(req)
+        except StreamError as e:
+            if end:
+                self._drop(cid, stream)
+                raise StreamError(f"{e}; the stream ended without a final transcript") from e
+            raise StreamError(f"{e}; chunk not added, the stream goes on") from e
+        if end:
+            ended.add(cid)
+        return (stream, wav, end), (cid, end)
+
+    def _drop(self, cid: int, stream: Optional[LiveStream]):
+        if self.streams.get(cid) is stream:
+            del self.streams[cid]
+
+    def _run(self, requests, items, owners, out):
+        try:
+            results = self.decoder.advance(items)
+        except Exception as e:  # noqa: BLE001 - the streams' state is unknown now: drop them
+            print(f"[streaming] batch of {len(items)} chunks failed:\n{traceback.format_exc(limit=6)}",
+                  flush=True)
+            for (stream, _, _), (i, cid, _) in zip(items, owners):
+                self._drop(cid, stream)
+                self.counts["dropped"] += 1
+                out[i] = _error_response(f"stream {cid}{_request_name(requests[i])}: decoding "
+                                         f"failed ({e}); the stream was dropped", "INTERNAL")
+            return
+        finals = [k for k, (_, _, last) in enumerate(items) if last]
+        texts = {}
+        if finals:
+            try:
+                got = self.decoder.finish([(items[k][0], results[k].nbest) for k in finals],
+                                          self.rescorer)
+                texts = dict(zip(finals, got))
+            except Exception as e:  # noqa: BLE001 - those streams end with an error
+                print(f"[streaming] rescoring failed:\n{traceback.format_exc(limit=6)}", flush=True)
+                for k in finals:
+                    i, cid, _ = owners[k]
+                    out[i] = _error_response(f"stream {cid}{_request_name(requests[i])}: attention "
+                                             f"rescoring failed ({e})", "INTERNAL")
+        for k, ((stream, _, last), (i, cid, _)) in enumerate(zip(items, owners)):
+            if last:
+                self._drop(cid, stream)
+                self.counts["ended"] += 1
+                if out[i] is None:
+                    out[i] = (texts.get(k, ""), True)
+            else:
+                out[i] = (results[k].text, False)
+
+    def finalize(self):
+        self._stop.set()
+        with self.lock:
+            n = len(self.streams)
+            self.streams.clear()
+        print(f"[streaming] stopped with {n} live streams; totals {self.counts}", flush=True)
