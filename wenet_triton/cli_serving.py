@@ -12,7 +12,7 @@ from wenet_triton.decode.options import from_args
 from wenet_triton.engines.export import export_onnx
 from wenet_triton.engines.kernels import build
 from wenet_triton.paths import cache_root
-from wenet_triton.serving.repo import build_repo
+from wenet_triton.serving.repo import build_repo, parse_gpus, visible_gpus
 from wenet_triton.serving.server import ServerError
 from wenet_triton.serving.supervisor import Supervisor, SupervisorConfig
 from wenet_triton.trt import build as trt_build
@@ -31,13 +31,39 @@ def _repo_args(p, model_arg, weights_args):
     p.add_argument("--config", help="serving YAML overriding the templates' serving.yaml "
                    "(batch sizes, queue delays, instances, max audio length)")
     p.add_argument("--max-batch-size", type=int, help="override max_batch_size")
+    p.add_argument("--gpus", type=_gpus_arg, metavar="IDS|all",
+                   help="serve on these GPUs, e.g. 0,1 (all: every visible GPU): the GPU models "
+                   "(torch_cuda encoder/decoder) get their `instances` on each "
+                   "(docs/multigpu.md; default: one GPU, or the config's `gpus`)")
     weights_args(p, lm=True)
+
+
+def _gpus_arg(text):
+    try:
+        gpus = parse_gpus(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
+    if gpus is None:
+        raise argparse.ArgumentTypeError("give device ids like 0,1 or all")
+    return gpus
+
+
+def _check_gpus_visible(gpus):
+    """serve starts tritonserver here: every listed GPU must exist on this host."""
+    n = visible_gpus()
+    missing = [g for g in gpus if g >= n]
+    if missing:
+        sys.exit(f"wenet-triton serve: error: --gpus {','.join(map(str, gpus))}: GPU "
+                 f"{','.join(map(str, missing))} not visible here ({n} visible"
+                 + (f": ids 0..{n - 1})" if n else ")"))
 
 
 def _build(a, out):
     over = {"max_batch_size": a.max_batch_size} if a.max_batch_size else {}
     if a.beam_size:
         over["beam_size"] = a.beam_size
+    if a.gpus:
+        over["gpus"] = a.gpus
     return build_repo(a.model, out, a.engine, a.config, over, engine_dir=a.engine_dir,
                       ctc_weight=a.ctc_weight, reverse_weight=a.reverse_weight,
                       decoding=from_args(a))
@@ -50,6 +76,11 @@ def cmd_build_repo(a):
 
 def cmd_serve(a):
     repo = a.repo
+    if a.gpus and repo is not None:
+        sys.exit("wenet-triton serve: error: --gpus renders the repository: give it with --model "
+                 "(or to `build-repo`), not with --repo")
+    if a.gpus:
+        _check_gpus_visible(a.gpus)
     if repo is None:
         if a.model is None:
             sys.exit("serve: give --model DIR or --repo REPO")
