@@ -240,3 +240,61 @@ def test_cuda_engine_matches_wenet(name, tmp_path):
         with open(os.path.join(os.environ["WENET_REPORT_DIR"], f"accuracy_{name}.json"), "w") as f:
             json.dump(report, f, indent=2)
     print(name, json.dumps(report))
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs (multi-GPU serving)")
+def test_two_engines_on_two_gpus_agree():
+    """Multi-GPU serving (docs/multigpu.md): fp16 engines on cuda:0 and cuda:1, used in turns
+    from one process whose current device stays cuda:0, give the same encoder outputs (fp16
+    tolerance) and the same transcripts, with fbank on the CPU or on each engine's GPU; the
+    CUDA graphs and kernels of the cuda:1 engine run there."""
+    import glob
+    import os
+
+    from conftest import ROOT, SHARED
+
+    from wenet_triton.audio.frontend import Fbank, pad_feats, read_audio
+    from wenet_triton.audio.torch_fbank import TorchFbank
+    from wenet_triton.decode.vocab import Vocab
+    from wenet_triton.engines.cuda import CudaEngine
+    from wenet_triton.engines.export import export_settings
+    from wenet_triton.model.checkpoint import load_model_dir
+    from wenet_triton.model.conformer import ASRModel
+    from wenet_triton.paths import SAMPLES_DIR
+    from wenet_triton.pipeline import Recognizer
+
+    spec = load_model_dir(os.path.join(ROOT, "models", "demo_zh_synth"))
+    settings = export_settings(spec, ASRModel.from_spec(spec))
+    vocab = Vocab(spec.vocab, spec.eos)
+    paths = sorted(glob.glob(os.path.join(SHARED, "data", "synth_test", "*.wav")))[:30] \
+        or sorted(glob.glob(os.path.join(SAMPLES_DIR, "*.wav")))
+    wavs = [read_audio(p) for p in paths]
+    feats = [Fbank(settings.fbank)(w) for w in wavs]
+    x, lens = pad_feats(feats)
+    torch.cuda.set_device(0)
+    engines = {d: CudaEngine(ASRModel.from_spec(spec), settings, d, "float16") for d in ("cuda:0", "cuda:1")}
+    outs, texts, fused = {}, {}, {}
+    for _ in range(2):  # in turns: graphs captured, then replayed, after the other GPU's calls
+        for d, eng in engines.items():
+            outs[d] = eng.encode(x, lens)
+            texts[d] = [r.text for r in Recognizer(eng, vocab).recognize_feats(feats)]
+            f, fl = TorchFbank(settings.fbank, d).batch_tensor(wavs)  # fbank on the engine's GPU
+            assert f.device == torch.device(d)
+            fused[d] = eng.encode_device(f, fl)
+            assert torch.cuda.current_device() == 0
+    enc1 = engines["cuda:1"].encode_tensors(torch.from_numpy(x).to("cuda:1"), torch.from_numpy(lens).to("cuda:1"))
+    assert all(t.device == torch.device("cuda:1") for t in enc1)
+    graphs = engines["cuda:1"].enc_graphs.graphs.values()
+    assert graphs and all(t.device == torch.device("cuda:1") for _, ins, outs in graphs for t in (*ins, *outs))
+    a, b = outs["cuda:0"], outs["cuda:1"]
+    np.testing.assert_array_equal(a["encoder_out_lens"], b["encoder_out_lens"])
+    for i, n in enumerate(a["encoder_out_lens"]):
+        e0, e1 = a["encoder_out"][i, :n], b["encoder_out"][i, :n]
+        assert np.linalg.norm(e0 - e1) / np.linalg.norm(e0) <= 2e-3
+        assert np.mean(a["beam_log_probs_idx"][i, :n, 0] == b["beam_log_probs_idx"][i, :n, 0]) >= 0.99
+    for d in engines:  # GPU fbank: the encoder outputs of the CPU-fbank run, within fp16
+        for i, n in enumerate(a["encoder_out_lens"]):
+            e, ref = fused[d]["encoder_out"][i, :n], a["encoder_out"][i, :n]
+            assert np.linalg.norm(e - ref) / np.linalg.norm(ref) <= 3e-2
+    assert texts["cuda:0"] == texts["cuda:1"], [(s, t) for s, t in zip(texts["cuda:0"], texts["cuda:1"]) if s != t]
+    print(f"2 GPUs: {len(paths)}/{len(paths)} transcripts identical")

@@ -12,7 +12,7 @@ from wenet_triton.decode.options import from_args
 from wenet_triton.engines.export import export_onnx
 from wenet_triton.engines.kernels import build
 from wenet_triton.paths import cache_root
-from wenet_triton.serving.repo import build_repo
+from wenet_triton.serving.repo import build_repo, parse_gpus, visible_gpus
 from wenet_triton.serving.server import ServerError
 from wenet_triton.serving.supervisor import Supervisor, SupervisorConfig
 from wenet_triton.trt import build as trt_build
@@ -37,7 +37,31 @@ def _repo_args(p, model_arg, weights_args):
     p.add_argument("--left-chunks", type=int, default=None,
                    help="the `streaming` model's attention cache in chunks (finite, > 0; default: "
                    "streaming.left_chunks, 4)")
+    p.add_argument("--gpus", type=_gpus_arg, metavar="IDS|all",
+                   help="serve on these GPUs, e.g. 0,1 (all: every visible GPU): the GPU models "
+                   "(torch_cuda encoder/decoder) get their `instances` on each "
+                   "(docs/multigpu.md; default: one GPU, or the config's `gpus`)")
     weights_args(p, lm=True)
+
+
+def _gpus_arg(text):
+    try:
+        gpus = parse_gpus(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
+    if gpus is None:
+        raise argparse.ArgumentTypeError("give device ids like 0,1 or all")
+    return gpus
+
+
+def _check_gpus_visible(gpus):
+    """serve starts tritonserver here: every listed GPU must exist on this host."""
+    n = visible_gpus()
+    missing = [g for g in gpus if g >= n]
+    if missing:
+        sys.exit(f"wenet-triton serve: error: --gpus {','.join(map(str, gpus))}: GPU "
+                 f"{','.join(map(str, missing))} not visible here ({n} visible"
+                 + (f": ids 0..{n - 1})" if n else ")"))
 
 
 def _build(a, out):
@@ -48,6 +72,8 @@ def _build(a, out):
               if v is not None}
     if stream:
         over["streaming"] = stream
+    if a.gpus:
+        over["gpus"] = a.gpus
     return build_repo(a.model, out, a.engine, a.config, over, engine_dir=a.engine_dir,
                       ctc_weight=a.ctc_weight, reverse_weight=a.reverse_weight,
                       decoding=from_args(a))
@@ -60,6 +86,11 @@ def cmd_build_repo(a):
 
 def cmd_serve(a):
     repo = a.repo
+    if a.gpus and repo is not None:
+        sys.exit("wenet-triton serve: error: --gpus renders the repository: give it with --model "
+                 "(or to `build-repo`), not with --repo")
+    if a.gpus:
+        _check_gpus_visible(a.gpus)
     if repo is None:
         if a.model is None:
             sys.exit("serve: give --model DIR or --repo REPO")

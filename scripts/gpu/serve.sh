@@ -14,7 +14,8 @@
 # Env: MODEL (default models/demo_zh_synth; "aishell" = a random-weight AISHELL-1-shape
 # model), WAV_DIR (wavs + a Kaldi `text` file; default the package's samples), OUT, WORK
 # (scratch: repo, pid file, logs; default /tmp/wenet_triton_gpu), GRPC_PORT (8001; metrics
-# on GRPC_PORT+1, health on +2), SERVE_ARGS (more `serve` flags, e.g. --no-guard), SERVING_CONFIG, SECONDS_LIST, CONC, PA_SECONDS ("2 5 10 20"), PA_CONC,
+# on GRPC_PORT+1, health on +2), GPUS (build-repo --gpus: e.g. 0,1 or all; docs/multigpu.md),
+# SERVE_ARGS (more `serve` flags, e.g. --no-guard), SERVING_CONFIG, SECONDS_LIST, CONC, PA_SECONDS ("2 5 10 20"), PA_CONC,
 # PA_BATCHES, LOCUST_USERS, LOCUST_TIME, LOCUST_WORKERS.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -41,7 +42,8 @@ start() {
     [ -f "$model/train.yaml" ] || python3 -c "from wenet_triton.model import synthetic as s; s.save_spec(s.random_spec(), '$model')"
   fi
   cli build-repo --model "$model" --engine torch_cuda \
-    --config "${SERVING_CONFIG:-$root/configs/serving_gpu.yaml}" --out "$REPO" >> "$OUT/server.log" 2>&1 || exit 1
+    --config "${SERVING_CONFIG:-$root/configs/serving_gpu.yaml}" ${GPUS:+--gpus "$GPUS"} \
+    --out "$REPO" >> "$OUT/server.log" 2>&1 || exit 1
   echo "$model" > "$WORK/served_model"
   # shellcheck disable=SC2086  # SERVE_ARGS: further `wenet-triton serve` flags, word-split
   setsid python3 -m wenet_triton.cli serve --repo "$REPO" --host 127.0.0.1 --grpc-port "$PORT" \

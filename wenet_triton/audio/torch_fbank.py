@@ -79,8 +79,8 @@ class TorchFbank:
             view[i, : len(w)] = w
             view[i, len(w):] = 0.0
         x = host.to(self.device, non_blocking=True)
-        if self._copied is not None:
-            self._copied.record()
+        if self._copied is not None:  # on the stream that copies (self.device's, not the current device's)
+            self._copied.record(torch.cuda.current_stream(self.device))
         x = x * 32768.0
         frames = x.unfold(1, self.win, self.shift)  # (B, F, win)
         frames = frames - frames.mean(dim=2, keepdim=True)  # remove DC offset

@@ -17,6 +17,7 @@ What makes it fast, each keeping WeNet's numbers:
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from typing import Dict, Optional, Tuple
 
@@ -404,6 +405,20 @@ class _Graphs:
         return outs
 
 
+def _on_device(method):
+    """Run an engine method with the engine's GPU as the current CUDA device. CUDA graph
+    capture and replay, their side stream and pool, and our kernels (launched on
+    torch.cuda.current_stream()) follow the current device, not the tensors': an engine on
+    cuda:1 must not run them on cuda:0 (one process may hold engines on several GPUs)."""
+    @functools.wraps(method)
+    def wrapped(self, *args, **kwargs):
+        if self.device.type != "cuda":
+            return method(self, *args, **kwargs)
+        with torch.cuda.device(self.device):
+            return method(self, *args, **kwargs)
+    return wrapped
+
+
 class CudaEngine(Engine):
     """`torch_cuda` engine: FastModel + CUDA graphs over (batch, length) buckets."""
     BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -430,6 +445,7 @@ class CudaEngine(Engine):
         return _round_up(b, self.BATCH_BUCKETS[-1])
 
     # tensors in, tensors out (used by the benchmarks and the Triton models on GPU)
+    @_on_device
     @torch.inference_mode()
     def encode_tensors(self, speech: torch.Tensor, lens: torch.Tensor):
         B, T, D = speech.shape
@@ -455,6 +471,7 @@ class CudaEngine(Engine):
         n = int(out_lens[:B].max())
         return enc[:B, :n], out_lens[:B], logp[:B, :n], topv[:B, :n], topi[:B, :n]
 
+    @_on_device
     @torch.inference_mode()
     def rescore_tensors(self, enc, enc_lens, hyps, hyps_lens, rhyps, ctc_score):
         B, T, D = enc.shape

@@ -7,7 +7,7 @@ import logging
 import os
 import shutil
 from string import Template
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import yaml
 
@@ -52,8 +52,58 @@ def _batching(m: Dict, max_batch: int) -> str:
             + f"  max_queue_delay_microseconds: {int(m.get('max_queue_delay_us', 1000))}\n}}")
 
 
-def _instances(m: Dict) -> str:
+def _instances(m: Dict, gpus: Optional[List[int]] = None) -> str:
+    """instance_group; with gpus: `instances` instances on each of those GPUs (KIND_GPU)."""
+    if gpus:
+        return (f"instance_group [ {{ count: {int(m.get('instances', 1))} kind: KIND_GPU "
+                f"gpus: [ {', '.join(map(str, gpus))} ] }} ]")
     return f"instance_group [ {{ count: {int(m.get('instances', 1))} kind: {m.get('kind', 'KIND_CPU')} }} ]"
+
+
+def visible_gpus() -> int:
+    """CUDA devices this process sees (0 without a GPU or a CUDA build of torch)."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def parse_gpus(value) -> Optional[List[int]]:
+    """The `gpus` setting (serving.yaml key, `--gpus`): "0,1" or [0, 1] (CUDA device ids),
+    "all" (every GPU visible here), None/""/[]: not set (one device, as without it)."""
+    if value is None or (isinstance(value, (str, list, tuple)) and not value):
+        return None
+    if isinstance(value, str) and value.strip().lower() == "all":
+        n = visible_gpus()
+        if n == 0:
+            raise ValueError("gpus all: no CUDA GPU is visible here (torch.cuda.device_count() is 0: "
+                             "check the driver, CUDA_VISIBLE_DEVICES and that torch is a CUDA build)")
+        return list(range(n))
+    items = value.split(",") if isinstance(value, str) else [value] if isinstance(value, int) else value
+    ids = []
+    for x in items:
+        t = str(x).strip()
+        if isinstance(x, bool) or not t.isdigit():
+            raise ValueError(f"gpus {value!r}: {t!r} is not a device id (give ids like 0,1 or all)")
+        if int(t) in ids:
+            raise ValueError(f"gpus {value!r}: device {int(t)} listed twice")
+        ids.append(int(t))
+    return ids
+
+
+def _gpu_models(engine: str, cfg: Dict, fe_device: str) -> List[str]:
+    """The python models that run on a CUDA device (their `device` parameter says cuda)."""
+    names = ["encoder", "decoder"] if engine == "torch_cuda" or (
+        engine == "torch" and cfg.get("engine", {}).get("device") == "cuda") else []
+    return names + (["feature_extractor"] if fe_device == "cuda" else [])
+
+
+def _multi_gpus(gpus: Optional[List[int]], engine: str, gpu_models: List[str]) -> Optional[List[int]]:
+    """The GPUs to spread the GPU models over; None when the rendering stays as without
+    `gpus` (not set, or just device 0: the cuda models already run there)."""
+    if gpus and not gpu_models and engine != "tensorrt":
+        log.warning("gpus %s: no model runs on a GPU with engine %s (use torch_cuda); ignored",
+                    gpus, engine)
+    return None if not gpus or gpus == [0] else gpus
 
 
 def _engine_params(engine: str, cfg: Dict) -> str:
@@ -126,6 +176,8 @@ def build_repo(model_dir: str, out: str, engine: str = "onnxruntime",
                     "the feature_extractor computes fbank on the CPU instead")
         fe_device = "cpu"
     fused = fe_device == "encoder"  # fbank inside the encoder's process
+    gpu_ids, gpu_models = parse_gpus(cfg.get("gpus")), _gpu_models(engine, cfg, fe_device)
+    gpus = _multi_gpus(gpu_ids, engine, gpu_models)
     min_frames = settings.right_context + 1
     values = {
         "max_batch_size": max_batch, "input_dim": settings.input_dim,
@@ -156,10 +208,13 @@ def build_repo(model_dir: str, out: str, engine: str = "onnxruntime",
         if fused and name == "feature_extractor":
             continue
         m = cfg.get("models", {}).get(name, {})
-        v = dict(values, dynamic_batching=_batching(m, max_batch), instance_group=_instances(m))
+        v = dict(values, dynamic_batching=_batching(m, max_batch),
+                 instance_group=_instances(m, gpus if name in gpu_models else None))
         tmpl = os.path.join(tdir, name, "config.pbtxt.tmpl")
         if engine == "tensorrt" and name in ("encoder", "decoder"):
             tmpl = os.path.join(tdir, name, "config.tensorrt.pbtxt.tmpl")
+            # one instance per GPU: every visible one, or those of `gpus` (even just [0])
+            v["instance_group"] = _instances({"instances": 1, "kind": "KIND_GPU"}, gpu_ids)
         with open(tmpl) as f:
             text = Template(f.read()).substitute(v)
         vdir = os.path.join(out, name, "1")

@@ -70,6 +70,19 @@ def _device(args, params) -> str:
     return "cpu"
 
 
+def _instance_device(args, params) -> str:
+    """_device(), made this process's current CUDA device: each Triton instance is a stub
+    process of its own, and what follows the current device (streams, events, pinned
+    buffers, CUDA graphs, our kernels' launches) then runs on the instance's GPU, with no
+    stray context on GPU 0 (instance_group KIND_GPU gpus: [...], docs/multigpu.md)."""
+    dev = _device(args, params)
+    if dev.startswith("cuda:"):
+        import torch
+
+        torch.cuda.set_device(dev)
+    return dev
+
+
 def _cat_padded(arrays: List[np.ndarray], axis: int, fill=0, width: int = 0) -> np.ndarray:
     """Concatenate along dim 0 arrays that may differ along `axis` (padded with fill, to at
     least `width`)."""
@@ -190,7 +203,7 @@ def _open_engine(args, params, parts):
     vdir = _version_dir(args)
     mdir = os.path.join(vdir, "model")  # checkpoint shipped for the torch engines
     return open_engine(vdir, params.get("engine", "onnxruntime"),
-                       device=_device(args, params), dtype=params.get("dtype") or None,
+                       device=_instance_device(args, params), dtype=params.get("dtype") or None,
                        model_dir=mdir if os.path.isdir(mdir) else None,
                        threads=int(params.get("threads", "0")), parts=parts)
 
@@ -297,7 +310,8 @@ class FeatureExtractor:
     Parameter `device`: cpu (per request) or cuda (one batched torch fbank per batch)."""
     def initialize(self, args):
         p = _params(args)
-        self.front = _WavFrontend(args, p, p.get("device", "cpu"))
+        dev = p.get("device", "cpu")  # cuda: the instance's GPU (KIND_GPU gpus: [...])
+        self.front = _WavFrontend(args, p, _instance_device(args, p) if dev == "cuda" else dev)
         # TensorRT encoders batch only equal shapes: pad every response to the batch's longest
         self.pad_batch = p.get("pad_to_batch_max", "false").lower() == "true"
 
