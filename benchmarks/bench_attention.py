@@ -5,8 +5,8 @@ import os
 
 import torch
 
-from wenet_triton.engines import kernels
 from wenet_triton.bench import gpu_ms as ms
+from wenet_triton.engines import kernels
 
 
 def main():
