@@ -650,6 +650,7 @@ class FusedAsr:
                 self._back(batch)
                 out = batch.out
             except Exception:  # noqa: BLE001 - rerun each request of the group alone
+                self._release(batch)
                 out = [_isolated(self._run_sync, [r], "recognition")[0] if n else None
                        for r, n in zip(batch.requests, batch.counts)]
             self._send(senders, [o if n else None for o, n in zip(out, batch.counts)])
@@ -701,6 +702,7 @@ class FusedAsr:
                 self.timer.add("fbank", t3 - t2)
                 t2 = t3
             host, enc, enc_lens = self._encode(feats, lens)
+            del feats, lens  # GPU memory is freed under the lock (no other thread's graph capture)
         self.timer.add("encode", time.perf_counter() - t2)
         return _FusedBatch(requests, counts, out, host, enc, enc_lens)
 
@@ -747,6 +749,7 @@ class FusedAsr:
                 best[i:j] = [pick_rescored(h, sc, b, self.lm_rescore_weight)
                              for h, sc, b in zip(nbest[i:j], scores, picked)]
                 t1 = time.perf_counter()
+        self._release(batch)
         k = 0
         for r, count in enumerate(batch.counts):
             if count == 0:
@@ -760,6 +763,16 @@ class FusedAsr:
             batch.out[r] = pb_utils.InferenceResponse([
                 pb_utils.Tensor("TRANSCRIPTS", np.array(texts, dtype=np.object_))])
         self.timer.add("responses", time.perf_counter() - t1)
+
+    def _release(self, batch: _FusedBatch):
+        """Drop the batch's encoder output; on a GPU under the lock, so that its memory is
+        not freed while another thread captures a CUDA graph."""
+        if batch.enc is None:
+            return
+        if self.on_device:
+            with self.gpu_lock:
+                batch.enc = batch.enc_lens = None
+        batch.enc = batch.enc_lens = None
 
     def _search(self, topv, topi, lens) -> List:
         """n-best lists of the batch, split over the search threads (C++ frees the GIL)."""
