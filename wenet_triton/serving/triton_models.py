@@ -9,6 +9,7 @@ A bad request gets an error of its own; the others in its batch are served.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -563,11 +564,11 @@ class FusedAsr:
     (no BLS) -> best hypothesis -> text, for the dynamic batch it holds.
 
     Threads. execute() (Triton's thread) checks the requests and runs the device stage
-    (fbank + encoder under `gpu_lock`; CPU fbank outside it), then hands the batch to
+    (fbank + encoder; on a GPU under `gpu_lock`, CPU fbank outside it), then hands the batch to
     `batch_pool` and returns None: Triton gives this instance its next batch while earlier
     ones are searched, so the encoder of batch N+1 overlaps the search of batch N. Each
-    batch's search is split over `search_pool` (the C++ search releases the GIL); its
-    rescoring takes `gpu_lock` again. Responses go out through each request's response
+    batch's search is split over `search_pool` (the C++ search releases the GIL); on a GPU
+    its rescoring takes `gpu_lock` again. Responses go out through each request's response
     sender. At most `max_inflight` batches are past the device stage at once; beyond that
     execute() waits, Triton's queue holds the requests and dynamic batches grow.
     Parameter async_responses=false: execute() answers its batch itself (no overlap across
@@ -605,7 +606,10 @@ class FusedAsr:
         self.min_search_chunk = max(1, int(p.get("min_search_chunk", "4")))
         self.max_inflight = max(1, int(p.get("max_inflight", "2")))
         self.async_responses = p.get("async_responses", "true").lower() == "true"
-        self.gpu_lock = threading.Lock()
+        # one GPU: its work (fbank, encoder, decoder, graph captures, frees) one thread at a
+        # time; onnxruntime / CPU torch sessions are thread-safe, so there the decoder of one
+        # batch may run beside the encoder of the next (as in the ensemble's processes)
+        self.gpu_lock = threading.Lock() if self.on_device else contextlib.nullcontext()
         self.slots = threading.BoundedSemaphore(self.max_inflight)
         self.inflight, self.inflight_lock = 0, threading.Lock()
         self.search_pool = ThreadPoolExecutor(self.search_threads, thread_name_prefix="search") \
