@@ -27,6 +27,10 @@ STREAMING_MODEL = "streaming"  # sequence-batched chunk-by-chunk recognition, be
 # cpu: feature_extractor per request; cuda: feature_extractor batched on the GPU;
 # encoder: fbank batched inside the encoder model's process (one GPU process, no extra hop)
 FEATURE_DEVICES = ("cpu", "cuda", "encoder")
+# ensemble: the models above; fused: one python model `fused` does it all (attention_rescoring
+# is then an ensemble of that one step, so clients see the same model and I/O)
+PIPELINES = ("ensemble", "fused")
+FUSED_MODELS = ("fused", "attention_rescoring")
 
 
 def _merge(base: Dict, over: Dict) -> Dict:
@@ -201,6 +205,8 @@ def build_repo(model_dir: str, out: str, engine: str = "onnxruntime",
         # TensorRT batches only equal shapes: the feature extractor pads each dynamic batch
         "fe_pad": "true" if engine == "tensorrt" or cfg.get("feature_pad_batch") else "false",
     }
+    if _pipeline(cfg, engine) == "fused":
+        return _build_fused(model_dir, out, engine, engine_dir, cfg, decoding, beam, values)
     tdir = templates_dir()
     if os.path.exists(out):
         shutil.rmtree(out)
@@ -371,3 +377,63 @@ def _link(src: str, dst: str):
         os.link(src, dst)
     except OSError:
         shutil.copyfile(src, dst)
+
+
+def _pipeline(cfg: Dict, engine: str) -> str:
+    pipeline = cfg.get("pipeline") or "ensemble"
+    if pipeline not in PIPELINES:
+        raise ValueError(f"pipeline {pipeline!r}: use one of {', '.join(PIPELINES)}")
+    if pipeline == "fused" and engine == "tensorrt":
+        # plans are served by Triton's TensorRT backend, not by a python model
+        log.warning("pipeline: fused needs a python engine; with tensorrt the ensemble is served")
+        return "ensemble"
+    return pipeline
+
+
+def _build_fused(model_dir: str, out: str, engine: str, engine_dir: str, cfg: Dict,
+                 decoding: Decoding, beam: int, values: Dict) -> str:
+    """`pipeline: fused`: the `fused` python model (fbank, encoder, search with the LM,
+    rescoring, text in one process) and `attention_rescoring` as its one-step ensemble."""
+    tdir = templates_dir()
+    if os.path.exists(out):
+        shutil.rmtree(out)
+    m = cfg.get("models", {}).get("fused", {})
+    max_batch = int(cfg["max_batch_size"])
+    fe_device = cfg.get("feature_device") or "cpu"
+    params = {"fbank_impl": cfg.get("feature_impl") or "knf",
+              # cpu: per-request CPU fbank; cuda/encoder: batched on the engine's device (GPU)
+              "fbank_device": "cpu" if fe_device == "cpu" else "engine",
+              "search_threads": int(m.get("search_threads", 2)),
+              "max_inflight": int(m.get("max_inflight", 2)),
+              "async_responses": _flag(m.get("async_responses", True)),
+              "rescore_batch": max_batch}
+    v = dict(values, dynamic_batching=_batching(m, max_batch), instance_group=_instances(m),
+             fused_parameters=_pbtxt_params(params))
+    for name, tmpl in (("fused", "config.pbtxt.tmpl"), ("attention_rescoring", "config.fused.pbtxt.tmpl")):
+        with open(os.path.join(tdir, name, tmpl)) as f:
+            text = Template(f.read()).substitute(v)
+        os.makedirs(os.path.join(out, name, "1"))
+        with open(os.path.join(out, name, "config.pbtxt"), "w") as f:
+            f.write(text)
+    vdir = os.path.join(out, "fused", "1")
+    shutil.copyfile(os.path.join(tdir, "fused", "1", "model.py"), os.path.join(vdir, "model.py"))
+    for f in (CONFIG_NAME, "units.txt"):
+        shutil.copyfile(os.path.join(engine_dir, f), os.path.join(vdir, f))
+    if engine == "onnxruntime":
+        for part in ("encoder", "decoder"):
+            _link(os.path.join(engine_dir, f"{part}.onnx"), os.path.join(vdir, f"{part}.onnx"))
+    else:  # torch engines load the checkpoint itself
+        mdir = os.path.join(vdir, "model")
+        os.makedirs(mdir)
+        for f in os.listdir(model_dir):
+            src = os.path.join(model_dir, f)
+            if os.path.isfile(src) and (f in ("train.yaml", "final.pt", "global_cmvn") or f.endswith(".txt")):
+                _link(src, os.path.join(mdir, f))
+    if decoding.lm:
+        _link(decoding.lm, os.path.join(vdir, _lm_name(decoding.lm)))
+    with open(os.path.join(out, "serving.json"), "w") as f:
+        json.dump({"model_dir": os.path.abspath(model_dir), "engine": engine,
+                   "engine_dir": os.path.abspath(engine_dir), "config": cfg, "pipeline": "fused",
+                   "decoding": dict(decoding.as_dict(), beam_size=beam)}, f, indent=2)
+    log.info("wrote Triton repository %s (engine %s, pipeline fused, max batch %d)", out, engine, max_batch)
+    return out

@@ -9,10 +9,13 @@ A bad request gets an error of its own; the others in its batch are served.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import threading
 import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List
 
 import numpy as np
@@ -529,3 +532,304 @@ class Scoring:
 
     def finalize(self):
         pass
+
+
+# --- serving.yaml `pipeline: fused`: the whole recognizer in one python model -----------------
+
+class _Timings:
+    """Per-stage wall time of the fused model when WENET_TRITON_PROFILE=N (seconds between
+    reports, printed to the server log). Its stages run on several threads at once, so each
+    adds its own duration: mean ms per batch per stage, utterances per batch and the most
+    batches that were past the device stage at once."""
+    def __init__(self, model: str):
+        self.every = float(os.environ.get("WENET_TRITON_PROFILE", "0") or 0)
+        self.model, self.lock = model, threading.Lock()
+        self.sums: Dict[str, float] = {}
+        self.batches = self.utts = self.most_inflight = 0
+        self.last = time.perf_counter()
+
+    def add(self, stage: str, seconds: float):
+        if self.every:
+            with self.lock:
+                self.sums[stage] = self.sums.get(stage, 0.0) + seconds
+
+    def done(self, utts: int, inflight: int):
+        if not self.every:
+            return
+        with self.lock:
+            self.batches += 1
+            self.utts += utts
+            self.most_inflight = max(self.most_inflight, inflight)
+            now = time.perf_counter()
+            if now - self.last < self.every:
+                return
+            parts = "  ".join(f"{k} {v / self.batches * 1e3:.2f}" for k, v in self.sums.items())
+            print(f"[profile {self.model}] {self.batches} batches, {self.utts / self.batches:.1f} "
+                  f"utts/batch, up to {self.most_inflight} in flight; ms per batch: {parts}", flush=True)
+            self.sums, self.batches, self.utts, self.most_inflight, self.last = {}, 0, 0, 0, now
+
+
+class _FusedBatch:
+    """One group of requests between the device stage and its responses."""
+    def __init__(self, requests, counts, out, host, enc, enc_lens):
+        self.requests, self.counts, self.out = requests, counts, out
+        self.host = host          # encoder_out_lens, beam_log_probs(_idx): numpy
+        self.enc, self.enc_lens = enc, enc_lens  # encoder_out (+ lens) where rescoring reads them
+        self.t_submit = 0.0
+
+
+class FusedAsr:
+    """WAV FP32 [-1] + WAV_LENS INT32 [1] -> TRANSCRIPTS, the whole recognizer in one model
+    (serving.yaml `pipeline: fused`): checks -> fbank -> encoder -> CTC prefix beam search
+    (C++, with the LM) -> rescoring inputs -> attention decoder on the same engine object
+    (no BLS) -> best hypothesis -> text, for the dynamic batch it holds.
+
+    Threads. execute() (Triton's thread) checks the requests and runs the device stage
+    (fbank + encoder; on a GPU under `gpu_lock`, CPU fbank outside it), then hands the batch to
+    `batch_pool` and returns None: Triton gives this instance its next batch while earlier
+    ones are searched, so the encoder of batch N+1 overlaps the search of batch N. Each
+    batch's search is split over `search_pool` (the C++ search releases the GIL); on a GPU
+    its rescoring takes `gpu_lock` again. Responses go out through each request's response
+    sender. At most `max_inflight` batches are past the device stage at once; beyond that
+    execute() waits, Triton's queue holds the requests and dynamic batches grow.
+    Parameter async_responses=false: execute() answers its batch itself (no overlap across
+    batches, for Triton releases without response senders in non-decoupled models).
+
+    Guarantees as in the ensemble: ragged requests batched together each get what they
+    would get alone, a bad request gets its own error (validation per request; a failure
+    later reruns each request of the group alone), max_batch_audio_seconds groups."""
+
+    def initialize(self, args):
+        p = _params(args)
+        vdir = _version_dir(args)
+        self.settings = EngineSettings.load(vdir)
+        self.vocab = Vocab.from_engine_dir(vdir, self.settings)
+        self.engine = _open_engine(args, p, ("encoder", "decoder"))
+        # torch_cuda: encoder_out stays on the GPU between the encoder and the decoder
+        self.on_device = hasattr(self.engine, "encode_tensors") and hasattr(self.engine, "rescore_tensors")
+        fbank_dev = _device(args, p) if p.get("fbank_device", "engine") == "engine" else "cpu"
+        self.front = _WavFrontend(args, p, fbank_dev)
+        if self.front.torch_fbank is not None:  # the GPU does the math; keep torch's CPU pool small
+            import torch
+
+            torch.set_num_threads(2)
+        self.gpu_fbank = self.front.torch_fbank is not None and self.on_device
+        self.rescoring = p.get("rescoring", "true").lower() == "true"
+        self.chunk = max(1, int(p.get("rescore_batch", "16")))
+        self.lm, self.lm_weight, self.lm_rescore_weight, self.length_bonus = None, 0.0, 0.0, 0.0
+        if p.get("lm_file"):
+            self.lm = load_lm(os.path.join(vdir, p["lm_file"]), self.vocab.tokens)
+            self.lm_weight = float(p.get("lm_weight", "0.5"))
+            self.lm_rescore_weight = float(p.get("lm_rescore_weight", "0.5"))
+            self.length_bonus = float(p.get("length_bonus", "0"))
+        self.cap = _batch_cap(p, args, "samples")
+        self.search_threads = max(1, int(p.get("search_threads", "2")))
+        self.min_search_chunk = max(1, int(p.get("min_search_chunk", "4")))
+        self.max_inflight = max(1, int(p.get("max_inflight", "2")))
+        self.async_responses = p.get("async_responses", "true").lower() == "true"
+        # one GPU: its work (fbank, encoder, decoder, graph captures, frees) one thread at a
+        # time; onnxruntime / CPU torch sessions are thread-safe, so there the decoder of one
+        # batch may run beside the encoder of the next (as in the ensemble's processes)
+        self.gpu_lock = threading.Lock() if self.on_device else contextlib.nullcontext()
+        self.slots = threading.BoundedSemaphore(self.max_inflight)
+        self.inflight, self.inflight_lock = 0, threading.Lock()
+        self.search_pool = ThreadPoolExecutor(self.search_threads, thread_name_prefix="search") \
+            if self.search_threads > 1 else None
+        self.batch_pool = ThreadPoolExecutor(self.max_inflight, thread_name_prefix="batch") \
+            if self.async_responses else None
+        self.timer = _Timings("fused")
+
+    # -- execute ------------------------------------------------------------------------
+    def execute(self, requests):
+        if not self.async_responses:
+            return _run_grouped(self._run_sync, requests, "WAV", self.cap, "recognition")
+        senders = [r.get_response_sender() for r in requests]
+        sizes = [_input_size(r, "WAV") for r in requests] if self.cap and len(requests) > 1 else []
+        for group in _audio_groups(requests, sizes, self.cap):
+            reqs, snd = [requests[i] for i in group], [senders[i] for i in group]
+            self.slots.acquire()  # beyond max_inflight batches: wait here, Triton queues
+            try:
+                out: List = [None] * len(reqs)
+                batch = self._front(reqs, out)
+            except Exception:  # noqa: BLE001 - each request alone gets its own answer
+                self.slots.release()
+                self._send(snd, _isolated(self._run_sync, reqs, "recognition"))
+                continue
+            if batch is None:  # no valid request in the group
+                self.slots.release()
+                self._send(snd, out)
+                continue
+            # invalid requests are answered now, the others when their batch is done
+            self._send(snd, [o if n == 0 else None for o, n in zip(out, batch.counts)])
+            batch.t_submit = time.perf_counter()
+            self.batch_pool.submit(self._finish, batch, snd)
+        return None
+
+    def _finish(self, batch: _FusedBatch, senders):
+        with self.inflight_lock:
+            self.inflight += 1
+            inflight = self.inflight
+        try:
+            self.timer.add("queue", time.perf_counter() - batch.t_submit)
+            try:
+                self._back(batch)
+                out = batch.out
+            except Exception:  # noqa: BLE001 - rerun each request of the group alone
+                self._release(batch)
+                out = [_isolated(self._run_sync, [r], "recognition")[0] if n else None
+                       for r, n in zip(batch.requests, batch.counts)]
+            self._send(senders, [o if n else None for o, n in zip(out, batch.counts)])
+            self.timer.done(sum(batch.counts), inflight)
+        finally:
+            with self.inflight_lock:
+                self.inflight -= 1
+            self.slots.release()
+
+    @staticmethod
+    def _send(senders, responses):
+        for s, r in zip(senders, responses):
+            if r is None:
+                continue
+            try:
+                s.send(r, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            except Exception as e:  # noqa: BLE001 - e.g. a request cancelled meanwhile
+                print(f"[fused] could not send a response: {e}", flush=True)
+
+    def _run_sync(self, requests) -> List:
+        """The whole pipeline for a group, in this thread -> its responses."""
+        out: List = [None] * len(requests)
+        batch = self._front(requests, out)
+        if batch is not None:
+            self._back(batch)
+        return out
+
+    # -- device stage: checks, fbank, encoder --------------------------------------------
+    def _front(self, requests, out: List):
+        t0 = time.perf_counter()
+        wavs, counts = self.front.check(requests, out)
+        t1 = time.perf_counter()
+        self.timer.add("check", t1 - t0)
+        if not wavs:
+            return None
+        feats = lens = None
+        if not self.gpu_fbank:  # CPU fbank needs no lock
+            fs = self.front.fbank_batch(wavs)
+            feats, lens = _cat_padded([f[None] for f in fs], axis=1), np.array([f.shape[0] for f in fs], np.int32)
+            t1b = time.perf_counter()
+            self.timer.add("fbank", t1b - t1)
+            t1 = t1b
+        with self.gpu_lock:
+            t2 = time.perf_counter()
+            self.timer.add("device_wait", t2 - t1)
+            if self.gpu_fbank:  # batched torch fbank on the engine's GPU
+                feats, lens = self.front.torch_fbank.batch_tensor(wavs)
+                t3 = time.perf_counter()
+                self.timer.add("fbank", t3 - t2)
+                t2 = t3
+            host, enc, enc_lens = self._encode(feats, lens)
+            del feats, lens  # GPU memory is freed under the lock (no other thread's graph capture)
+        self.timer.add("encode", time.perf_counter() - t2)
+        return _FusedBatch(requests, counts, out, host, enc, enc_lens)
+
+    def _encode(self, feats, lens):
+        """-> (host outputs for the search, encoder_out, encoder_out_lens for rescoring)."""
+        if not self.on_device:
+            enc = self.engine.encode(feats, lens)
+            return enc, enc["encoder_out"], enc["encoder_out_lens"]
+        import torch
+
+        dev = self.engine.device
+        if isinstance(feats, np.ndarray):
+            feats = torch.from_numpy(np.ascontiguousarray(feats)).to(dev)
+            lens = torch.from_numpy(lens.astype(np.int32)).to(dev)
+        out, out_lens, _, topv, topi = self.engine.encode_tensors(feats, lens)
+        host = {"encoder_out_lens": out_lens.cpu().numpy(), "beam_log_probs": topv.float().cpu().numpy(),
+                "beam_log_probs_idx": topi.cpu().numpy()}
+        # the CUDA graph's output buffers are reused by the next batch of this bucket: copy
+        return host, out.clone(), out_lens.clone()
+
+    # -- host stage: search, rescoring, text -------------------------------------------------
+    def _back(self, batch: _FusedBatch):
+        s, beam = self.settings, self.settings.beam_size
+        lens = batch.host["encoder_out_lens"].reshape(-1)
+        n = len(lens)
+        t0 = time.perf_counter()
+        nbest = self._search(batch.host["beam_log_probs"], batch.host["beam_log_probs_idx"], lens)
+        t1 = time.perf_counter()
+        self.timer.add("search", t1 - t0)
+        best = [0] * n
+        if self.rescoring:
+            for i in range(0, n, self.chunk):  # the decoder's max batch each
+                j = min(n, i + self.chunk)
+                t = int(lens[i:j].max())
+                packed = rescoring_inputs(nbest[i:j], beam, s.sos, s.eos)
+                t2 = time.perf_counter()
+                with self.gpu_lock:
+                    t3 = time.perf_counter()
+                    picked, scores = self._rescore(batch.enc, batch.enc_lens, i, j, t, packed)
+                t4 = time.perf_counter()
+                self.timer.add("pack", t2 - t1)
+                self.timer.add("rescore_wait", t3 - t2)
+                self.timer.add("rescore", t4 - t3)
+                best[i:j] = [pick_rescored(h, sc, b, self.lm_rescore_weight)
+                             for h, sc, b in zip(nbest[i:j], scores, picked)]
+                t1 = time.perf_counter()
+        self._release(batch)
+        k = 0
+        for r, count in enumerate(batch.counts):
+            if count == 0:
+                continue
+            texts = []
+            for _ in range(count):
+                hyps = nbest[k]
+                ids = hyps[best[k]][0] if best[k] < len(hyps) else ()
+                texts.append([self.vocab.text(ids).encode("utf-8")])
+                k += 1
+            batch.out[r] = pb_utils.InferenceResponse([
+                pb_utils.Tensor("TRANSCRIPTS", np.array(texts, dtype=np.object_))])
+        self.timer.add("responses", time.perf_counter() - t1)
+
+    def _release(self, batch: _FusedBatch):
+        """Drop the batch's encoder output; on a GPU under the lock, so that its memory is
+        not freed while another thread captures a CUDA graph."""
+        if batch.enc is None:
+            return
+        if self.on_device:
+            with self.gpu_lock:
+                batch.enc = batch.enc_lens = None
+        batch.enc = batch.enc_lens = None
+
+    def _search(self, topv, topi, lens) -> List:
+        """n-best lists of the batch, split over the search threads (C++ frees the GIL)."""
+        s = self.settings
+        n = len(lens)
+        parts = min(self.search_threads, max(1, n // self.min_search_chunk))
+        run = lambda a, b: ctc_prefix_beam_search_batch(  # noqa: E731
+            topv[a:b], topi[a:b], lens[a:b], s.beam_size, s.blank, self.lm, self.lm_weight,
+            self.length_bonus)
+        if parts <= 1 or self.search_pool is None:
+            return run(0, n)
+        bounds = np.linspace(0, n, parts + 1).round().astype(int).tolist()
+        futures = [self.search_pool.submit(run, a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+        return [h for f in futures for h in f.result()]
+
+    def _rescore(self, enc, enc_lens, i: int, j: int, t: int, packed):
+        """Attention rescoring of rows i:j (encoder frames :t) -> (best_index list, score (B, beam))."""
+        pad, hl, rpad, ctc = packed
+        if not self.on_device:
+            best, score = self.engine.rescore(np.ascontiguousarray(enc[i:j, :t]), enc_lens[i:j],
+                                              pad, hl, rpad, ctc)
+            return np.asarray(best).reshape(-1).tolist(), score
+        import torch
+
+        dev = self.engine.device
+        t_ = lambda a, dt: torch.from_numpy(np.ascontiguousarray(a)).to(dev, dt)  # noqa: E731
+        best, score = self.engine.rescore_tensors(
+            enc[i:j, :t], enc_lens[i:j], t_(pad, torch.int64), t_(hl, torch.int32),
+            t_(rpad, torch.int64), t_(ctc, torch.float32))
+        return best.cpu().reshape(-1).tolist(), score.float().cpu().numpy()
+
+    def finalize(self):
+        for pool in (self.batch_pool, self.search_pool):
+            if pool is not None:
+                pool.shutdown(wait=True)

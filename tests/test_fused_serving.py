@@ -1,0 +1,178 @@
+"""serving.yaml `pipeline: fused` (issue #17): one python model per dynamic batch (fbank,
+encoder, CTC prefix search with the LM on threads, in-process attention rescoring), served
+by a real tritonserver behind the same `attention_rescoring` name and I/O."""
+import os
+import sys
+import time
+
+import numpy as np
+import pytest
+from conftest import ROOT, model_dir, shared_path, wav_path
+
+pytestmark = pytest.mark.server
+tritonclient = pytest.importorskip("tritonclient.grpc")
+
+
+def _parse_config(path):
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    with open(path) as f:
+        return text_format.Parse(f.read(), model_config_pb2.ModelConfig())
+
+
+def _our_processes(tag):
+    import subprocess
+
+    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if tag in line and "ps -eo" not in line]
+
+
+def _infer_batch(url, wavs):
+    """One request carrying several utterances (WAV [B, N] zero-padded, WAV_LENS [B, 1])."""
+    wav = np.zeros((len(wavs), max(len(w) for w in wavs)), np.float32)
+    for i, w in enumerate(wavs):
+        wav[i, :len(w)] = w
+    client = tritonclient.InferenceServerClient(url)
+    a = tritonclient.InferInput("WAV", list(wav.shape), "FP32")
+    a.set_data_from_numpy(wav)
+    b = tritonclient.InferInput("WAV_LENS", [len(wavs), 1], "INT32")
+    b.set_data_from_numpy(np.array([[len(w)] for w in wavs], np.int32))
+    res = client.infer("attention_rescoring", [a, b])
+    return [t[0].decode("utf-8") for t in res.as_numpy("TRANSCRIPTS")]
+
+
+@pytest.fixture(scope="module")
+def u2pp_export():
+    """The shared u2pp model's ONNX export (cached in $WENET_TRITON_CACHE across runs)."""
+    from wenet_triton.engines.artifacts import ensure_export
+
+    return ensure_export(model_dir("u2pp_conformer"))
+
+
+def _serve(repo, tmp_path, fn):
+    """fn(grpc_url) under a server for repo -> (its result, per-model metrics of the run)."""
+    sys.path.insert(0, ROOT)
+    from loadtest.metrics import delta, scrape, summarize
+    from wenet_triton.serving.server import TritonServer, free_port
+
+    metrics_port = free_port()
+    with TritonServer(repo, free_port(), free_port(), metrics_port, host="127.0.0.1",
+                      log_file=str(tmp_path / f"{os.path.basename(repo)}.log")) as s:
+        before = scrape(f"127.0.0.1:{metrics_port}")
+        res = fn(s.grpc_url)
+        stats = summarize(delta(before, scrape(f"127.0.0.1:{metrics_port}")))
+    time.sleep(0.5)
+    assert not _our_processes(repo), "tritonserver or stubs left behind"
+    return res, stats
+
+
+def test_gpu_config_renders_the_fused_pipeline(u2pp_export, tmp_path):
+    """configs/serving_gpu.yaml serves `pipeline: fused`: attention_rescoring is one step to
+    the `fused` model, which takes WAV and returns TRANSCRIPTS; the CPU default stays the
+    ensemble; a TensorRT engine (plans, no python model) falls back to the ensemble."""
+    from wenet_triton.serving.repo import MODELS, build_repo
+
+    gpu_yaml = os.path.join(ROOT, "configs", "serving_gpu.yaml")
+    repo = build_repo(model_dir("u2pp_conformer"), str(tmp_path / "gpu"), "onnxruntime",
+                      config=gpu_yaml, engine_dir=u2pp_export)
+    assert sorted(os.listdir(repo)) == ["attention_rescoring", "fused", "serving.json"]
+    ens = _parse_config(os.path.join(repo, "attention_rescoring", "config.pbtxt"))
+    assert ens.platform == "ensemble" and [s.model_name for s in ens.ensemble_scheduling.step] == ["fused"]
+    assert [(i.name, list(i.dims)) for i in ens.input] == [("WAV", [-1]), ("WAV_LENS", [1])]
+    assert [o.name for o in ens.output] == ["TRANSCRIPTS"]
+    fused = _parse_config(os.path.join(repo, "fused", "config.pbtxt"))
+    assert [i.name for i in fused.input] == ["WAV", "WAV_LENS"] and fused.max_batch_size == 64
+    assert fused.instance_group[0].count == 2
+    p = {k: v.string_value for k, v in fused.parameters.items()}
+    assert p["fbank_device"] == "engine" and int(p["search_threads"]) > 1 and int(p["max_inflight"]) > 1
+    for f in ("model.py", "encoder.onnx", "decoder.onnx", "units.txt", "wenet_triton.json"):
+        assert os.path.exists(os.path.join(repo, "fused", "1", f))
+    cpu = build_repo(model_dir("u2pp_conformer"), str(tmp_path / "cpu"), "onnxruntime",
+                     engine_dir=u2pp_export)
+    assert set(MODELS) <= set(os.listdir(cpu)) and not os.path.exists(os.path.join(cpu, "fused"))
+    with pytest.raises(ValueError, match="pipeline 'one'"):
+        build_repo(model_dir("u2pp_conformer"), str(tmp_path / "x"), "onnxruntime",
+                   overrides={"pipeline": "one"}, engine_dir=u2pp_export)
+
+
+def _offline(engine_dir, wavs, decoding=None):
+    from wenet_triton.decode.vocab import Vocab
+    from wenet_triton.engines import OnnxEngine
+    from wenet_triton.pipeline import Recognizer
+
+    eng = OnnxEngine(engine_dir)
+    rec = Recognizer(eng, Vocab.from_engine_dir(engine_dir, eng.settings), decoding=decoding)
+    return [r.text for r in rec.recognize(wavs)]
+
+
+def test_fused_u2pp_matches_offline_mixed_lengths_and_isolates_bad_requests(u2pp_export, tmp_path):
+    """u2pp (random weights): requests of mixed lengths share dynamic batches (a long queue
+    delay forces it) and each gets the offline transcript; bad requests among them get
+    their own errors; a request carrying a batch of rows is answered row by row; the
+    synchronous mode (async_responses false) answers the same."""
+    from wenet_triton.audio.frontend import read_audio
+    from wenet_triton.serving.client import transcribe_many
+    from wenet_triton.serving.repo import build_repo
+
+    good = [(f"u{i}", read_audio(wav_path(f"test_00000{i}"))) for i in range(8)]
+    assert len({len(w) for _, w in good}) > 4  # mixed lengths
+    bad = [("short", np.zeros(1000, np.float32)), ("nan", np.full(16000, np.nan, np.float32)),
+           ("loud", np.full(16000, 3.0, np.float32))]
+    items = good[:3] + bad[:2] + good[3:6] + bad[2:] + good[6:]
+    offline = _offline(u2pp_export, [w for _, w in good])
+
+    def run(url):
+        replies = transcribe_many(url, items, concurrency=len(items))
+        return replies, _infer_batch(url, [w for _, w in good[:3]])
+
+    for mode in ("true", "false"):
+        repo = build_repo(model_dir("u2pp_conformer"), str(tmp_path / f"fused_async_{mode}"), "onnxruntime",
+                          overrides={"pipeline": "fused", "engine": {"threads": 2},
+                                     "models": {"fused": {"max_queue_delay_us": 300000,
+                                                          "async_responses": mode == "true"}}},
+                          engine_dir=u2pp_export)
+        (replies, batched), stats = _serve(repo, tmp_path, run)
+        assert stats["fused"]["avg_batch"] > 1, stats  # ragged requests were batched together
+        errors = {r.name: r.error for r in replies if r.error}
+        assert sorted(errors) == ["loud", "nan", "short"], errors
+        assert "too short" in errors["short"] and "NaN or inf" in errors["nan"]
+        assert "outside [-1, 1]" in errors["loud"]
+        assert [r.text for r in replies if not r.error] == offline
+        assert batched == offline[:3]
+
+
+def test_fused_demo_model_with_lm_matches_offline_and_the_ensemble(tmp_path):
+    """The demo model with its decoding.yaml (beam 20, n-gram LM in the search and in
+    rescoring): fused == offline Recognizer == the ensemble pipeline."""
+    from wenet_triton.audio.frontend import read_audio
+    from wenet_triton.decode.options import resolve
+    from wenet_triton.engines.artifacts import ensure_export
+    from wenet_triton.serving.client import transcribe_many
+    from wenet_triton.serving.repo import build_repo
+
+    demo = os.path.join(ROOT, "models", "demo_zh_synth")
+    dec = resolve(demo)
+    assert dec.lm
+    engine_dir = ensure_export(demo, beam_size=dec.beam_size)
+    d = shared_path("data", "synth_test")
+    names = sorted(f[:-4] for f in os.listdir(d) if f.endswith(".wav"))[:12]
+    items = [(n, read_audio(os.path.join(d, n + ".wav"))) for n in names]
+    offline = _offline(engine_dir, [w for _, w in items], dec)
+    served = {}
+    for pipeline in ("fused", "ensemble"):
+        repo = build_repo(demo, str(tmp_path / pipeline), "onnxruntime",
+                          overrides={"pipeline": pipeline, "engine": {"threads": 2},
+                                     "models": {"fused": {"max_queue_delay_us": 100000}}},
+                          engine_dir=engine_dir)
+        if pipeline == "fused":
+            p = {k: v.string_value for k, v in
+                 _parse_config(os.path.join(repo, "fused", "config.pbtxt")).parameters.items()}
+            assert p["lm_file"] and float(p["lm_weight"]) == dec.lm_weight
+            assert float(p["lm_rescore_weight"]) == dec.lm_rescore_weight
+            assert os.path.exists(os.path.join(repo, "fused", "1", p["lm_file"]))
+        replies, _ = _serve(repo, tmp_path, lambda url: transcribe_many(url, items, concurrency=6))
+        assert [r.error for r in replies] == [None] * len(items)
+        served[pipeline] = [r.text for r in replies]
+    assert served["fused"] == offline
+    assert served["ensemble"] == offline
