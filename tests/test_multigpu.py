@@ -16,7 +16,9 @@ from wenet_triton.serving import repo as repo_mod
 from wenet_triton.serving import triton_models
 from wenet_triton.serving.repo import MODELS, build_repo, parse_gpus
 
-GPU_YAML = os.path.join(ROOT, "configs", "serving_gpu.yaml")
+# the ensemble layout of the GPU settings (configs/serving_gpu.yaml itself serves `fused`)
+GPU_YAML = os.path.join(ROOT, "configs", "serving_gpu_ensemble.yaml")
+FUSED_YAML = os.path.join(ROOT, "configs", "serving_gpu.yaml")
 GPU_COUNTS = {0: None, 1: [0], 2: [0, 1], 4: [0, 1, 2, 3]}
 
 
@@ -47,7 +49,7 @@ def _render(dirs, out, engine, config=None, /, **over):
     """{model: (config.pbtxt text, parsed ModelConfig)} of one rendered repository."""
     build_repo(dirs[0], str(out), engine, config, over, engine_dir=dirs[1])
     res = {}
-    for m in MODELS:
+    for m in sorted(os.listdir(str(out))):
         path = os.path.join(str(out), m, "config.pbtxt")
         if os.path.exists(path):
             text = open(path).read()
@@ -358,3 +360,16 @@ def test_cuda_engine_runs_with_its_device_current(monkeypatch):
         with pytest.raises(Stop):
             call()
     assert entered == [torch.device("cuda", 1)] * 2
+
+
+@pytest.mark.parametrize("n", [1, 2, 4])
+def test_fused_gpu_config_spreads_the_fused_model(dirs, tmp_path, n):
+    """configs/serving_gpu.yaml (pipeline: fused): the one model that runs the engine gets its
+    instances on each listed GPU; one GPU renders as without `gpus`."""
+    gpus = list(range(n))
+    res = _render(dirs, tmp_path / "r", "torch_cuda", FUSED_YAML, gpus=gpus)
+    assert set(res) == {"fused", "attention_rescoring"}
+    count, kind, listed = _group(res["fused"][1])
+    want = repo_mod.load_serving_config(FUSED_YAML)["models"]["fused"]
+    assert count == want["instances"]
+    assert (kind, listed) == (("KIND_GPU", gpus) if n >= 2 else (want["kind"], []))

@@ -206,7 +206,9 @@ def build_repo(model_dir: str, out: str, engine: str = "onnxruntime",
         "fe_pad": "true" if engine == "tensorrt" or cfg.get("feature_pad_batch") else "false",
     }
     if _pipeline(cfg, engine) == "fused":
-        return _build_fused(model_dir, out, engine, engine_dir, cfg, decoding, beam, values)
+        # the fused model runs the engine: on each listed GPU when the engine is a GPU one
+        return _build_fused(model_dir, out, engine, engine_dir, cfg, decoding, beam, values,
+                            gpus if "encoder" in gpu_models else None)
     tdir = templates_dir()
     if os.path.exists(out):
         shutil.rmtree(out)
@@ -391,7 +393,8 @@ def _pipeline(cfg: Dict, engine: str) -> str:
 
 
 def _build_fused(model_dir: str, out: str, engine: str, engine_dir: str, cfg: Dict,
-                 decoding: Decoding, beam: int, values: Dict) -> str:
+                 decoding: Decoding, beam: int, values: Dict,
+                 gpus: Optional[List[int]] = None) -> str:
     """`pipeline: fused`: the `fused` python model (fbank, encoder, search with the LM,
     rescoring, text in one process) and `attention_rescoring` as its one-step ensemble."""
     tdir = templates_dir()
@@ -407,7 +410,7 @@ def _build_fused(model_dir: str, out: str, engine: str, engine_dir: str, cfg: Di
               "max_inflight": int(m.get("max_inflight", 2)),
               "async_responses": _flag(m.get("async_responses", True)),
               "rescore_batch": max_batch}
-    v = dict(values, dynamic_batching=_batching(m, max_batch), instance_group=_instances(m),
+    v = dict(values, dynamic_batching=_batching(m, max_batch), instance_group=_instances(m, gpus),
              fused_parameters=_pbtxt_params(params))
     for name, tmpl in (("fused", "config.pbtxt.tmpl"), ("attention_rescoring", "config.fused.pbtxt.tmpl")):
         with open(os.path.join(tdir, name, tmpl)) as f:
