@@ -16,9 +16,9 @@ from wenet_triton.serving import repo as repo_mod
 from wenet_triton.serving import triton_models
 from wenet_triton.serving.repo import MODELS, build_repo, parse_gpus
 
-# the ensemble layout of the GPU settings (configs/serving_gpu.yaml itself serves `fused`)
-GPU_YAML = os.path.join(ROOT, "configs", "serving_gpu_ensemble.yaml")
-FUSED_YAML = os.path.join(ROOT, "configs", "serving_gpu.yaml")
+# the GPU settings (the ensemble) and the experimental one-model pipeline
+GPU_YAML = os.path.join(ROOT, "configs", "serving_gpu.yaml")
+FUSED_YAML = os.path.join(ROOT, "configs", "serving_gpu_fused.yaml")
 GPU_COUNTS = {0: None, 1: [0], 2: [0, 1], 4: [0, 1, 2, 3]}
 
 
@@ -364,7 +364,7 @@ def test_cuda_engine_runs_with_its_device_current(monkeypatch):
 
 @pytest.mark.parametrize("n", [1, 2, 4])
 def test_fused_gpu_config_spreads_the_fused_model(dirs, tmp_path, n):
-    """configs/serving_gpu.yaml (pipeline: fused): the one model that runs the engine gets its
+    """configs/serving_gpu_fused.yaml (pipeline: fused): the one model that runs the engine gets its
     instances on each listed GPU; one GPU renders as without `gpus`."""
     gpus = list(range(n))
     res = _render(dirs, tmp_path / "r", "torch_cuda", FUSED_YAML, gpus=gpus)
