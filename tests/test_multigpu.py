@@ -14,7 +14,7 @@ from wenet_triton import cli
 from wenet_triton.contract import EngineSettings
 from wenet_triton.serving import repo as repo_mod
 from wenet_triton.serving import triton_models
-from wenet_triton.serving.repo import MODELS, build_repo, parse_gpus
+from wenet_triton.serving.repo import build_repo, parse_gpus
 
 # the GPU settings (the ensemble) and the experimental one-model pipeline
 GPU_YAML = os.path.join(ROOT, "configs", "serving_gpu.yaml")

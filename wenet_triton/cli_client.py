@@ -71,16 +71,23 @@ def summary(ok: int, failed: int, audio_s: float, wall: float, extra: str = "") 
     return f"# {ok} ok, {failed} failed, {audio_s:.1f} s audio, {wall:.2f} s wall{rtf}{extra}"
 
 
-def transcribe_remote(a) -> None:
+def read_inputs(wavs, rate: int, command: str):
+    """(utt id, waveform) of every readable file of `wavs` (files, dirs, globs), each bad one
+    named on stderr; -> (items, how many failed). Exits when none is readable."""
     items, bad = [], 0
-    for path in expand_inputs(a.wavs):
+    for path in expand_inputs(wavs):
         try:
-            items.append((utt_id(path), read_audio(path, a.sample_rate)))
+            items.append((utt_id(path), read_audio(path, rate)))
         except AudioError as e:
             print(f"error: {e}", file=sys.stderr)
             bad += 1
     if not items:
-        sys.exit("transcribe: no readable audio")
+        sys.exit(f"{command}: no readable audio")
+    return items, bad
+
+
+def transcribe_remote(a) -> None:
+    items, bad = read_inputs(a.wavs, a.sample_rate, "transcribe")
     if a.health:
         if len(endpoints(a.server)) != 1:
             sys.exit("--health checks one server: give one --server endpoint with it")

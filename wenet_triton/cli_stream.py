@@ -11,7 +11,7 @@ import shutil
 import sys
 import time
 
-from wenet_triton.audio.frontend import AudioError, expand_inputs, read_audio, utt_id
+from wenet_triton.cli_client import read_inputs
 from wenet_triton.serving.stream_client import latency_summary, stream_many, wait_until_ready
 
 
@@ -57,15 +57,7 @@ class _Partials:
 
 
 def cmd_stream(a) -> None:
-    items, bad = [], 0
-    for path in expand_inputs(a.wavs):
-        try:
-            items.append((utt_id(path), read_audio(path, a.sample_rate)))
-        except AudioError as e:
-            print(f"error: {e}", file=sys.stderr)
-            bad += 1
-    if not items:
-        sys.exit("stream: no readable audio")
+    items, bad = read_inputs(a.wavs, a.sample_rate, "stream")
     if a.chunk_ms <= 0:
         sys.exit("stream: --chunk-ms must be > 0")
     if a.wait:
