@@ -13,8 +13,6 @@ locust's statistics:
 - `lag`: per stream, how late its most delayed chunk went out (ms; failed when it fell
   behind real time by more than one chunk).
 """
-import glob
-import os
 import random
 import time
 
@@ -25,9 +23,8 @@ grpc_gevent.init_gevent()
 
 import gevent  # noqa: E402
 from locust import User, events, task  # noqa: E402
+from locust_common import add_wav_args, quit_now, wav_loader, well_formed  # noqa: E402
 
-from wenet_triton.audio.frontend import read_audio  # noqa: E402
-from wenet_triton.paths import SAMPLES_DIR  # noqa: E402
 from wenet_triton.serving.stream_client import MODEL, chunk_inputs, parse, split  # noqa: E402
 
 RATE = 16000
@@ -35,36 +32,15 @@ RATE = 16000
 
 @events.init_command_line_parser.add_listener
 def _args(parser):
-    parser.add_argument("--wav-dir", default=SAMPLES_DIR, help="directory of 16 kHz wavs to stream")
-    parser.add_argument("--max-wavs", type=int, default=200, help="wavs loaded per worker")
+    add_wav_args(parser, "stream")
     parser.add_argument("--chunk-ms", type=float, default=640.0, help="audio per chunk request")
 
 
 _WAVS = []
 
 
-@events.init.add_listener
-def _load(environment, **_kw):
-    opts = environment.parsed_options
-    files = sorted(glob.glob(os.path.join(opts.wav_dir, "*.wav")))[: opts.max_wavs]
-    if not files:
-        raise SystemExit(f"no wavs in {opts.wav_dir}")
-    _WAVS.extend((os.path.basename(f), read_audio(f)) for f in files)
-
-
-@events.quit.add_listener
-def _exit(exit_code, **_kw):
-    """grpc's gevent integration leaves threads that keep the interpreter alive; locust has
-    written its stats and CSVs when `quit` fires, so leave now."""
-    import sys
-
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(exit_code)
-
-
-def well_formed(text: str) -> bool:
-    return bool(text.strip()) and all(c.isprintable() or c == " " for c in text)
+events.init.add_listener(wav_loader(_WAVS))
+events.quit.add_listener(quit_now)
 
 
 class StreamUser(User):

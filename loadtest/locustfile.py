@@ -10,8 +10,6 @@ count of retried requests is printed at the end. Each user sends random wavs fro
 records every request in locust's statistics (name = utterance length bucket) and fails a
 request whose transcript is empty or not well-formed text. Runs stop by themselves after -t.
 """
-import glob
-import os
 import random
 import time
 
@@ -21,18 +19,14 @@ import grpc.experimental.gevent as grpc_gevent
 grpc_gevent.init_gevent()
 
 from locust import User, events, task  # noqa: E402
+from locust_common import add_wav_args, quit_now, wav_loader, well_formed  # noqa: E402
 
-from wenet_triton.audio.frontend import read_audio  # noqa: E402
-from wenet_triton.paths import SAMPLES_DIR  # noqa: E402
 from wenet_triton.serving.client import MODEL, RetryingClient, RetryPolicy  # noqa: E402
-
-DEFAULT_WAVS = SAMPLES_DIR
 
 
 @events.init_command_line_parser.add_listener
 def _args(parser):
-    parser.add_argument("--wav-dir", default=DEFAULT_WAVS, help="directory of 16 kHz wavs to send")
-    parser.add_argument("--max-wavs", type=int, default=200, help="wavs loaded per worker")
+    add_wav_args(parser, "send")
     parser.add_argument("--retries", type=int, default=50, help="retries of an UNAVAILABLE request")
     parser.add_argument("--request-timeout", type=float, default=120, help="deadline per request (s)")
 
@@ -41,29 +35,8 @@ _WAVS = []
 RETRIED = [0]
 
 
-@events.init.add_listener
-def _load(environment, **_kw):
-    opts = environment.parsed_options
-    files = sorted(glob.glob(os.path.join(opts.wav_dir, "*.wav")))[: opts.max_wavs]
-    if not files:
-        raise SystemExit(f"no wavs in {opts.wav_dir}")
-    _WAVS.extend((os.path.basename(f), read_audio(f)) for f in files)
-
-
-@events.quit.add_listener
-def _exit(exit_code, **_kw):
-    """grpc's gevent integration leaves threads that keep the interpreter alive; locust has
-    written its stats and CSVs when `quit` fires, so leave now."""
-    import sys
-
-    print(f"# requests retried: {RETRIED[0]}", file=sys.stderr)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(exit_code)
-
-
-def well_formed(text: str) -> bool:
-    return bool(text.strip()) and all(c.isprintable() or c == " " for c in text)
+events.init.add_listener(wav_loader(_WAVS))
+events.quit.add_listener(quit_now)
 
 
 class TritonASRUser(User):
