@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from wenet_triton import cli_client, cli_serving, cli_stream
 from wenet_triton.audio.frontend import AudioError, check_waveform, expand_inputs, min_samples, read_audio, utt_id
+from wenet_triton.contract import ENGINES
 from wenet_triton.decode.cer import cer_files, cer_report, cer_summary
 from wenet_triton.decode.lm import LMError, estimate, text_to_ids
 from wenet_triton.decode.options import from_args
@@ -219,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_arg(t)
     cli_client.add_server_args(t)
     t.add_argument("wavs", nargs="+", help="wav/flac files, directories or globs")
-    t.add_argument("--engine", default="onnxruntime", choices=["onnxruntime", "torch", "torch_cuda"],
+    t.add_argument("--engine", default="onnxruntime", choices=ENGINES,
                    help="torch_cuda: fp16 GPU engine with fused kernels and CUDA graphs")
     t.add_argument("--engine-dir", help="use this export instead of the cached one")
     t.add_argument("--device", default="cpu", help="torch engine device (cpu, cuda)")

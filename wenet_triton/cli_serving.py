@@ -8,6 +8,7 @@ import signal
 import sys
 
 from wenet_triton.bench import run
+from wenet_triton.contract import REPO_ENGINES
 from wenet_triton.decode.options import from_args
 from wenet_triton.engines.export import export_onnx
 from wenet_triton.engines.kernels import build
@@ -23,7 +24,7 @@ log = logging.getLogger("wenet_triton")
 def _repo_args(p, model_arg, weights_args):
     model_arg(p)
     p.add_argument("--engine", default="onnxruntime",
-                   choices=["onnxruntime", "torch", "torch_cuda", "tensorrt"],
+                   choices=REPO_ENGINES,
                    help="engine inside the encoder/decoder models (torch_cuda: GPU, fp16, fused "
                    "kernels, run `wenet-triton build-plugins` first; tensorrt: plans from "
                    "`wenet-triton build --engine tensorrt`, give --engine-dir)")
