@@ -10,6 +10,8 @@ import time
 import urllib.error
 import urllib.request
 
+import numpy as np
+import tritonclient.grpc as tritonclient
 from conftest import ROOT
 
 from wenet_triton.serving import procs
@@ -91,3 +93,17 @@ class ServedProcess:
                 self.proc.kill()
                 self.proc.wait(10)
         self.log.close()
+
+
+def infer_batch(url, wavs):
+    """One request carrying several utterances (WAV [B, N] zero-padded, WAV_LENS [B, 1])."""
+    wav = np.zeros((len(wavs), max(len(w) for w in wavs)), np.float32)
+    for i, w in enumerate(wavs):
+        wav[i, :len(w)] = w
+    client = tritonclient.InferenceServerClient(url)
+    a = tritonclient.InferInput("WAV", list(wav.shape), "FP32")
+    a.set_data_from_numpy(wav)
+    b = tritonclient.InferInput("WAV_LENS", [len(wavs), 1], "INT32")
+    b.set_data_from_numpy(np.array([[len(w)] for w in wavs], np.int32))
+    res = client.infer("attention_rescoring", [a, b])
+    return [t[0].decode("utf-8") for t in res.as_numpy("TRANSCRIPTS")]

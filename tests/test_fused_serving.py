@@ -8,6 +8,7 @@ import time
 import numpy as np
 import pytest
 from conftest import ROOT, model_dir, shared_path, wav_path
+from served import infer_batch, processes_with
 
 pytestmark = pytest.mark.server
 tritonclient = pytest.importorskip("tritonclient.grpc")
@@ -19,27 +20,6 @@ def _parse_config(path):
 
     with open(path) as f:
         return text_format.Parse(f.read(), model_config_pb2.ModelConfig())
-
-
-def _our_processes(tag):
-    import subprocess
-
-    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if tag in line and "ps -eo" not in line]
-
-
-def _infer_batch(url, wavs):
-    """One request carrying several utterances (WAV [B, N] zero-padded, WAV_LENS [B, 1])."""
-    wav = np.zeros((len(wavs), max(len(w) for w in wavs)), np.float32)
-    for i, w in enumerate(wavs):
-        wav[i, :len(w)] = w
-    client = tritonclient.InferenceServerClient(url)
-    a = tritonclient.InferInput("WAV", list(wav.shape), "FP32")
-    a.set_data_from_numpy(wav)
-    b = tritonclient.InferInput("WAV_LENS", [len(wavs), 1], "INT32")
-    b.set_data_from_numpy(np.array([[len(w)] for w in wavs], np.int32))
-    res = client.infer("attention_rescoring", [a, b])
-    return [t[0].decode("utf-8") for t in res.as_numpy("TRANSCRIPTS")]
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +43,7 @@ def _serve(repo, tmp_path, fn):
         res = fn(s.grpc_url)
         stats = summarize(delta(before, scrape(f"127.0.0.1:{metrics_port}")))
     time.sleep(0.5)
-    assert not _our_processes(repo), "tritonserver or stubs left behind"
+    assert not processes_with(repo), "tritonserver or stubs left behind"
     return res, stats
 
 
@@ -124,7 +104,7 @@ def test_fused_u2pp_matches_offline_mixed_lengths_and_isolates_bad_requests(u2pp
 
     def run(url):
         replies = transcribe_many(url, items, concurrency=len(items))
-        return replies, _infer_batch(url, [w for _, w in good[:3]])
+        return replies, infer_batch(url, [w for _, w in good[:3]])
 
     for mode in ("true", "false"):
         repo = build_repo(model_dir("u2pp_conformer"), str(tmp_path / f"fused_async_{mode}"), "onnxruntime",

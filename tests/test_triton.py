@@ -8,6 +8,7 @@ import time
 import numpy as np
 import pytest
 from conftest import ROOT, model_dir, shared_path, wav_path
+from served import infer_batch
 
 pytestmark = pytest.mark.server
 tritonclient = pytest.importorskip("tritonclient.grpc")
@@ -98,20 +99,6 @@ def test_bad_input_gets_clear_error_and_server_keeps_serving(server, wav, lens, 
     assert len(transcribe_one(server.grpc_url, good)) > 0
 
 
-def _infer_batch(url, wavs):
-    """One request carrying several utterances (WAV [B, N] zero-padded, WAV_LENS [B, 1])."""
-    wav = np.zeros((len(wavs), max(len(w) for w in wavs)), np.float32)
-    for i, w in enumerate(wavs):
-        wav[i, :len(w)] = w
-    client = tritonclient.InferenceServerClient(url)
-    a = tritonclient.InferInput("WAV", list(wav.shape), "FP32")
-    a.set_data_from_numpy(wav)
-    b = tritonclient.InferInput("WAV_LENS", [len(wavs), 1], "INT32")
-    b.set_data_from_numpy(np.array([[len(w)] for w in wavs], np.int32))
-    res = client.infer("attention_rescoring", [a, b])
-    return [t[0].decode("utf-8") for t in res.as_numpy("TRANSCRIPTS")]
-
-
 def test_one_request_may_carry_a_batch_of_utterances(server):
     """What perf_analyzer -b N sends: rows of one request come back in order, each as if
     sent alone; a bad row fails the request with an error naming the row."""
@@ -121,9 +108,9 @@ def test_one_request_may_carry_a_batch_of_utterances(server):
     from wenet_triton.serving.client import transcribe_one
 
     wavs = [read_audio(wav_path(f"test_00000{i}")) for i in (1, 4, 2)]
-    assert _infer_batch(server.grpc_url, wavs) == [transcribe_one(server.grpc_url, w) for w in wavs]
+    assert infer_batch(server.grpc_url, wavs) == [transcribe_one(server.grpc_url, w) for w in wavs]
     with pytest.raises(InferenceServerException, match=r"WAV \(row 1\): waveform contains NaN or inf"):
-        _infer_batch(server.grpc_url, [wavs[0], np.full(16000, np.nan, np.float32)])
+        infer_batch(server.grpc_url, [wavs[0], np.full(16000, np.nan, np.float32)])
 
 
 def test_bad_request_does_not_spoil_its_batch(server):
@@ -249,7 +236,7 @@ def test_fbank_inside_the_encoder_gives_the_same_transcripts(exports, tmp_path):
         before = scrape(f"127.0.0.1:{metrics_port}")
         replies = transcribe_many(s.grpc_url, good[:4] + bad + good[4:], concurrency=10)
         stats = summarize(delta(before, scrape(f"127.0.0.1:{metrics_port}")))
-        batched = _infer_batch(s.grpc_url, [w for _, w in good[:3]])
+        batched = infer_batch(s.grpc_url, [w for _, w in good[:3]])
     assert stats["encoder"]["avg_batch"] > 1
     errors = {r.name: r.error for r in replies if r.error}
     assert sorted(errors) == ["nan", "short"]
