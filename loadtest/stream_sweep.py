@@ -14,22 +14,15 @@ at which streams fell behind (--keep-going to go on) or once a round took longer
         --streams 1,4,8,16,32 --seconds 8 --duration 30 --chunk-ms 640 --out stream_sweep_out/
 """
 import argparse
-import csv
 import glob
 import os
 import random
 import sys
 import time
 
-import numpy as np
-
+from loadtest.sweep import fixed_length, write_csv
 from wenet_triton.audio.frontend import read_audio
 from wenet_triton.serving.stream_client import MODEL, latency_summary, stream_many, wait_until_ready
-
-
-def fixed_length(wavs, seconds, rate=16000):
-    n = int(seconds * rate)
-    return [np.resize(w, n).astype(np.float32) for w in wavs]  # tiles short wavs, crops long
 
 
 def model_stats(url):
@@ -93,13 +86,6 @@ def run(a):
     write_csv(rows, os.path.join(a.out, "stream_sweep.csv"))
     plot(rows, os.path.join(a.out, "stream_sweep.png"))
     return rows
-
-
-def write_csv(rows, path):
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
 
 
 def plot(rows, path):

@@ -225,8 +225,8 @@ def transcribe_many(url: Urls, items: Sequence[Tuple[str, np.ndarray]], concurre
     return asyncio.run(_run(url, items, concurrency, sample_rate, on_reply, timeout, retry))
 
 
-def wait_until_ready(url: Urls, timeout: float = 120.0) -> None:
-    """Wait until every endpoint in `url` is ready with the model."""
+def wait_until_ready(url: Urls, timeout: float = 120.0, model: str = MODEL) -> None:
+    """Wait until every endpoint in `url` is ready with `model` (TimeoutError if not)."""
     import tritonclient.grpc as grpcclient
 
     deadline = time.time() + timeout
@@ -234,11 +234,11 @@ def wait_until_ready(url: Urls, timeout: float = 120.0) -> None:
         client = grpcclient.InferenceServerClient(u, channel_args=channel_args(u))
         while True:
             try:
-                if client.is_server_ready() and client.is_model_ready(MODEL):
+                if client.is_server_ready() and client.is_model_ready(model):
                     break
             except Exception:  # noqa: BLE001 - not up yet
                 pass
             if time.time() > deadline:
-                raise TimeoutError(f"Triton at {u} not ready with model {MODEL} after {timeout:.0f} s")
+                raise TimeoutError(f"Triton at {u} not ready with model {model} after {timeout:.0f} s")
             time.sleep(0.5)
         client.close()

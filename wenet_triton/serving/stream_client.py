@@ -21,6 +21,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from wenet_triton.serving import client as request_client
+
 MODEL = "streaming"
 Sizes = Union[int, Sequence[int]]
 
@@ -208,16 +210,4 @@ def latency_summary(replies: Sequence[StreamReply]) -> Dict[str, float]:
 
 def wait_until_ready(url: str, timeout: float = 120.0) -> None:
     """Wait until the server at url has the `streaming` model ready (TimeoutError if not)."""
-    import tritonclient.grpc as grpcclient
-
-    client = grpcclient.InferenceServerClient(url)
-    deadline = time.time() + timeout
-    while True:
-        try:
-            if client.is_server_ready() and client.is_model_ready(MODEL):
-                return
-        except Exception:  # noqa: BLE001 - not up yet
-            pass
-        if time.time() > deadline:
-            raise TimeoutError(f"Triton at {url} not ready with model {MODEL} after {timeout:.0f} s")
-        time.sleep(0.5)
+    request_client.wait_until_ready(url, timeout, model=MODEL)
