@@ -6,6 +6,7 @@ cache (chunk 8, 4 left chunks: the config of WeNet's reference, where offline = 
 One server is shared by the module; tests run in file order and each ends with no live
 stream (LIVE_STREAMS back to 0). Figures are printed with -s.
 """
+import contextlib
 import json
 import logging
 import os
@@ -73,14 +74,14 @@ def _our_processes(tag):
     return [line for line in out.splitlines() if tag in line and "ps -eo" not in line]
 
 
-@pytest.fixture(scope="module")
-def served(repo, tmp_path_factory):
-    """`wenet-triton serve --repo` (the guard in front): -> its public gRPC url."""
+@contextlib.contextmanager
+def serving(repo, tmp):
+    """`wenet-triton serve --repo` (the guard in front) -> its public gRPC url; on exit the
+    server is stopped and no process or /dev/shm region of it is left."""
     from wenet_triton.serving import procs
     from wenet_triton.serving.server import free_port
     from wenet_triton.serving.stream_client import wait_until_ready
 
-    tmp = str(tmp_path_factory.mktemp("ss_serve"))
     port = free_port()
     log_path = os.path.join(tmp, "serve.log")
     log = open(log_path, "w")
@@ -102,7 +103,7 @@ def served(repo, tmp_path_factory):
                 break
             except Exception:  # noqa: BLE001 - not up yet
                 assert time.time() < deadline, open(log_path).read()[-3000:]
-        FIGURES["serve start to ready (s)"] = round(time.time() - t0, 1)
+        FIGURES[f"serve start to ready (s), {os.path.basename(tmp)}"] = round(time.time() - t0, 1)
         for pid in procs.children(proc.pid):
             regions |= procs.server_regions(pid)
         yield url
@@ -121,8 +122,15 @@ def served(repo, tmp_path_factory):
         assert not left, f"/dev/shm regions left: {left}"
         with open(log_path) as f:
             text = f.read()
-        FIGURES["model log"] = [ln for ln in text.splitlines() if "[streaming]" in ln][-4:]
-        print("\nstream serving figures:", json.dumps(FIGURES, indent=1, ensure_ascii=False))
+        FIGURES[f"model log, {os.path.basename(tmp)}"] = [
+            ln for ln in text.splitlines() if "[streaming]" in ln][-4:]
+
+
+@pytest.fixture(scope="module")
+def served(repo, tmp_path_factory):
+    with serving(repo, str(tmp_path_factory.mktemp("ss_serve"))) as url:
+        yield url
+    print("\nstream serving figures:", json.dumps(FIGURES, indent=1, ensure_ascii=False))
 
 
 @pytest.fixture(scope="module")
@@ -500,6 +508,47 @@ def test_load_tools_run_without_failures(served, tmp_path):
     assert int(rows["chunk"]["Request Count"]) > 0, res.stderr[-2000:]
     assert int(rows["Aggregated"]["Failure Count"]) == 0, res.stderr[-2000:]
     assert live_streams(served) <= 2  # locust stops users mid-stream: their state idles out
+
+
+def test_torch_chunk_engine_with_local_rescoring(wavs, tmp_path):
+    """engine torch (the PyTorch chunk encoder in the instance) with `streaming.rescore: local`
+    (the decoder in the instance, no BLS call) and its own streaming batch size: the served
+    finals equal the offline chunk-by-chunk recognizer on the same PyTorch model."""
+    from wenet_triton.contract import EngineSettings
+    from wenet_triton.engines.export import export_onnx
+    from wenet_triton.engines.torch_engine import TorchEngine
+    from wenet_triton.model.checkpoint import load_model_dir
+    from wenet_triton.model.conformer import ASRModel
+    from wenet_triton.serving.repo import build_repo
+    from wenet_triton.serving.stream_client import stream_many
+    from wenet_triton.streaming import streaming_recognizer
+
+    dec, _ = reference("u2pp_conformer")
+    d = str(tmp_path / "export")
+    export_onnx(model_dir("u2pp_conformer"), d, beam_size=dec["beam_size"],
+                ctc_weight=dec["ctc_weight"], reverse_weight=dec["reverse_weight"], verify=False)
+    out = str(tmp_path / "repo")
+    build_repo(model_dir("u2pp_conformer"), out, "torch",
+               overrides={"max_audio_seconds": 30, "engine": {"threads": 1},
+                          "models": {"streaming": {"max_queue_delay_us": 5000}},
+                          "streaming": dict(STREAM_CFG, rescore="local", max_batch_size=4)},
+               engine_dir=d)
+    cfg = open(os.path.join(out, "streaming", "config.pbtxt")).read()
+    assert "max_batch_size: 4\n" in cfg and '"rescore" value: { string_value: "local" }' in cfg
+    with open(os.path.join(out, "serving.json")) as f:
+        st = json.load(f)["streaming"]
+    assert (st["engine"], st["rescore"], st["max_batch_size"]) == ("torch", "local", 4)
+    model = ASRModel.from_spec(load_model_dir(model_dir("u2pp_conformer")))
+    eng = TorchEngine(model, EngineSettings.load(d))
+    rec = streaming_recognizer(eng, d, model_dir("u2pp_conformer"), "torch", CHUNK, LEFT)
+    items = wavs[:4]
+    want = {n: r.text for (n, _), r in zip(items, rec.recognize([w for _, w in items]))}
+    (tmp_path / "serve").mkdir()
+    with serving(out, str(tmp_path / "serve")) as url:
+        replies = stream_many(url, items, concurrency=4, sizes=[10240, 4801, 16000, 3203])
+        assert [r.error for r in replies] == [None] * 4
+        assert {r.name: r.text for r in replies} == want
+        assert live_streams(url) == 0
 
 
 def test_model_that_cannot_stream_is_served_without_the_streaming_model(tmp_path, caplog):

@@ -276,7 +276,9 @@ def streaming_config(cfg: Dict) -> Dict:
     out = {"enabled": str(st["enabled"]).lower(), "chunk_size": int(st.get("chunk_size", 16)),
            "left_chunks": int(st.get("left_chunks", 4)), "max_streams": int(st.get("max_streams", 64)),
            "idle_seconds": float(st.get("idle_seconds", 30)),
-           "max_chunk_seconds": float(st.get("max_chunk_seconds", 2))}
+           "max_chunk_seconds": float(st.get("max_chunk_seconds", 2)),
+           "max_batch_size": int(st.get("max_batch_size", 0)),
+           "rescore": str(st.get("rescore", "auto")).lower()}
     if out["enabled"] not in ("auto", "true", "false"):
         raise ValueError(f"streaming.enabled {st['enabled']!r}: use auto, true or false")
     if out["chunk_size"] <= 0:
@@ -287,6 +289,12 @@ def streaming_config(cfg: Dict) -> Dict:
     for k in ("max_streams", "idle_seconds", "max_chunk_seconds"):
         if out[k] <= 0:
             raise ValueError(f"streaming.{k} must be > 0, got {out[k]}")
+    if out["max_batch_size"] < 0:
+        raise ValueError(f"streaming.max_batch_size must be >= 0 (0: the serving max_batch_size), "
+                         f"got {out['max_batch_size']}")
+    if out["rescore"] not in ("auto", "local", "bls"):
+        raise ValueError(f"streaming.rescore {st['rescore']!r}: use auto, local (the decoder in the "
+                         "streaming instance) or bls (a call to the `decoder` model)")
     return out
 
 
@@ -315,11 +323,15 @@ def _render_streaming(model_dir: str, out: str, engine: str, engine_dir: str, cf
         chunk_engine = "torch"
         device = "cuda" if engine in ("torch_cuda", "tensorrt") else e.get("device", "cpu")
     m = cfg.get("models", {}).get(STREAMING_MODEL, {})
-    max_batch = int(values["max_batch_size"])
+    max_batch = st["max_batch_size"] or int(values["max_batch_size"])
+    # the final transcript's attention rescoring: in the instance on a GPU (no BLS hop on the
+    # chunk path), else a BLS call to the shared `decoder` model
+    rescore = st["rescore"] if st["rescore"] != "auto" else ("local" if device.startswith("cuda") else "bls")
     sizes = [x for x in m.get("preferred_batch_sizes", []) if x <= max_batch]
     v = dict(values, **{k: st[k] for k in ("chunk_size", "left_chunks", "max_streams",
                                            "idle_seconds", "max_chunk_seconds")})
     v.update(
+        max_batch_size=max_batch, decoder_max_batch=int(values["max_batch_size"]),
         idle_us=int(st["idle_seconds"] * 1e6),
         # Triton queues sequences beyond its candidates; the model refuses beyond max_streams,
         # so give Triton room for the refused ones (they hold a slot until END or idle timeout)
@@ -328,7 +340,8 @@ def _render_streaming(model_dir: str, out: str, engine: str, engine_dir: str, cf
         queue_delay_us=int(m.get("max_queue_delay_us", 2000)),
         instance_group=_instances(m),
         engine_parameters=_pbtxt_params({"engine": chunk_engine, "device": device,
-                                         "threads": str(e.get("threads", 0))}))
+                                         "threads": str(e.get("threads", 0)), "rescore": rescore,
+                                         "dtype": str(e.get("dtype") or "float16")}))
     with open(os.path.join(templates_dir(), STREAMING_MODEL, "config.pbtxt.tmpl")) as f:
         text = Template(f.read()).substitute(v)
     vdir = os.path.join(out, STREAMING_MODEL, "1")
@@ -347,12 +360,13 @@ def _render_streaming(model_dir: str, out: str, engine: str, engine_dir: str, cf
         _link(onnx_path, os.path.join(vdir, STREAMING_ONNX_NAME))
         shutil.copyfile(os.path.join(os.path.dirname(onnx_path), STREAMING_CONFIG_NAME),
                         os.path.join(vdir, STREAMING_CONFIG_NAME))
-    else:
+    if chunk_engine != "onnxruntime" or rescore == "local":
         _ship_checkpoint(model_dir, os.path.join(vdir, "model"))
     log.info("`%s` model: chunk %d encoder frames, %d left chunks, %s chunk encoder on %s, "
-             "up to %d streams", STREAMING_MODEL, st["chunk_size"], st["left_chunks"],
-             chunk_engine, device, st["max_streams"])
-    return dict(st, engine=chunk_engine, device=device)
+             "up to %d streams, batches of up to %d chunks, %s rescoring", STREAMING_MODEL,
+             st["chunk_size"], st["left_chunks"], chunk_engine, device, st["max_streams"], max_batch,
+             rescore)
+    return dict(st, engine=chunk_engine, device=device, rescore=rescore, max_batch_size=max_batch)
 
 
 def _flag(value) -> str:

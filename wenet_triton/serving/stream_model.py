@@ -127,9 +127,7 @@ class Streaming:
             decoding.length_bonus = float(p.get("length_bonus", "0"))
         self.decoder = StreamDecoder(self._runner(args, p, vdir), self.vocab, self.settings,
                                      self.settings.fbank, decoding, lm)
-        self.rescorer = _BlsRescorer(p.get("decoder_model", "decoder"),
-                                     int(p.get("decoder_max_batch_size", "16")),
-                                     self.settings.decoder_has_reverse_input)
+        self.rescorer = self._rescorer(args, p, vdir)
         self.streams: Dict[int, LiveStream] = {}
         self.counts = {"opened": 0, "ended": 0, "expired": 0, "refused": 0, "dropped": 0}
         self.lock = threading.Lock()
@@ -145,14 +143,34 @@ class Streaming:
         if p.get("engine", "onnxruntime") == "onnxruntime":
             return ChunkRunner(OnnxChunkBackend(os.path.join(vdir, STREAMING_ONNX_NAME),
                                                 threads=int(p.get("threads", "0"))))
-        device = "cpu"
-        if p.get("device", "cpu").startswith("cuda") or args.get("model_instance_kind") == "GPU":
-            device = f"cuda:{args.get('model_instance_device_id', '0')}"
-        elif int(p.get("threads", "0")):
+        device = self._device(args, p)
+        if device == "cpu" and int(p.get("threads", "0")):
             torch.set_num_threads(int(p["threads"]))
         model = ASRModel.from_spec(load_model_dir(os.path.join(vdir, "model")))
         return ChunkRunner(TorchChunkBackend(
             model, streaming_settings(model, chunk, left, self.settings.beam_size), device))
+
+    def _rescorer(self, args, p, vdir):
+        """Attention rescoring of final transcripts: `local` = the decoder in this instance
+        (the GPU engine on a GPU, no BLS hop on the chunk path), else a BLS call to the shared
+        `decoder` model."""
+        if p.get("rescore", "bls") != "local":
+            return _BlsRescorer(p.get("decoder_model", "decoder"),
+                                int(p.get("decoder_max_batch_size", "16")),
+                                self.settings.decoder_has_reverse_input)
+        from wenet_triton.engines.cuda import CudaEngine
+        from wenet_triton.engines.torch_engine import TorchEngine
+        model = ASRModel.from_spec(load_model_dir(os.path.join(vdir, "model")))
+        device = self._device(args, p)
+        if device.startswith("cuda"):
+            return CudaEngine(model, self.settings, device, p.get("dtype") or "float16")
+        return TorchEngine(model, self.settings, "cpu", None)
+
+    @staticmethod
+    def _device(args, p) -> str:
+        if p.get("device", "cpu").startswith("cuda") or args.get("model_instance_kind") == "GPU":
+            return f"cuda:{args.get('model_instance_device_id', '0')}"
+        return "cpu"
 
     # -- state ------------------------------------------------------------------------------
     def _sweep(self):
