@@ -36,6 +36,35 @@ def model_stats(url):
     return int(m.get("inference_count", 0)), int(m.get("execution_count", 0)), compute
 
 
+def _stream_part(server, items, concurrency, chunk, delays, timeout):
+    random.seed()  # sequence ids are random: each process its own
+    return stream_many(server, items, concurrency, chunk, realtime=True, start_delays=delays,
+                       timeout=timeout)
+
+
+def _stream_in_procs(a, items, n, chunk, delays):
+    """The microphones split over --procs client processes (one asyncio loop each: one
+    Python process cannot send thousands of real-time chunks a second); replies in order."""
+    procs = max(1, min(a.procs, n))
+    if procs == 1:
+        return stream_many(a.server, items, n, chunk, realtime=True, start_delays=delays,
+                           timeout=a.timeout)
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # microphone i streams items i, i + n, i + 2n, ...: give each process whole microphones
+    parts = [[k for k in range(len(items)) if k % n % procs == p] for p in range(procs)]
+    with ProcessPoolExecutor(procs, mp_context=multiprocessing.get_context("spawn")) as ex:
+        futs = [ex.submit(_stream_part, a.server, [items[k] for k in ks],
+                          len({k % n for k in ks}), chunk, [delays[k] for k in ks], a.timeout)
+                for ks in parts]
+        out = [None] * len(items)
+        for ks, f in zip(parts, futs):
+            for k, r in zip(ks, f.result()):
+                out[k] = r
+    return out
+
+
 def run(a):
     files = sorted(glob.glob(os.path.join(a.wav_dir, "*.wav")))[: a.max_wavs]
     if not files:
@@ -53,8 +82,7 @@ def run(a):
         delays = [rng.uniform(0, a.seconds) if i < n else 0.0 for i in range(n * per)]
         before = model_stats(a.server)
         t0 = time.perf_counter()
-        replies = stream_many(a.server, items, n, chunk, realtime=True, start_delays=delays,
-                              timeout=a.timeout)
+        replies = _stream_in_procs(a, items, n, chunk, delays)
         wall = time.perf_counter() - t0
         after = model_stats(a.server)
         req, batches, ns = (y - x for x, y in zip(before, after))
@@ -134,6 +162,8 @@ def main(argv=None):
     p.add_argument("--keep-going", action="store_true", help="go on after streams fell behind")
     p.add_argument("--max-seconds", type=float, default=120, help="stop once a round took longer")
     p.add_argument("--timeout", type=float, default=60)
+    p.add_argument("--procs", type=int, default=1,
+                   help="client processes sharing the microphones (thousands of streams need several)")
     p.add_argument("--wait", type=float, default=300)
     p.add_argument("--out", default="stream_sweep_out")
     run(p.parse_args(argv))

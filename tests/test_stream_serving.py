@@ -478,7 +478,8 @@ def test_ensemble_beside_streaming_unchanged(served, wavs, repo, export_dir, tmp
 
 
 def test_load_tools_run_without_failures(served, tmp_path):
-    """loadtest/stream_sweep.py (2 rounds of real-time streams: CSV + plot) and a short
+    """loadtest/stream_sweep.py (2 rounds of real-time streams, the second from 2 client
+    processes: CSV + plot) and a short
     headless locust run of loadtest/locust_streams.py: no failed or empty stream."""
     import csv
     import importlib.util
@@ -487,7 +488,7 @@ def test_load_tools_run_without_failures(served, tmp_path):
     out = tmp_path / "sweep"
     res = subprocess.run([sys.executable, "-m", "loadtest.stream_sweep", "--server", served,
                           "--wav-dir", d, "--streams", "1,3", "--seconds", "2", "--duration", "2",
-                          "--out", str(out)],
+                          "--procs", "2", "--out", str(out)],
                          capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
     rows = list(csv.DictReader(open(out / "stream_sweep.csv")))
