@@ -7,6 +7,7 @@
 #   scripts/gpu/serve.sh [all]             # start accuracy sweep pa locust stop
 #   scripts/gpu/serve.sh start sweep       # any steps, in order; the server stays up
 #   scripts/gpu/serve.sh pa locust stop    #   between invocations until `stop`
+#   SERVING_CONFIG=configs/serving_gpu_streams.yaml scripts/gpu/serve.sh start streams stop
 #
 # Needs: this package installed (pip install ".[server,loadtest]" or NVIDIA's Triton image:
 # set WENET_TRITON_SERVER_DIR or TRITONSERVER if tritonserver is elsewhere), nvcc for the
@@ -16,7 +17,8 @@
 # (scratch: repo, pid file, logs; default /tmp/wenet_triton_gpu), GRPC_PORT (8001; metrics
 # on GRPC_PORT+1, health on +2), GPUS (build-repo --gpus: e.g. 0,1 or all; docs/multigpu.md),
 # SERVE_ARGS (more `serve` flags, e.g. --no-guard), SERVING_CONFIG, SECONDS_LIST, CONC, PA_SECONDS ("2 5 10 20"), PA_CONC,
-# PA_BATCHES, LOCUST_USERS, LOCUST_TIME, LOCUST_WORKERS.
+# PA_BATCHES, LOCUST_USERS, LOCUST_TIME, LOCUST_WORKERS; for `streams`: STREAMS (list),
+# STREAM_CHUNK_MS ("640 320"), STREAM_DURATION, STREAM_PROCS (client processes), STREAM_TIMEOUT.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -117,6 +119,16 @@ for r in csv.DictReader(open(f"{sys.argv[1]}/locust_stats.csv")):
 PY
 }
 
+streams() {  # real-time streams against the `streaming` model (configs/serving_gpu_streams.yaml)
+  local ms
+  for ms in ${STREAM_CHUNK_MS:-640 320}; do
+    (cd "$root" && timeout "${STREAM_TIMEOUT:-400}" python3 -m loadtest.stream_sweep --server "$GRPC" \
+      --wav-dir "$WAV_DIR" --streams "${STREAMS:-256,1024,2048,3072,4096}" --seconds 8 \
+      --duration "${STREAM_DURATION:-16}" --chunk-ms "$ms" --procs "${STREAM_PROCS:-6}" \
+      --max-seconds 90 --out "$OUT/streams_${ms}ms") | tee "$OUT/streams_${ms}ms.log"
+  done
+}
+
 stop() {  # the server we started (its pid file), and everything in its process group
   if [ -f "$PIDFILE" ]; then
     local pid; pid=$(cat "$PIDFILE")
@@ -132,8 +144,8 @@ stop() {  # the server we started (its pid file), and everything in its process 
 steps=("$@"); [ ${#steps[@]} -eq 0 ] || [ "${steps[0]}" = all ] && steps=(start accuracy sweep pa locust stop)
 for s in "${steps[@]}"; do
   case $s in
-    start|accuracy|sweep|pa|stop) $s ;;
+    start|accuracy|sweep|pa|streams|stop) $s ;;
     locust) locust_run ;;
-    *) echo "unknown step $s (start accuracy sweep pa locust stop all)"; exit 2 ;;
+    *) echo "unknown step $s (start accuracy sweep pa streams locust stop all)"; exit 2 ;;
   esac
 done
