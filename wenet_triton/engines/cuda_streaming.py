@@ -272,6 +272,19 @@ class CudaChunkBackend:
                         host[i, :t, D + k:].astype(np.int64)))
         return res
 
+    def warmup(self, max_batch: int) -> None:
+        """Run one step at every batch bucket up to max_batch (captures their CUDA graphs
+        now rather than at the first live step of that size); the pools end up with at least
+        max_batch slots. Leaves no stream behind."""
+        feats = np.zeros((self.window, self.settings["feat_size"]), np.float32)
+        for b in self.BATCH_BUCKETS:
+            if b > self._bucket(max(1, max_batch)):
+                break
+            states = [self.initial_state() for _ in range(b)]
+            self.step([feats] * b, states)
+            for st in states:
+                st.release()
+
     def _out_frames(self, frames: int) -> int:
         """Valid encoder frames of a window of `frames` frames (the subsampled mask's sum)."""
         for k, s in self.fm.layout:

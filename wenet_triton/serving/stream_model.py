@@ -35,6 +35,8 @@ from wenet_triton.decode.vocab import Vocab
 from wenet_triton.engines.streaming import (
     STREAMING_ONNX_NAME,
     ChunkRunner,
+    CudaChunkBackend,
+    DeviceChunkRunner,
     OnnxChunkBackend,
     TorchChunkBackend,
 )
@@ -151,8 +153,14 @@ class Streaming:
         elif int(p.get("threads", "0")):
             torch.set_num_threads(int(p["threads"]))
         model = ASRModel.from_spec(load_model_dir(os.path.join(vdir, "model")))
-        return ChunkRunner(TorchChunkBackend(
-            model, streaming_settings(model, chunk, left, self.settings.beam_size), device))
+        settings = streaming_settings(model, chunk, left, self.settings.beam_size)
+        if p.get("engine") == "torch_cuda":  # GPU engine, the streams' caches on the device
+            backend = CudaChunkBackend(model, settings, device, p.get("dtype") or None,
+                                       slots=min(self.max_streams, 64))
+            # one CUDA graph per batch bucket up to the model's max batch (= decoder_max_batch_size)
+            backend.warmup(int(p.get("decoder_max_batch_size", "16")))
+            return DeviceChunkRunner(backend)
+        return ChunkRunner(TorchChunkBackend(model, settings, device))
 
     # -- state ------------------------------------------------------------------------------
     def _sweep(self):
