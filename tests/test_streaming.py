@@ -37,7 +37,7 @@ from wenet_triton.model.checkpoint import CheckpointError, load_model_dir
 from wenet_triton.model.conformer import ASRModel
 from wenet_triton.model.streaming import streaming_settings
 from wenet_triton.pipeline import Recognizer
-from wenet_triton.streaming import StreamingRecognizer, feature_windows
+from wenet_triton.streaming import StreamDecoder, StreamingRecognizer, feature_windows
 
 CONFIGS = ["chunk16_left-1", "chunk8_left4", "chunk4_left-1"]
 NAME = "u2pp_conformer"
@@ -584,3 +584,44 @@ def test_streaming_model_runs_the_torch_cuda_chunk_encoder_on_gpu_hosts(tmp_path
     assert isinstance(runner, DeviceChunkRunner)
     assert runner.settings["decoding_chunk_size"] == 8 and runner.settings["required_cache_size"] == 32
     assert runner.backend.live_slots == 0 and runner.backend.capacity >= 5  # warmed up to batch 4
+
+
+def test_stream_decoder_on_the_device_chunk_encoder(model, u2pp_export):
+    """Live streams (StreamDecoder, what the Triton model runs) on torch_cuda: 3 streams
+    starting at different times, odd piece sizes, batched steps mixing them: the partials
+    and finals of the torch chunk encoder's StreamDecoder; no slot left once they are gone."""
+    import gc
+
+    eng = OnnxEngine(u2pp_export)
+    vocab = Vocab.from_engine_dir(u2pp_export, eng.settings)
+    wavs = [read_audio(wav_path(f"test_{i:06d}"))[: 16000 * 3] for i in (5, 6, 7)]
+
+    def run(dec):
+        streams, pos, partials, nbest = [None] * 3, [0] * 3, [], [None] * 3
+        for r in range(40):
+            items = []
+            for i, w in enumerate(wavs):
+                if r < 2 * i or pos[i] > len(w):  # stream i starts at round 2i
+                    continue
+                if streams[i] is None:
+                    streams[i] = dec.open()
+                n = (2411, 4801, 997)[(r + i) % 3]
+                items.append((i, w[pos[i]:pos[i] + n], pos[i] + n >= len(w)))
+                pos[i] = pos[i] + n if pos[i] + n < len(w) else len(w) + 1
+            if not items:
+                break
+            res = dec.advance([(streams[i], w, last) for i, w, last in items])
+            partials += [(p.frames, p.text) for p in res]
+            for (i, _, last), p in zip(items, res):
+                if last:
+                    nbest[i] = p.nbest
+        return partials, dec.finish(list(zip(streams, nbest)), eng)
+
+    want = run(StreamDecoder(open_chunk_runner("torch", model, 8, 4, 10), vocab, eng.settings,
+                             Fbank().conf))
+    runner = open_chunk_runner("torch_cuda", model, 8, 4, 10)
+    got = run(StreamDecoder(runner, vocab, eng.settings, Fbank().conf))
+    assert got[1] == want[1] and all(want[1])
+    assert got[0] == want[0]
+    gc.collect()
+    assert runner.backend.live_slots == 0 and runner.backend.capacity == 9  # 8 slots + scratch: no growth

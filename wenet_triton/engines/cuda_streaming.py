@@ -22,7 +22,7 @@ code runs eagerly: that is how CI checks it against `ChunkEncoder`.
 """
 from __future__ import annotations
 
-import threading
+import queue
 import weakref
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -34,18 +34,22 @@ from wenet_triton.model.conformer import ASRModel
 
 
 class _FreeSlots:
-    """Free slot ids; handles' finalizers give theirs back from any thread (the GC's)."""
+    """Free slot ids. Handles' finalizers give theirs back from wherever the last reference
+    went (any thread, the GC, even in the middle of `take`): SimpleQueue.put is reentrant."""
     def __init__(self):
-        self.lock = threading.Lock()
-        self.free: List[int] = []
+        self.q: "queue.SimpleQueue[int]" = queue.SimpleQueue()
 
     def put(self, slot: int) -> None:
-        with self.lock:
-            self.free.append(slot)
+        self.q.put(slot)
 
     def take(self) -> Optional[int]:
-        with self.lock:
-            return self.free.pop() if self.free else None
+        try:
+            return self.q.get_nowait()
+        except queue.Empty:
+            return None
+
+    def __len__(self) -> int:
+        return self.q.qsize()
 
 
 class ChunkSlot:
@@ -134,14 +138,14 @@ class CudaChunkBackend:
             for new, old in zip(pools, (self.att, self.cnn, self.mask)):
                 new[: self.capacity].copy_(old)
         self.att, self.cnn, self.mask = pools
-        for slot in range(n - 1, max(self.capacity, 1) - 1, -1):  # slot 0: scratch
+        for slot in range(max(self.capacity, 1), n):  # slot 0: scratch
             self._free.put(slot)
         self.capacity = n
 
     @property
     def live_slots(self) -> int:
         """Slots held by live handles."""
-        return self.capacity - 1 - len(self._free.free)
+        return self.capacity - 1 - len(self._free)
 
     @torch.inference_mode()
     def initial_state(self) -> ChunkSlot:
