@@ -118,7 +118,7 @@ class CudaChunkBackend:
         self._host: Dict[int, Tuple[torch.Tensor, torch.Tensor]] = {}  # pinned staging per bucket
         self.capacity = 0
         self.att = self.cnn = self.mask = None
-        with self._on():
+        with self._on(), torch.inference_mode():
             self._grow(max(2, int(slots) + 1))
 
     # -- slots ---------------------------------------------------------------------------------
