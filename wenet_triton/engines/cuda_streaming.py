@@ -91,8 +91,8 @@ class CudaChunkBackend:
         s = settings
         if s["required_cache_size"] < 0:
             raise ValueError(
-                "the torch_cuda chunk encoder keeps a finite attention cache (left_chunks > 0, as "
-                f"served); left_chunks {s['num_decoding_left_chunks']} (unlimited, a growing "
+                "the torch_cuda chunk encoder keeps a finite attention cache (left_chunks >= 0; "
+                f"served: > 0); left_chunks {s['num_decoding_left_chunks']} (unlimited, a growing "
                 "cache) runs on the torch or onnxruntime chunk encoder")
         self.settings = settings
         self.device = torch.device(device)
