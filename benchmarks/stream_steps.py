@@ -88,8 +88,11 @@ def main(argv=None):
     ap.add_argument("--seconds", type=float, default=8)
     ap.add_argument("--chunk-size", type=int, default=16)
     ap.add_argument("--left-chunks", type=int, default=4)
-    ap.add_argument("--backend", default="torch", help="torch | torch_cuda | onnxruntime")
+    ap.add_argument("--backend", default="torch", help="torch | torch_cuda | onnxruntime "
+                    "(torch_cuda: the GPU engine's chunk encoder, caches on the device)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default=None, help="torch_cuda chunk encoder: float16 (default), "
+                    "bfloat16, float32")
     ap.add_argument("--out", default=None, help="CSV to write")
     ap.add_argument("--plot", action="store_true", help="also write <out>.png")
     a = ap.parse_args(argv)
@@ -99,7 +102,8 @@ def main(argv=None):
     dec = rec.decoding
     model = ASRModel.from_spec(load_model_dir(model_dir))
     runner = open_chunk_runner(a.backend, model, a.chunk_size, a.left_chunks, rec.settings.beam_size,
-                               ensure_export(model_dir, None, rec.settings.beam_size), a.device)
+                               ensure_export(model_dir, None, rec.settings.beam_size), a.device,
+                               dtype=a.dtype)
     decoder = StreamDecoder(runner, rec.vocab, rec.settings, rec.fbank.conf, dec, rec.lm)
     files = sorted(glob.glob(os.path.join(a.wav_dir, "*.wav"))) if a.wav_dir else None
     if not files:
@@ -112,6 +116,8 @@ def main(argv=None):
         sync = torch.cuda.synchronize
     chunk = int(a.chunk_ms / 1000 * rec.fbank.conf.sample_rate)
     run(rec, decoder, wavs, 2, chunk, 2.0, sync)  # warm up
+    if hasattr(runner.backend, "warmup"):  # torch_cuda: capture every batch bucket's graph now
+        runner.backend.warmup(max(int(x) for x in a.streams.split(",")))
     rows = []
     for n in [int(x) for x in a.streams.split(",")]:
         row = run(rec, decoder, wavs, n, chunk, a.seconds, sync)

@@ -298,3 +298,167 @@ def test_two_engines_on_two_gpus_agree():
             assert np.linalg.norm(e - ref) / np.linalg.norm(ref) <= 3e-2
     assert texts["cuda:0"] == texts["cuda:1"], [(s, t) for s, t in zip(texts["cuda:0"], texts["cuda:1"]) if s != t]
     print(f"2 GPUs: {len(paths)}/{len(paths)} transcripts identical")
+
+
+# -- the torch_cuda chunk encoder (live streams, caches on the GPU) --------------------------------
+def _u2pp_chunk_runner(dtype, **kw):
+    """(model, DeviceChunkRunner) of u2pp_conformer at chunk 8, 4 left chunks (WeNet's
+    streaming reference config), on cuda in `dtype` (kernels when built, CUDA graphs)."""
+    from conftest import model_dir
+
+    from wenet_triton.engines.streaming import CudaChunkBackend, DeviceChunkRunner
+    from wenet_triton.model.checkpoint import load_model_dir
+    from wenet_triton.model.conformer import ASRModel
+    from wenet_triton.model.streaming import streaming_settings
+
+    model = ASRModel.from_spec(load_model_dir(model_dir("u2pp_conformer")))
+    s = streaming_settings(model, 8, 4, 10)
+    return model, DeviceChunkRunner(CudaChunkBackend(model, s, "cuda", dtype, **kw))
+
+
+def test_cuda_chunk_encoder_fp32_matches_wenet():
+    """fp32 torch_cuda chunk encoder (CUDA kernels, a graph per batch bucket; pools starting at
+    2 slots, so they grow while graphs exist) against WeNet's chunk8_left4 reference: the
+    encoder_out of 8 utterances streamed as a server feeds them (streams joining one per step:
+    mixed offsets, cache fills, padded last windows) within 1e-4; then the reference decode of
+    all 20 (prefix beam search, rescoring on the fp32 GPU engine): WeNet's transcripts."""
+    import json
+
+    from conftest import model_dir, shared_path
+    from test_streaming import chunked_ref, feats_of, run_staggered
+
+    from wenet_triton.decode.vocab import Vocab
+    from wenet_triton.engines.cuda import CudaEngine
+    from wenet_triton.engines.export import export_settings
+    from wenet_triton.model.checkpoint import load_model_dir
+    from wenet_triton.model.conformer import ASRModel
+    from wenet_triton.streaming import StreamingRecognizer, feature_windows
+
+    _, runner = _u2pp_chunk_runner("float32", slots=2)
+    be = runner.backend
+    assert be.graphs.enabled and be.fm.kern
+    utts = [f"test_{i:06d}" for i in range(8)]
+    outs = run_staggered(runner, [feature_windows(feats_of(u), runner.settings) for u in utts])
+    for u, o in zip(utts, outs):
+        ref = chunked_ref("chunk8_left4", u)["encoder_out"]
+        assert o.shape == ref.shape, u
+        assert np.abs(o - ref).max() <= 1e-4, u
+    assert be.graphs.graphs and be.capacity > 3 and be.live_slots == 0
+
+    with open(shared_path("reference", "u2pp_conformer", "streaming.json")) as f:
+        sref = json.load(f)
+    spec = load_model_dir(model_dir("u2pp_conformer"))
+    settings = export_settings(spec, ASRModel.from_spec(spec), sref["beam_size"], sref["ctc_weight"],
+                               sref["reverse_weight"])
+    eng = CudaEngine(ASRModel.from_spec(spec), settings, "cuda", "float32")
+    rec = StreamingRecognizer(eng, Vocab(spec.vocab, spec.eos), runner)
+    ref = sref["configs"]["chunk8_left4"]["utts"]
+    utts = sorted(ref)
+    res = rec.recognize_windows([feature_windows(feats_of(u), runner.settings) for u in utts])
+    same = sum(r.text == ref[u]["rescored_text"] and r.ids == ref[u]["rescored"] for r, u in zip(res, utts))
+    greedy = sum(r.greedy == ref[u]["greedy"] for r, u in zip(res, utts))
+    print(f"torch_cuda chunk fp32: {same}/{len(utts)} transcripts, {greedy}/{len(utts)} greedy as WeNet's")
+    # as the full-context fp32 engine test: near-tied n-best of random weights may swap one
+    assert same >= len(utts) - 1 and greedy >= len(utts) - 1
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_cuda_chunk_encoder_half_close_to_fp32_torch(dtype):
+    """fp16 (the served default) / bf16 torch_cuda chunk steps with graphs vs the fp32
+    PyTorch ChunkEncoder on the same inputs: batches of 1, 3, 17 (graph buckets 1, 4, 32,
+    scratch rows), random caches at different offsets, one not yet full, a short last window:
+    CTC log-probs within 1e-2 relative (bf16: 4e-2), top-1 ids mostly equal, chunk_out and
+    the next caches close; a whole staggered stream run close to WeNet's encoder_out; graph
+    replay equals eager."""
+    from test_streaming import _alone, _states, chunked_ref, feats_of, run_staggered
+
+    from wenet_triton.engines.streaming import TorchChunkBackend, _dummy_chunk_inputs
+    from wenet_triton.streaming import feature_windows
+
+    tol = {"float16": (1e-2, 0.95, 3e-2), "bfloat16": (4e-2, 0.85, 8e-2)}[dtype]
+    model, runner = _u2pp_chunk_runner(dtype, slots=2)
+    s = runner.settings
+    ref = TorchChunkBackend(model, s, "cuda")
+
+    def rel_l2(a, b):
+        return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-6))
+
+    same = total = 0
+    for B in (1, 3, 17):
+        offs = [(37 * i * i) % 3000 for i in range(B)]
+        windows, states, feed = _states(_dummy_chunk_inputs(s, B, 32, seed=B, offsets=offs))
+        want = ref.run(feed)
+        outs, new = runner.step(windows, [runner.load(st) for st in states])
+        for i, o in enumerate(outs):
+            n = int(want["chunk_out_lens"][i])
+            lp = want["log_probs"][i, :n]
+            assert np.isfinite(o.chunk_out).all() and np.isfinite(o.log_probs).all()
+            assert np.abs(o.log_probs - lp).max() / np.abs(lp).max() <= tol[0], (B, i)
+            same += int((o.log_probs_idx[:, 0] == want["log_probs_idx"][i, :n, 0]).sum())
+            total += n
+            assert rel_l2(o.chunk_out, want["chunk_out"][i, :n]) <= tol[2], (B, i)
+            st = runner.read(new[i])
+            w = want if len(windows[i]) == s["decoding_window"] else _alone(ref, feed, i)
+            j = i if w is want else 0
+            assert st.offset == int(w["r_offset"][j, 0])
+            np.testing.assert_array_equal(st.cache_mask, w["r_cache_mask"][j])
+            assert rel_l2(st.att_cache, w["r_att_cache"][j]) <= tol[2], (B, i)
+            assert rel_l2(st.cnn_cache, w["r_cnn_cache"][j]) <= tol[2], (B, i)
+    assert same / total >= tol[1], (same, total)
+    utts = [f"test_{i:06d}" for i in range(8)]
+    wins = [feature_windows(feats_of(u), s) for u in utts]
+    graphs = run_staggered(runner, wins)
+    _, eager = _u2pp_chunk_runner(dtype, cuda_graphs=False)
+    assert not eager.backend.graphs.enabled
+    for u, a, b in zip(utts, graphs, run_staggered(eager, wins)):
+        assert rel_l2(a, chunked_ref("chunk8_left4", u)["encoder_out"]) <= tol[2], u
+        assert rel_l2(a, b) <= 5e-3, u  # same kernels: ~0; stale or crossed rows: O(1)
+    print(f"torch_cuda chunk {dtype}: top-1 {same}/{total} as fp32 torch")
+
+
+def test_cuda_chunk_encoder_transcripts_demo_model():
+    """The demo model (trained, causal, chunk-trained; synth_test or the package samples),
+    chunk 16 with 4 left chunks, decoded through `streaming_recognizer` (transcribe
+    --chunk-size --engine torch_cuda: the chunk encoder shares the GPU engine's weights): fp32
+    torch_cuda gives the transcripts of the fp32 PyTorch chunk encoder; fp16 (served default)
+    nearly all of them, at the same CER."""
+    import glob
+    import os
+
+    from conftest import ROOT, SHARED
+
+    from wenet_triton.api import load_model
+    from wenet_triton.audio.frontend import read_audio
+    from wenet_triton.decode.cer import cer
+    from wenet_triton.engines.artifacts import ensure_export
+    from wenet_triton.engines.streaming import DeviceChunkRunner
+    from wenet_triton.paths import SAMPLES_DIR
+    from wenet_triton.streaming import streaming_recognizer
+
+    demo = os.path.join(ROOT, "models", "demo_zh_synth")
+    wav_dir = os.path.join(SHARED, "data", "synth_test")
+    if not os.path.exists(os.path.join(wav_dir, "text")):
+        wav_dir = SAMPLES_DIR
+    paths = sorted(glob.glob(os.path.join(wav_dir, "*.wav")))[:40]
+    with open(os.path.join(wav_dir, "text"), encoding="utf-8") as f:
+        refs = dict(line.rstrip("\n").split(maxsplit=1) for line in f if line.strip())
+    names = [os.path.splitext(os.path.basename(p))[0] for p in paths]
+    wavs = [read_audio(p) for p in paths]
+    texts, recs = {}, {}
+    for dtype in ("float32", "float16"):
+        rec = recs[dtype] = load_model(demo, "torch_cuda", "cuda", dtype)
+        ed = ensure_export(demo, None, rec.decoding.beam_size)
+        srec = streaming_recognizer(rec.engine, ed, demo, "torch_cuda", 16, 4, rec.decoding)
+        assert isinstance(srec.runner, DeviceChunkRunner) and srec.runner.backend.fm is rec.engine.fm
+        texts[dtype] = [r.text for r in srec.recognize(wavs)]
+    rec = recs["float32"]
+    torch_rec = streaming_recognizer(rec.engine, ed, demo, "torch", 16, 4, rec.decoding, "cuda")
+    assert not isinstance(torch_rec.runner, DeviceChunkRunner)
+    texts["torch"] = [r.text for r in torch_rec.recognize(wavs)]
+    rate = {k: cer([(refs[n], t) for n, t in zip(names, v)])[0] for k, v in texts.items()}
+    same32 = sum(a == b for a, b in zip(texts["float32"], texts["torch"]))
+    same16 = sum(a == b for a, b in zip(texts["float16"], texts["float32"]))
+    print(f"demo chunk16_left4, {len(wavs)} wavs: fp32 torch_cuda = torch {same32}, fp16 = fp32 "
+          f"{same16}; CER {rate}")
+    assert same32 >= len(wavs) - 1, (same32, rate)
+    assert same16 >= 0.9 * len(wavs) and abs(rate["float16"] - rate["float32"]) <= 0.01, (same16, rate)

@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -22,8 +23,12 @@ from wenet_triton.engines import OnnxEngine
 from wenet_triton.engines.export import export_onnx
 from wenet_triton.engines.streaming import (
     ChunkRunner,
+    CudaChunkBackend,
+    DeviceChunkRunner,
+    EncoderState,
     OnnxChunkBackend,
     TorchChunkBackend,
+    _dummy_chunk_inputs,
     encode_chunked,
     export_chunk_encoder,
     open_chunk_runner,
@@ -32,7 +37,7 @@ from wenet_triton.model.checkpoint import CheckpointError, load_model_dir
 from wenet_triton.model.conformer import ASRModel
 from wenet_triton.model.streaming import streaming_settings
 from wenet_triton.pipeline import Recognizer
-from wenet_triton.streaming import StreamingRecognizer, feature_windows
+from wenet_triton.streaming import StreamDecoder, StreamingRecognizer, feature_windows
 
 CONFIGS = ["chunk16_left-1", "chunk8_left4", "chunk4_left-1"]
 NAME = "u2pp_conformer"
@@ -81,17 +86,19 @@ def u2pp_export(tmp_path_factory, sref):
 
 @pytest.fixture(scope="module")
 def chunked(model, sref):
-    """config -> (utts, encoder dict) of our torch chunk encoder on the stored feats."""
+    """(config, backend) -> (utts, encoder dict) of our chunk encoder on the stored feats
+    (backend torch, or torch_cuda run on the CPU: fp32, no CUDA kernels, no graphs)."""
     cache = {}
 
-    def get(config, n_utts):
-        if config not in cache or len(cache[config][0]) < n_utts:
+    def get(config, n_utts, backend="torch"):
+        key = config, backend
+        if key not in cache or len(cache[key][0]) < n_utts:
             c, left = geometry(sref, config)
-            run = open_chunk_runner("torch", model, c, left, sref["beam_size"])
+            run = open_chunk_runner(backend, model, c, left, sref["beam_size"])
             utts = sorted(sref["configs"][config]["utts"])[:n_utts]
-            cache[config] = utts, encode_chunked(
+            cache[key] = utts, encode_chunked(
                 run, [feature_windows(feats_of(u), run.settings) for u in utts])
-        utts, enc = cache[config]
+        utts, enc = cache[key]
         return utts[:n_utts], enc
     return get
 
@@ -114,9 +121,12 @@ def run_staggered(runner, windows, slots=4):
 
 
 # -- model math ---------------------------------------------------------------------------
-@pytest.mark.parametrize("config", CONFIGS)
-def test_torch_chunk_encoder_matches_wenet(config, chunked):
-    utts, enc = chunked(config, 8)
+@pytest.mark.parametrize("config,backend", [(c, "torch") for c in CONFIGS]
+                         + [("chunk8_left4", "torch_cuda")])  # torch_cuda: finite caches only
+def test_torch_chunk_encoder_matches_wenet(config, backend, chunked):
+    """WeNet's forward_chunk_by_chunk, 8 utterances in lockstep (their last, shorter windows
+    padded in the batches of longer ones)."""
+    utts, enc = chunked(config, 8, backend)
     for b, u in enumerate(utts):
         ref = chunked_ref(config, u)["encoder_out"]
         n = enc["encoder_out_lens"][b]
@@ -196,16 +206,18 @@ def test_onnx_chunk_encoder_io_contract(chunk_exports):
 
 
 # -- decoding -----------------------------------------------------------------------------
-@pytest.mark.parametrize("config,n_utts", [("chunk8_left4", 20), ("chunk16_left-1", 8),
-                                           ("chunk4_left-1", 8)])
-def test_streaming_decode_matches_wenet(config, n_utts, chunked, sref, u2pp_export, model):
+@pytest.mark.parametrize("config,n_utts,backend", [
+    ("chunk8_left4", 20, "torch"), ("chunk16_left-1", 8, "torch"), ("chunk4_left-1", 8, "torch"),
+    ("chunk8_left4", 20, "torch_cuda")])
+def test_streaming_decode_matches_wenet(config, n_utts, backend, sref, u2pp_export, model):
     """n-best (CTC prefix beam search over the chunked encoder output) and attention rescoring
-    on the whole chunked output, from the stored feats, as WeNet's simulate_streaming."""
-    utts, _ = chunked(config, n_utts)
+    on the whole chunked output, from the stored feats, as WeNet's simulate_streaming
+    (torch_cuda: the GPU engine's chunk forward, run on the CPU in fp32)."""
+    utts = sorted(sref["configs"][config]["utts"])[:n_utts]
     eng = OnnxEngine(u2pp_export)
     c, left = geometry(sref, config)
     rec = StreamingRecognizer(eng, Vocab.from_engine_dir(u2pp_export, eng.settings),
-                              open_chunk_runner("torch", model, c, left, sref["beam_size"]))
+                              open_chunk_runner(backend, model, c, left, sref["beam_size"]))
     res = rec.recognize_windows([feature_windows(feats_of(u), rec.runner.settings) for u in utts])
     close = 0
     for u, r in zip(utts, res):
@@ -291,10 +303,8 @@ def test_non_causal_model_is_a_clear_error(tmp_path):
     assert not os.listdir(tmp_path)  # failed before exporting anything
 
 
-@pytest.mark.parametrize("kind", ["transformer_abs_pos", "conformer_conv2d6", "conformer_bn"])
-def test_chunk_by_chunk_equals_full_context_chunk_mask(kind):
-    """Other encoder shapes (random weights): with unlimited left chunks, chunk by chunk with
-    caches equals the full-utterance forward with WeNet's chunk attention mask."""
+def small_model(kind):
+    """A small random model of another encoder shape (BatchNorm folded)."""
     spec = load_model_dir(model_dir(NAME))
     conf = dict(spec.encoder_conf, output_size=64, linear_units=128, num_blocks=2)
     etype = "conformer"
@@ -314,7 +324,17 @@ def test_chunk_by_chunk_equals_full_context_chunk_mask(kind):
         if isinstance(mod, torch.nn.BatchNorm1d):
             mod.running_mean.uniform_(-1, 1)
             mod.running_var.uniform_(0.5, 2)
-    m.eval().fuse()
+    return m.eval().fuse()
+
+
+OTHER_SHAPES = ["transformer_abs_pos", "conformer_conv2d6", "conformer_bn"]
+
+
+@pytest.mark.parametrize("kind", OTHER_SHAPES)
+def test_chunk_by_chunk_equals_full_context_chunk_mask(kind):
+    """Other encoder shapes (random weights): with unlimited left chunks, chunk by chunk with
+    caches equals the full-utterance forward with WeNet's chunk attention mask."""
+    m = small_model(kind)
     feats = feats_of("test_000002")[:333]
     for chunk in (3, 8):
         run = open_chunk_runner("torch", m, chunk, -1, 10)
@@ -365,3 +385,243 @@ def test_cli_chunk_transcribe_and_full_context_unchanged(u2pp_export, sref, mode
     # the chunk export was written once into the engine dir and is reused
     assert os.path.exists(os.path.join(u2pp_export, "streaming_chunk8_left4",
                                        "streaming_encoder.onnx"))
+
+
+# -- torch_cuda chunk encoder (GPU engine math, state on the device), run on the CPU -------------
+def device_runner(model, chunk=8, left=4, beam=10, **kw):
+    """The torch_cuda chunk encoder on the CPU: fp32, pure-torch references of the kernels,
+    eager (the batch bucket padding and slot pools as on a GPU)."""
+    s = streaming_settings(model, chunk, left, beam)
+    return DeviceChunkRunner(CudaChunkBackend(model, s, "cpu", "float32", use_kernels=False, **kw))
+
+
+def _states(args):
+    x, lens, off, att, cnn, mask = (a.numpy() for a in args)
+    return ([x[i, :lens[i]] for i in range(len(x))],
+            [EncoderState(int(off[i, 0]), att[i], cnn[i], mask[i]) for i in range(len(x))],
+            {"chunk_xs": x, "chunk_lens": lens, "offset": off, "att_cache": att, "cnn_cache": cnn,
+             "cache_mask": mask})
+
+
+def _alone(backend, feed, i):
+    """The torch chunk encoder on stream i alone, its window unpadded."""
+    n = int(feed["chunk_lens"][i])
+    return backend.run({k: (v[i:i + 1, :n] if k == "chunk_xs" else v[i:i + 1]) for k, v in feed.items()})
+
+
+def _assert_state(got: EncoderState, out, i, tol=1e-4):
+    assert got.offset == int(out["r_offset"][i, 0])
+    np.testing.assert_array_equal(got.cache_mask, out["r_cache_mask"][i])
+    assert np.abs(got.att_cache - out["r_att_cache"][i]).max() <= tol
+    assert np.abs(got.cnn_cache - out["r_cnn_cache"][i]).max() <= tol
+
+
+@pytest.mark.parametrize("batch,frames", [(1, None), (2, None), (5, None), (9, None), (3, 8)])
+def test_device_chunk_step_equals_torch_backend(model, batch, frames):
+    """One step of streams at different offsets (0, below the cache length, far on), with
+    random caches, one not yet full, and a shorter last window (frames 8: 1-frame windows):
+    outputs equal the torch ChunkEncoder's (1e-4); the next state equals the torch one's for
+    full windows and, for a short window, the torch one's of the stream alone (the batch's
+    padding never reaches a state: the torch ChunkEncoder's includes the padded frames)."""
+    dev = device_runner(model)
+    ref = TorchChunkBackend(model, dev.settings)
+    offs = [0, 7, 300, 41, 2000, 31, 33, 5000, 8][:batch]
+    windows, states, feed = _states(_dummy_chunk_inputs(dev.settings, batch, 32, frames,
+                                                        seed=batch, offsets=offs))
+    want = ref.run(feed)
+    handles = [dev.load(st) for st in states]
+    outs, new = dev.step(windows, handles)
+    assert new == handles
+    for i, o in enumerate(outs):
+        n = int(want["chunk_out_lens"][i])
+        assert o.chunk_out.shape == (n, 256) and o.log_probs.shape == o.log_probs_idx.shape == (n, 10)
+        assert o.chunk_out.dtype == o.log_probs.dtype == np.float32 and o.log_probs_idx.dtype == np.int64
+        assert np.abs(o.chunk_out - want["chunk_out"][i, :n]).max() <= 1e-4
+        assert np.abs(o.log_probs - want["log_probs"][i, :n]).max() <= 1e-4
+        np.testing.assert_array_equal(o.log_probs_idx[:, 0], want["log_probs_idx"][i, :n, 0])
+        if len(windows[i]) == dev.settings["decoding_window"]:
+            _assert_state(dev.read(new[i]), want, i)
+        else:
+            _assert_state(dev.read(new[i]), _alone(ref, feed, i), 0)
+
+
+def test_device_chunk_encoder_matches_wenet_at_mixed_offsets(model, sref):
+    """A server's view (streams join one per step, at most 4 at a time, so batches mix
+    offsets, cache fills and padded last windows): WeNet's chunk8_left4 encoder_out (1e-4)."""
+    runner = device_runner(model, *geometry(sref, "chunk8_left4"), sref["beam_size"])
+    utts = [f"test_{i:06d}" for i in range(8)]
+    outs = run_staggered(runner, [feature_windows(feats_of(u), runner.settings) for u in utts])
+    for u, o in zip(utts, outs):
+        ref = chunked_ref("chunk8_left4", u)["encoder_out"]
+        assert o.shape == ref.shape, u
+        assert np.abs(o - ref).max() <= 1e-4, u
+    assert runner.backend.live_slots == 0  # every stream's slot went back with its state
+
+
+def test_device_stream_state_is_independent_of_its_batch(model):
+    """One stream stepped alone, and in batches with 1, 4 and 10 other streams (other
+    buckets, offsets and windows; its own last window short): the same outputs and the same
+    state after every step."""
+    windows = feature_windows(feats_of("test_000003")[:203], streaming_settings(model, 8, 4))
+    assert len(windows) == 7 and len(windows[-1]) < len(windows[0])
+    others = [feature_windows(feats_of(f"test_{i:06d}"), streaming_settings(model, 8, 4))
+              for i in range(10, 20)]
+    runs = []
+    for n_other in (0, 1, 4, 10):
+        runner = device_runner(model)
+        st = runner.initial_state()
+        other = [runner.initial_state() for _ in range(n_other)]
+        outs, states = [], []
+        for k, w in enumerate(windows):
+            ws = [w] + [others[j][(k + j) % len(others[j])] for j in range(n_other)]
+            res, _ = runner.step(ws, [st] + other)
+            outs.append(res[0])
+            states.append(runner.read(st))
+        runs.append((outs, states))
+    for outs, states in runs[1:]:
+        for (a, sa), (b, sb) in zip(zip(*runs[0]), zip(outs, states)):
+            assert np.abs(a.chunk_out - b.chunk_out).max() <= 1e-5
+            assert np.abs(a.log_probs - b.log_probs).max() <= 1e-5
+            np.testing.assert_array_equal(a.log_probs_idx[:, 0], b.log_probs_idx[:, 0])
+            assert sa.offset == sb.offset
+            np.testing.assert_array_equal(sa.cache_mask, sb.cache_mask)
+            assert np.abs(sa.att_cache - sb.att_cache).max() <= 1e-5
+            assert np.abs(sa.cnn_cache - sb.cnn_cache).max() <= 1e-5
+
+
+def test_device_slots_are_freed_with_their_states_and_reused(model):
+    """Dropped states (no release call: streams are dropped on idle timeout, errors...) give
+    their slots back and the pools stop growing; a reused slot starts empty; released,
+    foreign and repeated states are errors."""
+    import gc
+
+    runner = device_runner(model, slots=2)
+    be = runner.backend
+    w = feature_windows(feats_of("test_000004")[:200], runner.settings)
+    fresh = device_runner(model)
+    want, _ = fresh.step(w[:1], [fresh.initial_state()])
+    for _ in range(3):  # streams come and go: the pools stay at the size of the most at once
+        states = [runner.initial_state() for _ in range(5)]
+        for k in range(3):
+            runner.step([w[k]] * 5, states)
+        assert be.live_slots == 5
+        del states
+        gc.collect()
+        assert be.live_slots == 0
+    cap = be.capacity
+    assert cap == 6  # 5 live streams + the scratch slot (3 at first, doubled once)
+    for _ in range(20):
+        st = runner.initial_state()
+        got = runner.step(w[:1], [st])[0]  # a reused slot: what a brand-new stream gets
+        np.testing.assert_array_equal(got[0].chunk_out, want[0].chunk_out)
+        runner.step([w[1]], [st])
+        del st
+    assert be.capacity == cap and be.live_slots == 0
+    st = runner.initial_state()
+    runner.release(st)
+    assert be.live_slots == 0
+    with pytest.raises(ValueError, match="released"):
+        runner.step(w[:1], [st])
+    with pytest.raises(ValueError, match="did not make"):
+        runner.step(w[:1], [EncoderState.initial(runner.settings)])
+    with pytest.raises(ValueError, match="did not make"):
+        runner.step(w[:1], [fresh.initial_state()])
+    st = runner.initial_state()
+    with pytest.raises(ValueError, match="twice"):
+        runner.step(w[:2], [st, st])
+
+
+def test_device_chunk_encoder_needs_a_finite_cache(model):
+    with pytest.raises(ValueError, match="left_chunks -1"):
+        open_chunk_runner("torch_cuda", model, 8, -1, 10)
+    runner = open_chunk_runner("torch_cuda", model, 8, 4, 10)  # on the CPU: fp32, eager
+    assert isinstance(runner, DeviceChunkRunner) and runner.backend.fm.dtype == torch.float32
+
+
+@pytest.mark.parametrize("kind", OTHER_SHAPES)
+def test_device_chunk_encoder_other_encoder_shapes(kind):
+    """Transformer with absolute positions and no conv cache (conv2d8), conv2d6 subsampling,
+    a BatchNorm conv module (folded): torch_cuda equals the torch chunk encoder with finite
+    caches, streams joining one per step (also at left_chunks 0: no cache at all)."""
+    m = small_model(kind)
+    ws = [feature_windows(feats_of(u)[:300 + 37 * i], streaming_settings(m, 3, 2))
+          for i, u in enumerate(("test_000000", "test_000001", "test_000002"))]
+    for left in (2, 0):
+        ref = open_chunk_runner("torch", m, 3, left, 10)
+        dev = device_runner(m, 3, left)
+        for a, b in zip(run_staggered(ref, ws, 2), run_staggered(dev, ws, 2)):
+            assert a.shape == b.shape and np.abs(a - b).max() <= 1e-4, (kind, left)
+
+
+def test_streaming_model_runs_the_torch_cuda_chunk_encoder_on_gpu_hosts(tmp_path):
+    """build-repo on torch_cuda / tensorrt hosts: the `streaming` model's chunk engine is
+    torch_cuda on cuda (engine.dtype, float16 by default) with the checkpoint beside it; the
+    model's runner choice makes a DeviceChunkRunner of it (checked here on the CPU, fp32)."""
+    from wenet_triton.contract import EngineSettings
+    from wenet_triton.serving.repo import build_repo
+    from wenet_triton.serving.stream_model import Streaming
+
+    eng = tmp_path / "engine"
+    eng.mkdir()
+    EngineSettings(beam_size=10, ctc_weight=0.3, reverse_weight=0.3, sos=3002, eos=3002,
+                   vocab_size=3003, decoder_has_reverse_input=True).save(str(eng))
+    for f in ("units.txt", "encoder.plan", "decoder.plan"):
+        (eng / f).write_text("x\n")
+    for engine, dtype in (("torch_cuda", None), ("tensorrt", "bfloat16")):
+        out = tmp_path / engine
+        over = {"streaming": {"chunk_size": 8, "left_chunks": 4, "max_streams": 3}}
+        if dtype:
+            over["engine"] = {"dtype": dtype}
+        build_repo(model_dir(NAME), str(out), engine, None, over, engine_dir=str(eng))
+        text = (out / "streaming" / "config.pbtxt").read_text()
+        params = dict(re.findall(r'parameters \{ key: "(\w+)" value: \{ string_value: "([^"]*)" \} \}', text))
+        assert (params["engine"], params["device"], params["dtype"]) == ("torch_cuda", "cuda", dtype or "float16")
+        assert os.path.exists(out / "streaming" / "1" / "model" / "final.pt")
+    model = Streaming.__new__(Streaming)
+    model.settings, model.max_streams = EngineSettings.load(str(eng)), 3
+    runner = model._runner({}, dict(params, device="cpu", dtype="float32", decoder_max_batch_size="4"),
+                           str(out / "streaming" / "1"))
+    assert isinstance(runner, DeviceChunkRunner)
+    assert runner.settings["decoding_chunk_size"] == 8 and runner.settings["required_cache_size"] == 32
+    assert runner.backend.live_slots == 0 and runner.backend.capacity >= 5  # warmed up to batch 4
+
+
+def test_stream_decoder_on_the_device_chunk_encoder(model, u2pp_export):
+    """Live streams (StreamDecoder, what the Triton model runs) on torch_cuda: 3 streams
+    starting at different times, odd piece sizes, batched steps mixing them: the partials
+    and finals of the torch chunk encoder's StreamDecoder; no slot left once they are gone."""
+    import gc
+
+    eng = OnnxEngine(u2pp_export)
+    vocab = Vocab.from_engine_dir(u2pp_export, eng.settings)
+    wavs = [read_audio(wav_path(f"test_{i:06d}"))[: 16000 * 3] for i in (5, 6, 7)]
+
+    def run(dec):
+        streams, pos, partials, nbest = [None] * 3, [0] * 3, [], [None] * 3
+        for r in range(40):
+            items = []
+            for i, w in enumerate(wavs):
+                if r < 2 * i or pos[i] > len(w):  # stream i starts at round 2i
+                    continue
+                if streams[i] is None:
+                    streams[i] = dec.open()
+                n = (2411, 4801, 997)[(r + i) % 3]
+                items.append((i, w[pos[i]:pos[i] + n], pos[i] + n >= len(w)))
+                pos[i] = pos[i] + n if pos[i] + n < len(w) else len(w) + 1
+            if not items:
+                break
+            res = dec.advance([(streams[i], w, last) for i, w, last in items])
+            partials += [(p.frames, p.text) for p in res]
+            for (i, _, last), p in zip(items, res):
+                if last:
+                    nbest[i] = p.nbest
+        return partials, dec.finish(list(zip(streams, nbest)), eng)
+
+    want = run(StreamDecoder(open_chunk_runner("torch", model, 8, 4, 10), vocab, eng.settings,
+                             Fbank().conf))
+    runner = open_chunk_runner("torch_cuda", model, 8, 4, 10)
+    got = run(StreamDecoder(runner, vocab, eng.settings, Fbank().conf))
+    assert got[1] == want[1] and all(want[1])
+    assert got[0] == want[0]
+    gc.collect()
+    assert runner.backend.live_slots == 0 and runner.backend.capacity == 9  # 8 slots + scratch: no growth

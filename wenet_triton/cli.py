@@ -230,8 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: all)")
     t.add_argument("--chunk-size", type=int, default=0,
                    help="decode chunk by chunk like WeNet's simulate_streaming (encoder frames "
-                   "per chunk, e.g. 16; a causal U2++ model; engines onnxruntime and torch); "
-                   "0: full context")
+                   "per chunk, e.g. 16; a causal U2++ model; engines onnxruntime, torch and "
+                   "torch_cuda (its GPU chunk encoder needs --left-chunks > 0; with -1 the "
+                   "PyTorch one runs on the GPU)); 0: full context")
     t.add_argument("--left-chunks", type=int, default=-1,
                    help="with --chunk-size: chunks of left context in the attention cache "
                    "(-1: all)")

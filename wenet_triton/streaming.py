@@ -43,9 +43,18 @@ from wenet_triton.contract import FbankConf
 from wenet_triton.decode.search import IncrementalSearch, advance_search_batch, ctc_greedy
 from wenet_triton.decode.vocab import Vocab
 from wenet_triton.engines.base import Engine
-from wenet_triton.engines.streaming import ChunkRunner, EncoderState, encode_chunked, open_chunk_runner
+from wenet_triton.engines.cuda import CudaEngine
+from wenet_triton.engines.streaming import (
+    ChunkRunner,
+    CudaChunkBackend,
+    DeviceChunkRunner,
+    EncoderState,
+    encode_chunked,
+    open_chunk_runner,
+)
 from wenet_triton.model.checkpoint import load_model_dir
 from wenet_triton.model.conformer import ASRModel
+from wenet_triton.model.streaming import streaming_settings
 from wenet_triton.pipeline import Recognizer, Result, rescore_batch, search_batch
 
 log = logging.getLogger(__name__)
@@ -114,11 +123,21 @@ def streaming_recognizer(engine: Engine, engine_dir: str, model_dir: Optional[st
                          device: str = "cpu", threads: int = 0) -> StreamingRecognizer:
     """The chunk-by-chunk recognizer of `wenet-triton transcribe --chunk-size`: the chunk
     encoder on `backend` (torch: the engine's own PyTorch model; onnxruntime: exported once
-    into engine_dir), search and rescoring with `engine`."""
+    into engine_dir; torch_cuda: the GPU engine's chunk forward on the engine's GPU and dtype
+    sharing its weights, or, with unlimited left chunks (-1), which it does not do, the
+    PyTorch chunk encoder in float32 on that GPU), search and rescoring with `engine`."""
     settings = engine.settings
     model = getattr(engine, "model", None)
     if not isinstance(model, ASRModel):
         model = ASRModel.from_spec(load_model_dir(model_dir or settings.source_model_dir))
+    if backend == "torch_cuda" and isinstance(engine, CudaEngine):
+        if left_chunks >= 0:
+            runner = DeviceChunkRunner(CudaChunkBackend(
+                model, streaming_settings(model, chunk_size, left_chunks, settings.beam_size),
+                str(engine.device), fm=engine.fm))
+            return StreamingRecognizer(engine, Vocab.from_engine_dir(engine_dir, settings), runner,
+                                       decoding=decoding)
+        backend, device = "torch", str(engine.device)
     runner = open_chunk_runner(backend, model, chunk_size, left_chunks, settings.beam_size,
                                engine_dir, device, threads)
     return StreamingRecognizer(engine, Vocab.from_engine_dir(engine_dir, settings), runner,

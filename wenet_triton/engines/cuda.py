@@ -29,6 +29,7 @@ from wenet_triton.contract import ENCODER_OUTPUTS, EngineSettings
 from wenet_triton.engines import kernels
 from wenet_triton.engines.base import Engine
 from wenet_triton.model.conformer import ASRModel, BiTransformerDecoder, sinusoid_table
+from wenet_triton.model.streaming import sinusoid_rows
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
@@ -70,15 +71,17 @@ def linear_f32(x: torch.Tensor, w32: torch.Tensor, b32: torch.Tensor) -> torch.T
 _SDPA_CHOICE: Dict[Tuple, object] = {}
 
 
-def sdpa(q, k, v, mask, scale=None):
+def sdpa(q, k, v, mask, scale=None, tag: str = ""):
     """scaled_dot_product_attention on the first fused backend that takes these shapes
-    (cuDNN, then memory-efficient), resolved once per shape signature and cached. Left to
+    (cuDNN, then memory-efficient), resolved once per shape signature (and `tag`: a caller
+    whose shapes differ in other ways, e.g. more keys than queries) and cached. Left to
     itself SDPA chose its math path (fp32 bmm + softmax) for the rel-pos encoder call."""
     if not q.is_cuda:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    key = (q.shape[-1], v.shape[-1], q.dtype, None if mask is None else (mask.dtype, mask.shape[-2] == 1))
+    key = (tag, q.shape[-1], v.shape[-1], q.dtype,
+           None if mask is None else (mask.dtype, mask.shape[-2] == 1))
     choice = _SDPA_CHOICE.get(key)
     if choice is not None:
         with sdpa_kernel([choice]):
@@ -97,7 +100,7 @@ def sdpa(q, k, v, mask, scale=None):
 class FastModel:
     """Inference-only re-packing of an ASRModel's weights for the GPU."""
     def __init__(self, model: ASRModel, dtype: torch.dtype = torch.float16,
-                 device: str = "cuda", use_kernels: Optional[bool] = None):
+                 device: str = "cuda", use_kernels: Optional[bool] = None, decoder: bool = True):
         self.dtype, self.device = dtype, torch.device(device)
         self.kern = kernels.available() if use_kernels is None else use_kernels
         model = model.fuse().eval()
@@ -132,10 +135,12 @@ class FastModel:
         self.vocab = model.ctc.ctc_lo.out_features
         self.ctc_w, self.ctc_b = self._padded(model.ctc.ctc_lo, cv, f32)
         dec = model.decoder
-        self.left = self._pack_decoder(dec.left_decoder if isinstance(dec, BiTransformerDecoder)
-                                       else dec, cv, f32)
-        self.right = self._pack_decoder(dec.right_decoder, cv, f32) \
-            if isinstance(dec, BiTransformerDecoder) else None
+        self.left = self.right = None  # decoder=False: encoder only (the chunk encoder)
+        if decoder:
+            self.left = self._pack_decoder(dec.left_decoder if isinstance(dec, BiTransformerDecoder)
+                                           else dec, cv, f32)
+            self.right = self._pack_decoder(dec.right_decoder, cv, f32) \
+                if isinstance(dec, BiTransformerDecoder) else None
 
     # -- packing -----------------------------------------------------------------------------
     @staticmethod
@@ -263,9 +268,9 @@ class FastModel:
         """Input frames whose subsampled length is exactly t_out."""
         return (t_out - 1) * self.subsampling + self.right_context + 1
 
-    def encode(self, speech: torch.Tensor, lens: torch.Tensor, beam: int, want_logp: bool = False):
-        B, T, _ = speech.shape
-        valid = torch.arange(T, device=speech.device)[None, :] < lens[:, None]
+    def _subsample(self, speech: torch.Tensor, valid: torch.Tensor):
+        """CMVN + conv subsampling + output linear (xscale folded in): (B,T,feat) f32 and its
+        (B,T) valid mask -> (B,T',D) in the engine dtype and the subsampled mask."""
         x = speech
         if self.cmvn is not None:
             x = (x - self.cmvn[0]) * self.cmvn[1]
@@ -280,26 +285,21 @@ class FastModel:
         x = F.linear(x.permute(0, 2, 3, 1).flatten(2), self.out_w, self.out_b)
         for k, s in self.layout:
             valid = valid[:, k - 1::s]
-        Tp = x.shape[1]
-        out_lens = valid.sum(1).to(torch.int32)
-        pe = sinusoid_table(Tp, self.d, x.device, self.dtype)[0]
-        if not self.rel_pos:
-            x = x + pe
-        # contiguous: the strided subsampling slice makes fused attention backends refuse it
-        mask = valid.contiguous()[:, None, None, :]
+        return x, valid
+
+    def _layers(self, x, attn, conv):
+        """The encoder layers and after_norm; attn(i, y, p) / conv(i, y, p) compute layer i's
+        attention / conv module on its normalized input y (full context or chunk)."""
         y = None
-        for stages, final in self.layers:
+        for i, (stages, final) in enumerate(self.layers):
             y = self.ln(x, stages[0][1]) if y is None else y
-            pe_proj = None
             for j, (kind, _, p, scale) in enumerate(stages):
                 if kind == "ffn":
                     out = self.ffn(y, p)
                 elif kind == "mha":
-                    if self.rel_pos and pe_proj is None:
-                        pe_proj = F.linear(pe, p["w_pos"])
-                    out = self.self_attn(y, p, pe_proj if self.rel_pos else None, mask)
+                    out = attn(i, y, p)
                 else:
-                    out = self.conv(y, p, out_lens)
+                    out = conv(i, y, p)
                 if j + 1 < len(stages):
                     x, y = self.add_ln(x, out, scale, stages[j + 1][1])
                 elif final is not None:
@@ -307,11 +307,122 @@ class FastModel:
                     y = None
                 else:
                     x, y = x + scale * out, None
-        x = self.ln(x, self.after_norm)
+        return self.ln(x, self.after_norm)
+
+    def _ctc_topk(self, x, beam: int, want_logp: bool):
         logits = linear_f32(x, self.ctc_w, self.ctc_b)
         fn = kernels.log_softmax_topk if self.kern else kernels.ref_log_softmax_topk
-        logp, topv, topi = fn(logits, beam, want_logp, self.vocab)
+        return fn(logits, beam, want_logp, self.vocab)
+
+    def encode(self, speech: torch.Tensor, lens: torch.Tensor, beam: int, want_logp: bool = False):
+        B, T, _ = speech.shape
+        valid = torch.arange(T, device=speech.device)[None, :] < lens[:, None]
+        x, valid = self._subsample(speech, valid)
+        Tp = x.shape[1]
+        out_lens = valid.sum(1).to(torch.int32)
+        pe = sinusoid_table(Tp, self.d, x.device, self.dtype)[0]
+        if not self.rel_pos:
+            x = x + pe
+        # contiguous: the strided subsampling slice makes fused attention backends refuse it
+        mask = valid.contiguous()[:, None, None, :]
+
+        def attn(i, y, p):
+            return self.self_attn(y, p, F.linear(pe, p["w_pos"]) if self.rel_pos else None, mask)
+
+        x = self._layers(x, attn, lambda i, y, p: self.conv(y, p, out_lens))
+        logp, topv, topi = self._ctc_topk(x, beam, want_logp)
         return x, out_lens, logp, topv, topi
+
+    # -- chunk encoder (live streams) ----------------------------------------------------------
+    def _attn_chunk(self, y, p, pe, cache, mask):
+        """Self-attention of a chunk over [cache, chunk]: y (B,t,D); cache (B,h,C,2dk) keys |
+        values of earlier frames; pe (B,C+t,D) positional rows of the keys (rel-pos; per
+        stream); mask (B,1,1,C+t) bool. -> (out (B,t,D), [cache, chunk] (B,h,C+t,2dk))."""
+        B, t, D = y.shape
+        h, dk = p["h"], p["dk"]
+        out = F.linear(y, p["w_qkv"], p["b_qkv"])
+        if p.get("rel"):  # [q+u, q+v] . [k, p] as one attention with head dim 2*dk
+            q = out[..., : 2 * D].view(B, t, h, 2 * dk)
+            k = out[..., 2 * D: 3 * D].view(B, t, h, dk)
+            v = out[..., 3 * D:].view(B, t, h, dk)
+        else:
+            q, k, v = out.view(B, t, 3, h, dk).unbind(2)
+        full = torch.cat([cache, torch.cat([k, v], dim=-1).transpose(1, 2)], dim=2)
+        keys = full[..., :dk]
+        if p.get("rel"):
+            pos = F.linear(pe, p["w_pos"]).view(B, -1, h, dk).transpose(1, 2)
+            keys = torch.cat([keys, pos], dim=-1)
+        o = sdpa(q.transpose(1, 2), keys.contiguous(), full[..., dk:].contiguous(), mask,
+                 1.0 / math.sqrt(dk), tag="chunk")
+        return F.linear(o.transpose(1, 2).reshape(B, t, D), p["w_out"], p["b_out"]), full
+
+    def _conv_chunk(self, y, p, cache):
+        """Causal conv module continuing from cache (B,lorder,D), the last lorder inputs of
+        pointwise_conv1 (norm_conv outputs) before this chunk. pointwise_conv1 + GLU + the
+        depthwise conv run over [cache, chunk]; the first lorder outputs (those that would
+        see the kernel's causal padding) are dropped, so no padding value enters and, as in
+        WeNet's forward_chunk, no padding mask is applied. -> (out (B,t,D), [cache, chunk])."""
+        z = torch.cat([cache, y], dim=1)
+        lorder = cache.shape[1]
+        hdn = F.linear(z, p["pw1_w"], p["pw1_b"])
+        every = torch.full((z.shape[0],), z.shape[1], dtype=torch.int32, device=z.device)
+        fn = kernels.glu_dwconv if self.kern else kernels.ref_glu_dwconv
+        g = fn(hdn, every, p["dw_w"], p["dw_b"], p["pad"], p["ln_g"], p["ln_b"], True, p["eps"])
+        return F.linear(g[:, lorder:], p["pw2_w"], p["pw2_b"]), z
+
+    def encode_chunk(self, xs, lens, offset, att_cache, cnn_cache, cache_mask, beam: int):
+        """One chunk step of B streams, each at its own offset: `ChunkEncoder.forward` (WeNet
+        v2.2.1 forward_chunk) with a finite cache of C frames.
+
+        xs (B,T,feat) f32 raw fbank windows (CMVN inside), lens (B,) int32 valid frames;
+        offset (B,) int64 encoder frames each stream has produced; att_cache (B,L,h,C,2dk)
+        right-aligned keys | values, cnn_cache (B,L,lorder,D) (time-major: the last lorder
+        norm_conv outputs), cache_mask (B,C) bool, all in the engine dtype.
+        -> chunk_out (B,t,D), out_lens (B,) int32, top-k log-probs (B,t,beam) f32 and ids
+        (B,t,beam) int64, and the next caches in the same layouts: per stream the last C
+        (lorder) frames of [cache, its *valid* chunk frames] (what the stream alone gets,
+        whatever padding the batch gave its window; padded frames never reach a valid
+        output). A stream's offset advances by its out_lens."""
+        B, T, _ = xs.shape
+        C = att_cache.shape[3]
+        valid = torch.arange(T, device=xs.device)[None, :] < lens[:, None]
+        x, valid = self._subsample(xs, valid)
+        t = x.shape[1]
+        out_lens = valid.sum(1).to(torch.int32)
+        frames = torch.arange(C + t, device=xs.device)[None, :]
+        if self.rel_pos:  # WeNet: rows offset - C + k, negative positions -> row 0
+            pe = sinusoid_rows(torch.clamp(offset[:, None] - C + frames, min=0), self.d).to(self.dtype)
+        else:
+            x = x + sinusoid_rows(offset[:, None] + frames[:, :t], self.d).to(self.dtype)
+            pe = None
+        key_valid = torch.cat([cache_mask, valid], dim=1)  # (B, C+t)
+        mask = key_valid[:, None, None, :]
+        # per stream: the last C frames of [cache, valid chunk frames] start at its out_len
+        start = out_lens.to(torch.int64)[:, None]
+        new_att, new_cnn = [], []
+
+        def keep(full, n, dim):  # full: (..., C+t or lorder+t on `dim`, ...) -> the last n valid
+            idx = start + torch.arange(n, device=xs.device)[None, :]  # (B, n)
+            shape = [B] + [1] * (full.dim() - 1)
+            shape[dim] = n
+            return torch.gather(full, dim, idx.view(shape).expand(
+                *full.shape[:dim], n, *full.shape[dim + 1:]))
+
+        def attn(i, y, p):
+            out, full = self._attn_chunk(y, p, pe, att_cache[:, i], mask)
+            new_att.append(keep(full, C, 2))
+            return out
+
+        def conv(i, y, p):
+            out, z = self._conv_chunk(y, p, cnn_cache[:, i])
+            new_cnn.append(keep(z, cnn_cache.shape[2], 1))
+            return out
+
+        x = self._layers(x, attn, conv)
+        _, topv, topi = self._ctc_topk(x, beam, False)
+        new_cnn = torch.stack(new_cnn, dim=1) if new_cnn else cnn_cache
+        return (x, out_lens, topv, topi, torch.stack(new_att, dim=1), new_cnn,
+                keep(key_valid, C, 1))
 
     # -- decoder -----------------------------------------------------------------------------
     def _dec_scores(self, D, memory_kv, mem_mask, ys_in, ys_out, lens_sos, beam):

@@ -18,6 +18,7 @@ import onnxruntime as ort
 import torch
 
 from wenet_triton.contract import STREAMING_ENCODER_OUTPUTS, streaming_encoder_io
+from wenet_triton.engines.cuda_streaming import ChunkSlot, CudaChunkBackend
 from wenet_triton.engines.export import OPSET
 from wenet_triton.model.checkpoint import CheckpointError
 from wenet_triton.model.conformer import ASRModel
@@ -123,13 +124,19 @@ class ChunkRunner:
     def initial_state(self) -> EncoderState:
         return EncoderState.initial(self.settings)
 
-    def step(self, windows: Sequence[np.ndarray], states: Sequence[EncoderState]
-             ) -> Tuple[List[ChunkOutput], List[EncoderState]]:
+    def check_windows(self, windows: Sequence[np.ndarray]) -> np.ndarray:
+        """-> their lengths; ValueError unless each has context..decoding_window frames."""
         s = self.settings
         lens = np.array([len(w) for w in windows], np.int32)
         if lens.min() < s["context"] or lens.max() > s["decoding_window"]:
             raise ValueError(f"chunk windows must have {s['context']}..{s['decoding_window']} "
                              f"frames, got {lens.tolist()}")
+        return lens
+
+    def step(self, windows: Sequence[np.ndarray], states: Sequence[EncoderState]
+             ) -> Tuple[List[ChunkOutput], List[EncoderState]]:
+        s = self.settings
+        lens = self.check_windows(windows)
         x = np.zeros((len(windows), int(lens.max()), s["feat_size"]), np.float32)
         for i, w in enumerate(windows):
             x[i, :len(w)] = w
@@ -149,6 +156,39 @@ class ChunkRunner:
             cnn = out["r_cnn_cache"][i] if "r_cnn_cache" in out else st.cnn_cache
             new_states.append(EncoderState(int(out["r_offset"][i, 0]), att, cnn, mask))
         return results, new_states
+
+
+class DeviceChunkRunner(ChunkRunner):
+    """ChunkRunner over `CudaChunkBackend`: every stream's state stays on the device, so a
+    state is a `ChunkSlot` handle (from `initial_state()`) rather than an `EncoderState`.
+    `step(windows, states)` updates the handles in place and returns them as the new states,
+    so callers that keep the returned states (`encode_chunked`, `StreamDecoder`) work
+    unchanged; a state passed to step is consumed (it is the stream's next state too). A
+    dropped handle frees its slot; `release(state)` frees it at once."""
+    backend: CudaChunkBackend
+
+    def initial_state(self) -> ChunkSlot:
+        return self.backend.initial_state()
+
+    def step(self, windows: Sequence[np.ndarray], states: Sequence[ChunkSlot]
+             ) -> Tuple[List[ChunkOutput], List[ChunkSlot]]:
+        if not len(windows):
+            return [], []
+        self.check_windows(windows)
+        outs = self.backend.step(windows, states)
+        return [ChunkOutput(*o) for o in outs], list(states)
+
+    def release(self, state: ChunkSlot) -> None:
+        self.backend.release(state)
+
+    def load(self, state: EncoderState) -> ChunkSlot:
+        """A device state holding `state` (its cache must have the backend's length)."""
+        return self.backend.load_state(state.offset, state.att_cache, state.cnn_cache,
+                                       state.cache_mask)
+
+    def read(self, state: ChunkSlot) -> EncoderState:
+        """The device state as an `EncoderState` (float32 copies; tests, debugging)."""
+        return EncoderState(*self.backend.read_state(state))
 
 
 def encode_chunked(runner: ChunkRunner, windows: Sequence[Sequence[np.ndarray]]
@@ -338,15 +378,23 @@ def ensure_chunk_export(model: ASRModel, engine_dir: str, chunk_size: int, left_
 
 def open_chunk_runner(backend: str, model: ASRModel, chunk_size: int, left_chunks: int = -1,
                       beam_size: int = 10, engine_dir: Optional[str] = None, device: str = "cpu",
-                      threads: int = 0) -> ChunkRunner:
-    """backend "torch" (ChunkEncoder in PyTorch) or "onnxruntime" (exported once into
-    engine_dir; a finite cache needs left_chunks > 0, or -1)."""
+                      threads: int = 0, dtype: Optional[str] = None) -> ChunkRunner:
+    """backend "torch" (ChunkEncoder in PyTorch), "onnxruntime" (exported once into
+    engine_dir; a finite cache needs left_chunks > 0, or -1) or "torch_cuda" (the GPU
+    engine's chunk forward with the streams' caches on the device, `DeviceChunkRunner`; a
+    finite cache only, left_chunks >= 0; dtype float16 by default; on device "cpu" it runs
+    eagerly in float32 without the CUDA kernels, for tests)."""
     if backend == "torch":
         return ChunkRunner(TorchChunkBackend(
             model, streaming_settings(model, chunk_size, left_chunks, beam_size), device))
+    if backend == "torch_cuda":
+        settings = streaming_settings(model, chunk_size, left_chunks, beam_size)
+        cuda = device.startswith("cuda")
+        return DeviceChunkRunner(CudaChunkBackend(
+            model, settings, device, dtype, use_kernels=None if cuda else False))
     if backend == "onnxruntime":
         if engine_dir is None:
             raise ValueError("the onnxruntime chunk encoder needs an engine dir")
         path = ensure_chunk_export(model, engine_dir, chunk_size, left_chunks, beam_size)
         return ChunkRunner(OnnxChunkBackend(path, threads=threads))
-    raise ValueError(f"chunk decoding runs on the torch or onnxruntime engine, not {backend!r}")
+    raise ValueError(f"chunk decoding runs on the torch, onnxruntime or torch_cuda engine, not {backend!r}")

@@ -302,8 +302,9 @@ def _render_streaming(model_dir: str, out: str, engine: str, engine_dir: str, cf
                       values: Dict, decoding: Decoding) -> Optional[Dict]:
     """The `streaming` model beside the ensemble when the checkpoint can stream (else a log
     line and None: the ensemble is served alone). Chunk encoder: the onnxruntime chunk export
-    (exported once into engine_dir) with engine onnxruntime, else the PyTorch model (torch on
-    the engine's device; torch_cuda and tensorrt hosts: torch on the GPU)."""
+    (exported once into engine_dir) with engine onnxruntime; on torch_cuda and tensorrt hosts
+    the GPU engine's chunk encoder (`torch_cuda`: engine.dtype, float16 by default; the
+    streams' caches stay on the GPU); with engine torch the PyTorch model on its device."""
     st = streaming_config(cfg)
     if st["enabled"] == "false":
         return None
@@ -317,11 +318,14 @@ def _render_streaming(model_dir: str, out: str, engine: str, engine_dir: str, cf
                     STREAMING_MODEL, e)
         return None
     e = cfg.get("engine", {})
+    params = {}
     if engine == "onnxruntime":
         chunk_engine, device = "onnxruntime", "cpu"
+    elif engine in ("torch_cuda", "tensorrt"):  # the GPU engine's chunk forward, caches on the GPU
+        chunk_engine, device = "torch_cuda", "cuda"
+        params["dtype"] = e.get("dtype") or "float16"
     else:
-        chunk_engine = "torch"
-        device = "cuda" if engine in ("torch_cuda", "tensorrt") else e.get("device", "cpu")
+        chunk_engine, device = "torch", e.get("device", "cpu")
     m = cfg.get("models", {}).get(STREAMING_MODEL, {})
     max_batch = st["max_batch_size"] or int(values["max_batch_size"])
     # the final transcript's attention rescoring: in the instance on a GPU (no BLS hop on the
@@ -339,9 +343,9 @@ def _render_streaming(model_dir: str, out: str, engine: str, engine_dir: str, cf
         preferred_batch=(f"    preferred_batch_size: [ {', '.join(map(str, sizes))} ]\n" if sizes else ""),
         queue_delay_us=int(m.get("max_queue_delay_us", 2000)),
         instance_group=_instances(m),
-        engine_parameters=_pbtxt_params({"engine": chunk_engine, "device": device,
-                                         "threads": str(e.get("threads", 0)), "rescore": rescore,
-                                         "dtype": str(e.get("dtype") or "float16")}))
+        engine_parameters=_pbtxt_params(dict({"engine": chunk_engine, "device": device,
+                                              "threads": str(e.get("threads", 0)),
+                                              "rescore": rescore}, **params)))
     with open(os.path.join(templates_dir(), STREAMING_MODEL, "config.pbtxt.tmpl")) as f:
         text = Template(f.read()).substitute(v)
     vdir = os.path.join(out, STREAMING_MODEL, "1")

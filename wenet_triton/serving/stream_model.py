@@ -20,6 +20,7 @@ age); nothing is kept for an ended stream.
 """
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -35,6 +36,8 @@ from wenet_triton.decode.vocab import Vocab
 from wenet_triton.engines.streaming import (
     STREAMING_ONNX_NAME,
     ChunkRunner,
+    CudaChunkBackend,
+    DeviceChunkRunner,
     OnnxChunkBackend,
     TorchChunkBackend,
 )
@@ -147,8 +150,14 @@ class Streaming:
         if device == "cpu" and int(p.get("threads", "0")):
             torch.set_num_threads(int(p["threads"]))
         model = ASRModel.from_spec(load_model_dir(os.path.join(vdir, "model")))
-        return ChunkRunner(TorchChunkBackend(
-            model, streaming_settings(model, chunk, left, self.settings.beam_size), device))
+        settings = streaming_settings(model, chunk, left, self.settings.beam_size)
+        if p.get("engine") == "torch_cuda":  # GPU engine, the streams' caches on the device
+            backend = CudaChunkBackend(model, settings, device, p.get("dtype") or None,
+                                       slots=min(self.max_streams, 64))
+            # one CUDA graph per batch bucket up to the model's max batch
+            backend.warmup(int(json.loads(args["model_config"]).get("max_batch_size", 16)))
+            return DeviceChunkRunner(backend)
+        return ChunkRunner(TorchChunkBackend(model, settings, device))
 
     def _rescorer(self, args, p, vdir):
         """Attention rescoring of final transcripts: `local` = the decoder in this instance
