@@ -281,8 +281,9 @@ class CudaChunkBackend:
         now rather than at the first live step of that size); the pools end up with at least
         max_batch slots. Leaves no stream behind."""
         feats = np.zeros((self.window, self.settings["feat_size"]), np.float32)
-        for b in self.BATCH_BUCKETS:
-            if b > self._bucket(max(1, max_batch)):
+        top = self._bucket(max(1, max_batch))
+        for b in sorted(set(self.BATCH_BUCKETS) | {top}):
+            if b > top:
                 break
             states = [self.initial_state() for _ in range(b)]
             self.step([feats] * b, states)
