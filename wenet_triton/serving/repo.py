@@ -276,9 +276,14 @@ def streaming_config(cfg: Dict) -> Dict:
     out = {"enabled": str(st["enabled"]).lower(), "chunk_size": int(st.get("chunk_size", 16)),
            "left_chunks": int(st.get("left_chunks", 4)), "max_streams": int(st.get("max_streams", 64)),
            "idle_seconds": float(st.get("idle_seconds", 30)),
-           "max_chunk_seconds": float(st.get("max_chunk_seconds", 2))}
+           "max_chunk_seconds": float(st.get("max_chunk_seconds", 2)),
+           "fbank": str(st.get("fbank", "auto")).lower(), "search_threads": int(st.get("search_threads", 1))}
     if out["enabled"] not in ("auto", "true", "false"):
         raise ValueError(f"streaming.enabled {st['enabled']!r}: use auto, true or false")
+    if out["fbank"] not in ("auto", "knf", "torch"):
+        raise ValueError(f"streaming.fbank {st['fbank']!r}: use auto, knf or torch")
+    if out["search_threads"] < 0:
+        raise ValueError(f"streaming.search_threads must be >= 0 (0: all cores), got {out['search_threads']}")
     if out["chunk_size"] <= 0:
         raise ValueError(f"streaming.chunk_size must be > 0, got {out['chunk_size']}")
     if out["left_chunks"] <= 0:
@@ -295,7 +300,9 @@ def _render_streaming(model_dir: str, out: str, engine: str, engine_dir: str, cf
     """The `streaming` model beside the ensemble when the checkpoint can stream (else a log
     line and None: the ensemble is served alone). Chunk encoder: the onnxruntime chunk export
     (exported once into engine_dir) with engine onnxruntime, else the PyTorch model (torch on
-    the engine's device; torch_cuda and tensorrt hosts: torch on the GPU)."""
+    the engine's device; torch_cuda and tensorrt hosts: torch on the GPU). Fbank (`streaming.fbank`):
+    knf per stream on the CPU, or torch batched over a batch's streams on the chunk encoder's
+    device (auto: torch where that is a GPU, else knf)."""
     st = streaming_config(cfg)
     if st["enabled"] == "false":
         return None
@@ -314,6 +321,10 @@ def _render_streaming(model_dir: str, out: str, engine: str, engine_dir: str, cf
     else:
         chunk_engine = "torch"
         device = "cuda" if engine in ("torch_cuda", "tensorrt") else e.get("device", "cpu")
+    fbank = st["fbank"]
+    if fbank == "auto":
+        fbank = "torch" if device.startswith("cuda") else "knf"
+    fe_device = device if fbank == "torch" and device.startswith("cuda") else "cpu"
     m = cfg.get("models", {}).get(STREAMING_MODEL, {})
     max_batch = int(values["max_batch_size"])
     sizes = [x for x in m.get("preferred_batch_sizes", []) if x <= max_batch]
@@ -328,7 +339,9 @@ def _render_streaming(model_dir: str, out: str, engine: str, engine_dir: str, cf
         queue_delay_us=int(m.get("max_queue_delay_us", 2000)),
         instance_group=_instances(m),
         engine_parameters=_pbtxt_params({"engine": chunk_engine, "device": device,
-                                         "threads": str(e.get("threads", 0))}))
+                                         "threads": str(e.get("threads", 0)), "fbank": fbank,
+                                         "feature_device": fe_device,
+                                         "search_threads": st["search_threads"]}))
     with open(os.path.join(templates_dir(), STREAMING_MODEL, "config.pbtxt.tmpl")) as f:
         text = Template(f.read()).substitute(v)
     vdir = os.path.join(out, STREAMING_MODEL, "1")
@@ -350,9 +363,9 @@ def _render_streaming(model_dir: str, out: str, engine: str, engine_dir: str, cf
     else:
         _ship_checkpoint(model_dir, os.path.join(vdir, "model"))
     log.info("`%s` model: chunk %d encoder frames, %d left chunks, %s chunk encoder on %s, "
-             "up to %d streams", STREAMING_MODEL, st["chunk_size"], st["left_chunks"],
-             chunk_engine, device, st["max_streams"])
-    return dict(st, engine=chunk_engine, device=device)
+             "up to %d streams, fbank %s on %s", STREAMING_MODEL, st["chunk_size"], st["left_chunks"],
+             chunk_engine, device, st["max_streams"], fbank, fe_device)
+    return dict(st, engine=chunk_engine, device=device, fbank=fbank, feature_device=fe_device)
 
 
 def _flag(value) -> str:
