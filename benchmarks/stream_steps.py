@@ -7,6 +7,10 @@ rescoring, and writes one CSV row per stream count (+ a stacked-bar plot with --
 
     python3 -m benchmarks.stream_steps --streams 1,16,64,256 --backend torch_cuda \
         --out benchmarks/results/stream_steps.csv
+
+`--fbank torch [--feature-device cuda:0]`: the batched streaming fbank (one torch fbank call
+per round over every stream's new frames) instead of kaldi-native-fbank per stream;
+`--search-threads N`: the resumed C++ searches of a round split over N threads.
 """
 from __future__ import annotations
 
@@ -90,6 +94,12 @@ def main(argv=None):
     ap.add_argument("--left-chunks", type=int, default=4)
     ap.add_argument("--backend", default="torch", help="torch | torch_cuda | onnxruntime")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--fbank", default="knf", choices=StreamDecoder.FBANK_IMPLS,
+                    help="knf: kaldi-native-fbank per stream; torch: one batched fbank per round")
+    ap.add_argument("--feature-device", default=None,
+                    help="device of the batched fbank (default: --device; knf: cpu)")
+    ap.add_argument("--search-threads", type=int, default=1,
+                    help="threads the resumed searches of a round are split over (0: all cores)")
     ap.add_argument("--out", default=None, help="CSV to write")
     ap.add_argument("--plot", action="store_true", help="also write <out>.png")
     a = ap.parse_args(argv)
@@ -100,7 +110,10 @@ def main(argv=None):
     model = ASRModel.from_spec(load_model_dir(model_dir))
     runner = open_chunk_runner(a.backend, model, a.chunk_size, a.left_chunks, rec.settings.beam_size,
                                ensure_export(model_dir, None, rec.settings.beam_size), a.device)
-    decoder = StreamDecoder(runner, rec.vocab, rec.settings, rec.fbank.conf, dec, rec.lm)
+    fe_device = "cpu" if a.fbank == "knf" else (a.feature_device or a.device)
+    decoder = StreamDecoder(runner, rec.vocab, rec.settings, rec.fbank.conf, dec, rec.lm,
+                            fbank_impl=a.fbank, feature_device=fe_device,
+                            search_threads=a.search_threads)
     files = sorted(glob.glob(os.path.join(a.wav_dir, "*.wav"))) if a.wav_dir else None
     if not files:
         from wenet_triton.paths import SAMPLES_DIR
@@ -116,6 +129,7 @@ def main(argv=None):
     for n in [int(x) for x in a.streams.split(",")]:
         row = run(rec, decoder, wavs, n, chunk, a.seconds, sync)
         rows.append(row)
+        row.update(fbank=a.fbank, feature_device=fe_device, search_threads=decoder.search_threads)
         print(", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()),
               flush=True)
     if a.out:

@@ -345,18 +345,22 @@ def fbank_test_wavs():
     return wavs
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_batched_fbank_equals_whole_utterance_knf(seed):
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.parametrize("seed,device", [(0, "cpu"), (1, "cpu"), (2, "cpu"),
+                                         pytest.param(3, "cuda", marks=CUDA)])
+def test_batched_fbank_equals_whole_utterance_knf(seed, device):
     """Streams cut their pieces into frames (SampleFramer) and one FrameFbank call per round
     computes the new frames of every stream of the round (several streams at different
     positions, a stream twice in a round, empty and sub-frame pieces, ends with and without a
     last piece): per stream the frames equal kaldi-native-fbank on the whole utterance within
     the torch-vs-knf tolerance of test_frontend (and the torch fbank of the whole utterance
-    within FFT rounding)."""
+    within FFT rounding). On a GPU too (pinned staging buffer reused across calls)."""
     wavs = fbank_test_wavs()
     rng = np.random.default_rng(seed)
     framers = [SampleFramer() for _ in wavs]
-    ff = FrameFbank()
+    ff = FrameFbank(device=device)
     got = [[] for _ in wavs]
     calls = 0
     for items in random_rounds(wavs, rng):
