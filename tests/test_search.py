@@ -178,6 +178,13 @@ def test_threaded_resumed_search_equals_one_thread(with_lm):
             assert advance_search_batch(searches, chunks, 10, 0, lm, *weights, threads=t) == want, t
         calls += 1
     assert calls > 5
+    # a prefix longer than the output buffer (cannot happen: SearchState.longest bounds it)
+    # is emitted again in full
+    for s in runs[2]:
+        s.native.longest = 0
+    empty = [(c[0][:0], c[1][:0]) for c in chunks]
+    assert advance_search_batch(runs[2], empty, 10, 0, lm, *weights, threads=2) == want
+    assert max(s.native.longest for s in runs[2]) == max(len(h[0]) for nb in want for h in nb) > 0
     # and the end equals one search over all frames
     for b, r in enumerate(refs):
         n = len(r["ctc_topk_idx"])

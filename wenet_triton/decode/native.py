@@ -113,6 +113,9 @@ class SearchState:
     def __init__(self, L):
         self.L = L
         self.ptr = L.wk_search_new()
+        # the longest prefix in its beam after the last call: a frame extends a prefix by one
+        # token at most, so after n more frames none is longer than longest + n
+        self.longest = 0
 
     @property
     def frames(self) -> int:
@@ -169,13 +172,17 @@ def advance_searches(states, topv: np.ndarray, topi: np.ndarray, lens: np.ndarra
 
     threads > 1: the rows are split into up to that many groups (MIN_GROUP rows at least) and
     the groups searched at once on a thread pool (the C++ call releases the GIL; each state
-    is its own, the LM is read-only): the same results as one call."""
+    is its own, the LM is read-only): the same results as one call.
+
+    The output buffer holds prefixes of up to max(longest + new frames) tokens (each state's
+    longest prefix so far, `SearchState.longest`), not the stream's frame count: a call costs
+    O(new frames + prefix length), not O(frames so far)."""
     L = lib()
     topv = np.ascontiguousarray(topv, dtype=np.float32)
     topi = np.ascontiguousarray(topi, dtype=np.int64)
     lens = np.ascontiguousarray(lens, dtype=np.int32)
     B, T, K = topv.shape
-    max_len = max([s.frames + int(n) for s, n in zip(states, lens)] + [1])
+    max_len = max([s.longest + int(n) for s, n in zip(states, lens.tolist())] + [1])
     tokens = np.zeros((B, beam, max_len), np.int32)
     out_lens = np.zeros((B, beam), np.int32)
     scores = np.zeros((B, beam), np.float64)
@@ -185,27 +192,37 @@ def advance_searches(states, topv: np.ndarray, topi: np.ndarray, lens: np.ndarra
     handle = _lm_handle(L, lm) if lm is not None else None
     eos = lm.eos if lm is not None else 0
 
-    def run(a: int, b: int):  # rows a..b-1: row slices of C-contiguous arrays are contiguous
+    def run(a: int, b: int) -> int:  # rows a..b-1: row slices of C-contiguous arrays are contiguous
         ptrs = (ctypes.c_void_p * (b - a))(*[s.ptr for s in states[a:b]])
-        L.wk_search_advance(ptrs, p(topv[a:b]), p(topi[a:b]), p(lens[a:b]), b - a, T, K, beam,
-                            blank, max_len, p(tokens[a:b]), p(out_lens[a:b]), p(scores[a:b]),
-                            p(count[a:b]), handle, eos, lm_weight, length_bonus,
-                            p(lm_scores[a:b]) if lm is not None else None)
+        return L.wk_search_advance(ptrs, p(topv[a:b]), p(topi[a:b]), p(lens[a:b]), b - a, T, K,
+                                   beam, blank, max_len, p(tokens[a:b]), p(out_lens[a:b]),
+                                   p(scores[a:b]), p(count[a:b]), handle, eos, lm_weight,
+                                   length_bonus, p(lm_scores[a:b]) if lm is not None else None)
 
     threads = resolve_threads(threads)
     groups = _groups(B, threads) if B else [(0, 0)]
     if len(groups) == 1:
-        run(0, B)
+        truncated = run(0, B)
     else:  # the caller searches the first group itself
         futures = [_pool(threads - 1).submit(run, a, b) for a, b in groups[1:]]
-        run(*groups[0])
+        truncated = run(*groups[0])
         for f in futures:
-            f.result()
+            truncated |= f.result()
+    if truncated:  # cannot happen (see SearchState.longest); emit again (0 new frames), unbounded
+        lens = np.zeros(B, np.int32)
+        max_len = max([s.frames for s in states] + [1])
+        tokens = np.zeros((B, beam, max_len), np.int32)
+        run(0, B)
+    counts, lengths = count.tolist(), out_lens.tolist()
+    for s, ls in zip(states, lengths):
+        s.longest = max(ls)
+    sc = scores.tolist()
     if lm is None:
-        return [[(tuple(tokens[b, i, :out_lens[b, i]].tolist()), float(scores[b, i]))
-                 for i in range(count[b])] for b in range(B)]
-    return [[(tuple(tokens[b, i, :out_lens[b, i]].tolist()), float(scores[b, i]),
-              float(lm_scores[b, i])) for i in range(count[b])] for b in range(B)]
+        return [[(tuple(tokens[b, i, :lengths[b][i]].tolist()), sc[b][i]) for i in range(counts[b])]
+                for b in range(B)]
+    lms = lm_scores.tolist()
+    return [[(tuple(tokens[b, i, :lengths[b][i]].tolist()), sc[b][i], lms[b][i])
+             for i in range(counts[b])] for b in range(B)]
 
 
 class _LMHandle:
