@@ -324,7 +324,8 @@ def _render_streaming(model_dir: str, out: str, engine: str, engine_dir: str, cf
     fbank = st["fbank"]
     if fbank == "auto":
         fbank = "torch" if device.startswith("cuda") else "knf"
-    fe_device = device if fbank == "torch" and device.startswith("cuda") else "cpu"
+    # "cuda": the instance's GPU, where the model puts the torch chunk encoder
+    fe_device = "cuda" if fbank == "torch" and device.startswith("cuda") else "cpu"
     m = cfg.get("models", {}).get(STREAMING_MODEL, {})
     max_batch = int(values["max_batch_size"])
     sizes = [x for x in m.get("preferred_batch_sizes", []) if x <= max_batch]
