@@ -2,11 +2,17 @@
 """Where the time of live streaming goes, without a server: N streams send `--chunk-ms` pieces
 in lockstep rounds through one `StreamDecoder` (what one Triton `streaming` instance runs per
 dynamic batch), the last round ends them (attention rescoring in process). Per round it times
-the front end (fbank + windows), the chunk-encoder steps, the prefix-search resume and the
-rescoring, and writes one CSV row per stream count (+ a stacked-bar plot with --plot).
+the front end (all of a round but the chunk-encoder steps and the search: fbank, windows,
+bookkeeping; `features`: the fbank + windows part alone), the chunk-encoder steps, the
+prefix-search resume and the rescoring, and writes one CSV row per stream count (+ a
+stacked-bar plot with --plot).
 
     python3 -m benchmarks.stream_steps --streams 1,16,64,256 --backend torch_cuda \
         --out benchmarks/results/stream_steps.csv
+
+`--fbank torch [--feature-device cuda:0]`: the batched streaming fbank (one torch fbank call
+per round over every stream's new frames) instead of kaldi-native-fbank per stream;
+`--search-threads N`: the resumed C++ searches of a round split over N threads.
 """
 from __future__ import annotations
 
@@ -19,6 +25,7 @@ from collections import defaultdict
 
 import numpy as np
 
+import wenet_triton.streaming as streaming_mod
 from wenet_triton.api import load_model
 from wenet_triton.audio.frontend import read_audio
 from wenet_triton.engines.artifacts import ensure_export
@@ -32,16 +39,18 @@ PHASES = ("frontend", "encoder", "search", "rescore")
 
 
 class Timed:
-    """Wraps a callable and adds its wall time to totals[name] (CUDA synchronised)."""
+    """Wraps a callable and adds its wall time to totals[name] (CUDA synchronised) and the
+    process's CPU time meanwhile (all its threads) to totals[name + "_cpu"]."""
     def __init__(self, fn, totals, name, sync):
         self.fn, self.totals, self.name, self.sync = fn, totals, name, sync
 
     def __call__(self, *a, **k):
         self.sync()
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         out = self.fn(*a, **k)
         self.sync()
         self.totals[self.name] += time.perf_counter() - t
+        self.totals[self.name + "_cpu"] += time.process_time() - c
         return out
 
 
@@ -50,6 +59,9 @@ def run(rec, decoder: StreamDecoder, wavs, streams: int, chunk: int, seconds: fl
     decoder.runner.step = Timed(decoder.runner.step, totals, "encoder", sync)
     search = decoder.search
     decoder.search = Timed(search, totals, "search", sync)
+    accept_many = getattr(streaming_mod, "accept_many", None)
+    if accept_many is not None:  # fbank + windows of every item of a round
+        streaming_mod.accept_many = Timed(accept_many, totals, "features", sync)
     n = int(seconds * decoder.fbank_conf.sample_rate)
     audio = [np.resize(wavs[i % len(wavs)], n) for i in range(streams)]
     live = [decoder.open() for _ in range(streams)]
@@ -57,9 +69,10 @@ def run(rec, decoder: StreamDecoder, wavs, streams: int, chunk: int, seconds: fl
     t0 = time.perf_counter()
     for r in range(rounds):
         last = r == rounds - 1
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         res = decoder.advance([(s, a[r * chunk:(r + 1) * chunk], last) for s, a in zip(live, audio)])
         totals["advance"] += time.perf_counter() - t
+        totals["advance_cpu"] += time.process_time() - c
         if last:
             t = time.perf_counter()
             decoder.finish([(s, p.nbest) for s, p in zip(live, res)], rec.engine)
@@ -68,13 +81,19 @@ def run(rec, decoder: StreamDecoder, wavs, streams: int, chunk: int, seconds: fl
     wall = time.perf_counter() - t0
     decoder.runner.step = decoder.runner.step.fn
     decoder.search = search
-    totals["frontend"] = totals["advance"] - totals["encoder"] - totals["search"]
+    if accept_many is not None:
+        streaming_mod.accept_many = accept_many
+    for x in ("", "_cpu"):
+        totals["frontend" + x] = totals["advance" + x] - totals["encoder" + x] - totals["search" + x]
     chunks = streams * rounds
     row = {"streams": streams, "chunk_ms": 1000 * chunk / decoder.fbank_conf.sample_rate,
            "rounds": rounds, "wall_s": wall, "chunks_per_s": chunks / wall,
            "realtime_streams": streams * seconds / wall}
     for p in PHASES:
         row[f"{p}_ms_per_chunk"] = 1000 * totals[p] / chunks
+    row["features_ms_per_chunk"] = 1000 * totals["features"] / chunks  # part of frontend
+    for p in ("frontend", "features", "search"):  # CPU time of the process (all threads)
+        row[f"{p}_cpu_ms_per_chunk"] = 1000 * totals[p + "_cpu"] / chunks
     row["round_ms"] = 1000 * totals["advance"] / rounds
     return row
 
@@ -93,10 +112,21 @@ def main(argv=None):
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default=None, help="torch_cuda chunk encoder: float16 (default), "
                     "bfloat16, float32")
+    ap.add_argument("--fbank", default="knf", choices=StreamDecoder.FBANK_IMPLS,
+                    help="knf: kaldi-native-fbank per stream; torch: one batched fbank per round")
+    ap.add_argument("--feature-device", default=None,
+                    help="device of the batched fbank (default: --device; knf: cpu)")
+    ap.add_argument("--search-threads", type=int, default=1,
+                    help="threads the resumed searches of a round are split over (0: all cores)")
+    ap.add_argument("--torch-threads", type=int, default=0,
+                    help="torch intra-op threads (torch encoder, torch fbank on the CPU); 0: torch's default")
     ap.add_argument("--out", default=None, help="CSV to write")
     ap.add_argument("--plot", action="store_true", help="also write <out>.png")
     a = ap.parse_args(argv)
     model_dir = a.model_dir or default_model_dir()
+    if a.torch_threads:
+        import torch
+        torch.set_num_threads(a.torch_threads)
     engine = "torch_cuda" if a.device.startswith("cuda") else "onnxruntime"
     rec = load_model(model_dir, engine=engine, device=a.device)
     dec = rec.decoding
@@ -104,7 +134,10 @@ def main(argv=None):
     runner = open_chunk_runner(a.backend, model, a.chunk_size, a.left_chunks, rec.settings.beam_size,
                                ensure_export(model_dir, None, rec.settings.beam_size), a.device,
                                dtype=a.dtype)
-    decoder = StreamDecoder(runner, rec.vocab, rec.settings, rec.fbank.conf, dec, rec.lm)
+    fe_device = "cpu" if a.fbank == "knf" else (a.feature_device or a.device)
+    decoder = StreamDecoder(runner, rec.vocab, rec.settings, rec.fbank.conf, dec, rec.lm,
+                            fbank_impl=a.fbank, feature_device=fe_device,
+                            search_threads=a.search_threads)
     files = sorted(glob.glob(os.path.join(a.wav_dir, "*.wav"))) if a.wav_dir else None
     if not files:
         from wenet_triton.paths import SAMPLES_DIR
@@ -122,6 +155,7 @@ def main(argv=None):
     for n in [int(x) for x in a.streams.split(",")]:
         row = run(rec, decoder, wavs, n, chunk, a.seconds, sync)
         rows.append(row)
+        row.update(fbank=a.fbank, feature_device=fe_device, search_threads=decoder.search_threads)
         print(", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()),
               flush=True)
     if a.out:

@@ -373,3 +373,26 @@ def test_fused_gpu_config_spreads_the_fused_model(dirs, tmp_path, n):
     want = repo_mod.load_serving_config(FUSED_YAML)["models"]["fused"]
     assert count == want["instances"]
     assert (kind, listed) == (("KIND_GPU", gpus) if n >= 2 else (want["kind"], []))
+
+
+@pytest.mark.parametrize("engine,over,want", [
+    ("torch_cuda", {}, ("torch", "cuda", "1")),  # GPU hosts: batched fbank on the encoder's GPU
+    ("torch", {}, ("knf", "cpu", "1")),          # CPU: kaldi-native-fbank per stream, as before
+    ("torch", {"fbank": "torch", "search_threads": 3}, ("torch", "cpu", "3")),
+    ("torch_cuda", {"fbank": "knf", "search_threads": 0}, ("knf", "cpu", "0")),
+])
+def test_streaming_fbank_and_search_threads_parameters(dirs, tmp_path, engine, over, want):
+    """`streaming.fbank` (auto: the batched torch fbank where the chunk encoder runs on a GPU,
+    else knf) and `streaming.search_threads` reach the `streaming` model's parameters."""
+    from conftest import model_dir
+
+    build_repo(model_dir("u2pp_conformer"), str(tmp_path / "r"), engine, None,
+               {"streaming": over}, engine_dir=dirs[1])
+    cfg = _parse(open(tmp_path / "r" / "streaming" / "config.pbtxt").read())
+    p = {k: v.string_value for k, v in cfg.parameters.items()}
+    assert (p["fbank"], p["feature_device"], p["search_threads"]) == want
+    served = json.load(open(tmp_path / "r" / "serving.json"))["streaming"]
+    assert (served["fbank"], served["feature_device"]) == want[:2]
+    with pytest.raises(ValueError, match="streaming.fbank"):
+        build_repo(model_dir("u2pp_conformer"), str(tmp_path / "bad"), engine, None,
+                   {"streaming": {"fbank": "sox"}}, engine_dir=dirs[1])

@@ -127,3 +127,66 @@ def test_native_search_is_bit_identical(name):
     native = prefix_beam_search_batch(v, i, np.array([60, 31, 1]), 10)
     for b, n in enumerate([60, 31, 1]):
         assert native[b] == ctc_prefix_beam_search(v[b], i[b], n, 10)
+
+
+def test_search_groups_cover_the_batch():
+    from wenet_triton.decode.native import MIN_GROUP, _groups
+
+    for B in range(0, 40):
+        for threads in (1, 2, 3, 8):
+            g = _groups(B, threads)
+            assert g[0][0] == 0 and g[-1][1] == B and all(a[1] == b[0] for a, b in zip(g, g[1:]))
+            assert len(g) <= max(1, threads)
+            assert len(g) == 1 or min(b - a for a, b in g) >= MIN_GROUP
+            sizes = [b - a for a, b in g]
+            assert max(sizes) - min(sizes) <= 1
+    assert _groups(13, 3) == [(0, 5), (5, 9), (9, 13)] and _groups(7, 4) == [(0, 7)]
+
+
+@pytest.mark.parametrize("with_lm", [False, True])
+def test_threaded_resumed_search_equals_one_thread(with_lm):
+    """The resumed C++ searches of a batch split over threads (groups of streams searched at
+    once) give exactly what one call gives (n-best, CTC and LM scores), after every call, for
+    WeNet's top-k of the u2pp reference utterances fed in random pieces."""
+    import random
+
+    from wenet_triton.decode.lm import estimate
+    from wenet_triton.decode.search import IncrementalSearch, advance_search_batch
+
+    dec, npz = reference("u2pp_conformer")
+    refs = [npz(u) for u in sorted(dec["utts"])]
+    lm, weights = None, (0.0, 0.0)
+    if with_lm:
+        V = int(max(r["ctc_topk_idx"].max() for r in refs)) + 1
+        r = random.Random(0)
+        lm = estimate([[r.randrange(1, V) for _ in range(r.randrange(3, 20))] for _ in range(3000)],
+                      V, 3)
+        weights = (0.6, 0.3)
+    rng = np.random.default_rng(0)
+    one = [IncrementalSearch() for _ in refs]
+    runs = {t: [IncrementalSearch() for _ in refs] for t in (2, 3, 0)}
+    assert one[0].native is not None, "C++ search failed to build (is g++ installed?)"
+    pos, calls = [0] * len(refs), 0
+    while any(p < len(r["ctc_topk_idx"]) for p, r in zip(pos, refs)):
+        chunks = []
+        for b, r in enumerate(refs):
+            n = min(int(rng.integers(0, 30)), len(r["ctc_topk_idx"]) - pos[b])
+            chunks.append((r["ctc_topk_values"][pos[b]:pos[b] + n], r["ctc_topk_idx"][pos[b]:pos[b] + n]))
+            pos[b] += n
+        want = advance_search_batch(one, chunks, 10, 0, lm, *weights)
+        for t, searches in runs.items():
+            assert advance_search_batch(searches, chunks, 10, 0, lm, *weights, threads=t) == want, t
+        calls += 1
+    assert calls > 5
+    # a prefix longer than the output buffer (cannot happen: SearchState.longest bounds it)
+    # is emitted again in full
+    for s in runs[2]:
+        s.native.longest = 0
+    empty = [(c[0][:0], c[1][:0]) for c in chunks]
+    assert advance_search_batch(runs[2], empty, 10, 0, lm, *weights, threads=2) == want
+    assert max(s.native.longest for s in runs[2]) == max(len(h[0]) for nb in want for h in nb) > 0
+    # and the end equals one search over all frames
+    for b, r in enumerate(refs):
+        n = len(r["ctc_topk_idx"])
+        if lm is None:
+            assert want[b] == ctc_prefix_beam_search(r["ctc_topk_values"], r["ctc_topk_idx"], n, 10)

@@ -15,7 +15,16 @@ from conftest import model_dir, shared_path, wav_path
 from test_search import nbest_close
 
 from wenet_triton.audio.frontend import Fbank, read_audio
-from wenet_triton.audio.streaming import FrameWindower, StreamingFbank, StreamingFeatures, window_bounds
+from wenet_triton.audio.streaming import (
+    FrameFbank,
+    FrameWindower,
+    SampleFramer,
+    StreamingFbank,
+    StreamingFeatures,
+    accept_many,
+    window_bounds,
+)
+from wenet_triton.audio.torch_fbank import TorchFbank
 from wenet_triton.contract import STREAMING_ENCODER_INPUTS, STREAMING_ENCODER_OUTPUTS
 from wenet_triton.decode.cer import cer
 from wenet_triton.decode.vocab import Vocab
@@ -250,6 +259,54 @@ def test_from_wav_close_to_wenet(sref, u2pp_export, chunk_exports):
     assert rate <= 0.02, (rate, sum(a == b for a, b in pairs))
 
 
+def test_stream_decoder_batched_fbank_equals_knf(sref, u2pp_export, chunk_exports):
+    """Live streams through StreamDecoder (onnxruntime chunk encoder, finite cache, as served)
+    with the batched torch front end and the search on threads, against the knf front end
+    with one search call: streams at different positions sending random pieces (empty,
+    shorter than a frame, up to 0.75 s; some twice in one call) -> the same partial and
+    n-best after every piece (hypotheses near-tied within 1e-3 may swap) and the same rescored
+    finals, which are the offline streaming recognizer's (test_from_wav_close_to_wenet: 1.9%
+    CER against WeNet)."""
+    config = "chunk8_left4"
+    d, _ = chunk_exports[config]
+    eng = OnnxEngine(u2pp_export)
+    vocab = Vocab.from_engine_dir(u2pp_export, eng.settings)
+    runner = ChunkRunner(OnnxChunkBackend(os.path.join(d, "streaming_encoder.onnx")))
+    utts = sorted(sref["configs"][config]["utts"])[:10]
+    wavs = [read_audio(wav_path(u)) for u in utts]
+    rounds = random_rounds(wavs, np.random.default_rng(5), 12000)
+    got = {}
+    for impl, threads in (("knf", 1), ("torch", 2)):
+        dec = StreamDecoder(runner, vocab, eng.settings, eng.settings.fbank, fbank_impl=impl,
+                            search_threads=threads)
+        live = [dec.open() for _ in wavs]
+        partials, finals = [], [None] * len(wavs)
+        for items in rounds:
+            res = dec.advance([(live[i], w, last) for i, w, last in items])
+            partials += [(r.text, r.frames, r.nbest) for r in res]
+            ended = [(i, r) for (i, _, last), r in zip(items, res) if last]
+            texts = dec.finish([(live[i], r.nbest) for i, r in ended], eng)
+            for (i, _), t in zip(ended, texts):
+                finals[i] = t
+        got[impl] = partials, finals
+    (kp, kf), (tp, tf) = got["knf"], got["torch"]
+    assert len(kp) == len(tp) > 3 * len(wavs)
+    same_nbest = 0
+    for (kt, kn, knb), (tt, tn, tnb) in zip(kp, tp):
+        assert (kt, kn) == (tt, tn)
+        assert nbest_close(tnb, knb, 1e-3)
+        same_nbest += [h[0] for h in tnb] == [h[0] for h in knb]
+    assert tf == kf
+    assert same_nbest >= 0.95 * len(kp), (same_nbest, len(kp))
+    print(f"batched fbank vs knf: {same_nbest}/{len(kp)} n-best lists with the same hypotheses")
+    offline = StreamingRecognizer(eng, vocab, runner).recognize(wavs)
+    assert tf == [r.text for r in offline]
+    with pytest.raises(ValueError, match="choose from"):
+        StreamDecoder(runner, vocab, eng.settings, eng.settings.fbank, fbank_impl="sox")
+    with pytest.raises(ValueError, match="knf runs on the CPU"):
+        StreamDecoder(runner, vocab, eng.settings, eng.settings.fbank, feature_device="cuda:0")
+
+
 # -- front end ----------------------------------------------------------------------------
 @pytest.mark.parametrize("piece", [1, 7, 161, 399, 1601, 10 ** 6])
 def test_streaming_fbank_equals_whole_utterance(piece):
@@ -260,6 +317,130 @@ def test_streaming_fbank_equals_whole_utterance(piece):
     fb = StreamingFbank()
     got = [fb.accept(wav[i:i + piece]) for i in range(0, len(wav), piece)] + [fb.finish()]
     np.testing.assert_array_equal(np.concatenate(got), whole)
+
+
+def random_rounds(wavs, rng, max_piece=6000):
+    """A server's view of streams sending pieces: per round, some of the streams send one or
+    two pieces (0 samples, shorter than a frame, or up to max_piece), ending with the piece
+    that reaches their last sample (sometimes one more, empty) -> rounds of
+    (stream index, samples, last) items, in order."""
+    pos, done, rounds = [0] * len(wavs), [False] * len(wavs), []
+    while not all(done):
+        items = []
+        for i in rng.permutation(len(wavs)):
+            if done[i] or rng.random() < 0.25:
+                continue  # this stream sends nothing this round
+            for _ in range(1 + int(rng.random() < 0.3)):
+                kind = rng.random()
+                n = 0 if kind < 0.1 else int(rng.integers(1, 400)) if kind < 0.3 else int(rng.integers(1, max_piece))
+                piece = wavs[i][pos[i]:pos[i] + n]
+                pos[i] += len(piece)
+                last = pos[i] >= len(wavs[i]) and rng.random() < 0.7
+                items.append((int(i), piece, last))
+                if last:
+                    done[i] = True
+                    break
+        rounds.append(items)
+    return rounds
+
+
+def fbank_test_wavs():
+    """Shared synth wavs, the package samples, and audio shorter than / exactly one frame and
+    one frame plus less than a shift (the trailing partial frame knf drops)."""
+    from wenet_triton.paths import SAMPLES_DIR
+
+    wavs = [read_audio(wav_path(f"test_{i:06d}")) for i in (0, 3, 7, 12, 19)]
+    wavs += [read_audio(os.path.join(SAMPLES_DIR, f)) for f in sorted(os.listdir(SAMPLES_DIR))
+             if f.endswith(".wav")]
+    rng = np.random.default_rng(1)
+    wavs += [rng.uniform(-0.5, 0.5, n).astype(np.float32) for n in (399, 400, 559, 3001)]
+    return wavs
+
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.parametrize("seed,device", [(0, "cpu"), (1, "cpu"), (2, "cpu"),
+                                         pytest.param(3, "cuda", marks=CUDA)])
+def test_batched_fbank_equals_whole_utterance_knf(seed, device):
+    """Streams cut their pieces into frames (SampleFramer) and one FrameFbank call per round
+    computes the new frames of every stream of the round (several streams at different
+    positions, a stream twice in a round, empty and sub-frame pieces, ends with and without a
+    last piece): per stream the frames equal kaldi-native-fbank on the whole utterance within
+    the torch-vs-knf tolerance of test_frontend (and the torch fbank of the whole utterance
+    within FFT rounding). On a GPU too (pinned staging buffer reused across calls)."""
+    wavs = fbank_test_wavs()
+    rng = np.random.default_rng(seed)
+    framers = [SampleFramer() for _ in wavs]
+    ff = FrameFbank(device=device)
+    got = [[] for _ in wavs]
+    calls = 0
+    for items in random_rounds(wavs, rng):
+        frames = []
+        for i, piece, last in items:
+            frames.append(framers[i].accept(piece))
+            if last:
+                assert framers[i].finish().shape == (0, 400)
+        for (i, _, _), f in zip(items, ff(frames)):
+            got[i].append(f)
+        calls += 1
+    assert calls > 10
+    knf, whole_torch = Fbank(impl="knf"), TorchFbank().batch(wavs)
+    worst_max = worst_mean = 0.0
+    for w, g, t in zip(wavs, got, whole_torch):
+        ours = np.concatenate(g) if g else np.zeros((0, 80), np.float32)
+        want = knf(w) if len(w) >= 400 else np.zeros((0, 80), np.float32)
+        assert ours.shape == want.shape == t.shape, (len(w), ours.shape, want.shape)
+        if len(want):
+            d = np.abs(ours - want)
+            worst_max, worst_mean = max(worst_max, d.max()), max(worst_mean, d.mean())
+            assert np.abs(ours - t).max() <= 1e-4
+    assert worst_mean <= 1e-4 and worst_max <= 5e-3, (worst_mean, worst_max)
+
+
+def test_sample_framer_edges():
+    fr = SampleFramer()
+    assert fr.accept(np.zeros(0, np.float32)).shape == (0, 400)
+    assert fr.accept(np.zeros(399, np.float32)).shape == (0, 400)
+    one = fr.accept(np.arange(1, 2, dtype=np.float32))  # the 400th sample completes frame 0
+    assert one.shape == (1, 400) and one[0, -1] == 1.0
+    assert fr.accept(np.arange(159, dtype=np.float32)).shape == (0, 400)
+    two = fr.accept(np.full(161, 7, np.float32))  # frames 1 and 2 (samples 160..559, 320..719)
+    assert two.shape == (2, 400) and two[0, 239] == 1.0 and two[0, 241] == 1.0 and two[0, -1] == 7
+    assert two[1, 79] == 1.0 and two[1, -1] == 7  # frame 2 starts at sample 320
+    assert fr.finish().shape == (0, 400)  # 80 samples of a partial frame: dropped, as knf does
+    with pytest.raises(RuntimeError):
+        fr.accept(np.zeros(10, np.float32))
+    buf = np.ones(1000, np.float32)
+    fr = SampleFramer()
+    a = fr.accept(buf)  # a view of buf (no copy): use it before changing buf
+    assert len(a) == 4 and a.min() == 1.0
+    buf[:] = 0  # the caller reuses its buffer: the samples kept for the next frame are copies
+    b = fr.accept(np.ones(1000, np.float32))
+    assert len(b) == 7 and b.min() == 1.0
+
+
+@pytest.mark.parametrize("chunk", [4, 8, 16])
+def test_batched_streaming_windows_equal_knf_windows(chunk, model):
+    """accept_many over several streams per call (batched torch fbank) gives the windows the
+    knf front end gives (same count and lengths, values within the fbank tolerance)."""
+    s = streaming_settings(model, chunk, -1)
+    wavs = fbank_test_wavs()
+    rng = np.random.default_rng(chunk)
+    ff = FrameFbank()
+    ours = [StreamingFeatures(s, frame_fbank=ff) for _ in wavs]
+    knf = [StreamingFeatures(s) for _ in wavs]
+    got, want = [[] for _ in wavs], [[] for _ in wavs]
+    for items in random_rounds(wavs, rng, 20000):
+        for (i, _, _), ws in zip(items, accept_many([(ours[i], w, last) for i, w, last in items])):
+            got[i] += ws
+        for i, w, last in items:
+            want[i] += knf[i].accept(w) + (knf[i].finish() if last else [])
+    for g, w in zip(got, want):
+        assert [len(x) for x in g] == [len(x) for x in w]
+        for a, b in zip(g, w):
+            assert np.abs(a - b).mean() <= 1e-4 and np.abs(a - b).max() <= 5e-3
+    assert all(f.finished for f in ours)
 
 
 @pytest.mark.parametrize("chunk", [4, 8, 16])

@@ -38,8 +38,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from wenet_triton.audio.frontend import AudioError, check_waveform, min_samples
-from wenet_triton.audio.streaming import StreamingFeatures, window_bounds
+from wenet_triton.audio.streaming import FrameFbank, StreamingFeatures, accept_many, window_bounds
 from wenet_triton.contract import FbankConf
+from wenet_triton.decode.native import resolve_threads
 from wenet_triton.decode.search import IncrementalSearch, advance_search_batch, ctc_greedy
 from wenet_triton.decode.vocab import Vocab
 from wenet_triton.engines.base import Engine
@@ -147,7 +148,9 @@ def streaming_recognizer(engine: Engine, engine_dir: str, model_dir: Optional[st
 @dataclass
 class LiveStream:
     """One stream's state between pieces: the front end's remainder (fbank samples, frames of
-    the next window), the encoder caches, and the encoder output so far."""
+    the next window), the encoder caches, the encoder output so far, and the top-k log-probs
+    of the frames its search has not been fed yet (`unsearched`: a chunk's search costs
+    O(chunk), not O(stream))."""
     features: StreamingFeatures
     state: EncoderState
     pending: List[np.ndarray] = field(default_factory=list)  # windows not encoded yet
@@ -156,6 +159,7 @@ class LiveStream:
     chunk_out: List[np.ndarray] = field(default_factory=list)
     log_probs: List[np.ndarray] = field(default_factory=list)
     log_probs_idx: List[np.ndarray] = field(default_factory=list)
+    unsearched: List[Tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
     finished: bool = False
     last_seen: float = field(default_factory=time.monotonic)
     search: IncrementalSearch = field(default_factory=IncrementalSearch)  # over frames so far
@@ -165,7 +169,9 @@ class LiveStream:
         return self.frame_ends[-1]
 
     def encoder_output(self, frames: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(chunk_out, log_probs, log_probs_idx) of the first `frames` frames (all: None)."""
+        """(chunk_out, log_probs, log_probs_idx) of the first `frames` frames (all: None);
+        concatenates everything so far (rescoring at the end; the search takes only its new
+        frames, `take_unsearched`)."""
         n = self.frames if frames is None else frames
         cat = (lambda xs: np.concatenate(xs)[:n])  # noqa: E731
         if len(self.chunk_out) > 1:  # keep one piece: the next concatenation copies less
@@ -173,6 +179,26 @@ class LiveStream:
             self.log_probs = [np.concatenate(self.log_probs)]
             self.log_probs_idx = [np.concatenate(self.log_probs_idx)]
         return cat(self.chunk_out), cat(self.log_probs), cat(self.log_probs_idx)
+
+    def take_unsearched(self, frames: int) -> Tuple[np.ndarray, np.ndarray]:
+        """Top-k (log-probs, ids) of the frames from the search's position up to `frames` (more
+        than it has searched, at most `self.frames`), removed from `unsearched` (the caller
+        feeds them to the search)."""
+        need = frames - self.search.frames
+        ps, xs = [], []
+        while need > 0 and self.unsearched:
+            p, x = self.unsearched[0]
+            if len(p) <= need:
+                self.unsearched.pop(0)
+            else:
+                self.unsearched[0] = (p[need:], x[need:])
+                p, x = p[:need], x[:need]
+            ps.append(p)
+            xs.append(x)
+            need -= len(p)
+        if len(ps) == 1:
+            return ps[0], xs[0]
+        return np.concatenate(ps), np.concatenate(xs)
 
 
 @dataclass
@@ -194,11 +220,28 @@ class StreamDecoder:
     and cache fills share it) and returns for each item the CTC prefix beam search over its
     stream's frames up to that item (WeNet's simulate_streaming search, re-run over the
     accumulated top-k log-probs, with the LM if any). `finish` rescores ended streams with
-    the attention decoder (any object with the engines' `rescore`)."""
+    the attention decoder (any object with the engines' `rescore`).
+
+    fbank_impl "knf" (default): kaldi-native-fbank per stream, on the CPU (bit-equal to the
+    whole utterance's `Fbank`); "torch": every stream of an `advance` call cuts its frames and
+    one batched torch fbank on `feature_device` ("cpu", "cuda:N") computes them all (within
+    the torch-vs-knf fbank tolerance). search_threads: the resumed C++ searches of a batch
+    split over that many threads (1: one call; 0: os.cpu_count(), at most 8; results
+    identical)."""
+
+    FBANK_IMPLS = ("knf", "torch")
 
     def __init__(self, runner: ChunkRunner, vocab: Vocab, settings, fbank_conf: FbankConf,
-                 decoding=None, lm=None):
+                 decoding=None, lm=None, fbank_impl: str = "knf", feature_device: str = "cpu",
+                 search_threads: int = 1):
         self.runner, self.vocab, self.settings, self.fbank_conf = runner, vocab, settings, fbank_conf
+        if fbank_impl not in self.FBANK_IMPLS:
+            raise ValueError(f"fbank_impl {fbank_impl!r}: choose from {', '.join(self.FBANK_IMPLS)}")
+        if fbank_impl == "knf" and feature_device != "cpu":
+            raise ValueError(f"fbank_impl knf runs on the CPU, not {feature_device!r} (use torch)")
+        self.fbank_impl, self.feature_device = fbank_impl, feature_device
+        self.frame_fbank = FrameFbank(fbank_conf, feature_device) if fbank_impl == "torch" else None
+        self.search_threads = resolve_threads(search_threads)
         self.beam = runner.settings["beam_size"]
         self.lm = lm
         self.lm_weight = decoding.lm_weight if (decoding is not None and lm is not None) else 0.0
@@ -206,21 +249,24 @@ class StreamDecoder:
         self.lm_rescore_weight = decoding.lm_rescore_weight if (decoding is not None and lm is not None) else 0.0
 
     def open(self) -> LiveStream:
-        return LiveStream(StreamingFeatures(self.runner.settings, self.fbank_conf),
+        return LiveStream(StreamingFeatures(self.runner.settings, self.fbank_conf, self.frame_fbank),
                           self.runner.initial_state())
 
     def advance(self, items: Sequence[Tuple[LiveStream, np.ndarray, bool]]) -> List[PieceResult]:
-        marks = []
-        for stream, wav, last in items:
-            if stream.finished:
+        ending = set()
+        for stream, _, last in items:  # refuse before any stream's state changes
+            if stream.finished or id(stream) in ending:
                 raise ValueError("the stream has ended")
-            windows = stream.features.accept(wav) if len(wav) else []
             if last:
-                windows += stream.features.finish()
-                stream.finished = True
+                ending.add(id(stream))
+        marks = []
+        now = time.monotonic()
+        for (stream, _, last), windows in zip(items, accept_many([(s.features, w, last)
+                                                                  for s, w, last in items])):
+            stream.finished = stream.finished or last
             stream.pending += windows
             stream.windows += len(windows)
-            stream.last_seen = time.monotonic()
+            stream.last_seen = now
             marks.append(stream.windows)
         self.encode_pending({id(s): s for s, _, _ in items}.values())
         frames = [s.frame_ends[k] for (s, _, _), k in zip(items, marks)]
@@ -243,6 +289,7 @@ class StreamDecoder:
                 s.chunk_out.append(o.chunk_out)
                 s.log_probs.append(o.log_probs)
                 s.log_probs_idx.append(o.log_probs_idx)
+                s.unsearched.append((o.log_probs, o.log_probs_idx))
                 s.frame_ends.append(s.frames + len(o.chunk_out))
             steps += 1
 
@@ -264,10 +311,10 @@ class StreamDecoder:
                 if n <= s.search.frames:
                     chunks.append((np.zeros((0, self.beam), np.float32), np.zeros((0, self.beam), np.int64)))
                     continue
-                _, p, x = s.encoder_output(n)
-                chunks.append((p[s.search.frames:], x[s.search.frames:]))
+                chunks.append(s.take_unsearched(n))
             res = advance_search_batch([wanted[i][0].search for i in now], chunks, self.beam,
-                                       self.settings.blank, self.lm, self.lm_weight, self.length_bonus)
+                                       self.settings.blank, self.lm, self.lm_weight, self.length_bonus,
+                                       self.search_threads)
             for i, r in zip(now, res):
                 out[i] = r
             todo = later

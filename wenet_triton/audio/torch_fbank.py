@@ -82,16 +82,46 @@ class TorchFbank:
         if self._copied is not None:  # on the stream that copies (self.device's, not the current device's)
             self._copied.record(torch.cuda.current_stream(self.device))
         x = x * 32768.0
-        frames = x.unfold(1, self.win, self.shift)  # (B, F, win)
-        frames = frames - frames.mean(dim=2, keepdim=True)  # remove DC offset
-        prev = torch.cat([frames[:, :, :1], frames[:, :, :-1]], dim=2)  # x[-1] := x[0]
-        frames = (frames - 0.97 * prev) * self.window
-        spec = torch.fft.rfft(frames, n=self.n_fft, dim=2)
-        power = spec.real ** 2 + spec.imag ** 2
-        feats = torch.log(torch.clamp(power @ self.banks.t(), min=self.eps))
+        feats = self._fbank(x.unfold(1, self.win, self.shift))  # frames (B, F, win)
         lens = torch.tensor(n_frames, dtype=torch.int32).to(self.device, non_blocking=True)
         valid = torch.arange(feats.shape[1], device=self.device)[None, :] < lens[:, None]
         return feats * valid[:, :, None], lens
+
+    def _fbank(self, frames: torch.Tensor) -> torch.Tensor:
+        """(..., win) frames of int16-scale samples -> (..., num_mel_bins) log mel energies."""
+        frames = frames - frames.mean(dim=-1, keepdim=True)  # remove DC offset (a new tensor:
+        prev = torch.cat([frames[..., :1], frames[..., :-1]], dim=-1)  # x[-1] := x[0]  in place from here)
+        frames.sub_(prev.mul_(0.97)).mul_(self.window)  # pre-emphasis, window
+        spec = torch.fft.rfft(frames, n=self.n_fft, dim=-1)
+        power = spec.real ** 2 + spec.imag ** 2
+        return (power @ self.banks.t()).clamp_(min=self.eps).log_()
+
+    @torch.inference_mode()
+    def frames(self, frame_sets: Sequence[np.ndarray]) -> List[np.ndarray]:
+        """Frames cut elsewhere (each set (n_i, frame_len) float samples in [-1, 1), e.g. a
+        streaming front end's, any n_i >= 0) -> their fbank, (n_i, num_mel_bins) float32 each,
+        computed in one batch on self.device. A Kaldi frame's fbank depends only on its own
+        samples, so this equals the frames' rows of `batch` on the whole utterance."""
+        sizes = [len(f) for f in frame_sets]
+        n = sum(sizes)
+        if n == 0:
+            return [np.zeros((0, self.conf.num_mel_bins), np.float32) for _ in frame_sets]
+        host = self._host_buffer(n, self.win)
+        view = host.numpy()
+        at = 0
+        for f, k in zip(frame_sets, sizes):  # the one copy of the samples into the batch
+            if k:
+                view[at:at + k] = f
+                at += k
+        x = host.to(self.device, non_blocking=True)
+        if self._copied is not None:
+            self._copied.record(torch.cuda.current_stream(self.device))
+        feats = self._fbank(x * 32768.0).cpu().numpy()
+        out, at = [], 0
+        for k in sizes:
+            out.append(feats[at:at + k])
+            at += k
+        return out
 
     def batch(self, wavs: Sequence[np.ndarray]) -> List[np.ndarray]:
         """Float waveforms in [-1, 1) -> per-utterance (T_i, num_mel_bins) float32 arrays."""

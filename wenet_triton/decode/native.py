@@ -9,7 +9,9 @@ import logging
 import os
 import shutil
 import subprocess
-from typing import List, Optional
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -111,6 +113,9 @@ class SearchState:
     def __init__(self, L):
         self.L = L
         self.ptr = L.wk_search_new()
+        # the longest prefix in its beam after the last call: a frame extends a prefix by one
+        # token at most, so after n more frames none is longer than longest + n
+        self.longest = 0
 
     @property
     def frames(self) -> int:
@@ -128,34 +133,96 @@ def new_search_state() -> Optional[SearchState]:
     return None if L is None else SearchState(L)
 
 
+# Fewest streams worth a thread of their own in advance_searches (a resumed 640 ms chunk costs
+# ~0.1-0.4 ms of search; handing a group to a thread costs tens of microseconds).
+MIN_GROUP = 4
+_POOLS: Dict[int, ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def resolve_threads(n: int) -> int:
+    """A thread count for advance_searches: n itself, or with n <= 0 os.cpu_count() (at most 8)."""
+    return int(n) if int(n) > 0 else max(1, min(8, os.cpu_count() or 1))
+
+
+def _pool(n: int) -> ThreadPoolExecutor:
+    with _POOLS_LOCK:
+        p = _POOLS.get(n)
+        if p is None:
+            p = _POOLS[n] = ThreadPoolExecutor(n, thread_name_prefix="ctc-search")
+        return p
+
+
+def _groups(B: int, threads: int) -> List[tuple]:
+    """[start, end) row ranges: up to `threads` groups of at least MIN_GROUP rows, sizes
+    differing by at most one."""
+    g = max(1, min(threads, B // MIN_GROUP))
+    q, r = divmod(B, g)
+    bounds = [0]
+    for i in range(g):
+        bounds.append(bounds[-1] + q + (i < r))
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
 def advance_searches(states, topv: np.ndarray, topi: np.ndarray, lens: np.ndarray, beam: int,
                      blank: int = 0, lm=None, lm_weight: float = 0.0,
-                     length_bonus: float = 0.0) -> List[List[tuple]]:
+                     length_bonus: float = 0.0, threads: int = 1) -> List[List[tuple]]:
     """Feed states[b] the next lens[b] frames of row b of (B,T,K) top-k log-probs/ids (0: none)
-    -> each state's n-best after them, as prefix_beam_search_batch gives."""
+    -> each state's n-best after them, as prefix_beam_search_batch gives.
+
+    threads > 1: the rows are split into up to that many groups (MIN_GROUP rows at least) and
+    the groups searched at once on a thread pool (the C++ call releases the GIL; each state
+    is its own, the LM is read-only): the same results as one call.
+
+    The output buffer holds prefixes of up to max(longest + new frames) tokens (each state's
+    longest prefix so far, `SearchState.longest`), not the stream's frame count: a call costs
+    O(new frames + prefix length), not O(frames so far)."""
     L = lib()
     topv = np.ascontiguousarray(topv, dtype=np.float32)
     topi = np.ascontiguousarray(topi, dtype=np.int64)
     lens = np.ascontiguousarray(lens, dtype=np.int32)
     B, T, K = topv.shape
-    max_len = max([s.frames + int(n) for s, n in zip(states, lens)] + [1])
+    max_len = max([s.longest + int(n) for s, n in zip(states, lens.tolist())] + [1])
     tokens = np.zeros((B, beam, max_len), np.int32)
     out_lens = np.zeros((B, beam), np.int32)
     scores = np.zeros((B, beam), np.float64)
     count = np.zeros(B, np.int32)
     lm_scores = np.zeros((B, beam), np.float64) if lm is not None else None
     p = lambda a: a.ctypes.data_as(ctypes.c_void_p)  # noqa: E731
-    ptrs = (ctypes.c_void_p * B)(*[s.ptr for s in states])
-    L.wk_search_advance(ptrs, p(topv), p(topi), p(lens), B, T, K, beam, blank, max_len,
-                        p(tokens), p(out_lens), p(scores), p(count),
-                        _lm_handle(L, lm) if lm is not None else None,
-                        lm.eos if lm is not None else 0, lm_weight, length_bonus,
-                        p(lm_scores) if lm is not None else None)
+    handle = _lm_handle(L, lm) if lm is not None else None
+    eos = lm.eos if lm is not None else 0
+
+    def run(a: int, b: int) -> int:  # rows a..b-1: row slices of C-contiguous arrays are contiguous
+        ptrs = (ctypes.c_void_p * (b - a))(*[s.ptr for s in states[a:b]])
+        return L.wk_search_advance(ptrs, p(topv[a:b]), p(topi[a:b]), p(lens[a:b]), b - a, T, K,
+                                   beam, blank, max_len, p(tokens[a:b]), p(out_lens[a:b]),
+                                   p(scores[a:b]), p(count[a:b]), handle, eos, lm_weight,
+                                   length_bonus, p(lm_scores[a:b]) if lm is not None else None)
+
+    threads = resolve_threads(threads)
+    groups = _groups(B, threads) if B else [(0, 0)]
+    if len(groups) == 1:
+        truncated = run(0, B)
+    else:  # the caller searches the first group itself
+        futures = [_pool(threads - 1).submit(run, a, b) for a, b in groups[1:]]
+        truncated = run(*groups[0])
+        for f in futures:
+            truncated |= f.result()
+    if truncated:  # cannot happen (see SearchState.longest); emit again (0 new frames), unbounded
+        lens = np.zeros(B, np.int32)
+        max_len = max([s.frames for s in states] + [1])
+        tokens = np.zeros((B, beam, max_len), np.int32)
+        run(0, B)
+    counts, lengths = count.tolist(), out_lens.tolist()
+    for s, ls in zip(states, lengths):
+        s.longest = max(ls)
+    sc = scores.tolist()
     if lm is None:
-        return [[(tuple(tokens[b, i, :out_lens[b, i]].tolist()), float(scores[b, i]))
-                 for i in range(count[b])] for b in range(B)]
-    return [[(tuple(tokens[b, i, :out_lens[b, i]].tolist()), float(scores[b, i]),
-              float(lm_scores[b, i])) for i in range(count[b])] for b in range(B)]
+        return [[(tuple(tokens[b, i, :lengths[b][i]].tolist()), sc[b][i]) for i in range(counts[b])]
+                for b in range(B)]
+    lms = lm_scores.tolist()
+    return [[(tuple(tokens[b, i, :lengths[b][i]].tolist()), sc[b][i], lms[b][i])
+             for i in range(counts[b])] for b in range(B)]
 
 
 class _LMHandle:

@@ -167,9 +167,10 @@ class IncrementalSearch:
 
 def advance_search_batch(searches: Sequence[IncrementalSearch], chunks, beam_size: int = 10,
                          blank: int = 0, lm=None, lm_weight: float = 0.0,
-                         length_bonus: float = 0.0) -> List[List]:
+                         length_bonus: float = 0.0, threads: int = 1) -> List[List]:
     """chunks[b] = (log-probs (t, k), ids (t, k)): the next frames of searches[b] (t may be 0)
-    -> each search's n-best after them (hypotheses as ctc_prefix_beam_search_batch's)."""
+    -> each search's n-best after them (hypotheses as ctc_prefix_beam_search_batch's).
+    threads > 1: the C++ searches of a large batch run in that many groups at once."""
     B = len(searches)
     if not B:
         return []
@@ -186,7 +187,7 @@ def advance_search_batch(searches: Sequence[IncrementalSearch], chunks, beam_siz
         searches[b].frames += n
     if all(s.native is not None for s in searches):
         return advance_searches([s.native for s in searches], lp, ix, lens, beam_size, blank, lm,
-                                lm_weight, length_bonus)
+                                lm_weight, length_bonus, threads)
     for s, (p, x) in zip(searches, chunks):  # no C++ search: all frames again
         if len(p):
             s._lp.append(np.asarray(p, np.float32))

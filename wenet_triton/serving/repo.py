@@ -278,9 +278,15 @@ def streaming_config(cfg: Dict) -> Dict:
            "idle_seconds": float(st.get("idle_seconds", 30)),
            "max_chunk_seconds": float(st.get("max_chunk_seconds", 2)),
            "max_batch_size": int(st.get("max_batch_size", 0)),
-           "rescore": str(st.get("rescore", "auto")).lower()}
+           "rescore": str(st.get("rescore", "auto")).lower(),
+           "fbank": str(st.get("fbank", "auto")).lower(),
+           "search_threads": int(st.get("search_threads", 1))}
     if out["enabled"] not in ("auto", "true", "false"):
         raise ValueError(f"streaming.enabled {st['enabled']!r}: use auto, true or false")
+    if out["fbank"] not in ("auto", "knf", "torch"):
+        raise ValueError(f"streaming.fbank {st['fbank']!r}: use auto, knf or torch")
+    if out["search_threads"] < 0:
+        raise ValueError(f"streaming.search_threads must be >= 0 (0: all cores), got {out['search_threads']}")
     if out["chunk_size"] <= 0:
         raise ValueError(f"streaming.chunk_size must be > 0, got {out['chunk_size']}")
     if out["left_chunks"] <= 0:
@@ -304,7 +310,9 @@ def _render_streaming(model_dir: str, out: str, engine: str, engine_dir: str, cf
     line and None: the ensemble is served alone). Chunk encoder: the onnxruntime chunk export
     (exported once into engine_dir) with engine onnxruntime; on torch_cuda and tensorrt hosts
     the GPU engine's chunk encoder (`torch_cuda`: engine.dtype, float16 by default; the
-    streams' caches stay on the GPU); with engine torch the PyTorch model on its device."""
+    streams' caches stay on the GPU); with engine torch the PyTorch model on its device.
+    Fbank (`streaming.fbank`): knf per stream on the CPU, or torch batched over a batch's
+    streams on the chunk encoder's device (auto: torch where that is a GPU, else knf)."""
     st = streaming_config(cfg)
     if st["enabled"] == "false":
         return None
@@ -326,6 +334,11 @@ def _render_streaming(model_dir: str, out: str, engine: str, engine_dir: str, cf
         params["dtype"] = e.get("dtype") or "float16"
     else:
         chunk_engine, device = "torch", e.get("device", "cpu")
+    fbank = st["fbank"]
+    if fbank == "auto":
+        fbank = "torch" if device.startswith("cuda") else "knf"
+    # "cuda": the instance's GPU, where the model puts the torch chunk encoder
+    fe_device = "cuda" if fbank == "torch" and device.startswith("cuda") else "cpu"
     m = cfg.get("models", {}).get(STREAMING_MODEL, {})
     max_batch = st["max_batch_size"] or int(values["max_batch_size"])
     # the final transcript's attention rescoring: in the instance on a GPU (no BLS hop on the
@@ -345,7 +358,9 @@ def _render_streaming(model_dir: str, out: str, engine: str, engine_dir: str, cf
         instance_group=_instances(m),
         engine_parameters=_pbtxt_params(dict({"engine": chunk_engine, "device": device,
                                               "threads": str(e.get("threads", 0)),
-                                              "rescore": rescore}, **params)))
+                                              "rescore": rescore, "fbank": fbank,
+                                              "feature_device": fe_device,
+                                              "search_threads": st["search_threads"]}, **params)))
     with open(os.path.join(templates_dir(), STREAMING_MODEL, "config.pbtxt.tmpl")) as f:
         text = Template(f.read()).substitute(v)
     vdir = os.path.join(out, STREAMING_MODEL, "1")
@@ -367,10 +382,11 @@ def _render_streaming(model_dir: str, out: str, engine: str, engine_dir: str, cf
     if chunk_engine != "onnxruntime" or rescore == "local":
         _ship_checkpoint(model_dir, os.path.join(vdir, "model"))
     log.info("`%s` model: chunk %d encoder frames, %d left chunks, %s chunk encoder on %s, "
-             "up to %d streams, batches of up to %d chunks, %s rescoring", STREAMING_MODEL,
-             st["chunk_size"], st["left_chunks"], chunk_engine, device, st["max_streams"], max_batch,
-             rescore)
-    return dict(st, engine=chunk_engine, device=device, rescore=rescore, max_batch_size=max_batch)
+             "up to %d streams, batches of up to %d chunks, %s rescoring, fbank %s on %s",
+             STREAMING_MODEL, st["chunk_size"], st["left_chunks"], chunk_engine, device,
+             st["max_streams"], max_batch, rescore, fbank, fe_device)
+    return dict(st, engine=chunk_engine, device=device, rescore=rescore, max_batch_size=max_batch,
+                fbank=fbank, feature_device=fe_device)
 
 
 def _flag(value) -> str:

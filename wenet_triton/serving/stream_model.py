@@ -128,8 +128,13 @@ class Streaming:
             decoding.lm_weight = float(p.get("lm_weight", "0.5"))
             decoding.lm_rescore_weight = float(p.get("lm_rescore_weight", "0.5"))
             decoding.length_bonus = float(p.get("length_bonus", "0"))
+        fe_device = p.get("feature_device", "cpu")  # "cuda": this instance's GPU (the chunk encoder's)
+        if fe_device == "cuda":
+            fe_device = f"cuda:{args.get('model_instance_device_id', '0')}"
         self.decoder = StreamDecoder(self._runner(args, p, vdir), self.vocab, self.settings,
-                                     self.settings.fbank, decoding, lm)
+                                     self.settings.fbank, decoding, lm,
+                                     fbank_impl=p.get("fbank", "knf"), feature_device=fe_device,
+                                     search_threads=int(p.get("search_threads", "1")))
         self.rescorer = self._rescorer(args, p, vdir)
         self.streams: Dict[int, LiveStream] = {}
         self.counts = {"opened": 0, "ended": 0, "expired": 0, "refused": 0, "dropped": 0}
