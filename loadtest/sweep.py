@@ -43,13 +43,14 @@ def run(a):
         wavs = fixed_length(base, sec)
         # warm-up at the highest concurrency: engines build their batch buckets (CUDA graphs)
         cmax = max(int(x) for x in a.concurrency.split(","))
-        transcribe_many(a.server, [(str(i), wavs[i % len(wavs)]) for i in range(min(4 * cmax, 512))], cmax)
+        transcribe_many(a.server, [(str(i), wavs[i % len(wavs)]) for i in range(min(4 * cmax, 512))], cmax,
+                        connections=a.connections)
         for c in [int(x) for x in a.concurrency.split(",")]:
             n = min(max(a.min_requests, c * a.per_worker), a.max_requests)
             items = [(str(i), wavs[i % len(wavs)]) for i in range(n)]
             before = scrape(a.metrics) if a.metrics else None
             t0 = time.perf_counter()
-            replies = transcribe_many(a.server, items, c, timeout=a.timeout)
+            replies = transcribe_many(a.server, items, c, timeout=a.timeout, connections=a.connections)
             wall = time.perf_counter() - t0
             lat = np.array([r.seconds for r in replies]) * 1000
             fails = sum(r.error is not None or not (r.text or "").strip() for r in replies)
@@ -149,6 +150,9 @@ def main(argv=None):
     p.add_argument("--max-requests", type=int, default=4000)
     p.add_argument("--max-seconds", type=float, default=120, help="stop a length once a step took longer")
     p.add_argument("--timeout", type=float, default=300)
+    p.add_argument("--connections", type=int, default=1,
+                   help="gRPC connections per server (one reaches one guard worker: give at least "
+                   "the server's --guard-workers, e.g. 8, to load all of them)")
     p.add_argument("--wait", type=float, default=300)
     p.add_argument("--out", default="sweep_out")
     a = p.parse_args(argv)

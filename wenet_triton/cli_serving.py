@@ -55,6 +55,16 @@ def _gpus_arg(text):
     return gpus
 
 
+def _positive_int(text):
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number >= 1 (--no-guard: no front)")
+    return n
+
+
 def _check_gpus_visible(gpus):
     """serve starts tritonserver here: every listed GPU must exist on this host."""
     n = visible_gpus()
@@ -101,6 +111,7 @@ def cmd_serve(a):
     sup = Supervisor(SupervisorConfig(
         repo, host=a.host, grpc_port=a.grpc_port, http_port=a.http_port or None,
         metrics_port=a.metrics_port, health_port=a.health_port or None, guard=not a.no_guard,
+        guard_workers=a.guard_workers,
         probe_interval=a.probe_interval, probe_timeout=a.probe_timeout,
         restart_after=a.restart_after, drain_timeout=a.drain_timeout,
         ready_timeout=a.ready_timeout, log_verbose=a.log_verbose))
@@ -200,6 +211,10 @@ def add_commands(sub, model_arg, weights_args):
     s.add_argument("--no-guard", action="store_true",
                    help="expose tritonserver's gRPC directly instead of the checking front "
                    "(faster; loses request checks and drain of newcomers)")
+    s.add_argument("--guard-workers", type=_positive_int, default=None, metavar="N",
+                   help="checking front processes sharing the gRPC port (SO_REUSEPORT; the kernel "
+                   "spreads connections over them); default: the serving config's guard_workers, "
+                   "auto = min(4, cores // 4), at least 1")
     s.add_argument("--probe-interval", type=float, default=5.0, help="seconds between probes")
     s.add_argument("--probe-timeout", type=float, default=30.0)
     s.add_argument("--restart-after", type=int, default=3,

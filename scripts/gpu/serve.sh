@@ -17,8 +17,11 @@
 # (scratch: repo, pid file, logs; default /tmp/wenet_triton_gpu), GRPC_PORT (8001; metrics
 # on GRPC_PORT+1, health on +2), GPUS (build-repo --gpus: e.g. 0,1 or all; docs/multigpu.md),
 # SERVE_ARGS (more `serve` flags, e.g. --no-guard), SERVING_CONFIG, SECONDS_LIST, CONC, PA_SECONDS ("2 5 10 20"), PA_CONC,
-# PA_BATCHES, LOCUST_USERS, LOCUST_TIME, LOCUST_WORKERS; for `streams`: STREAMS (list),
-# STREAM_CHUNK_MS ("640 320"), STREAM_DURATION, STREAM_PROCS (client processes), STREAM_TIMEOUT.
+# PA_BATCHES, LOCUST_USERS, LOCUST_TIME, LOCUST_WORKERS, CONNECTIONS (gRPC connections of the sweep,
+# default 16), PA_CHANNEL_SHARE (perf_analyzer clients per gRPC channel, default 1: one connection
+# each; the kernel spreads connections, not requests, over `serve`'s guard workers); for
+# `streams`: STREAMS (list), STREAM_CHUNK_MS ("640 320"), STREAM_DURATION, STREAM_PROCS (client
+# processes), STREAM_TIMEOUT.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -78,7 +81,8 @@ PY
 sweep() {
   (cd "$root" && python3 -m loadtest.sweep --server "$GRPC" --metrics "127.0.0.1:$((PORT + 1))" \
     --wav-dir "$WAV_DIR" --seconds "${SECONDS_LIST:-2,5,10,20}" --concurrency "${CONC:-1,32,64,128,256}" \
-    --per-worker 16 --max-requests 8000 --max-seconds 40 --out "$OUT") | tee "$OUT/sweep.log"
+    --per-worker 16 --max-requests 8000 --max-seconds 40 --connections "${CONNECTIONS:-16}" \
+    --out "$OUT") | tee "$OUT/sweep.log"
 }
 
 pa() {  # perf_analyzer: concurrency sweep per length (one utterance per request), batch sweep (-b) at 5 s
@@ -89,6 +93,9 @@ pa() {  # perf_analyzer: concurrency sweep per length (one utterance per request
   local opts=(-m attention_rescoring -i grpc -u "$GRPC" --measurement-interval 4000 --max-trials 10
               --stability-percentage 25)
   : > "$OUT/perf_analyzer.log"
+  # Triton's C++ client shares one channel among 6 clients by default: 16 threads = 3 connections,
+  # too few for 4 guard workers; one connection per client instead
+  export TRITON_CLIENT_GRPC_CHANNEL_MAX_SHARE_COUNT=${PA_CHANNEL_SHARE:-1}
   for sec in $secs; do
     timeout 300 "$PA" "${opts[@]}" --input-data "$WORK/pa/wav_${sec}s.json" --shape "WAV:$((sec * 16000))" \
       --concurrency-range "${PA_CONC:-64:256:64}" -f "$OUT/perf_analyzer_${sec}s.csv" >> "$OUT/perf_analyzer.log" 2>&1

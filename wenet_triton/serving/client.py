@@ -70,16 +70,21 @@ def endpoints(url: Urls) -> List[str]:
     return out
 
 
-def channel_args(url: str) -> Optional[list]:
+def channel_args(url: str, own_connection: bool = False) -> Optional[list]:
     """tritonclient's defaults (None) for HOST:PORT; for a `dns:///` name, gRPC's round_robin
     policy so that requests spread over every address the name resolves to (gRPC's default,
-    pick_first, would pin the channel to one of them)."""
-    if not url.startswith("dns:"):
-        return None
+    pick_first, would pin the channel to one of them). own_connection: a connection of this
+    channel's own (gRPC otherwise shares one between channels of a process with the same
+    target and arguments): several of them reach several guard workers of one server, since
+    the kernel spreads connections, not requests, over the processes sharing a port."""
     big = 2 ** 31 - 1
+    own = [("grpc.use_local_subchannel_pool", 1)] if own_connection else []
+    if not url.startswith("dns:"):
+        return [("grpc.max_send_message_length", big), ("grpc.max_receive_message_length", big)] + own \
+            if own_connection else None
     return [("grpc.max_send_message_length", big), ("grpc.max_receive_message_length", big),
             ("grpc.lb_policy_name", "round_robin"), ("grpc.keepalive_time_ms", 30000),
-            ("grpc.dns_min_time_between_resolutions_ms", 5000)]
+            ("grpc.dns_min_time_between_resolutions_ms", 5000)] + own
 
 
 def retryable(exc) -> bool:
@@ -166,19 +171,20 @@ def transcribe_one(url: Urls, wav: np.ndarray, timeout: float = 60.0,
 
 async def _run(url: Urls, items: Sequence[Tuple[str, np.ndarray]], concurrency: int,
                sample_rate: int, on_reply: Optional[Callable[[Reply], None]], timeout: float,
-               retry: RetryPolicy):
+               retry: RetryPolicy, connections: int = 1):
     import tritonclient.grpc.aio as aioclient
     from tritonclient.utils import InferenceServerException
 
     urls = endpoints(url)
-    clients = [aioclient.InferenceServerClient(u, channel_args=channel_args(u)) for u in urls]
+    conns = [[aioclient.InferenceServerClient(u, channel_args=channel_args(u, connections > 1))
+              for u in urls] for _ in range(max(1, connections))]
     rr = _RoundRobin(len(urls))
     queue: asyncio.Queue = asyncio.Queue()
     for i, it in enumerate(items):
         queue.put_nowait((i, it))
     replies: List[Optional[Reply]] = [None] * len(items)
 
-    async def one(name: str, wav: np.ndarray) -> Reply:
+    async def one(name: str, wav: np.ndarray, clients) -> Reply:
         inputs, outputs = make_inputs(wav, aioclient)
         t0 = time.perf_counter()
         deadline = time.monotonic() + timeout
@@ -200,29 +206,31 @@ async def _run(url: Urls, items: Sequence[Tuple[str, np.ndarray]], concurrency: 
         r.seconds = time.perf_counter() - t0
         return r
 
-    async def worker():
+    async def worker(k: int):
         while not queue.empty():
             i, (name, wav) = queue.get_nowait()
-            r = await one(name, wav)
+            r = await one(name, wav, conns[k % len(conns)])
             replies[i] = r
             if on_reply:
                 on_reply(r)
 
     try:
-        await asyncio.gather(*(worker() for _ in range(max(1, concurrency))))
+        await asyncio.gather(*(worker(k) for k in range(max(1, concurrency))))
     finally:
-        for c in clients:
+        for c in (c for cs in conns for c in cs):
             await c.close()
     return replies
 
 
 def transcribe_many(url: Urls, items: Sequence[Tuple[str, np.ndarray]], concurrency: int = 8,
                     sample_rate: int = 16000, on_reply: Optional[Callable[[Reply], None]] = None,
-                    timeout: float = 120.0, retry: RetryPolicy = RetryPolicy()) -> List[Reply]:
+                    timeout: float = 120.0, retry: RetryPolicy = RetryPolicy(),
+                    connections: int = 1) -> List[Reply]:
     """Send (name, wav) items with `concurrency` requests in flight over the endpoint(s) in
     `url`, retrying what is safe to retry; replies in input order. `timeout` bounds each
-    request, all its attempts together."""
-    return asyncio.run(_run(url, items, concurrency, sample_rate, on_reply, timeout, retry))
+    request, all its attempts together. connections: gRPC connections per endpoint (requests
+    in flight take them in turn); more than one reaches several guard workers of a server."""
+    return asyncio.run(_run(url, items, concurrency, sample_rate, on_reply, timeout, retry, connections))
 
 
 def wait_until_ready(url: Urls, timeout: float = 120.0, model: str = MODEL) -> None:

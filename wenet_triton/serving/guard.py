@@ -26,7 +26,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Tuple
 
 import grpc
 from tritonclient.grpc import service_pb2
@@ -89,11 +89,84 @@ class Rejected(Exception):
         self.code = code
 
 
-def check_infer_request(req, limits: Limits) -> None:
-    """Raise Rejected when a ModelInferRequest declares what the server would choke on."""
+def split_raw_contents(buf: bytes) -> Optional[Tuple[bytes, List[int]]]:
+    """A serialized ModelInferRequest without its raw_input_contents (field 7), and their sizes.
+
+    The raw contents are nearly all of a request's bytes (320 KB for 5 s of audio) and the check
+    needs only their sizes: walking the top-level fields skips them without a copy, and the few
+    hundred bytes left are parsed by protobuf as before (same validation, same errors). Parsing
+    the other fields on their own gives the same message: protobuf merges fields in order,
+    wherever they stand. None when the top level is not plain (groups, a field 7 that is not
+    length-delimited, truncation, bad varints): the caller then parses the whole request."""
+    n = len(buf)
+    i = start = 0
+    keep: List[bytes] = []
+    sizes: List[int] = []
+    try:
+        while i < n:
+            tag_at = i
+            key = buf[i]
+            i += 1
+            if key >= 0x80:
+                key, i = _varint(buf, i, key)
+            field, wire = key >> 3, key & 7
+            if wire == 2:
+                length = buf[i]
+                i += 1
+                if length >= 0x80:
+                    length, i = _varint(buf, i, length)
+                end = i + length
+                if end > n:
+                    return None
+                if field == 7:
+                    if tag_at > start:
+                        keep.append(buf[start:tag_at])
+                    sizes.append(length)
+                    start = end
+                i = end
+            elif field == 7 or field == 0:
+                return None
+            elif wire == 0:
+                while buf[i] >= 0x80:
+                    i += 1
+                i += 1
+            elif wire == 1:
+                i += 8
+            elif wire == 5:
+                i += 4
+            else:  # groups (3, 4) and invalid wire types: protobuf decides
+                return None
+    except (IndexError, ValueError):
+        return None
+    if i != n:
+        return None
+    if not sizes:
+        return buf, sizes
+    keep.append(buf[start:n])
+    return b"".join(keep), sizes
+
+
+def _varint(buf: bytes, i: int, first: int) -> Tuple[int, int]:
+    """The rest of a varint whose first byte `first` (>= 0x80) was read; -> (value, next index)."""
+    value, shift = first & 0x7F, 7
+    while True:
+        b = buf[i]
+        i += 1
+        value |= (b & 0x7F) << shift
+        if b < 0x80:
+            return value, i
+        shift += 7
+        if shift >= 70:
+            raise ValueError("varint too long")
+
+
+def check_infer_request(req, limits: Limits, raw_sizes: Optional[List[int]] = None) -> None:
+    """Raise Rejected when a ModelInferRequest declares what the server would choke on.
+    raw_sizes: the sizes of its raw_input_contents when they were split off
+    (split_raw_contents); default: read from the request."""
     name = req.model_name
     rid = f' (request "{req.id}")' if req.id else ""
-    raw = req.raw_input_contents
+    raw = raw_sizes if raw_sizes is not None else [len(r) for r in req.raw_input_contents]
     if raw and len(raw) != len(req.inputs):
         raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
                        f"{len(req.inputs)} inputs but {len(raw)} raw contents{rid}")
@@ -112,10 +185,10 @@ def check_infer_request(req, limits: Limits) -> None:
                            f"this server takes in one tensor is {limits.max_elements}{rid}")
         size = DTYPE_BYTES.get(t.datatype)
         if raw:
-            if size is not None and len(raw[k]) != count * size:
+            if size is not None and raw[k] != count * size:
                 raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
                                f"input '{t.name}': shape {shape} of {t.datatype} needs "
-                               f"{count * size} bytes, the request carries {len(raw[k])}{rid}")
+                               f"{count * size} bytes, the request carries {raw[k]}{rid}")
         else:
             field = CONTENTS_FIELD.get(t.datatype)
             have = len(getattr(t.contents, field)) if field else -1
@@ -150,16 +223,36 @@ def check_infer_request(req, limits: Limits) -> None:
                            f"output '{o.name}': shared-memory outputs are not served here{rid}")
 
 
+def check_serialized_request(raw: bytes, limits: Limits) -> None:
+    """check_infer_request on a ModelInferRequest as it came over the wire; a request that
+    does not parse is INVALID_ARGUMENT. Its raw contents are not copied (split_raw_contents)."""
+    req = service_pb2.ModelInferRequest()
+    split = split_raw_contents(raw)
+    try:
+        req.ParseFromString(raw if split is None else split[0])
+    except Exception as e:  # noqa: BLE001 - malformed protobuf
+        raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {e}") from e
+    check_infer_request(req, limits, None if split is None else split[1])
+
+
 class GrpcGuard:
     """The public gRPC endpoint; forwards to tritonserver at `backend` (host:port).
 
     An asyncio gRPC server on a thread of its own: a request in flight costs a coroutine, not a
     thread, so the front keeps up with a GPU server's concurrency (the thread-pool version held
     an H200 to ~800-1,050 infer/s). The control methods (start, set_backend, set_down, drain,
-    stop) are called from the supervisor's thread."""
+    stop) are called from another thread: a guard worker's main thread (`main` below, started
+    by guard_pool.GuardPool for `serve`), or a test's.
 
-    def __init__(self, host: str, port: int, limits: Limits, max_concurrent_rpcs: int = 4096):
+    reuseport: bind the port with SO_REUSEPORT, so that several guard processes share it and
+    the kernel spreads the connections over them (`serve --guard-workers N`). Off, a second
+    bind of the port fails, which is what a lone guard wants."""
+
+    def __init__(self, host: str, port: int, limits: Limits, max_concurrent_rpcs: int = 4096,
+                 reuseport: bool = False):
         self.pb = service_pb2
+        self.reuseport = reuseport
+        self.backend: Optional[str] = None
         self.limits = limits
         self.host, self.port = host, port
         self._lock = threading.Condition()
@@ -181,8 +274,12 @@ class GrpcGuard:
         server = grpc.aio.server(
             handlers=[_Handler(self)], maximum_concurrent_rpcs=max_rpcs,
             options=[("grpc.max_receive_message_length", self.limits.max_message_bytes),
-                     ("grpc.max_send_message_length", -1), ("grpc.so_reuseport", 0)])
-        bound = server.add_insecure_port(f"{_bracket(self.host)}:{self.port}")
+                     ("grpc.max_send_message_length", -1),
+                     ("grpc.so_reuseport", 1 if self.reuseport else 0)])
+        try:
+            bound = server.add_insecure_port(f"{_bracket(self.host)}:{self.port}")
+        except RuntimeError as e:  # newer grpc raises instead of returning 0
+            raise OSError(f"cannot bind gRPC {self.host}:{self.port}: {e}") from e
         if bound == 0:
             raise OSError(f"cannot bind gRPC {self.host}:{self.port}")
         self.port = bound
@@ -194,6 +291,11 @@ class GrpcGuard:
         log.info("gRPC guard on %s:%d", self.host, self.port)
 
     def set_backend(self, url: str):
+        with self._lock:
+            if url == self.backend and self._channel is not None:  # the same tritonserver
+                self._down = None
+                return
+
         async def connect():
             return grpc.aio.insecure_channel(url, options=[
                 ("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1),
@@ -203,6 +305,7 @@ class GrpcGuard:
         ch = self._run(connect())
         with self._lock:
             old, self._channel, self._methods, self._down = self._channel, ch, {}, None
+            self.backend = url
         if old is not None:
             self._run(old.close())
 
@@ -228,6 +331,10 @@ class GrpcGuard:
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(5)
+
+    def stats(self) -> Dict[str, int]:
+        with self._lock:
+            return {"inflight": self.inflight, "served": self.served, "rejected": self.rejected}
 
     # -- calls ------------------------------------------------------------------------------
     def _enter(self, infer: bool):
@@ -256,12 +363,7 @@ class GrpcGuard:
         return fn
 
     def _check(self, raw: bytes):
-        req = self.pb.ModelInferRequest()
-        try:
-            req.ParseFromString(raw)
-        except Exception as e:  # noqa: BLE001 - malformed protobuf
-            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {e}") from e
-        check_infer_request(req, self.limits)
+        check_serialized_request(raw, self.limits)
 
     def not_ready(self, method: str) -> Optional[bytes]:
         """While draining or restarting: 'not ready' for readiness calls."""
@@ -335,15 +437,15 @@ class GrpcGuard:
 
 
 class _Handler(grpc.GenericRpcHandler):
+    """No (de)serializers: requests arrive and replies leave as the bytes on the wire. The
+    handler of each forwarded method is made once (gRPC asks for it on every call)."""
+
     def __init__(self, guard: GrpcGuard):
         self.guard = guard
+        self.handlers = {SERVICE + m: self._make(m) for m in FORWARDED}
 
-    def service(self, details):
-        full = details.method or ""
-        method = full[len(SERVICE):] if full.startswith(SERVICE) else ""
+    def _make(self, method: str):
         g = self.guard
-        if method not in FORWARDED:
-            return grpc.unary_unary_rpc_method_handler(_denied(full))
         if method == "ModelStreamInfer":
             async def stream_call(it, ctx):
                 async for reply in g.stream(method, it, ctx):
@@ -353,6 +455,13 @@ class _Handler(grpc.GenericRpcHandler):
         async def call(raw, ctx):
             return await g.unary(method, raw, ctx)
         return grpc.unary_unary_rpc_method_handler(call)
+
+    def service(self, details):
+        full = details.method or ""
+        handler = self.handlers.get(full)
+        if handler is None:
+            return grpc.unary_unary_rpc_method_handler(_denied(full))
+        return handler
 
 
 def _denied(method: str):
@@ -374,3 +483,108 @@ def _remaining(context) -> Optional[float]:
 
 def _bracket(host: str) -> str:
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+# -- a guard worker process (`serve --guard-workers N` runs N of them on the public port) ------
+class _Terminate(Exception):
+    pass
+
+
+def main(argv=None) -> int:
+    """One guard worker: a GrpcGuard on the public port (SO_REUSEPORT), driven by its
+    guard_pool.GuardPool through JSON lines. In on stdin: {"op": "backend", "url"}, {"op":
+    "down", "reason"}, {"op": "drain", "timeout"}, {"op": "stop", "grace"}. Out on stdout:
+    {"ready": port} or {"error": why} once, then {"stats": {...}} every `--beat` s from the event
+    loop (a heartbeat: a loop that stops beating is stuck) and {"drained": left} after a drain.
+    Its pool going away (stdin at EOF) stops it; SIGINT (a terminal's Ctrl-C reaches the whole
+    process group) is left to the supervisor, which drains first; SIGTERM stops this worker
+    alone, letting its requests in flight finish (its pool starts another)."""
+    import argparse
+    import signal
+    import sys
+
+    p = argparse.ArgumentParser(prog="python -m wenet_triton.serving.guard")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--repo", help="the repository served (its limits; also names it in ps)")
+    p.add_argument("--limits", help="Limits as JSON (instead of --repo)")
+    p.add_argument("--backend", help="tritonserver's gRPC host:port, if known already")
+    p.add_argument("--down", default="starting", help="why there is no backend yet")
+    p.add_argument("--worker", type=int, default=0, help="its slot in the pool (logs)")
+    p.add_argument("--beat", type=float, default=0.5)
+    p.add_argument("--profile", help="write a cProfile of the event loop here when stopping")
+    a = p.parse_args(argv)
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # the pool reads JSON from our stdout: keep it for that alone (fd 1 -> stderr for the rest)
+    out = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    write_lock = threading.Lock()
+
+    def send(msg: dict):
+        with write_lock:
+            try:
+                out.write(json.dumps(msg) + "\n")
+            except (BrokenPipeError, OSError, ValueError):
+                pass
+
+    logging.basicConfig(level=logging.WARNING, format=f"%(asctime)s guard[{a.worker}] %(message)s")
+    limits = Limits.from_repo(a.repo) if a.repo else Limits(**json.loads(a.limits or "{}"))
+    try:
+        g = GrpcGuard(a.host, a.port, limits, reuseport=True)
+        if a.backend:
+            g.set_backend(a.backend)
+        else:
+            g.set_down(a.down)
+        g.start()
+    except Exception as e:  # noqa: BLE001 - reported to the pool, which names the port
+        send({"error": str(e) or type(e).__name__})
+        return 1
+    prof = None
+    if a.profile:
+        import cProfile
+
+        prof = cProfile.Profile()
+        g.loop.call_soon_threadsafe(prof.enable)  # the event loop's thread is the one to profile
+
+    def beat():
+        send({"stats": g.stats()})
+        g.loop.call_later(a.beat, beat)
+
+    def on_term(_signum, _frame):
+        raise _Terminate()
+
+    signal.signal(signal.SIGTERM, on_term)
+    send({"ready": g.port, "pid": os.getpid()})
+    g.loop.call_soon_threadsafe(beat)
+    grace = 1.0
+    try:
+        for line in sys.stdin:
+            msg = json.loads(line)
+            op = msg.get("op")
+            if op == "backend":
+                g.set_backend(msg["url"])
+            elif op == "down":
+                g.set_down(msg["reason"])
+            elif op == "drain":
+                send({"drained": g.drain(float(msg["timeout"]))})
+            elif op == "stop":
+                grace = float(msg.get("grace", 1.0))
+                break
+    except _Terminate:
+        grace = 10.0  # alone: finish what is in flight (gRPC refuses newcomers meanwhile)
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if prof is not None:
+            g._run(_call(prof.disable))
+            prof.dump_stats(a.profile)
+        g.stop(grace)
+    return 0
+
+
+async def _call(fn):
+    return fn()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -9,8 +9,9 @@ and removes them once its processes are gone.
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Set
+from typing import Dict, Iterable, List, Optional, Set
 
 SHM_DIR = "/dev/shm"
 SHM_PREFIX = "triton_python_backend_shm_region_"
@@ -108,3 +109,89 @@ def remove_regions(names: Iterable[str]) -> List[str]:
 
 def stub_summary(stubs_: Iterable[Stub]) -> Dict[int, str]:
     return {s.pid: s.instance or s.model for s in stubs_}
+
+
+# -- who listens on a TCP port (the guard workers share theirs with SO_REUSEPORT) -------------
+LISTEN = "0A"
+_WILDCARDS = ("0.0.0.0", "::")
+
+
+def _proc_address(hexaddr: str) -> str:
+    """/proc/net/tcp{,6} address (hex, 32-bit words in host order) -> text."""
+    raw = bytes.fromhex(hexaddr)
+    if len(raw) == 4:
+        return socket.inet_ntop(socket.AF_INET, raw[::-1])
+    text = socket.inet_ntop(socket.AF_INET6, b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4)))
+    # gRPC binds an IPv4 address as an IPv4-mapped IPv6 one ([::ffff:127.0.0.1])
+    return text[7:] if text.startswith("::ffff:") and "." in text else text
+
+
+def _addresses(host: str) -> Set[str]:
+    host = host.strip("[]") or "0.0.0.0"
+    try:
+        return {ai[4][0] for ai in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)}
+    except OSError:
+        return {host}
+
+
+def _overlap(a: str, b: str) -> bool:
+    """Whether connections to bound address a can reach a socket bound on b (or back)."""
+    if a == b:
+        return True
+    for x, y in ((a, b), (b, a)):
+        if x in _WILDCARDS and (x == "::" or ":" not in y):  # [::] is dual-stack on Linux
+            return True
+    return False
+
+
+def listening_sockets(port: int, host: str = "0.0.0.0") -> List[int]:
+    """Inodes of the TCP sockets listening on `port` at an address that overlaps `host`'s
+    (this network namespace, every user)."""
+    ours = _addresses(host)
+    out = []
+    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(path) as f:
+                lines = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            cols = line.split()
+            if len(cols) < 10 or cols[3] != LISTEN:
+                continue
+            addr, _, hexport = cols[1].partition(":")
+            if int(hexport, 16) != port:
+                continue
+            text = _proc_address(addr)
+            if any(_overlap(text, a) for a in ours):
+                out.append(int(cols[9]))
+    return out
+
+
+def socket_inodes(pid: int) -> Set[int]:
+    """Inodes of the sockets process `pid` holds open (empty when it is gone or not ours)."""
+    out = set()
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return out
+    for fd in fds:
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            out.add(int(link[8:-1]))
+    return out
+
+
+def socket_owner(inode: int) -> Optional[int]:
+    """A process holding socket `inode`, among those this user may look into."""
+    for d in os.listdir("/proc"):
+        if d.isdigit() and inode in socket_inodes(int(d)):
+            return int(d)
+    return None
+
+
+def command_line(pid: int) -> str:
+    return " ".join(_cmdline(pid))

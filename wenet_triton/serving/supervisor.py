@@ -5,18 +5,21 @@ never restarts stubs; every request that reaches the dead instance fails), and a
 tritonserver stays down. The supervisor
 
 * starts tritonserver with its gRPC on a private loopback port behind the checking gRPC
-  front (guard.py) on the public port; HTTP only when asked for (--http-port),
+  front on the public port: `guard_workers` processes sharing it (guard_pool.py, guard.py),
+  each watched and started again when it dies; HTTP only when asked for (--http-port),
 * probes it with a real tiny inference every few seconds, watches the process and its
   python backend stubs, and restarts tritonserver when it exits, a stub dies or probes
   keep failing,
 * serves its own health endpoint (GET /healthz on --health-port): 200 only while the last
-  real-inference probe passed and the server is not restarting or draining, and its own
+  real-inference probe passed, every guard worker listens and the server is not restarting
+  or draining, and its own
   Prometheus metrics there (GET /metrics: health, restarts, probe latency, requests in flight),
 * on SIGTERM/SIGINT stops being ready, lets in-flight requests finish (bounded by
   --drain-timeout; newcomers get UNAVAILABLE, which clients retry), then stops,
 * removes the python-backend /dev/shm regions of its tritonserver on every exit path,
 * fails fast, naming the port, when a port it needs is taken (and never takes another
-  server on its port for its own: tritonserver's --id is checked).
+  server on its port for its own: tritonserver's --id is checked; nor shares the public port
+  with another process through SO_REUSEPORT: the pool checks who listens there).
 """
 from __future__ import annotations
 
@@ -33,7 +36,8 @@ import numpy as np
 
 from wenet_triton.serving import procs
 from wenet_triton.serving.client import decode_transcript, make_inputs
-from wenet_triton.serving.guard import GrpcGuard, Limits
+from wenet_triton.serving.guard import Limits
+from wenet_triton.serving.guard_pool import GuardPool, resolve_workers
 from wenet_triton.serving.server import ServerError, TritonServer, free_port, port_in_use
 
 log = logging.getLogger("wenet_triton.supervisor")
@@ -49,6 +53,7 @@ class SupervisorConfig:
     metrics_port: int = 8002
     health_port: Optional[int] = 8003
     guard: bool = True
+    guard_workers: Optional[int] = None  # front processes; None: serving.json's, else auto
     probe_interval: float = 5.0
     probe_timeout: float = 30.0
     restart_after: int = 3          # consecutive failed probes before a restart
@@ -116,7 +121,7 @@ class Supervisor:
         self.cfg = cfg
         self.status = Status()
         self.triton: Optional[TritonServer] = None
-        self.guard: Optional[GrpcGuard] = None
+        self.guard: Optional[GuardPool] = None
         self.health: Optional[ThreadingHTTPServer] = None
         self._stop = threading.Event()
         self._restart = threading.Event()
@@ -141,7 +146,9 @@ class Supervisor:
                              ("--metrics-port", c.metrics_port), ("--health-port", c.health_port)])
         try:
             if c.guard:
-                self.guard = GrpcGuard(c.host, c.grpc_port, Limits.from_repo(c.repo))
+                self.guard = GuardPool(c.host, c.grpc_port, Limits.from_repo(c.repo),
+                                       resolve_workers(c.guard_workers, c.repo), repo=c.repo,
+                                       on_event=self._event)
                 self.guard.start()
             if c.health_port:
                 self._start_health()
@@ -290,10 +297,8 @@ class Supervisor:
                 if path == "/metrics":
                     body, code, ctype = sup.metrics_text().encode(), 200, "text/plain; version=0.0.4"
                 elif path in ("/healthz", "/health", "/readyz"):
-                    with sup._lock:
-                        body = json.dumps(sup.status.as_dict()).encode()
-                        # a stop was asked for (SIGTERM): not ready from that moment on
-                        code = 200 if sup.status.healthy and not sup._stop.is_set() else 503
+                    body, healthy = sup.health_report()
+                    code = 200 if healthy else 503
                     ctype = "application/json"
                 else:
                     self.send_error(404)
@@ -312,13 +317,27 @@ class Supervisor:
         self.health.daemon_threads = True
         threading.Thread(target=self.health.serve_forever, daemon=True, name="health").start()
 
+    def health_report(self) -> Tuple[bytes, bool]:
+        """(JSON body, healthy): the last probe passed, every guard worker listens (alone on
+        the port) and no stop was asked for (SIGTERM: not ready from that moment on)."""
+        g = self.guard
+        guard = g.state() if isinstance(g, GuardPool) else None
+        with self._lock:
+            d = self.status.as_dict()
+            healthy = self.status.healthy and not self._stop.is_set() and (guard is None or g.healthy())
+        d["healthy"] = healthy
+        if guard is not None:
+            d["guard"] = guard
+        return json.dumps(d).encode(), healthy
+
     def metrics_text(self) -> str:
         """Prometheus text for GET /metrics on the health port: the supervisor's and the
         guard's own figures (Triton's per-model metrics stay on --metrics-port)."""
+        healthy = self.health_report()[1]
         with self._lock:
             st = self.status
-            rows = [("wenet_triton_healthy", "gauge", "1 while the last real-inference probe passed",
-                     int(st.healthy)),
+            rows = [("wenet_triton_healthy", "gauge", "1 while the last real-inference probe passed "
+                     "and every guard worker listens", int(healthy)),
                     ("wenet_triton_restarts_total", "counter", "tritonserver restarts by the supervisor",
                      st.restarts),
                     ("wenet_triton_probe_latency_ms", "gauge", "latency of the last probe inference",
@@ -332,6 +351,11 @@ class Supervisor:
                      ("wenet_triton_guard_served_total", "counter", "requests the guard forwarded", g.served),
                      ("wenet_triton_guard_rejected_total", "counter",
                       "requests the guard refused (bad, restarting, draining)", g.rejected)]
+        if isinstance(g, GuardPool):
+            rows += [("wenet_triton_guard_workers", "gauge", "guard worker processes listening "
+                      "on the public port", g.listening),
+                     ("wenet_triton_guard_worker_restarts_total", "counter",
+                      "guard worker processes started again after they died", g.restarts)]
         out = []
         for name, kind, doc, value in rows:
             out += [f"# HELP {name} {doc}", f"# TYPE {name} {kind}", f"{name} {value}"]
