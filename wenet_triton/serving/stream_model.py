@@ -160,7 +160,7 @@ class Streaming:
             backend = CudaChunkBackend(model, settings, device, p.get("dtype") or None,
                                        slots=min(self.max_streams, 64))
             # one CUDA graph per batch bucket up to the model's max batch
-            backend.warmup(int(json.loads(args["model_config"]).get("max_batch_size", 16)))
+            backend.warmup(int(json.loads(args.get("model_config", "{}")).get("max_batch_size", 16)))
             return DeviceChunkRunner(backend)
         return ChunkRunner(TorchChunkBackend(model, settings, device))
 
