@@ -129,6 +129,8 @@ def main(argv=None):
         torch.set_num_threads(a.torch_threads)
     engine = "torch_cuda" if a.device.startswith("cuda") else "onnxruntime"
     rec = load_model(model_dir, engine=engine, device=a.device)
+    if hasattr(rec.engine, "dec_graphs"):  # as the served streaming model: eager rescoring
+        rec.engine.dec_graphs.enabled = False
     dec = rec.decoding
     model = ASRModel.from_spec(load_model_dir(model_dir))
     runner = open_chunk_runner(a.backend, model, a.chunk_size, a.left_chunks, rec.settings.beam_size,

@@ -157,8 +157,12 @@ class Streaming:
         model = ASRModel.from_spec(load_model_dir(os.path.join(vdir, "model")))
         settings = streaming_settings(model, chunk, left, self.settings.beam_size)
         if p.get("engine") == "torch_cuda":  # GPU engine, the streams' caches on the device
+            if not int(p.get("threads", "0")):
+                torch.set_num_threads(2)  # the GPU computes; torch's CPU pool only competes
+            # the slot pools sized for max_streams now: growing them mid-load re-captured
+            # the graphs while streams waited
             backend = CudaChunkBackend(model, settings, device, p.get("dtype") or None,
-                                       slots=min(self.max_streams, 64))
+                                       slots=self.max_streams)
             # one CUDA graph per batch bucket up to the model's max batch
             backend.warmup(int(json.loads(args.get("model_config", "{}")).get("max_batch_size", 16)))
             return DeviceChunkRunner(backend)
@@ -177,7 +181,11 @@ class Streaming:
         model = ASRModel.from_spec(load_model_dir(os.path.join(vdir, "model")))
         device = self._device(args, p)
         if device.startswith("cuda"):
-            return CudaEngine(model, self.settings, device, p.get("dtype") or "float16")
+            # eager: the finals' shapes (ended streams x frames x hypothesis length) vary
+            # without end, and a CUDA graph capture per new shape stalled every stream of the
+            # instance for ~150 ms (H200, 2026-12-01)
+            return CudaEngine(model, self.settings, device, p.get("dtype") or "float16",
+                              cuda_graphs=False)
         return TorchEngine(model, self.settings, "cpu", None)
 
     @staticmethod
