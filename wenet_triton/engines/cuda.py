@@ -71,22 +71,29 @@ def linear_f32(x: torch.Tensor, w32: torch.Tensor, b32: torch.Tensor) -> torch.T
 _SDPA_CHOICE: Dict[Tuple, object] = {}
 
 
-def sdpa(q, k, v, mask, scale=None, tag: str = ""):
+_CUDNN_FIRST = ("CUDNN_ATTENTION", "EFFICIENT_ATTENTION", "MATH")
+_PLANLESS_FIRST = ("EFFICIENT_ATTENTION", "CUDNN_ATTENTION", "MATH")
+
+
+def sdpa(q, k, v, mask, scale=None, tag: str = "", cudnn_first: bool = True):
     """scaled_dot_product_attention on the first fused backend that takes these shapes
     (cuDNN, then memory-efficient), resolved once per shape signature (and `tag`: a caller
     whose shapes differ in other ways, e.g. more keys than queries) and cached. Left to
-    itself SDPA chose its math path (fp32 bmm + softmax) for the rel-pos encoder call."""
+    itself SDPA chose its math path (fp32 bmm + softmax) for the rel-pos encoder call.
+    cudnn_first=False tries memory-efficient attention first: cuDNN builds an execution plan
+    for every new shape, which costs a stall where shapes keep changing (eager rescoring)."""
     if not q.is_cuda:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    key = (tag, q.shape[-1], v.shape[-1], q.dtype,
+    key = (tag, cudnn_first, q.shape[-1], v.shape[-1], q.dtype,
            None if mask is None else (mask.dtype, mask.shape[-2] == 1))
     choice = _SDPA_CHOICE.get(key)
     if choice is not None:
         with sdpa_kernel([choice]):
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
-    for be in (SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH):
+    for name in (_CUDNN_FIRST if cudnn_first else _PLANLESS_FIRST):
+        be = getattr(SDPBackend, name)
         try:
             with sdpa_kernel([be]):
                 out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
@@ -103,6 +110,9 @@ class FastModel:
                  device: str = "cuda", use_kernels: Optional[bool] = None, decoder: bool = True):
         self.dtype, self.device = dtype, torch.device(device)
         self.kern = kernels.available() if use_kernels is None else use_kernels
+        # decoder attention: cuDNN first (graph-bucketed shapes) or memory-efficient first
+        # (shapes that keep changing: cuDNN would plan each one); see sdpa()
+        self.dec_cudnn = True
         model = model.fuse().eval()
         enc = model.encoder
         cv = lambda t: t.detach().to(self.device, dtype).contiguous()  # noqa: E731
@@ -243,7 +253,7 @@ class FastModel:
             F.gelu(h) if act == "gelu" else torch.tanh(h)
         return F.linear(h, w2, b2)
 
-    def self_attn(self, y, p, pe_proj, mask):
+    def self_attn(self, y, p, pe_proj, mask, cudnn_first: bool = True):
         B, T, D = y.shape
         h, dk = p["h"], p["dk"]
         if p.get("rel"):  # rel-pos: [q+u, q+v] . [k, p], q+u / q+v straight from the GEMM
@@ -254,7 +264,8 @@ class FastModel:
             k = torch.cat([k, pe_proj.view(1, T, h, dk).expand(B, T, h, dk)], dim=-1)
         else:
             q, k, v = F.linear(y, p["w_qkv"], p["b_qkv"]).view(B, T, 3, h, dk).unbind(2)
-        o = sdpa(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask, 1.0 / math.sqrt(dk))
+        o = sdpa(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask, 1.0 / math.sqrt(dk),
+                 cudnn_first=cudnn_first)
         return F.linear(o.transpose(1, 2).reshape(B, T, D), p["w_out"], p["b_out"])
 
     def conv(self, y, p, lens):
@@ -435,13 +446,13 @@ class FastModel:
         y = None
         for i, (n1, sa, n2, ca, n3, ff) in enumerate(D["layers"]):
             y = self.ln(x, n1) if y is None else y
-            x, y = self.add_ln(x, self.self_attn(y, sa, None, self_mask), 1.0, n2)
+            x, y = self.add_ln(x, self.self_attn(y, sa, None, self_mask, self.dec_cudnn), 1.0, n2)
             h, dk = ca["h"], ca["dk"]
             # the beam*L queries of one utterance share its memory: one batch entry each
             q = F.linear(y, ca["w_qkv"][: self.d], ca["b_qkv"][: self.d])
             q = q.view(N // beam, beam * L, h, dk).transpose(1, 2)
             k, v = memory_kv[i]
-            o = sdpa(q, k, v, mem_mask)
+            o = sdpa(q, k, v, mem_mask, cudnn_first=self.dec_cudnn)
             o = F.linear(o.transpose(1, 2).reshape(N, L, self.d), ca["w_out"], ca["b_out"])
             x, y = self.add_ln(x, o, 1.0, n3)
             out = self.ffn(y, ff)

@@ -182,10 +182,12 @@ class Streaming:
         device = self._device(args, p)
         if device.startswith("cuda"):
             # eager: the finals' shapes (ended streams x frames x hypothesis length) vary
-            # without end, and a CUDA graph capture per new shape stalled every stream of the
+            # without end; a CUDA graph capture per new shape stalled every stream of the
             # instance for ~150 ms (H200, 2026-12-01)
-            return CudaEngine(model, self.settings, device, p.get("dtype") or "float16",
-                              cuda_graphs=False)
+            eng = CudaEngine(model, self.settings, device, p.get("dtype") or "float16",
+                             cuda_graphs=False)
+            eng.fm.dec_cudnn = False  # no cuDNN plan per new shape either
+            return eng
         return TorchEngine(model, self.settings, "cpu", None)
 
     @staticmethod
