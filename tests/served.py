@@ -107,3 +107,18 @@ def infer_batch(url, wavs):
     b.set_data_from_numpy(np.array([[len(w)] for w in wavs], np.int32))
     res = client.infer("attention_rescoring", [a, b])
     return [t[0].decode("utf-8") for t in res.as_numpy("TRANSCRIPTS")]
+
+
+def export_u2pp(tmp_path_factory, tag, verify=True):
+    """The shared u2pp_conformer checkpoint exported with its reference decoding settings
+    (beam, CTC and reverse weights) into a fresh temp dir -> the export dir."""
+    from conftest import model_dir, reference
+
+    from wenet_triton.engines.export import export_onnx
+
+    dec, _ = reference("u2pp_conformer")
+    d = str(tmp_path_factory.mktemp(tag))
+    export_onnx(model_dir("u2pp_conformer"), d, beam_size=dec["beam_size"],
+                ctc_weight=dec["ctc_weight"], reverse_weight=dec["reverse_weight"], verify=verify)
+    return d
+

@@ -375,7 +375,7 @@ def test_cuda_chunk_encoder_fp32_matches_wenet():
     import json
 
     from conftest import model_dir, shared_path
-    from test_streaming import chunked_ref, feats_of, run_staggered
+    from test_streaming import assert_staggered_matches_wenet, feats_of
 
     from wenet_triton.decode.vocab import Vocab
     from wenet_triton.engines.cuda import CudaEngine
@@ -387,12 +387,7 @@ def test_cuda_chunk_encoder_fp32_matches_wenet():
     _, runner = _u2pp_chunk_runner("float32", slots=2)
     be = runner.backend
     assert be.graphs.enabled and be.fm.kern
-    utts = [f"test_{i:06d}" for i in range(8)]
-    outs = run_staggered(runner, [feature_windows(feats_of(u), runner.settings) for u in utts])
-    for u, o in zip(utts, outs):
-        ref = chunked_ref("chunk8_left4", u)["encoder_out"]
-        assert o.shape == ref.shape, u
-        assert np.abs(o - ref).max() <= 1e-4, u
+    assert_staggered_matches_wenet(runner)
     assert be.graphs.graphs and be.capacity > 3 and be.live_slots == 0
 
     with open(shared_path("reference", "u2pp_conformer", "streaming.json")) as f:

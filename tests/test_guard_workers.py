@@ -5,6 +5,7 @@ the worker count, and a second process on the port (SO_REUSEPORT) is caught. The
 `wenet-triton serve --guard-workers 2` (real tritonserver, loopback) is shared by the rest,
 in file order; the last one stops it with SIGTERM under load. Figures print with -s.
 """
+import contextlib
 import json
 import os
 import random
@@ -16,8 +17,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from conftest import model_dir, reference, wav_path
-from served import ServedProcess, cli_env, processes_with
+from conftest import model_dir, wav_path
+from served import ServedProcess, cli_env, export_u2pp, processes_with
 
 grpcclient = pytest.importorskip("tritonclient.grpc")
 grpc = pytest.importorskip("grpc")
@@ -202,13 +203,7 @@ def _alive(pid):
 
 @pytest.fixture(scope="module")
 def export_dir(tmp_path_factory):
-    from wenet_triton.engines.export import export_onnx
-
-    dec, _ = reference("u2pp_conformer")
-    d = str(tmp_path_factory.mktemp("gw_export"))
-    export_onnx(model_dir("u2pp_conformer"), d, beam_size=dec["beam_size"],
-                ctc_weight=dec["ctc_weight"], reverse_weight=dec["reverse_weight"])
-    return d
+    return export_u2pp(tmp_path_factory, "gw_export")
 
 
 @pytest.fixture(scope="module")
@@ -287,6 +282,20 @@ def test_two_workers_listen_and_share_the_connections(served, utterances):
     assert sum(share) >= 48 and min(share) > 0, share
 
 
+@contextlib.contextmanager
+def _mid_load(served, utterances, **kw):
+    """64 requests over 8 connections running in the background -> (their future, the wanted
+    texts), once 16 have been answered."""
+    _, want, run = _load(served, utterances, 64, **kw)
+    seen = []
+    with ThreadPoolExecutor(1) as pool:
+        fut = pool.submit(run, on_reply=seen.append)
+        deadline = time.time() + 60
+        while len(seen) < 16 and time.time() < deadline:
+            time.sleep(0.05)
+        yield fut, want
+
+
 @pytest.mark.server
 def test_killed_worker_others_keep_serving_and_it_comes_back(served, utterances):
     """kill -9 of one worker while 16 requests are in flight: every one of 64 is answered
@@ -295,13 +304,7 @@ def test_killed_worker_others_keep_serving_and_it_comes_back(served, utterances)
     g = _guard(served)
     victim, survivor = g["per_worker"][0]["pid"], g["per_worker"][1]
     restarts = g["restarts"]
-    _, want, run = _load(served, utterances, 64)
-    seen = []
-    with ThreadPoolExecutor(1) as pool:
-        fut = pool.submit(run, on_reply=seen.append)
-        deadline = time.time() + 60
-        while len(seen) < 16 and time.time() < deadline:
-            time.sleep(0.05)
+    with _mid_load(served, utterances) as (fut, want):
         os.kill(victim, signal.SIGKILL)
         t0 = time.time()
         unhealthy_at = back_at = None
@@ -363,13 +366,7 @@ def test_sigterm_drains_every_worker_and_leaves_nothing(served, utterances):
 
     served.note_regions()
     workers = [w["pid"] for w in _guard(served)["per_worker"]]
-    _, want, run = _load(served, utterances, 64, retry=NO_RETRY)
-    seen = []
-    with ThreadPoolExecutor(1) as pool:
-        fut = pool.submit(run, on_reply=seen.append)
-        deadline = time.time() + 60
-        while len(seen) < 16 and time.time() < deadline:
-            time.sleep(0.05)
+    with _mid_load(served, utterances, retry=NO_RETRY) as (fut, want):
         served.proc.send_signal(signal.SIGTERM)
         t0 = time.time()
         time.sleep(0.2)

@@ -20,8 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from conftest import model_dir, reference, wav_path
-from served import ServedProcess, cli_env, processes_with
+from conftest import model_dir, wav_path
+from served import ServedProcess, cli_env, export_u2pp, processes_with
 
 pytestmark = pytest.mark.server
 grpcclient = pytest.importorskip("tritonclient.grpc")
@@ -36,13 +36,7 @@ def _cli(*args):
 
 @pytest.fixture(scope="module")
 def export_dir(tmp_path_factory):
-    from wenet_triton.engines.export import export_onnx
-
-    dec, _ = reference("u2pp_conformer")
-    d = str(tmp_path_factory.mktemp("hd_export"))
-    export_onnx(model_dir("u2pp_conformer"), d, beam_size=dec["beam_size"],
-                ctc_weight=dec["ctc_weight"], reverse_weight=dec["reverse_weight"])
-    return d
+    return export_u2pp(tmp_path_factory, "hd_export")
 
 
 @pytest.fixture(scope="module")

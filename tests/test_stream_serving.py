@@ -19,6 +19,7 @@ import time
 import numpy as np
 import pytest
 from conftest import ROOT, model_dir, reference, shared_path
+from served import export_u2pp
 
 pytestmark = pytest.mark.server
 grpcclient = pytest.importorskip("tritonclient.grpc")
@@ -42,13 +43,7 @@ def _cli(*args):
 
 @pytest.fixture(scope="module")
 def export_dir(tmp_path_factory):
-    from wenet_triton.engines.export import export_onnx
-
-    dec, _ = reference("u2pp_conformer")
-    d = str(tmp_path_factory.mktemp("ss_export"))
-    export_onnx(model_dir("u2pp_conformer"), d, beam_size=dec["beam_size"],
-                ctc_weight=dec["ctc_weight"], reverse_weight=dec["reverse_weight"], verify=False)
-    return d
+    return export_u2pp(tmp_path_factory, "ss_export", verify=False)
 
 
 STREAM_CFG = {"chunk_size": CHUNK, "left_chunks": LEFT, "max_streams": MAX_STREAMS,
