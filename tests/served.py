@@ -122,3 +122,20 @@ def export_u2pp(tmp_path_factory, tag, verify=True):
                 ctc_weight=dec["ctc_weight"], reverse_weight=dec["reverse_weight"], verify=verify)
     return d
 
+
+def serve_for_module(repo, tmp, figures, title, **kw):
+    """A module fixture's body (`yield from`): a ServedProcess over repo, healthy (its start
+    time in figures), then stopped with no process left; figures printed under title."""
+    s = ServedProcess(repo, tmp, **kw)
+    try:
+        t0 = time.time()
+        s.wait_healthy(240)
+        figures["start to healthy (s)"] = round(time.time() - t0, 1)
+        yield s
+    finally:
+        s.stop()
+        time.sleep(0.5)
+        leftover = processes_with(repo)
+        assert not leftover, leftover
+        print(f"\n{title}:", json.dumps(figures, indent=1))
+

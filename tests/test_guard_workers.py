@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from conftest import model_dir, wav_path
-from served import ServedProcess, cli_env, export_u2pp, processes_with
+from served import cli_env, export_u2pp, processes_with, serve_for_module
 
 grpcclient = pytest.importorskip("tritonclient.grpc")
 grpc = pytest.importorskip("grpc")
@@ -220,18 +220,8 @@ def repo(tmp_path_factory, export_dir):
 @pytest.fixture(scope="module")
 def served(repo, tmp_path_factory):
     # guard_workers: 2 comes from the repository's serving config (no flag)
-    s = ServedProcess(repo, str(tmp_path_factory.mktemp("gw_serve")))
-    try:
-        t0 = time.time()
-        s.wait_healthy(240)
-        FIGURES["start to healthy (s)"] = round(time.time() - t0, 1)
-        yield s
-    finally:
-        s.stop()
-        time.sleep(0.5)
-        leftover = processes_with(repo)
-        assert not leftover, leftover
-        print("\nguard worker figures:", json.dumps(FIGURES, indent=1))
+    yield from serve_for_module(repo, str(tmp_path_factory.mktemp("gw_serve")), FIGURES,
+                                "guard worker figures")
 
 
 @pytest.fixture(scope="module")

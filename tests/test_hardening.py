@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 from conftest import model_dir, wav_path
-from served import ServedProcess, cli_env, export_u2pp, processes_with
+from served import cli_env, export_u2pp, processes_with, serve_for_module
 
 pytestmark = pytest.mark.server
 grpcclient = pytest.importorskip("tritonclient.grpc")
@@ -53,18 +53,8 @@ def repo(tmp_path_factory, export_dir):
 
 @pytest.fixture(scope="module")
 def served(repo, tmp_path_factory):
-    s = ServedProcess(repo, str(tmp_path_factory.mktemp("hd_serve")), http=True)
-    try:
-        t0 = time.time()
-        s.wait_healthy(240)
-        FIGURES["first start to healthy (s)"] = round(time.time() - t0, 1)
-        yield s
-    finally:
-        s.stop()
-        time.sleep(0.5)
-        leftover = processes_with(repo)
-        assert not leftover, leftover
-        print("\nhardening figures:", json.dumps(FIGURES, indent=1))
+    yield from serve_for_module(repo, str(tmp_path_factory.mktemp("hd_serve")), FIGURES,
+                                "hardening figures", http=True)
 
 
 @pytest.fixture(scope="module")
