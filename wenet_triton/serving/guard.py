@@ -18,11 +18,15 @@ other; their WAV must be one chunk ([1, n], n up to `streaming.max_chunk_seconds
 """
 from __future__ import annotations
 
+import argparse
 import asyncio
+import cProfile
 import json
 import logging
 import math
 import os
+import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -499,10 +503,6 @@ def main(argv=None) -> int:
     Its pool going away (stdin at EOF) stops it; SIGINT (a terminal's Ctrl-C reaches the whole
     process group) is left to the supervisor, which drains first; SIGTERM stops this worker
     alone, letting its requests in flight finish (its pool starts another)."""
-    import argparse
-    import signal
-    import sys
-
     p = argparse.ArgumentParser(prog="python -m wenet_triton.serving.guard")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True)
@@ -542,8 +542,6 @@ def main(argv=None) -> int:
         return 1
     prof = None
     if a.profile:
-        import cProfile
-
         prof = cProfile.Profile()
         g.loop.call_soon_threadsafe(prof.enable)  # the event loop's thread is the one to profile
 
