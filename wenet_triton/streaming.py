@@ -148,8 +148,8 @@ def streaming_recognizer(engine: Engine, engine_dir: str, model_dir: Optional[st
 @dataclass
 class LiveStream:
     """One stream's state between pieces: the front end's remainder (fbank samples, frames of
-    the next window), the encoder caches, the encoder output so far, and the top-k log-probs
-    of the frames its search has not been fed yet (`unsearched`: a chunk's search costs
+    the next window), the encoder caches, the encoder output so far (for the rescoring), and
+    the top-k log-probs of the frames its search has not been fed yet (`unsearched`: a chunk's search costs
     O(chunk), not O(stream))."""
     features: StreamingFeatures
     state: EncoderState
@@ -157,8 +157,6 @@ class LiveStream:
     windows: int = 0                 # windows produced so far (encoded or pending)
     frame_ends: List[int] = field(default_factory=lambda: [0])  # frames after k encoded windows
     chunk_out: List[np.ndarray] = field(default_factory=list)
-    log_probs: List[np.ndarray] = field(default_factory=list)
-    log_probs_idx: List[np.ndarray] = field(default_factory=list)
     unsearched: List[Tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
     finished: bool = False
     last_seen: float = field(default_factory=time.monotonic)
@@ -168,17 +166,12 @@ class LiveStream:
     def frames(self) -> int:
         return self.frame_ends[-1]
 
-    def encoder_output(self, frames: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(chunk_out, log_probs, log_probs_idx) of the first `frames` frames (all: None);
-        concatenates everything so far (rescoring at the end; the search takes only its new
-        frames, `take_unsearched`)."""
-        n = self.frames if frames is None else frames
-        cat = (lambda xs: np.concatenate(xs)[:n])  # noqa: E731
-        if len(self.chunk_out) > 1:  # keep one piece: the next concatenation copies less
+    def encoder_output(self) -> np.ndarray:
+        """The encoder output so far, (frames, D) (for rescoring at the end; the search takes
+        only its new frames' top-k, `take_unsearched`)."""
+        if len(self.chunk_out) > 1:  # keep one piece: a later concatenation copies less
             self.chunk_out = [np.concatenate(self.chunk_out)]
-            self.log_probs = [np.concatenate(self.log_probs)]
-            self.log_probs_idx = [np.concatenate(self.log_probs_idx)]
-        return cat(self.chunk_out), cat(self.log_probs), cat(self.log_probs_idx)
+        return self.chunk_out[0]
 
     def take_unsearched(self, frames: int) -> Tuple[np.ndarray, np.ndarray]:
         """Top-k (log-probs, ids) of the frames from the search's position up to `frames` (more
@@ -287,8 +280,6 @@ class StreamDecoder:
                 s.pending.pop(0)
                 s.state = st
                 s.chunk_out.append(o.chunk_out)
-                s.log_probs.append(o.log_probs)
-                s.log_probs_idx.append(o.log_probs_idx)
                 s.unsearched.append((o.log_probs, o.log_probs_idx))
                 s.frame_ends.append(s.frames + len(o.chunk_out))
             steps += 1
@@ -332,7 +323,7 @@ class StreamDecoder:
                "encoder_out_lens": np.array([ended[i][0].frames for i in keep], np.int32)}
         for b, i in enumerate(keep):
             s = ended[i][0]
-            enc["encoder_out"][b, :s.frames] = s.encoder_output()[0]
+            enc["encoder_out"][b, :s.frames] = s.encoder_output()
         for b, (ids, _) in enumerate(rescore_batch(rescorer, enc, [ended[i][1] for i in keep],
                                                    self.settings, self.lm_rescore_weight)):
             texts[keep[b]] = self.vocab.text(ids)

@@ -547,10 +547,12 @@ class CudaEngine(Engine):
 
     def __init__(self, model: ASRModel, settings: EngineSettings, device: str = "cuda",
                  dtype: str = "float16", use_kernels: Optional[bool] = None,
-                 cuda_graphs: bool = True, time_bucket: int = 16, want_ctc_log_probs: bool = False):
+                 cuda_graphs: bool = True, time_bucket: int = 16, want_ctc_log_probs: bool = False,
+                 decoder_cudnn: bool = True):
         self.settings = settings
         self.device = torch.device(device)
         self.fm = FastModel(model, DTYPES[dtype or "float16"], device, use_kernels)
+        self.fm.dec_cudnn = decoder_cudnn  # False: memory-efficient attention first (see sdpa)
         self.beam = settings.beam_size
         self.time_bucket = time_bucket
         self.want_logp = want_ctc_log_probs

@@ -93,14 +93,15 @@ def retryable(exc) -> bool:
     return status in RETRYABLE
 
 
-def make_inputs(wav: np.ndarray, module):
-    """WAV FP32 [1, N] and WAV_LENS INT32 [1, 1] for tritonclient.grpc(.aio)."""
+def make_inputs(wav: np.ndarray, module, outputs=("TRANSCRIPTS",)):
+    """WAV FP32 [1, N] and WAV_LENS INT32 [1, 1] for tritonclient.grpc(.aio), and the
+    requested outputs."""
     wav = np.asarray(wav, dtype=np.float32).reshape(1, -1)
     a = module.InferInput("WAV", list(wav.shape), "FP32")
     a.set_data_from_numpy(wav)
     b = module.InferInput("WAV_LENS", [1, 1], "INT32")
     b.set_data_from_numpy(np.array([[wav.shape[1]]], dtype=np.int32))
-    return [a, b], [module.InferRequestedOutput("TRANSCRIPTS")]
+    return [a, b], [module.InferRequestedOutput(n) for n in outputs]
 
 
 def decode_transcript(result) -> str:

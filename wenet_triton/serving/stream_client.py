@@ -64,14 +64,8 @@ def split(wav: np.ndarray, sizes: Sizes) -> List[np.ndarray]:
 
 
 def chunk_inputs(piece: np.ndarray, module):
-    """WAV FP32 [1, n] + WAV_LENS INT32 [1, 1] and the requested outputs."""
-    wav = np.asarray(piece, dtype=np.float32).reshape(1, -1)
-    a = module.InferInput("WAV", list(wav.shape), "FP32")
-    a.set_data_from_numpy(wav)
-    b = module.InferInput("WAV_LENS", [1, 1], "INT32")
-    b.set_data_from_numpy(np.array([[wav.shape[1]]], dtype=np.int32))
-    outs = [module.InferRequestedOutput(n) for n in ("TRANSCRIPT", "IS_FINAL", "LIVE_STREAMS")]
-    return [a, b], outs
+    """WAV FP32 [1, n] + WAV_LENS INT32 [1, 1] and the streaming model's outputs."""
+    return request_client.make_inputs(piece, module, ("TRANSCRIPT", "IS_FINAL", "LIVE_STREAMS"))
 
 
 def parse(result) -> Tuple[str, bool, int]:

@@ -128,9 +128,8 @@ class Streaming:
             decoding.lm_weight = float(p.get("lm_weight", "0.5"))
             decoding.lm_rescore_weight = float(p.get("lm_rescore_weight", "0.5"))
             decoding.length_bonus = float(p.get("length_bonus", "0"))
-        fe_device = p.get("feature_device", "cpu")  # "cuda": this instance's GPU (the chunk encoder's)
-        if fe_device == "cuda":
-            fe_device = f"cuda:{args.get('model_instance_device_id', '0')}"
+        # feature_device "cuda": the chunk encoder's GPU (this instance's)
+        fe_device = self._device(args, p) if p.get("feature_device") == "cuda" else "cpu"
         self.decoder = StreamDecoder(self._runner(args, p, vdir), self.vocab, self.settings,
                                      self.settings.fbank, decoding, lm,
                                      fbank_impl=p.get("fbank", "knf"), feature_device=fe_device,
@@ -184,10 +183,9 @@ class Streaming:
             # eager: the finals' shapes (ended streams x frames x hypothesis length) vary
             # without end; a CUDA graph capture per new shape stalled every stream of the
             # instance for ~150 ms (H200, 2026-12-01)
-            eng = CudaEngine(model, self.settings, device, p.get("dtype") or "float16",
-                             cuda_graphs=False)
-            eng.fm.dec_cudnn = False  # no cuDNN plan per new shape either
-            return eng
+            # (and no cuDNN attention plan per new shape either)
+            return CudaEngine(model, self.settings, device, p.get("dtype") or "float16",
+                              cuda_graphs=False, decoder_cudnn=False)
         return TorchEngine(model, self.settings, "cpu", None)
 
     @staticmethod
