@@ -22,7 +22,7 @@ case "$target" in
     "${CXX:-g++}" -O2 -std=c++17 -shared -fPIC -o "$tmp" "$here/ctc_prefix_beam_search.cpp" ;;
   kernels)
     "${NVCC:-nvcc}" -O3 -std=c++17 -Xcompiler -fPIC -shared -I"$here" -o "$tmp" \
-      "$here/wenet_kernels.cu" "${gencode[@]}" ;;
+      "$here/wenet_kernels.cu" "$here/ctc_search_gpu.cu" "${gencode[@]}" ;;
   trt)
     "${NVCC:-nvcc}" -O3 -std=c++17 -Xcompiler -fPIC -shared -I"$here" -o "$tmp" \
       "$here/wenet_kernels.cu" "$here/wenet_trt_plugins.cpp" -lnvinfer "${gencode[@]}" ;;

@@ -11,6 +11,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include "ctc_search_block.h"
+
 namespace {
 
 constexpr double NEG_INF = -std::numeric_limits<double>::infinity();
@@ -416,6 +418,52 @@ int wk_search_advance(void* const* states, const float* topv, const int64_t* top
     status |= emit(st, b, max_len, p, &lm_cache, out_tokens, out_lens, out_scores, out_count, out_lm);
   }
   return status;
+}
+
+// The GPU search's tables of an LM (order n, 1-based): capacity, then keys / ln P / ln back-off.
+int64_t wk_lm_table_size(const void* lm, int n) {
+  return (int64_t)static_cast<const NgramLM*>(lm)->tables[n - 1].size();
+}
+
+void wk_lm_table(const void* lm, int n, int64_t* keys, double* logp, double* bow) {
+  const std::vector<NgramLM::Slot>& t = static_cast<const NgramLM*>(lm)->tables[n - 1];
+  for (size_t i = 0; i < t.size(); ++i) { keys[i] = t[i].key; logp[i] = t[i].logp; bow[i] = t[i].bow; }
+}
+
+// The GPU search (ctc_search_block.h) run on the CPU by one "thread" per utterance: what the
+// kernel computes, for tests without a GPU. Arguments as wk_ctc_search_lm plus out_status (B,);
+// lm may be null.
+int wk_ctc_search_emulated(const float* topv, const int64_t* topi, const int32_t* lens, int B,
+                           int T, int K, int beam, int blank, int max_len, int32_t* out_tokens,
+                           int32_t* out_lens, double* out_scores, int32_t* out_count,
+                           int32_t* out_status, const void* lm, int eos, double lm_weight,
+                           double length_bonus, double* out_lm) {
+  const NgramLM* m = static_cast<const NgramLM*>(lm);
+  wks::Args a{};
+  a.topv = topv; a.topi = topi; a.lens = lens;
+  a.B = B; a.T = T; a.K = K; a.beam = beam; a.blank = blank; a.max_len = max_len;
+  a.has_lm = m != nullptr; a.eos = eos; a.lm_weight = lm_weight; a.length_bonus = length_bonus;
+  a.out_tokens = out_tokens; a.out_lens = out_lens; a.out_scores = out_scores;
+  a.out_count = out_count; a.out_status = out_status; a.out_lm = out_lm;
+  std::vector<int64_t> keys;
+  std::vector<double> logp, bow;
+  if (m) {
+    a.lm.order = m->order; a.lm.bits = m->bits; a.lm.bos = m->bos;
+    for (int n = 0; n < m->order; ++n) {
+      a.lm.offset[n] = (int64_t)keys.size();
+      a.lm.mask[n] = m->masks[n];
+      for (const NgramLM::Slot& s : m->tables[n]) {
+        keys.push_back(s.key); logp.push_back(s.logp); bow.push_back(s.bow);
+      }
+    }
+    a.lm.keys = keys.data(); a.lm.logp = logp.data(); a.lm.bow = bow.data();
+  }
+  const wks::Sizes sz = wks::sizes(T, K, beam);
+  std::vector<char> work((size_t)sz.bytes);
+  for (int b = 0; b < B; ++b) {
+    wks::search_utterance(a, b, work.data(), 0, 1);
+  }
+  return 0;
 }
 
 }  // extern "C"

@@ -390,7 +390,7 @@ __global__ void attention_kernel(T* __restrict__ out, const T* __restrict__ qu,
 
 extern "C" {
 
-int wk_version() { return 3; }
+int wk_version() { return 4; }
 
 int wk_add_layernorm(void* sum_out, void* norm_out, const void* x, const void* delta,
                      float alpha, const void* gamma, const void* beta, int rows, int cols,

@@ -37,6 +37,17 @@ int wk_attention(void* out, const void* qu, const void* k, const void* v, const 
                  int p_batch, int bias_b, int bias_h, int bias_q, float scale, int dtype,
                  cudaStream_t stream);
 
+// CTC prefix beam search (+ n-gram LM fusion when lm_tables, a wks::LMTables*, is not null) of
+// B utterances, one thread block each (ctc_search_gpu.cu); workspace: B x
+// wk_ctc_search_workspace(T, K, beam) bytes. Outputs as wk_ctc_prefix_beam_search_lm of the
+// C++ search, plus out_status[b] = 1 where a prefix was truncated to max_len (zero it first).
+int64_t wk_ctc_search_workspace(int T, int K, int beam);
+int wk_ctc_search(const float* topv, const int64_t* topi, const int32_t* lens, int B, int T, int K,
+                  int beam, int blank, int max_len, int32_t* out_tokens, int32_t* out_lens,
+                  double* out_scores, int32_t* out_count, int32_t* out_status,
+                  const void* lm_tables, int eos, double lm_weight, double length_bonus,
+                  double* out_lm, void* workspace, cudaStream_t stream);
+
 #ifdef __cplusplus
 }
 #endif

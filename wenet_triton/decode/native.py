@@ -11,13 +11,14 @@ import shutil
 import subprocess
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
 from wenet_triton.paths import build_native, cache_root, prebuilt_dir, source_digest
 
 SOURCE = "ctc_prefix_beam_search.cpp"
+BLOCK_SOURCE = "ctc_search_block.h"  # the GPU search's algorithm, also compiled into the library
 
 log = logging.getLogger(__name__)
 _LIB = None
@@ -28,7 +29,7 @@ def _build() -> Optional[str]:
     """The library for this source: prebuilt ($WENET_TRITON_PREBUILT, the Docker image), else
     compiled once into the cache by csrc/build.sh (named by the source's hash)."""
     cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
-    name = f"libctc_search_{source_digest(SOURCE)}.so"
+    name = f"libctc_search_{source_digest(SOURCE, BLOCK_SOURCE)}.so"
     pre = prebuilt_dir()
     if pre and os.path.exists(os.path.join(pre, name)):
         return os.path.join(pre, name)
@@ -67,6 +68,12 @@ def lib():
             L.wk_search_advance.argtypes = [P, P, P, P, I, I, I, I, I, I, P, P, P, P, P, I,
                                             ctypes.c_double, ctypes.c_double, P]
             L.wk_search_advance.restype = I
+            L.wk_ctc_search_emulated.argtypes = [P, P, P, I, I, I, I, I, I, P, P, P, P, P, P, I,
+                                                 ctypes.c_double, ctypes.c_double, P]
+            L.wk_ctc_search_emulated.restype = I
+            L.wk_lm_table_size.argtypes = [P, I]
+            L.wk_lm_table_size.restype = ctypes.c_int64
+            L.wk_lm_table.argtypes = [P, I, P, P, P]
             _LIB = L
         except (OSError, subprocess.CalledProcessError) as e:
             log.warning("native CTC prefix beam search unavailable (%s); using Python", e)
@@ -98,13 +105,70 @@ def prefix_beam_search_batch(topv: np.ndarray, topi: np.ndarray, lens: np.ndarra
             p(scores), p(count)]
     if lm is None:
         L.wk_ctc_prefix_beam_search(*args)
-        return [[(tuple(tokens[b, i, :out_lens[b, i]].tolist()), float(scores[b, i]))
-                 for i in range(count[b])] for b in range(B)]
+        return nbest_lists(tokens, out_lens, scores, count)
     lm_scores = np.zeros((B, beam), np.float64)
     L.wk_ctc_prefix_beam_search_lm(*args, _lm_handle(L, lm), lm.eos, lm_weight, length_bonus,
                                    p(lm_scores))
-    return [[(tuple(tokens[b, i, :out_lens[b, i]].tolist()), float(scores[b, i]),
-              float(lm_scores[b, i])) for i in range(count[b])] for b in range(B)]
+    return nbest_lists(tokens, out_lens, scores, count, lm_scores)
+
+
+def nbest_lists(tokens: np.ndarray, out_lens: np.ndarray, scores: np.ndarray, count: np.ndarray,
+                lm_scores: Optional[np.ndarray] = None) -> List[List[tuple]]:
+    """The searches' output arrays (tokens (B, beam, L), lens and scores (B, beam), count (B,),
+    LM log-probs (B, beam) or None) -> per utterance [(tokens, ctc[, lm]), ...]."""
+    counts, lengths, sc = count.tolist(), out_lens.tolist(), scores.tolist()
+    if lm_scores is None:
+        return [[(tuple(tokens[b, i, :lengths[b][i]].tolist()), sc[b][i]) for i in range(counts[b])]
+                for b in range(len(counts))]
+    lms = lm_scores.tolist()
+    return [[(tuple(tokens[b, i, :lengths[b][i]].tolist()), sc[b][i], lms[b][i])
+             for i in range(counts[b])] for b in range(len(counts))]
+
+
+def emulated_gpu_search_batch(topv: np.ndarray, topi: np.ndarray, lens: np.ndarray, beam: int,
+                              blank: int = 0, lm=None, lm_weight: float = 0.0,
+                              length_bonus: float = 0.0) -> Optional[List[List[tuple]]]:
+    """The GPU search's code (csrc/ctc_search_block.h) run on the CPU, one utterance after the
+    other by one "thread": the kernel's results without a GPU (tests). None without the library."""
+    L = lib()
+    if L is None:
+        return None
+    topv = np.ascontiguousarray(topv, dtype=np.float32)
+    topi = np.ascontiguousarray(topi, dtype=np.int64)
+    lens = np.ascontiguousarray(lens, dtype=np.int32)
+    B, T, K = topv.shape
+    max_len = max(T, 1)
+    tokens = np.zeros((B, beam, max_len), np.int32)
+    out_lens = np.zeros((B, beam), np.int32)
+    scores = np.zeros((B, beam), np.float64)
+    count = np.zeros(B, np.int32)
+    status = np.zeros(B, np.int32)
+    lm_scores = np.zeros((B, beam), np.float64) if lm is not None else None
+    p = lambda a: None if a is None else a.ctypes.data_as(ctypes.c_void_p)  # noqa: E731
+    L.wk_ctc_search_emulated(p(topv), p(topi), p(lens), B, T, K, beam, blank, max_len, p(tokens),
+                             p(out_lens), p(scores), p(count), p(status),
+                             _lm_handle(L, lm) if lm is not None else None,
+                             lm.eos if lm is not None else 0, lm_weight, length_bonus, p(lm_scores))
+    return nbest_lists(tokens, out_lens, scores, count, lm_scores)
+
+
+def lm_gpu_tables(lm) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """An NgramLM's hash tables as the C++ search builds them, for the GPU search: keys (int64,
+    -1 empty), ln P, ln back-off (all orders concatenated), each order's offset and mask."""
+    L = lib()
+    if L is None:
+        raise RuntimeError("the GPU search's LM tables are built by the C++ search library, "
+                           "which is not available (no C++ compiler?)")
+    h = _lm_handle(L, lm)
+    sizes = [int(L.wk_lm_table_size(h, n)) for n in range(1, lm.order + 1)]
+    total = sum(sizes)
+    keys, logp, bow = np.empty(total, np.int64), np.empty(total, np.float64), np.empty(total, np.float64)
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    for n, (o, size) in enumerate(zip(offsets.tolist(), sizes), start=1):
+        L.wk_lm_table(h, n, keys[o:].ctypes.data_as(ctypes.c_void_p),
+                      logp[o:].ctypes.data_as(ctypes.c_void_p), bow[o:].ctypes.data_as(ctypes.c_void_p))
+    masks = np.array(sizes, np.uint64) - np.uint64(1)
+    return keys, logp, bow, offsets, masks
 
 
 class SearchState:
@@ -213,16 +277,9 @@ def advance_searches(states, topv: np.ndarray, topi: np.ndarray, lens: np.ndarra
         max_len = max([s.frames for s in states] + [1])
         tokens = np.zeros((B, beam, max_len), np.int32)
         run(0, B)
-    counts, lengths = count.tolist(), out_lens.tolist()
-    for s, ls in zip(states, lengths):
+    for s, ls in zip(states, out_lens.tolist()):
         s.longest = max(ls)
-    sc = scores.tolist()
-    if lm is None:
-        return [[(tuple(tokens[b, i, :lengths[b][i]].tolist()), sc[b][i]) for i in range(counts[b])]
-                for b in range(B)]
-    lms = lm_scores.tolist()
-    return [[(tuple(tokens[b, i, :lengths[b][i]].tolist()), sc[b][i], lms[b][i])
-             for i in range(counts[b])] for b in range(B)]
+    return nbest_lists(tokens, out_lens, scores, count, lm_scores)
 
 
 class _LMHandle:

@@ -60,11 +60,15 @@ class _Lib:
         lib.wk_log_softmax_topk.argtypes = [P, P, P, P, I, I, I, I, I, P]
         lib.wk_log_softmax_gather.argtypes = [P, P, P, P, I, I, I, I, I, P]
         lib.wk_attention.argtypes = [P] * 7 + [I] * 10 + [F, I, P]
+        lib.wk_ctc_search_workspace.argtypes = [I, I, I]
+        lib.wk_ctc_search_workspace.restype = ctypes.c_int64
+        D = ctypes.c_double
+        lib.wk_ctc_search.argtypes = [P, P, P, I, I, I, I, I, I, P, P, P, P, P, P, I, D, D, P, P, P]
         lib.wk_version.restype = ctypes.c_int
-        if lib.wk_version() != 3:
+        if lib.wk_version() != 4:
             raise OSError(f"{path} is an old build: run `wenet-triton build-plugins` again")
         for f in (lib.wk_add_layernorm, lib.wk_glu_dwconv, lib.wk_log_softmax_topk,
-                  lib.wk_log_softmax_gather, lib.wk_attention):
+                  lib.wk_log_softmax_gather, lib.wk_attention, lib.wk_ctc_search):
             f.restype = ctypes.c_int
         self.lib = lib
 

@@ -1,0 +1,40 @@
+// Batched CTC prefix beam search (optional n-gram LM fusion) on the GPU: one thread block per
+// utterance running ctc_search_block.h, the search the C++ one does, step for step.
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+#include "ctc_search_block.h"
+#include "wenet_kernels.h"
+
+namespace {
+
+__global__ void ctc_search_kernel(wks::Args a, char* work, int64_t bytes) {
+  wks::search_utterance(a, blockIdx.x, work + blockIdx.x * bytes, threadIdx.x, blockDim.x);
+}
+
+}  // namespace
+
+extern "C" {
+
+int64_t wk_ctc_search_workspace(int T, int K, int beam) { return wks::sizes(T, K, beam).bytes; }
+
+int wk_ctc_search(const float* topv, const int64_t* topi, const int32_t* lens, int B, int T, int K,
+                  int beam, int blank, int max_len, int32_t* out_tokens, int32_t* out_lens,
+                  double* out_scores, int32_t* out_count, int32_t* out_status,
+                  const void* lm_tables, int eos, double lm_weight, double length_bonus,
+                  double* out_lm, void* workspace, cudaStream_t stream) {
+  if (B <= 0) return 0;
+  wks::Args a{};
+  a.topv = topv; a.topi = topi; a.lens = lens;
+  a.B = B; a.T = T; a.K = K; a.beam = beam; a.blank = blank; a.max_len = max_len;
+  a.has_lm = lm_tables != nullptr;
+  if (lm_tables) a.lm = *static_cast<const wks::LMTables*>(lm_tables);
+  a.eos = eos; a.lm_weight = lm_weight; a.length_bonus = length_bonus;
+  a.out_tokens = out_tokens; a.out_lens = out_lens; a.out_scores = out_scores;
+  a.out_count = out_count; a.out_status = out_status; a.out_lm = out_lm;
+  ctc_search_kernel<<<B, 128, 0, stream>>>(a, static_cast<char*>(workspace),
+                                            wks::sizes(T, K, beam).bytes);
+  return (int)cudaGetLastError();
+}
+
+}  // extern "C"

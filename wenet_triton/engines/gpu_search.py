@@ -1,0 +1,158 @@
+"""CTC prefix beam search with n-gram LM fusion on the GPU, for a whole batch in one launch
+(csrc/ctc_search_gpu.cu: one thread block per utterance running csrc/ctc_search_block.h, the
+C++ search's algorithm step for step), plus the steps after it on the GPU: the attention
+decoder's inputs packed from the n-best tensors and the rescored winner picked.
+
+Exact: the same n-best token ids as the C++ search (decode/native.py); scores equal up to
+the last bits of the GPU's exp/log. The C++ search stays the CPU path and the fallback.
+Top-k token ids must be distinct within a frame (what a top-k gives).
+"""
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from wenet_triton.decode.native import lm_gpu_tables, nbest_lists
+from wenet_triton.engines import kernels
+
+
+class _LMTables(ctypes.Structure):
+    """wks::LMTables (csrc/ctc_search_block.h)."""
+    _fields_ = [("order", ctypes.c_int), ("bits", ctypes.c_int), ("bos", ctypes.c_int),
+                ("keys", ctypes.c_void_p), ("logp", ctypes.c_void_p), ("bow", ctypes.c_void_p),
+                ("offset", ctypes.c_int64 * 16), ("mask", ctypes.c_uint64 * 16)]
+
+
+class GpuLM:
+    """An `decode.lm.NgramLM` as GPU hash tables (the C++ search's own tables, copied)."""
+    def __init__(self, lm, device):
+        keys, logp, bow, offsets, masks = lm_gpu_tables(lm)
+        self.device = torch.device(device)
+        self.keys = torch.from_numpy(keys).to(self.device)
+        self.logp = torch.from_numpy(logp).to(self.device)
+        self.bow = torch.from_numpy(bow).to(self.device)
+        self.eos = int(lm.eos)
+        self.tables = _LMTables(lm.order, lm.bits, lm.bos, self.keys.data_ptr(), self.logp.data_ptr(),
+                                self.bow.data_ptr())
+        for n in range(lm.order):
+            self.tables.offset[n] = int(offsets[n])
+            self.tables.mask[n] = int(masks[n])
+
+
+@dataclass
+class SearchOutput:
+    """The n-best of a batch, on the device: tokens (B, beam, L) int32, lens (B, beam) int32,
+    ctc (B, beam) float64, count (B,) int32 (hypotheses per utterance, >= 1), lm (B, beam)
+    float64 or None (LM log-prob with </s>; the list is then ordered by the fused score)."""
+    tokens: torch.Tensor
+    lens: torch.Tensor
+    ctc: torch.Tensor
+    count: torch.Tensor
+    lm: Optional[torch.Tensor]
+
+    def to_lists(self) -> List[List[tuple]]:
+        """-> per utterance [(tokens, ctc[, lm]), ...], as the C++ search returns them."""
+        lm = None if self.lm is None else self.lm.cpu().numpy()
+        return nbest_lists(self.tokens.cpu().numpy(), self.lens.cpu().numpy(), self.ctc.cpu().numpy(),
+                           self.count.cpu().numpy(), lm)
+
+
+_WORK: dict = {}
+
+
+def _workspace(device: torch.device, nbytes: int) -> torch.Tensor:
+    """A per-device scratch buffer of at least nbytes, grown by half again when too small."""
+    w = _WORK.get(device)
+    if w is None or w.numel() < nbytes:
+        w = _WORK[device] = torch.empty(max(nbytes, int(1.5 * w.numel()) if w is not None else 0),
+                                        dtype=torch.uint8, device=device)
+    return w
+
+
+def ctc_search(topv: torch.Tensor, topi: torch.Tensor, lens: torch.Tensor, beam: int, blank: int = 0,
+               lm: Optional[GpuLM] = None, lm_weight: float = 0.0, length_bonus: float = 0.0
+               ) -> SearchOutput:
+    """(B, T, K) top-k log-probs (float, descending) / ids and (B,) frame counts, on one CUDA
+    device -> the n-best of each utterance (see SearchOutput), on the current stream."""
+    if topv.device.type != "cuda":
+        raise ValueError(f"ctc_search runs on a CUDA device; the inputs are on {topv.device}")
+    if topv.dim() != 3 or topi.shape != topv.shape or lens.shape != topv.shape[:1]:
+        raise ValueError(f"ctc_search expects topv/topi (B, T, K) and lens (B,); got "
+                         f"{tuple(topv.shape)}, {tuple(topi.shape)}, {tuple(lens.shape)}")
+    if lm is not None and lm.device != topv.device:
+        raise ValueError(f"the LM tables are on {lm.device}, the inputs on {topv.device}")
+    L = kernels.load().lib
+    topv = topv.float().contiguous()
+    topi = topi.long().contiguous()
+    lens = lens.to(torch.int32).contiguous()
+    B, T, K = topv.shape
+    dev = topv.device
+    max_len = max(T, 1)
+    tokens = torch.zeros((B, beam, max_len), dtype=torch.int32, device=dev)
+    out_lens = torch.zeros((B, beam), dtype=torch.int32, device=dev)
+    ctc = torch.zeros((B, beam), dtype=torch.float64, device=dev)
+    count = torch.zeros(B, dtype=torch.int32, device=dev)
+    status = torch.zeros(B, dtype=torch.int32, device=dev)
+    lm_out = torch.zeros((B, beam), dtype=torch.float64, device=dev) if lm is not None else None
+    per_utt = int(L.wk_ctc_search_workspace(T, K, beam))
+    work = _workspace(dev, max(1, B * per_utt))
+    p = kernels._ptr
+    code = L.wk_ctc_search(
+        p(topv), p(topi), p(lens), B, T, K, beam, blank, max_len, p(tokens), p(out_lens), p(ctc),
+        p(count), p(status), ctypes.byref(lm.tables) if lm is not None else None,
+        lm.eos if lm is not None else 0, float(lm_weight), float(length_bonus), p(lm_out),
+        p(work), kernels._stream())
+    kernels._check(code, "wk_ctc_search")
+    return SearchOutput(tokens, out_lens, ctc, count, lm_out)
+
+
+def rescoring_tensors(out: SearchOutput, beam: int, sos: int, eos: int
+                      ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The attention decoder's inputs from an n-best on any device, as
+    decode.search.rescoring_inputs packs them from lists (short lists filled with their last
+    hypothesis): hyps_pad_sos_eos, hyps_lens_sos, r_hyps_pad_sos_eos (int64, (B, beam, L+2))
+    and ctc_score (float32)."""
+    dev = out.tokens.device
+    B = out.tokens.shape[0]
+    slot = torch.minimum(torch.arange(beam, device=dev)[None, :], (out.count.long() - 1).clamp(min=0)[:, None])
+    n = out.lens.long().gather(1, slot)                              # (B, beam)
+    L = max(int(n.max()) if n.numel() else 0, 0)
+    toks = out.tokens.long().gather(1, slot[:, :, None].expand(B, beam, out.tokens.shape[2]))[:, :, :L]
+    q = torch.arange(L, device=dev)[None, None, :]
+    inside = q < n[:, :, None]
+    pad = torch.full((B, beam, L + 2), eos, dtype=torch.int64, device=dev)
+    rpad = pad.clone()
+    pad[:, :, 1:L + 1] = torch.where(inside, toks, eos)
+    rev = (n[:, :, None] - 1 - q).clamp(min=0)                       # token n-1-q for q < n
+    rpad[:, :, 1:L + 1] = torch.where(inside, toks.gather(2, rev), eos)
+    pad[:, :, 0] = sos
+    rpad[:, :, 0] = sos
+    return pad, (n + 1).to(torch.int32), rpad, out.ctc.gather(1, slot).float()
+
+
+def pick_rescored(out: SearchOutput, scores: torch.Tensor, best: torch.Tensor,
+                  lm_rescore_weight: float = 0.0) -> torch.Tensor:
+    """(B,) index of each utterance's rescored winner: the decoder's best index, or with LM
+    scores, the first argmax of decoder score + lm_rescore_weight * LM over the real
+    hypotheses (decode.search.pick_rescored on tensors)."""
+    best = best.reshape(-1).long()
+    if out.lm is None or not lm_rescore_weight:
+        return best
+    beam = scores.shape[1]
+    total = scores.double() + lm_rescore_weight * out.lm[:, :beam]
+    real = torch.arange(beam, device=scores.device)[None, :] < out.count.long()[:, None]
+    return torch.where(real, total, torch.full_like(total, -np.inf)).argmax(dim=1)
+
+
+def best_tokens(out: SearchOutput, index: torch.Tensor) -> List[List[int]]:
+    """The token ids of hypothesis index[b] of each utterance, on the host (one copy)."""
+    B = out.tokens.shape[0]
+    rows = torch.arange(B, device=out.tokens.device)
+    n = out.lens[rows, index]
+    L = max(int(n.max()) if B else 0, 0)
+    toks = out.tokens[rows, index, :L].cpu().numpy()
+    return [toks[b, :k].tolist() for b, k in enumerate(n.cpu().tolist())]
