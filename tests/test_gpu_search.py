@@ -9,7 +9,7 @@ import random
 import numpy as np
 import pytest
 import torch
-from conftest import MODELS, reference, shared_path
+from conftest import MODELS, SHARED, reference
 
 from wenet_triton.decode.lm import estimate
 from wenet_triton.decode.native import emulated_gpu_search_batch, prefix_beam_search_batch
@@ -67,8 +67,8 @@ def _demo_case(with_lm):
 
         demo = default_model_dir()
         d = resolve(demo)
-        wavs = sorted(glob.glob(os.path.join(shared_path("data", "synth_test"), "*.wav")))[:30] \
-            or sorted(glob.glob(os.path.join(SAMPLES_DIR, "*.wav")))
+        wavs = sorted(glob.glob(os.path.join(SHARED, "data", "synth_test", "*.wav")))[:30] \
+            or sorted(glob.glob(os.path.join(SAMPLES_DIR, "*.wav")))  # a GPU host without ../shared
         engine_dir = ensure_export(demo, beam_size=d.beam_size)
         eng = open_engine(engine_dir, "onnxruntime", "cpu", None, demo)
         fb = Fbank(eng.settings.fbank)

@@ -459,9 +459,10 @@ int wk_ctc_search_emulated(const float* topv, const int64_t* topi, const int32_t
     a.lm.keys = keys.data(); a.lm.logp = logp.data(); a.lm.bow = bow.data();
   }
   const wks::Sizes sz = wks::sizes(T, K, beam);
-  std::vector<char> work((size_t)sz.bytes);
+  std::vector<int64_t> work((size_t)(sz.bytes + sz.fast_bytes) / 8 + 1);  // 8-byte aligned
+  char* base = reinterpret_cast<char*>(work.data());
   for (int b = 0; b < B; ++b) {
-    wks::search_utterance(a, b, work.data(), 0, 1);
+    wks::search_utterance(a, b, base, base + sz.bytes, 0, 1);
   }
   return 0;
 }

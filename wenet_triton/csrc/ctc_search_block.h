@@ -105,27 +105,31 @@ WKS_FN double lm_lookup(const LMTables& lm, const int* ctx, int n, int tok, int*
   return acc - 23.025850929940457;  // ln 1e-10: a token outside the LM
 }
 
-// One utterance's working memory (a slice of the caller's workspace; see layout()).
+// One utterance's working memory: the trie and its hash in `work` (global memory), the beam,
+// the candidates and the sort in `fast` (the block's shared memory on the GPU when it fits).
 struct Work {
   int32_t *parent, *token, *depth, *lmctx;  // trie nodes
   double* lm;
   uint64_t* hkey;  // (parent, token) -> node
   int32_t* hval;
   uint64_t hmask;
-  int32_t *cnode, *cpar;  // the beam
+  int32_t *cnode, *cpar, *ctok;  // the beam: node, parent's index in the beam, last token
   double *cpb, *cpnb;
   int32_t *nnode, *nparent, *ntok, *nctx;  // the next beam, by rank (nnode -1: new prefix)
   double *npb, *npnb, *nlm;
-  int32_t *valid, *pos, *cnd_node, *cnd_tok, *cnd_ctx;  // candidates
-  double *cnd_pb, *cnd_pnb, *cnd_key, *cnd_lm;
-  int32_t* scal;  // [0] beam size, [1] trie nodes, [2] next beam size
+  int32_t *pos, *cnd_node, *cnd_tok, *cnd_ctx;  // candidates (pos NO_POS: none)
+  double *cnd_pb, *cnd_pnb, *cnd_lm;
+  double* sort_key;  // the sort: P entries (score, insertion, candidate)
+  int32_t *sort_pos, *sort_idx;
+  int32_t* scal;  // [0] beam size, [1] trie nodes
 };
 
 struct Sizes {
-  int64_t nodes, hcap, cands, bytes;
+  int64_t nodes, hcap, cands, sort, bytes, fast_bytes;
 };
 
-// Sizes of the working memory of one utterance of T frames (8-byte aligned arrays).
+// Sizes of the working memory of one utterance of T frames (8-byte aligned arrays): `bytes`
+// of global memory, `fast_bytes` of fast memory.
 WKS_HD Sizes sizes(int T, int K, int beam) {
   const int width = beam < K ? beam : K;
   Sizes s;
@@ -133,14 +137,16 @@ WKS_HD Sizes sizes(int T, int K, int beam) {
   s.hcap = 16;
   while (s.hcap < 2 * s.nodes) s.hcap <<= 1;
   s.cands = (int64_t)beam + (int64_t)beam * width;
+  s.sort = 2;
+  while (s.sort < s.cands) s.sort <<= 1;
   auto a8 = [](int64_t n) { return (n + 7) & ~(int64_t)7; };
-  s.bytes = 4 * a8(4 * s.nodes) + 8 * s.nodes + 8 * s.hcap + a8(4 * s.hcap) + 2 * a8(4 * beam) +
-            2 * 8 * beam + 4 * a8(4 * beam) + 3 * 8 * beam + 5 * a8(4 * s.cands) + 4 * 8 * s.cands +
-            a8(4 * 4);
+  s.bytes = 4 * a8(4 * s.nodes) + 8 * s.nodes + 8 * s.hcap + a8(4 * s.hcap);
+  s.fast_bytes = 3 * a8(4 * beam) + 2 * 8 * beam + 4 * a8(4 * beam) + 3 * 8 * beam +
+                 4 * a8(4 * s.cands) + 3 * 8 * s.cands + 8 * s.sort + 2 * a8(4 * s.sort) + a8(4 * 2);
   return s;
 }
 
-WKS_FN Work bind(char* base, const Sizes& s, int beam) {
+WKS_FN Work bind(char* base, char* fast, const Sizes& s, int beam) {
   Work w;
   char* p = base;
   auto take = [&p](int64_t bytes) { char* q = p; p += (bytes + 7) & ~(int64_t)7; return q; };
@@ -152,8 +158,10 @@ WKS_FN Work bind(char* base, const Sizes& s, int beam) {
   w.hkey = (uint64_t*)take(8 * s.hcap);
   w.hval = (int32_t*)take(4 * s.hcap);
   w.hmask = (uint64_t)s.hcap - 1;
+  p = fast;
   w.cnode = (int32_t*)take(4 * beam);
   w.cpar = (int32_t*)take(4 * beam);
+  w.ctok = (int32_t*)take(4 * beam);
   w.cpb = (double*)take(8 * beam);
   w.cpnb = (double*)take(8 * beam);
   w.nnode = (int32_t*)take(4 * beam);
@@ -163,16 +171,17 @@ WKS_FN Work bind(char* base, const Sizes& s, int beam) {
   w.npb = (double*)take(8 * beam);
   w.npnb = (double*)take(8 * beam);
   w.nlm = (double*)take(8 * beam);
-  w.valid = (int32_t*)take(4 * s.cands);
   w.pos = (int32_t*)take(4 * s.cands);
   w.cnd_node = (int32_t*)take(4 * s.cands);
   w.cnd_tok = (int32_t*)take(4 * s.cands);
   w.cnd_ctx = (int32_t*)take(4 * s.cands);
   w.cnd_pb = (double*)take(8 * s.cands);
   w.cnd_pnb = (double*)take(8 * s.cands);
-  w.cnd_key = (double*)take(8 * s.cands);
   w.cnd_lm = (double*)take(8 * s.cands);
-  w.scal = (int32_t*)take(4 * 4);
+  w.sort_key = (double*)take(8 * s.sort);
+  w.sort_pos = (int32_t*)take(4 * s.sort);
+  w.sort_idx = (int32_t*)take(4 * s.sort);
+  w.scal = (int32_t*)take(4 * 2);
   return w;
 }
 
@@ -247,10 +256,14 @@ struct Args {
   double* out_lm;       // (B, beam) or null: LM log-prob with </s>
 };
 
-// The search of utterance b by threads tid = 0 .. nt-1 of one block, in `work` (sizes().bytes).
-WKS_FN void search_utterance(const Args& a, int b, char* work, int tid, int nt) {
+// a before b in the beam's order: higher score, then earlier insertion (a stable sort's order)
+WKS_FN bool ahead(double ka, int pa, double kb, int pb) { return ka > kb || (ka == kb && pa < pb); }
+
+// The search of utterance b by threads tid = 0 .. nt-1 of one block, in `work`
+// (sizes().bytes) and `fast` (sizes().fast_bytes).
+WKS_FN void search_utterance(const Args& a, int b, char* work, char* fast, int tid, int nt) {
   const Sizes sz = sizes(a.T, a.K, a.beam);
-  const Work w = bind(work, sz, a.beam);
+  const Work w = bind(work, fast, sz, a.beam);
   const int beam = a.beam, blank = a.blank, width = beam < a.K ? beam : a.K;
   const bool has_lm = a.has_lm != 0;
   const double lw = a.lm_weight, lb = a.length_bonus;
@@ -258,7 +271,7 @@ WKS_FN void search_utterance(const Args& a, int b, char* work, int tid, int nt) 
   if (tid == 0) {
     w.parent[0] = -1; w.token[0] = -1; w.depth[0] = 0; w.lm[0] = 0.0; w.lmctx[0] = 1;
     w.cnode[0] = 0; w.cpb[0] = 0.0; w.cpnb[0] = WKS_NEG_INF;
-    w.scal[0] = 1; w.scal[1] = 1; w.scal[2] = 0;
+    w.scal[0] = 1; w.scal[1] = 1;
   }
   WKS_SYNC();
   const int len = a.lens[b] < a.T ? (a.lens[b] > 0 ? a.lens[b] : 0) : a.T;
@@ -275,8 +288,8 @@ WKS_FN void search_utterance(const Args& a, int b, char* work, int tid, int nt) 
         for (int h = 0; h < ncur; ++h)
           if (w.cnode[h] == par) { idx = h; break; }
       w.cpar[g] = idx;
+      w.ctok[g] = node == 0 ? -1 : w.token[node];
     }
-    if (tid == 0) w.scal[2] = 0;
     WKS_SYNC();
     // (2) candidates: c < beam is hypothesis c staying, beam + h * width + j is hypothesis h
     // extended by top-k symbol j. Insertion order: (j * ncur + h) * 2 (+1 for the extension
@@ -290,11 +303,11 @@ WKS_FN void search_utterance(const Args& a, int b, char* work, int tid, int nt) 
         const int g = c;
         if (g < ncur) {
           node = w.cnode[g];
-          const int last = node == 0 ? -1 : w.token[node];
+          const int last = w.ctok[g];
           const int p = w.cpar[g];
           const double gpb = w.cpb[g], gpnb = w.cpnb[g];
           const double ppb = p >= 0 ? w.cpb[p] : 0.0, ppnb = p >= 0 ? w.cpnb[p] : 0.0;
-          const int plast = p >= 0 ? (w.cnode[p] == 0 ? -1 : w.token[w.cnode[p]]) : -1;
+          const int plast = p >= 0 ? w.ctok[p] : -1;
           for (int j = 0; j < width; ++j) {
             const int s = (int)ix[j];
             const double ps = (double)v[j];
@@ -327,12 +340,12 @@ WKS_FN void search_utterance(const Args& a, int b, char* work, int tid, int nt) 
         const int h = (c - beam) / width, j = (c - beam) % width;
         const int s = (int)ix[j];
         bool merged = s == blank;
-        for (int g = 0; g < ncur && !merged; ++g)
-          merged = w.cpar[g] == h && w.token[w.cnode[g]] == s;
+        for (int g = 0; g < ncur; ++g)
+          merged |= w.cpar[g] == h && w.ctok[g] == s;
         if (!merged) {
           const int hn = w.cnode[h];
           const double ps = (double)v[j];
-          if (s == (hn == 0 ? -1 : w.token[hn])) {
+          if (s == w.ctok[h]) {
             pnb = log_add2(WKS_NEG_INF, w.cpb[h] + ps);
             pos = (j * ncur + h) * 2 + 1;
           } else {
@@ -345,7 +358,6 @@ WKS_FN void search_utterance(const Args& a, int b, char* work, int tid, int nt) 
           if (has_lm) lmv = w.lm[hn] + lm_score(a.lm, w, hn, s, &ctx);
         }
       }
-      w.valid[c] = pos != NO_POS;
       w.pos[c] = pos;
       w.cnd_node[c] = node;
       w.cnd_tok[c] = tok;
@@ -355,30 +367,49 @@ WKS_FN void search_utterance(const Args& a, int b, char* work, int tid, int nt) 
       w.cnd_lm[c] = lmv;
       double key = log_add2(pb, pnb);
       if (has_lm) key = key + dmul(lw, lmv) + dmul(lb, (double)depth);
-      w.cnd_key[c] = key;
+      w.sort_key[c] = pos == NO_POS ? WKS_NEG_INF : key;
+      w.sort_pos[c] = pos;
+      w.sort_idx[c] = c;
+    }
+    int P = 2;  // (3) a bitonic sort of the candidates (padded to a power of two) in beam order
+    while (P < ncand) P <<= 1;
+    for (int c = ncand + tid; c < P; c += nt) {
+      w.sort_key[c] = WKS_NEG_INF;
+      w.sort_pos[c] = NO_POS;
+      w.sort_idx[c] = -1;
     }
     WKS_SYNC();
-    // (3) rank = candidates ahead (higher score, or equal and inserted earlier)
-    for (int c = tid; c < ncand; c += nt) {
-      if (!w.valid[c]) continue;
-      const double key = w.cnd_key[c];
-      const int pos = w.pos[c];
-      int rank = 0;
-      for (int d = 0; d < ncand && rank < beam; ++d)
-        if (w.valid[d] && (w.cnd_key[d] > key || (w.cnd_key[d] == key && w.pos[d] < pos))) ++rank;
-      if (rank >= beam) continue;
-      w.nnode[rank] = c < beam ? w.cnd_node[c] : -1;
-      w.nparent[rank] = w.cnd_node[c];
-      w.ntok[rank] = w.cnd_tok[c];
-      w.nctx[rank] = w.cnd_ctx[c];
-      w.npb[rank] = w.cnd_pb[c];
-      w.npnb[rank] = w.cnd_pnb[c];
-      w.nlm[rank] = w.cnd_lm[c];
-      atomic_add(&w.scal[2], 1);
+    for (int k = 2; k <= P; k <<= 1) {
+      for (int j = k >> 1; j > 0; j >>= 1) {
+        for (int i = tid; i < P; i += nt) {
+          const int o = i ^ j;
+          if (o <= i) continue;
+          const bool first = (i & k) == 0;  // this run puts the entry ahead first
+          const bool swap = first ? ahead(w.sort_key[o], w.sort_pos[o], w.sort_key[i], w.sort_pos[i])
+                                  : ahead(w.sort_key[i], w.sort_pos[i], w.sort_key[o], w.sort_pos[o]);
+          if (swap) {
+            const double tk = w.sort_key[i]; w.sort_key[i] = w.sort_key[o]; w.sort_key[o] = tk;
+            const int tp = w.sort_pos[i]; w.sort_pos[i] = w.sort_pos[o]; w.sort_pos[o] = tp;
+            const int ti = w.sort_idx[i]; w.sort_idx[i] = w.sort_idx[o]; w.sort_idx[o] = ti;
+          }
+        }
+        WKS_SYNC();
+      }
+    }
+    int nnext = 0;  // candidates sort ahead of the padding (NO_POS)
+    while (nnext < beam && w.sort_pos[nnext] != NO_POS) ++nnext;
+    for (int r = tid; r < nnext; r += nt) {
+      const int c = w.sort_idx[r];
+      w.nnode[r] = c < beam ? w.cnd_node[c] : -1;
+      w.nparent[r] = w.cnd_node[c];
+      w.ntok[r] = w.cnd_tok[c];
+      w.nctx[r] = w.cnd_ctx[c];
+      w.npb[r] = w.cnd_pb[c];
+      w.npnb[r] = w.cnd_pnb[c];
+      w.nlm[r] = w.cnd_lm[c];
     }
     WKS_SYNC();
     // (4) the survivors become the beam
-    const int nnext = w.scal[2];
     for (int r = tid; r < nnext; r += nt) {
       w.cnode[r] = w.nnode[r] >= 0 ? w.nnode[r] : trie_child(w, w.nparent[r], w.ntok[r], w.nlm[r], w.nctx[r]);
       w.cpb[r] = w.npb[r];
@@ -398,7 +429,7 @@ WKS_FN void search_utterance(const Args& a, int b, char* work, int tid, int nt) 
       total = w.lm[node] + lm_score(a.lm, w, node, a.eos, &ctx);
       key = ctc + dmul(lw, total) + dmul(lb, (double)w.depth[node]);
     }
-    w.cnd_key[i] = key;
+    w.sort_key[i] = key;
     w.cnd_lm[i] = total;
     w.cnd_pb[i] = ctc;
   }
@@ -408,7 +439,7 @@ WKS_FN void search_utterance(const Args& a, int b, char* work, int tid, int nt) 
     if (has_lm) {
       rank = 0;
       for (int d = 0; d < ncur; ++d)
-        if (w.cnd_key[d] > w.cnd_key[i] || (w.cnd_key[d] == w.cnd_key[i] && d < i)) ++rank;
+        if (ahead(w.sort_key[d], d, w.sort_key[i], i)) ++rank;
     }
     const int node = w.cnode[i];
     const int64_t o = (int64_t)b * beam + rank;

@@ -8,15 +8,26 @@
 
 namespace {
 
-__global__ void ctc_search_kernel(wks::Args a, char* work, int64_t bytes) {
-  wks::search_utterance(a, blockIdx.x, work + blockIdx.x * bytes, threadIdx.x, blockDim.x);
+// The fast region in shared memory when it fits (beam 20, top-20: ~33 KB), else in the
+// workspace after the utterance's global region.
+__global__ void ctc_search_kernel(wks::Args a, char* work, int64_t stride, int64_t fast_offset,
+                                  int use_shared) {
+  extern __shared__ __align__(16) char smem[];
+  char* mine = work + blockIdx.x * stride;
+  wks::search_utterance(a, blockIdx.x, mine, use_shared ? smem : mine + fast_offset, threadIdx.x,
+                        blockDim.x);
 }
+
+constexpr int64_t kMaxShared = 200 * 1024;
 
 }  // namespace
 
 extern "C" {
 
-int64_t wk_ctc_search_workspace(int T, int K, int beam) { return wks::sizes(T, K, beam).bytes; }
+int64_t wk_ctc_search_workspace(int T, int K, int beam) {
+  const wks::Sizes s = wks::sizes(T, K, beam);
+  return s.bytes + (s.fast_bytes > kMaxShared ? s.fast_bytes : 0);
+}
 
 int wk_ctc_search(const float* topv, const int64_t* topi, const int32_t* lens, int B, int T, int K,
                   int beam, int blank, int max_len, int32_t* out_tokens, int32_t* out_lens,
@@ -32,8 +43,16 @@ int wk_ctc_search(const float* topv, const int64_t* topi, const int32_t* lens, i
   a.eos = eos; a.lm_weight = lm_weight; a.length_bonus = length_bonus;
   a.out_tokens = out_tokens; a.out_lens = out_lens; a.out_scores = out_scores;
   a.out_count = out_count; a.out_status = out_status; a.out_lm = out_lm;
-  ctc_search_kernel<<<B, 128, 0, stream>>>(a, static_cast<char*>(workspace),
-                                            wks::sizes(T, K, beam).bytes);
+  const wks::Sizes s = wks::sizes(T, K, beam);
+  const int use_shared = s.fast_bytes <= kMaxShared;
+  const int64_t stride = s.bytes + (use_shared ? 0 : s.fast_bytes);
+  if (use_shared && s.fast_bytes > 48 * 1024) {
+    const cudaError_t e = cudaFuncSetAttribute(ctc_search_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                               (int)s.fast_bytes);
+    if (e != cudaSuccess) return (int)e;
+  }
+  ctc_search_kernel<<<B, 128, use_shared ? s.fast_bytes : 0, stream>>>(
+      a, static_cast<char*>(workspace), stride, s.bytes, use_shared);
   return (int)cudaGetLastError();
 }
 

@@ -32,6 +32,8 @@ class GpuLM:
     def __init__(self, lm, device):
         keys, logp, bow, offsets, masks = lm_gpu_tables(lm)
         self.device = torch.device(device)
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
         self.keys = torch.from_numpy(keys).to(self.device)
         self.logp = torch.from_numpy(logp).to(self.device)
         self.bow = torch.from_numpy(bow).to(self.device)
@@ -53,6 +55,11 @@ class SearchOutput:
     ctc: torch.Tensor
     count: torch.Tensor
     lm: Optional[torch.Tensor]
+
+    def rows(self, a: int, b: int) -> "SearchOutput":
+        """Utterances a..b-1 (views)."""
+        return SearchOutput(self.tokens[a:b], self.lens[a:b], self.ctc[a:b], self.count[a:b],
+                            None if self.lm is None else self.lm[a:b])
 
     def to_lists(self) -> List[List[tuple]]:
         """-> per utterance [(tokens, ctc[, lm]), ...], as the C++ search returns them."""

@@ -440,6 +440,7 @@ def _build_fused(model_dir: str, out: str, engine: str, engine_dir: str, cfg: Di
     params = {"fbank_impl": cfg.get("feature_impl") or "knf",
               # cpu: per-request CPU fbank; cuda/encoder: batched on the engine's device (GPU)
               "fbank_device": "cpu" if fe_device == "cpu" else "engine",
+              "search_device": str(m.get("search_device", "auto")),
               "search_threads": int(m.get("search_threads", 2)),
               "max_inflight": int(m.get("max_inflight", 2)),
               "async_responses": _flag(m.get("async_responses", True)),

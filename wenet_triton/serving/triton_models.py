@@ -623,6 +623,7 @@ class FusedAsr:
             self.lm_rescore_weight = float(p.get("lm_rescore_weight", "0.5"))
             self.length_bonus = float(p.get("length_bonus", "0"))
         self.cap = _batch_cap(p, args, "samples")
+        self.gpu_search, self.gpu_lm = self._gpu_search_module(p.get("search_device", "auto"))
         self.search_threads = max(1, int(p.get("search_threads", "2")))
         self.min_search_chunk = max(1, int(p.get("min_search_chunk", "4")))
         self.max_inflight = max(1, int(p.get("max_inflight", "2")))
@@ -638,6 +639,26 @@ class FusedAsr:
         self.batch_pool = ThreadPoolExecutor(self.max_inflight, thread_name_prefix="batch") \
             if self.async_responses else None
         self.timer = _Timings("fused")
+
+    def _gpu_search_module(self, where: str):
+        """search_device: gpu (the CUDA search: the n-best, decoder inputs and pick stay on the
+        GPU), cpu (the C++ search on threads) or auto (gpu with the torch_cuda engine and the
+        kernels built) -> (engines.gpu_search or None, its LM tables or None)."""
+        if where not in ("auto", "gpu", "cpu"):
+            raise ValueError(f"search_device {where!r}: use auto, gpu or cpu")
+        if where == "cpu" or not self.on_device or not str(self.engine.device).startswith("cuda"):
+            if where == "gpu":
+                raise ValueError("search_device gpu needs the torch_cuda engine on a GPU")
+            return None, None
+        from wenet_triton.engines import gpu_search, kernels
+
+        if not kernels.available():
+            if where == "gpu":
+                raise RuntimeError("search_device gpu: the CUDA kernels are not built "
+                                   "(run `wenet-triton build-plugins`)")
+            return None, None
+        lm = gpu_search.GpuLM(self.lm, self.engine.device) if self.lm is not None else None
+        return gpu_search, lm
 
     # -- execute ------------------------------------------------------------------------
     def execute(self, requests):
@@ -743,13 +764,20 @@ class FusedAsr:
             feats = torch.from_numpy(np.ascontiguousarray(feats)).to(dev)
             lens = torch.from_numpy(lens.astype(np.int32)).to(dev)
         out, out_lens, _, topv, topi = self.engine.encode_tensors(feats, lens)
-        host = {"encoder_out_lens": out_lens.cpu().numpy(), "beam_log_probs": topv.float().cpu().numpy(),
-                "beam_log_probs_idx": topi.cpu().numpy()}
+        if self.gpu_search is not None:  # the n-best stays on the GPU (fresh tensors)
+            s = self.settings
+            host = {"search": self.gpu_search.ctc_search(topv, topi, out_lens, s.beam_size, s.blank,
+                                                         self.gpu_lm, self.lm_weight, self.length_bonus)}
+        else:
+            host = {"encoder_out_lens": out_lens.cpu().numpy(), "beam_log_probs": topv.float().cpu().numpy(),
+                    "beam_log_probs_idx": topi.cpu().numpy()}
         # the CUDA graph's output buffers are reused by the next batch of this bucket: copy
         return host, out.clone(), out_lens.clone()
 
     # -- host stage: search, rescoring, text -------------------------------------------------
     def _back(self, batch: _FusedBatch):
+        if "search" in batch.host:
+            return self._back_gpu(batch)
         s, beam = self.settings, self.settings.beam_size
         lens = batch.host["encoder_out_lens"].reshape(-1)
         n = len(lens)
@@ -775,19 +803,50 @@ class FusedAsr:
                              for h, sc, b in zip(nbest[i:j], scores, picked)]
                 t1 = time.perf_counter()
         self._release(batch)
+        self._respond(batch, [hyps[b][0] if b < len(hyps) else () for hyps, b in zip(nbest, best)])
+        self.timer.add("responses", time.perf_counter() - t1)
+
+    def _back_gpu(self, batch: _FusedBatch):
+        """The batch's n-best is on the GPU (search_device gpu): decoder inputs packed, the
+        attention decoder and the pick there too; only the winners' token ids come back."""
+        import torch
+
+        gs, s = self.gpu_search, self.settings
+        found = batch.host["search"]
+        n = found.count.shape[0]
+        t0 = time.perf_counter()
+        with self.gpu_lock:
+            t1 = time.perf_counter()
+            if self.rescoring:
+                picks = []
+                for i in range(0, n, self.chunk):  # the decoder's max batch each
+                    j = min(n, i + self.chunk)
+                    part = found.rows(i, j)
+                    t = int(batch.enc_lens[i:j].max())
+                    best, score = self.engine.rescore_tensors(
+                        batch.enc[i:j, :t], batch.enc_lens[i:j], *gs.rescoring_tensors(part, s.beam_size, s.sos, s.eos))
+                    picks.append(gs.pick_rescored(part, score, best, self.lm_rescore_weight))
+                index = torch.cat(picks)
+            else:
+                index = torch.zeros(n, dtype=torch.int64, device=found.count.device)
+            ids = gs.best_tokens(found, index)
+            batch.enc = batch.enc_lens = batch.host = None  # freed under the lock
+        t2 = time.perf_counter()
+        self.timer.add("rescore_wait", t1 - t0)
+        self.timer.add("rescore", t2 - t1)
+        self._respond(batch, ids)
+        self.timer.add("responses", time.perf_counter() - t2)
+
+    def _respond(self, batch: _FusedBatch, ids: List):
+        """One TRANSCRIPTS response per request with utterances (ids: token ids per utterance)."""
         k = 0
         for r, count in enumerate(batch.counts):
             if count == 0:
                 continue
-            texts = []
-            for _ in range(count):
-                hyps = nbest[k]
-                ids = hyps[best[k]][0] if best[k] < len(hyps) else ()
-                texts.append([self.vocab.text(ids).encode("utf-8")])
-                k += 1
+            texts = [[self.vocab.text(ids[k + q]).encode("utf-8")] for q in range(count)]
+            k += count
             batch.out[r] = pb_utils.InferenceResponse([
                 pb_utils.Tensor("TRANSCRIPTS", np.array(texts, dtype=np.object_))])
-        self.timer.add("responses", time.perf_counter() - t1)
 
     def _release(self, batch: _FusedBatch):
         """Drop the batch's encoder output; on a GPU under the lock, so that its memory is
@@ -796,8 +855,8 @@ class FusedAsr:
             return
         if self.on_device:
             with self.gpu_lock:
-                batch.enc = batch.enc_lens = None
-        batch.enc = batch.enc_lens = None
+                batch.enc = batch.enc_lens = batch.host = None
+        batch.enc = batch.enc_lens = batch.host = None
 
     def _search(self, topv, topi, lens) -> List:
         """n-best lists of the batch, split over the search threads (C++ frees the GIL)."""
