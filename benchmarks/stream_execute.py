@@ -3,20 +3,23 @@
 
 The served model (wenet_triton/serving/stream_model.py) runs in Triton's python-backend stub;
 here it runs in process on a stand-in for `triton_python_backend_utils` (this file's
-`FakePbUtils`: request objects whose `inputs()` returns a fresh list of named tensors as the
+`fake_pb_utils()`: request objects whose `inputs()` returns a fresh list of named tensors as the
 stub's bindings do, `Tensor` objects that serialize BYTES outputs as the stub does, and a
 fake `decoder` model for the BLS rescoring call that picks the first hypothesis). N streams
 at staggered offsets send 640 ms chunks (START on the first, END on the last); every round
 of chunks is cut into dynamic batches of `--batch` requests, each handed to
-`Streaming.execute()`, which runs the real demo model (onnxruntime chunk encoder on one
-thread, kaldi-native-fbank, C++ prefix search with the LM).
+`Streaming.execute()`, which runs the real demo model (default: the onnxruntime chunk
+encoder on one thread and kaldi-native-fbank, as on CPU hosts; `--engine torch_cuda --fbank
+torch`: the H200's code path, the GPU engine's chunk encoder in eager fp32 on the CPU with
+its slot pools and the batched torch fbank; the C++ prefix search with the LM either way).
 
 Per batch the process CPU time (`time.process_time`) of execute() is split into
 - model: `StreamDecoder.advance` + `StreamDecoder.finish` (fbank, chunk encoder, search,
   rescoring call): what `benchmarks/stream_steps.py` measures in process;
 - open: `StreamDecoder.open` at START (a new stream's front end and encoder state);
 - overhead: everything else execute() does (reading inputs and sequence controls, checks,
-  per-stream bookkeeping, the idle sweep, building responses),
+  per-stream bookkeeping, the idle sweep, building responses), but for
+- gc: the garbage collector's passes that fell outside the model work,
 reported as ms per chunk (request). `--profile` also runs one cProfile pass with the
 profiler off inside the model work, so the listing is the overhead alone. A digest of every
 response (text, IS_FINAL, LIVE_STREAMS, errors) is printed: it must not change between
@@ -34,6 +37,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import csv
+import gc
 import glob
 import hashlib
 import io
@@ -179,22 +183,34 @@ def open_model(repo: str, streams: int, max_batch: int, threads: int, engine: st
 
 class ModelClock:
     """process_time of StreamDecoder.advance + finish (`total`) and of StreamDecoder.open
-    (`opened`: a new stream's state), with the profiler off meanwhile."""
+    (`opened`: a new stream's state), with the profiler off meanwhile; and of the garbage
+    collector's passes outside those (`gc`: they come when allocations pile up, wherever)."""
     def __init__(self, decoder):
-        self.total = self.opened = 0.0
-        self.profiler = None
+        self.total = self.opened = self.gc = 0.0
+        self.profiler, self.inside, self._gc_start = None, False, None
         for name in ("advance", "finish", "open"):
             setattr(decoder, name, self._wrap(getattr(decoder, name), name == "open"))
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase, info):
+        if phase == "start":
+            self._gc_start = time.process_time()
+        elif self._gc_start is not None:
+            if not self.inside:
+                self.gc += time.process_time() - self._gc_start
+            self._gc_start = None
 
     def _wrap(self, fn, opening: bool):
         def timed(*a, **k):
             if self.profiler is not None:
                 self.profiler.disable()
+            self.inside = True
             c = time.process_time()
             try:
                 return fn(*a, **k)
             finally:
                 c = time.process_time() - c
+                self.inside = False
                 if opening:
                     self.opened += c
                 else:
@@ -231,7 +247,8 @@ def digest_update(h, resp):
 def run(model, audio, n_streams: int, chunks: int, chunk: int, batch: int, stagger: int,
         bad_every: int = 0, profiler=None):
     clock = model.decoder_clock
-    clock.total, clock.opened, clock.profiler = 0.0, 0.0, profiler
+    clock.total = clock.opened = clock.gc = 0.0
+    clock.profiler = profiler
     plan = schedule(n_streams, chunks, stagger)
     h = hashlib.sha256()
     cids = [1000 + i for i in range(n_streams)]
@@ -270,7 +287,8 @@ def run(model, audio, n_streams: int, chunks: int, chunk: int, batch: int, stagg
             "execute_cpu_ms_per_chunk": 1000 * total / served,
             "model_cpu_ms_per_chunk": 1000 * clock.total / served,
             "open_cpu_ms_per_chunk": 1000 * clock.opened / served,
-            "overhead_cpu_ms_per_chunk": 1000 * (total - clock.total - clock.opened) / served,
+            "overhead_cpu_ms_per_chunk": 1000 * (total - clock.total - clock.opened - clock.gc) / served,
+            "gc_outside_model_cpu_ms_per_chunk": 1000 * clock.gc / served,
             "digest": h.hexdigest()[:16]}
 
 
