@@ -154,6 +154,7 @@ class Streaming:
                                      search_threads=int(p.get("search_threads", "1")))
         self.rescorer = self._rescorer(args, p, vdir)
         self.streams: Dict[int, LiveStream] = {}
+        self._oldest = float("-inf")  # a lower bound of the streams' last_seen (see _sweep)
         self.counts = {"opened": 0, "ended": 0, "expired": 0, "refused": 0, "dropped": 0}
         self.lock = threading.Lock()
         self._stop = threading.Event()
@@ -214,11 +215,17 @@ class Streaming:
 
     # -- state ------------------------------------------------------------------------------
     def _sweep(self):
-        """Drop streams idle for longer than idle_seconds (lock held)."""
+        """Drop streams idle for longer than idle_seconds (lock held). `_oldest` is at most
+        every live stream's last_seen (the oldest one's at the last scan; streams only get
+        later ones), so while it is younger than idle_seconds no stream is, and the scan
+        of every stream is skipped."""
         now = time.monotonic()
+        if now - self._oldest <= self.idle:
+            return
         old = [c for c, s in self.streams.items() if now - s.last_seen > self.idle]
         for c in old:
             del self.streams[c]
+        self._oldest = min((s.last_seen for s in self.streams.values()), default=now)
         if old:
             self.counts["expired"] += len(old)
             print(f"[streaming] dropped {len(old)} idle stream(s) ({self.idle:g} s without a chunk): "
