@@ -184,10 +184,12 @@ def open_model(repo: str, streams: int, max_batch: int, threads: int, engine: st
 class ModelClock:
     """process_time of StreamDecoder.advance + finish (`total`) and of StreamDecoder.open
     (`opened`: a new stream's state), with the profiler off meanwhile; and of the garbage
-    collector's passes outside those (`gc`: they come when allocations pile up, wherever)."""
+    collector's passes in execute() outside those (`gc`: they come when allocations pile up,
+    wherever)."""
     def __init__(self, decoder):
         self.total = self.opened = self.gc = 0.0
         self.profiler, self.inside, self._gc_start = None, False, None
+        self.executing = False  # in execute(): only then is a gc pass part of its time
         for name in ("advance", "finish", "open"):
             setattr(decoder, name, self._wrap(getattr(decoder, name), name == "open"))
         gc.callbacks.append(self._on_gc)
@@ -196,7 +198,7 @@ class ModelClock:
         if phase == "start":
             self._gc_start = time.process_time()
         elif self._gc_start is not None:
-            if not self.inside:
+            if self.executing and not self.inside:
                 self.gc += time.process_time() - self._gc_start
             self._gc_start = None
 
@@ -267,9 +269,11 @@ def run(model, audio, n_streams: int, chunks: int, chunk: int, batch: int, stagg
             part = reqs[b:b + batch]
             if profiler is not None:
                 profiler.enable()
+            clock.executing = True
             c = time.process_time()
             out = model.execute(part)
             total += time.process_time() - c
+            clock.executing = False
             if profiler is not None:
                 profiler.disable()
             batches += 1
