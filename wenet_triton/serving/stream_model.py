@@ -45,7 +45,6 @@ from wenet_triton.model.checkpoint import load_model_dir
 from wenet_triton.model.conformer import ASRModel
 from wenet_triton.model.streaming import streaming_settings
 from wenet_triton.serving.triton_models import (
-    _input,
     _params,
     _request_name,
     _tensor,
@@ -64,21 +63,40 @@ class StreamError(Exception):
         self.code = code
 
 
+# IS_FINAL's two values, shared by every response
+_IS_FINAL = {False: np.array([[False]], dtype=bool), True: np.array([[True]], dtype=bool)}
+
+
 def _error_response(msg: str, code: str):
     c = getattr(pb_utils.TritonError, code, None)
     err = pb_utils.TritonError(msg, c) if c is not None else pb_utils.TritonError(msg)
     return pb_utils.InferenceResponse(output_tensors=[], error=err)
 
 
-def _flag(request, name: str) -> bool:
-    v = _input(request, name)
-    return bool(v is not None and v.size and int(v.reshape(-1)[0]))
+def _inputs(request) -> Dict[str, object]:
+    """The request's input tensors by name, listed once (`pb_utils.get_input_tensor_by_name`
+    lists them all again and compares names for every input it looks up)."""
+    return {t.name(): t for t in request.inputs()}
 
 
-def _corrid(request) -> int:
-    v = _input(request, "CORRID")
-    if v is not None and v.size:
-        return int(v.reshape(-1)[0])
+def _first(tensors: Dict, name: str):
+    """The first value of input `name` as a Python scalar, or None (absent or empty)."""
+    t = tensors.get(name)
+    if t is None:
+        return None
+    v = t.as_numpy()
+    return v.item(0) if v.size else None
+
+
+def _flag(tensors: Dict, name: str) -> bool:
+    v = _first(tensors, name)
+    return bool(v is not None and int(v))
+
+
+def _corrid(request, tensors: Dict) -> int:
+    v = _first(tensors, "CORRID")
+    if v is not None:
+        return int(v)
     try:
         return int(request.correlation_id())
     except Exception:  # noqa: BLE001 - no id at all
@@ -136,6 +154,7 @@ class Streaming:
                                      search_threads=int(p.get("search_threads", "1")))
         self.rescorer = self._rescorer(args, p, vdir)
         self.streams: Dict[int, LiveStream] = {}
+        self._oldest = float("-inf")  # a lower bound of the streams' last_seen (see _sweep)
         self.counts = {"opened": 0, "ended": 0, "expired": 0, "refused": 0, "dropped": 0}
         self.lock = threading.Lock()
         self._stop = threading.Event()
@@ -196,11 +215,17 @@ class Streaming:
 
     # -- state ------------------------------------------------------------------------------
     def _sweep(self):
-        """Drop streams idle for longer than idle_seconds (lock held)."""
+        """Drop streams idle for longer than idle_seconds (lock held). `_oldest` is at most
+        every live stream's last_seen (the oldest one's at the last scan; streams only get
+        later ones), so while it is younger than idle_seconds no stream is, and the scan
+        of every stream is skipped."""
         now = time.monotonic()
+        if now - self._oldest <= self.idle:
+            return
         old = [c for c, s in self.streams.items() if now - s.last_seen > self.idle]
         for c in old:
             del self.streams[c]
+        self._oldest = min((s.last_seen for s in self.streams.values()), default=now)
         if old:
             self.counts["expired"] += len(old)
             print(f"[streaming] dropped {len(old)} idle stream(s) ({self.idle:g} s without a chunk): "
@@ -212,14 +237,15 @@ class Streaming:
                 self._sweep()
 
     # -- requests ---------------------------------------------------------------------------
-    def _chunk(self, request) -> np.ndarray:
-        wav, lens = _input(request, "WAV"), _input(request, "WAV_LENS")
+    def _chunk(self, tensors: Dict) -> np.ndarray:
+        wav, lens = tensors.get("WAV"), tensors.get("WAV_LENS")
         if wav is None or lens is None:
             raise StreamError("a chunk needs WAV and WAV_LENS")
+        wav, lens = wav.as_numpy(), lens.as_numpy()
         if wav.ndim != 2 or wav.shape[0] != 1 or lens.size != 1:
             raise StreamError(f"WAV must be [1, samples] (one chunk of one stream), got shape "
                               f"{list(wav.shape)} with WAV_LENS of {lens.size} values")
-        n = int(lens.reshape(-1)[0])
+        n = int(lens.item(0))
         if n < 0 or n > wav.shape[1]:
             raise StreamError(f"WAV_LENS {n} outside 0..{wav.shape[1]} (the WAV length)")
         if max(n, wav.shape[1]) > self.max_chunk:
@@ -227,6 +253,10 @@ class Streaming:
                               f"maximum of {self.max_chunk} ({self.max_chunk / self.rate:g} s, "
                               "streaming.max_chunk_seconds): send shorter chunks")
         w = wav[0, :n].astype(np.float32, copy=False)
+        # the common case in one pass: every sample in [-1, 1] (NaN propagates through max and
+        # fails the comparison); anything else takes the checks that name the problem
+        if not n or np.abs(w).max() <= 1.0:
+            return w
         if not np.all(np.isfinite(w)):
             raise StreamError("WAV: chunk contains NaN or inf")
         try:
@@ -241,30 +271,33 @@ class Streaming:
             self._sweep()
             ended = set()
             for i, req in enumerate(requests):
+                tensors = _inputs(req)
+                cid = _corrid(req, tensors)
                 try:
-                    items_i = self._admit(req, ended)
+                    item = self._admit(tensors, cid, ended)
                 except StreamError as e:
-                    out[i] = _error_response(f"stream {_corrid(req)}{_request_name(req)}: {e}", e.code)
+                    out[i] = _error_response(f"stream {cid}{_request_name(req)}: {e}", e.code)
                     continue
-                items.append(items_i[0])
-                owners.append((i,) + items_i[1])
+                items.append(item)
+                owners.append((i, cid, item[2]))
             if items:
                 self._run(requests, items, owners, out)
             live = len(self.streams)
+        # shared by this batch's responses (the outputs are copied out when they are sent)
+        live_streams, final = np.array([[live]], dtype=np.int32), _IS_FINAL
         for i, r in enumerate(out):
             if isinstance(r, tuple):
-                text, final = r
+                text, last = r
                 out[i] = pb_utils.InferenceResponse([
                     pb_utils.Tensor("TRANSCRIPT", np.array([[text.encode("utf-8")]], dtype=np.object_)),
-                    _tensor("IS_FINAL", np.array([[final]], dtype=bool)),
-                    _tensor("LIVE_STREAMS", np.array([[live]], dtype=np.int32))])
+                    _tensor("IS_FINAL", final[last]), _tensor("LIVE_STREAMS", live_streams)])
         return out
 
-    def _admit(self, req, ended: set):
+    def _admit(self, tensors: Dict, cid: int, ended: set):
         """(stream, samples, last) for a request, opening the stream on START; StreamError
         when the request is refused (the stream's state is left as it was, except that a
         refused END chunk drops the stream: Triton has ended the sequence)."""
-        cid, start, end = _corrid(req), _flag(req, "START"), _flag(req, "END")
+        start, end = _flag(tensors, "START"), _flag(tensors, "END")
         if cid == 0:
             raise StreamError("no sequence id: send chunks with a non-zero sequence_id")
         if start:
@@ -285,7 +318,7 @@ class Streaming:
                               f"refused or was idle for more than {self.idle:g} s")
         stream.last_seen = time.monotonic()
         try:
-            wav = self._chunk(req)
+            wav = self._chunk(tensors)
         except StreamError as e:
             if end:
                 self._drop(cid, stream)
@@ -293,7 +326,7 @@ class Streaming:
             raise StreamError(f"{e}; chunk not added, the stream goes on") from e
         if end:
             ended.add(cid)
-        return (stream, wav, end), (cid, end)
+        return stream, wav, end
 
     def _drop(self, cid: int, stream: Optional[LiveStream]):
         if self.streams.get(cid) is stream:
