@@ -48,12 +48,12 @@ def _serve(repo, tmp_path, fn):
 
 
 def test_gpu_config_renders_the_fused_pipeline(u2pp_export, tmp_path):
-    """configs/serving_gpu_fused.yaml serves `pipeline: fused`: attention_rescoring is one step to
+    """configs/serving_gpu.yaml (the GPU default) serves `pipeline: fused`: attention_rescoring is one step to
     the `fused` model, which takes WAV and returns TRANSCRIPTS; the CPU default stays the
     ensemble; a TensorRT engine (plans, no python model) falls back to the ensemble."""
     from wenet_triton.serving.repo import MODELS, build_repo
 
-    gpu_yaml = os.path.join(ROOT, "configs", "serving_gpu_fused.yaml")
+    gpu_yaml = os.path.join(ROOT, "configs", "serving_gpu.yaml")
     repo = build_repo(model_dir("u2pp_conformer"), str(tmp_path / "gpu"), "onnxruntime",
                       config=gpu_yaml, engine_dir=u2pp_export)
     assert sorted(os.listdir(repo)) == ["attention_rescoring", "fused", "serving.json"]

@@ -17,8 +17,8 @@ from wenet_triton.serving import triton_models
 from wenet_triton.serving.repo import build_repo, parse_gpus
 
 # the GPU settings (the ensemble) and the experimental one-model pipeline
-GPU_YAML = os.path.join(ROOT, "configs", "serving_gpu.yaml")
-FUSED_YAML = os.path.join(ROOT, "configs", "serving_gpu_fused.yaml")
+GPU_YAML = os.path.join(ROOT, "configs", "serving_gpu_ensemble.yaml")  # the ensemble on a GPU
+FUSED_YAML = os.path.join(ROOT, "configs", "serving_gpu.yaml")  # the GPU default: pipeline fused
 GPU_COUNTS = {0: None, 1: [0], 2: [0, 1], 4: [0, 1, 2, 3]}
 
 
@@ -93,7 +93,7 @@ def test_torch_cuda_instances_per_gpu_count(dirs, tmp_path, n, config):
 LAYOUTS = {
     "ort": ("onnxruntime", None, {}),                          # the CPU default
     "ort_gpu_yaml": ("onnxruntime", GPU_YAML, {}),
-    "cuda_gpu_yaml": ("torch_cuda", GPU_YAML, {}),             # the GPU hosts' default
+    "cuda_gpu_yaml": ("torch_cuda", GPU_YAML, {}),             # the ensemble on GPU hosts
     "cuda": ("torch_cuda", None, {}),
     "torch_on_cuda": ("torch", None, {"engine": {"device": "cuda"}}),
     "fbank_cuda": ("torch_cuda", None, {"feature_device": "cuda"}),
@@ -364,7 +364,7 @@ def test_cuda_engine_runs_with_its_device_current(monkeypatch):
 
 @pytest.mark.parametrize("n", [1, 2, 4])
 def test_fused_gpu_config_spreads_the_fused_model(dirs, tmp_path, n):
-    """configs/serving_gpu_fused.yaml (pipeline: fused): the one model that runs the engine gets its
+    """configs/serving_gpu.yaml (pipeline: fused, the GPU default): the one model that runs the engine gets its
     instances on each listed GPU; one GPU renders as without `gpus`."""
     gpus = list(range(n))
     res = _render(dirs, tmp_path / "r", "torch_cuda", FUSED_YAML, gpus=gpus)

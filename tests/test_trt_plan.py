@@ -80,7 +80,7 @@ def test_rendered_configs_parse_as_triton_model_configs(name, exports, tmp_path)
                       engine_dir=str(trt_dir))
     steps = _parse_config(os.path.join(repo, "attention_rescoring", "config.pbtxt")).ensemble_scheduling.step
     assert [s.model_name for s in steps] == ["feature_extractor", "encoder", "scoring"]
-    # ... while a python encoder takes the WAV itself (the ensemble pipeline; the experimental
+    # ... while a python encoder takes the WAV itself (the ensemble pipeline; the default
     # pipeline: fused is tested in test_fused_serving.py)
     repo = build_repo(model_dir(name), str(tmp_path / "fused"), "onnxruntime", config=gpu_yaml,
                       overrides={"pipeline": "ensemble"}, engine_dir=exports[name])

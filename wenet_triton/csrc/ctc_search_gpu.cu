@@ -8,7 +8,7 @@
 
 namespace {
 
-// The fast region in shared memory when it fits (beam 20, top-20: ~33 KB), else in the
+// The fast region in shared memory when it fits (beam 20, top-20: ~27 KB), else in the
 // workspace after the utterance's global region.
 __global__ void ctc_search_kernel(wks::Args a, char* work, int64_t stride, int64_t fast_offset,
                                   int use_shared) {
@@ -51,7 +51,11 @@ int wk_ctc_search(const float* topv, const int64_t* topi, const int32_t* lens, i
                                                (int)s.fast_bytes);
     if (e != cudaSuccess) return (int)e;
   }
-  ctc_search_kernel<<<B, 128, use_shared ? s.fast_bytes : 0, stream>>>(
+  // a thread per candidate (beam 20 of top-20: 420; each frame's LM lookups are chains of
+  // dependent loads, so they run side by side rather than in turns)
+  int threads = (int)((s.cands + 31) / 32 * 32);
+  threads = threads < 64 ? 64 : (threads > 1024 ? 1024 : threads);
+  ctc_search_kernel<<<B, threads, use_shared ? s.fast_bytes : 0, stream>>>(
       a, static_cast<char*>(workspace), stride, s.bytes, use_shared);
   return (int)cudaGetLastError();
 }

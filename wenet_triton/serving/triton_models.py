@@ -657,7 +657,12 @@ class FusedAsr:
                 raise RuntimeError("search_device gpu: the CUDA kernels are not built "
                                    "(run `wenet-triton build-plugins`)")
             return None, None
+        import torch
+
         lm = gpu_search.GpuLM(self.lm, self.engine.device) if self.lm is not None else None
+        # the search of batch N runs on its own stream, beside the encoder of batch N+1 (one
+        # thread block per utterance leaves most of the GPU to it)
+        self.search_stream = torch.cuda.Stream(self.engine.device)
         return gpu_search, lm
 
     # -- execute ------------------------------------------------------------------------
@@ -764,15 +769,33 @@ class FusedAsr:
             feats = torch.from_numpy(np.ascontiguousarray(feats)).to(dev)
             lens = torch.from_numpy(lens.astype(np.int32)).to(dev)
         out, out_lens, _, topv, topi = self.engine.encode_tensors(feats, lens)
-        if self.gpu_search is not None:  # the n-best stays on the GPU (fresh tensors)
-            s = self.settings
-            host = {"search": self.gpu_search.ctc_search(topv, topi, out_lens, s.beam_size, s.blank,
-                                                         self.gpu_lm, self.lm_weight, self.length_bonus)}
+        if self.gpu_search is not None:  # the n-best stays on the GPU
+            found, done = self._launch_search(topv, topi, out_lens)
+            host = {"search": found, "search_done": done}
         else:
             host = {"encoder_out_lens": out_lens.cpu().numpy(), "beam_log_probs": topv.float().cpu().numpy(),
                     "beam_log_probs_idx": topi.cpu().numpy()}
         # the CUDA graph's output buffers are reused by the next batch of this bucket: copy
         return host, out.clone(), out_lens.clone()
+
+    def _launch_search(self, topv, topi, out_lens):
+        """Queue the GPU search of a batch on `search_stream` after the encoder's work (caller
+        holds gpu_lock) -> (its SearchOutput, an event recorded after it). Its inputs are
+        copies (the encoder graph's buffers serve the next batch) whose memory the allocator
+        keeps until the search stream is past them."""
+        import torch
+
+        s, side = self.settings, self.search_stream
+        inputs = (topv.float().clone(), topi.clone(), out_lens.clone())
+        side.wait_stream(torch.cuda.current_stream(side.device))
+        with torch.cuda.stream(side):
+            found = self.gpu_search.ctc_search(*inputs, s.beam_size, s.blank, self.gpu_lm, self.lm_weight,
+                                               self.length_bonus)
+            done = torch.cuda.Event()
+            done.record(side)
+        for t in inputs:
+            t.record_stream(side)
+        return found, done
 
     # -- host stage: search, rescoring, text -------------------------------------------------
     def _back(self, batch: _FusedBatch):
@@ -817,6 +840,7 @@ class FusedAsr:
         t0 = time.perf_counter()
         with self.gpu_lock:
             t1 = time.perf_counter()
+            torch.cuda.current_stream(self.search_stream.device).wait_event(batch.host["search_done"])
             if self.rescoring:
                 picks = []
                 for i in range(0, n, self.chunk):  # the decoder's max batch each
