@@ -170,3 +170,35 @@ def test_gpu_search_refuses_cpu_tensors_and_bad_shapes():
         with pytest.raises(ValueError, match=r"\(B, T, K\)"):
             gpu_search.ctc_search(v.cuda(), torch.zeros(2, 5, 3, dtype=torch.int64).cuda(),
                                   torch.ones(2).cuda(), 4)
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU and the kernels (wenet-triton build-plugins)")
+def test_gpu_chain_transcripts_equal_the_recognizer():
+    """What the fused model's GPU path computes (encoder -> GPU search with the LM -> decoder
+    inputs packed on the GPU -> decoder -> pick with the LM -> ids) gives the transcripts of the
+    Recognizer (C++ search, list packing) on the same torch_cuda engine, demo model + its LM."""
+    from wenet_triton.audio.frontend import pad_feats, read_audio
+    from wenet_triton.decode.options import resolve
+    from wenet_triton.decode.vocab import Vocab
+    from wenet_triton.engines import open_engine
+    from wenet_triton.engines.artifacts import ensure_export
+    from wenet_triton.pipeline import Recognizer
+
+    demo = default_model_dir()
+    dec = resolve(demo)
+    engine_dir = ensure_export(demo, beam_size=dec.beam_size)
+    eng = open_engine(engine_dir, "torch_cuda", "cuda", "float16", demo)
+    rec = Recognizer(eng, Vocab.from_engine_dir(engine_dir, eng.settings), decoding=dec)
+    wavs = sorted(glob.glob(os.path.join(SHARED, "data", "synth_test", "*.wav")))[:16] \
+        or sorted(glob.glob(os.path.join(SAMPLES_DIR, "*.wav")))
+    audio = [read_audio(w) for w in wavs]
+    want = [r.text for r in rec.recognize(audio)]
+    x, lens = pad_feats([rec.fbank(a) for a in audio])
+    s = eng.settings
+    enc, enc_lens, _, topv, topi = eng.encode_tensors(torch.from_numpy(x).cuda(), torch.from_numpy(lens).cuda())
+    found = gpu_search.ctc_search(topv, topi, enc_lens, dec.beam_size, s.blank, gpu_search.GpuLM(rec.lm, "cuda"),
+                                  dec.lm_weight, dec.length_bonus)
+    best, score = eng.rescore_tensors(enc.clone(), enc_lens.clone(),
+                                      *gpu_search.rescoring_tensors(found, dec.beam_size, s.sos, s.eos))
+    ids = gpu_search.best_tokens(found, gpu_search.pick_rescored(found, score, best, dec.lm_rescore_weight))
+    assert [rec.vocab.text(i) for i in ids] == want

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # 1 GPU vs several GPUs of one host, in one run (docs/multigpu.md). For each GPU set:
 # scripts/gpu/serve.sh start accuracy pa stop with GPUS=<set> (torch_cuda engine,
-# configs/serving_gpu.yaml: the encoder/decoder instances on each GPU), perf_analyzer at 5 s
+# configs/serving_gpu.yaml: the `fused` instances on each GPU), perf_analyzer at 5 s
 # over a concurrency sweep; then the best throughput of each set side by side, the speedup
 # of the last set over the first (TARGET, 1.9x for 2 GPUs) and served vs CPU-pipeline transcripts
 # (must be all identical). Exit 1 when a check fails. Results in $OUT/gpus_<set>/ + summary.txt.

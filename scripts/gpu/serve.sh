@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Serve on a GPU host and measure it: Triton with the torch_cuda engine (fbank inside the
-# encoder process, configs/serving_gpu.yaml), accuracy against the CPU pipeline, the
+# Serve on a GPU host and measure it: Triton with the torch_cuda engine (configs/serving_gpu.yaml:
+# one pass per batch, fbank + encoder + GPU search + decoder in the `fused` model; the ensemble:
+# SERVING_CONFIG=configs/serving_gpu_ensemble.yaml), accuracy against the CPU pipeline, the
 # tritonclient concurrency sweep (CSV + plot + per-model queue/compute), perf_analyzer
 # concurrency and batch sweeps, a distributed headless locust run. Results in $OUT.
 #
