@@ -81,6 +81,23 @@ def lib():
     return _LIB
 
 
+def _ptr(a: Optional[np.ndarray]):
+    return None if a is None else a.ctypes.data_as(ctypes.c_void_p)
+
+
+def _batch_buffers(topv, topi, lens, beam: int, with_lm: bool):
+    """A one-call batch search's contiguous inputs, its dims (B, T, K, max_len = T) and zeroed
+    outputs (tokens, lens, scores, count), plus LM scores or None."""
+    topv = np.ascontiguousarray(topv, dtype=np.float32)
+    topi = np.ascontiguousarray(topi, dtype=np.int64)
+    lens = np.ascontiguousarray(lens, dtype=np.int32)
+    B, T, K = topv.shape
+    max_len = max(T, 1)
+    out = (np.zeros((B, beam, max_len), np.int32), np.zeros((B, beam), np.int32),
+           np.zeros((B, beam), np.float64), np.zeros(B, np.int32))
+    return (topv, topi, lens), (B, T, K, max_len), out, np.zeros((B, beam), np.float64) if with_lm else None
+
+
 def prefix_beam_search_batch(topv: np.ndarray, topi: np.ndarray, lens: np.ndarray, beam: int,
                              blank: int = 0, lm=None, lm_weight: float = 0.0,
                              length_bonus: float = 0.0) -> Optional[List[List[tuple]]]:
@@ -91,25 +108,14 @@ def prefix_beam_search_batch(topv: np.ndarray, topi: np.ndarray, lens: np.ndarra
     L = lib()
     if L is None:
         return None
-    topv = np.ascontiguousarray(topv, dtype=np.float32)
-    topi = np.ascontiguousarray(topi, dtype=np.int64)
-    lens = np.ascontiguousarray(lens, dtype=np.int32)
-    B, T, K = topv.shape
-    max_len = max(T, 1)
-    tokens = np.zeros((B, beam, max_len), np.int32)
-    out_lens = np.zeros((B, beam), np.int32)
-    scores = np.zeros((B, beam), np.float64)
-    count = np.zeros(B, np.int32)
-    p = lambda a: a.ctypes.data_as(ctypes.c_void_p)  # noqa: E731
-    args = [p(topv), p(topi), p(lens), B, T, K, beam, blank, max_len, p(tokens), p(out_lens),
-            p(scores), p(count)]
+    inputs, (B, T, K, max_len), out, lm_scores = _batch_buffers(topv, topi, lens, beam, lm is not None)
+    args = [*map(_ptr, inputs), B, T, K, beam, blank, max_len, *map(_ptr, out)]
     if lm is None:
         L.wk_ctc_prefix_beam_search(*args)
-        return nbest_lists(tokens, out_lens, scores, count)
-    lm_scores = np.zeros((B, beam), np.float64)
-    L.wk_ctc_prefix_beam_search_lm(*args, _lm_handle(L, lm), lm.eos, lm_weight, length_bonus,
-                                   p(lm_scores))
-    return nbest_lists(tokens, out_lens, scores, count, lm_scores)
+    else:
+        L.wk_ctc_prefix_beam_search_lm(*args, _lm_handle(L, lm), lm.eos, lm_weight, length_bonus,
+                                       _ptr(lm_scores))
+    return nbest_lists(*out, lm_scores)
 
 
 def nbest_lists(tokens: np.ndarray, out_lens: np.ndarray, scores: np.ndarray, count: np.ndarray,
@@ -133,23 +139,12 @@ def emulated_gpu_search_batch(topv: np.ndarray, topi: np.ndarray, lens: np.ndarr
     L = lib()
     if L is None:
         return None
-    topv = np.ascontiguousarray(topv, dtype=np.float32)
-    topi = np.ascontiguousarray(topi, dtype=np.int64)
-    lens = np.ascontiguousarray(lens, dtype=np.int32)
-    B, T, K = topv.shape
-    max_len = max(T, 1)
-    tokens = np.zeros((B, beam, max_len), np.int32)
-    out_lens = np.zeros((B, beam), np.int32)
-    scores = np.zeros((B, beam), np.float64)
-    count = np.zeros(B, np.int32)
+    inputs, (B, T, K, max_len), out, lm_scores = _batch_buffers(topv, topi, lens, beam, lm is not None)
     status = np.zeros(B, np.int32)
-    lm_scores = np.zeros((B, beam), np.float64) if lm is not None else None
-    p = lambda a: None if a is None else a.ctypes.data_as(ctypes.c_void_p)  # noqa: E731
-    L.wk_ctc_search_emulated(p(topv), p(topi), p(lens), B, T, K, beam, blank, max_len, p(tokens),
-                             p(out_lens), p(scores), p(count), p(status),
+    L.wk_ctc_search_emulated(*map(_ptr, inputs), B, T, K, beam, blank, max_len, *map(_ptr, out), _ptr(status),
                              _lm_handle(L, lm) if lm is not None else None,
-                             lm.eos if lm is not None else 0, lm_weight, length_bonus, p(lm_scores))
-    return nbest_lists(tokens, out_lens, scores, count, lm_scores)
+                             lm.eos if lm is not None else 0, lm_weight, length_bonus, _ptr(lm_scores))
+    return nbest_lists(*out, lm_scores)
 
 
 def lm_gpu_tables(lm) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
