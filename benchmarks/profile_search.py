@@ -10,10 +10,12 @@ import time
 
 import numpy as np
 
-from wenet_triton import artifacts, decoding, engines, search
 from wenet_triton.audio.frontend import read_audio
-from wenet_triton.cli import default_model_dir
+from wenet_triton.decode import options as decoding
+from wenet_triton.decode import search
 from wenet_triton.decode.vocab import Vocab
+from wenet_triton.engines import artifacts, open_engine
+from wenet_triton.paths import default_model_dir
 from wenet_triton.pipeline import Recognizer
 
 
@@ -33,7 +35,7 @@ def main():
     p.add_argument("--count", type=int, default=16)
     a = p.parse_args()
     d = artifacts.ensure_export(a.model, None, 10)
-    eng = engines.open_engine(d, "onnxruntime")
+    eng = open_engine(d, "onnxruntime")
     s = eng.settings
     knf = Recognizer(eng, Vocab.from_engine_dir(d, s)).fbank  # kaldi-native-fbank (the default)
     n = int(a.seconds * 16000)
@@ -51,7 +53,7 @@ def main():
     dec = decoding.resolve(a.model)
     if dec.lm:  # the model's decoding: its beam (the export's top-k) with and without its LM
         d2 = artifacts.ensure_export(a.model, None, dec.beam_size)
-        e2 = engines.open_engine(d2, "onnxruntime").encode(
+        e2 = open_engine(d2, "onnxruntime").encode(
             np.stack(feats), np.array([f.shape[0] for f in feats], np.int32))
         lm = decoding.load_lm(dec.lm, Vocab.from_engine_dir(d2, s).tokens)
         args = (e2["beam_log_probs"], e2["beam_log_probs_idx"], ln, dec.beam_size, s.blank)
