@@ -66,6 +66,7 @@ def test_gpu_config_renders_the_fused_pipeline(u2pp_export, tmp_path):
     assert fused.instance_group[0].count == 2
     p = {k: v.string_value for k, v in fused.parameters.items()}
     assert p["fbank_device"] == "engine" and int(p["search_threads"]) > 1 and int(p["max_inflight"]) > 1
+    assert p["search_device"] == "auto"  # the GPU search where the engine is torch_cuda on a GPU
     for f in ("model.py", "encoder.onnx", "decoder.onnx", "units.txt", "wenet_triton.json"):
         assert os.path.exists(os.path.join(repo, "fused", "1", f))
     cpu = build_repo(model_dir("u2pp_conformer"), str(tmp_path / "cpu"), "onnxruntime",

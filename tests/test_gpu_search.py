@@ -202,3 +202,19 @@ def test_gpu_chain_transcripts_equal_the_recognizer():
                                       *gpu_search.rescoring_tensors(found, dec.beam_size, s.sos, s.eos))
     ids = gpu_search.best_tokens(found, gpu_search.pick_rescored(found, score, best, dec.lm_rescore_weight))
     assert [rec.vocab.text(i) for i in ids] == want
+
+
+def test_fused_model_search_device_setting():
+    """models.fused.search_device: auto falls back to the C++ search off the GPU engine; gpu
+    there is a clear error at load; an unknown value names the choices."""
+    from types import SimpleNamespace
+
+    from wenet_triton.serving.triton_models import FusedAsr
+
+    cpu_instance = SimpleNamespace(on_device=False, engine=SimpleNamespace(device="cpu"), lm=None)
+    assert FusedAsr._gpu_search_module(cpu_instance, "auto") == (None, None)
+    assert FusedAsr._gpu_search_module(cpu_instance, "cpu") == (None, None)
+    with pytest.raises(ValueError, match="needs the torch_cuda engine on a GPU"):
+        FusedAsr._gpu_search_module(cpu_instance, "gpu")
+    with pytest.raises(ValueError, match="use auto, gpu or cpu"):
+        FusedAsr._gpu_search_module(cpu_instance, "fpga")

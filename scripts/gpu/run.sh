@@ -15,7 +15,7 @@ SHARED=${WENET_SHARED:-../shared}
   nvcc --version | tail -1
 } > "$OUT/gpu_tests.log" 2>&1
 python3 -m wenet_triton.cli build-plugins >> "$OUT/gpu_tests.log" 2>&1 || { tail -30 "$OUT/gpu_tests.log"; exit 1; }
-WENET_REPORT_DIR="$OUT" python3 -m pytest -q -p no:cacheprovider -s tests/test_gpu.py ${TESTS_EXTRA:-} \
+WENET_REPORT_DIR="$OUT" python3 -m pytest -q -p no:cacheprovider -s tests/test_gpu.py tests/test_gpu_search.py ${TESTS_EXTRA:-} \
   >> "$OUT/gpu_tests.log" 2>&1
 echo "tests rc=$?" >> "$OUT/gpu_tests.log"
 grep -E "passed|failed|error|accuracy|^conformer|^u2pp" "$OUT/gpu_tests.log" | tail -8

@@ -45,6 +45,7 @@ from wenet_triton.model.checkpoint import load_model_dir
 from wenet_triton.model.conformer import ASRModel
 from wenet_triton.model.streaming import streaming_settings
 from wenet_triton.serving.triton_models import (
+    _inputs,
     _params,
     _request_name,
     _tensor,
@@ -71,12 +72,6 @@ def _error_response(msg: str, code: str):
     c = getattr(pb_utils.TritonError, code, None)
     err = pb_utils.TritonError(msg, c) if c is not None else pb_utils.TritonError(msg)
     return pb_utils.InferenceResponse(output_tensors=[], error=err)
-
-
-def _inputs(request) -> Dict[str, object]:
-    """The request's input tensors by name, listed once (`pb_utils.get_input_tensor_by_name`
-    lists them all again and compares names for every input it looks up)."""
-    return {t.name(): t for t in request.inputs()}
 
 
 def _first(tensors: Dict, name: str):
