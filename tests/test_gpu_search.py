@@ -37,18 +37,18 @@ def _wenet_case(name, with_lm):
     return v, i, lens, dec["beam_size"], lm, (0.6, 0.3)
 
 
-def _random_case(beam, with_lm):
-    """Top-10 of 12 symbols with exact ties and repeats, utterances of 60, 31, 1 and 0 frames."""
+def _random_case(beam, with_lm, K=10, V=12):
+    """Top-K of V symbols with exact ties and repeats, utterances of 60, 31, 1 and 0 frames."""
     g = np.random.default_rng(beam)
-    v = np.sort(g.normal(-4, 3, (4, 60, 10)).astype(np.float32), axis=-1)[..., ::-1].copy()
+    v = np.sort(g.normal(-4, 3, (4, 60, K)).astype(np.float32), axis=-1)[..., ::-1].copy()
     v[:, ::7, 3] = v[:, ::7, 2]
     v[:, ::5] = v[:, ::5] / 4  # peakier frames: long prefixes
-    i = np.stack([np.stack([g.permutation(12)[:10] for _ in range(60)]) for _ in range(4)]).astype(np.int64)
+    i = np.stack([np.stack([g.permutation(V)[:K] for _ in range(60)]) for _ in range(4)]).astype(np.int64)
     lens = np.array([60, 31, 1, 0], np.int32)
     if not with_lm:
         return v, i, lens, beam, None, (0.0, 0.0)
     r = random.Random(beam)
-    lm = estimate([[r.randrange(1, 12) for _ in range(r.randrange(3, 20))] for _ in range(2000)], 12, 4)
+    lm = estimate([[r.randrange(1, V) for _ in range(r.randrange(3, 20))] for _ in range(2000)], V, 4)
     return v, i, lens, beam, lm, (0.8, 0.5)
 
 
@@ -88,6 +88,8 @@ CASES = [pytest.param(lambda m=m: _wenet_case(m, False), id=f"wenet-{m}") for m 
     pytest.param(lambda: _random_case(10, False), id="random-beam10"),
     pytest.param(lambda: _random_case(10, True), id="random-beam10-lm"),
     pytest.param(lambda: _random_case(4, True), id="random-beam4-lm"),
+    # 40 + 40 x 40 candidates: a 2048-entry sort; on the GPU ~100 KB of shared memory (opt-in > 48 KB)
+    pytest.param(lambda: _random_case(40, True, K=40, V=60), id="random-beam40-lm"),
     pytest.param(lambda: _demo_case(False), id="demo"),
     pytest.param(lambda: _demo_case(True), id="demo-lm"),
 ]

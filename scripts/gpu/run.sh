@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # One command on a GPU host (any directory): build the kernel .so, run the GPU
 # tests (kernels vs torch references, engine vs the eager model and WeNet's reference,
-# fp16/bf16 accuracy report) and the model-level benchmark. Everything lands in $OUT.
-# Env: OUT, WENET_SHARED (the shared test assets; default ../shared), TESTS_EXTRA, BENCH_ARGS.
+# fp16/bf16 accuracy report, the GPU CTC search vs the C++ one), the model-level benchmark and
+# the search benchmark (benchmarks/gpu_search.py: GPU vs C++ search, n-best checked, CSV + plot).
+# Everything lands in $OUT.
+# Env: OUT, WENET_SHARED (the shared test assets; default ../shared), TESTS_EXTRA, BENCH_ARGS,
+# WAV_DIR (wavs for the search benchmark; default synth_test under WENET_SHARED, else the
+# package samples), SEARCH_SECONDS (utterance lengths for it, default "5 20").
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
 OUT=${OUT:-gpu_out}
@@ -23,6 +27,13 @@ MODELS="aishell"
 [ -d "$SHARED/models/conformer_2021" ] && MODELS="$MODELS $SHARED/models/conformer_2021"
 python3 -m wenet_triton.cli bench --out "$OUT/bench" --models $MODELS ${BENCH_ARGS:-} > "$OUT/bench.log" 2>&1
 echo "bench rc=$?"
+WAV_DIR=${WAV_DIR:-$SHARED/data/synth_test}
+[ -d "$WAV_DIR" ] || WAV_DIR=$(python3 -c 'from wenet_triton.paths import SAMPLES_DIR; print(SAMPLES_DIR)')
+for sec in ${SEARCH_SECONDS:-5 20}; do
+  python3 benchmarks/gpu_search.py --wav-dir "$WAV_DIR" --seconds "$sec" --batches 1 8 32 64 128 \
+    --out "$OUT/gpu_search_${sec}s" > "$OUT/gpu_search_${sec}s.log" 2>&1
+  echo "gpu_search ${sec} s rc=$? ($(grep -c "'nbest_identical'" "$OUT/gpu_search_${sec}s.log") rows)"
+done
 python3 - "$OUT/bench/bench_speedup.csv" <<'PY'
 import csv, sys
 rows = list(csv.DictReader(open(sys.argv[1])))
