@@ -72,11 +72,14 @@ _WORK: dict = {}
 
 
 def _workspace(device: torch.device, nbytes: int) -> torch.Tensor:
-    """A per-device scratch buffer of at least nbytes, grown by half again when too small."""
-    w = _WORK.get(device)
+    """A scratch buffer of at least nbytes per (device, current stream), grown by half again
+    when too small: searches on one stream run one after the other, so they may share it, and
+    a replaced buffer goes back to that stream's memory pool."""
+    key = (device, torch.cuda.current_stream(device).cuda_stream)
+    w = _WORK.get(key)
     if w is None or w.numel() < nbytes:
-        w = _WORK[device] = torch.empty(max(nbytes, int(1.5 * w.numel()) if w is not None else 0),
-                                        dtype=torch.uint8, device=device)
+        w = _WORK[key] = torch.empty(max(nbytes, int(1.5 * w.numel()) if w is not None else 0),
+                                     dtype=torch.uint8, device=device)
     return w
 
 
