@@ -800,7 +800,7 @@ class FusedAsr:
         import torch
 
         s, side = self.settings, self.search_stream
-        inputs = (topv.float().clone(), topi.clone(), out_lens.clone())
+        inputs = (topv.to(torch.float32, copy=True), topi.clone(), out_lens.clone())
         side.wait_stream(torch.cuda.current_stream(side.device))
         with torch.cuda.stream(side):
             found = self.gpu_search.ctc_search(*inputs, s.beam_size, s.blank, self.gpu_lm, self.lm_weight,
