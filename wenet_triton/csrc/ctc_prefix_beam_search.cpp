@@ -431,33 +431,16 @@ void wk_lm_table(const void* lm, int n, int64_t* keys, double* logp, double* bow
 }
 
 // The GPU search (ctc_search_block.h) run on the CPU by one "thread" per utterance: what the
-// kernel computes, for tests without a GPU. Arguments as wk_ctc_search_lm plus out_status (B,);
-// lm may be null.
+// kernel computes, for tests without a GPU. The arguments of wk_ctc_search (lm_tables: the
+// LMTables the GPU search gets, here over host memory) without workspace and stream.
 int wk_ctc_search_emulated(const float* topv, const int64_t* topi, const int32_t* lens, int B,
                            int T, int K, int beam, int blank, int max_len, int32_t* out_tokens,
                            int32_t* out_lens, double* out_scores, int32_t* out_count,
-                           int32_t* out_status, const void* lm, int eos, double lm_weight,
+                           int32_t* out_status, const void* lm_tables, int eos, double lm_weight,
                            double length_bonus, double* out_lm) {
-  const NgramLM* m = static_cast<const NgramLM*>(lm);
-  wks::Args a{};
-  a.topv = topv; a.topi = topi; a.lens = lens;
-  a.B = B; a.T = T; a.K = K; a.beam = beam; a.blank = blank; a.max_len = max_len;
-  a.has_lm = m != nullptr; a.eos = eos; a.lm_weight = lm_weight; a.length_bonus = length_bonus;
-  a.out_tokens = out_tokens; a.out_lens = out_lens; a.out_scores = out_scores;
-  a.out_count = out_count; a.out_status = out_status; a.out_lm = out_lm;
-  std::vector<int64_t> keys;
-  std::vector<double> logp, bow;
-  if (m) {
-    a.lm.order = m->order; a.lm.bits = m->bits; a.lm.bos = m->bos;
-    for (int n = 0; n < m->order; ++n) {
-      a.lm.offset[n] = (int64_t)keys.size();
-      a.lm.mask[n] = m->masks[n];
-      for (const NgramLM::Slot& s : m->tables[n]) {
-        keys.push_back(s.key); logp.push_back(s.logp); bow.push_back(s.bow);
-      }
-    }
-    a.lm.keys = keys.data(); a.lm.logp = logp.data(); a.lm.bow = bow.data();
-  }
+  const wks::Args a = wks::make_args(topv, topi, lens, B, T, K, beam, blank, max_len, out_tokens,
+                                     out_lens, out_scores, out_count, out_status, lm_tables, eos,
+                                     lm_weight, length_bonus, out_lm);
   const wks::Sizes sz = wks::sizes(T, K, beam);
   std::vector<int64_t> work((size_t)(sz.bytes + sz.fast_bytes) / 8 + 1);  // 8-byte aligned
   char* base = reinterpret_cast<char*>(work.data());

@@ -256,6 +256,24 @@ struct Args {
   double* out_lm;       // (B, beam) or null: LM log-prob with </s>
 };
 
+// The Args of the C entry points (wk_ctc_search, wk_ctc_search_emulated), which take the same
+// arguments; lm_tables: a LMTables* or null (no LM).
+inline Args make_args(const float* topv, const int64_t* topi, const int32_t* lens, int B, int T,
+                      int K, int beam, int blank, int max_len, int32_t* out_tokens,
+                      int32_t* out_lens, double* out_scores, int32_t* out_count,
+                      int32_t* out_status, const void* lm_tables, int eos, double lm_weight,
+                      double length_bonus, double* out_lm) {
+  Args a{};
+  a.topv = topv; a.topi = topi; a.lens = lens;
+  a.B = B; a.T = T; a.K = K; a.beam = beam; a.blank = blank; a.max_len = max_len;
+  a.has_lm = lm_tables != nullptr;
+  if (lm_tables) a.lm = *static_cast<const LMTables*>(lm_tables);
+  a.eos = eos; a.lm_weight = lm_weight; a.length_bonus = length_bonus;
+  a.out_tokens = out_tokens; a.out_lens = out_lens; a.out_scores = out_scores;
+  a.out_count = out_count; a.out_status = out_status; a.out_lm = out_lm;
+  return a;
+}
+
 // a before b in the beam's order: higher score, then earlier insertion (a stable sort's order)
 WKS_FN bool ahead(double ka, int pa, double kb, int pb) { return ka > kb || (ka == kb && pa < pb); }
 

@@ -35,14 +35,9 @@ int wk_ctc_search(const float* topv, const int64_t* topi, const int32_t* lens, i
                   const void* lm_tables, int eos, double lm_weight, double length_bonus,
                   double* out_lm, void* workspace, cudaStream_t stream) {
   if (B <= 0) return 0;
-  wks::Args a{};
-  a.topv = topv; a.topi = topi; a.lens = lens;
-  a.B = B; a.T = T; a.K = K; a.beam = beam; a.blank = blank; a.max_len = max_len;
-  a.has_lm = lm_tables != nullptr;
-  if (lm_tables) a.lm = *static_cast<const wks::LMTables*>(lm_tables);
-  a.eos = eos; a.lm_weight = lm_weight; a.length_bonus = length_bonus;
-  a.out_tokens = out_tokens; a.out_lens = out_lens; a.out_scores = out_scores;
-  a.out_count = out_count; a.out_status = out_status; a.out_lm = out_lm;
+  const wks::Args a = wks::make_args(topv, topi, lens, B, T, K, beam, blank, max_len, out_tokens,
+                                     out_lens, out_scores, out_count, out_status, lm_tables, eos,
+                                     lm_weight, length_bonus, out_lm);
   const wks::Sizes s = wks::sizes(T, K, beam);
   const int use_shared = s.fast_bytes <= kMaxShared;
   const int64_t stride = s.bytes + (use_shared ? 0 : s.fast_bytes);

@@ -141,10 +141,31 @@ def emulated_gpu_search_batch(topv: np.ndarray, topi: np.ndarray, lens: np.ndarr
         return None
     inputs, (B, T, K, max_len), out, lm_scores = _batch_buffers(topv, topi, lens, beam, lm is not None)
     status = np.zeros(B, np.int32)
+    tables = arrays = None
+    if lm is not None:  # the tables the GPU search gets, over host memory
+        arrays = lm_gpu_tables(lm)
+        tables = lm_tables(lm, [a.ctypes.data for a in arrays[:3]], *arrays[3:])
     L.wk_ctc_search_emulated(*map(_ptr, inputs), B, T, K, beam, blank, max_len, *map(_ptr, out), _ptr(status),
-                             _lm_handle(L, lm) if lm is not None else None,
+                             None if tables is None else ctypes.byref(tables),
                              lm.eos if lm is not None else 0, lm_weight, length_bonus, _ptr(lm_scores))
     return nbest_lists(*out, lm_scores)
+
+
+class LMTables(ctypes.Structure):
+    """wks::LMTables (csrc/ctc_search_block.h): an LM's tables as the GPU search reads them."""
+    _fields_ = [("order", ctypes.c_int), ("bits", ctypes.c_int), ("bos", ctypes.c_int),
+                ("keys", ctypes.c_void_p), ("logp", ctypes.c_void_p), ("bow", ctypes.c_void_p),
+                ("offset", ctypes.c_int64 * 16), ("mask", ctypes.c_uint64 * 16)]
+
+
+def lm_tables(lm, addresses: List[int], offsets: np.ndarray, masks: np.ndarray) -> LMTables:
+    """The LMTables of an NgramLM whose lm_gpu_tables keys / ln P / ln back-off lie at
+    `addresses` (host arrays or device tensors)."""
+    t = LMTables(lm.order, lm.bits, lm.bos, *addresses)
+    for n in range(lm.order):
+        t.offset[n] = int(offsets[n])
+        t.mask[n] = int(masks[n])
+    return t
 
 
 def lm_gpu_tables(lm) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -160,8 +181,7 @@ def lm_gpu_tables(lm) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, n
     keys, logp, bow = np.empty(total, np.int64), np.empty(total, np.float64), np.empty(total, np.float64)
     offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
     for n, (o, size) in enumerate(zip(offsets.tolist(), sizes), start=1):
-        L.wk_lm_table(h, n, keys[o:].ctypes.data_as(ctypes.c_void_p),
-                      logp[o:].ctypes.data_as(ctypes.c_void_p), bow[o:].ctypes.data_as(ctypes.c_void_p))
+        L.wk_lm_table(h, n, _ptr(keys[o:]), _ptr(logp[o:]), _ptr(bow[o:]))
     masks = np.array(sizes, np.uint64) - np.uint64(1)
     return keys, logp, bow, offsets, masks
 

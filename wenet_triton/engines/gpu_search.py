@@ -16,15 +16,8 @@ from typing import List, Optional, Tuple
 import numpy as np
 import torch
 
-from wenet_triton.decode.native import lm_gpu_tables, nbest_lists
+from wenet_triton.decode.native import lm_gpu_tables, lm_tables, nbest_lists
 from wenet_triton.engines import kernels
-
-
-class _LMTables(ctypes.Structure):
-    """wks::LMTables (csrc/ctc_search_block.h)."""
-    _fields_ = [("order", ctypes.c_int), ("bits", ctypes.c_int), ("bos", ctypes.c_int),
-                ("keys", ctypes.c_void_p), ("logp", ctypes.c_void_p), ("bow", ctypes.c_void_p),
-                ("offset", ctypes.c_int64 * 16), ("mask", ctypes.c_uint64 * 16)]
 
 
 class GpuLM:
@@ -38,11 +31,7 @@ class GpuLM:
         self.logp = torch.from_numpy(logp).to(self.device)
         self.bow = torch.from_numpy(bow).to(self.device)
         self.eos = int(lm.eos)
-        self.tables = _LMTables(lm.order, lm.bits, lm.bos, self.keys.data_ptr(), self.logp.data_ptr(),
-                                self.bow.data_ptr())
-        for n in range(lm.order):
-            self.tables.offset[n] = int(offsets[n])
-            self.tables.mask[n] = int(masks[n])
+        self.tables = lm_tables(lm, [t.data_ptr() for t in (self.keys, self.logp, self.bow)], offsets, masks)
 
 
 @dataclass

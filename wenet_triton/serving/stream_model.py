@@ -51,6 +51,7 @@ from wenet_triton.serving.triton_models import (
     _tensor,
     _version_dir,
     check_amplitude,
+    in_unit_range,
     pb_utils,
 )
 from wenet_triton.streaming import LiveStream, StreamDecoder
@@ -248,9 +249,7 @@ class Streaming:
                               f"maximum of {self.max_chunk} ({self.max_chunk / self.rate:g} s, "
                               "streaming.max_chunk_seconds): send shorter chunks")
         w = wav[0, :n].astype(np.float32, copy=False)
-        # the common case in one pass: every sample in [-1, 1] (NaN propagates through max and
-        # fails the comparison); anything else takes the checks that name the problem
-        if not n or np.abs(w).max() <= 1.0:
+        if not n or in_unit_range(w):  # else the checks that name the problem
             return w
         if not np.all(np.isfinite(w)):
             raise StreamError("WAV: chunk contains NaN or inf")

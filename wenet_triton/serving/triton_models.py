@@ -217,6 +217,13 @@ def _open_engine(args, params, parts):
                        threads=int(params.get("threads", "0")), parts=parts)
 
 
+def in_unit_range(w: np.ndarray) -> bool:
+    """Every sample of a non-empty waveform in [-1, 1], in two passes without copies (NaN fails
+    the comparisons): the common case, which the checks that name a problem
+    (check_waveform, check_amplitude) need not look at."""
+    return bool(w.max() <= 1.0 and w.min() >= -1.0)
+
+
 def check_amplitude(w: np.ndarray, int16_range: bool, at: str = "") -> np.ndarray:
     """Samples must lie in [-1, 1] (fbank scales them to int16 range; 1e35 overflows it);
     with int16_range, int16-range audio (|x| <= 32768) is scaled to [-1, 1] instead."""
@@ -290,10 +297,8 @@ class _WavFrontend:
             if n <= 0 or n > wav.shape[1]:
                 raise ValueError(f"WAV_LENS {n} outside 1..{wav.shape[1]} (the WAV length){at}")
             w = wav[row, :n]
-            # the common case in two passes without copies: float32 samples in [-1, 1] (NaN
-            # fails the comparisons) pass check_waveform and the amplitude check unchanged;
-            # anything else takes them, and they name the problem
-            if not (w.dtype == np.float32 and w.max() <= 1.0 and w.min() >= -1.0):
+            # float32 in [-1, 1] passes check_waveform and the amplitude check unchanged
+            if not (w.dtype == np.float32 and in_unit_range(w)):
                 w = self._amplitude(check_waveform(w, "WAV" + at, self.max_seconds, self.conf.sample_rate), at)
             if n < self.window:
                 raise ValueError(f"audio of {n} samples is shorter than one "
