@@ -39,3 +39,16 @@ def test_fast_model_matches_wenet_fp32(name, torch_models):
     assert ((score - ref_score).abs() / ref_score.abs().clamp(min=1)).max() <= 1e-5
     for b, u in enumerate(utts):
         assert list(nbest[b][int(best[b])][0]) == dec["utts"][u]["rescored"]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_out_frames_equals_the_encoder_mask(name, torch_models):
+    """CudaEngine.encode_tensors(host_lens=...) sizes its outputs with FastModel.out_frames
+    instead of reading out_lens back from the GPU: both must agree for every length."""
+    fm = FastModel(torch_models[name], torch.float32, "cpu", use_kernels=False)
+    lens = torch.arange(fm.right_context + 1, 90, dtype=torch.int32)
+    x = torch.randn(len(lens), 96, 80)
+    with torch.no_grad():
+        _, out_lens, _, _, _ = fm.encode(x, lens, 4)
+    assert out_lens.tolist() == [fm.out_frames(int(n)) for n in lens]
+    assert fm.out_frames(0) == 0 and fm.out_frames(fm.right_context) == 0

@@ -162,6 +162,17 @@ def test_rescoring_inputs_and_pick_on_tensors_equal_the_list_versions(with_lm):
                       for b, nb in enumerate(nbest)]
     assert gpu_search.best_tokens(out, torch.tensor(picked)) == [list(nb[k][0]) if k < len(nb) else []
                                                                   for nb, k in zip(nbest, picked)]
+    # the same from the host copies of the lengths (the served path: no device-to-host sync),
+    # whole and for a slice of the batch (the decoder's chunks)
+    hosted = _output(nbest, beam, with_lm)
+    hosted.copy_lengths_to_host()
+    for a, b in ((0, len(nbest)), (2, 7)):
+        part = hosted.rows(a, b)
+        for got, want in zip(gpu_search.rescoring_tensors(part, beam, 11, 12),
+                             rescoring_inputs(nbest[a:b], beam, 11, 12)):
+            assert np.array_equal(got.numpy(), want)
+        fetch = gpu_search.fetch_best_tokens(part, torch.tensor(picked[a:b]))
+        assert fetch.lists() == [list(nb[k][0]) if k < len(nb) else [] for nb, k in zip(nbest[a:b], picked[a:b])]
 
 
 def test_gpu_search_refuses_cpu_tensors_and_bad_shapes():
@@ -203,6 +214,25 @@ def test_gpu_chain_transcripts_equal_the_recognizer():
     best, score = eng.rescore_tensors(enc.clone(), enc_lens.clone(),
                                       *gpu_search.rescoring_tensors(found, dec.beam_size, s.sos, s.eos))
     ids = gpu_search.best_tokens(found, gpu_search.pick_rescored(found, score, best, dec.lm_rescore_weight))
+    assert [rec.vocab.text(i) for i in ids] == want
+    # the served form (FusedAsr): lengths from the host, no device-to-host synchronisation
+    # before the ids are fetched; the decoder in two chunks of rows
+    enc, enc_lens, _, topv, topi = eng.encode_tensors(torch.from_numpy(x).cuda(), torch.from_numpy(lens).cuda(),
+                                                      host_lens=lens.tolist())
+    out_frames = [eng.fm.out_frames(k) for k in lens.tolist()]
+    assert enc.shape[1] == max(out_frames) and enc_lens.tolist() == out_frames
+    found = gpu_search.ctc_search(topv, topi, enc_lens, dec.beam_size, s.blank, gpu_search.GpuLM(rec.lm, "cuda"),
+                                  dec.lm_weight, dec.length_bonus)
+    found.copy_lengths_to_host()
+    torch.cuda.synchronize()
+    picks, half = [], len(audio) // 2
+    for a, b in ((0, half), (half, len(audio))):
+        part = found.rows(a, b)
+        t = max(out_frames[a:b])
+        best, score = eng.rescore_tensors(enc[a:b, :t].clone(), enc_lens[a:b].clone(),
+                                          *gpu_search.rescoring_tensors(part, dec.beam_size, s.sos, s.eos))
+        picks.append(gpu_search.pick_rescored(part, score, best, dec.lm_rescore_weight))
+    ids = gpu_search.fetch_best_tokens(found, torch.cat(picks)).lists()
     assert [rec.vocab.text(i) for i in ids] == want
 
 

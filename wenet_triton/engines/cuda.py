@@ -279,6 +279,15 @@ class FastModel:
         """Input frames whose subsampled length is exactly t_out."""
         return (t_out - 1) * self.subsampling + self.right_context + 1
 
+    def out_frames(self, frames: int) -> int:
+        """The encoder output length of `frames` valid input frames, as encode() counts it
+        from the subsampled mask (each (kernel, stride) keeps positions k-1, k-1+s, ...),
+        without asking the GPU."""
+        n = int(frames)
+        for k, s in self.layout:
+            n = (n - k) // s + 1 if n >= k else 0
+        return n
+
     def _subsample(self, speech: torch.Tensor, valid: torch.Tensor):
         """CMVN + conv subsampling + output linear (xscale folded in): (B,T,feat) f32 and its
         (B,T) valid mask -> (B,T',D) in the engine dtype and the subsampled mask."""
@@ -518,7 +527,9 @@ class _Graphs:
             if self.pool is None:
                 self.pool = torch.cuda.graph_pool_handle()
             g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g, pool=self.pool):
+            # thread_local: another thread of the process may wait on a CUDA event meanwhile
+            # (the fused model's batches wait for their search and ids outside its GPU lock)
+            with torch.cuda.graph(g, pool=self.pool, capture_error_mode="thread_local"):
                 outs = self.fn(*inputs)
             self.graphs[key] = (g, inputs, outs)
         g, inputs, outs = self.graphs[key]
@@ -571,7 +582,10 @@ class CudaEngine(Engine):
     # tensors in, tensors out (used by the benchmarks and the Triton models on GPU)
     @_on_device
     @torch.inference_mode()
-    def encode_tensors(self, speech: torch.Tensor, lens: torch.Tensor):
+    def encode_tensors(self, speech: torch.Tensor, lens: torch.Tensor, host_lens=None):
+        """host_lens: the same frame counts on the host (a sequence of ints), when the caller
+        has them: the outputs' length then comes from FastModel.out_frames instead of a
+        device-to-host copy, so this call only queues GPU work (no synchronisation)."""
         B, T, D = speech.shape
         t_out = (T - self.fm.right_context - 1) // self.fm.subsampling + 1
         Bb = self._bucket_batch(B)
@@ -592,7 +606,10 @@ class CudaEngine(Engine):
             l[:B].copy_(lens.clamp(max=Tb), non_blocking=True)
 
         enc, out_lens, logp, topv, topi = self.enc_graphs((Bb, Tb), make, fill)
-        n = int(out_lens[:B].max())
+        if host_lens is not None:
+            n = max(self.fm.out_frames(min(int(k), Tb)) for k in host_lens)
+        else:
+            n = int(out_lens[:B].max())
         return enc[:B, :n], out_lens[:B], logp[:B, :n], topv[:B, :n], topi[:B, :n]
 
     @_on_device

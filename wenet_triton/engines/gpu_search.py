@@ -38,23 +38,44 @@ class GpuLM:
 class SearchOutput:
     """The n-best of a batch, on the device: tokens (B, beam, L) int32, lens (B, beam) int32,
     ctc (B, beam) float64, count (B,) int32 (hypotheses per utterance, >= 1), lm (B, beam)
-    float64 or None (LM log-prob with </s>; the list is then ordered by the fused score)."""
+    float64 or None (LM log-prob with </s>; the list is then ordered by the fused score).
+    host_lens / host_count: copies of lens and count in host memory once
+    copy_lengths_to_host() was queued and its stream passed that point; the packing and
+    fetching below then size their tensors without a device-to-host synchronisation."""
     tokens: torch.Tensor
     lens: torch.Tensor
     ctc: torch.Tensor
     count: torch.Tensor
     lm: Optional[torch.Tensor]
+    host_lens: Optional[torch.Tensor] = None
+    host_count: Optional[torch.Tensor] = None
 
     def rows(self, a: int, b: int) -> "SearchOutput":
         """Utterances a..b-1 (views)."""
+        cut = lambda t: None if t is None else t[a:b]  # noqa: E731
         return SearchOutput(self.tokens[a:b], self.lens[a:b], self.ctc[a:b], self.count[a:b],
-                            None if self.lm is None else self.lm[a:b])
+                            cut(self.lm), cut(self.host_lens), cut(self.host_count))
 
     def to_lists(self) -> List[List[tuple]]:
         """-> per utterance [(tokens, ctc[, lm]), ...], as the C++ search returns them."""
         lm = None if self.lm is None else self.lm.cpu().numpy()
         return nbest_lists(self.tokens.cpu().numpy(), self.lens.cpu().numpy(), self.ctc.cpu().numpy(),
                            self.count.cpu().numpy(), lm)
+
+    def copy_lengths_to_host(self) -> None:
+        """Queue copies of lens and count into (pinned) host memory on the current stream;
+        host_lens / host_count hold them once that stream is past this call (record an
+        event after it and wait for that before reading them)."""
+        self.host_lens, self.host_count = _to_host_async(self.lens), _to_host_async(self.count)
+
+
+def _to_host_async(t: torch.Tensor) -> torch.Tensor:
+    """A host copy of t queued on the current stream (pinned memory when t is on a GPU)."""
+    if t.device.type != "cuda":
+        return t.clone()
+    host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    host.copy_(t, non_blocking=True)
+    return host
 
 
 _WORK: dict = {}
@@ -119,7 +140,7 @@ def rescoring_tensors(out: SearchOutput, beam: int, sos: int, eos: int
     B = out.tokens.shape[0]
     slot = torch.minimum(torch.arange(beam, device=dev)[None, :], (out.count.long() - 1).clamp(min=0)[:, None])
     n = out.lens.long().gather(1, slot)                              # (B, beam)
-    L = max(int(n.max()) if n.numel() else 0, 0)
+    L = _packed_len(out, beam) if out.host_lens is not None else max(int(n.max()) if n.numel() else 0, 0)
     toks = out.tokens.long().gather(1, slot[:, :, None].expand(B, beam, out.tokens.shape[2]))[:, :, :L]
     q = torch.arange(L, device=dev)[None, None, :]
     inside = q < n[:, :, None]
@@ -147,11 +168,49 @@ def pick_rescored(out: SearchOutput, scores: torch.Tensor, best: torch.Tensor,
     return torch.where(real, total, torch.full_like(total, -np.inf)).argmax(dim=1)
 
 
-def best_tokens(out: SearchOutput, index: torch.Tensor) -> List[List[int]]:
-    """The token ids of hypothesis index[b] of each utterance, on the host (one copy)."""
+def _packed_len(out: SearchOutput, beam: int) -> int:
+    """The longest hypothesis rescoring_tensors packs (slots past count repeat the last one),
+    from the host copies of lens and count."""
+    lens, count = out.host_lens.numpy(), out.host_count.numpy().astype(np.int64)
+    slot = np.minimum(np.arange(beam)[None, :], np.maximum(count - 1, 0)[:, None])
+    n = np.take_along_axis(lens, slot, axis=1)
+    return max(int(n.max()) if n.size else 0, 0)
+
+
+class TokenFetch:
+    """The winners' token ids on their way to the host (see fetch_best_tokens)."""
+    def __init__(self, toks: torch.Tensor, n: torch.Tensor, done: Optional[torch.cuda.Event]):
+        self.toks, self.n, self.done = toks, n, done
+
+    def lists(self) -> List[List[int]]:
+        """Wait for the copies (this thread only) -> token ids per utterance."""
+        if self.done is not None:
+            self.done.synchronize()
+        toks = self.toks.numpy()
+        return [toks[b, :k].tolist() for b, k in enumerate(self.n.numpy().tolist())]
+
+
+def fetch_best_tokens(out: SearchOutput, index: torch.Tensor) -> TokenFetch:
+    """Queue the copy of hypothesis index[b] of each utterance to the host on the current
+    stream; TokenFetch.lists() waits for it. With the host lengths (copy_lengths_to_host)
+    nothing here waits for the GPU, so a caller can queue this under a lock and wait after
+    releasing it."""
     B = out.tokens.shape[0]
     rows = torch.arange(B, device=out.tokens.device)
     n = out.lens[rows, index]
-    L = max(int(n.max()) if B else 0, 0)
-    toks = out.tokens[rows, index, :L].cpu().numpy()
-    return [toks[b, :k].tolist() for b, k in enumerate(n.cpu().tolist())]
+    if out.host_lens is not None:  # an upper bound of n: every hypothesis' length
+        L = int(out.host_lens.numpy().max()) if B else 0
+    else:
+        L = max(int(n.max()) if B else 0, 0)
+    toks = _to_host_async(out.tokens[rows, index, :L])
+    n = _to_host_async(n)
+    done = None
+    if out.tokens.device.type == "cuda":
+        done = torch.cuda.Event()
+        done.record(torch.cuda.current_stream(out.tokens.device))
+    return TokenFetch(toks, n, done)
+
+
+def best_tokens(out: SearchOutput, index: torch.Tensor) -> List[List[int]]:
+    """The token ids of hypothesis index[b] of each utterance, on the host (one copy)."""
+    return fetch_best_tokens(out, index).lists()

@@ -590,10 +590,11 @@ class _Timings:
 
 class _FusedBatch:
     """One group of requests between the device stage and its responses."""
-    def __init__(self, requests, counts, out, host, enc, enc_lens):
+    def __init__(self, requests, counts, out, host, enc, enc_lens, out_frames=None):
         self.requests, self.counts, self.out = requests, counts, out
         self.host = host          # encoder_out_lens, beam_log_probs(_idx): numpy
         self.enc, self.enc_lens = enc, enc_lens  # encoder_out (+ lens) where rescoring reads them
+        self.out_frames = out_frames  # encoder_out_lens known on the host (GPU path), numpy
         self.t_submit = 0.0
 
 
@@ -757,9 +758,12 @@ class FusedAsr:
         if not wavs:
             return None
         feats = lens = None
-        if not self.gpu_fbank:  # CPU fbank needs no lock
+        if self.gpu_fbank:  # the frame counts on the host: the GPU work below is only queued
+            frames = [self.front.torch_fbank.num_frames(len(w)) for w in wavs]
+        else:  # CPU fbank needs no lock
             fs = self.front.fbank_batch(wavs)
             feats, lens = _cat_padded([f[None] for f in fs], axis=1), np.array([f.shape[0] for f in fs], np.int32)
+            frames = lens.tolist()
             t1b = time.perf_counter()
             self.timer.add("fbank", t1b - t1)
             t1 = t1b
@@ -771,13 +775,18 @@ class FusedAsr:
                 t3 = time.perf_counter()
                 self.timer.add("fbank", t3 - t2)
                 t2 = t3
-            host, enc, enc_lens = self._encode(feats, lens)
+            host, enc, enc_lens = self._encode(feats, lens, frames)
             del feats, lens  # GPU memory is freed under the lock (no other thread's graph capture)
         self.timer.add("encode", time.perf_counter() - t2)
-        return _FusedBatch(requests, counts, out, host, enc, enc_lens)
+        out_frames = None
+        if self.on_device:
+            out_frames = np.array([self.engine.fm.out_frames(k) for k in frames], np.int64)
+        return _FusedBatch(requests, counts, out, host, enc, enc_lens, out_frames)
 
-    def _encode(self, feats, lens):
-        """-> (host outputs for the search, encoder_out, encoder_out_lens for rescoring)."""
+    def _encode(self, feats, lens, frames):
+        """-> (host outputs for the search, encoder_out, encoder_out_lens for rescoring).
+        On the GPU with the GPU search nothing here waits for the device (frames: the
+        frame counts on the host size the outputs)."""
         if not self.on_device:
             enc = self.engine.encode(feats, lens)
             return enc, enc["encoder_out"], enc["encoder_out_lens"]
@@ -787,7 +796,7 @@ class FusedAsr:
         if isinstance(feats, np.ndarray):
             feats = torch.from_numpy(np.ascontiguousarray(feats)).to(dev)
             lens = torch.from_numpy(lens.astype(np.int32)).to(dev)
-        out, out_lens, _, topv, topi = self.engine.encode_tensors(feats, lens)
+        out, out_lens, _, topv, topi = self.engine.encode_tensors(feats, lens, host_lens=frames)
         if self.gpu_search is not None:  # the n-best stays on the GPU
             found, done = self._launch_search(topv, topi, out_lens)
             host = {"search": found, "search_done": done}
@@ -810,6 +819,7 @@ class FusedAsr:
         with torch.cuda.stream(side):
             found = self.gpu_search.ctc_search(*inputs, s.beam_size, s.blank, self.gpu_lm, self.lm_weight,
                                                self.length_bonus)
+            found.copy_lengths_to_host()  # the packing sizes its tensors from these (no sync)
             done = torch.cuda.Event()
             done.record(side)
         for t in inputs:
@@ -850,35 +860,51 @@ class FusedAsr:
 
     def _back_gpu(self, batch: _FusedBatch):
         """The batch's n-best is on the GPU (search_device gpu): decoder inputs packed, the
-        attention decoder and the pick there too; only the winners' token ids come back."""
+        attention decoder and the pick there too; only the winners' token ids come back.
+        This thread waits for the search and for the ids outside gpu_lock: under it, the
+        work is only queued (lengths come from the host copies), so the other threads'
+        batches queue theirs meanwhile."""
         import torch
 
         gs, s = self.gpu_search, self.settings
         found = batch.host["search"]
         n = found.count.shape[0]
         t0 = time.perf_counter()
+        batch.host["search_done"].synchronize()  # the search's stream only
+        t1 = time.perf_counter()
         with self.gpu_lock:
-            t1 = time.perf_counter()
+            t2 = time.perf_counter()
             torch.cuda.current_stream(self.search_stream.device).wait_event(batch.host["search_done"])
+            part = None
             if self.rescoring:
                 picks = []
                 for i in range(0, n, self.chunk):  # the decoder's max batch each
                     j = min(n, i + self.chunk)
                     part = found.rows(i, j)
-                    t = int(batch.enc_lens[i:j].max())
+                    t = int(batch.out_frames[i:j].max())
                     best, score = self.engine.rescore_tensors(
                         batch.enc[i:j, :t], batch.enc_lens[i:j], *gs.rescoring_tensors(part, s.beam_size, s.sos, s.eos))
                     picks.append(gs.pick_rescored(part, score, best, self.lm_rescore_weight))
                 index = torch.cat(picks)
             else:
                 index = torch.zeros(n, dtype=torch.int64, device=found.count.device)
-            ids = gs.best_tokens(found, index)
-            batch.enc = batch.enc_lens = batch.host = None  # freed under the lock
-        t2 = time.perf_counter()
-        self.timer.add("rescore_wait", t1 - t0)
-        self.timer.add("rescore", t2 - t1)
+            fetch = gs.fetch_best_tokens(found, index)
+            # the n-best (the search stream's memory) is read by work queued here: the
+            # allocator must not hand it to the next search before this stream is past it
+            cur = torch.cuda.current_stream(self.search_stream.device)
+            for t in (found.tokens, found.lens, found.ctc, found.count, found.lm):
+                if t is not None:
+                    t.record_stream(cur)
+            batch.enc = batch.enc_lens = batch.host = found = part = None  # freed under the lock
+        t3 = time.perf_counter()
+        ids = fetch.lists()
+        t4 = time.perf_counter()
+        self.timer.add("search_wait", t1 - t0)
+        self.timer.add("rescore_wait", t2 - t1)
+        self.timer.add("rescore", t3 - t2)
+        self.timer.add("ids_wait", t4 - t3)
         self._respond(batch, ids)
-        self.timer.add("responses", time.perf_counter() - t2)
+        self.timer.add("responses", time.perf_counter() - t4)
 
     def _respond(self, batch: _FusedBatch, ids: List):
         """One TRANSCRIPTS response per request with utterances (ids: token ids per utterance)."""
