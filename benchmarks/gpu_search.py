@@ -63,6 +63,8 @@ def main():
     fb = Fbank(eng.settings.fbank)
     n = int(a.seconds * eng.settings.fbank.sample_rate)
     files = sorted(glob.glob(os.path.join(a.wav_dir, "*.wav")))
+    if not files:
+        raise SystemExit(f"no .wav files in --wav-dir {a.wav_dir}")
     wavs = [np.resize(read_audio(f), n).astype(np.float32) for f in files]
     pool = ThreadPoolExecutor(a.threads)
     rows = []

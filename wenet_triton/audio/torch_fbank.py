@@ -5,8 +5,10 @@ energy_floor 0, snip_edges). Used by the Triton feature extractor on GPU hosts; 
 path keeps kaldi-native-fbank."""
 from __future__ import annotations
 
+import collections
 import math
-from typing import List, Sequence
+import threading
+from typing import List, Sequence, Union
 
 import numpy as np
 import torch
@@ -50,37 +52,59 @@ class TorchFbank:
         self.window = window.float().to(self.device)
         self.banks = torch.from_numpy(kaldi_mel_banks(conf.num_mel_bins, self.n_fft, sr)).to(self.device)
         self.eps = torch.finfo(torch.float32).eps
-        self._pinned, self._copied = None, None
+        # pinned staging buffers (CUDA), each with the event of the last upload from it; a
+        # thread takes a free one, fills it and gives it back once its upload is queued
+        self._free: collections.deque = collections.deque()
+        self._free_lock = threading.Lock()
 
-    def _host_buffer(self, b: int, n: int) -> torch.Tensor:
-        """(b, n) staging tensor: pinned and reused on CUDA (after the last copy from it
-        finished), so the upload is one asynchronous DMA."""
+    def _take(self, b: int, n: int) -> "_Slot":
+        """A (b, n) float32 staging buffer: pinned on CUDA (the upload is one asynchronous
+        DMA) and not being filled or uploaded from by anyone else."""
         if self.device.type != "cuda":
-            return torch.empty(b, n, dtype=torch.float32)
-        if self._copied is None:
-            self._copied = torch.cuda.Event()
-        self._copied.synchronize()
-        if self._pinned is None or self._pinned.numel() < b * n:
-            self._pinned = torch.empty(max(b * n, 1 << 20), dtype=torch.float32, pin_memory=True)
-        return self._pinned[: b * n].view(b, n)
+            return _Slot(torch.empty(b, n, dtype=torch.float32), None, b * n)
+        with self._free_lock:
+            slot = self._free.popleft() if self._free else None
+        if slot is None:
+            slot = _Slot(None, torch.cuda.Event(), 0)
+        slot.event.synchronize()  # its previous upload is done
+        if slot.buf is None or slot.buf.numel() < b * n:
+            slot.buf = torch.empty(max(b * n, 1 << 20), dtype=torch.float32, pin_memory=True)
+        slot.used = b * n
+        return slot
+
+    def _upload(self, slot: "_Slot", shape) -> torch.Tensor:
+        """Queue the staging buffer's copy to self.device and give the buffer back."""
+        host = slot.buf[: slot.used].view(*shape)
+        if slot.event is None:
+            return host.to(self.device)
+        x = host.to(self.device, non_blocking=True)
+        slot.event.record(torch.cuda.current_stream(self.device))
+        with self._free_lock:
+            self._free.append(slot)
+        return x
+
+    def stage(self, wavs: Sequence[np.ndarray]) -> "Staged":
+        """The host half of batch_tensor: the waveforms copied into a (pinned) buffer. Needs
+        no GPU lock; batch_tensor(staged) then only queues GPU work."""
+        n = max(len(w) for w in wavs)
+        slot = self._take(len(wavs), n)
+        view = slot.buf[: slot.used].view(len(wavs), n).numpy()
+        for i, w in enumerate(wavs):  # numpy row copies: no torch CPU ops (thread pools)
+            view[i, : len(w)] = w
+            view[i, len(w):] = 0.0
+        return Staged(slot, (len(wavs), n), [self.num_frames(len(w)) for w in wavs])
 
     def num_frames(self, n_samples: int) -> int:
         return num_frames(self.conf, n_samples)
 
     @torch.inference_mode()
-    def batch_tensor(self, wavs: Sequence[np.ndarray]):
-        """Float waveforms in [-1, 1) -> (feats (B, T, num_mel_bins) float32, lens (B,) int32),
-        both on self.device; frames past an utterance's length are zero (like padded batches)."""
-        n_frames = [self.num_frames(len(w)) for w in wavs]
-        n = max(len(w) for w in wavs)
-        host = self._host_buffer(len(wavs), n)
-        view = host.numpy()
-        for i, w in enumerate(wavs):  # numpy row copies: no torch CPU ops (thread pools)
-            view[i, : len(w)] = w
-            view[i, len(w):] = 0.0
-        x = host.to(self.device, non_blocking=True)
-        if self._copied is not None:  # on the stream that copies (self.device's, not the current device's)
-            self._copied.record(torch.cuda.current_stream(self.device))
+    def batch_tensor(self, wavs: Union[Sequence[np.ndarray], "Staged"]):
+        """Float waveforms in [-1, 1) (or stage() of them) -> (feats (B, T, num_mel_bins)
+        float32, lens (B,) int32), both on self.device; frames past an utterance's length
+        are zero (like padded batches)."""
+        staged = wavs if isinstance(wavs, Staged) else self.stage(wavs)
+        n_frames = staged.frames
+        x = self._upload(staged.slot, staged.shape)
         x = x * 32768.0
         feats = self._fbank(x.unfold(1, self.win, self.shift))  # frames (B, F, win)
         lens = torch.tensor(n_frames, dtype=torch.int32).to(self.device, non_blocking=True)
@@ -106,16 +130,14 @@ class TorchFbank:
         n = sum(sizes)
         if n == 0:
             return [np.zeros((0, self.conf.num_mel_bins), np.float32) for _ in frame_sets]
-        host = self._host_buffer(n, self.win)
-        view = host.numpy()
+        slot = self._take(n, self.win)
+        view = slot.buf[: slot.used].view(n, self.win).numpy()
         at = 0
         for f, k in zip(frame_sets, sizes):  # the one copy of the samples into the batch
             if k:
                 view[at:at + k] = f
                 at += k
-        x = host.to(self.device, non_blocking=True)
-        if self._copied is not None:
-            self._copied.record(torch.cuda.current_stream(self.device))
+        x = self._upload(slot, (n, self.win))
         feats = self._fbank(x * 32768.0).cpu().numpy()
         out, at = [], 0
         for k in sizes:
@@ -128,3 +150,15 @@ class TorchFbank:
         feats, lens = self.batch_tensor(wavs)
         feats = feats.cpu().numpy()
         return [feats[i, :n] for i, n in enumerate(lens.cpu().tolist())]
+
+
+class _Slot:
+    """A staging buffer, the event of its last upload (None off CUDA) and the part in use."""
+    def __init__(self, buf, event, used: int):
+        self.buf, self.event, self.used = buf, event, used
+
+
+class Staged:
+    """Waveforms in a staging buffer (TorchFbank.stage), waiting for batch_tensor."""
+    def __init__(self, slot: _Slot, shape, frames: List[int]):
+        self.slot, self.shape, self.frames = slot, shape, frames

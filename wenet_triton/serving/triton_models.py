@@ -758,8 +758,12 @@ class FusedAsr:
         if not wavs:
             return None
         feats = lens = None
-        if self.gpu_fbank:  # the frame counts on the host: the GPU work below is only queued
-            frames = [self.front.torch_fbank.num_frames(len(w)) for w in wavs]
+        if self.gpu_fbank:  # samples into a pinned buffer before the lock; under it the
+            staged = self.front.torch_fbank.stage(wavs)  # GPU work is only queued
+            frames = staged.frames
+            t1b = time.perf_counter()
+            self.timer.add("stage", t1b - t1)
+            t1 = t1b
         else:  # CPU fbank needs no lock
             fs = self.front.fbank_batch(wavs)
             feats, lens = _cat_padded([f[None] for f in fs], axis=1), np.array([f.shape[0] for f in fs], np.int32)
@@ -771,7 +775,7 @@ class FusedAsr:
             t2 = time.perf_counter()
             self.timer.add("device_wait", t2 - t1)
             if self.gpu_fbank:  # batched torch fbank on the engine's GPU
-                feats, lens = self.front.torch_fbank.batch_tensor(wavs)
+                feats, lens = self.front.torch_fbank.batch_tensor(staged)
                 t3 = time.perf_counter()
                 self.timer.add("fbank", t3 - t2)
                 t2 = t3
