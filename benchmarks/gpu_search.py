@@ -4,12 +4,15 @@ search (one thread and a thread pool, including the top-k copy to the host it ne
 and without the model's n-gram LM, on the top-k of real encoder output (torch_cuda, fp16) of
 fixed-length utterances; torchaudio's cuda_ctc_decoder (no LM, its own pruning) as a speed
 reference where installed. Checks that the GPU n-best token ids equal the C++ search's.
-Writes gpu_search.csv and gpu_search.png to --out.
+Writes gpu_search.csv and gpu_search.png to --out. --phases: a profiling build of the kernels
+(-DWKS_PHASE_TIMES) also splits the GPU search's time per frame into its phases
+(search_phases.csv: parents, candidates with the LM, ranking, gather, trie, n-best).
 
     .venv/bin/python benchmarks/gpu_search.py --wav-dir WAVS --batches 1 8 32 64 --out DIR
 """
 import argparse
 import csv
+import ctypes
 import glob
 import os
 import time
@@ -22,7 +25,7 @@ from wenet_triton.audio.frontend import Fbank, pad_feats, read_audio
 from wenet_triton.decode.native import prefix_beam_search_batch
 from wenet_triton.decode.options import load_lm, resolve
 from wenet_triton.decode.vocab import Vocab
-from wenet_triton.engines import gpu_search, open_engine
+from wenet_triton.engines import gpu_search, kernels, open_engine
 from wenet_triton.engines.artifacts import ensure_export
 from wenet_triton.paths import SAMPLES_DIR, default_model_dir
 
@@ -47,8 +50,15 @@ def main():
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--out", default="gpu_search_out")
     p.add_argument("--plot-csv", help="only plot this CSV of an earlier run (into --out)")
+    p.add_argument("--phases", action="store_true",
+                   help="build and use the kernels with the search's phase timers (slightly slower)")
     a = p.parse_args()
     os.makedirs(a.out, exist_ok=True)
+    phase_rows = []
+    if a.phases:  # before anything loads the kernels
+        os.environ["NVCC_FLAGS"] = "-DWKS_PHASE_TIMES"
+        lib = os.path.join(os.path.abspath(a.out), "libwenet_kernels_phases.so")
+        os.environ["WENET_KERNELS_LIB"] = kernels.build(lib)
     if a.plot_csv:
         with open(a.plot_csv) as f:
             rows = [{k: (v if k in ("lm", "nbest_identical", "top1_identical") else float(v))
@@ -101,7 +111,11 @@ def main():
 
             ms1, want = timed(cpp1, a.reps)
             msn, _ = timed(cppn, a.reps)
+            if a.phases:
+                phase_cycles(reset=True)
             msg, got = timed(gpu, a.reps)
+            if a.phases:
+                phase_rows += phase_split(phase_cycles(), msg, int(out_lens.max()), B, name, a.seconds)
             if name == "lm" or lm is None:  # the steps after the search in the fused model, on the GPU
 
                 def after_search(found=got, w_lm=dec.lm_rescore_weight if m is not None else 0.0):
@@ -134,7 +148,32 @@ def main():
         wr = csv.DictWriter(f, fieldnames=keys)
         wr.writeheader()
         wr.writerows(rows)
+    if phase_rows:
+        with open(os.path.join(a.out, "search_phases.csv"), "w", newline="") as f:
+            wr = csv.DictWriter(f, fieldnames=list(phase_rows[0]))
+            wr.writeheader()
+            wr.writerows(phase_rows)
     plot(rows, a)
+
+
+PHASES = ("parents", "candidates_lm", "ranking", "gather", "trie", "nbest")
+
+
+def phase_cycles(reset: bool = False):
+    """The profiling build's cycle sums per phase (all blocks, all launches since the reset)."""
+    buf = (ctypes.c_ulonglong * 8)()
+    torch.cuda.synchronize()
+    kernels._check(kernels.load().lib.wk_ctc_search_phase_cycles(buf, int(reset)), "phase cycles")
+    return list(buf)[:len(PHASES)]
+
+
+def phase_split(cycles, ms, frames, B, lm, seconds):
+    """Each phase's share of the cycles, as µs per frame of the measured search time."""
+    total = max(sum(cycles), 1)
+    rows = [{"batch": B, "seconds": seconds, "lm": lm, "phase": n, "share": round(c / total, 4),
+             "us_per_frame": round(ms * 1e3 * c / total / max(frames, 1), 3)} for n, c in zip(PHASES, cycles)]
+    print("phases:", ", ".join(f"{r['phase']} {r['us_per_frame']} µs" for r in rows), flush=True)
+    return rows
 
 
 def plot(rows, a):

@@ -4,7 +4,8 @@
 #   build.sh search  OUT.so            C++ CTC prefix beam search (any C++17 compiler; $CXX)
 #   build.sh kernels OUT.so [ARCH...]  CUDA kernels for the torch_cuda engine (nvcc; $NVCC)
 #   build.sh trt     OUT.so [ARCH...]  TensorRT plugins around the same kernels (nvcc + libnvinfer)
-# ARCH: SM versions such as 90 80 (default 80 86 89 90). Writes OUT atomically.
+# ARCH: SM versions such as 90 80 (default 80 86 89 90). Writes OUT atomically. NVCC_FLAGS:
+# extra nvcc flags for `kernels` (e.g. -DWKS_PHASE_TIMES, the search's phase profile).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 target=${1:?usage: build.sh search|kernels|trt OUT.so [ARCH...]}
@@ -21,7 +22,8 @@ case "$target" in
   search)
     "${CXX:-g++}" -O2 -std=c++17 -shared -fPIC -o "$tmp" "$here/ctc_prefix_beam_search.cpp" ;;
   kernels)
-    "${NVCC:-nvcc}" -O3 -std=c++17 -Xcompiler -fPIC -shared -I"$here" -o "$tmp" \
+    # shellcheck disable=SC2086  # NVCC_FLAGS: extra flags, e.g. -DWKS_PHASE_TIMES (profiling)
+    "${NVCC:-nvcc}" -O3 -std=c++17 -Xcompiler -fPIC -shared -I"$here" -o "$tmp" ${NVCC_FLAGS:-} \
       "$here/wenet_kernels.cu" "$here/ctc_search_gpu.cu" "${gencode[@]}" ;;
   trt)
     "${NVCC:-nvcc}" -O3 -std=c++17 -Xcompiler -fPIC -shared -I"$here" -o "$tmp" \

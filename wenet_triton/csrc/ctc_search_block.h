@@ -35,6 +35,25 @@
 
 namespace wks {
 
+// WKS_PHASE_TIMES (a profiling build: NVCC_FLAGS=-DWKS_PHASE_TIMES build.sh kernels ...):
+// thread 0 of every block adds the clock cycles of each phase of the frame loop, barrier to
+// barrier, into wks_phase_cycles (read by wk_ctc_search_phase_cycles; benchmarks/search_phases.py).
+#if defined(__CUDACC__) && defined(WKS_PHASE_TIMES)
+__device__ unsigned long long wks_phase_cycles[8];
+#endif
+#if defined(__CUDA_ARCH__) && defined(WKS_PHASE_TIMES)
+#define WKS_MARK(p)                                                                    \
+  if (tid == 0) {                                                                      \
+    const long long now_ = clock64();                                                  \
+    atomicAdd(&wks_phase_cycles[p], (unsigned long long)(now_ - wks_t_));              \
+    wks_t_ = now_;                                                                     \
+  }
+#define WKS_MARK_START() long long wks_t_ = clock64();
+#else
+#define WKS_MARK(p)
+#define WKS_MARK_START()
+#endif
+
 #define WKS_NEG_INF (-(double)INFINITY)
 constexpr uint64_t EMPTY_KEY = ~(uint64_t)0;
 constexpr int NO_POS = 0x7fffffff;
@@ -110,6 +129,7 @@ WKS_FN double lm_lookup(const LMTables& lm, const int* ctx, int n, int tok, int*
 struct Work {
   int32_t *parent, *token, *depth, *lmctx;  // trie nodes
   double* lm;
+  uint64_t* hist;  // the node's LM context (lmctx tokens, newest in the low bits, lm.bits each)
   uint64_t* hkey;  // (parent, token) -> node
   int32_t* hval;
   uint64_t hmask;
@@ -140,7 +160,7 @@ WKS_HD Sizes sizes(int T, int K, int beam) {
   s.sort = 2;
   while (s.sort < s.cands) s.sort <<= 1;
   auto a8 = [](int64_t n) { return (n + 7) & ~(int64_t)7; };
-  s.bytes = 4 * a8(4 * s.nodes) + 8 * s.nodes + 8 * s.hcap + a8(4 * s.hcap);
+  s.bytes = 4 * a8(4 * s.nodes) + 2 * 8 * s.nodes + 8 * s.hcap + a8(4 * s.hcap);
   s.fast_bytes = 3 * a8(4 * beam) + 2 * 8 * beam + 4 * a8(4 * beam) + 3 * 8 * beam +
                  4 * a8(4 * s.cands) + 3 * 8 * s.cands + 8 * s.sort + 2 * a8(4 * s.sort) + a8(4 * 2);
   return s;
@@ -155,6 +175,7 @@ WKS_FN Work bind(char* base, char* fast, const Sizes& s, int beam) {
   w.depth = (int32_t*)take(4 * s.nodes);
   w.lmctx = (int32_t*)take(4 * s.nodes);
   w.lm = (double*)take(8 * s.nodes);
+  w.hist = (uint64_t*)take(8 * s.nodes);
   w.hkey = (uint64_t*)take(8 * s.hcap);
   w.hval = (int32_t*)take(4 * s.hcap);
   w.hmask = (uint64_t)s.hcap - 1;
@@ -185,15 +206,22 @@ WKS_FN Work bind(char* base, char* fast, const Sizes& s, int beam) {
   return w;
 }
 
-// ln P(tok | the prefix at trie node `node`) (NgramLM::score of the C++ search).
+// ln P(tok | the prefix at trie node `node`) (NgramLM::score of the C++ search). The context
+// is the node's packed `hist` (the C++ search walks the prefix: the same tokens, newest first,
+// <s> where the prefix begins), one load instead of a chain of dependent ones.
 WKS_FN double lm_score(const LMTables& lm, const Work& w, int node, int tok, int* next_ctx) {
   int ctx[16];
-  int n = 0;
-  for (int x = node; n < w.lmctx[node]; x = w.parent[x]) {
-    if (x == 0) { ctx[n++] = lm.bos; break; }
-    ctx[n++] = w.token[x];
-  }
+  const int n = w.lmctx[node];
+  const uint64_t hist = w.hist[node], mask = (1ull << lm.bits) - 1;
+  for (int i = 0; i < n; ++i) ctx[i] = (int)((hist >> (i * lm.bits)) & mask);
   return lm_lookup(lm, ctx, n, tok, next_ctx);
+}
+
+// The packed context of prefix (parent + tok) whose longest LM suffix has `ctx` tokens: tok,
+// then the parent's newest ctx - 1 (ctx <= the parent's lmctx + 1).
+WKS_FN uint64_t child_hist(const Work& w, int parent, int tok, int ctx, int bits) {
+  const uint64_t h = (w.hist[parent] << bits) | (uint64_t)(uint32_t)tok;
+  return ctx * bits >= 64 ? h : h & ((1ull << (ctx * bits)) - 1);
 }
 
 WKS_FN int atomic_add(int32_t* p, int v) {
@@ -219,7 +247,7 @@ WKS_FN uint64_t atomic_cas(uint64_t* p, uint64_t expect, uint64_t value) {
 
 // The trie node of prefix (parent node + tok), made if new. Threads calling this at once
 // must ask for different prefixes (the survivors of a frame are different prefixes).
-WKS_FN int trie_child(const Work& w, int parent, int tok, double lmv, int ctx) {
+WKS_FN int trie_child(const Work& w, int parent, int tok, double lmv, int ctx, int bits) {
   const uint64_t key = ((uint64_t)(uint32_t)parent << 32) | (uint32_t)tok;
   for (uint64_t h = ((key * 0x9E3779B97F4A7C15ull) >> 40) & w.hmask;; h = (h + 1) & w.hmask) {
     uint64_t k = w.hkey[h];
@@ -232,6 +260,7 @@ WKS_FN int trie_child(const Work& w, int parent, int tok, double lmv, int ctx) {
         w.depth[id] = w.depth[parent] + 1;
         w.lm[id] = lmv;
         w.lmctx[id] = ctx;
+        w.hist[id] = child_hist(w, parent, tok, ctx, bits);
         w.hval[h] = id;
         return id;
       }
@@ -288,10 +317,12 @@ WKS_FN void search_utterance(const Args& a, int b, char* work, char* fast, int t
   for (int64_t x = tid; x < sz.hcap; x += nt) w.hkey[x] = EMPTY_KEY;
   if (tid == 0) {
     w.parent[0] = -1; w.token[0] = -1; w.depth[0] = 0; w.lm[0] = 0.0; w.lmctx[0] = 1;
+    w.hist[0] = has_lm ? (uint64_t)(uint32_t)a.lm.bos : 0;
     w.cnode[0] = 0; w.cpb[0] = 0.0; w.cpnb[0] = WKS_NEG_INF;
     w.scal[0] = 1; w.scal[1] = 1;
   }
   WKS_SYNC();
+  WKS_MARK_START();
   const int len = a.lens[b] < a.T ? (a.lens[b] > 0 ? a.lens[b] : 0) : a.T;
   for (int t = 0; t < len; ++t) {
     const float* v = a.topv + ((int64_t)b * a.T + t) * a.K;
@@ -309,6 +340,7 @@ WKS_FN void search_utterance(const Args& a, int b, char* work, char* fast, int t
       w.ctok[g] = node == 0 ? -1 : w.token[node];
     }
     WKS_SYNC();
+    WKS_MARK(0);
     // (2) candidates: c < beam is hypothesis c staying, beam + h * width + j is hypothesis h
     // extended by top-k symbol j. Insertion order: (j * ncur + h) * 2 (+1 for the extension
     // made after the stay in WeNet's repeated-symbol case).
@@ -387,35 +419,26 @@ WKS_FN void search_utterance(const Args& a, int b, char* work, char* fast, int t
       if (has_lm) key = key + dmul(lw, lmv) + dmul(lb, (double)depth);
       w.sort_key[c] = pos == NO_POS ? WKS_NEG_INF : key;
       w.sort_pos[c] = pos;
-      w.sort_idx[c] = c;
-    }
-    int P = 2;  // (3) a bitonic sort of the candidates (padded to a power of two) in beam order
-    while (P < ncand) P <<= 1;
-    for (int c = ncand + tid; c < P; c += nt) {
-      w.sort_key[c] = WKS_NEG_INF;
-      w.sort_pos[c] = NO_POS;
-      w.sort_idx[c] = -1;
+      if (c < beam) w.sort_idx[c] = -1;  // the next beam's places (ncand >= beam)
     }
     WKS_SYNC();
-    for (int k = 2; k <= P; k <<= 1) {
-      for (int j = k >> 1; j > 0; j >>= 1) {
-        for (int i = tid; i < P; i += nt) {
-          const int o = i ^ j;
-          if (o <= i) continue;
-          const bool first = (i & k) == 0;  // this run puts the entry ahead first
-          const bool swap = first ? ahead(w.sort_key[o], w.sort_pos[o], w.sort_key[i], w.sort_pos[i])
-                                  : ahead(w.sort_key[i], w.sort_pos[i], w.sort_key[o], w.sort_pos[o]);
-          if (swap) {
-            const double tk = w.sort_key[i]; w.sort_key[i] = w.sort_key[o]; w.sort_key[o] = tk;
-            const int tp = w.sort_pos[i]; w.sort_pos[i] = w.sort_pos[o]; w.sort_pos[o] = tp;
-            const int ti = w.sort_idx[i]; w.sort_idx[i] = w.sort_idx[o]; w.sort_idx[o] = ti;
-          }
-        }
-        WKS_SYNC();
-      }
+    WKS_MARK(1);
+    // (3) the next beam: each candidate counts the candidates ahead of it in beam order
+    // (score, then first insertion: a total order, insertions are distinct) and, when fewer
+    // than `beam` are, takes that place: the first `beam` of the C++ search's stable sort
+    for (int c = tid; c < ncand; c += nt) {
+      const int pc = w.sort_pos[c];
+      if (pc == NO_POS) continue;
+      const double kc = w.sort_key[c];
+      int rank = 0;
+      for (int d = 0; d < ncand && rank < beam; ++d)
+        rank += w.sort_pos[d] != NO_POS && ahead(w.sort_key[d], w.sort_pos[d], kc, pc);
+      if (rank < beam) w.sort_idx[rank] = c;
     }
-    int nnext = 0;  // candidates sort ahead of the padding (NO_POS)
-    while (nnext < beam && w.sort_pos[nnext] != NO_POS) ++nnext;
+    WKS_SYNC();
+    WKS_MARK(2);
+    int nnext = 0;  // the places taken: 0 .. (valid candidates or beam) - 1
+    while (nnext < beam && w.sort_idx[nnext] >= 0) ++nnext;
     for (int r = tid; r < nnext; r += nt) {
       const int c = w.sort_idx[r];
       w.nnode[r] = c < beam ? w.cnd_node[c] : -1;
@@ -427,14 +450,17 @@ WKS_FN void search_utterance(const Args& a, int b, char* work, char* fast, int t
       w.nlm[r] = w.cnd_lm[c];
     }
     WKS_SYNC();
+    WKS_MARK(3);
     // (4) the survivors become the beam
     for (int r = tid; r < nnext; r += nt) {
-      w.cnode[r] = w.nnode[r] >= 0 ? w.nnode[r] : trie_child(w, w.nparent[r], w.ntok[r], w.nlm[r], w.nctx[r]);
+      w.cnode[r] = w.nnode[r] >= 0 ? w.nnode[r]
+                                    : trie_child(w, w.nparent[r], w.ntok[r], w.nlm[r], w.nctx[r], a.lm.bits);
       w.cpb[r] = w.npb[r];
       w.cpnb[r] = w.npnb[r];
     }
     if (tid == 0) w.scal[0] = nnext;
     WKS_SYNC();
+    WKS_MARK(4);
   }
   // the n-best: with an LM each prefix closed with </s> and ordered by the fused score
   const int ncur = w.scal[0];
@@ -471,6 +497,7 @@ WKS_FN void search_utterance(const Args& a, int b, char* work, char* fast, int t
     if (a.out_lm) a.out_lm[o] = w.cnd_lm[i];
   }
   if (tid == 0) a.out_count[b] = ncur;
+  WKS_MARK(5);
 }
 
 }  // namespace wks

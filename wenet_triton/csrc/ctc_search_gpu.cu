@@ -55,4 +55,17 @@ int wk_ctc_search(const float* topv, const int64_t* topi, const int32_t* lens, i
   return (int)cudaGetLastError();
 }
 
+#if defined(WKS_PHASE_TIMES)
+// The profiling build's phase cycles (summed over the blocks of all launches since the last
+// reset): parents, candidates (with the LM), ranking, gather, trie, n-best.
+int wk_ctc_search_phase_cycles(unsigned long long* out, int reset) {
+  cudaError_t e = cudaMemcpyFromSymbol(out, wks::wks_phase_cycles, 8 * sizeof(unsigned long long));
+  if (e == cudaSuccess && reset) {
+    const unsigned long long zero[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    e = cudaMemcpyToSymbol(wks::wks_phase_cycles, zero, sizeof(zero));
+  }
+  return (int)e;
+}
+#endif
+
 }  // extern "C"
