@@ -6,7 +6,8 @@
 # Everything lands in $OUT.
 # Env: OUT, WENET_SHARED (the shared test assets; default ../shared), TESTS_EXTRA, BENCH_ARGS,
 # WAV_DIR (wavs for the search benchmark; default synth_test under WENET_SHARED, else the
-# package samples), SEARCH_SECONDS (utterance lengths for it, default "5 20").
+# package samples), SEARCH_SECONDS (utterance lengths for it, default "5 20"). The search's
+# per-phase split (a profiling build) lands in gpu_search_phases/search_phases.csv.
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
 OUT=${OUT:-gpu_out}
@@ -34,6 +35,10 @@ for sec in ${SEARCH_SECONDS:-5 20}; do
     --out "$OUT/gpu_search_${sec}s" > "$OUT/gpu_search_${sec}s.log" 2>&1
   echo "gpu_search ${sec} s rc=$? ($(grep -c "'nbest_identical'" "$OUT/gpu_search_${sec}s.log") rows)"
 done
+# where a search frame's time goes (a profiling build of the kernels; benchmarks/gpu_search.py --phases)
+python3 benchmarks/gpu_search.py --wav-dir "$WAV_DIR" --seconds 5 --batches 128 --phases \
+  --out "$OUT/gpu_search_phases" > "$OUT/gpu_search_phases.log" 2>&1
+echo "gpu_search phases rc=$? ($(grep "^phases" "$OUT/gpu_search_phases.log" | tail -1))"
 python3 - "$OUT/bench/bench_speedup.csv" <<'PY'
 import csv, sys
 rows = list(csv.DictReader(open(sys.argv[1])))
