@@ -760,17 +760,14 @@ class FusedAsr:
         feats = lens = None
         if self.gpu_fbank:  # samples into a pinned buffer before the lock; under it the
             staged = self.front.torch_fbank.stage(wavs)  # GPU work is only queued
-            frames = staged.frames
-            t1b = time.perf_counter()
-            self.timer.add("stage", t1b - t1)
-            t1 = t1b
+            frames, host_stage = staged.frames, "stage"
         else:  # CPU fbank needs no lock
             fs = self.front.fbank_batch(wavs)
             feats, lens = _cat_padded([f[None] for f in fs], axis=1), np.array([f.shape[0] for f in fs], np.int32)
-            frames = lens.tolist()
-            t1b = time.perf_counter()
-            self.timer.add("fbank", t1b - t1)
-            t1 = t1b
+            frames, host_stage = lens.tolist(), "fbank"
+        t1b = time.perf_counter()
+        self.timer.add(host_stage, t1b - t1)
+        t1 = t1b
         with self.gpu_lock:
             t2 = time.perf_counter()
             self.timer.add("device_wait", t2 - t1)
@@ -878,7 +875,8 @@ class FusedAsr:
         t1 = time.perf_counter()
         with self.gpu_lock:
             t2 = time.perf_counter()
-            torch.cuda.current_stream(self.search_stream.device).wait_event(batch.host["search_done"])
+            cur = torch.cuda.current_stream(self.search_stream.device)
+            cur.wait_event(batch.host["search_done"])
             part = None
             if self.rescoring:
                 picks = []
@@ -895,7 +893,6 @@ class FusedAsr:
             fetch = gs.fetch_best_tokens(found, index)
             # the n-best (the search stream's memory) is read by work queued here: the
             # allocator must not hand it to the next search before this stream is past it
-            cur = torch.cuda.current_stream(self.search_stream.device)
             for t in (found.tokens, found.lens, found.ctc, found.count, found.lm):
                 if t is not None:
                     t.record_stream(cur)
