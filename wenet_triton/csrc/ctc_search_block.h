@@ -11,10 +11,12 @@
 // Per frame: (1) each beam hypothesis finds its parent among the others; (2) one thread per
 // candidate prefix (the beam's prefixes "stay", and prefix x top-k token "ext" unless that
 // equals a beam prefix) replays, in WeNet's insertion order (top-k symbol outer, hypothesis
-// inner), the log-adds that reach it, and scores the new prefixes with the LM; (3) each
-// candidate counts the candidates ranked above it (score, then first insertion: what a
-// stable sort gives) and the first `beam` take their places; (4) the survivors become trie
-// nodes (a hash from (parent, token) to node, so a prefix keeps its node, as in the C++ trie).
+// inner), the log-adds that reach it, and scores the new prefixes with the LM; (3) the
+// candidates are ranked (score, then first insertion: what a stable sort gives): each run of
+// 32 sorted by one warp, then an entry's rank = its place in its run + the entries of the other
+// runs ahead of it (binary searches), and the first `beam` take their places; (4) the
+// survivors become trie nodes (a hash from (parent, token) to node, so a prefix keeps its
+// node, as in the C++ trie). Phases inside one warp's run use WKS_WARP_SYNC (__syncwarp).
 #pragma once
 #include <math.h>
 #include <stdint.h>
@@ -29,8 +31,10 @@
 
 #if defined(__CUDA_ARCH__)
 #define WKS_SYNC() __syncthreads()
+#define WKS_WARP_SYNC() __syncwarp()
 #else
 #define WKS_SYNC()
+#define WKS_WARP_SYNC()
 #endif
 
 namespace wks {
@@ -139,8 +143,9 @@ struct Work {
   double *npb, *npnb, *nlm;
   int32_t *pos, *cnd_node, *cnd_tok, *cnd_ctx;  // candidates (pos NO_POS: none)
   double *cnd_pb, *cnd_pnb, *cnd_lm;
-  double* sort_key;  // the sort: P entries (score, insertion, candidate)
+  double* sort_key;  // the ranking: candidates in runs of 32 (score, insertion, candidate)
   int32_t *sort_pos, *sort_idx;
+  int32_t* place;  // the next beam's candidates by rank (-1: empty)
   int32_t* scal;  // [0] beam size, [1] trie nodes
 };
 
@@ -157,12 +162,11 @@ WKS_HD Sizes sizes(int T, int K, int beam) {
   s.hcap = 16;
   while (s.hcap < 2 * s.nodes) s.hcap <<= 1;
   s.cands = (int64_t)beam + (int64_t)beam * width;
-  s.sort = 2;
-  while (s.sort < s.cands) s.sort <<= 1;
+  s.sort = (s.cands + 31) / 32 * 32;  // whole runs of 32
   auto a8 = [](int64_t n) { return (n + 7) & ~(int64_t)7; };
   s.bytes = 4 * a8(4 * s.nodes) + 2 * 8 * s.nodes + 8 * s.hcap + a8(4 * s.hcap);
   s.fast_bytes = 3 * a8(4 * beam) + 2 * 8 * beam + 4 * a8(4 * beam) + 3 * 8 * beam +
-                 4 * a8(4 * s.cands) + 3 * 8 * s.cands + 8 * s.sort + 2 * a8(4 * s.sort) + a8(4 * 2);
+                 4 * a8(4 * s.cands) + 3 * 8 * s.cands + 8 * s.sort + 2 * a8(4 * s.sort) + a8(4 * beam) + a8(4 * 2);
   return s;
 }
 
@@ -202,6 +206,7 @@ WKS_FN Work bind(char* base, char* fast, const Sizes& s, int beam) {
   w.sort_key = (double*)take(8 * s.sort);
   w.sort_pos = (int32_t*)take(4 * s.sort);
   w.sort_idx = (int32_t*)take(4 * s.sort);
+  w.place = (int32_t*)take(4 * beam);
   w.scal = (int32_t*)take(4 * 2);
   return w;
 }
@@ -420,38 +425,71 @@ WKS_FN void search_utterance(const Args& a, int b, char* work, char* fast, int t
       w.sort_key[c] = pos == NO_POS ? WKS_NEG_INF : key;
       w.sort_pos[c] = pos;
       w.sort_idx[c] = c;
+      if (c < beam) w.place[c] = -1;  // the next beam's places (ncand >= beam)
     }
-    int P = 2;  // (3) a bitonic sort of the candidates (padded to a power of two) in beam order
-    while (P < ncand) P <<= 1;
-    for (int c = ncand + tid; c < P; c += nt) {
+    const int nrun = (ncand + 31) / 32;  // (3) the next beam, in two steps:
+    for (int c = ncand + tid; c < nrun * 32; c += nt) {
       w.sort_key[c] = WKS_NEG_INF;
       w.sort_pos[c] = NO_POS;
       w.sort_idx[c] = -1;
     }
     WKS_SYNC();
     WKS_MARK(1);
-    for (int k = 2; k <= P; k <<= 1) {
-      for (int j = k >> 1; j > 0; j >>= 1) {
-        for (int i = tid; i < P; i += nt) {
-          const int o = i ^ j;
-          if (o <= i) continue;
-          const bool first = (i & k) == 0;  // this run puts the entry ahead first
-          const bool swap = first ? ahead(w.sort_key[o], w.sort_pos[o], w.sort_key[i], w.sort_pos[i])
-                                  : ahead(w.sort_key[i], w.sort_pos[i], w.sort_key[o], w.sort_pos[o]);
-          if (swap) {
-            const double tk = w.sort_key[i]; w.sort_key[i] = w.sort_key[o]; w.sort_key[o] = tk;
-            const int tp = w.sort_pos[i]; w.sort_pos[i] = w.sort_pos[o]; w.sort_pos[o] = tp;
-            const int ti = w.sort_idx[i]; w.sort_idx[i] = w.sort_idx[o]; w.sort_idx[o] = ti;
+    // (3a) each run of 32 candidates sorted in beam order (score, then first insertion: a
+    // total order, insertions are distinct) by one warp, a bitonic sort with warp barriers
+    {
+      const int lanes = nt < 32 ? nt : 32, lane = tid % 32, nwarp = (nt + 31) / 32;
+      for (int run = tid / 32; run < nrun; run += nwarp) {
+        const int base = run * 32;
+        for (int k = 2; k <= 32; k <<= 1) {
+          for (int j = k >> 1; j > 0; j >>= 1) {
+            for (int e = lane; e < 32; e += lanes) {
+              const int i = base + e, o = base + (e ^ j);
+              if (o <= i) continue;
+              const bool first = (e & k) == 0;  // this run puts the entry ahead first
+              const bool swap = first ? ahead(w.sort_key[o], w.sort_pos[o], w.sort_key[i], w.sort_pos[i])
+                                      : ahead(w.sort_key[i], w.sort_pos[i], w.sort_key[o], w.sort_pos[o]);
+              if (swap) {
+                const double tk = w.sort_key[i]; w.sort_key[i] = w.sort_key[o]; w.sort_key[o] = tk;
+                const int tp = w.sort_pos[i]; w.sort_pos[i] = w.sort_pos[o]; w.sort_pos[o] = tp;
+                const int ti = w.sort_idx[i]; w.sort_idx[i] = w.sort_idx[o]; w.sort_idx[o] = ti;
+              }
+            }
+            WKS_WARP_SYNC();
           }
         }
-        WKS_SYNC();
       }
     }
+    WKS_SYNC();
+    // (3b) an entry among the first `beam` of its run takes place p + (entries of the other
+    // runs ahead of it, a binary search in each): its rank among all candidates, so the
+    // places 0 .. beam-1 hold the first `beam` of the C++ search's stable sort
+    {
+      const int head = beam < 32 ? beam : 32;
+      for (int i = tid; i < nrun * 32; i += nt) {
+        const int run = i / 32, p = i % 32;
+        if (p >= head || w.sort_pos[i] == NO_POS) continue;
+        const double ki = w.sort_key[i];
+        const int pi = w.sort_pos[i];
+        int rank = p;
+        for (int r2 = 0; r2 < nrun && rank < beam; ++r2) {
+          if (r2 == run) continue;
+          int lo = 0, hi = head;  // entries lo.. of run r2 are not ahead of entry i
+          while (lo < hi) {
+            const int mid = (lo + hi) >> 1, q = r2 * 32 + mid;
+            if (ahead(w.sort_key[q], w.sort_pos[q], ki, pi)) lo = mid + 1; else hi = mid;
+          }
+          rank += lo;
+        }
+        if (rank < beam) w.place[rank] = w.sort_idx[i];
+      }
+    }
+    WKS_SYNC();
     WKS_MARK(2);
-    int nnext = 0;  // candidates sort ahead of the padding (NO_POS)
-    while (nnext < beam && w.sort_pos[nnext] != NO_POS) ++nnext;
+    int nnext = 0;  // the places taken: 0 .. (valid candidates or beam) - 1
+    while (nnext < beam && w.place[nnext] >= 0) ++nnext;
     for (int r = tid; r < nnext; r += nt) {
-      const int c = w.sort_idx[r];
+      const int c = w.place[r];
       w.nnode[r] = c < beam ? w.cnd_node[c] : -1;
       w.nparent[r] = w.cnd_node[c];
       w.ntok[r] = w.cnd_tok[c];

@@ -48,8 +48,17 @@ int wk_ctc_search(const float* topv, const int64_t* topi, const int32_t* lens, i
   }
   // a thread per candidate (beam 20 of top-20: 420; each frame's LM lookups are chains of
   // dependent loads, so they run side by side rather than in turns)
+  // (at most what the kernel's registers allow in one block: a launch beyond that fails with
+  // "too many resources requested"; the kernel's loops stride by the block size)
+  static int max_threads = 0;
+  if (max_threads == 0) {
+    cudaFuncAttributes attr;
+    const cudaError_t e = cudaFuncGetAttributes(&attr, ctc_search_kernel);
+    if (e != cudaSuccess) return (int)e;
+    max_threads = attr.maxThreadsPerBlock / 32 * 32;
+  }
   int threads = (int)((s.cands + 31) / 32 * 32);
-  threads = threads < 64 ? 64 : (threads > 1024 ? 1024 : threads);
+  threads = threads < 64 ? 64 : (threads > max_threads ? max_threads : threads);
   ctc_search_kernel<<<B, threads, use_shared ? s.fast_bytes : 0, stream>>>(
       a, static_cast<char*>(workspace), stride, s.bytes, use_shared);
   return (int)cudaGetLastError();
