@@ -32,7 +32,7 @@ def processes_with(tag):
 class ServedProcess:
     """`wenet-triton serve --repo REPO` with fast probes; http: also an HTTP port."""
 
-    def __init__(self, repo, tmp, name="serve", http=False, drain_timeout=30):
+    def __init__(self, repo, tmp, name="serve", http=False, drain_timeout=30, extra_args=(), env=None):
         self.name, self.repo = name, repo
         self.grpc_port, self.metrics_port, self.health_port = (free_port() for _ in range(3))
         self.http_port = free_port() if http else None
@@ -46,8 +46,9 @@ class ServedProcess:
                 "--probe-timeout", "15", "--restart-after", "2", "--drain-timeout", str(drain_timeout)]
         if http:
             args += ["--http-port", str(self.http_port)]
-        self.proc = subprocess.Popen([sys.executable, "-m", "wenet_triton.cli", *args], stdout=self.log,
-                                     stderr=subprocess.STDOUT, env=cli_env(), cwd=tmp)
+        self.proc = subprocess.Popen([sys.executable, "-m", "wenet_triton.cli", *args, *extra_args],
+                                     stdout=self.log, stderr=subprocess.STDOUT,
+                                     env=dict(cli_env(), **(env or {})), cwd=tmp)
 
     def health(self):
         try:
@@ -139,3 +140,47 @@ def serve_for_module(repo, tmp, figures, title, **kw):
         assert not leftover, leftover
         print(f"\n{title}:", json.dumps(figures, indent=1))
 
+
+
+FAKE_MPS = '''#!{python}
+"""A stand-in for nvidia-cuda-mps-control (no GPU here): `-d` starts a daemon that listens
+on the fifo CUDA_MPS_PIPE_DIRECTORY/control and writes its pid beside it; without arguments
+stdin goes to that fifo; the daemon exits on `quit`, removing both."""
+import os, sys
+pipe, logs = os.environ["CUDA_MPS_PIPE_DIRECTORY"], os.environ["CUDA_MPS_LOG_DIRECTORY"]
+control = os.path.join(pipe, "control")
+if sys.argv[1:] == ["-d"]:
+    if os.fork():
+        sys.exit(0)
+    os.setsid()
+    os.mkfifo(control)
+    with open(os.path.join(pipe, "nvidia-cuda-mps-control.pid"), "w") as f:
+        f.write(str(os.getpid()))
+    while True:
+        with open(control) as f:
+            if "quit" in f.read():
+                break
+    os.remove(control)
+    with open(os.path.join(logs, "control.log"), "a") as f:
+        f.write("quit\\n")
+elif not sys.argv[1:]:
+    with open(control, "w") as f:
+        f.write(sys.stdin.read())
+else:
+    sys.exit(f"unexpected arguments {{sys.argv[1:]}}")
+'''
+
+
+def fake_mps_control(bin_dir) -> str:
+    """An executable nvidia-cuda-mps-control stand-in in bin_dir (put bin_dir first on PATH)."""
+    os.makedirs(bin_dir, exist_ok=True)
+    path = os.path.join(bin_dir, "nvidia-cuda-mps-control")
+    with open(path, "w") as f:
+        f.write(FAKE_MPS.format(python=sys.executable))
+    os.chmod(path, 0o755)
+    return path
+
+
+def environ_of(pid) -> dict:
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        return dict(e.split("=", 1) for e in f.read().decode(errors="replace").split("\0") if "=" in e)

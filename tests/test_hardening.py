@@ -3,7 +3,10 @@
 One `wenet-triton serve` (supervisor + checking gRPC front + real tritonserver, loopback
 only) is shared by the module; the tests run in file order and the last one stops it with
 SIGTERM under load. Figures (requests sent, rejected, recovery times) are printed with -s
-and quoted in docs/reliability.md.
+and quoted in docs/reliability.md. It serves with --mps under a stand-in for
+nvidia-cuda-mps-control (no GPU here; served.FAKE_MPS): every tritonserver it starts,
+restarts included, must run as a client of the server's own MPS daemon, which must be gone
+when the server is.
 """
 import json
 import os
@@ -21,13 +24,16 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 from conftest import model_dir, wav_path
-from served import cli_env, export_u2pp, processes_with, serve_for_module
+from served import cli_env, environ_of, export_u2pp, fake_mps_control, processes_with, serve_for_module
+
+from wenet_triton.serving import procs
 
 pytestmark = pytest.mark.server
 grpcclient = pytest.importorskip("tritonclient.grpc")
 grpc = pytest.importorskip("grpc")
 
 FIGURES = {}
+MPS_SEEN = {}  # the MPS daemon's pipe directory and pid as the served tritonservers saw them
 
 
 def _cli(*args):
@@ -53,8 +59,14 @@ def repo(tmp_path_factory, export_dir):
 
 @pytest.fixture(scope="module")
 def served(repo, tmp_path_factory):
-    yield from serve_for_module(repo, str(tmp_path_factory.mktemp("hd_serve")), FIGURES,
-                                "hardening figures", http=True)
+    tmp = str(tmp_path_factory.mktemp("hd_serve"))
+    bin_dir = os.path.join(tmp, "bin")
+    fake_mps_control(bin_dir)
+    yield from serve_for_module(repo, tmp, FIGURES, "hardening figures", http=True, extra_args=["--mps"],
+                                env={"PATH": bin_dir + os.pathsep + os.environ["PATH"]})
+    if MPS_SEEN:  # the server is gone: so are its MPS daemon and directories
+        assert not procs.alive(MPS_SEEN["pid"])
+        assert not os.path.exists(MPS_SEEN["pipe"])
 
 
 @pytest.fixture(scope="module")
@@ -331,6 +343,21 @@ def test_client_refuses_another_server_on_its_port(served, tmp_path):
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def test_every_tritonserver_is_a_client_of_the_servers_mps_daemon(served):
+    """--mps: tritonserver (this one came after the restarts above) has the daemon's private
+    pipe in its environment, and the daemon listens there."""
+    env = environ_of(served.triton_pid())
+    pipe = env["CUDA_MPS_PIPE_DIRECTORY"]
+    assert os.path.basename(os.path.dirname(pipe)).startswith("wenet-triton-mps-")
+    assert os.path.exists(os.path.join(pipe, "control"))
+    assert env["CUDA_MPS_LOG_DIRECTORY"] == os.path.join(os.path.dirname(pipe), "log")
+    with open(os.path.join(pipe, "nvidia-cuda-mps-control.pid")) as f:
+        pid = int(f.read())
+    assert procs.alive(pid)
+    MPS_SEEN.update(pipe=pipe, pid=pid)
+    assert "CUDA_MPS_PIPE_DIRECTORY" not in os.environ  # only the server's processes use it
 
 
 def test_sigterm_under_load_loses_no_in_flight_request(served, good):

@@ -114,7 +114,7 @@ def cmd_serve(a):
         guard_workers=a.guard_workers,
         probe_interval=a.probe_interval, probe_timeout=a.probe_timeout,
         restart_after=a.restart_after, drain_timeout=a.drain_timeout,
-        ready_timeout=a.ready_timeout, log_verbose=a.log_verbose))
+        ready_timeout=a.ready_timeout, log_verbose=a.log_verbose, mps=a.mps))
 
     def _stop(signum, _frame):  # only signal here; the main thread drains and stops
         sup.request_stop(signum)
@@ -215,6 +215,10 @@ def add_commands(sub, model_arg, weights_args):
                    help="checking front processes sharing the gRPC port (SO_REUSEPORT; the kernel "
                    "spreads connections over them); default: the serving config's guard_workers, "
                    "auto = min(4, cores // 4), at least 1")
+    s.add_argument("--mps", action="store_true",
+                   help="run a CUDA MPS control daemon of this server's own (private pipe "
+                   "directory) so the model instances' GPU kernels run side by side instead of "
+                   "in time slices; needs nvidia-cuda-mps-control (docs/design.md, MPS)")
     s.add_argument("--probe-interval", type=float, default=5.0, help="seconds between probes")
     s.add_argument("--probe-timeout", type=float, default=30.0)
     s.add_argument("--restart-after", type=int, default=3,

@@ -22,9 +22,8 @@
 # default 16), PA_CHANNEL_SHARE (perf_analyzer clients per gRPC channel, default 1: one connection
 # each; the kernel spreads connections, not requests, over `serve`'s guard workers); for
 # `streams`: STREAMS (list), STREAM_CHUNK_MS ("640 320"), STREAM_DURATION, STREAM_PROCS (client
-# processes), STREAM_TIMEOUT. MPS=1: `start` runs a CUDA MPS control daemon of its own (pipe and
-# log under $WORK/mps) for the server, so the instances' kernels share the GPU side by side
-# instead of taking turns (time slices); `stop` ends it.
+# processes), STREAM_TIMEOUT. MPS=1: `serve --mps` (a CUDA MPS daemon of the server's own, so
+# the instances' kernels share the GPU side by side instead of taking turns).
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -53,10 +52,10 @@ start() {
     --config "${SERVING_CONFIG:-$root/configs/serving_gpu.yaml}" ${GPUS:+--gpus "$GPUS"} \
     --out "$REPO" >> "$OUT/server.log" 2>&1 || exit 1
   echo "$model" > "$WORK/served_model"
-  [ "${MPS:-0}" = 1 ] && mps_start
+  local mps=(); [ "${MPS:-0}" = 1 ] && mps=(--mps)
   # shellcheck disable=SC2086  # SERVE_ARGS: further `wenet-triton serve` flags, word-split
   setsid python3 -m wenet_triton.cli serve --repo "$REPO" --host 127.0.0.1 --grpc-port "$PORT" \
-    --metrics-port $((PORT + 1)) --health-port $((PORT + 2)) ${SERVE_ARGS:-} > "$WORK/triton.log" 2>&1 < /dev/null &
+    --metrics-port $((PORT + 1)) --health-port $((PORT + 2)) ${SERVE_ARGS:-} "${mps[@]}" > "$WORK/triton.log" 2>&1 < /dev/null &
   echo $! > "$PIDFILE"
   ready 300 || { tail -20 "$WORK/triton.log"; exit 1; }
   echo "serving $model (pid $(cat "$PIDFILE"))"
@@ -140,22 +139,6 @@ streams() {  # real-time streams against the `streaming` model (configs/serving_
   done
 }
 
-mps_start() {  # a CUDA MPS daemon for this server's processes only (its own pipe directory)
-  local ctl; ctl=$(command -v nvidia-cuda-mps-control) || { echo "MPS=1: nvidia-cuda-mps-control not found"; exit 1; }
-  export CUDA_MPS_PIPE_DIRECTORY=$WORK/mps/pipe CUDA_MPS_LOG_DIRECTORY=$WORK/mps/log
-  mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
-  "$ctl" -d || { echo "MPS daemon did not start"; cat "$CUDA_MPS_LOG_DIRECTORY"/*.log 2>/dev/null | tail -5; exit 1; }
-  echo "MPS daemon up ($CUDA_MPS_PIPE_DIRECTORY)"
-}
-
-mps_stop() {
-  [ -d "$WORK/mps/pipe" ] || return 0
-  echo quit | CUDA_MPS_PIPE_DIRECTORY=$WORK/mps/pipe nvidia-cuda-mps-control 2>/dev/null
-  for _ in $(seq 10); do pgrep -f nvidia-cuda-mps >/dev/null || break; sleep 1; done
-  cp "$WORK/mps/log/control.log" "$OUT/mps_control.log" 2>/dev/null
-  rm -rf "$WORK/mps"
-}
-
 stop() {  # the server we started (its pid file), and everything in its process group
   if [ -f "$PIDFILE" ]; then
     local pid; pid=$(cat "$PIDFILE")
@@ -164,7 +147,6 @@ stop() {  # the server we started (its pid file), and everything in its process 
     kill -KILL -- "-$pid" 2>/dev/null
     rm -f "$PIDFILE"
   fi
-  mps_stop
   cp "$WORK/triton.log" "$OUT/triton.log" 2>/dev/null
   grep -iE "error|Traceback" "$OUT/triton.log" | head -5
 }

@@ -20,7 +20,7 @@ import sysconfig
 import time
 import uuid
 from dataclasses import dataclass
-from typing import List, Optional, Set
+from typing import Dict, List, Optional, Set
 
 from wenet_triton.paths import PACKAGE_DIR, cache_root
 from wenet_triton.serving import procs
@@ -131,10 +131,11 @@ class TritonServer:
                  metrics_port: int = 8002, host: str = "127.0.0.1", log_file: Optional[str] = None,
                  extra_args: Optional[List[str]] = None, log_verbose: int = 0,
                  grpc_host: Optional[str] = None, server_id: Optional[str] = None,
-                 exit_timeout: Optional[int] = None):
+                 exit_timeout: Optional[int] = None, env: Optional[Dict[str, str]] = None):
         """http_port None: no HTTP endpoint. grpc_host: gRPC's bind address when it differs
         from host (HTTP, metrics). server_id: Triton's --id, checked by wait_ready so that
-        another server on the port is never taken for this one (default: a random one)."""
+        another server on the port is never taken for this one (default: a random one).
+        env: variables added to the server's environment (e.g. an MPS daemon's pipe)."""
         self.repo = os.path.abspath(repo)
         self.grpc_host = grpc_host or host
         self.server_id = server_id or f"wenet-triton-{uuid.uuid4().hex[:12]}"
@@ -145,6 +146,7 @@ class TritonServer:
         self.host = host
         self.log_file = log_file
         self.extra_args = extra_args or []
+        self.env = dict(env or {})
         self.log_verbose = log_verbose
         self.proc: Optional[subprocess.Popen] = None
         self._log = None
@@ -200,7 +202,7 @@ class TritonServer:
             self._log = open(self.log_file, "ab")
             out = self._log
         # own process group, so stop() also reaps the python backend stubs
-        self.proc = subprocess.Popen(cmd, env=inst.env, stdout=out, stderr=subprocess.STDOUT
+        self.proc = subprocess.Popen(cmd, env=dict(inst.env, **self.env), stdout=out, stderr=subprocess.STDOUT
                                      if out else None, start_new_session=True, cwd=package_parent())
         self.wait_ready(timeout)
         return self

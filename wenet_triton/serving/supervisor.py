@@ -38,6 +38,7 @@ from wenet_triton.serving import procs
 from wenet_triton.serving.client import decode_transcript, make_inputs
 from wenet_triton.serving.guard import Limits
 from wenet_triton.serving.guard_pool import GuardPool, resolve_workers
+from wenet_triton.serving.mps import MpsDaemon
 from wenet_triton.serving.server import ServerError, TritonServer, free_port, port_in_use
 
 log = logging.getLogger("wenet_triton.supervisor")
@@ -61,6 +62,7 @@ class SupervisorConfig:
     ready_timeout: float = 300.0
     log_verbose: int = 0
     log_file: Optional[str] = None
+    mps: bool = False  # a CUDA MPS daemon of its own for tritonserver's processes (mps.py)
 
 
 @dataclass
@@ -123,6 +125,7 @@ class Supervisor:
         self.triton: Optional[TritonServer] = None
         self.guard: Optional[GuardPool] = None
         self.health: Optional[ThreadingHTTPServer] = None
+        self.mps: Optional[MpsDaemon] = None
         self._stop = threading.Event()
         self._restart = threading.Event()
         self._restart_reason = ""
@@ -145,6 +148,8 @@ class Supervisor:
         check_ports(c.host, [("--grpc-port", c.grpc_port), ("--http-port", c.http_port),
                              ("--metrics-port", c.metrics_port), ("--health-port", c.health_port)])
         try:
+            if c.mps:  # before anything starts a CUDA client (a failure names what is missing)
+                self.mps = MpsDaemon().start()
             if c.guard:
                 self.guard = GuardPool(c.host, c.grpc_port, Limits.from_repo(c.repo),
                                        resolve_workers(c.guard_workers, c.repo), repo=c.repo,
@@ -184,7 +189,8 @@ class Supervisor:
         self.triton = TritonServer(
             c.repo, c.http_port, internal, c.metrics_port, host=c.host,
             grpc_host="127.0.0.1" if c.guard else c.host, log_file=c.log_file,
-            log_verbose=c.log_verbose, exit_timeout=int(c.drain_timeout) + 5)
+            log_verbose=c.log_verbose, exit_timeout=int(c.drain_timeout) + 5,
+            env=self.mps.env() if self.mps is not None else None)
         self.status.server_id = self.triton.server_id
         if self._stop.is_set():
             raise ServerError("stopping")
@@ -286,6 +292,9 @@ class Supervisor:
             if self.health is not None:
                 self.health.shutdown()
                 self.health.server_close()
+            if self.mps is not None:  # after tritonserver: its clients are gone
+                self.mps.stop()
+                self.mps = None
 
     # -- health endpoint --------------------------------------------------------------------
     def _start_health(self):
