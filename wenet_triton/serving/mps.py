@@ -34,11 +34,10 @@ class MpsError(ServerError):
 
 
 class MpsDaemon:
-    def __init__(self, root: Optional[str] = None, binary: Optional[str] = None):
-        """root: where the pipe and log directories go (default: a new temporary directory);
-        binary: the control program (default: nvidia-cuda-mps-control on PATH)."""
+    def __init__(self, binary: Optional[str] = None):
+        """binary: the control program (default: nvidia-cuda-mps-control on PATH). The pipe and
+        log directories go into a new temporary directory (`root`) when it starts."""
         self.binary = binary or shutil.which(CONTROL)
-        self._root_given = root
         self.root: Optional[str] = None
 
     @property
@@ -70,9 +69,9 @@ class MpsDaemon:
             raise MpsError(f"--mps: {CONTROL} not found on PATH (it comes with the NVIDIA driver, "
                            "and the NVIDIA container runtime mounts it into GPU containers); "
                            "serve without --mps or put it on PATH")
-        self.root = self._root_given or tempfile.mkdtemp(prefix="wenet-triton-mps-")
-        os.makedirs(self.pipe_dir, exist_ok=True)
-        os.makedirs(self.log_dir, exist_ok=True)
+        self.root = tempfile.mkdtemp(prefix="wenet-triton-mps-")
+        os.makedirs(self.pipe_dir)
+        os.makedirs(self.log_dir)
         try:
             code, output = self._run(["-d"], timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -126,12 +125,6 @@ class MpsDaemon:
             return None
 
     def _remove(self):
-        if self.root is not None and self._root_given is None:
+        if self.root is not None:
             shutil.rmtree(self.root, ignore_errors=True)
         self.root = None
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
