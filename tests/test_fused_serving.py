@@ -157,3 +157,45 @@ def test_fused_demo_model_with_lm_matches_offline_and_the_ensemble(tmp_path):
         served[pipeline] = [r.text for r in replies]
     assert served["fused"] == offline
     assert served["ensemble"] == offline
+
+
+def test_profile_reports_wall_and_cpu_time_per_stage(monkeypatch, capsys):
+    """WENET_TRITON_PROFILE: per stage, the wall time and the stage thread's own CPU time over
+    the same span: a busy span is CPU, a span spent waiting is not, also while another thread
+    of the model burns CPU meanwhile."""
+    import re
+    import threading
+
+    monkeypatch.setenv("WENET_TRITON_PROFILE", "1e-9")
+    from wenet_triton.serving.triton_models import _Timings
+
+    timer = _Timings("fused")
+
+    def busy(stage, seconds):
+        timer.begin()
+        t = time.perf_counter()
+        end = time.thread_time() + seconds
+        while time.thread_time() < end:
+            pass
+        timer.split(stage, t)
+
+    def waiting(stage, seconds):
+        timer.begin()
+        t = time.perf_counter()
+        time.sleep(seconds)
+        timer.split(stage, t)
+
+    threads = [threading.Thread(target=busy, args=("busy", 0.08)),
+               threading.Thread(target=waiting, args=("wait", 0.08))]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    timer.done(4, 2)
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("[profile fused] 1 batches, 4.0 utts/batch, up to 2 in flight; "
+                           "ms per batch, wall/CPU: "), line
+    got = {k: (float(w), float(c)) for k, w, c in re.findall(r"(\w+) ([\d.]+)/([\d.]+)", line)}
+    assert set(got) == {"busy", "wait"}
+    assert got["busy"][1] >= 75 and got["busy"][0] >= got["busy"][1] - 1
+    assert got["wait"][0] >= 75 and got["wait"][1] < 10

@@ -556,21 +556,39 @@ class Scoring:
 # --- serving.yaml `pipeline: fused`: the whole recognizer in one python model -----------------
 
 class _Timings:
-    """Per-stage wall time of the fused model when WENET_TRITON_PROFILE=N (seconds between
-    reports, printed to the server log). Its stages run on several threads at once, so each
-    adds its own duration: mean ms per batch per stage, utterances per batch and the most
-    batches that were past the device stage at once."""
+    """Per-stage time of the fused model when WENET_TRITON_PROFILE=N (seconds between reports,
+    printed to the server log). Its stages run on several threads at once, so each adds its
+    own duration: mean ms per batch per stage as wall / CPU (the calling thread's CPU time
+    over the same span: wall minus CPU is waiting, for the GIL, a lock or the GPU), utterances
+    per batch and the most batches that were past the device stage at once. A thread's
+    stages are contiguous spans: begin() starts its CPU clock, each add() ends a span."""
     def __init__(self, model: str):
         self.every = float(os.environ.get("WENET_TRITON_PROFILE", "0") or 0)
         self.model, self.lock = model, threading.Lock()
-        self.sums: Dict[str, float] = {}
+        self.sums: Dict[str, List[float]] = {}
         self.batches = self.utts = self.most_inflight = 0
         self.last = time.perf_counter()
+        self.local = threading.local()
+
+    def begin(self):
+        if self.every:
+            self.local.cpu = time.thread_time()
 
     def add(self, stage: str, seconds: float):
         if self.every:
+            now = time.thread_time()
+            cpu = now - getattr(self.local, "cpu", now)
+            self.local.cpu = now
             with self.lock:
-                self.sums[stage] = self.sums.get(stage, 0.0) + seconds
+                acc = self.sums.setdefault(stage, [0.0, 0.0])
+                acc[0] += seconds
+                acc[1] += cpu
+
+    def split(self, stage: str, since: float) -> float:
+        """End the span of `stage` that began at `since` (perf_counter) -> now, the next span's start."""
+        now = time.perf_counter()
+        self.add(stage, now - since)
+        return now
 
     def done(self, utts: int, inflight: int):
         if not self.every:
@@ -582,10 +600,14 @@ class _Timings:
             now = time.perf_counter()
             if now - self.last < self.every:
                 return
-            parts = "  ".join(f"{k} {v / self.batches * 1e3:.2f}" for k, v in self.sums.items())
-            print(f"[profile {self.model}] {self.batches} batches, {self.utts / self.batches:.1f} "
-                  f"utts/batch, up to {self.most_inflight} in flight; ms per batch: {parts}", flush=True)
+            print(self.report(), flush=True)
             self.sums, self.batches, self.utts, self.most_inflight, self.last = {}, 0, 0, 0, now
+
+    def report(self) -> str:
+        n = max(self.batches, 1)
+        parts = "  ".join(f"{k} {w / n * 1e3:.2f}/{c / n * 1e3:.2f}" for k, (w, c) in self.sums.items())
+        return (f"[profile {self.model}] {self.batches} batches, {self.utts / n:.1f} utts/batch, up to "
+                f"{self.most_inflight} in flight; ms per batch, wall/CPU: {parts}")
 
 
 class _FusedBatch:
@@ -716,6 +738,7 @@ class FusedAsr:
             self.inflight += 1
             inflight = self.inflight
         try:
+            self.timer.begin()
             self.timer.add("queue", time.perf_counter() - batch.t_submit)
             try:
                 self._back(batch)
@@ -751,34 +774,30 @@ class FusedAsr:
 
     # -- device stage: checks, fbank, encoder --------------------------------------------
     def _front(self, requests, out: List):
-        t0 = time.perf_counter()
+        self.timer.begin()
+        t = time.perf_counter()
         wavs, counts = self.front.check(requests, out)
-        t1 = time.perf_counter()
-        self.timer.add("check", t1 - t0)
+        t = self.timer.split("check", t)
         if not wavs:
             return None
         feats = lens = None
         if self.gpu_fbank:  # samples into a pinned buffer before the lock; under it the
             staged = self.front.torch_fbank.stage(wavs)  # GPU work is only queued
-            frames, host_stage = staged.frames, "stage"
+            frames = staged.frames
+            t = self.timer.split("stage", t)
         else:  # CPU fbank needs no lock
             fs = self.front.fbank_batch(wavs)
             feats, lens = _cat_padded([f[None] for f in fs], axis=1), np.array([f.shape[0] for f in fs], np.int32)
-            frames, host_stage = lens.tolist(), "fbank"
-        t1b = time.perf_counter()
-        self.timer.add(host_stage, t1b - t1)
-        t1 = t1b
+            frames = lens.tolist()
+            t = self.timer.split("fbank", t)
         with self.gpu_lock:
-            t2 = time.perf_counter()
-            self.timer.add("device_wait", t2 - t1)
+            t = self.timer.split("device_wait", t)
             if self.gpu_fbank:  # batched torch fbank on the engine's GPU
                 feats, lens = self.front.torch_fbank.batch_tensor(staged)
-                t3 = time.perf_counter()
-                self.timer.add("fbank", t3 - t2)
-                t2 = t3
+                t = self.timer.split("fbank", t)
             host, enc, enc_lens = self._encode(feats, lens, frames)
             del feats, lens  # GPU memory is freed under the lock (no other thread's graph capture)
-        self.timer.add("encode", time.perf_counter() - t2)
+        self.timer.split("encode", t)
         out_frames = None
         if self.on_device:
             out_frames = np.array([self.engine.fm.out_frames(k) for k in frames], np.int64)
@@ -834,30 +853,25 @@ class FusedAsr:
         s, beam = self.settings, self.settings.beam_size
         lens = batch.host["encoder_out_lens"].reshape(-1)
         n = len(lens)
-        t0 = time.perf_counter()
+        t = time.perf_counter()
         nbest = self._search(batch.host["beam_log_probs"], batch.host["beam_log_probs_idx"], lens)
-        t1 = time.perf_counter()
-        self.timer.add("search", t1 - t0)
+        t = self.timer.split("search", t)
         best = [0] * n
         if self.rescoring:
             for i in range(0, n, self.chunk):  # the decoder's max batch each
                 j = min(n, i + self.chunk)
-                t = int(lens[i:j].max())
+                frames = int(lens[i:j].max())
                 packed = rescoring_inputs(nbest[i:j], beam, s.sos, s.eos)
-                t2 = time.perf_counter()
+                t = self.timer.split("pack", t)
                 with self.gpu_lock:
-                    t3 = time.perf_counter()
-                    picked, scores = self._rescore(batch.enc, batch.enc_lens, i, j, t, packed)
-                t4 = time.perf_counter()
-                self.timer.add("pack", t2 - t1)
-                self.timer.add("rescore_wait", t3 - t2)
-                self.timer.add("rescore", t4 - t3)
+                    t = self.timer.split("rescore_wait", t)
+                    picked, scores = self._rescore(batch.enc, batch.enc_lens, i, j, frames, packed)
+                t = self.timer.split("rescore", t)
                 best[i:j] = [pick_rescored(h, sc, b, self.lm_rescore_weight)
                              for h, sc, b in zip(nbest[i:j], scores, picked)]
-                t1 = time.perf_counter()
         self._release(batch)
         self._respond(batch, [hyps[b][0] if b < len(hyps) else () for hyps, b in zip(nbest, best)])
-        self.timer.add("responses", time.perf_counter() - t1)
+        self.timer.split("responses", t)
 
     def _back_gpu(self, batch: _FusedBatch):
         """The batch's n-best is on the GPU (search_device gpu): decoder inputs packed, the
@@ -870,11 +884,11 @@ class FusedAsr:
         gs, s = self.gpu_search, self.settings
         found = batch.host["search"]
         n = found.count.shape[0]
-        t0 = time.perf_counter()
+        t = time.perf_counter()
         batch.host["search_done"].synchronize()  # the search's stream only
-        t1 = time.perf_counter()
+        t = self.timer.split("search_wait", t)
         with self.gpu_lock:
-            t2 = time.perf_counter()
+            t = self.timer.split("rescore_wait", t)
             cur = torch.cuda.current_stream(self.search_stream.device)
             cur.wait_event(batch.host["search_done"])
             part = None
@@ -883,9 +897,10 @@ class FusedAsr:
                 for i in range(0, n, self.chunk):  # the decoder's max batch each
                     j = min(n, i + self.chunk)
                     part = found.rows(i, j)
-                    t = int(batch.out_frames[i:j].max())
+                    frames = int(batch.out_frames[i:j].max())
                     best, score = self.engine.rescore_tensors(
-                        batch.enc[i:j, :t], batch.enc_lens[i:j], *gs.rescoring_tensors(part, s.beam_size, s.sos, s.eos))
+                        batch.enc[i:j, :frames], batch.enc_lens[i:j],
+                        *gs.rescoring_tensors(part, s.beam_size, s.sos, s.eos))
                     picks.append(gs.pick_rescored(part, score, best, self.lm_rescore_weight))
                 index = torch.cat(picks)
             else:
@@ -893,19 +908,15 @@ class FusedAsr:
             fetch = gs.fetch_best_tokens(found, index)
             # the n-best (the search stream's memory) is read by work queued here: the
             # allocator must not hand it to the next search before this stream is past it
-            for t in (found.tokens, found.lens, found.ctc, found.count, found.lm):
-                if t is not None:
-                    t.record_stream(cur)
+            for x in (found.tokens, found.lens, found.ctc, found.count, found.lm):
+                if x is not None:
+                    x.record_stream(cur)
             batch.enc = batch.enc_lens = batch.host = found = part = None  # freed under the lock
-        t3 = time.perf_counter()
+        t = self.timer.split("rescore", t)
         ids = fetch.lists()
-        t4 = time.perf_counter()
-        self.timer.add("search_wait", t1 - t0)
-        self.timer.add("rescore_wait", t2 - t1)
-        self.timer.add("rescore", t3 - t2)
-        self.timer.add("ids_wait", t4 - t3)
+        t = self.timer.split("ids_wait", t)
         self._respond(batch, ids)
-        self.timer.add("responses", time.perf_counter() - t4)
+        self.timer.split("responses", t)
 
     def _respond(self, batch: _FusedBatch, ids: List):
         """One TRANSCRIPTS response per request with utterances (ids: token ids per utterance)."""
