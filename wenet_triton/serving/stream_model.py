@@ -49,6 +49,7 @@ from wenet_triton.serving.triton_models import (
     _params,
     _request_name,
     _tensor,
+    _Timings,
     _version_dir,
     check_amplitude,
     in_unit_range,
@@ -153,6 +154,9 @@ class Streaming:
         self._oldest = float("-inf")  # a lower bound of the streams' last_seen (see _sweep)
         self.counts = {"opened": 0, "ended": 0, "expired": 0, "refused": 0, "dropped": 0}
         self.lock = threading.Lock()
+        # WENET_TRITON_PROFILE=N: wall / CPU ms per batch of the stages of execute() and the
+        # gap between batches (Triton gathering the next one)
+        self.timer, self._last_end = _Timings("streaming", unit="chunks"), 0.0
         self._stop = threading.Event()
         self._sweeper = threading.Thread(target=self._sweep_loop, daemon=True, name="stream-idle")
         self._sweeper.start()
@@ -259,6 +263,10 @@ class Streaming:
             raise StreamError(str(e)) from e
 
     def execute(self, requests):
+        t = time.perf_counter()
+        self.timer.begin()
+        if self._last_end:
+            self.timer.add("between", t - self._last_end)
         out: List = [None] * len(requests)
         items, owners = [], []  # (stream, wav, last) and (request index, corrid, last)
         with self.lock:
@@ -274,8 +282,9 @@ class Streaming:
                     continue
                 items.append(item)
                 owners.append((i, cid, item[2]))
+            t = self.timer.split("admit", t)
             if items:
-                self._run(requests, items, owners, out)
+                t = self._run(requests, items, owners, out, t)
             live = len(self.streams)
         # shared by this batch's responses (the outputs are copied out when they are sent)
         live_streams, final = np.array([[live]], dtype=np.int32), _IS_FINAL
@@ -285,6 +294,9 @@ class Streaming:
                 out[i] = pb_utils.InferenceResponse([
                     pb_utils.Tensor("TRANSCRIPT", np.array([[text.encode("utf-8")]], dtype=np.object_)),
                     _tensor("IS_FINAL", final[last]), _tensor("LIVE_STREAMS", live_streams)])
+        self.timer.split("responses", t)
+        self._last_end = time.perf_counter()
+        self.timer.done(len(items), 1)
         return out
 
     def _admit(self, tensors: Dict, cid: int, ended: set):
@@ -326,7 +338,8 @@ class Streaming:
         if self.streams.get(cid) is stream:
             del self.streams[cid]
 
-    def _run(self, requests, items, owners, out):
+    def _run(self, requests, items, owners, out, t: float) -> float:
+        """Decode a batch of admitted chunks; -> the end of its last profiled stage (t: its start)."""
         try:
             results = self.decoder.advance(items)
         except Exception as e:  # noqa: BLE001 - the streams' state is unknown now: drop them
@@ -337,7 +350,8 @@ class Streaming:
                 self.counts["dropped"] += 1
                 out[i] = _error_response(f"stream {cid}{_request_name(requests[i])}: decoding "
                                          f"failed ({e}); the stream was dropped", "INTERNAL")
-            return
+            return self.timer.split("advance", t)
+        t = self.timer.split("advance", t)
         finals = [k for k, (_, _, last) in enumerate(items) if last]
         texts = {}
         if finals:
@@ -351,6 +365,7 @@ class Streaming:
                     i, cid, _ = owners[k]
                     out[i] = _error_response(f"stream {cid}{_request_name(requests[i])}: attention "
                                              f"rescoring failed ({e})", "INTERNAL")
+            t = self.timer.split("rescore", t)
         for k, ((stream, _, last), (i, cid, _)) in enumerate(zip(items, owners)):
             if last:
                 self._drop(cid, stream)
@@ -359,6 +374,7 @@ class Streaming:
                     out[i] = (texts.get(k, ""), True)
             else:
                 out[i] = (results[k].text, False)
+        return t
 
     def finalize(self):
         self._stop.set()

@@ -562,9 +562,9 @@ class _Timings:
     over the same span: wall minus CPU is waiting, for the GIL, a lock or the GPU), utterances
     per batch and the most batches that were past the device stage at once. A thread's
     stages are contiguous spans: begin() starts its CPU clock, each add() ends a span."""
-    def __init__(self, model: str):
+    def __init__(self, model: str, unit: str = "utts"):
         self.every = float(os.environ.get("WENET_TRITON_PROFILE", "0") or 0)
-        self.model, self.lock = model, threading.Lock()
+        self.model, self.unit, self.lock = model, unit, threading.Lock()
         self.sums: Dict[str, List[float]] = {}
         self.batches = self.utts = self.most_inflight = 0
         self.last = time.perf_counter()
@@ -606,7 +606,7 @@ class _Timings:
     def report(self) -> str:
         n = max(self.batches, 1)
         parts = "  ".join(f"{k} {w / n * 1e3:.2f}/{c / n * 1e3:.2f}" for k, (w, c) in self.sums.items())
-        return (f"[profile {self.model}] {self.batches} batches, {self.utts / n:.1f} utts/batch, up to "
+        return (f"[profile {self.model}] {self.batches} batches, {self.utts / n:.1f} {self.unit}/batch, up to "
                 f"{self.most_inflight} in flight; ms per batch, wall/CPU: {parts}")
 
 
