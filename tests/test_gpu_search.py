@@ -5,6 +5,7 @@ decoder-input packing and the rescored pick on tensors against their list versio
 import glob
 import os
 import random
+import shutil
 
 import numpy as np
 import pytest
@@ -250,3 +251,18 @@ def test_fused_model_search_device_setting():
         FusedAsr._gpu_search_module(cpu_instance, "gpu")
     with pytest.raises(ValueError, match="use auto, gpu or cpu"):
         FusedAsr._gpu_search_module(cpu_instance, "fpga")
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc (the CUDA toolkit)")
+@pytest.mark.parametrize("flags", ["", "-DWKS_PHASE_TIMES"], ids=["plain", "phase-times"])
+def test_kernels_compile_and_export_what_the_bindings_use(tmp_path, monkeypatch, flags):
+    """Where nvcc is installed (no GPU needed), the kernels and the GPU search compile for
+    Hopper (the profiling build too) and the library has every function the ctypes bindings
+    bind, at the version they expect: kernel changes made without a GPU at hand still build."""
+    import ctypes
+
+    monkeypatch.setenv("NVCC_FLAGS", flags)
+    path = kernels.build(str(tmp_path / "libwenet_kernels.so"), archs=["90"])
+    lib = kernels._Lib(path).lib  # binds every entry point; checks wk_version
+    assert hasattr(lib, "wk_ctc_search_workspace") and hasattr(lib, "wk_ctc_search")
+    assert hasattr(ctypes.CDLL(path), "wk_ctc_search_phase_cycles") == bool(flags)
