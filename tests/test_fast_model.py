@@ -51,4 +51,6 @@ def test_out_frames_equals_the_encoder_mask(name, torch_models):
     with torch.no_grad():
         _, out_lens, _, _, _ = fm.encode(x, lens, 4)
     assert out_lens.tolist() == [fm.out_frames(int(n)) for n in lens]
+    # encode_tensors takes the longest utterance's out_frames as the batch's: never falling
+    assert out_lens.tolist() == sorted(out_lens.tolist())
     assert fm.out_frames(0) == 0 and fm.out_frames(fm.right_context) == 0

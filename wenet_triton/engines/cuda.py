@@ -606,8 +606,8 @@ class CudaEngine(Engine):
             l[:B].copy_(lens.clamp(max=Tb), non_blocking=True)
 
         enc, out_lens, logp, topv, topi = self.enc_graphs((Bb, Tb), make, fill)
-        if host_lens is not None:
-            n = max(self.fm.out_frames(min(int(k), Tb)) for k in host_lens)
+        if host_lens is not None:  # out_frames never falls as frames grow: the longest one's
+            n = self.fm.out_frames(min(max(int(k) for k in host_lens), Tb))
         else:
             n = int(out_lens[:B].max())
         return enc[:B, :n], out_lens[:B], logp[:B, :n], topv[:B, :n], topi[:B, :n]
