@@ -184,6 +184,42 @@ def test_cuda_engine_fp32_equals_eager_model(shape):
         np.testing.assert_array_equal(ba, bb)
 
 
+def test_coarse_decoder_buckets_equal_eager_model():
+    """The streaming finals' decoder (coarse_decoder_buckets: CUDA graphs over frames 32, 48,
+    64, 96, ... and hypothesis lengths 8, 12, 16, 24, ...) rescores as the PyTorch model does,
+    also when a graph captured for one shape replays another of its bucket (after a larger
+    one left its buffers full)."""
+    from wenet_triton.decode.search import rescoring_inputs
+    from wenet_triton.engines import TorchEngine
+    from wenet_triton.engines.cuda import CudaEngine, _coarse
+    from wenet_triton.engines.export import export_settings
+    from wenet_triton.model import synthetic
+    from wenet_triton.model.conformer import ASRModel
+
+    spec = synthetic.random_spec(synthetic.U2PP)
+    settings = export_settings(spec, ASRModel.from_spec(spec))
+    ref = TorchEngine(ASRModel.from_spec(spec), settings, "cpu")
+    eng = CudaEngine(ASRModel.from_spec(spec), settings, "cuda", "float32", coarse_decoder_buckets=True)
+    rng = np.random.default_rng(3)
+    # (batch, fbank frames, longest hypothesis): 301 / 290 / 270 frames fall in one bucket
+    shapes = [(1, 40, 6), (3, 301, 9), (3, 270, 7), (2, 290, 5), (1, 33, 2), (3, 301, 17)]
+    keys = set()
+    for B, T, L in shapes:
+        x, lens = _random_inputs(B, T, seed=T)
+        enc = ref.encode(x, lens)
+        nbest = [[(tuple(rng.integers(1, spec.vocab_size - 1, rng.integers(0, L + 1))), -10 * rng.random())
+                  for _ in range(10)] for _ in range(B)]
+        nbest[0][0] = (tuple(range(1, L + 1)), -1.0)  # one hypothesis of the longest length
+        pad, hl, rpad, ctc = rescoring_inputs(nbest, 10, spec.sos, spec.eos)
+        keys.add((eng._bucket_batch(B), _coarse(enc["encoder_out"].shape[1], 32), _coarse(L + 2, 8)))
+        ba, sa = ref.rescore(enc["encoder_out"], enc["encoder_out_lens"], pad, hl, rpad, ctc)
+        bb, sb = eng.rescore(enc["encoder_out"], enc["encoder_out_lens"], pad, hl, rpad, ctc)
+        assert (np.abs(sa - sb) / np.maximum(np.abs(sa), 1)).max() <= 1e-5, (B, T, L)
+        np.testing.assert_array_equal(ba, bb)
+    assert len(keys) == 4  # shapes 2 and 3 share a graph, so do 1 and 5
+    assert len(eng.dec_graphs.graphs) == len(keys)
+
+
 def _available_models():
     import os
 

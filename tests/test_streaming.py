@@ -282,7 +282,9 @@ def test_stream_decoder_batched_fbank_equals_knf(sref, u2pp_export, chunk_export
         live = [dec.open() for _ in wavs]
         partials, finals = [], [None] * len(wavs)
         for items in rounds:
-            res = dec.advance([(live[i], w, last) for i, w, last in items])
+            stages = []  # the served profile's split of a batch (fbank, encoder, search)
+            res = dec.advance([(live[i], w, last) for i, w, last in items], split=stages.append)
+            assert stages == ["fbank", "encode", "search"]
             partials += [(r.text, r.frames, r.nbest) for r in res]
             ended = [(i, r) for (i, _, last), r in zip(items, res) if last]
             texts = dec.finish([(live[i], r.nbest) for i, r in ended], eng)

@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -245,7 +245,10 @@ class StreamDecoder:
         return LiveStream(StreamingFeatures(self.runner.settings, self.fbank_conf, self.frame_fbank),
                           self.runner.initial_state())
 
-    def advance(self, items: Sequence[Tuple[LiveStream, np.ndarray, bool]]) -> List[PieceResult]:
+    def advance(self, items: Sequence[Tuple[LiveStream, np.ndarray, bool]],
+                split: Optional[Callable[[str], None]] = None) -> List[PieceResult]:
+        """split: called with "fbank", "encode", "search" as each stage ends (a profile)."""
+        split = split or (lambda stage: None)
         ending = set()
         for stream, _, last in items:  # refuse before any stream's state changes
             if stream.finished or id(stream) in ending:
@@ -261,9 +264,12 @@ class StreamDecoder:
             stream.windows += len(windows)
             stream.last_seen = now
             marks.append(stream.windows)
+        split("fbank")
         self.encode_pending({id(s): s for s, _, _ in items}.values())
+        split("encode")
         frames = [s.frame_ends[k] for (s, _, _), k in zip(items, marks)]
         nbest = self.search([(s, n) for (s, _, _), n in zip(items, frames)])
+        split("search")
         return [PieceResult(nb, n, self.vocab.text(nb[0][0]) if nb and n else "")
                 for nb, n in zip(nbest, frames)]
 

@@ -18,7 +18,9 @@
 # (scratch: repo, pid file, logs; default /tmp/wenet_triton_gpu), GRPC_PORT (8001; metrics
 # on GRPC_PORT+1, health on +2), GPUS (build-repo --gpus: e.g. 0,1 or all; docs/multigpu.md),
 # SERVE_ARGS (more `serve` flags, e.g. --no-guard), SERVING_CONFIG, SECONDS_LIST, CONC, PA_SECONDS ("2 5 10 20"), PA_CONC,
-# PA_BATCHES, LOCUST_USERS, LOCUST_TIME, LOCUST_WORKERS, CONNECTIONS (gRPC connections of the sweep,
+# PA_BATCHES, PA_MODEL (default attention_rescoring; `fused` asks the fused model directly,
+# without the one-step ensemble), PA_URL (default the guard's GRPC; tritonserver's own port to
+# leave the guard out), LOCUST_USERS, LOCUST_TIME, LOCUST_WORKERS, CONNECTIONS (gRPC connections of the sweep,
 # default 16), PA_CHANNEL_SHARE (perf_analyzer clients per gRPC channel, default 1: one connection
 # each; the kernel spreads connections, not requests, over `serve`'s guard workers); for
 # `streams`: STREAMS (list), STREAM_CHUNK_MS ("640 320"), STREAM_DURATION, STREAM_PROCS (client
@@ -93,7 +95,7 @@ pa() {  # perf_analyzer: concurrency sweep per length (one utterance per request
   PA=$(tool perf_analyzer)
   (cd "$root" && python3 -m loadtest.perf_analyzer_inputs --wav-dir "$WAV_DIR" --seconds "${secs// /,},5" \
     --out "$WORK/pa") > /dev/null
-  local opts=(-m attention_rescoring -i grpc -u "$GRPC" --measurement-interval 4000 --max-trials 10
+  local opts=(-m "${PA_MODEL:-attention_rescoring}" -i grpc -u "${PA_URL:-$GRPC}" --measurement-interval 4000 --max-trials 10
               --stability-percentage 25)
   : > "$OUT/perf_analyzer.log"
   # Triton's C++ client shares one channel among 6 clients by default: 16 threads = 3 connections,

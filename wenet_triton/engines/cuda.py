@@ -38,6 +38,15 @@ def _round_up(x: int, m: int) -> int:
     return (x + m - 1) // m * m
 
 
+def _coarse(x: int, base: int) -> int:
+    """Smallest of base x {1, 1.5, 2, 3, 4, 6, 8, ...} that is >= x: few buckets for lengths
+    without bound, less than half of a bucket padding."""
+    b = base
+    while x > b * 3 // 2:
+        b *= 2
+    return b if x <= b else b * 3 // 2
+
+
 class _tf32:
     """Allow TF32 GEMMs inside the block. Exact when the fp32 operands hold fp16/bf16 values:
     TF32 keeps 10 mantissa bits, so products are exact and accumulation is fp32."""
@@ -559,13 +568,17 @@ class CudaEngine(Engine):
     def __init__(self, model: ASRModel, settings: EngineSettings, device: str = "cuda",
                  dtype: str = "float16", use_kernels: Optional[bool] = None,
                  cuda_graphs: bool = True, time_bucket: int = 16, want_ctc_log_probs: bool = False,
-                 decoder_cudnn: bool = True):
+                 decoder_cudnn: bool = True, coarse_decoder_buckets: bool = False):
         self.settings = settings
         self.device = torch.device(device)
         self.fm = FastModel(model, DTYPES[dtype or "float16"], device, use_kernels)
         self.fm.dec_cudnn = decoder_cudnn  # False: memory-efficient attention first (see sdpa)
         self.beam = settings.beam_size
         self.time_bucket = time_bucket
+        # coarse: the decoder's frames and hypothesis lengths padded to _coarse buckets (a few
+        # dozen graphs for any mix of lengths; for callers whose shapes vary without end,
+        # e.g. streams' finals), else to multiples of time_bucket and of 8
+        self.coarse_dec = coarse_decoder_buckets
         self.want_logp = want_ctc_log_probs
         self.enc_graphs = _Graphs(lambda x, l: self.fm.encode(x, l, self.beam, self.want_logp),
                                   cuda_graphs)
@@ -617,7 +630,10 @@ class CudaEngine(Engine):
     def rescore_tensors(self, enc, enc_lens, hyps, hyps_lens, rhyps, ctc_score):
         B, T, D = enc.shape
         beam, L2 = hyps.shape[1], hyps.shape[2]
-        Bb, Tb, Lb = self._bucket_batch(B), _round_up(T, self.time_bucket), _round_up(L2, 8)
+        if self.coarse_dec:
+            Bb, Tb, Lb = self._bucket_batch(B), _coarse(T, 32), _coarse(L2, 8)
+        else:
+            Bb, Tb, Lb = self._bucket_batch(B), _round_up(T, self.time_bucket), _round_up(L2, 8)
         eos = self.settings.eos
 
         def make():

@@ -190,11 +190,11 @@ class TokenFetch:
         return [toks[b, :k].tolist() for b, k in enumerate(self.n.numpy().tolist())]
 
 
-def fetch_best_tokens(out: SearchOutput, index: torch.Tensor) -> TokenFetch:
+def fetch_best_tokens(out: SearchOutput, index: torch.Tensor, blocking: bool = False) -> TokenFetch:
     """Queue the copy of hypothesis index[b] of each utterance to the host on the current
-    stream; TokenFetch.lists() waits for it. With the host lengths (copy_lengths_to_host)
-    nothing here waits for the GPU, so a caller can queue this under a lock and wait after
-    releasing it."""
+    stream; TokenFetch.lists() waits for it (blocking: asleep, not spinning on a core). With
+    the host lengths (copy_lengths_to_host) nothing here waits for the GPU, so a caller can
+    queue this under a lock and wait after releasing it."""
     B = out.tokens.shape[0]
     rows = torch.arange(B, device=out.tokens.device)
     n = out.lens[rows, index]
@@ -206,7 +206,7 @@ def fetch_best_tokens(out: SearchOutput, index: torch.Tensor) -> TokenFetch:
     n = _to_host_async(n)
     done = None
     if out.tokens.device.type == "cuda":
-        done = torch.cuda.Event()
+        done = torch.cuda.Event(blocking=blocking)
         done.record(torch.cuda.current_stream(out.tokens.device))
     return TokenFetch(toks, n, done)
 

@@ -280,7 +280,11 @@ def streaming_config(cfg: Dict) -> Dict:
            "max_batch_size": int(st.get("max_batch_size", 0)),
            "rescore": str(st.get("rescore", "auto")).lower(),
            "fbank": str(st.get("fbank", "auto")).lower(),
-           "search_threads": int(st.get("search_threads", 1))}
+           "search_threads": int(st.get("search_threads", 1)),
+           "rescore_graphs": str(st.get("rescore_graphs", True)).lower()}
+    if out["rescore_graphs"] not in ("true", "false"):
+        raise ValueError(f"streaming.rescore_graphs {st['rescore_graphs']!r}: use true (CUDA graphs over "
+                         "coarse shape buckets for the finals' decoder on a GPU) or false (eager)")
     if out["enabled"] not in ("auto", "true", "false"):
         raise ValueError(f"streaming.enabled {st['enabled']!r}: use auto, true or false")
     if out["fbank"] not in ("auto", "knf", "torch"):
@@ -360,7 +364,8 @@ def _render_streaming(model_dir: str, out: str, engine: str, engine_dir: str, cf
                                               "threads": str(e.get("threads", 0)),
                                               "rescore": rescore, "fbank": fbank,
                                               "feature_device": fe_device,
-                                              "search_threads": st["search_threads"]}, **params)))
+                                              "search_threads": st["search_threads"],
+                                              "rescore_graphs": st["rescore_graphs"]}, **params)))
     with open(os.path.join(templates_dir(), STREAMING_MODEL, "config.pbtxt.tmpl")) as f:
         text = Template(f.read()).substitute(v)
     vdir = os.path.join(out, STREAMING_MODEL, "1")
@@ -444,6 +449,8 @@ def _build_fused(model_dir: str, out: str, engine: str, engine_dir: str, cfg: Di
               "search_threads": int(m.get("search_threads", 2)),
               "max_inflight": int(m.get("max_inflight", 2)),
               "async_responses": _flag(m.get("async_responses", True)),
+              "stage_threads": int(m.get("stage_threads", 4)),
+              "blocking_waits": _flag(m.get("blocking_waits", True)),
               "rescore_batch": max_batch}
     v = dict(values, dynamic_batching=_batching(m, max_batch), instance_group=_instances(m, gpus),
              fused_parameters=_pbtxt_params(params))

@@ -199,12 +199,14 @@ class Streaming:
         model = ASRModel.from_spec(load_model_dir(os.path.join(vdir, "model")))
         device = self._device(args, p)
         if device.startswith("cuda"):
-            # eager: the finals' shapes (ended streams x frames x hypothesis length) vary
-            # without end; a CUDA graph capture per new shape stalled every stream of the
-            # instance for ~150 ms (H200, 2026-12-01)
-            # (and no cuDNN attention plan per new shape either)
+            # the finals' shapes (ended streams x frames x hypothesis length) vary without
+            # end: CUDA graphs over coarse buckets (a capture, ~150 ms that stalls every stream
+            # of the instance, only the first time a bucket is seen; eager, the decoder's
+            # launches cost ~7 ms of each batch with a final, H200 2026-12-02), or eager with
+            # rescore_graphs false; no cuDNN attention plan per new shape either
             return CudaEngine(model, self.settings, device, p.get("dtype") or "float16",
-                              cuda_graphs=False, decoder_cudnn=False)
+                              cuda_graphs=p.get("rescore_graphs", "true").lower() == "true",
+                              decoder_cudnn=False, coarse_decoder_buckets=True)
         return TorchEngine(model, self.settings, "cpu", None)
 
     @staticmethod
@@ -340,8 +342,12 @@ class Streaming:
 
     def _run(self, requests, items, owners, out, t: float) -> float:
         """Decode a batch of admitted chunks; -> the end of its last profiled stage (t: its start)."""
+        mark = [t]  # the profile's stages inside advance(): fbank, encode, search
+
+        def split(stage: str):
+            mark[0] = self.timer.split(stage, mark[0])
         try:
-            results = self.decoder.advance(items)
+            results = self.decoder.advance(items, split if self.timer.every else None)
         except Exception as e:  # noqa: BLE001 - the streams' state is unknown now: drop them
             print(f"[streaming] batch of {len(items)} chunks failed:\n{traceback.format_exc(limit=6)}",
                   flush=True)
@@ -350,8 +356,8 @@ class Streaming:
                 self.counts["dropped"] += 1
                 out[i] = _error_response(f"stream {cid}{_request_name(requests[i])}: decoding "
                                          f"failed ({e}); the stream was dropped", "INTERNAL")
-            return self.timer.split("advance", t)
-        t = self.timer.split("advance", t)
+            return self.timer.split("texts", mark[0])
+        t = self.timer.split("texts", mark[0])
         finals = [k for k, (_, _, last) in enumerate(items) if last]
         texts = {}
         if finals:

@@ -16,7 +16,7 @@ import threading
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
-from typing import Dict, List
+from typing import Dict, List, Sequence
 
 import numpy as np
 
@@ -269,8 +269,10 @@ class _WavFrontend:
         mb = float(params.get("max_batch_audio_seconds", "0") or 0)
         self.max_request_samples = mb * self.conf.sample_rate if mb > 0 else 0
 
-    def waveforms(self, request) -> List[np.ndarray]:
-        """A request's utterances: WAV [B, N] + WAV_LENS [B, 1], one row each (B >= 1)."""
+    def waveforms(self, request, defer_range: bool = False) -> List[np.ndarray]:
+        """A request's utterances: WAV [B, N] + WAV_LENS [B, 1], one row each (B >= 1).
+        defer_range: float32 rows are not scanned for samples outside [-1, 1] here (the
+        caller checks them while staging them, and calls recheck() for the rows that fail)."""
         tensors = _inputs(request)
         for name in ("WAV", "WAV_LENS"):
             if name not in tensors:
@@ -298,8 +300,8 @@ class _WavFrontend:
                 raise ValueError(f"WAV_LENS {n} outside 1..{wav.shape[1]} (the WAV length){at}")
             w = wav[row, :n]
             # float32 in [-1, 1] passes check_waveform and the amplitude check unchanged
-            if not (w.dtype == np.float32 and in_unit_range(w)):
-                w = self._amplitude(check_waveform(w, "WAV" + at, self.max_seconds, self.conf.sample_rate), at)
+            if not (w.dtype == np.float32 and (defer_range or in_unit_range(w))):
+                w = self.full_check(w, at)
             if n < self.window:
                 raise ValueError(f"audio of {n} samples is shorter than one "
                                  f"{self.conf.frame_length_ms:g} ms frame{at}")
@@ -309,22 +311,43 @@ class _WavFrontend:
             out.append(w)
         return out
 
-    def _amplitude(self, w: np.ndarray, at: str) -> np.ndarray:
+    def full_check(self, w: np.ndarray, at: str = "") -> np.ndarray:
+        """The checks that name what is wrong with a row (NaN/inf, type, amplitude) -> the row
+        as float32 in [-1, 1] (int16-range audio scaled when accept_int16_range)."""
+        w = check_waveform(w, "WAV" + at, self.max_seconds, self.conf.sample_rate)
         return check_amplitude(w, self.int16_range, at)
 
-    def check(self, requests, out: List):
+    def check(self, requests, out: List, defer_range: bool = False):
         """Valid requests' waveforms (flat) and utterance counts per request (0: invalid,
         out[i] then holds its error)."""
         wavs, counts = [], []
         for i, req in enumerate(requests):
             try:
-                ws = self.waveforms(req)
+                ws = self.waveforms(req, defer_range)
             except ValueError as e:
                 out[i] = _error(f"invalid request{_request_name(req)}: {e}", invalid_input=True)
                 ws = []
             wavs += ws
             counts.append(len(ws))
         return wavs, counts
+
+    def recheck(self, requests, out: List, wavs: List[np.ndarray], counts: List[int], bad: Sequence[int]):
+        """After check(defer_range=True): the rows `bad` (flat indices into wavs) fell outside
+        [-1, 1]; full_check names the problem (the request gets that error and none of its
+        rows stay) or scales int16-range audio -> (wavs, counts) as check() returns them."""
+        owner = [(r, q) for r, c in enumerate(counts) for q in range(c)]
+        fixed = dict(enumerate(wavs))
+        for k in bad:
+            r, q = owner[k]
+            if counts[r] == 0:
+                continue
+            try:
+                fixed[k] = self.full_check(wavs[k], f" (row {q})" if counts[r] > 1 else "")
+            except ValueError as e:
+                out[r] = _error(f"invalid request{_request_name(requests[r])}: {e}", invalid_input=True)
+                counts[r] = 0
+        keep = [k for k, (r, _) in enumerate(owner) if counts[r]]
+        return [fixed[k] for k in keep], counts
 
 
 class FeatureExtractor:
@@ -669,6 +692,10 @@ class FusedAsr:
         self.search_threads = max(1, int(p.get("search_threads", "2")))
         self.min_search_chunk = max(1, int(p.get("min_search_chunk", "4")))
         self.max_inflight = max(1, int(p.get("max_inflight", "2")))
+        # the batch threads' waits for the GPU search and for the ids: asleep (blocking_waits
+        # true) or spinning on a core (CUDA's default with more cores than GPU processes),
+        # which the stages' CPU time then counts and the instances' other threads lack
+        self.blocking_waits = p.get("blocking_waits", "true").lower() == "true"
         self.async_responses = p.get("async_responses", "true").lower() == "true"
         # one GPU: its work (fbank, encoder, decoder, graph captures, frees) one thread at a
         # time; onnxruntime / CPU torch sessions are thread-safe, so there the decoder of one
@@ -680,6 +707,10 @@ class FusedAsr:
             if self.search_threads > 1 else None
         self.batch_pool = ThreadPoolExecutor(self.max_inflight, thread_name_prefix="batch") \
             if self.async_responses else None
+        # the rows of a batch copied into the GPU fbank's staging buffer (and range-checked)
+        # on stage_threads threads: memory-bound work on the instance's one execute() path
+        n = int(p.get("stage_threads", "4"))
+        self.stage_pool = ThreadPoolExecutor(n, thread_name_prefix="stage") if self.gpu_fbank and n > 1 else None
         self.timer = _Timings("fused")
 
     def _gpu_search_module(self, where: str):
@@ -715,7 +746,10 @@ class FusedAsr:
         sizes = [_input_size(r, "WAV") for r in requests] if self.cap and len(requests) > 1 else []
         for group in _audio_groups(requests, sizes, self.cap):
             reqs, snd = [requests[i] for i in group], [senders[i] for i in group]
+            t = time.perf_counter()
             self.slots.acquire()  # beyond max_inflight batches: wait here, Triton queues
+            self.timer.begin()
+            self.timer.add("slot_wait", time.perf_counter() - t)
             try:
                 out: List = [None] * len(reqs)
                 batch = self._front(reqs, out)
@@ -776,13 +810,21 @@ class FusedAsr:
     def _front(self, requests, out: List):
         self.timer.begin()
         t = time.perf_counter()
-        wavs, counts = self.front.check(requests, out)
+        # with the GPU fbank the samples' range is checked as they are staged (one pass)
+        wavs, counts = self.front.check(requests, out, defer_range=self.gpu_fbank)
         t = self.timer.split("check", t)
         if not wavs:
             return None
         feats = lens = None
         if self.gpu_fbank:  # samples into a pinned buffer before the lock; under it the
-            staged = self.front.torch_fbank.stage(wavs)  # GPU work is only queued
+            tf = self.front.torch_fbank  # GPU work is only queued
+            staged = tf.stage(wavs, check_range=True, pool=self.stage_pool)
+            if staged.bad:  # rows outside [-1, 1]: errors for their requests, or int16 scaled
+                tf.unstage(staged)
+                wavs, counts = self.front.recheck(requests, out, wavs, counts, staged.bad)
+                if not wavs:
+                    return None
+                staged = tf.stage(wavs, pool=self.stage_pool)
             frames = staged.frames
             t = self.timer.split("stage", t)
         else:  # CPU fbank needs no lock
@@ -840,7 +882,7 @@ class FusedAsr:
             found = self.gpu_search.ctc_search(*inputs, s.beam_size, s.blank, self.gpu_lm, self.lm_weight,
                                                self.length_bonus)
             found.copy_lengths_to_host()  # the packing sizes its tensors from these (no sync)
-            done = torch.cuda.Event()
+            done = torch.cuda.Event(blocking=self.blocking_waits)
             done.record(side)
         for t in inputs:
             t.record_stream(side)
@@ -905,7 +947,7 @@ class FusedAsr:
                 index = torch.cat(picks)
             else:
                 index = torch.zeros(n, dtype=torch.int64, device=found.count.device)
-            fetch = gs.fetch_best_tokens(found, index)
+            fetch = gs.fetch_best_tokens(found, index, blocking=self.blocking_waits)
             # the n-best (the search stream's memory) is read by work queued here: the
             # allocator must not hand it to the next search before this stream is past it
             for x in (found.tokens, found.lens, found.ctc, found.count, found.lm):
@@ -970,6 +1012,6 @@ class FusedAsr:
         return best.cpu().reshape(-1).tolist(), score.float().cpu().numpy()
 
     def finalize(self):
-        for pool in (self.batch_pool, self.search_pool):
+        for pool in (self.batch_pool, self.search_pool, self.stage_pool):
             if pool is not None:
                 pool.shutdown(wait=True)
