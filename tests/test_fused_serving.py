@@ -48,27 +48,36 @@ def _serve(repo, tmp_path, fn):
 
 
 def test_gpu_config_renders_the_fused_pipeline(u2pp_export, tmp_path):
-    """configs/serving_gpu.yaml (the GPU default) serves `pipeline: fused`: attention_rescoring is one step to
-    the `fused` model, which takes WAV and returns TRANSCRIPTS; the CPU default stays the
+    """configs/serving_gpu.yaml (the GPU default) serves `pipeline: fused`: the fused python
+    model is `attention_rescoring` itself (WAV in, TRANSCRIPTS out); with entry ensemble it is
+    `fused` behind a one-step `attention_rescoring` ensemble; the CPU default stays the
     ensemble; a TensorRT engine (plans, no python model) falls back to the ensemble."""
     from wenet_triton.serving.repo import MODELS, build_repo
 
     gpu_yaml = os.path.join(ROOT, "configs", "serving_gpu.yaml")
     repo = build_repo(model_dir("u2pp_conformer"), str(tmp_path / "gpu"), "onnxruntime",
                       config=gpu_yaml, engine_dir=u2pp_export)
-    assert sorted(os.listdir(repo)) == ["attention_rescoring", "fused", "serving.json"]
-    ens = _parse_config(os.path.join(repo, "attention_rescoring", "config.pbtxt"))
-    assert ens.platform == "ensemble" and [s.model_name for s in ens.ensemble_scheduling.step] == ["fused"]
-    assert [(i.name, list(i.dims)) for i in ens.input] == [("WAV", [-1]), ("WAV_LENS", [1])]
-    assert [o.name for o in ens.output] == ["TRANSCRIPTS"]
-    fused = _parse_config(os.path.join(repo, "fused", "config.pbtxt"))
-    assert [i.name for i in fused.input] == ["WAV", "WAV_LENS"] and fused.max_batch_size == 64
+    assert sorted(os.listdir(repo)) == ["attention_rescoring", "serving.json"]
+    fused = _parse_config(os.path.join(repo, "attention_rescoring", "config.pbtxt"))
+    assert fused.name == "attention_rescoring" and fused.backend == "python"
+    assert [(i.name, list(i.dims)) for i in fused.input] == [("WAV", [-1]), ("WAV_LENS", [1])]
+    assert [o.name for o in fused.output] == ["TRANSCRIPTS"] and fused.max_batch_size == 64
     assert fused.instance_group[0].count == 2
     p = {k: v.string_value for k, v in fused.parameters.items()}
     assert p["fbank_device"] == "engine" and int(p["search_threads"]) > 1 and int(p["max_inflight"]) > 1
     assert p["search_device"] == "auto"  # the GPU search where the engine is torch_cuda on a GPU
     for f in ("model.py", "encoder.onnx", "decoder.onnx", "units.txt", "wenet_triton.json"):
-        assert os.path.exists(os.path.join(repo, "fused", "1", f))
+        assert os.path.exists(os.path.join(repo, "attention_rescoring", "1", f))
+    ens_repo = build_repo(model_dir("u2pp_conformer"), str(tmp_path / "gpu_ens"), "onnxruntime", config=gpu_yaml,
+                          overrides={"models": {"fused": {"entry": "ensemble"}}}, engine_dir=u2pp_export)
+    assert sorted(os.listdir(ens_repo)) == ["attention_rescoring", "fused", "serving.json"]
+    ens = _parse_config(os.path.join(ens_repo, "attention_rescoring", "config.pbtxt"))
+    assert ens.platform == "ensemble" and [s.model_name for s in ens.ensemble_scheduling.step] == ["fused"]
+    assert [(i.name, list(i.dims)) for i in ens.input] == [("WAV", [-1]), ("WAV_LENS", [1])]
+    assert _parse_config(os.path.join(ens_repo, "fused", "config.pbtxt")).parameters == fused.parameters
+    with pytest.raises(ValueError, match="models.fused.entry 'bls'"):
+        build_repo(model_dir("u2pp_conformer"), str(tmp_path / "y"), "onnxruntime", config=gpu_yaml,
+                   overrides={"models": {"fused": {"entry": "bls"}}}, engine_dir=u2pp_export)
     cpu = build_repo(model_dir("u2pp_conformer"), str(tmp_path / "cpu"), "onnxruntime",
                      engine_dir=u2pp_export)
     assert set(MODELS) <= set(os.listdir(cpu)) and not os.path.exists(os.path.join(cpu, "fused"))
@@ -91,7 +100,8 @@ def test_fused_u2pp_matches_offline_mixed_lengths_and_isolates_bad_requests(u2pp
     """u2pp (random weights): requests of mixed lengths share dynamic batches (a long queue
     delay forces it) and each gets the offline transcript; bad requests among them get
     their own errors; a request carrying a batch of rows is answered row by row; the
-    synchronous mode (async_responses false) answers the same."""
+    synchronous mode (async_responses false), served behind the one-step ensemble (entry
+    ensemble), answers the same."""
     from wenet_triton.audio.frontend import read_audio
     from wenet_triton.serving.client import transcribe_many
     from wenet_triton.serving.repo import build_repo
@@ -107,14 +117,15 @@ def test_fused_u2pp_matches_offline_mixed_lengths_and_isolates_bad_requests(u2pp
         replies = transcribe_many(url, items, concurrency=len(items))
         return replies, infer_batch(url, [w for _, w in good[:3]])
 
-    for mode in ("true", "false"):
+    for mode, entry in (("true", "direct"), ("false", "ensemble")):
         repo = build_repo(model_dir("u2pp_conformer"), str(tmp_path / f"fused_async_{mode}"), "onnxruntime",
                           overrides={"pipeline": "fused", "engine": {"threads": 2},
-                                     "models": {"fused": {"max_queue_delay_us": 300000,
+                                     "models": {"fused": {"max_queue_delay_us": 300000, "entry": entry,
                                                           "async_responses": mode == "true"}}},
                           engine_dir=u2pp_export)
         (replies, batched), stats = _serve(repo, tmp_path, run)
-        assert stats["fused"]["avg_batch"] > 1, stats  # ragged requests were batched together
+        model = "attention_rescoring" if entry == "direct" else "fused"
+        assert stats[model]["avg_batch"] > 1, stats  # ragged requests were batched together
         errors = {r.name: r.error for r in replies if r.error}
         assert sorted(errors) == ["loud", "nan", "short"], errors
         assert "too short" in errors["short"] and "NaN or inf" in errors["nan"]
@@ -148,10 +159,10 @@ def test_fused_demo_model_with_lm_matches_offline_and_the_ensemble(tmp_path):
                           engine_dir=engine_dir)
         if pipeline == "fused":
             p = {k: v.string_value for k, v in
-                 _parse_config(os.path.join(repo, "fused", "config.pbtxt")).parameters.items()}
+                 _parse_config(os.path.join(repo, "attention_rescoring", "config.pbtxt")).parameters.items()}
             assert p["lm_file"] and float(p["lm_weight"]) == dec.lm_weight
             assert float(p["lm_rescore_weight"]) == dec.lm_rescore_weight
-            assert os.path.exists(os.path.join(repo, "fused", "1", p["lm_file"]))
+            assert os.path.exists(os.path.join(repo, "attention_rescoring", "1", p["lm_file"]))
         replies, _ = _serve(repo, tmp_path, lambda url: transcribe_many(url, items, concurrency=6))
         assert [r.error for r in replies] == [None] * len(items)
         served[pipeline] = [r.text for r in replies]

@@ -27,10 +27,11 @@ STREAMING_MODEL = "streaming"  # sequence-batched chunk-by-chunk recognition, be
 # cpu: feature_extractor per request; cuda: feature_extractor batched on the GPU;
 # encoder: fbank batched inside the encoder model's process (one GPU process, no extra hop)
 FEATURE_DEVICES = ("cpu", "cuda", "encoder")
-# ensemble: the models above; fused: one python model `fused` does it all (attention_rescoring
-# is then an ensemble of that one step, so clients see the same model and I/O)
+# ensemble: the models above; fused: one python model does it all, served as
+# `attention_rescoring` itself (models.fused.entry direct) or as `fused` behind a one-step
+# `attention_rescoring` ensemble (entry ensemble); clients see the same model and I/O either way
 PIPELINES = ("ensemble", "fused")
-FUSED_MODELS = ("fused", "attention_rescoring")
+FUSED_ENTRIES = ("direct", "ensemble")
 
 
 def _merge(base: Dict, over: Dict) -> Dict:
@@ -434,12 +435,20 @@ def _pipeline(cfg: Dict, engine: str) -> str:
 def _build_fused(model_dir: str, out: str, engine: str, engine_dir: str, cfg: Dict,
                  decoding: Decoding, beam: int, values: Dict,
                  gpus: Optional[List[int]] = None) -> str:
-    """`pipeline: fused`: the `fused` python model (fbank, encoder, search with the LM,
-    rescoring, text in one process) and `attention_rescoring` as its one-step ensemble."""
+    """`pipeline: fused`: one python model (fbank, encoder, search with the LM, rescoring,
+    text in one process), named `attention_rescoring` (models.fused.entry direct, the
+    default) or `fused` with `attention_rescoring` as its one-step ensemble (entry ensemble:
+    the ensemble's scheduling cost 15 % of the throughput on an H200, 2026-12-02)."""
     tdir = templates_dir()
+    m = cfg.get("models", {}).get("fused", {})
+    entry = str(m.get("entry", "direct")).lower()
+    if entry not in FUSED_ENTRIES:
+        raise ValueError(f"models.fused.entry {m.get('entry')!r}: use direct (the fused model is "
+                         "attention_rescoring) or ensemble (attention_rescoring is a one-step "
+                         "ensemble of the `fused` model)")
+    name = "attention_rescoring" if entry == "direct" else "fused"
     if os.path.exists(out):
         shutil.rmtree(out)
-    m = cfg.get("models", {}).get("fused", {})
     max_batch = int(cfg["max_batch_size"])
     fe_device = cfg.get("feature_device") or "cpu"
     params = {"fbank_impl": cfg.get("feature_impl") or "knf",
@@ -449,18 +458,21 @@ def _build_fused(model_dir: str, out: str, engine: str, engine_dir: str, cfg: Di
               "search_threads": int(m.get("search_threads", 2)),
               "max_inflight": int(m.get("max_inflight", 2)),
               "async_responses": _flag(m.get("async_responses", True)),
-              "stage_threads": int(m.get("stage_threads", 4)),
+              "stage_threads": int(m.get("stage_threads", 1)),
               "blocking_waits": _flag(m.get("blocking_waits", True)),
               "rescore_batch": max_batch}
     v = dict(values, dynamic_batching=_batching(m, max_batch), instance_group=_instances(m, gpus),
-             fused_parameters=_pbtxt_params(params))
-    for name, tmpl in (("fused", "config.pbtxt.tmpl"), ("attention_rescoring", "config.fused.pbtxt.tmpl")):
-        with open(os.path.join(tdir, name, tmpl)) as f:
+             fused_parameters=_pbtxt_params(params), model_name=name)
+    renders = [(name, os.path.join(tdir, "fused", "config.pbtxt.tmpl"))]
+    if entry == "ensemble":
+        renders.append(("attention_rescoring", os.path.join(tdir, "attention_rescoring", "config.fused.pbtxt.tmpl")))
+    for model, tmpl in renders:
+        with open(tmpl) as f:
             text = Template(f.read()).substitute(v)
-        os.makedirs(os.path.join(out, name, "1"))
-        with open(os.path.join(out, name, "config.pbtxt"), "w") as f:
+        os.makedirs(os.path.join(out, model, "1"))
+        with open(os.path.join(out, model, "config.pbtxt"), "w") as f:
             f.write(text)
-    vdir = os.path.join(out, "fused", "1")
+    vdir = os.path.join(out, name, "1")
     shutil.copyfile(os.path.join(tdir, "fused", "1", "model.py"), os.path.join(vdir, "model.py"))
     for f in (CONFIG_NAME, "units.txt"):
         shutil.copyfile(os.path.join(engine_dir, f), os.path.join(vdir, f))
@@ -479,6 +491,7 @@ def _build_fused(model_dir: str, out: str, engine: str, engine_dir: str, cfg: Di
     with open(os.path.join(out, "serving.json"), "w") as f:
         json.dump({"model_dir": os.path.abspath(model_dir), "engine": engine,
                    "engine_dir": os.path.abspath(engine_dir), "config": cfg, "pipeline": "fused",
+                   "fused_entry": entry,
                    "decoding": dict(decoding.as_dict(), beam_size=beam)}, f, indent=2)
     log.info("wrote Triton repository %s (engine %s, pipeline fused, max batch %d)", out, engine, max_batch)
     return out

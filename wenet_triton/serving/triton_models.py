@@ -707,9 +707,11 @@ class FusedAsr:
             if self.search_threads > 1 else None
         self.batch_pool = ThreadPoolExecutor(self.max_inflight, thread_name_prefix="batch") \
             if self.async_responses else None
-        # the rows of a batch copied into the GPU fbank's staging buffer (and range-checked)
-        # on stage_threads threads: memory-bound work on the instance's one execute() path
-        n = int(p.get("stage_threads", "4"))
+        # stage_threads > 1: the rows of a batch copied into the GPU fbank's staging buffer (and
+        # range-checked) on that many threads. Off by default: with 4 the stage took 6-8 ms
+        # of wall time per batch of 31 (H200, 2026-12-02) against 3 for one thread in 6623f55,
+        # each row's thread waiting for the GIL that the batch threads hold
+        n = int(p.get("stage_threads", "1"))
         self.stage_pool = ThreadPoolExecutor(n, thread_name_prefix="stage") if self.gpu_fbank and n > 1 else None
         self.timer = _Timings("fused")
 
