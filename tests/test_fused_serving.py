@@ -101,7 +101,7 @@ def test_fused_u2pp_matches_offline_mixed_lengths_and_isolates_bad_requests(u2pp
     delay forces it) and each gets the offline transcript; bad requests among them get
     their own errors; a request carrying a batch of rows is answered row by row; the
     synchronous mode (async_responses false), served behind the one-step ensemble (entry
-    ensemble), answers the same."""
+    ensemble), and the device stage in execute() (device_stage execute) answer the same."""
     from wenet_triton.audio.frontend import read_audio
     from wenet_triton.serving.client import transcribe_many
     from wenet_triton.serving.repo import build_repo
@@ -117,11 +117,13 @@ def test_fused_u2pp_matches_offline_mixed_lengths_and_isolates_bad_requests(u2pp
         replies = transcribe_many(url, items, concurrency=len(items))
         return replies, infer_batch(url, [w for _, w in good[:3]])
 
-    for mode, entry in (("true", "direct"), ("false", "ensemble")):
-        repo = build_repo(model_dir("u2pp_conformer"), str(tmp_path / f"fused_async_{mode}"), "onnxruntime",
+    for mode, entry, stage in (("true", "direct", "batch"), ("true", "direct", "execute"),
+                               ("false", "ensemble", "batch")):
+        repo = build_repo(model_dir("u2pp_conformer"), str(tmp_path / f"fused_async_{mode}_{stage}"), "onnxruntime",
                           overrides={"pipeline": "fused", "engine": {"threads": 2},
                                      "models": {"fused": {"max_queue_delay_us": 300000, "entry": entry,
-                                                          "async_responses": mode == "true"}}},
+                                                          "async_responses": mode == "true",
+                                                          "device_stage": stage}}},
                           engine_dir=u2pp_export)
         (replies, batched), stats = _serve(repo, tmp_path, run)
         model = "attention_rescoring" if entry == "direct" else "fused"

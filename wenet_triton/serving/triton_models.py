@@ -634,12 +634,15 @@ class _Timings:
 
 
 class _FusedBatch:
-    """One group of requests between the device stage and its responses."""
-    def __init__(self, requests, counts, out, host, enc, enc_lens, out_frames=None):
+    """One group of requests from its checks to its responses: prepared (features, or samples
+    staged for the GPU fbank) until the device stage fills in the encoder's outputs."""
+    def __init__(self, requests, counts, out, frames, staged=None, feats=None, lens=None):
         self.requests, self.counts, self.out = requests, counts, out
-        self.host = host          # encoder_out_lens, beam_log_probs(_idx): numpy
-        self.enc, self.enc_lens = enc, enc_lens  # encoder_out (+ lens) where rescoring reads them
-        self.out_frames = out_frames  # encoder_out_lens known on the host (GPU path), numpy
+        self.frames = frames      # fbank frames per utterance (host)
+        self.staged, self.feats, self.lens = staged, feats, lens  # the device stage's inputs
+        self.host = None          # encoder_out_lens, beam_log_probs(_idx): numpy (or the GPU search)
+        self.enc = self.enc_lens = None  # encoder_out (+ lens) where rescoring reads them
+        self.out_frames = None    # encoder_out_lens known on the host (GPU path), numpy
         self.t_submit = 0.0
 
 
@@ -649,10 +652,13 @@ class FusedAsr:
     (C++, with the LM) -> rescoring inputs -> attention decoder on the same engine object
     (no BLS) -> best hypothesis -> text, for the dynamic batch it holds.
 
-    Threads. execute() (Triton's thread) checks the requests and runs the device stage
-    (fbank + encoder; on a GPU under `gpu_lock`, CPU fbank outside it), then hands the batch to
-    `batch_pool` and returns None: Triton gives this instance its next batch while earlier
-    ones are searched, so the encoder of batch N+1 overlaps the search of batch N. Each
+    Threads. execute() (Triton's thread) checks the requests and prepares them (samples
+    staged for the GPU fbank, or CPU fbank), hands the batch to `batch_pool` and returns None:
+    Triton gives this instance its next batch at once. A batch thread runs the device stage
+    (fbank + encoder; on a GPU under `gpu_lock`) and then the search, so the encoder of batch
+    N+1 overlaps the search of batch N. (Parameter device_stage=execute runs the device stage
+    in execute() instead, as until 2026-12-02: Triton's one thread per instance then carried
+    fbank and encoder launches too.) Each
     batch's search is split over `search_pool` (the C++ search releases the GIL); on a GPU
     its rescoring takes `gpu_lock` again. Responses go out through each request's response
     sender. At most `max_inflight` batches are past the device stage at once; beyond that
@@ -697,6 +703,10 @@ class FusedAsr:
         # which the stages' CPU time then counts and the instances' other threads lack
         self.blocking_waits = p.get("blocking_waits", "true").lower() == "true"
         self.async_responses = p.get("async_responses", "true").lower() == "true"
+        self.device_stage_in_execute = p.get("device_stage", "batch").lower() == "execute"
+        if p.get("device_stage", "batch").lower() not in ("batch", "execute"):
+            raise ValueError(f"device_stage {p['device_stage']!r}: use batch (a batch thread runs "
+                             "fbank + encoder) or execute (Triton's thread does)")
         # one GPU: its work (fbank, encoder, decoder, graph captures, frees) one thread at a
         # time; onnxruntime / CPU torch sessions are thread-safe, so there the decoder of one
         # batch may run beside the encoder of the next (as in the ensemble's processes)
@@ -754,7 +764,9 @@ class FusedAsr:
             self.timer.add("slot_wait", time.perf_counter() - t)
             try:
                 out: List = [None] * len(reqs)
-                batch = self._front(reqs, out)
+                batch = self._prepare(reqs, out)
+                if batch is not None and self.device_stage_in_execute:
+                    self._device_stage(batch)
             except Exception:  # noqa: BLE001 - each request alone gets its own answer
                 self.slots.release()
                 self._send(snd, _isolated(self._run_sync, reqs, "recognition"))
@@ -777,6 +789,8 @@ class FusedAsr:
             self.timer.begin()
             self.timer.add("queue", time.perf_counter() - batch.t_submit)
             try:
+                if batch.host is None:
+                    self._device_stage(batch)
                 self._back(batch)
                 out = batch.out
             except Exception:  # noqa: BLE001 - rerun each request of the group alone
@@ -803,13 +817,17 @@ class FusedAsr:
     def _run_sync(self, requests) -> List:
         """The whole pipeline for a group, in this thread -> its responses."""
         out: List = [None] * len(requests)
-        batch = self._front(requests, out)
+        batch = self._prepare(requests, out)
         if batch is not None:
+            self._device_stage(batch)
             self._back(batch)
         return out
 
-    # -- device stage: checks, fbank, encoder --------------------------------------------
-    def _front(self, requests, out: List):
+    # -- checks and the device stage: fbank, encoder ----------------------------------------
+    def _prepare(self, requests, out: List) -> "_FusedBatch | None":
+        """Checks (bad requests get their error in `out`) and the host half of fbank: the
+        samples staged for the GPU fbank, or the CPU fbank -> the batch (None: no valid
+        request). Needs no GPU lock."""
         self.timer.begin()
         t = time.perf_counter()
         # with the GPU fbank the samples' range is checked as they are staged (one pass)
@@ -817,9 +835,8 @@ class FusedAsr:
         t = self.timer.split("check", t)
         if not wavs:
             return None
-        feats = lens = None
-        if self.gpu_fbank:  # samples into a pinned buffer before the lock; under it the
-            tf = self.front.torch_fbank  # GPU work is only queued
+        if self.gpu_fbank:  # samples into a pinned buffer; under the lock the GPU work is only queued
+            tf = self.front.torch_fbank
             staged = tf.stage(wavs, check_range=True, pool=self.stage_pool)
             if staged.bad:  # rows outside [-1, 1]: errors for their requests, or int16 scaled
                 tf.unstage(staged)
@@ -827,25 +844,29 @@ class FusedAsr:
                 if not wavs:
                     return None
                 staged = tf.stage(wavs, pool=self.stage_pool)
-            frames = staged.frames
-            t = self.timer.split("stage", t)
-        else:  # CPU fbank needs no lock
-            fs = self.front.fbank_batch(wavs)
-            feats, lens = _cat_padded([f[None] for f in fs], axis=1), np.array([f.shape[0] for f in fs], np.int32)
-            frames = lens.tolist()
-            t = self.timer.split("fbank", t)
+            self.timer.split("stage", t)
+            return _FusedBatch(requests, counts, out, staged.frames, staged=staged)
+        fs = self.front.fbank_batch(wavs)
+        feats, lens = _cat_padded([f[None] for f in fs], axis=1), np.array([f.shape[0] for f in fs], np.int32)
+        self.timer.split("fbank", t)
+        return _FusedBatch(requests, counts, out, lens.tolist(), feats=feats, lens=lens)
+
+    def _device_stage(self, batch: _FusedBatch):
+        """fbank (GPU) + encoder for a prepared batch; its outputs into the batch."""
+        self.timer.begin()
+        t = time.perf_counter()
         with self.gpu_lock:
             t = self.timer.split("device_wait", t)
-            if self.gpu_fbank:  # batched torch fbank on the engine's GPU
-                feats, lens = self.front.torch_fbank.batch_tensor(staged)
+            feats, lens = batch.feats, batch.lens
+            if batch.staged is not None:  # batched torch fbank on the engine's GPU
+                feats, lens = self.front.torch_fbank.batch_tensor(batch.staged)
                 t = self.timer.split("fbank", t)
-            host, enc, enc_lens = self._encode(feats, lens, frames)
+            batch.staged = batch.feats = batch.lens = None
+            batch.host, batch.enc, batch.enc_lens = self._encode(feats, lens, batch.frames)
             del feats, lens  # GPU memory is freed under the lock (no other thread's graph capture)
         self.timer.split("encode", t)
-        out_frames = None
         if self.on_device:
-            out_frames = np.array([self.engine.fm.out_frames(k) for k in frames], np.int64)
-        return _FusedBatch(requests, counts, out, host, enc, enc_lens, out_frames)
+            batch.out_frames = np.array([self.engine.fm.out_frames(k) for k in batch.frames], np.int64)
 
     def _encode(self, feats, lens, frames):
         """-> (host outputs for the search, encoder_out, encoder_out_lens for rescoring).
