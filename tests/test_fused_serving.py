@@ -101,7 +101,7 @@ def test_fused_u2pp_matches_offline_mixed_lengths_and_isolates_bad_requests(u2pp
     delay forces it) and each gets the offline transcript; bad requests among them get
     their own errors; a request carrying a batch of rows is answered row by row; the
     synchronous mode (async_responses false), served behind the one-step ensemble (entry
-    ensemble), and the device stage in execute() (device_stage execute) answer the same."""
+    ensemble), and fbank + encoder on the batch thread (device_stage batch) answer the same."""
     from wenet_triton.audio.frontend import read_audio
     from wenet_triton.serving.client import transcribe_many
     from wenet_triton.serving.repo import build_repo

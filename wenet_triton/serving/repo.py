@@ -459,7 +459,7 @@ def _build_fused(model_dir: str, out: str, engine: str, engine_dir: str, cfg: Di
               "max_inflight": int(m.get("max_inflight", 2)),
               "async_responses": _flag(m.get("async_responses", True)),
               "stage_threads": int(m.get("stage_threads", 1)),
-              "device_stage": str(m.get("device_stage", "batch")),
+              "device_stage": str(m.get("device_stage", "execute")),
               "blocking_waits": _flag(m.get("blocking_waits", True)),
               "rescore_batch": max_batch}
     v = dict(values, dynamic_batching=_batching(m, max_batch), instance_group=_instances(m, gpus),

@@ -653,12 +653,12 @@ class FusedAsr:
     (no BLS) -> best hypothesis -> text, for the dynamic batch it holds.
 
     Threads. execute() (Triton's thread) checks the requests and prepares them (samples
-    staged for the GPU fbank, or CPU fbank), hands the batch to `batch_pool` and returns None:
-    Triton gives this instance its next batch at once. A batch thread runs the device stage
-    (fbank + encoder; on a GPU under `gpu_lock`) and then the search, so the encoder of batch
-    N+1 overlaps the search of batch N. (Parameter device_stage=execute runs the device stage
-    in execute() instead, as until 2026-12-02: Triton's one thread per instance then carried
-    fbank and encoder launches too.) Each
+    staged for the GPU fbank, or CPU fbank), runs the device stage (fbank + encoder; on a GPU
+    under `gpu_lock`), hands the batch to `batch_pool` and returns None: Triton gives this
+    instance its next batch while earlier ones are searched, so the encoder of batch N+1
+    overlaps the search of batch N. Parameter device_stage=batch leaves the device stage to
+    the batch thread too, so that Triton's one thread per instance carries only checks and
+    staging (not yet measured on a GPU; execute stays the default until it is). Each
     batch's search is split over `search_pool` (the C++ search releases the GIL); on a GPU
     its rescoring takes `gpu_lock` again. Responses go out through each request's response
     sender. At most `max_inflight` batches are past the device stage at once; beyond that
@@ -703,8 +703,8 @@ class FusedAsr:
         # which the stages' CPU time then counts and the instances' other threads lack
         self.blocking_waits = p.get("blocking_waits", "true").lower() == "true"
         self.async_responses = p.get("async_responses", "true").lower() == "true"
-        self.device_stage_in_execute = p.get("device_stage", "batch").lower() == "execute"
-        if p.get("device_stage", "batch").lower() not in ("batch", "execute"):
+        self.device_stage_in_execute = p.get("device_stage", "execute").lower() == "execute"
+        if p.get("device_stage", "execute").lower() not in ("batch", "execute"):
             raise ValueError(f"device_stage {p['device_stage']!r}: use batch (a batch thread runs "
                              "fbank + encoder) or execute (Triton's thread does)")
         # one GPU: its work (fbank, encoder, decoder, graph captures, frees) one thread at a
