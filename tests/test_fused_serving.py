@@ -214,28 +214,6 @@ def test_profile_reports_wall_and_cpu_time_per_stage(monkeypatch, capsys):
     assert got["wait"][0] >= 75 and got["wait"][1] < 10
 
 
-class _FakeTensor:
-    def __init__(self, name, arr):
-        self._name, self._arr = name, arr
-
-    def name(self):
-        return self._name
-
-    def as_numpy(self):
-        return self._arr
-
-
-class _FakeRequest:
-    def __init__(self, rid, wav, lens):
-        self.rid, self.tensors = rid, [_FakeTensor("WAV", wav), _FakeTensor("WAV_LENS", lens)]
-
-    def inputs(self):
-        return self.tensors
-
-    def request_id(self):
-        return self.rid
-
-
 @pytest.mark.parametrize("int16_range", [False, True])
 def test_range_checked_while_staging_equals_checked_first(monkeypatch, int16_range):
     """The fused model on a GPU checks the samples' range as it copies them into the staging
@@ -245,18 +223,15 @@ def test_range_checked_while_staging_equals_checked_first(monkeypatch, int16_ran
     float64 row -> the same errors (message for message) and the same staged samples as
     checking every row first."""
     from concurrent.futures import ThreadPoolExecutor
-    from types import SimpleNamespace
 
+    sys.path.insert(0, ROOT)
+    from benchmarks.stream_execute import fake_pb_utils  # the stand-in for the stub's module
     from wenet_triton.audio.torch_fbank import TorchFbank
     from wenet_triton.contract import FbankConf
     from wenet_triton.serving import triton_models as tm
 
-    class Error:
-        def __init__(self, msg, code=None):
-            self.msg = msg
-
-    monkeypatch.setattr(tm, "pb_utils", SimpleNamespace(
-        TritonError=Error, InferenceResponse=lambda output_tensors, error: error.msg))
+    pb = fake_pb_utils()
+    monkeypatch.setattr(tm, "pb_utils", pb)
     front = object.__new__(tm._WavFrontend)
     front.conf, front.max_seconds, front.min_frames = FbankConf(), 60.0, 7
     front.window, front.int16_range, front.max_request_samples = 400, int16_range, 0
@@ -271,7 +246,8 @@ def test_range_checked_while_staging_equals_checked_first(monkeypatch, int16_ran
     rows = [(wav(16000)[None], [16000]), (nan[None], [8000]), (wav(12000, 9000.0)[None], [12000]),
             (two, [9000, 8000]), (wav(7000, 0.9, np.float64)[None], [7000]),
             (wav(5000, 40000.0)[None], [5000]), (wav(20000)[None], [20000])]
-    requests = [_FakeRequest(f"r{i}", w, np.array(n, np.int32).reshape(-1, 1)) for i, (w, n) in enumerate(rows)]
+    requests = [pb.InferenceRequest([pb.Tensor("WAV", w), pb.Tensor("WAV_LENS", np.array(n, np.int32).reshape(-1, 1))],
+                                    request_id=f"r{i}") for i, (w, n) in enumerate(rows)]
     tf = TorchFbank(front.conf)
 
     out_first = [None] * len(requests)
@@ -286,10 +262,11 @@ def test_range_checked_while_staging_equals_checked_first(monkeypatch, int16_ran
         tf.unstage(staged)
         wavs, counts = front.recheck(requests, out, wavs, counts, staged.bad)
         again = tf.stage(wavs, pool=pool)
-    assert out == out_first and counts == counts_first
-    assert "r1" in out[1] and "NaN" in out[1]
-    assert "r5" in out[5] and "outside [-1, 1]" in out[5]
-    assert (out[2] is None and out[3] is None) if int16_range else ("(row 1)" in out[3] and out[2])
+    errors = [r and r.error().message() for r in out]
+    assert errors == [r and r.error().message() for r in out_first] and counts == counts_first
+    assert "r1" in errors[1] and "NaN" in errors[1]
+    assert "r5" in errors[5] and "outside [-1, 1]" in errors[5]
+    assert (errors[2] is None and errors[3] is None) if int16_range else ("(row 1)" in errors[3] and errors[2])
     assert again.shape == first.shape and again.frames == first.frames and again.bad == []
     n = first.shape[0] * first.shape[1]
     np.testing.assert_array_equal(again.slot.buf[:n].numpy(), first.slot.buf[:n].numpy())
