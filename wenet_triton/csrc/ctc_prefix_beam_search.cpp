@@ -161,7 +161,8 @@ inline uint64_t pair_key(int parent, int tok) {
 // Accumulates next-step hypotheses in first-insertion order, like Python's dict: a vector
 // plus a small open-addressing index (cleared by bumping a generation stamp), reused per frame.
 struct NextHyps {
-  std::vector<Cand> items;
+  std::vector<Cand> items;  // items[0, size): a fixed array (no push_back bookkeeping per entry)
+  int size = 0;
   std::vector<int> slot_item;
   std::vector<uint32_t> slot_gen;
   uint32_t gen = 1, mask = 0;
@@ -171,9 +172,9 @@ struct NextHyps {
     slot_item.assign(n, 0);
     slot_gen.assign(n, 0);
     mask = (uint32_t)(n - 1);
-    items.reserve(capacity);
+    items.resize(capacity);
   }
-  void clear() { items.clear(); ++gen; }
+  void clear() { size = 0; ++gen; }
   // returns the entry and whether it was just created
   Cand& get(uint64_t key, int node, int parent, int tok, bool* fresh) {
     uint32_t h = (uint32_t)((key * 0x9E3779B97F4A7C15ull) >> 40) & mask;
@@ -183,10 +184,11 @@ struct NextHyps {
       if (c.key == key) { *fresh = false; return c; }
     }
     slot_gen[h] = gen;
-    slot_item[h] = (int)items.size();
-    items.push_back({key, node, parent, tok, NEG_INF, NEG_INF, 0.0, 0});
+    slot_item[h] = size;
+    Cand& c = items[size++];
+    c = Cand{key, node, parent, tok, NEG_INF, NEG_INF, 0.0, 0};
     *fresh = true;
-    return items.back();
+    return c;
   }
 };
 
@@ -259,7 +261,7 @@ void advance(SearchState& st, const float* topv, const int64_t* topi, int len, i
       }
     }
     order.clear();
-    for (int i = 0; i < (int)next.items.size(); ++i) {
+    for (int i = 0; i < next.size; ++i) {
       const Cand& c = next.items[i];
       double key = log_add2(c.pb, c.pnb);
       if (lm) {  // same association as the Python search, so ties break alike. A new
