@@ -198,9 +198,13 @@ inline bool by_score_desc(const std::pair<double, int>& a, const std::pair<doubl
 
 // Score descending, ties by index (insertion order): with distinct indices a total order, so
 // any sort by it gives exactly what a stable sort by score gives to entries in index order.
+// A NaN score (log-probs of a broken model) ranks as -inf: std::sort needs a strict weak
+// order, and NaN compares false both ways (undefined behaviour, reads out of bounds).
 struct ScoreThenIndex {
+  static double rank(double x) { return x != x ? NEG_INF : x; }
   bool operator()(const std::pair<double, int>& a, const std::pair<double, int>& c) const {
-    return a.first > c.first || (a.first == c.first && a.second < c.second);
+    const double x = rank(a.first), y = rank(c.first);
+    return x > y || (x == y && a.second < c.second);
   }
 };
 
