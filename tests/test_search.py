@@ -196,11 +196,11 @@ def test_native_search_survives_nan_log_probs():
     """A broken model's NaN log-probs (or an fp16 overflow) must not crash the serving process:
     the C++ search orders candidates with std::sort / nth_element, which need a strict weak
     order (NaN compares false both ways; the search ranks a NaN score as -inf). Whole-
-    utterance and resumed (streaming) searches, with and without the demo LM, on top-k inputs
-    with NaN scattered over them -> n-best lists of valid token ids, and the row without NaN
-    gets exactly what it gets in a batch of its own. (Without the NaN rank these inputs did
-    not happen to crash libstdc++'s sort either: the test guards the outputs, not the
-    undefined behaviour itself.)"""
+    utterance and resumed (streaming) searches, and the GPU search's code run on the CPU, with
+    and without the demo LM, on top-k inputs with NaN scattered over them -> n-best lists of
+    valid token ids, and the row without NaN gets exactly what it gets in a batch of its own.
+    (Without the NaN rank these inputs did not happen to crash libstdc++'s sort either: the
+    test guards the outputs, not the undefined behaviour itself.)"""
     import os
 
     from wenet_triton.decode import native
@@ -233,6 +233,11 @@ def test_native_search_survives_nan_log_probs():
                 assert all(0 < t < V for h in hyps for t in h[0])
             alone = native.prefix_beam_search_batch(v[:1], ix[:1], lens[:1], beam, 0, lm_, w, bonus)
             assert repr(got[0]) == repr(alone[0])
+            # the GPU search's code (run on the CPU): it too ends, with valid ids, and the clean row
+            # is the C++ search's (rows with NaN may differ between the two: garbage in)
+            emu = native.emulated_gpu_search_batch(v, ix, lens, beam, 0, lm_, w, bonus)
+            assert all(0 < t < V for hyps in emu for h in hyps for t in h[0])
+            assert repr(emu[0]) == repr(alone[0])
             states = [native.SearchState(L) for _ in range(B)]
             for a in range(0, T, 16):  # resumed in pieces of 16 frames, as live streams are
                 b = min(T, a + 16)
