@@ -13,7 +13,7 @@ from typing import List, Sequence, Union
 import numpy as np
 import torch
 
-from wenet_triton.contract import FbankConf, num_frames
+from wenet_triton.contract import FbankConf, in_unit_range, num_frames
 
 
 def _mel(f):
@@ -99,7 +99,7 @@ class TorchFbank:
             row = view[i, : len(w)]
             row[...] = w
             view[i, len(w):] = 0.0
-            return not check_range or bool(row.max() <= 1.0 and row.min() >= -1.0)
+            return not check_range or in_unit_range(row)
 
         rows = range(len(wavs))
         ok = list(pool.map(fill, rows)) if pool is not None and len(wavs) > 1 else [fill(i) for i in rows]

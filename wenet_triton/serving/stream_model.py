@@ -30,7 +30,7 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
-from wenet_triton.contract import EngineSettings
+from wenet_triton.contract import EngineSettings, in_unit_range
 from wenet_triton.decode.options import Decoding, load_lm
 from wenet_triton.decode.vocab import Vocab
 from wenet_triton.engines.streaming import (
@@ -52,7 +52,6 @@ from wenet_triton.serving.triton_models import (
     _Timings,
     _version_dir,
     check_amplitude,
-    in_unit_range,
     pb_utils,
 )
 from wenet_triton.streaming import LiveStream, StreamDecoder

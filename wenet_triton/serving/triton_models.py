@@ -21,7 +21,7 @@ from typing import Dict, List, Sequence
 import numpy as np
 
 from wenet_triton.audio.frontend import Fbank, check_waveform, min_samples, num_frames
-from wenet_triton.contract import EngineSettings
+from wenet_triton.contract import EngineSettings, in_unit_range
 from wenet_triton.decode.options import load_lm
 from wenet_triton.decode.search import ctc_prefix_beam_search_batch, pick_rescored, rescoring_inputs
 from wenet_triton.decode.vocab import Vocab
@@ -215,13 +215,6 @@ def _open_engine(args, params, parts):
                        device=_instance_device(args, params), dtype=params.get("dtype") or None,
                        model_dir=mdir if os.path.isdir(mdir) else None,
                        threads=int(params.get("threads", "0")), parts=parts)
-
-
-def in_unit_range(w: np.ndarray) -> bool:
-    """Every sample of a non-empty waveform in [-1, 1], in two passes without copies (NaN fails
-    the comparisons): the common case, which the checks that name a problem
-    (check_waveform, check_amplitude) need not look at."""
-    return bool(w.max() <= 1.0 and w.min() >= -1.0)
 
 
 def check_amplitude(w: np.ndarray, int16_range: bool, at: str = "") -> np.ndarray:
