@@ -696,10 +696,11 @@ class FusedAsr:
         # which the stages' CPU time then counts and the instances' other threads lack
         self.blocking_waits = p.get("blocking_waits", "true").lower() == "true"
         self.async_responses = p.get("async_responses", "true").lower() == "true"
-        self.device_stage_in_execute = p.get("device_stage", "execute").lower() == "execute"
-        if p.get("device_stage", "execute").lower() not in ("batch", "execute"):
+        device_stage = p.get("device_stage", "execute").lower()
+        if device_stage not in ("batch", "execute"):
             raise ValueError(f"device_stage {p['device_stage']!r}: use batch (a batch thread runs "
                              "fbank + encoder) or execute (Triton's thread does)")
+        self.device_stage_in_execute = device_stage == "execute"
         # one GPU: its work (fbank, encoder, decoder, graph captures, frees) one thread at a
         # time; onnxruntime / CPU torch sessions are thread-safe, so there the decoder of one
         # batch may run beside the encoder of the next (as in the ensemble's processes)
