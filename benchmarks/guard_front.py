@@ -21,8 +21,10 @@ import asyncio
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -62,7 +64,7 @@ def infer_request(samples: int) -> bytes:
 
 
 # -- the stand-in backend -------------------------------------------------------------------
-def backend_main(port: int):
+def backend_main(port: int, unix: str = ""):
     import grpc
     from tritonclient.grpc import service_pb2
 
@@ -88,6 +90,8 @@ def backend_main(port: int):
     async def serve():
         server = grpc.aio.server(handlers=[Handler()], options=[("grpc.max_receive_message_length", -1)])
         server.add_insecure_port(f"127.0.0.1:{port}")
+        if unix:  # the same backend on a Unix socket too (--legs unix)
+            server.add_insecure_port(unix)
         await server.start()
         print("ready", flush=True)
         await server.wait_for_termination()
@@ -259,6 +263,9 @@ def main(argv=None):
     p.add_argument("--clients", type=int, default=2, help="load processes")
     p.add_argument("--channels", type=int, default=4, help="connections per load process")
     p.add_argument("--concurrency", type=int, default=8, help="requests in flight per load process")
+    p.add_argument("--legs", default="tcp",
+                   help="the front-to-backend connection(s) to compare: tcp (loopback), unix (a Unix "
+                        "socket, as `serve` connects its guard workers to tritonserver), or tcp,unix")
     p.add_argument("--repeat", type=int, default=1, help="rounds over the fronts (medians printed)")
     p.add_argument("--out", help="CSV (appended)")
     p.add_argument("--profile", help="directory for cProfile dumps of the front process(es)")
@@ -271,9 +278,10 @@ def main(argv=None):
     p.add_argument("--url")
     p.add_argument("--samples", type=int)
     p.add_argument("--profile-out", default="")
+    p.add_argument("--unix", default="")
     a = p.parse_args(argv)
     if a.role == "backend":
-        return backend_main(a.port)
+        return backend_main(a.port, a.unix)
     if a.role == "inproc":
         return inproc_main(a.port, a.backend, a.profile_out)
     if a.role == "load":
@@ -283,21 +291,29 @@ def main(argv=None):
     if a.profile:
         os.makedirs(a.profile, exist_ok=True)
     bport = free_port()
-    backend = _spawn(["backend", "--port", str(bport)])
+    sockdir = tempfile.mkdtemp(prefix="guard_front_")
+    unix = f"unix:{sockdir}/backend.sock"
+    backend = _spawn(["backend", "--port", str(bport), "--unix", unix])
+    urls = {"tcp": f"127.0.0.1:{bport}", "unix": unix}
+    legs = [x.strip() for x in a.legs.split(",")]
     rows = []
     try:
         for rep in range(a.repeat):  # the fronts in turn, so that a noisy spell hits all alike
             for front in a.fronts.split(","):
-                row = dict(measure(front.strip(), a, f"127.0.0.1:{bport}", backend.pid), repeat=rep)
-                print(json.dumps(row), flush=True)
-                rows.append(row)
+                for leg in legs if front.strip() != "direct" else legs[:1]:
+                    row = dict(measure(front.strip(), a, urls[leg], backend.pid), leg=leg, repeat=rep)
+                    print(json.dumps(row), flush=True)
+                    rows.append(row)
     finally:
         _stop(backend)
-    for front in a.fronts.split(","):
-        mine = [r for r in rows if r["front"] == front.strip()]
+        shutil.rmtree(sockdir, ignore_errors=True)
+    for front, leg in [(f.strip(), g) for f in a.fronts.split(",") for g in legs]:
+        mine = [r for r in rows if r["front"] == front and r["leg"] == leg]
+        if not mine:
+            continue
         med = {k: float(np.median([r[k] for r in mine if r[k] is not None] or [np.nan]))
                for k in ("infer_per_s", "p99_ms", "front_cpu_us_per_req", "backend_cpu_us_per_req")}
-        print(f"{front:>8} {a.label}: median of {len(mine)}: {med['infer_per_s']:.0f} infer/s, p99 "
+        print(f"{front:>8} {leg:>4} {a.label}: median of {len(mine)}: {med['infer_per_s']:.0f} infer/s, p99 "
               f"{med['p99_ms']:.1f} ms, front {med['front_cpu_us_per_req']:.0f} us CPU/request, "
               f"backend {med['backend_cpu_us_per_req']:.0f}", flush=True)
     if a.out:

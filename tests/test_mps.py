@@ -4,6 +4,7 @@ starts a daemon listening on <pipe dir>/control, `quit` on that pipe ends it). T
 daemon lets the instances' kernels share the GPU was measured on an H200 (README, MPS);
 tests/test_hardening.py serves under the stand-in and checks every tritonserver it starts,
 restarts included, gets the daemon's pipe."""
+import json
 import os
 import subprocess
 import sys
@@ -12,8 +13,8 @@ import pytest
 from served import cli_env, fake_mps_control
 
 from wenet_triton.serving import procs
-from wenet_triton.serving.mps import MpsDaemon, MpsError
-from wenet_triton.serving.server import free_port
+from wenet_triton.serving.mps import MpsDaemon, MpsError, gpu_device_files, mps_mode, start_for
+from wenet_triton.serving.server import ServerError, free_port
 
 
 def test_daemon_starts_with_a_private_pipe_and_quits(tmp_path):
@@ -50,11 +51,56 @@ def test_daemon_that_fails_to_start_is_reported(tmp_path):
     assert d.root is None
 
 
-def test_serve_with_mps_but_no_daemon_program_exits_naming_it(tmp_path):
+@pytest.mark.parametrize("how", ["flag", "config"])
+def test_serve_with_mps_but_no_daemon_program_exits_naming_it(tmp_path, how):
+    """`--mps`, or `mps: true` in the repository's serving config: no daemon program is an error."""
     env = dict(cli_env(), PATH=os.path.dirname(sys.executable))  # python, no MPS program
+    flag = ["--mps"] if how == "flag" else []
+    if how == "config":
+        (tmp_path / "serving.json").write_text(json.dumps({"config": {"mps": True}}))
     r = subprocess.run([sys.executable, "-m", "wenet_triton.cli", "serve", "--repo", str(tmp_path),
-                        "--mps", "--grpc-port", str(free_port()), "--metrics-port", str(free_port()),
+                        *flag, "--grpc-port", str(free_port()), "--metrics-port", str(free_port()),
                         "--health-port", "0", "--no-guard"], capture_output=True, text=True, env=env,
                        timeout=120)
     assert r.returncode != 0
-    assert "--mps: nvidia-cuda-mps-control not found" in r.stderr, r.stderr[-2000:]
+    assert "nvidia-cuda-mps-control not found on PATH" in r.stderr, r.stderr[-2000:]
+
+
+def test_mps_setting_the_flag_wins_over_the_serving_config(tmp_path):
+    assert mps_mode(None, None) == "false" and mps_mode(None, str(tmp_path)) == "false"
+    for value, want in ((True, "true"), (False, "false"), ("auto", "auto"), ("AUTO", "auto")):
+        (tmp_path / "serving.json").write_text(json.dumps({"config": {"mps": value}}))
+        assert mps_mode(None, str(tmp_path)) == want
+        assert mps_mode(True, str(tmp_path)) == "true"     # --mps
+        assert mps_mode(False, str(tmp_path)) == "false"   # --no-mps
+    (tmp_path / "serving.json").write_text(json.dumps({"config": {"mps": "sometimes"}}))
+    with pytest.raises(ServerError, match="mps: 'sometimes'; use true, false or auto"):
+        mps_mode(None, str(tmp_path))
+
+
+def test_auto_starts_the_daemon_only_with_its_program_and_a_gpu(tmp_path):
+    binary = fake_mps_control(str(tmp_path / "bin"))
+    missing = str(tmp_path / "none" / "nvidia-cuda-mps-control")
+    assert start_for("false", lambda: 1, binary) is None
+    assert start_for("auto", lambda: 0, binary) is None         # no GPU: no daemon
+    assert start_for("auto", lambda: 1, missing) is None        # no program: time slices
+    with pytest.raises(MpsError, match="not found on PATH"):
+        start_for("true", lambda: 1, missing)                   # asked for: an error
+    broken = tmp_path / "broken"
+    broken.write_text("#!/bin/sh\nexit 3\n")
+    broken.chmod(0o755)
+    assert start_for("auto", lambda: 1, str(broken)) is None    # fails to start: goes on without
+    for mode in ("auto", "true"):
+        d = start_for(mode, lambda: 1, binary)
+        try:
+            assert d is not None and os.path.exists(os.path.join(d.root, "pipe", "control"))
+        finally:
+            d.stop()
+        assert d.root is None
+
+
+def test_gpu_device_files_counts_nvidia_n_only(tmp_path):
+    for name in ("nvidia0", "nvidia1", "nvidiactl", "nvidia-uvm", "nvidia-caps", "null"):
+        (tmp_path / name).write_text("")
+    assert gpu_device_files(str(tmp_path)) == 2
+    assert gpu_device_files(str(tmp_path / "absent")) == 0

@@ -215,10 +215,12 @@ def add_commands(sub, model_arg, weights_args):
                    help="checking front processes sharing the gRPC port (SO_REUSEPORT; the kernel "
                    "spreads connections over them); default: the serving config's guard_workers, "
                    "auto = min(4, cores // 4), at least 1")
-    s.add_argument("--mps", action="store_true",
+    s.add_argument("--mps", action=argparse.BooleanOptionalAction, default=None,
                    help="run a CUDA MPS control daemon of this server's own (private pipe "
                    "directory) so the model instances' GPU kernels run side by side instead of "
-                   "in time slices; needs nvidia-cuda-mps-control (docs/design.md, MPS)")
+                   "in time slices; needs nvidia-cuda-mps-control (docs/design.md, MPS). "
+                   "Default: the serving config's mps (false; auto in configs/serving_gpu.yaml: "
+                   "on where the control program and a GPU are there)")
     s.add_argument("--probe-interval", type=float, default=5.0, help="seconds between probes")
     s.add_argument("--probe-timeout", type=float, default=30.0)
     s.add_argument("--restart-after", type=int, default=3,

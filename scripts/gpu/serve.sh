@@ -25,7 +25,8 @@
 # each; the kernel spreads connections, not requests, over `serve`'s guard workers); for
 # `streams`: STREAMS (list), STREAM_CHUNK_MS ("640 320"), STREAM_DURATION, STREAM_PROCS (client
 # processes), STREAM_TIMEOUT. MPS=1: `serve --mps` (a CUDA MPS daemon of the server's own, so
-# the instances' kernels share the GPU side by side instead of taking turns).
+# the instances' kernels share the GPU side by side instead of taking turns), MPS=0: `--no-mps`;
+# unset: the serving config's `mps` (auto in configs/serving_gpu.yaml).
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -54,7 +55,7 @@ start() {
     --config "${SERVING_CONFIG:-$root/configs/serving_gpu.yaml}" ${GPUS:+--gpus "$GPUS"} \
     --out "$REPO" >> "$OUT/server.log" 2>&1 || exit 1
   echo "$model" > "$WORK/served_model"
-  local mps=(); [ "${MPS:-0}" = 1 ] && mps=(--mps)
+  local mps=(); [ "${MPS:-}" = 1 ] && mps=(--mps); [ "${MPS:-}" = 0 ] && mps=(--no-mps)
   # shellcheck disable=SC2086  # SERVE_ARGS: further `wenet-triton serve` flags, word-split
   setsid python3 -m wenet_triton.cli serve --repo "$REPO" --host 127.0.0.1 --grpc-port "$PORT" \
     --metrics-port $((PORT + 1)) --health-port $((PORT + 2)) ${SERVE_ARGS:-} "${mps[@]}" > "$WORK/triton.log" 2>&1 < /dev/null &

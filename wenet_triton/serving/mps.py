@@ -7,6 +7,11 @@ On an H200 (2026-12-01, `benchmarks/results/h200_2026-12-01e/`) the fused model'
 search fell from ~10 to ~6.7 ms per batch and 2 instances served 3,523 instead of 3,347
 infer/s at concurrency 256; 3 instances 4,229 at 512.
 
+Whether `serve` starts one: `--mps` / `--no-mps`, else the serving config's `mps` key
+(`resolve_mps`): false (the default), true (a missing control program is an error), or auto
+(started when the control program is on PATH and a GPU is visible; otherwise `serve` says so
+and goes on in time slices). configs/serving_gpu.yaml sets auto.
+
 The daemon gets a private pipe and log directory (CUDA_MPS_PIPE_DIRECTORY,
 CUDA_MPS_LOG_DIRECTORY), so only the processes started with `env()` (tritonserver and its
 stubs) use it; other CUDA programs on the host keep their own way. stop() asks it to quit
@@ -18,9 +23,10 @@ import logging
 import os
 import shutil
 import subprocess
+import json
 import tempfile
 import time
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 from wenet_triton.serving import procs
 from wenet_triton.serving.server import ServerError
@@ -31,6 +37,57 @@ CONTROL = "nvidia-cuda-mps-control"
 
 class MpsError(ServerError):
     """The daemon is missing or did not start (serve reports it and exits)."""
+
+
+MPS_MODES = ("false", "true", "auto")
+
+
+def mps_mode(cli: Optional[bool], repo: Optional[str]) -> str:
+    """'true', 'false' or 'auto': `--mps` / `--no-mps` (cli True / False) if given, else the
+    repository's `mps` (serving.yaml, kept in serving.json), else 'false'."""
+    if cli is not None:
+        return "true" if cli else "false"
+    value = None
+    path = os.path.join(repo, "serving.json") if repo else ""
+    if path and os.path.exists(path):
+        with open(path) as f:
+            value = (json.load(f).get("config") or {}).get("mps")
+    mode = "false" if value is None else str(value).strip().lower()
+    if mode not in MPS_MODES:
+        raise ServerError(f"serving config mps: {value!r}; use true, false or auto")
+    return mode
+
+
+def gpu_device_files(dev: str = "/dev") -> int:
+    """NVIDIA GPU device files here (/dev/nvidia0, ...): what a process of this host or
+    container could open, without initialising CUDA in the supervisor."""
+    try:
+        return sum(1 for n in os.listdir(dev) if n.startswith("nvidia") and n[6:].isdigit())
+    except OSError:
+        return 0
+
+
+def start_for(mode: str, gpus: Callable[[], int] = gpu_device_files, binary: Optional[str] = None
+              ) -> Optional["MpsDaemon"]:
+    """The daemon `serve` runs for an mps mode (mps_mode), or None. auto: only when the control
+    program is there and gpus() > 0 (default: GPU device files in /dev); a daemon that then fails to start is logged and skipped
+    (the instances share the GPU in time slices). true: MpsError when it cannot start."""
+    if mode == "false":
+        return None
+    daemon = MpsDaemon(binary)
+    if mode == "true":
+        return daemon.start()
+    if not daemon.binary or not os.access(daemon.binary, os.X_OK):
+        log.info("mps auto: %s not on PATH; the model instances share the GPU in time slices", CONTROL)
+        return None
+    if gpus() <= 0:
+        log.info("mps auto: no GPU visible; no MPS daemon")
+        return None
+    try:
+        return daemon.start()
+    except MpsError as e:
+        log.warning("mps auto: the MPS daemon did not start (%s); serving without it", e)
+        return None
 
 
 class MpsDaemon:
@@ -66,9 +123,10 @@ class MpsDaemon:
 
     def start(self, timeout: float = 10.0) -> "MpsDaemon":
         if not self.binary or not os.access(self.binary, os.X_OK):
-            raise MpsError(f"--mps: {CONTROL} not found on PATH (it comes with the NVIDIA driver, "
-                           "and the NVIDIA container runtime mounts it into GPU containers); "
-                           "serve without --mps or put it on PATH")
+            raise MpsError(f"MPS (--mps, or the serving config's mps: true): {CONTROL} not found "
+                           "on PATH (it comes with the NVIDIA driver, and the NVIDIA container "
+                           "runtime mounts it into GPU containers); put it on PATH, or serve "
+                           "with --no-mps (mps: auto goes on without it)")
         self.root = tempfile.mkdtemp(prefix="wenet-triton-mps-")
         os.makedirs(self.pipe_dir)
         os.makedirs(self.log_dir)

@@ -38,7 +38,7 @@ from wenet_triton.serving import procs
 from wenet_triton.serving.client import decode_transcript, make_inputs
 from wenet_triton.serving.guard import Limits
 from wenet_triton.serving.guard_pool import GuardPool, resolve_workers
-from wenet_triton.serving.mps import MpsDaemon
+from wenet_triton.serving.mps import MpsDaemon, mps_mode, start_for
 from wenet_triton.serving.server import ServerError, TritonServer, free_port, port_in_use
 
 log = logging.getLogger("wenet_triton.supervisor")
@@ -62,7 +62,8 @@ class SupervisorConfig:
     ready_timeout: float = 300.0
     log_verbose: int = 0
     log_file: Optional[str] = None
-    mps: bool = False  # a CUDA MPS daemon of its own for tritonserver's processes (mps.py)
+    mps: Optional[bool] = None  # a CUDA MPS daemon of its own for tritonserver's processes
+    # (mps.py): True / False, or None: the repository's `mps` setting (false, true, auto)
 
 
 @dataclass
@@ -148,8 +149,8 @@ class Supervisor:
         check_ports(c.host, [("--grpc-port", c.grpc_port), ("--http-port", c.http_port),
                              ("--metrics-port", c.metrics_port), ("--health-port", c.health_port)])
         try:
-            if c.mps:  # before anything starts a CUDA client (a failure names what is missing)
-                self.mps = MpsDaemon().start()
+            # before anything starts a CUDA client (a failure names what is missing)
+            self.mps = start_for(mps_mode(c.mps, c.repo))
             if c.guard:
                 self.guard = GuardPool(c.host, c.grpc_port, Limits.from_repo(c.repo),
                                        resolve_workers(c.guard_workers, c.repo), repo=c.repo,
