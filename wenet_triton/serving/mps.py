@@ -19,11 +19,11 @@ and removes the directories.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
 import subprocess
-import json
 import tempfile
 import time
 from typing import Callable, Dict, Optional, Tuple
@@ -70,8 +70,9 @@ def gpu_device_files(dev: str = "/dev") -> int:
 def start_for(mode: str, gpus: Callable[[], int] = gpu_device_files, binary: Optional[str] = None
               ) -> Optional["MpsDaemon"]:
     """The daemon `serve` runs for an mps mode (mps_mode), or None. auto: only when the control
-    program is there and gpus() > 0 (default: GPU device files in /dev); a daemon that then fails to start is logged and skipped
-    (the instances share the GPU in time slices). true: MpsError when it cannot start."""
+    program is there and gpus() > 0 (default: GPU device files in /dev); a daemon that then
+    fails to start is logged and skipped (the instances share the GPU in time slices). true:
+    MpsError when it cannot start."""
     if mode == "false":
         return None
     daemon = MpsDaemon(binary)
