@@ -23,10 +23,12 @@ def main(argv=None):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
+    counts = set()
     for k, run in enumerate(a.runs):
         label, path = run.split("=", 1)
         rows = list(csv.DictReader(open(path)))
         n = [int(r["streams"]) for r in rows]
+        counts.update(n)
         p99 = [float(r["chunk_p99_ms"]) for r in rows]
         ok = [int(r["behind"]) == 0 and int(r["failed"]) == 0 for r in rows]
         color = f"C{k}"
@@ -37,6 +39,8 @@ def main(argv=None):
     ax.axhline(a.target_ms, color="grey", ls=":", lw=1, label=f"target p99 {a.target_ms:g} ms")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
+    ax.set_xticks(sorted(counts), [str(c) for c in sorted(counts)])  # a narrow range has no power of 2
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.set_xlabel("concurrent real-time streams (open marker: some fell behind real time)")
     ax.set_ylabel("chunk latency p99 (ms)")
     ax.grid(True, alpha=0.3)
