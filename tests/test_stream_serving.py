@@ -547,6 +547,60 @@ def test_torch_chunk_engine_with_local_rescoring(wavs, tmp_path):
         assert live_streams(url) == 0
 
 
+def test_async_responses_answer_as_execute_does(wavs, offline, export_dir, tmp_path):
+    """`streaming.async_responses: true` (execute() hands each batch to the instance's
+    decoding thread, answers go out through response senders): 8 staggered streams with odd
+    chunk sizes get the offline finals and partials, batches are still shared, a NaN chunk
+    costs only itself, and no stream is left."""
+    from tritonclient.utils import InferenceServerException
+
+    from wenet_triton.serving.repo import build_repo
+    from wenet_triton.serving.stream_client import sequence_ids, split, stream_many
+
+    rec, finals, enc = offline
+    out = str(tmp_path / "repo")
+    build_repo(model_dir("u2pp_conformer"), out, "onnxruntime",
+               overrides={"max_audio_seconds": 30, "engine": {"threads": 1},
+                          "models": {"streaming": {"max_queue_delay_us": 5000}},
+                          "streaming": dict(STREAM_CFG, async_responses=True, max_inflight=2)},
+               engine_dir=export_dir)
+    cfg = open(os.path.join(out, "streaming", "config.pbtxt")).read()
+    assert '"async_responses" value: { string_value: "true" }' in cfg
+    (tmp_path / "serve").mkdir()
+    with serving(out, str(tmp_path / "serve")) as url:
+        sizes = SIZES[:len(wavs) - 1]
+        inf0, exe0 = _stats(url)
+        got = {}
+        t = threading.Thread(target=lambda: got.update(r=stream_many(
+            url, wavs[:-1], concurrency=len(wavs) - 1, sizes=sizes,
+            start_delays=[0.15 * i for i in range(len(wavs) - 1)])))
+        t.start()
+        # the last wav as a stream of its own with a NaN chunk in the middle
+        name, wav = wavs[-1]
+        client = grpcclient.InferenceServerClient(url)
+        seq = sequence_ids(1)[0]
+        pieces = split(wav, 6400)
+        _chunk_request(client, seq, pieces[0], start=True)
+        for k, piece in enumerate(pieces[1:-1], 1):
+            if k == 1:
+                with pytest.raises(InferenceServerException, match="NaN or inf") as e:
+                    _chunk_request(client, seq, np.full(1600, np.nan, np.float32))
+                assert _code(e.value) == "StatusCode.INVALID_ARGUMENT"
+            _chunk_request(client, seq, piece)
+        text, final, _ = _chunk_request(client, seq, pieces[-1], end=True)
+        t.join(180)
+        assert final and text == finals[name]
+        replies = got["r"]
+        assert [r.error for r in replies] == [None] * len(replies)
+        assert {r.name: r.text for r in replies} == {n: finals[n] for n, _ in wavs[:-1]}
+        for b, ((n, w), r) in enumerate(zip(wavs[:-1], replies)):
+            assert r.flags == [False] * (len(r.sizes) - 1) + [True]
+            assert r.partials == expected_partials(rec, enc, b, w, r.sizes), n
+        inf1, exe1 = _stats(url)
+        assert exe1 - exe0 < inf1 - inf0, "no two streams ever shared a batch"
+        assert live_streams(url) == 0
+
+
 def test_model_that_cannot_stream_is_served_without_the_streaming_model(tmp_path, caplog):
     from wenet_triton.engines.export import export_onnx
     from wenet_triton.serving.repo import build_repo

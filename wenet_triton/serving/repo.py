@@ -282,7 +282,15 @@ def streaming_config(cfg: Dict) -> Dict:
            "rescore": str(st.get("rescore", "auto")).lower(),
            "fbank": str(st.get("fbank", "auto")).lower(),
            "search_threads": int(st.get("search_threads", 1)),
-           "rescore_graphs": str(st.get("rescore_graphs", True)).lower()}
+           "rescore_graphs": str(st.get("rescore_graphs", True)).lower(),
+           "async_responses": str(st.get("async_responses", False)).lower(),
+           "max_inflight": int(st.get("max_inflight", 2))}
+    if out["async_responses"] not in ("true", "false"):
+        raise ValueError(f"streaming.async_responses {st['async_responses']!r}: use true (a decoding "
+                         "thread answers through response senders while Triton hands over the next "
+                         "batch) or false (execute() answers its batch)")
+    if out["max_inflight"] < 1:
+        raise ValueError(f"streaming.max_inflight must be >= 1, got {out['max_inflight']}")
     if out["rescore_graphs"] not in ("true", "false"):
         raise ValueError(f"streaming.rescore_graphs {st['rescore_graphs']!r}: use true (CUDA graphs over "
                          "coarse shape buckets for the finals' decoder on a GPU) or false (eager)")
@@ -366,7 +374,9 @@ def _render_streaming(model_dir: str, out: str, engine: str, engine_dir: str, cf
                                               "rescore": rescore, "fbank": fbank,
                                               "feature_device": fe_device,
                                               "search_threads": st["search_threads"],
-                                              "rescore_graphs": st["rescore_graphs"]}, **params)))
+                                              "rescore_graphs": st["rescore_graphs"],
+                                              "async_responses": st["async_responses"],
+                                              "max_inflight": st["max_inflight"]}, **params)))
     with open(os.path.join(templates_dir(), STREAMING_MODEL, "config.pbtxt.tmpl")) as f:
         text = Template(f.read()).substitute(v)
     vdir = os.path.join(out, STREAMING_MODEL, "1")

@@ -11,6 +11,13 @@ BLS call to the `decoder` model), `IS_FINAL` and `LIVE_STREAMS` (streams this in
 after the request). A dynamic batch runs one batched chunk-encoder step at a time over every
 stream with a window ready (`StreamDecoder`).
 
+Parameter async_responses=true (`streaming.async_responses`): execute() only reads the
+batch's inputs, hands it to the instance's one decoding thread and returns, and the
+responses go out through each request's response sender; Triton then moves the next batch
+into the stub while this one decodes (batches stay in arrival order: one thread decodes
+them). At most `max_inflight` batches are queued or decoding; beyond that execute() waits
+and Triton's queue holds the requests, so batches grow under load.
+
 Errors belong to one stream: a bad chunk (NaN/inf, |x| > 1, too long, wrong shape) is
 refused with INVALID_ARGUMENT and not added (the stream goes on; on END the stream is
 dropped); a chunk of a stream this instance does not hold (refused at START, expired, or
@@ -25,7 +32,9 @@ import os
 import threading
 import time
 import traceback
-from typing import Dict, List, Optional
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Union
 
 import numpy as np
 import torch
@@ -63,6 +72,18 @@ class StreamError(Exception):
     def __init__(self, msg: str, code: str = "INVALID_ARG"):
         super().__init__(msg)
         self.code = code
+
+
+@dataclass
+class _Read:
+    """A request's inputs as execute() read them: the sequence id and controls, and the chunk's
+    samples (a copy, owned by the model) or why they were refused; name: the request's id for
+    messages."""
+    cid: int
+    start: bool
+    end: bool
+    wav: Union[np.ndarray, StreamError]
+    name: str
 
 
 # IS_FINAL's two values, shared by every response
@@ -153,6 +174,10 @@ class Streaming:
         self._oldest = float("-inf")  # a lower bound of the streams' last_seen (see _sweep)
         self.counts = {"opened": 0, "ended": 0, "expired": 0, "refused": 0, "dropped": 0}
         self.lock = threading.Lock()
+        self.async_responses = p.get("async_responses", "false").lower() == "true"
+        self.slots = threading.BoundedSemaphore(max(1, int(p.get("max_inflight", "2"))))
+        # one thread decodes the batches in the order Triton gave them (a stream's chunks in order)
+        self.worker = ThreadPoolExecutor(1, thread_name_prefix="streams") if self.async_responses else None
         # WENET_TRITON_PROFILE=N: wall / CPU ms per batch of the stages of execute() and the
         # gap between batches (Triton gathering the next one)
         self.timer, self._last_end = _Timings("streaming", unit="chunks"), 0.0
@@ -253,7 +278,8 @@ class Streaming:
             raise StreamError(f"chunk of {max(n, wav.shape[1])} samples is longer than the configured "
                               f"maximum of {self.max_chunk} ({self.max_chunk / self.rate:g} s, "
                               "streaming.max_chunk_seconds): send shorter chunks")
-        w = wav[0, :n].astype(np.float32, copy=False)
+        # decoded after execute() returns (async_responses): a copy, not a view of the request's memory
+        w = wav[0, :n].astype(np.float32, copy=self.async_responses)
         if not n or in_unit_range(w):  # else the checks that name the problem
             return w
         if not np.all(np.isfinite(w)):
@@ -264,28 +290,67 @@ class Streaming:
             raise StreamError(str(e)) from e
 
     def execute(self, requests):
+        if self.worker is None:
+            return self._decode(self._read_all(requests))
+        t = time.perf_counter()
+        reads = self._read_all(requests)  # the inputs, on Triton's thread
+        senders = [r.get_response_sender() for r in requests]
+        self.slots.acquire()  # beyond max_inflight batches: wait here, Triton queues
+        self.worker.submit(self._answer, reads, senders, t)
+        return None
+
+    def _answer(self, reads: List[_Read], senders, t_submit: float):
+        """The decoding thread: decode a batch and send its responses."""
+        try:
+            self.timer.begin()
+            self.timer.add("queue", time.perf_counter() - t_submit)
+            try:
+                out = self._decode(reads)
+            except Exception as e:  # noqa: BLE001 - never leave a request unanswered
+                print(f"[streaming] batch failed:\n{traceback.format_exc(limit=6)}", flush=True)
+                out = [_error_response(f"stream {r.cid}{r.name}: {e}", "INTERNAL") for r in reads]
+            for sender, r in zip(senders, out):
+                try:
+                    sender.send(r, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                except Exception as e:  # noqa: BLE001 - e.g. a request cancelled meanwhile
+                    print(f"[streaming] could not send a response: {e}", flush=True)
+        finally:
+            self.slots.release()
+
+    def _read_all(self, requests) -> List[_Read]:
+        out = []
+        for req in requests:
+            tensors = _inputs(req)
+            try:
+                wav = self._chunk(tensors)
+            except StreamError as e:
+                wav = e
+            out.append(_Read(_corrid(req, tensors), _flag(tensors, "START"), _flag(tensors, "END"),
+                             wav, _request_name(req)))
+        return out
+
+    def _decode(self, reads: List[_Read]) -> List:
+        """Admit and decode one batch -> its responses, in order."""
         t = time.perf_counter()
         self.timer.begin()
         if self._last_end:
             self.timer.add("between", t - self._last_end)
-        out: List = [None] * len(requests)
+        out: List = [None] * len(reads)
         items, owners = [], []  # (stream, wav, last) and (request index, corrid, last)
         with self.lock:
             self._sweep()
             ended = set()
-            for i, req in enumerate(requests):
-                tensors = _inputs(req)
-                cid = _corrid(req, tensors)
+            for i, r in enumerate(reads):
                 try:
-                    item = self._admit(tensors, cid, ended)
+                    item = self._admit(r, ended)
                 except StreamError as e:
-                    out[i] = _error_response(f"stream {cid}{_request_name(req)}: {e}", e.code)
+                    out[i] = _error_response(f"stream {r.cid}{r.name}: {e}", e.code)
                     continue
                 items.append(item)
-                owners.append((i, cid, item[2]))
+                owners.append((i, r.cid, item[2]))
             t = self.timer.split("admit", t)
             if items:
-                t = self._run(requests, items, owners, out, t)
+                t = self._run(reads, items, owners, out, t)
             live = len(self.streams)
         # shared by this batch's responses (the outputs are copied out when they are sent)
         live_streams, final = np.array([[live]], dtype=np.int32), _IS_FINAL
@@ -300,11 +365,11 @@ class Streaming:
         self.timer.done(len(items), 1)
         return out
 
-    def _admit(self, tensors: Dict, cid: int, ended: set):
+    def _admit(self, r: _Read, ended: set):
         """(stream, samples, last) for a request, opening the stream on START; StreamError
         when the request is refused (the stream's state is left as it was, except that a
         refused END chunk drops the stream: Triton has ended the sequence)."""
-        start, end = _flag(tensors, "START"), _flag(tensors, "END")
+        cid, start, end = r.cid, r.start, r.end
         if cid == 0:
             raise StreamError("no sequence id: send chunks with a non-zero sequence_id")
         if start:
@@ -325,7 +390,9 @@ class Streaming:
                               f"refused or was idle for more than {self.idle:g} s")
         stream.last_seen = time.monotonic()
         try:
-            wav = self._chunk(tensors)
+            if isinstance(r.wav, StreamError):
+                raise r.wav
+            wav = r.wav
         except StreamError as e:
             if end:
                 self._drop(cid, stream)
@@ -339,7 +406,7 @@ class Streaming:
         if self.streams.get(cid) is stream:
             del self.streams[cid]
 
-    def _run(self, requests, items, owners, out, t: float) -> float:
+    def _run(self, reads: List[_Read], items, owners, out, t: float) -> float:
         """Decode a batch of admitted chunks; -> the end of its last profiled stage (t: its start)."""
         mark = [t]  # the profile's stages inside advance(): fbank, encode, search
 
@@ -353,7 +420,7 @@ class Streaming:
             for (stream, _, _), (i, cid, _) in zip(items, owners):
                 self._drop(cid, stream)
                 self.counts["dropped"] += 1
-                out[i] = _error_response(f"stream {cid}{_request_name(requests[i])}: decoding "
+                out[i] = _error_response(f"stream {cid}{reads[i].name}: decoding "
                                          f"failed ({e}); the stream was dropped", "INTERNAL")
             return self.timer.split("texts", mark[0])
         t = self.timer.split("texts", mark[0])
@@ -368,7 +435,7 @@ class Streaming:
                 print(f"[streaming] rescoring failed:\n{traceback.format_exc(limit=6)}", flush=True)
                 for k in finals:
                     i, cid, _ = owners[k]
-                    out[i] = _error_response(f"stream {cid}{_request_name(requests[i])}: attention "
+                    out[i] = _error_response(f"stream {cid}{reads[i].name}: attention "
                                              f"rescoring failed ({e})", "INTERNAL")
             t = self.timer.split("rescore", t)
         for k, ((stream, _, last), (i, cid, _)) in enumerate(zip(items, owners)):
@@ -383,6 +450,8 @@ class Streaming:
 
     def finalize(self):
         self._stop.set()
+        if self.worker is not None:  # the batches handed over are answered first
+            self.worker.shutdown(wait=True)
         with self.lock:
             n = len(self.streams)
             self.streams.clear()
