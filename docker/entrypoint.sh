@@ -18,8 +18,9 @@ if [ "$ENGINE" = tensorrt ]; then
   export LD_PRELOAD="$plugin${LD_PRELOAD:+:$LD_PRELOAD}"
   set -- --engine-dir "$dir" "$@"
 fi
-# MPS=1: a CUDA MPS daemon of the server's own (the instances' kernels share the GPU side by side)
-if [ "${MPS:-0}" = 1 ]; then set -- --mps "$@"; fi
+# MPS=1: a CUDA MPS daemon of the server's own (the instances' kernels share the GPU side by side);
+# MPS=0: none; unset or empty: the serving config's `mps` (auto in configs/serving_gpu.yaml)
+if [ "${MPS:-}" = 1 ]; then set -- --mps "$@"; elif [ "${MPS:-}" = 0 ]; then set -- --no-mps "$@"; fi
 # GPUS (e.g. all, or 0,1): one server over several of the container's GPUs (docs/multigpu.md)
 exec wenet-triton serve --model "$MODEL_DIR" --engine "$ENGINE" --config "$SERVING_CONFIG" \
   ${GPUS:+--gpus "$GPUS"} --host 0.0.0.0 --grpc-port 8001 --metrics-port 8002 --health-port 8003 "$@"
