@@ -35,6 +35,8 @@ from typing import Dict, List, Optional, Tuple
 import grpc
 from tritonclient.grpc import service_pb2
 
+from wenet_triton.serving.server import repo_config
+
 log = logging.getLogger(__name__)
 
 SERVICE = "/inference.GRPCInferenceService/"
@@ -68,11 +70,7 @@ class Limits:
     @classmethod
     def from_repo(cls, repo: str) -> "Limits":
         """The limits a rendered repository serves with (serving.json + the models' settings)."""
-        cfg = {}
-        path = os.path.join(repo, "serving.json")
-        if os.path.exists(path):
-            with open(path) as f:
-                cfg = json.load(f).get("config", {})
+        cfg = repo_config(repo)
         rate = 16000
         for name in os.listdir(repo) if os.path.isdir(repo) else []:
             settings = os.path.join(repo, name, "1", "wenet_triton.json")

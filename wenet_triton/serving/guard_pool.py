@@ -34,7 +34,7 @@ from typing import Callable, Dict, List, Optional
 
 from wenet_triton.serving import procs
 from wenet_triton.serving.guard import Limits
-from wenet_triton.serving.server import ServerError, package_parent
+from wenet_triton.serving.server import ServerError, package_parent, repo_config
 
 log = logging.getLogger("wenet_triton.guard_pool")
 MAX_AUTO_WORKERS = 4
@@ -65,12 +65,7 @@ def default_workers(cpus: Optional[int] = None) -> int:
 def resolve_workers(cli: Optional[int], repo: Optional[str]) -> int:
     """`--guard-workers` if given, else the repository's `guard_workers` (serving.yaml, kept in
     serving.json), else default_workers(). 'auto' (or unset) means the default."""
-    value = cli
-    if value is None and repo:
-        path = os.path.join(repo, "serving.json")
-        if os.path.exists(path):
-            with open(path) as f:
-                value = (json.load(f).get("config") or {}).get("guard_workers")
+    value = cli if cli is not None else repo_config(repo).get("guard_workers")
     if value is None or value == "auto":
         return default_workers()
     try:

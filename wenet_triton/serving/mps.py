@@ -8,7 +8,7 @@ search fell from ~10 to ~6.7 ms per batch and 2 instances served 3,523 instead o
 infer/s at concurrency 256; 3 instances 4,229 at 512.
 
 Whether `serve` starts one: `--mps` / `--no-mps`, else the serving config's `mps` key
-(`resolve_mps`): false (the default), true (a missing control program is an error), or auto
+(`mps_mode`): false (the default), true (a missing control program is an error), or auto
 (started when the control program is on PATH and a GPU is visible; otherwise `serve` says so
 and goes on in time slices). configs/serving_gpu.yaml sets auto.
 
@@ -19,7 +19,6 @@ and removes the directories.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -29,7 +28,7 @@ import time
 from typing import Callable, Dict, Optional, Tuple
 
 from wenet_triton.serving import procs
-from wenet_triton.serving.server import ServerError
+from wenet_triton.serving.server import ServerError, repo_config
 
 log = logging.getLogger("wenet_triton.mps")
 CONTROL = "nvidia-cuda-mps-control"
@@ -47,11 +46,7 @@ def mps_mode(cli: Optional[bool], repo: Optional[str]) -> str:
     repository's `mps` (serving.yaml, kept in serving.json), else 'false'."""
     if cli is not None:
         return "true" if cli else "false"
-    value = None
-    path = os.path.join(repo, "serving.json") if repo else ""
-    if path and os.path.exists(path):
-        with open(path) as f:
-            value = (json.load(f).get("config") or {}).get("mps")
+    value = repo_config(repo).get("mps")
     mode = "false" if value is None else str(value).strip().lower()
     if mode not in MPS_MODES:
         raise ServerError(f"serving config mps: {value!r}; use true, false or auto")

@@ -9,6 +9,7 @@ and site-packages from there) and the wheel's bundled libraries on LD_LIBRARY_PA
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -122,6 +123,16 @@ def package_parent() -> str:
     first on sys.path, so the models import this checkout's wenet_triton, not another
     (editable) install's."""
     return os.path.dirname(PACKAGE_DIR)
+
+
+def repo_config(repo: Optional[str]) -> Dict:
+    """The serving config a rendered repository was built with (`build-repo` keeps it in
+    serving.json under "config"); {} without a repository or that file."""
+    path = os.path.join(repo, "serving.json") if repo else ""
+    if not path or not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f).get("config") or {}
 
 
 class TritonServer:
