@@ -264,8 +264,9 @@ def main(argv=None):
     p.add_argument("--channels", type=int, default=4, help="connections per load process")
     p.add_argument("--concurrency", type=int, default=8, help="requests in flight per load process")
     p.add_argument("--legs", default="tcp",
-                   help="the front-to-backend connection(s) to compare: tcp (loopback), unix (a Unix "
-                        "socket, as `serve` connects its guard workers to tritonserver), or tcp,unix")
+                   help="the front-to-backend connection(s) to compare: tcp (loopback, as `serve` connects "
+                        "its guard workers to tritonserver), unix (a Unix socket, which Triton 2.51 "
+                        "also listens on: --grpc-address=unix:PATH), or tcp,unix")
     p.add_argument("--repeat", type=int, default=1, help="rounds over the fronts (medians printed)")
     p.add_argument("--out", help="CSV (appended)")
     p.add_argument("--profile", help="directory for cProfile dumps of the front process(es)")
