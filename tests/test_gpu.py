@@ -49,12 +49,37 @@ def test_add_layernorm(dtype, rows, cols):
     assert rel_err(s, rs) <= TOL[dtype] and rel_err(y, ry) <= TOL[dtype]
     y2 = kernels.layernorm(x, gamma, beta, 1e-5)
     assert rel_err(y2, kernels.ref_add_layernorm(x, torch.zeros_like(x), 0, gamma, beta, 1e-5)[1]) <= TOL[dtype]
+    # rows not 16-byte aligned (a view one element into its storage): the plain warp kernel
+    xo = torch.cat([x.new_zeros(1), x.flatten()])[1:].view(rows, cols)
+    do = torch.cat([d.new_zeros(1), d.flatten()])[1:].view(rows, cols)
+    so, yo = kernels.add_layernorm(xo, do, 0.5, gamma, beta, 1e-5)
+    assert rel_err(so, rs) <= TOL[dtype] and rel_err(yo, ry) <= TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows,cols", [(1, 256), (7, 256), (64 * 333, 256), (5, 80), (3, 1000), (4, 1500)])
+def test_add_layernorm2_equals_two_launches(dtype, rows, cols):
+    """A layer's norm_final and the next norm in one kernel: bit for bit the two launches it
+    replaces (the second LayerNorm reads the first's stored output), and near the fp32 math."""
+    g = torch.Generator(device="cuda").manual_seed(rows + cols)
+    x = torch.randn(rows, cols, device="cuda", generator=g).to(dtype) * 3
+    d = torch.randn(rows, cols, device="cuda", generator=g).to(dtype)
+    g1, b1, g2, b2 = (torch.randn(cols, device="cuda", generator=g).to(dtype) for _ in range(4))
+    poison()
+    z, y = kernels.add_layernorm2(x, d, 0.5, g1, b1, 1e-5, g2, b2, 1e-12)
+    _, z2 = kernels.add_layernorm(x, d, 0.5, g1, b1, 1e-5)
+    y2 = kernels.layernorm(z2, g2, b2, 1e-12)
+    assert torch.equal(z, z2) and torch.equal(y, y2)
+    _, rz = kernels.ref_add_layernorm(x, d, 0.5, g1, b1, 1e-5)
+    assert rel_err(z, rz) <= TOL[dtype]
+    assert rel_err(y, kernels.ref_add_layernorm(rz, torch.zeros_like(rz), 0, g2, b2, 1e-12)[1]) <= TOL[dtype]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("B,T,C,K,causal,ln", [(1, 1, 256, 15, False, False), (3, 37, 256, 15, False, False),
                                               (64, 129, 256, 8, True, True), (2, 50, 144, 31, False, True),
                                               (4, 5, 256, 8, True, False),
+                                              (4, 300, 256, 15, True, True),  # 4 frames per block
                                               (2, 40, 512, 31, False, True)])  # > 48 KB shared memory
 def test_glu_dwconv(dtype, B, T, C, K, causal, ln):
     g = torch.Generator(device="cuda").manual_seed(B * T)
@@ -72,6 +97,8 @@ def test_glu_dwconv(dtype, B, T, C, K, causal, ln):
     valid = torch.arange(T, device="cuda")[None, :] < lens[:, None]
     assert torch.isfinite(out).all()
     assert rel_err(out[valid], ref[valid]) <= TOL[dtype] * 2
+    # one utterance alone runs with fewer frames per block: the same sums, bit for bit
+    assert torch.equal(kernels.glu_dwconv(h[:1].contiguous(), lens[:1], w, bias, pad, lg, lb, causal, 1e-5), out[:1])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -18,6 +18,11 @@ int wk_add_layernorm(void* sum_out, void* norm_out, const void* x, const void* d
                      const void* gamma, const void* beta, int rows, int cols, float eps, int dtype,
                      cudaStream_t stream);
 
+// out1 = LayerNorm1(x + alpha * delta); out2 = LayerNorm2(out1 as stored)   [rows, cols]
+int wk_add_layernorm2(void* out1, void* out2, const void* x, const void* delta, float alpha,
+                      const void* g1, const void* b1, float eps1, const void* g2, const void* b2,
+                      float eps2, int rows, int cols, int dtype, cudaStream_t stream);
+
 // swish(LN(depthwise_conv(glu(h)))) with padded frames zeroed, h [B, T, 2C], w [C, K]
 int wk_glu_dwconv(void* out, const void* h, const int32_t* lens, const float* w, const float* bias,
                   const float* pad_value, const float* ln_gamma, const float* ln_beta, int B, int T,

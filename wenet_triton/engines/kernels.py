@@ -54,8 +54,12 @@ class _Lib:
     def __init__(self, path: str):
         self.path = path
         lib = ctypes.CDLL(path)
+        lib.wk_version.restype = ctypes.c_int
+        if lib.wk_version() != 5:  # first: an old build lacks the newer symbols
+            raise OSError(f"{path} is an old build: run `wenet-triton build-plugins` again")
         P, I, F = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
         lib.wk_add_layernorm.argtypes = [P, P, P, P, F, P, P, I, I, F, I, P]
+        lib.wk_add_layernorm2.argtypes = [P, P, P, P, F, P, P, F, P, P, F, I, I, I, P]
         lib.wk_glu_dwconv.argtypes = [P, P, P, P, P, P, P, P, I, I, I, I, I, F, I, P]
         lib.wk_log_softmax_topk.argtypes = [P, P, P, P, I, I, I, I, I, P]
         lib.wk_log_softmax_gather.argtypes = [P, P, P, P, I, I, I, I, I, P]
@@ -64,10 +68,7 @@ class _Lib:
         lib.wk_ctc_search_workspace.restype = ctypes.c_int64
         D = ctypes.c_double
         lib.wk_ctc_search.argtypes = [P, P, P, I, I, I, I, I, I, P, P, P, P, P, P, I, D, D, P, P, P]
-        lib.wk_version.restype = ctypes.c_int
-        if lib.wk_version() != 4:
-            raise OSError(f"{path} is an old build: run `wenet-triton build-plugins` again")
-        for f in (lib.wk_add_layernorm, lib.wk_glu_dwconv, lib.wk_log_softmax_topk,
+        for f in (lib.wk_add_layernorm, lib.wk_add_layernorm2, lib.wk_glu_dwconv, lib.wk_log_softmax_topk,
                   lib.wk_log_softmax_gather, lib.wk_attention, lib.wk_ctc_search):
             f.restype = ctypes.c_int
         self.lib = lib
@@ -123,6 +124,28 @@ def add_layernorm(x: torch.Tensor, delta: torch.Tensor, alpha: float, gamma: tor
 
 @add_layernorm.register_fake
 def _(x, delta, alpha, gamma, beta, eps):
+    return torch.empty_like(x), torch.empty_like(x)
+
+
+@torch.library.custom_op("wenet::add_layernorm2", mutates_args=())
+def add_layernorm2(x: torch.Tensor, delta: torch.Tensor, alpha: float, gamma1: torch.Tensor,
+                   beta1: torch.Tensor, eps1: float, gamma2: torch.Tensor, beta2: torch.Tensor,
+                   eps2: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(z, LayerNorm2(z)) with z = LayerNorm1(x + alpha*delta), in one pass: a conformer
+    layer's norm_final and the next norm (the next layer's first, or after_norm). Equal, bit
+    for bit, to add_layernorm then layernorm on its output."""
+    x, delta = x.contiguous(), delta.contiguous()
+    cols = x.shape[-1]
+    z, y = torch.empty_like(x), torch.empty_like(x)
+    _check(load().lib.wk_add_layernorm2(
+        _ptr(z), _ptr(y), _ptr(x), _ptr(delta), alpha, _ptr(gamma1), _ptr(beta1), eps1,
+        _ptr(gamma2), _ptr(beta2), eps2, x.numel() // cols, cols, _DTYPES[x.dtype], _stream()),
+        "wk_add_layernorm2")
+    return z, y
+
+
+@add_layernorm2.register_fake
+def _(x, delta, alpha, gamma1, beta1, eps1, gamma2, beta2, eps2):
     return torch.empty_like(x), torch.empty_like(x)
 
 
