@@ -77,6 +77,40 @@ def linear_f32(x: torch.Tensor, w32: torch.Tensor, b32: torch.Tensor) -> torch.T
     return y.view(*x.shape[:-1], w32.shape[0])
 
 
+def additive_mask(valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A boolean attention mask (True = attend) as SDPA's additive form, 0 / -inf in the
+    attention dtype: made once per call instead of SDPA converting the boolean mask in every
+    layer (a where plus two fills per attention call, ~50 launches per encoder pass). The
+    scores come out the same: + 0 keeps a score, -inf removes it as the boolean mask does."""
+    return torch.zeros(valid.shape, dtype=dtype, device=valid.device).masked_fill_(
+        ~valid, float("-inf"))
+
+
+def linear_relu(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """relu(x @ w.T + b); on CUDA one cuBLASLt GEMM with a bias + ReLU epilogue (the same
+    values: rounding keeps the sign, so relu(round(v)) = round(relu(v)))."""
+    if not x.is_cuda:
+        return F.relu(F.linear(x, w, b))
+    y = torch._addmm_activation(b, x.reshape(-1, x.shape[-1]), w.t())
+    return y.view(*x.shape[:-1], w.shape[0])
+
+
+_CONV_RELU = {"fused": None}  # None: untried; True / False: cudnn_convolution_relu works here
+
+
+def conv2d_relu(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, stride) -> torch.Tensor:
+    """relu(conv2d(x, w, b, stride)); on CUDA cuDNN's fused convolution + bias + ReLU when this
+    build has it (one kernel instead of convolution, bias add, ReLU), else the three ops."""
+    if x.is_cuda and _CONV_RELU["fused"] is not False:
+        try:
+            y = torch.cudnn_convolution_relu(x, w, b, tuple(stride), (0, 0), (1, 1), 1)
+            _CONV_RELU["fused"] = True
+            return y
+        except (RuntimeError, AttributeError):
+            _CONV_RELU["fused"] = False
+    return F.relu(F.conv2d(x, w, b, stride))
+
+
 _SDPA_CHOICE: Dict[Tuple, object] = {}
 
 
@@ -150,6 +184,11 @@ class FastModel:
         self.subsampling = enc.embed.subsampling_rate
         self.right_context = enc.embed.right_context
         self.layers = [self._pack_layer(L, cv, f32) for L in enc.encoders]
+        # rel-pos: every layer's linear_pos as one (L*D, D) weight, so the positional rows
+        # are projected for all layers by one GEMM per call (layer i: columns i*D..(i+1)*D)
+        self.w_pos_all = torch.cat([p["w_pos"] for stages, _ in self.layers
+                                    for kind, _, p, _ in stages if kind == "mha"]) \
+            if self.rel_pos else None
         self.after_norm = self._ln(enc.after_norm, cv)
         self.vocab = model.ctc.ctc_lo.out_features
         self.ctc_w, self.ctc_b = self._padded(model.ctc.ctc_lo, cv, f32)
@@ -254,6 +293,13 @@ class FastModel:
         s = x + alpha * delta if alpha != 1.0 else x + delta
         return s, F.layer_norm(s, (s.shape[-1],), p[0], p[1], p[2])
 
+    def add_ln2(self, x, delta, alpha, p1, p2):
+        """(z, LN2(z)) with z = LN1(x + alpha*delta): a layer's norm_final and the next norm."""
+        if self.kern:
+            return kernels.add_layernorm2(x, delta, alpha, p1[0], p1[1], p1[2], p2[0], p2[1], p2[2])
+        _, z = self.add_ln(x, delta, alpha, p1)
+        return z, self.ln(z, p2)
+
     @staticmethod
     def ffn(y, p):
         w1, b1, w2, b2, act = p
@@ -308,9 +354,9 @@ class FastModel:
         x = x.reshape(*x.shape[:3], k1 * k1)
         if kp > k1 * k1:
             x = F.pad(x, (0, kp - k1 * k1))
-        x = F.relu(F.linear(x, w1, b1)).permute(0, 3, 1, 2)  # NCHW view, channels-last memory
+        x = linear_relu(x, w1, b1).permute(0, 3, 1, 2)  # NCHW view, channels-last memory
         for w, b, s in self.convs:
-            x = F.relu(F.conv2d(x, w, b, s))
+            x = conv2d_relu(x, w, b, s)
         x = F.linear(x.permute(0, 2, 3, 1).flatten(2), self.out_w, self.out_b)
         for k, s in self.layout:
             valid = valid[:, k - 1::s]
@@ -318,10 +364,14 @@ class FastModel:
 
     def _layers(self, x, attn, conv):
         """The encoder layers and after_norm; attn(i, y, p) / conv(i, y, p) compute layer i's
-        attention / conv module on its normalized input y (full context or chunk)."""
+        attention / conv module on its normalized input y (full context or chunk). A layer's
+        norm_final and the norm after it (the next layer's first, or after_norm) run as one
+        kernel (add_ln2)."""
         y = None
+        n = len(self.layers)
         for i, (stages, final) in enumerate(self.layers):
             y = self.ln(x, stages[0][1]) if y is None else y
+            nxt = self.layers[i + 1][0][0][1] if i + 1 < n else self.after_norm
             for j, (kind, _, p, scale) in enumerate(stages):
                 if kind == "ffn":
                     out = self.ffn(y, p)
@@ -332,11 +382,10 @@ class FastModel:
                 if j + 1 < len(stages):
                     x, y = self.add_ln(x, out, scale, stages[j + 1][1])
                 elif final is not None:
-                    _, x = self.add_ln(x, out, scale, final)
-                    y = None
+                    x, y = self.add_ln2(x, out, scale, final, nxt)
                 else:
                     x, y = x + scale * out, None
-        return self.ln(x, self.after_norm)
+        return y if y is not None else self.ln(x, self.after_norm)
 
     def _ctc_topk(self, x, beam: int, want_logp: bool):
         logits = linear_f32(x, self.ctc_w, self.ctc_b)
@@ -352,21 +401,24 @@ class FastModel:
         pe = sinusoid_table(Tp, self.d, x.device, self.dtype)[0]
         if not self.rel_pos:
             x = x + pe
-        # contiguous: the strided subsampling slice makes fused attention backends refuse it
-        mask = valid.contiguous()[:, None, None, :]
+        mask = additive_mask(valid, self.dtype)[:, None, None, :]
+
+        pos = F.linear(pe, self.w_pos_all) if self.rel_pos else None  # (Tp, L*D)
+        D = self.d
 
         def attn(i, y, p):
-            return self.self_attn(y, p, F.linear(pe, p["w_pos"]) if self.rel_pos else None, mask)
+            return self.self_attn(y, p, pos[:, i * D:(i + 1) * D] if self.rel_pos else None, mask)
 
         x = self._layers(x, attn, lambda i, y, p: self.conv(y, p, out_lens))
         logp, topv, topi = self._ctc_topk(x, beam, want_logp)
         return x, out_lens, logp, topv, topi
 
     # -- chunk encoder (live streams) ----------------------------------------------------------
-    def _attn_chunk(self, y, p, pe, cache, mask):
+    def _attn_chunk(self, y, p, pos, cache, mask):
         """Self-attention of a chunk over [cache, chunk]: y (B,t,D); cache (B,h,C,2dk) keys |
-        values of earlier frames; pe (B,C+t,D) positional rows of the keys (rel-pos; per
-        stream); mask (B,1,1,C+t) bool. -> (out (B,t,D), [cache, chunk] (B,h,C+t,2dk))."""
+        values of earlier frames; pos (B,C+t,D) this layer's linear_pos of the keys'
+        positional rows (rel-pos; per stream); mask (B,1,1,C+t) additive (0 / -inf).
+        -> (out (B,t,D), [cache, chunk] (B,h,C+t,2dk))."""
         B, t, D = y.shape
         h, dk = p["h"], p["dk"]
         out = F.linear(y, p["w_qkv"], p["b_qkv"])
@@ -379,8 +431,7 @@ class FastModel:
         full = torch.cat([cache, torch.cat([k, v], dim=-1).transpose(1, 2)], dim=2)
         keys = full[..., :dk]
         if p.get("rel"):
-            pos = F.linear(pe, p["w_pos"]).view(B, -1, h, dk).transpose(1, 2)
-            keys = torch.cat([keys, pos], dim=-1)
+            keys = torch.cat([keys, pos.view(B, -1, h, dk).transpose(1, 2)], dim=-1)
         o = sdpa(q.transpose(1, 2), keys.contiguous(), full[..., dk:].contiguous(), mask,
                  1.0 / math.sqrt(dk), tag="chunk")
         return F.linear(o.transpose(1, 2).reshape(B, t, D), p["w_out"], p["b_out"]), full
@@ -425,7 +476,7 @@ class FastModel:
             x = x + sinusoid_rows(offset[:, None] + frames[:, :t], self.d).to(self.dtype)
             pe = None
         key_valid = torch.cat([cache_mask, valid], dim=1)  # (B, C+t)
-        mask = key_valid[:, None, None, :]
+        mask = additive_mask(key_valid, self.dtype)[:, None, None, :]
         # per stream: the last C frames of [cache, valid chunk frames] start at its out_len
         start = out_lens.to(torch.int64)[:, None]
         new_att, new_cnn = [], []
@@ -437,8 +488,12 @@ class FastModel:
             return torch.gather(full, dim, idx.view(shape).expand(
                 *full.shape[:dim], n, *full.shape[dim + 1:]))
 
+        pos = F.linear(pe, self.w_pos_all) if self.rel_pos else None  # (B, C+t, L*D)
+        D = self.d
+
         def attn(i, y, p):
-            out, full = self._attn_chunk(y, p, pe, att_cache[:, i], mask)
+            out, full = self._attn_chunk(y, p, None if pos is None else pos[..., i * D:(i + 1) * D],
+                                         att_cache[:, i], mask)
             new_att.append(keep(full, C, 2))
             return out
 
@@ -460,7 +515,7 @@ class FastModel:
             L, self.d, ys_in.device, self.dtype)
         valid = torch.arange(L, device=ys_in.device)[None, :] < lens_sos[:, None]
         causal = torch.ones(L, L, dtype=torch.bool, device=ys_in.device).tril()
-        self_mask = (valid[:, None, :] & causal[None])[:, None]  # (N,1,L,L)
+        self_mask = additive_mask((valid[:, None, :] & causal[None])[:, None], self.dtype)  # (N,1,L,L)
         y = None
         for i, (n1, sa, n2, ca, n3, ff) in enumerate(D["layers"]):
             y = self.ln(x, n1) if y is None else y
@@ -498,7 +553,7 @@ class FastModel:
         T = enc.shape[1]
         memory = enc.to(self.dtype)
         mem_valid = torch.arange(T, device=enc.device)[None, :] < enc_lens[:, None]
-        mem_mask = mem_valid[:, None, None, :]
+        mem_mask = additive_mask(mem_valid[:, None, None, :], self.dtype)
         lens = hyps_lens.reshape(-1)
         flat = hyps.reshape(-1, L2)
         score = self._dec_scores(self.left, self._memory_kv(self.left, memory), mem_mask,
