@@ -160,29 +160,6 @@ __global__ void add_layernorm_warp_kernel(T* __restrict__ sum_out, T* __restrict
   warp_store(norm_out, v, base, lane, cols);
 }
 
-// A conformer layer's end and the next norm in one pass (cols <= 1024):
-// out1 = LN1(x + alpha * delta) (norm_final: the layer's output), out2 = LN2(out1) (the
-// next layer's first norm, or after_norm), LN2 reading out1 as stored (rounded to T), so
-// both equal two add_layernorm launches bit for bit.
-template <typename T>
-__global__ void add_layernorm2_warp_kernel(T* __restrict__ out1, T* __restrict__ out2,
-                                           const T* __restrict__ x, const T* __restrict__ delta,
-                                           float alpha, const T* __restrict__ g1,
-                                           const T* __restrict__ b1, float eps1,
-                                           const T* __restrict__ g2, const T* __restrict__ b2,
-                                           float eps2, int rows, int cols) {
-  const int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-  const int lane = threadIdx.x & 31;
-  if (row >= rows) return;
-  const size_t base = (size_t)row * cols;
-  float v[32];
-  warp_load_sum(v, base, lane, cols, x, delta, alpha);
-  warp_layernorm(v, lane, cols, eps1, g1, b1);
-  warp_store(out1, v, base, lane, cols);
-  warp_layernorm(v, lane, cols, eps2, g2, b2);
-  warp_store(out2, v, base, lane, cols);
-}
-
 // Vectorized warp-per-row forms: each lane moves 16-byte vectors (8 fp16/bf16 or 4 fp32
 // values; vector i * 32 + lane of the row), MV vectors at most, so rows of up to
 // 32 * MV * (16 / sizeof(T)) columns whose pointers are 16-byte aligned. The plain warp
@@ -290,7 +267,10 @@ __global__ void add_layernorm_vec_kernel(T* __restrict__ sum_out, T* __restrict_
   vec_store<T, MV>(norm_out + base, v, lane, nvec);
 }
 
-// add_layernorm2_warp_kernel, vectorized.
+// A conformer layer's end and the next norm in one pass: out1 = LN1(x + alpha * delta)
+// (norm_final: the layer's output), out2 = LN2(out1) (the next layer's first norm, or
+// after_norm), LN2 reading out1 as stored (rounded to T), so both equal two
+// add_layernorm launches bit for bit (which is what rows the vector form does not take get).
 template <typename T, int MV>
 __global__ void add_layernorm2_vec_kernel(T* __restrict__ out1, T* __restrict__ out2,
                                           const T* __restrict__ x, const T* __restrict__ delta,
@@ -636,7 +616,7 @@ int wk_add_layernorm2(void* out1, void* out2, const void* x, const void* delta, 
                       const void* g1, const void* b1, float eps1, const void* g2, const void* b2,
                       float eps2, int rows, int cols, int dtype, cudaStream_t stream) {
   if (rows <= 0) return 0;
-  if (cols > 1024) {  // two block-per-row passes
+  if (!vec_ok(cols, dtype == 0 ? 4 : 2, {out1, out2, x, delta, g1, b1, g2, b2})) {
     const int e = wk_add_layernorm(nullptr, out1, x, delta, alpha, g1, b1, rows, cols, eps1, dtype,
                                    stream);
     if (e) return e;
@@ -644,17 +624,10 @@ int wk_add_layernorm2(void* out1, void* out2, const void* x, const void* delta, 
                             stream);
   }
   const int rows_per_block = 4;
-  if (vec_ok(cols, dtype == 0 ? 4 : 2, {out1, out2, x, delta, g1, b1, g2, b2})) {
-    DISPATCH(dtype, (add_layernorm2_vec_kernel<T, 4><<<(rows + rows_per_block - 1) / rows_per_block,
-                                                       32 * rows_per_block, 0, stream>>>(
-        (T*)out1, (T*)out2, (const T*)x, (const T*)delta, alpha, (const T*)g1, (const T*)b1, eps1,
-        (const T*)g2, (const T*)b2, eps2, rows, cols)));
-    return (int)cudaGetLastError();
-  }
-  DISPATCH(dtype, add_layernorm2_warp_kernel<T><<<(rows + rows_per_block - 1) / rows_per_block,
-                                                  32 * rows_per_block, 0, stream>>>(
+  DISPATCH(dtype, (add_layernorm2_vec_kernel<T, 4><<<(rows + rows_per_block - 1) / rows_per_block,
+                                                     32 * rows_per_block, 0, stream>>>(
       (T*)out1, (T*)out2, (const T*)x, (const T*)delta, alpha, (const T*)g1, (const T*)b1, eps1,
-      (const T*)g2, (const T*)b2, eps2, rows, cols));
+      (const T*)g2, (const T*)b2, eps2, rows, cols)));
   return (int)cudaGetLastError();
 }
 
