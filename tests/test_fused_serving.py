@@ -208,6 +208,7 @@ def test_profile_reports_wall_and_cpu_time_per_stage(monkeypatch, capsys):
     for th in threads:
         th.join()
     timer.done(4, 2)
+    timer.close()
     line = capsys.readouterr().out.strip()
     assert line.startswith("[profile fused] 1 batches, 4.0 utts/batch, up to 2 in flight; "
                            "ms per batch, wall/CPU: "), line
@@ -215,6 +216,45 @@ def test_profile_reports_wall_and_cpu_time_per_stage(monkeypatch, capsys):
     assert set(got) == {"busy", "wait"}
     assert got["busy"][1] >= 75 and got["busy"][0] >= got["busy"][1] - 1
     assert got["wait"][0] >= 75 and got["wait"][1] < 10
+
+
+def test_profile_counts_gc_pauses_and_the_stub_settles_its_heap(monkeypatch, capsys):
+    """WENET_TRITON_PROFILE also reports Python's GC collections per generation (a full one
+    over a loaded model pauses the instance ~100 ms); settle_heap() freezes the loaded heap
+    in Triton's stub (its module importable), never in a process that merely runs a model
+    (a test, a benchmark), and not with WENET_TRITON_GC_FREEZE=0."""
+    import gc
+    import re
+    import types
+
+    monkeypatch.setenv("WENET_TRITON_PROFILE", "1e-9")
+    from wenet_triton.serving.triton_models import _Timings, settle_heap
+
+    timer = _Timings("streaming", unit="chunks")
+    try:
+        gc.collect()
+        gc.collect()
+        timer.done(1, 1)
+    finally:
+        timer.close()
+    line = capsys.readouterr().out.strip()
+    m = re.search(r"; gc: .*gen2 (\d+)x [\d.]+ ms \(longest [\d.]+\)", line)
+    assert m and int(m.group(1)) >= 2, line
+    assert timer._gc not in gc.callbacks
+
+    assert gc.get_freeze_count() == 0
+    settle_heap()  # no stub here
+    assert gc.get_freeze_count() == 0
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", types.ModuleType("triton_python_backend_utils"))
+    monkeypatch.setenv("WENET_TRITON_GC_FREEZE", "0")
+    settle_heap()
+    assert gc.get_freeze_count() == 0
+    monkeypatch.setenv("WENET_TRITON_GC_FREEZE", "1")
+    try:
+        settle_heap()
+        assert gc.get_freeze_count() > 1000
+    finally:
+        gc.unfreeze()
 
 
 @pytest.mark.parametrize("int16_range", [False, True])

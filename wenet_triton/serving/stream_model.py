@@ -62,6 +62,7 @@ from wenet_triton.serving.triton_models import (
     _version_dir,
     check_amplitude,
     pb_utils,
+    settles_heap,
 )
 from wenet_triton.streaming import LiveStream, StreamDecoder
 
@@ -146,6 +147,7 @@ class _BlsRescorer:
         return best, np.concatenate(scores)
 
 
+@settles_heap
 class Streaming:
     def initialize(self, args):
         p = _params(args)
@@ -450,6 +452,7 @@ class Streaming:
 
     def finalize(self):
         self._stop.set()
+        self.timer.close()
         if self.worker is not None:  # the batches handed over are answered first
             self.worker.shutdown(wait=True)
         with self.lock:

@@ -10,8 +10,11 @@ A bad request gets an error of its own; the others in its batch are served.
 from __future__ import annotations
 
 import contextlib
+import functools
+import gc
 import json
 import os
+import sys
 import threading
 import time
 import traceback
@@ -173,6 +176,33 @@ def _run_grouped(fn, requests, main_input: str, cap: float, stage: str) -> List:
     for group in _audio_groups(requests, sizes, cap):
         out += _isolated(fn, [requests[i] for i in group], stage)
     return out
+
+
+def settle_heap() -> None:
+    """After a model's initialize(): one full collection, then gc.freeze(), so that the
+    objects loading made (torch, onnxruntime, the model, the LM: ~180,000 tracked objects)
+    sit in the permanent generation and Python's later full collections traverse only what
+    serving made. A full collection over the loaded heap takes ~100 ms on the dev CPU and
+    stalls every request of the instance meanwhile. Only inside Triton's stub (a process of
+    one model instance; not a test or benchmark that runs a model in its own process).
+    WENET_TRITON_GC_FREEZE=0 leaves the heap as it is."""
+    if os.environ.get("WENET_TRITON_GC_FREEZE", "1") != "0" and \
+            "triton_python_backend_utils" in sys.modules:
+        gc.collect()
+        gc.freeze()
+
+
+def settles_heap(cls):
+    """Class decorator of the python-backend models: settle_heap() after initialize()."""
+    init = cls.initialize
+
+    @functools.wraps(init)
+    def initialize(self, args):
+        init(self, args)
+        settle_heap()
+
+    cls.initialize = initialize
+    return cls
 
 
 class _StageTimer:
@@ -343,6 +373,7 @@ class _WavFrontend:
         return [fixed[k] for k in keep], counts
 
 
+@settles_heap
 class FeatureExtractor:
     """WAV FP32 [-1] + WAV_LENS INT32 [1] -> speech FP32 [-1, 80], speech_lengths INT32 [1].
     Parameter `device`: cpu (per request) or cuda (one batched torch fbank per batch)."""
@@ -377,6 +408,7 @@ class FeatureExtractor:
         pass
 
 
+@settles_heap
 class Encoder:
     """speech [-1, 80], speech_lengths [1] -> WeNet GPU-export encoder outputs.
     With parameter frontend=fbank it takes the ensemble's WAV/WAV_LENS instead and computes
@@ -453,6 +485,7 @@ class Encoder:
         pass
 
 
+@settles_heap
 class Decoder:
     """WeNet GPU-export decoder: n-best hyps + CTC scores -> best_index [1], score [beam]."""
     def initialize(self, args):
@@ -488,6 +521,7 @@ class Decoder:
         pass
 
 
+@settles_heap
 class Scoring:
     """CTC prefix beam search + attention rescoring (BLS to `decoder`) -> TRANSCRIPTS."""
     def initialize(self, args):
@@ -585,6 +619,27 @@ class _Timings:
         self.batches = self.utts = self.most_inflight = 0
         self.last = time.perf_counter()
         self.local = threading.local()
+        # Python's cyclic GC pauses the thread that triggers it (every stage of this process
+        # waits for the GIL meanwhile): per generation, collections / total / longest ms
+        self.gc_stats: Dict[int, List[float]] = {}
+        self._gc_start = 0.0
+        if self.every:
+            gc.callbacks.append(self._gc)
+
+    def close(self):
+        """Stop counting GC pauses (the model's finalize; tests)."""
+        if self._gc in gc.callbacks:
+            gc.callbacks.remove(self._gc)
+
+    def _gc(self, phase: str, info: Dict):
+        if phase == "start":
+            self._gc_start = time.perf_counter()
+            return
+        took = time.perf_counter() - self._gc_start
+        st = self.gc_stats.setdefault(info.get("generation", 2), [0, 0.0, 0.0])
+        st[0] += 1
+        st[1] += took
+        st[2] = max(st[2], took)
 
     def begin(self):
         if self.every:
@@ -618,12 +673,16 @@ class _Timings:
                 return
             print(self.report(), flush=True)
             self.sums, self.batches, self.utts, self.most_inflight, self.last = {}, 0, 0, 0, now
+            self.gc_stats = {}
 
     def report(self) -> str:
         n = max(self.batches, 1)
         parts = "  ".join(f"{k} {w / n * 1e3:.2f}/{c / n * 1e3:.2f}" for k, (w, c) in self.sums.items())
+        gcs = "  ".join(f"gen{g} {int(c)}x {t * 1e3:.1f} ms (longest {m * 1e3:.1f})"
+                        for g, (c, t, m) in sorted(self.gc_stats.items()))
         return (f"[profile {self.model}] {self.batches} batches, {self.utts / n:.1f} {self.unit}/batch, up to "
-                f"{self.most_inflight} in flight; ms per batch, wall/CPU: {parts}")
+                f"{self.most_inflight} in flight; ms per batch, wall/CPU: {parts}"
+                + (f"; gc: {gcs}" if gcs else ""))
 
 
 class _FusedBatch:
@@ -639,6 +698,7 @@ class _FusedBatch:
         self.t_submit = 0.0
 
 
+@settles_heap
 class FusedAsr:
     """WAV FP32 [-1] + WAV_LENS INT32 [1] -> TRANSCRIPTS, the whole recognizer in one model
     (serving.yaml `pipeline: fused`): checks -> fbank -> encoder -> CTC prefix beam search
@@ -1030,6 +1090,7 @@ class FusedAsr:
         return best.cpu().reshape(-1).tolist(), score.float().cpu().numpy()
 
     def finalize(self):
+        self.timer.close()
         for pool in (self.batch_pool, self.search_pool, self.stage_pool):
             if pool is not None:
                 pool.shutdown(wait=True)
