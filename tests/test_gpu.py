@@ -1,4 +1,5 @@
 """CUDA kernels and the torch_cuda engine on a GPU (skipped without one)."""
+import importlib.util
 import os
 
 import numpy as np
@@ -209,6 +210,44 @@ def test_cuda_engine_fp32_equals_eager_model(shape):
         bb, sb = eng.rescore(a["encoder_out"], a["encoder_out_lens"], pad, hl, rpad, ctc)
         assert (np.abs(sa - sb) / np.maximum(np.abs(sa), 1)).max() <= 1e-5
         np.testing.assert_array_equal(ba, bb)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs the triton package")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_fused_silu_ffn_kernel_and_engine(dtype):
+    """The opt-in FFN GEMM + bias + SiLU kernel (tuned, compiled) against the two ops it
+    replaces, and a torch_cuda engine using it: its encoder output is as close to the fp32
+    PyTorch model as the engine's without it (no accuracy lost to the fusion)."""
+    from wenet_triton.engines import TorchEngine, triton_gemm
+    from wenet_triton.engines.cuda import CudaEngine
+    from wenet_triton.engines.export import export_settings
+    from wenet_triton.model import synthetic
+    from wenet_triton.model.conformer import ASRModel
+
+    g = torch.Generator(device="cuda").manual_seed(5)
+    for M, K, N in ((1024, 256, 2048), (4096 + 17, 256, 2048), (2048, 144, 1152)):
+        x = torch.randn(M, K, device="cuda", generator=g).to(dtype)
+        w = (torch.randn(N, K, device="cuda", generator=g) * 0.05).to(dtype)
+        b = torch.randn(N, device="cuda", generator=g).to(dtype)
+        assert triton_gemm.applies(x)
+        y = triton_gemm.linear_silu(x, w, b)
+        ref = torch.nn.functional.silu(x.float() @ w.float().t() + b.float())
+        assert rel_err(y, ref) <= TOL[dtype]
+    spec = synthetic.random_spec(synthetic.AISHELL)
+    settings = export_settings(spec, ASRModel.from_spec(spec))
+    ref_eng = TorchEngine(ASRModel.from_spec(spec), settings, "cpu")
+    name = {torch.float16: "float16", torch.bfloat16: "bfloat16"}[dtype]
+    plain = CudaEngine(ASRModel.from_spec(spec), settings, "cuda", name)
+    fused = CudaEngine(ASRModel.from_spec(spec), settings, "cuda", name, fused_silu=True)
+    assert fused.fm.fused_silu
+    x, lens = _random_inputs(8, 1011, seed=3)  # 8 x 252 rows: the kernel's side of MIN_ROWS
+    ref_out = ref_eng.encode(x, lens)
+    a, n_valid = ref_out["encoder_out"], ref_out["encoder_out_lens"]
+    errs = []
+    for eng in (plain, fused):
+        e = eng.encode(x, lens)["encoder_out"]
+        errs.append(max(np.abs(a[i, :n] - e[i, :n]).max() for i, n in enumerate(n_valid)))
+    assert errs[1] <= 1.5 * errs[0] + 1e-3, errs
 
 
 def test_coarse_decoder_buckets_equal_eager_model():

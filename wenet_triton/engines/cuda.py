@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from wenet_triton.contract import ENCODER_OUTPUTS, EngineSettings
-from wenet_triton.engines import kernels
+from wenet_triton.engines import kernels, triton_gemm
 from wenet_triton.engines.base import Engine
 from wenet_triton.model.conformer import ASRModel, BiTransformerDecoder, sinusoid_table
 from wenet_triton.model.streaming import sinusoid_rows
@@ -153,6 +153,7 @@ class FastModel:
                  device: str = "cuda", use_kernels: Optional[bool] = None, decoder: bool = True):
         self.dtype, self.device = dtype, torch.device(device)
         self.kern = kernels.available() if use_kernels is None else use_kernels
+        self.fused_silu = False  # the FFN's GEMM + bias + SiLU as one Triton kernel (opt-in)
         # decoder attention: cuDNN first (graph-bucketed shapes) or memory-efficient first
         # (shapes that keep changing: cuDNN would plan each one); see sdpa()
         self.dec_cudnn = True
@@ -300,11 +301,12 @@ class FastModel:
         _, z = self.add_ln(x, delta, alpha, p1)
         return z, self.ln(z, p2)
 
-    @staticmethod
-    def ffn(y, p):
+    def ffn(self, y, p):
         w1, b1, w2, b2, act = p
         if act == "relu":  # the decoder's FFN (and relu encoders): ReLU in the GEMM's epilogue
             return F.linear(linear_relu(y, w1, b1), w2, b2)
+        if act == "silu" and self.fused_silu and triton_gemm.applies(y):  # opt-in, see triton_gemm
+            return F.linear(triton_gemm.linear_silu(y, w1, b1), w2, b2)
         h = F.linear(y, w1, b1)
         h = F.silu(h) if act == "silu" else F.gelu(h) if act == "gelu" else torch.tanh(h)
         return F.linear(h, w2, b2)
@@ -624,10 +626,14 @@ class CudaEngine(Engine):
     def __init__(self, model: ASRModel, settings: EngineSettings, device: str = "cuda",
                  dtype: str = "float16", use_kernels: Optional[bool] = None,
                  cuda_graphs: bool = True, time_bucket: int = 16, want_ctc_log_probs: bool = False,
-                 decoder_cudnn: bool = True, coarse_decoder_buckets: bool = False):
+                 decoder_cudnn: bool = True, coarse_decoder_buckets: bool = False,
+                 fused_silu: bool = False):
         self.settings = settings
         self.device = torch.device(device)
         self.fm = FastModel(model, DTYPES[dtype or "float16"], device, use_kernels)
+        # the FFN's first GEMM + bias + SiLU as one Triton kernel where it applies (fp16/bf16,
+        # >= triton_gemm.MIN_ROWS rows); opt-in: not yet timed on a GPU
+        self.fm.fused_silu = fused_silu and triton_gemm.available()
         self.fm.dec_cudnn = decoder_cudnn  # False: memory-efficient attention first (see sdpa)
         self.beam = settings.beam_size
         self.time_bucket = time_bucket
