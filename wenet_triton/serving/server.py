@@ -225,8 +225,13 @@ class TritonServer:
         client = grpcclient.InferenceServerClient(self.grpc_url)
         while time.time() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
-                raise ServerError(f"tritonserver exited with code {self.proc.returncode}"
+                code = self.proc.returncode
+                self.stop()  # reaps stubs left in its group, removes the regions noted so far
+                raise ServerError(f"tritonserver exited with code {code}"
                                   + (f"; see {self.log_file}" if self.log_file else ""))
+            # note the stubs' regions as they appear while the models load: a server stopped
+            # or killed before it is ready must not leave them in /dev/shm
+            self.record_regions()
             try:
                 if client.is_server_ready() and client.is_model_ready("attention_rescoring") \
                         and self.is_ours(client):
@@ -252,6 +257,7 @@ class TritonServer:
     def stop(self, timeout: float = 30.0):
         if self.proc is None:
             return
+        self.record_regions()  # the stubs started since the last look
         if self.proc.poll() is None:
             try:
                 os.killpg(self.proc.pid, signal.SIGINT)
