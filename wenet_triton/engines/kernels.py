@@ -87,11 +87,22 @@ def load(path: Optional[str] = None) -> _Lib:
     return _LIB
 
 
+_WARNED = []
+
+
 def available() -> bool:
+    """Whether the kernels can run here: a CUDA GPU and a library of this version. On a GPU
+    host without one (not built, or an old build) the torch_cuda engine runs the plain torch
+    ops instead, slower: that is said once in the log."""
+    if not torch.cuda.is_available():
+        return False
     try:
         load()
-        return torch.cuda.is_available()
-    except (FileNotFoundError, OSError):
+        return True
+    except OSError as e:  # FileNotFoundError too
+        if not _WARNED:
+            _WARNED.append(True)
+            log.warning("CUDA kernels not used (%s); the torch_cuda engine runs without them", e)
         return False
 
 
