@@ -390,6 +390,11 @@ class FastModel:
                     x, y = x + scale * out, None
         return y if y is not None else self.ln(x, self.after_norm)
 
+    def _layer_pos(self, pe):
+        """Rel-pos: every layer's linear_pos of the positional rows pe (..., D), one GEMM ->
+        per layer a (..., D) view; None without rel-pos."""
+        return F.linear(pe, self.w_pos_all).split(self.d, dim=-1) if self.rel_pos else None
+
     def _ctc_topk(self, x, beam: int, want_logp: bool):
         logits = linear_f32(x, self.ctc_w, self.ctc_b)
         fn = kernels.log_softmax_topk if self.kern else kernels.ref_log_softmax_topk
@@ -406,11 +411,10 @@ class FastModel:
             x = x + pe
         mask = additive_mask(valid, self.dtype)[:, None, None, :]
 
-        pos = F.linear(pe, self.w_pos_all) if self.rel_pos else None  # (Tp, L*D)
-        D = self.d
+        pos = self._layer_pos(pe)
 
         def attn(i, y, p):
-            return self.self_attn(y, p, pos[:, i * D:(i + 1) * D] if self.rel_pos else None, mask)
+            return self.self_attn(y, p, None if pos is None else pos[i], mask)
 
         x = self._layers(x, attn, lambda i, y, p: self.conv(y, p, out_lens))
         logp, topv, topi = self._ctc_topk(x, beam, want_logp)
@@ -491,12 +495,10 @@ class FastModel:
             return torch.gather(full, dim, idx.view(shape).expand(
                 *full.shape[:dim], n, *full.shape[dim + 1:]))
 
-        pos = F.linear(pe, self.w_pos_all) if self.rel_pos else None  # (B, C+t, L*D)
-        D = self.d
+        pos = self._layer_pos(pe)
 
         def attn(i, y, p):
-            out, full = self._attn_chunk(y, p, None if pos is None else pos[..., i * D:(i + 1) * D],
-                                         att_cache[:, i], mask)
+            out, full = self._attn_chunk(y, p, None if pos is None else pos[i], att_cache[:, i], mask)
             new_att.append(keep(full, C, 2))
             return out
 

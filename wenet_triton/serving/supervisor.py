@@ -208,8 +208,8 @@ class Supervisor:
 
     def _stop_triton(self, grace: Optional[float] = None):
         if self.triton is not None:
-            self.triton.record_regions()
-            # SIGINT, then SIGKILL after the grace; removes its /dev/shm regions either way
+            # notes its stubs' regions, SIGINT, then SIGKILL after the grace; removes its
+            # /dev/shm regions either way
             self.triton.stop(timeout=self.cfg.drain_timeout + 10 if grace is None else grace)
 
     def _watch(self):
