@@ -251,13 +251,13 @@ def test_fused_silu_ffn_kernel_and_engine(dtype):
 
 
 def test_coarse_decoder_buckets_equal_eager_model():
-    """The streaming finals' decoder (coarse_decoder_buckets: CUDA graphs over frames 32, 48,
-    64, 96, ... and hypothesis lengths 8, 12, 16, 24, ...) rescores as the PyTorch model does,
+    """The streaming finals' decoder (coarse_decoder_buckets: CUDA graphs over frames 64, 128,
+    256, ... and hypothesis lengths 16, 32, 64, ...) rescores as the PyTorch model does,
     also when a graph captured for one shape replays another of its bucket (after a larger
-    one left its buffers full)."""
+    one left its buffers full), and after warm_rescore() captured the graphs ahead."""
     from wenet_triton.decode.search import rescoring_inputs
     from wenet_triton.engines import TorchEngine
-    from wenet_triton.engines.cuda import CudaEngine, _coarse
+    from wenet_triton.engines.cuda import CudaEngine, _pow2
     from wenet_triton.engines.export import export_settings
     from wenet_triton.model import synthetic
     from wenet_triton.model.conformer import ASRModel
@@ -277,13 +277,31 @@ def test_coarse_decoder_buckets_equal_eager_model():
                   for _ in range(10)] for _ in range(B)]
         nbest[0][0] = (tuple(range(1, L + 1)), -1.0)  # one hypothesis of the longest length
         pad, hl, rpad, ctc = rescoring_inputs(nbest, 10, spec.sos, spec.eos)
-        keys.add((eng._bucket_batch(B), _coarse(enc["encoder_out"].shape[1], 32), _coarse(L + 2, 8)))
+        keys.add((eng._bucket_batch(B), _pow2(enc["encoder_out"].shape[1], 64), _pow2(L + 2, 16)))
         ba, sa = ref.rescore(enc["encoder_out"], enc["encoder_out_lens"], pad, hl, rpad, ctc)
         bb, sb = eng.rescore(enc["encoder_out"], enc["encoder_out_lens"], pad, hl, rpad, ctc)
         assert (np.abs(sa - sb) / np.maximum(np.abs(sa), 1)).max() <= 1e-5, (B, T, L)
         np.testing.assert_array_equal(ba, bb)
     assert len(keys) == 4  # shapes 2 and 3 share a graph, so do 1 and 5
     assert len(eng.dec_graphs.graphs) == len(keys)
+
+    # warmed ahead: finals of up to 100 encoder frames at batch 1-2 capture nothing new
+    warm = CudaEngine(ASRModel.from_spec(spec), settings, "cuda", "float32", coarse_decoder_buckets=True)
+    shapes = warm.coarse_rescore_shapes(100, batches=(1, 2))
+    assert shapes == [(b, t, l) for b in (1, 2) for t, l in ((64, 16), (64, 32), (128, 16), (128, 32),
+                                                           (128, 64))]
+    assert warm.warm_rescore(shapes)[0] == len(shapes) == len(warm.dec_graphs.graphs)
+    for B, T, L in [(1, 40, 6), (2, 290, 5), (1, 390, 20)]:
+        x, lens = _random_inputs(B, T, seed=T)
+        enc = ref.encode(x, lens)
+        nbest = [[(tuple(rng.integers(1, spec.vocab_size - 1, rng.integers(0, L + 1))), -10 * rng.random())
+                  for _ in range(10)] for _ in range(B)]
+        pad, hl, rpad, ctc = rescoring_inputs(nbest, 10, spec.sos, spec.eos)
+        ba, sa = ref.rescore(enc["encoder_out"], enc["encoder_out_lens"], pad, hl, rpad, ctc)
+        bb, sb = warm.rescore(enc["encoder_out"], enc["encoder_out_lens"], pad, hl, rpad, ctc)
+        assert (np.abs(sa - sb) / np.maximum(np.abs(sa), 1)).max() <= 1e-5, (B, T, L)
+        np.testing.assert_array_equal(ba, bb)
+    assert len(warm.dec_graphs.graphs) == len(shapes)
 
 
 def _available_models():

@@ -765,7 +765,12 @@ def test_streaming_model_runs_the_torch_cuda_chunk_encoder_on_gpu_hosts(tmp_path
         text = (out / "streaming" / "config.pbtxt").read_text()
         params = dict(re.findall(r'parameters \{ key: "(\w+)" value: \{ string_value: "([^"]*)" \} \}', text))
         assert (params["engine"], params["device"], params["dtype"]) == ("torch_cuda", "cuda", dtype or "float16")
+        assert float(params["rescore_warmup_seconds"]) == 20  # the finals' decoder graphs at load
         assert os.path.exists(out / "streaming" / "1" / "model" / "final.pt")
+    from wenet_triton.serving.repo import streaming_config
+    assert streaming_config({"streaming": {"rescore_warmup_seconds": 0}})["rescore_warmup_seconds"] == 0
+    with pytest.raises(ValueError, match="rescore_warmup_seconds must be within 0..600"):
+        streaming_config({"streaming": {"rescore_warmup_seconds": -1}})
     model = Streaming.__new__(Streaming)
     model.settings, model.max_streams = EngineSettings.load(str(eng)), 3
     runner = model._runner({}, dict(params, device="cpu", dtype="float32", decoder_max_batch_size="4"),

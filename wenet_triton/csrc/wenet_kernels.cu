@@ -396,6 +396,9 @@ __global__ void glu_dwconv_tiled_kernel(T* __restrict__ out, const T* __restrict
 
 // Row-wise log-softmax (fp32 out, optional) + top-k (values fp32, indices int64), k <= KM:
 // a per-thread top-KM list in registers, merged in k rounds; ties go to the lower index.
+// One pass over the row: each thread keeps its running max and sum of exp(v - max)
+// (rescaled when the max grows) and loads LOADS values before using them (several loads in
+// flight per thread: the two-pass form reached ~0.5 TB/s on an H200).
 template <typename T, int KM>
 __global__ void log_softmax_topk_reg_kernel(float* __restrict__ logp, float* __restrict__ topv,
                                             int64_t* __restrict__ topi, const T* __restrict__ x,
@@ -410,23 +413,40 @@ __global__ void log_softmax_topk_reg_kernel(float* __restrict__ logp, float* __r
   int li[KM];
 #pragma unroll
   for (int j = 0; j < KM; ++j) { lv[j] = -INFINITY; li[j] = 0x7fffffff; }
-  for (int c = threadIdx.x; c < V; c += blockDim.x) {
-    const float v = to_f(x[base + c]);
-    if (v > lv[KM - 1]) {  // strict: an equal later index never passes an earlier one
-      lv[KM - 1] = v; li[KM - 1] = c;
+  constexpr int LOADS = 4;
+  float tm = -INFINITY, ts = 0.f;  // this thread's max and sum of exp(v - tm)
+  for (int c0 = threadIdx.x; c0 < V; c0 += LOADS * blockDim.x) {
+    float vs[LOADS];
 #pragma unroll
-      for (int j = KM - 1; j > 0; --j) {
-        if (lv[j] > lv[j - 1]) {
-          const float tv = lv[j]; lv[j] = lv[j - 1]; lv[j - 1] = tv;
-          const int ti = li[j]; li[j] = li[j - 1]; li[j - 1] = ti;
+    for (int u = 0; u < LOADS; ++u) {
+      const int c = c0 + u * blockDim.x;
+      vs[u] = c < V ? to_f(x[base + c]) : -INFINITY;
+    }
+#pragma unroll
+    for (int u = 0; u < LOADS; ++u) {  // this thread's columns in increasing order
+      const int c = c0 + u * blockDim.x;
+      const float v = vs[u];
+      if (c >= V) break;
+      if (v > tm) {
+        ts = ts * __expf(tm - v) + 1.f;
+        tm = v;
+      } else if (v > -INFINITY) {  // (-inf - -inf would be NaN)
+        ts += __expf(v - tm);
+      }
+      if (v > lv[KM - 1]) {  // strict: an equal later index never passes an earlier one
+        lv[KM - 1] = v; li[KM - 1] = c;
+#pragma unroll
+        for (int j = KM - 1; j > 0; --j) {
+          if (lv[j] > lv[j - 1]) {
+            const float tv = lv[j]; lv[j] = lv[j - 1]; lv[j - 1] = tv;
+            const int ti = li[j]; li[j] = li[j - 1]; li[j - 1] = ti;
+          }
         }
       }
     }
   }
-  const float m = block_max(lv[0], red);
-  float s = 0.f;
-  for (int c = threadIdx.x; c < V; c += blockDim.x) s += __expf(to_f(x[base + c]) - m);
-  const float lse = m + logf(block_sum(s, red));
+  const float m = block_max(tm, red);
+  const float lse = m + logf(block_sum(tm == -INFINITY ? 0.f : ts * __expf(tm - m), red));
   if (logp)
     for (int c = threadIdx.x; c < V; c += blockDim.x) logp[obase + c] = to_f(x[base + c]) - lse;
   const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
@@ -584,7 +604,7 @@ static int glu_dwconv_launch(void* out, const void* h, const int32_t* lens, cons
 
 extern "C" {
 
-int wk_version() { return 5; }
+int wk_version() { return 6; }
 
 int wk_add_layernorm(void* sum_out, void* norm_out, const void* x, const void* delta,
                      float alpha, const void* gamma, const void* beta, int rows, int cols,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import time
 from typing import Dict, Optional, Tuple
 
 import numpy as np
@@ -38,13 +39,14 @@ def _round_up(x: int, m: int) -> int:
     return (x + m - 1) // m * m
 
 
-def _coarse(x: int, base: int) -> int:
-    """Smallest of base x {1, 1.5, 2, 3, 4, 6, 8, ...} that is >= x: few buckets for lengths
-    without bound, less than half of a bucket padding."""
+def _pow2(x: int, base: int) -> int:
+    """Smallest base x 2^k that is >= x: few buckets for lengths without bound (the streams'
+    finals: a few ended streams per batch, where the decoder costs its launches, not its
+    padded frames)."""
     b = base
-    while x > b * 3 // 2:
+    while b < x:
         b *= 2
-    return b if x <= b else b * 3 // 2
+    return b
 
 
 class _tf32:
@@ -624,6 +626,7 @@ def _on_device(method):
 class CudaEngine(Engine):
     """`torch_cuda` engine: FastModel + CUDA graphs over (batch, length) buckets."""
     BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+    COARSE_FRAMES, COARSE_TOKENS = 64, 16  # smallest coarse decoder buckets
 
     def __init__(self, model: ASRModel, settings: EngineSettings, device: str = "cuda",
                  dtype: str = "float16", use_kernels: Optional[bool] = None,
@@ -639,9 +642,10 @@ class CudaEngine(Engine):
         self.fm.dec_cudnn = decoder_cudnn  # False: memory-efficient attention first (see sdpa)
         self.beam = settings.beam_size
         self.time_bucket = time_bucket
-        # coarse: the decoder's frames and hypothesis lengths padded to _coarse buckets (a few
-        # dozen graphs for any mix of lengths; for callers whose shapes vary without end,
-        # e.g. streams' finals), else to multiples of time_bucket and of 8
+        # coarse: the decoder's frames and hypothesis lengths padded to powers of two from 64
+        # and 16 (a dozen graphs per batch bucket for any mix of lengths up to ~40 s; for
+        # callers whose shapes vary without end, e.g. streams' finals: warm_rescore() captures
+        # them ahead), else to multiples of time_bucket and of 8
         self.coarse_dec = coarse_decoder_buckets
         self.want_logp = want_ctc_log_probs
         self.enc_graphs = _Graphs(lambda x, l: self.fm.encode(x, l, self.beam, self.want_logp),
@@ -695,7 +699,7 @@ class CudaEngine(Engine):
         B, T, D = enc.shape
         beam, L2 = hyps.shape[1], hyps.shape[2]
         if self.coarse_dec:
-            Bb, Tb, Lb = self._bucket_batch(B), _coarse(T, 32), _coarse(L2, 8)
+            Bb, Tb, Lb = self._bucket_batch(B), _pow2(T, self.COARSE_FRAMES), _pow2(L2, self.COARSE_TOKENS)
         else:
             Bb, Tb, Lb = self._bucket_batch(B), _round_up(T, self.time_bucket), _round_up(L2, 8)
         eos = self.settings.eos
@@ -725,6 +729,46 @@ class CudaEngine(Engine):
 
         best, score = self.dec_graphs((Bb, Tb, Lb, beam), make, fill)
         return best[:B], score[:B]
+
+    def coarse_rescore_shapes(self, max_frames: int, batches=(1, 2, 4), tokens_per_frame: float = 0.25):
+        """The coarse decoder buckets (batch, frames, hypothesis length + 2) that finals of up
+        to max_frames encoder frames are likely to hit: every frames bucket, hypotheses up to
+        tokens_per_frame of its frames (0.25: 6 tokens/s at 40 ms frames), smaller batches
+        first."""
+        out = []
+        for b in batches:
+            tb = self.COARSE_FRAMES
+            while True:
+                lb = self.COARSE_TOKENS
+                top = _pow2(int(tb * tokens_per_frame) + 2, self.COARSE_TOKENS)
+                while lb <= top:
+                    out.append((b, tb, lb))
+                    lb *= 2
+                if tb >= max_frames:
+                    break
+                tb *= 2
+        return out
+
+    @_on_device
+    @torch.inference_mode()
+    def warm_rescore(self, shapes, budget_s: float = 60.0) -> Tuple[int, float]:
+        """Capture the decoder's CUDA graphs for these (batch, frames, hypothesis length + 2)
+        shapes now (a capture at first use stalls the caller, ~0.1 s each), in order, until
+        budget_s has passed. Returns (graphs captured, seconds)."""
+        t0, n = time.perf_counter(), 0
+        D, beam, eos = self.fm.d, self.beam, self.settings.eos
+        for b, t, l2 in shapes:
+            if time.perf_counter() - t0 > budget_s:
+                break
+            before = len(self.dec_graphs.graphs)
+            enc = torch.zeros(b, t, D, device=self.device)
+            hyps = torch.full((b, beam, l2), eos, dtype=torch.int64, device=self.device)
+            self.rescore_tensors(enc, torch.full((b,), t, dtype=torch.int32, device=self.device), hyps,
+                                 torch.ones(b, beam, dtype=torch.int32, device=self.device), hyps,
+                                 torch.zeros(b, beam, device=self.device))
+            n += len(self.dec_graphs.graphs) - before
+        torch.cuda.synchronize(self.device)
+        return n, time.perf_counter() - t0
 
     # numpy interface (Engine)
     def encode(self, feats, lens):

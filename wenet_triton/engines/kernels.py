@@ -55,7 +55,7 @@ class _Lib:
         self.path = path
         lib = ctypes.CDLL(path)
         lib.wk_version.restype = ctypes.c_int
-        if lib.wk_version() != 5:  # first: an old build lacks the newer symbols
+        if lib.wk_version() != 6:  # first: an old build lacks the newer symbols
             raise OSError(f"{path} is an old build: run `wenet-triton build-plugins` again")
         P, I, F = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
         lib.wk_add_layernorm.argtypes = [P, P, P, P, F, P, P, I, I, F, I, P]

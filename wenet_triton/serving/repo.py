@@ -283,6 +283,7 @@ def streaming_config(cfg: Dict) -> Dict:
            "fbank": str(st.get("fbank", "auto")).lower(),
            "search_threads": int(st.get("search_threads", 1)),
            "rescore_graphs": str(st.get("rescore_graphs", True)).lower(),
+           "rescore_warmup_seconds": float(st.get("rescore_warmup_seconds", 20)),
            "async_responses": str(st.get("async_responses", False)).lower(),
            "max_inflight": int(st.get("max_inflight", 2))}
     if out["async_responses"] not in ("true", "false"):
@@ -294,6 +295,9 @@ def streaming_config(cfg: Dict) -> Dict:
     if out["rescore_graphs"] not in ("true", "false"):
         raise ValueError(f"streaming.rescore_graphs {st['rescore_graphs']!r}: use true (CUDA graphs over "
                          "coarse shape buckets for the finals' decoder on a GPU) or false (eager)")
+    if not 0 <= out["rescore_warmup_seconds"] <= 600:
+        raise ValueError(f"streaming.rescore_warmup_seconds must be within 0..600 (finals up to this "
+                         f"long get their decoder graphs at load; 0: none), got {out['rescore_warmup_seconds']}")
     if out["enabled"] not in ("auto", "true", "false"):
         raise ValueError(f"streaming.enabled {st['enabled']!r}: use auto, true or false")
     if out["fbank"] not in ("auto", "knf", "torch"):
@@ -375,6 +379,7 @@ def _render_streaming(model_dir: str, out: str, engine: str, engine_dir: str, cf
                                               "feature_device": fe_device,
                                               "search_threads": st["search_threads"],
                                               "rescore_graphs": st["rescore_graphs"],
+                                              "rescore_warmup_seconds": st["rescore_warmup_seconds"],
                                               "async_responses": st["async_responses"],
                                               "max_inflight": st["max_inflight"]}, **params)))
     with open(os.path.join(templates_dir(), STREAMING_MODEL, "config.pbtxt.tmpl")) as f:

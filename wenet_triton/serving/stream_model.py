@@ -226,13 +226,20 @@ class Streaming:
         device = self._device(args, p)
         if device.startswith("cuda"):
             # the finals' shapes (ended streams x frames x hypothesis length) vary without
-            # end: CUDA graphs over coarse buckets (a capture, ~150 ms that stalls every stream
-            # of the instance, only the first time a bucket is seen; eager, the decoder's
-            # launches cost ~7 ms of each batch with a final, H200 2026-12-02), or eager with
-            # rescore_graphs false; no cuDNN attention plan per new shape either
-            return CudaEngine(model, self.settings, device, p.get("dtype") or "float16",
-                              cuda_graphs=p.get("rescore_graphs", "true").lower() == "true",
-                              decoder_cudnn=False, coarse_decoder_buckets=True)
+            # end: CUDA graphs over coarse buckets (a capture stalls every stream of the
+            # instance: the likely buckets are captured here, rescore_warmup_seconds; eager,
+            # the decoder's launches cost ~7 ms of each batch with a final, H200 2026-12-02),
+            # or eager with rescore_graphs false; no cuDNN attention plan per new shape either
+            graphs = p.get("rescore_graphs", "true").lower() == "true"
+            engine = CudaEngine(model, self.settings, device, p.get("dtype") or "float16",
+                                cuda_graphs=graphs, decoder_cudnn=False, coarse_decoder_buckets=True)
+            seconds = float(p.get("rescore_warmup_seconds", "0"))
+            if graphs and seconds > 0:  # the likely buckets' graphs now, not at a live final
+                shapes = engine.coarse_rescore_shapes(int(seconds * 100 / engine.fm.subsampling) + 1)
+                n, took = engine.warm_rescore(shapes, budget_s=max(10.0, 2 * seconds))
+                print(f"[streaming] finals' decoder: {n} of {len(shapes)} CUDA graphs (finals up to "
+                      f"{seconds:g} s) captured at load in {took:.1f} s", flush=True)
+            return engine
         return TorchEngine(model, self.settings, "cpu", None)
 
     @staticmethod
