@@ -394,37 +394,48 @@ __global__ void glu_dwconv_tiled_kernel(T* __restrict__ out, const T* __restrict
   }
 }
 
-// Row-wise log-softmax (fp32 out, optional) + top-k (values fp32, indices int64), k <= KM:
-// a per-thread top-KM list in registers, merged in k rounds; ties go to the lower index.
-// One pass over the row: each thread keeps its running max and sum of exp(v - max)
-// (rescaled when the max grows) and loads LOADS values before using them (several loads in
-// flight per thread: the two-pass form reached ~0.5 TB/s on an H200).
+// Row-wise log-softmax (fp32 out, optional) + top-k (values fp32, indices int64), k <= KM.
+// One warp per row, one pass over it: each lane keeps its running max and sum of exp(v - max)
+// (rescaled when the max grows) and an unsorted list of its KM best (value, column), the
+// slot to replace next being the smallest (ties: the later column). Merged in k rounds of
+// warp shuffles; ties go to the lower column. (The block-per-row form with a sorted list ran
+// at ~0.5 TB/s on an H200: its insertions, a 15-step dependent chain, bound it.)
+template <int KM>
+__device__ __forceinline__ void topk_slot_min(const float (&lv)[KM], const int (&li)[KM],
+                                              float& minv, int& minj) {
+  minv = lv[0]; minj = 0;
+  int mini = li[0];
+#pragma unroll
+  for (int j = 1; j < KM; ++j)
+    if (lv[j] < minv || (lv[j] == minv && li[j] > mini)) { minv = lv[j]; minj = j; mini = li[j]; }
+}
+
 template <typename T, int KM>
-__global__ void log_softmax_topk_reg_kernel(float* __restrict__ logp, float* __restrict__ topv,
-                                            int64_t* __restrict__ topi, const T* __restrict__ x,
-                                            int V, int k, int ld) {
-  __shared__ float red[32];
-  __shared__ float sval[32];
-  __shared__ int sidx[32];
-  __shared__ int winner;
-  const size_t base = (size_t)blockIdx.x * ld;
-  const size_t obase = (size_t)blockIdx.x * V;
+__global__ void log_softmax_topk_warp_kernel(float* __restrict__ logp, float* __restrict__ topv,
+                                             int64_t* __restrict__ topi, const T* __restrict__ x,
+                                             int rows, int V, int k, int ld) {
+  constexpr int LOADS = 4;
+  const int lane = threadIdx.x & 31;
+  const int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  if (row >= rows) return;  // a whole warp: the shuffles below stay full-warp
+  const T* xr = x + (size_t)row * ld;
   float lv[KM];
   int li[KM];
 #pragma unroll
   for (int j = 0; j < KM; ++j) { lv[j] = -INFINITY; li[j] = 0x7fffffff; }
-  constexpr int LOADS = 4;
-  float tm = -INFINITY, ts = 0.f;  // this thread's max and sum of exp(v - tm)
-  for (int c0 = threadIdx.x; c0 < V; c0 += LOADS * blockDim.x) {
+  float minv = -INFINITY;
+  int minj = 0;
+  float tm = -INFINITY, ts = 0.f;  // this lane's max and sum of exp(v - tm)
+  for (int c0 = lane; c0 < V; c0 += LOADS * 32) {
     float vs[LOADS];
 #pragma unroll
     for (int u = 0; u < LOADS; ++u) {
-      const int c = c0 + u * blockDim.x;
-      vs[u] = c < V ? to_f(x[base + c]) : -INFINITY;
+      const int c = c0 + u * 32;
+      vs[u] = c < V ? to_f(xr[c]) : -INFINITY;
     }
 #pragma unroll
-    for (int u = 0; u < LOADS; ++u) {  // this thread's columns in increasing order
-      const int c = c0 + u * blockDim.x;
+    for (int u = 0; u < LOADS; ++u) {  // this lane's columns in increasing order
+      const int c = c0 + u * 32;
       const float v = vs[u];
       if (c >= V) break;
       if (v > tm) {
@@ -433,46 +444,38 @@ __global__ void log_softmax_topk_reg_kernel(float* __restrict__ logp, float* __r
       } else if (v > -INFINITY) {  // (-inf - -inf would be NaN)
         ts += __expf(v - tm);
       }
-      if (v > lv[KM - 1]) {  // strict: an equal later index never passes an earlier one
-        lv[KM - 1] = v; li[KM - 1] = c;
+      if (v > minv) {  // strict: an equal later column never displaces an earlier one
 #pragma unroll
-        for (int j = KM - 1; j > 0; --j) {
-          if (lv[j] > lv[j - 1]) {
-            const float tv = lv[j]; lv[j] = lv[j - 1]; lv[j - 1] = tv;
-            const int ti = li[j]; li[j] = li[j - 1]; li[j - 1] = ti;
-          }
-        }
+        for (int j = 0; j < KM; ++j)
+          if (j == minj) { lv[j] = v; li[j] = c; }
+        topk_slot_min<KM>(lv, li, minv, minj);
       }
     }
   }
-  const float m = block_max(tm, red);
-  const float lse = m + logf(block_sum(tm == -INFINITY ? 0.f : ts * __expf(tm - m), red));
-  if (logp)
-    for (int c = threadIdx.x; c < V; c += blockDim.x) logp[obase + c] = to_f(x[base + c]) - lse;
-  const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+  const float m = warp_reduce<MaxOp>(tm);
+  const float lse = m + logf(warp_sum(tm == -INFINITY ? 0.f : ts * __expf(tm - m)));
+  if (logp) {
+    float* lr = logp + (size_t)row * V;
+    for (int c = lane; c < V; c += 32) lr[c] = to_f(xr[c]) - lse;
+  }
   for (int r = 0; r < k; ++r) {
-    float bv = lv[0];
-    int bi = li[0];
+    float bv = lv[0];  // this lane's best: largest, ties the lower column
+    int bi = li[0], bj = 0;
+#pragma unroll
+    for (int j = 1; j < KM; ++j)
+      if (lv[j] > bv || (lv[j] == bv && li[j] < bi)) { bv = lv[j]; bi = li[j]; bj = j; }
     for (int o = 16; o > 0; o >>= 1) {
       const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
       const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
       if (ov > bv || (ov == bv && oi < bi)) { bv = ov; bi = oi; }
     }
-    if (lane == 0) { sval[wid] = bv; sidx[wid] = bi; }
-    __syncthreads();
-    if (threadIdx.x == 0) {
-      for (int w2 = 1; w2 < nw; ++w2)
-        if (sval[w2] > bv || (sval[w2] == bv && sidx[w2] < bi)) { bv = sval[w2]; bi = sidx[w2]; }
-      topv[(size_t)blockIdx.x * k + r] = bv - lse;
-      topi[(size_t)blockIdx.x * k + r] = bi;
-      winner = bi;
+    if (lane == 0) {
+      topv[(size_t)row * k + r] = bv - lse;
+      topi[(size_t)row * k + r] = bi;
     }
-    __syncthreads();
-    if (li[0] == winner) {  // the owner pops its head
 #pragma unroll
-      for (int j = 0; j < KM - 1; ++j) { lv[j] = lv[j + 1]; li[j] = li[j + 1]; }
-      lv[KM - 1] = -INFINITY; li[KM - 1] = 0x7fffffff;
-    }
+    for (int j = 0; j < KM; ++j)  // the owner pops the winner (columns are unique)
+      if (j == bj && li[j] == bi) { lv[j] = -INFINITY; li[j] = 0x7fffffff; }
   }
 }
 
@@ -675,13 +678,23 @@ int wk_log_softmax_topk(float* logp, float* topv, int64_t* topi, const void* x, 
   if (ld < V) return (int)cudaErrorInvalidValue;
   if (rows <= 0) return 0;
   if (k < 1 || k > 32 || k > V) return (int)cudaErrorInvalidValue;
-  if (k <= 16) {
-    DISPATCH(dtype, (log_softmax_topk_reg_kernel<T, 16><<<rows, 128, 0, stream>>>(
-        logp, topv, topi, (const T*)x, V, k, ld)));
+  const unsigned blocks = (unsigned)((rows + 7) / 8);  // 8 rows (warps) per block
+#define WK_TOPK(KM) DISPATCH(dtype, (log_softmax_topk_warp_kernel<T, KM><<<blocks, 256, 0, stream>>>( \
+      logp, topv, topi, (const T*)x, rows, V, k, ld)))
+  if (k <= 4) {
+    WK_TOPK(4);
+  } else if (k <= 8) {
+    WK_TOPK(8);
+  } else if (k <= 10) {
+    WK_TOPK(10);
+  } else if (k <= 16) {
+    WK_TOPK(16);
+  } else if (k <= 20) {
+    WK_TOPK(20);
   } else {
-    DISPATCH(dtype, (log_softmax_topk_reg_kernel<T, 32><<<rows, 128, 0, stream>>>(
-        logp, topv, topi, (const T*)x, V, k, ld)));
+    WK_TOPK(32);
   }
+#undef WK_TOPK
   return (int)cudaGetLastError();
 }
 
