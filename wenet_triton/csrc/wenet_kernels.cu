@@ -395,30 +395,55 @@ __global__ void glu_dwconv_tiled_kernel(T* __restrict__ out, const T* __restrict
 }
 
 // Row-wise log-softmax (fp32 out, optional) + top-k (values fp32, indices int64), k <= KM.
-// One warp per row, one pass over it: each lane keeps its running max and sum of exp(v - max)
-// (rescaled when the max grows) and an unsorted list of its KM best (value, column), the
-// slot to replace next being the smallest (ties: the later column). Merged in k rounds of
-// warp shuffles; ties go to the lower column. (The block-per-row form with a sorted list ran
-// at ~0.5 TB/s on an H200: its insertions, a 15-step dependent chain, bound it.)
-template <int KM>
-__device__ __forceinline__ void topk_slot_min(const float (&lv)[KM], const int (&li)[KM],
-                                              float& minv, int& minj) {
-  minv = lv[0]; minj = 0;
-  int mini = li[0];
+// WPR warps per row (1 for many rows, 4 for few), one pass over it: each lane keeps its
+// running max and sum of exp(v - max) (rescaled when the max grows) and an unsorted list of
+// its KM best (value, column), the slot to replace next being the smallest (ties: the later
+// column). Each warp merges its lanes' lists in k rounds of shuffles; with WPR > 1 the row's
+// first warp merges the warps' k-lists the same way. Ties go to the lower column. (A block
+// per row with a sorted list ran at ~0.5 TB/s on an H200: its insertions, a dependent chain
+// of KM steps, bound it.)
+template <int N>
+__device__ __forceinline__ void topk_best(const float (&lv)[N], const int (&li)[N], float& bv,
+                                          int& bi, int& bj) {
+  bv = lv[0]; bi = li[0]; bj = 0;
 #pragma unroll
-  for (int j = 1; j < KM; ++j)
-    if (lv[j] < minv || (lv[j] == minv && li[j] > mini)) { minv = lv[j]; minj = j; mini = li[j]; }
+  for (int j = 1; j < N; ++j)
+    if (lv[j] > bv || (lv[j] == bv && li[j] < bi)) { bv = lv[j]; bi = li[j]; bj = j; }
 }
 
-template <typename T, int KM>
-__global__ void log_softmax_topk_warp_kernel(float* __restrict__ logp, float* __restrict__ topv,
-                                             int64_t* __restrict__ topi, const T* __restrict__ x,
-                                             int rows, int V, int k, int ld) {
-  constexpr int LOADS = 4;
+// k rounds: the warp's best (value, column) each round -> lane 0's out(r, v, i); the owner
+// pops it (columns are unique across the warp).
+template <int N, typename Out>
+__device__ __forceinline__ void topk_warp_merge(float (&lv)[N], int (&li)[N], int k, Out out) {
   const int lane = threadIdx.x & 31;
-  const int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-  if (row >= rows) return;  // a whole warp: the shuffles below stay full-warp
-  const T* xr = x + (size_t)row * ld;
+  for (int r = 0; r < k; ++r) {
+    float bv;
+    int bi, bj;
+    topk_best<N>(lv, li, bv, bi, bj);
+    const int mine = bi;
+    for (int o = 16; o > 0; o >>= 1) {
+      const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+      const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+      if (ov > bv || (ov == bv && oi < bi)) { bv = ov; bi = oi; }
+    }
+    if (lane == 0) out(r, bv, bi);
+#pragma unroll
+    for (int j = 0; j < N; ++j)
+      if (j == bj && mine == bi) { lv[j] = -INFINITY; li[j] = 0x7fffffff; }
+  }
+}
+
+template <typename T, int KM, int WPR>
+__global__ void __launch_bounds__(256) log_softmax_topk_warp_kernel(
+    float* __restrict__ logp, float* __restrict__ topv, int64_t* __restrict__ topi,
+    const T* __restrict__ x, int rows, int V, int k, int ld) {
+  constexpr int LOADS = 4, RPB = 8 / WPR, CM = (WPR * KM + 31) / 32;
+  __shared__ float s_m[8], s_s[8], s_v[WPR > 1 ? 8 : 1][KM];
+  __shared__ int s_i[WPR > 1 ? 8 : 1][KM];
+  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, sub = w % WPR;
+  const int row = blockIdx.x * RPB + w / WPR;
+  const bool active = row < rows;  // no early return: WPR > 1 meets at __syncthreads
+  const T* xr = x + (size_t)(active ? row : 0) * ld;
   float lv[KM];
   int li[KM];
 #pragma unroll
@@ -426,16 +451,17 @@ __global__ void log_softmax_topk_warp_kernel(float* __restrict__ logp, float* __
   float minv = -INFINITY;
   int minj = 0;
   float tm = -INFINITY, ts = 0.f;  // this lane's max and sum of exp(v - tm)
-  for (int c0 = lane; c0 < V; c0 += LOADS * 32) {
+  const int stride = 32 * WPR;
+  for (int c0 = sub * 32 + lane; active && c0 < V; c0 += LOADS * stride) {
     float vs[LOADS];
 #pragma unroll
     for (int u = 0; u < LOADS; ++u) {
-      const int c = c0 + u * 32;
+      const int c = c0 + u * stride;
       vs[u] = c < V ? to_f(xr[c]) : -INFINITY;
     }
 #pragma unroll
     for (int u = 0; u < LOADS; ++u) {  // this lane's columns in increasing order
-      const int c = c0 + u * 32;
+      const int c = c0 + u * stride;
       const float v = vs[u];
       if (c >= V) break;
       if (v > tm) {
@@ -448,35 +474,56 @@ __global__ void log_softmax_topk_warp_kernel(float* __restrict__ logp, float* __
 #pragma unroll
         for (int j = 0; j < KM; ++j)
           if (j == minj) { lv[j] = v; li[j] = c; }
-        topk_slot_min<KM>(lv, li, minv, minj);
+        minv = lv[0]; minj = 0;  // the slot to replace next
+        int mini = li[0];
+#pragma unroll
+        for (int j = 1; j < KM; ++j)
+          if (lv[j] < minv || (lv[j] == minv && li[j] > mini)) { minv = lv[j]; minj = j; mini = li[j]; }
       }
     }
   }
-  const float m = warp_reduce<MaxOp>(tm);
-  const float lse = m + logf(warp_sum(tm == -INFINITY ? 0.f : ts * __expf(tm - m)));
-  if (logp) {
-    float* lr = logp + (size_t)row * V;
-    for (int c = lane; c < V; c += 32) lr[c] = to_f(xr[c]) - lse;
+  float m = warp_reduce<MaxOp>(tm);
+  float sum = warp_sum(tm == -INFINITY ? 0.f : ts * __expf(tm - m));
+  if (WPR == 1) {
+    if (!active) return;
+    const float lse = m + logf(sum);
+    topk_warp_merge<KM>(lv, li, k, [&](int r, float v, int i) {
+      topv[(size_t)row * k + r] = v - lse;
+      topi[(size_t)row * k + r] = i;
+    });
+    if (logp)
+      for (int c = lane; c < V; c += 32) logp[(size_t)row * V + c] = to_f(xr[c]) - lse;
+    return;
   }
-  for (int r = 0; r < k; ++r) {
-    float bv = lv[0];  // this lane's best: largest, ties the lower column
-    int bi = li[0], bj = 0;
+  topk_warp_merge<KM>(lv, li, k, [&](int r, float v, int i) { s_v[w][r] = v; s_i[w][r] = i; });
+  if (lane == 0) { s_m[w] = m; s_s[w] = sum; }
+  __syncthreads();
+  if (!active) return;
+  const int w0 = w - sub;  // the row's first warp
+  m = s_m[w0];
 #pragma unroll
-    for (int j = 1; j < KM; ++j)
-      if (lv[j] > bv || (lv[j] == bv && li[j] < bi)) { bv = lv[j]; bi = li[j]; bj = j; }
-    for (int o = 16; o > 0; o >>= 1) {
-      const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-      const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-      if (ov > bv || (ov == bv && oi < bi)) { bv = ov; bi = oi; }
-    }
-    if (lane == 0) {
-      topv[(size_t)row * k + r] = bv - lse;
-      topi[(size_t)row * k + r] = bi;
-    }
+  for (int q = 1; q < WPR; ++q) m = fmaxf(m, s_m[w0 + q]);
+  sum = 0.f;
 #pragma unroll
-    for (int j = 0; j < KM; ++j)  // the owner pops the winner (columns are unique)
-      if (j == bj && li[j] == bi) { lv[j] = -INFINITY; li[j] = 0x7fffffff; }
+  for (int q = 0; q < WPR; ++q)
+    if (s_m[w0 + q] > -INFINITY) sum += s_s[w0 + q] * __expf(s_m[w0 + q] - m);
+  const float lse = m + logf(sum);
+  if (logp)
+    for (int c = sub * 32 + lane; c < V; c += stride) logp[(size_t)row * V + c] = to_f(xr[c]) - lse;
+  if (sub) return;
+  float cv[CM];
+  int ci[CM];
+#pragma unroll
+  for (int t = 0; t < CM; ++t) {  // candidate e = (warp q, rank r) of the WPR k-lists
+    const int e = lane + 32 * t, q = e / KM, r = e % KM;
+    const bool ok = q < WPR && r < k;
+    cv[t] = ok ? s_v[w0 + q][r] : -INFINITY;
+    ci[t] = ok ? s_i[w0 + q][r] : 0x7fffffff;
   }
+  topk_warp_merge<CM>(cv, ci, k, [&](int r, float v, int i) {
+    topv[(size_t)row * k + r] = v - lse;
+    topi[(size_t)row * k + r] = i;
+  });
 }
 
 // ---------------------------------------------------------------------------------------
@@ -678,9 +725,19 @@ int wk_log_softmax_topk(float* logp, float* topv, int64_t* topi, const void* x, 
   if (ld < V) return (int)cudaErrorInvalidValue;
   if (rows <= 0) return 0;
   if (k < 1 || k > 32 || k > V) return (int)cudaErrorInvalidValue;
-  const unsigned blocks = (unsigned)((rows + 7) / 8);  // 8 rows (warps) per block
-#define WK_TOPK(KM) DISPATCH(dtype, (log_softmax_topk_warp_kernel<T, KM><<<blocks, 256, 0, stream>>>( \
-      logp, topv, topi, (const T*)x, rows, V, k, ld)))
+  // many rows: a warp each; few (an SM's share below ~32 warps): 4 warps each
+  const bool few = rows < 132 * 32;
+  const unsigned blocks = (unsigned)(few ? (rows + 1) / 2 : (rows + 7) / 8);
+#define WK_TOPK(KM)                                                                              \
+  do {                                                                                           \
+    if (few) {                                                                                   \
+      DISPATCH(dtype, (log_softmax_topk_warp_kernel<T, KM, 4><<<blocks, 256, 0, stream>>>(     \
+          logp, topv, topi, (const T*)x, rows, V, k, ld)));                                      \
+    } else {                                                                                     \
+      DISPATCH(dtype, (log_softmax_topk_warp_kernel<T, KM, 1><<<blocks, 256, 0, stream>>>(     \
+          logp, topv, topi, (const T*)x, rows, V, k, ld)));                                      \
+    }                                                                                            \
+  } while (0)
   if (k <= 4) {
     WK_TOPK(4);
   } else if (k <= 8) {
