@@ -198,13 +198,13 @@ inline bool by_score_desc(const std::pair<double, int>& a, const std::pair<doubl
 
 // Score descending, ties by index (insertion order): with distinct indices a total order, so
 // any sort by it gives exactly what a stable sort by score gives to entries in index order.
-// A NaN score (log-probs of a broken model) ranks as -inf: std::sort needs a strict weak
-// order, and NaN compares false both ways (undefined behaviour, reads out of bounds).
+// Scores go in through rank(): a NaN score (log-probs of a broken model) ranks as -inf, since
+// std::sort needs a strict weak order and NaN compares false both ways (undefined
+// behaviour, reads out of bounds).
 struct ScoreThenIndex {
   static double rank(double x) { return x != x ? NEG_INF : x; }
   bool operator()(const std::pair<double, int>& a, const std::pair<double, int>& c) const {
-    const double x = rank(a.first), y = rank(c.first);
-    return x > y || (x == y && a.second < c.second);
+    return a.first > c.first || (a.first == c.first && a.second < c.second);
   }
 };
 
@@ -273,7 +273,7 @@ void advance(SearchState& st, const float* topv, const int64_t* topi, int len, i
         const int depth = c.node >= 0 ? trie.depth[c.node] : trie.depth[c.parent] + 1;
         key = key + lm_weight * trie.lm[c.node >= 0 ? c.node : c.parent] + length_bonus * depth;
       }
-      order.emplace_back(key, i);
+      order.emplace_back(ScoreThenIndex::rank(key), i);
     }
     // Only the head of the stable order is read: the first `beam` entries, or with the LM
     // those walked until the bound check stops (usually a few beams' worth). Sorting just
@@ -291,9 +291,13 @@ void advance(SearchState& st, const float* topv, const int64_t* topi, int len, i
       exact.clear();
       std::priority_queue<double, std::vector<double>, std::greater<double>> top;
       for (size_t i = 0; i < n_order; ++i) {
-        if (i == sorted) {  // the walk went past the sorted head: sort the rest too
-          std::sort(order.begin() + sorted, order.end(), ScoreThenIndex());
-          sorted = n_order;
+        if (i == sorted) {  // the walk went past the sorted head: sort the next part (every
+          // entry after the head ranks below it, so partitioning the rest extends the order)
+          const size_t more = std::min(n_order, sorted + 2 * (size_t)beam);
+          if (more < n_order)
+            std::nth_element(order.begin() + sorted, order.begin() + more, order.end(), ScoreThenIndex());
+          std::sort(order.begin() + sorted, order.begin() + more, ScoreThenIndex());
+          sorted = more;
         }
         const auto& o = order[i];
         if (lm_weight >= 0 && (int)top.size() >= beam && o.first < top.top()) break;
@@ -303,7 +307,7 @@ void advance(SearchState& st, const float* topv, const int64_t* topi, int len, i
           c.lm = trie.lm[c.parent] + lm->score(trie, c.parent, c.tok, &c.lm_ctx, lm_cache);
           key = log_add2(c.pb, c.pnb) + lm_weight * c.lm + length_bonus * (trie.depth[c.parent] + 1);
         }
-        exact.emplace_back(key, o.second);
+        exact.emplace_back(ScoreThenIndex::rank(key), o.second);
         top.push(key);
         if ((int)top.size() > beam) top.pop();
       }
