@@ -11,6 +11,9 @@ speed, unlike infer/s on a shared 2-core box).
 fronts: `direct` (clients talk to the backend: the ceiling), `inproc` (one GrpcGuard in a
 process of its own, as `serve` ran the front before guard workers existed), N (the guard
 workers of `serve --guard-workers N`). --profile DIR writes a cProfile of one front process.
+--transport stream: each in-flight request slot keeps one bidirectional ModelStreamInfer
+stream open and sends its requests as messages on it (what a streaming client could do
+instead of one unary call per chunk); unary (default): one ModelInfer call per request.
 Every client process opens `--channels` connections of its own (a local subchannel pool), so
 that SO_REUSEPORT has connections to spread; `--concurrency` requests are in flight per client.
 """
@@ -74,13 +77,20 @@ def backend_main(port: int, unix: str = ""):
     o.name, o.datatype = "TRANSCRIPTS", "BYTES"
     o.shape.extend([1, 1])
     resp.raw_output_contents.append(len(text).to_bytes(4, "little") + text)
+    stream_reply = service_pb2.ModelStreamInferResponse(infer_response=resp).SerializeToString()
     replies = {"ModelInfer": resp.SerializeToString(),
                "ServerReady": service_pb2.ServerReadyResponse(ready=True).SerializeToString(),
                "ServerLive": service_pb2.ServerLiveResponse(live=True).SerializeToString(),
                "ModelReady": service_pb2.ModelReadyResponse(ready=True).SerializeToString()}
 
+    async def stream_call(requests, _ctx):
+        async for _raw in requests:
+            yield stream_reply
+
     class Handler(grpc.GenericRpcHandler):
         def service(self, details):
+            if details.method == SERVICE + "ModelStreamInfer":
+                return grpc.stream_stream_rpc_method_handler(stream_call)
             reply = replies.get(details.method[len(SERVICE):], b"")
 
             async def call(_raw, _ctx):
@@ -132,7 +142,8 @@ async def _disable(prof):
 
 
 # -- load -------------------------------------------------------------------------------------
-def load_main(url: str, samples: int, channels: int, concurrency: int, duration: float):
+def load_main(url: str, samples: int, channels: int, concurrency: int, duration: float,
+              transport: str = "unary"):
     import grpc
 
     raw = infer_request(samples)
@@ -145,6 +156,13 @@ def load_main(url: str, samples: int, channels: int, concurrency: int, duration:
         for c in calls:  # connect each before the clock starts
             await c(raw, timeout=30)
         lat, errors = [], {}
+        streams = []
+        if transport == "stream":  # one open stream per request slot, warmed by one message
+            for k in range(concurrency):
+                st = chans[k % len(chans)].stream_stream(SERVICE + "ModelStreamInfer")()
+                await st.write(raw)
+                await st.read()
+                streams.append(st)
         t_end = time.perf_counter() + duration
 
         async def worker(k):
@@ -152,7 +170,13 @@ def load_main(url: str, samples: int, channels: int, concurrency: int, duration:
             while time.perf_counter() < t_end:
                 t0 = time.perf_counter()
                 try:
-                    await call(raw, timeout=30)
+                    if streams:
+                        await streams[k].write(raw)
+                        reply = await streams[k].read()
+                        if reply is grpc.aio.EOF:
+                            raise RuntimeError("the stream ended")
+                    else:
+                        await call(raw, timeout=30)
                     lat.append(time.perf_counter() - t0)
                 except grpc.RpcError as e:
                     errors[e.code().name] = errors.get(e.code().name, 0) + 1
@@ -160,6 +184,8 @@ def load_main(url: str, samples: int, channels: int, concurrency: int, duration:
         t0 = time.perf_counter()
         await asyncio.gather(*(worker(k) for k in range(concurrency)))
         wall = time.perf_counter() - t0
+        for st in streams:
+            await st.done_writing()
         for c in chans:
             await c.close()
         return {"ok": len(lat), "errors": errors, "wall": wall, "lat": lat}
@@ -238,6 +264,7 @@ def measure(front: str, a, backend_url: str, backend_pid: int) -> dict:
     front_cpu = sum(cpu[p] for p in pids)
     return {"front": front, "label": a.label, "audio_seconds": a.audio_seconds, "clients": a.clients,
             "channels": a.channels,
+            "transport": a.transport,
             "concurrency": a.clients * a.concurrency, "requests": ok, "errors": json.dumps(errors),
             "infer_per_s": round(ok / max(o["wall"] for o in outs), 1),
             "p50_ms": round(float(np.percentile(lat, 50)), 2) if ok else None,
@@ -250,7 +277,8 @@ def measure(front: str, a, backend_url: str, backend_pid: int) -> dict:
 def _load(url, a, duration):
     return subprocess.Popen([sys.executable, "-m", "benchmarks.guard_front", "load", "--url", url,
                              "--samples", str(int(a.audio_seconds * 16000)), "--channels", str(a.channels),
-                             "--concurrency", str(a.concurrency), "--duration", str(duration)],
+                             "--concurrency", str(a.concurrency), "--duration", str(duration),
+                             "--transport", a.transport],
                             env=_env(), cwd=ROOT, stdout=subprocess.PIPE, text=True)
 
 
@@ -267,6 +295,8 @@ def main(argv=None):
                    help="the front-to-backend connection(s) to compare: tcp (loopback, as `serve` connects "
                         "its guard workers to tritonserver), unix (a Unix socket, which Triton 2.51 "
                         "also listens on: --grpc-address=unix:PATH), or tcp,unix")
+    p.add_argument("--transport", choices=["unary", "stream"], default="unary",
+                   help="one ModelInfer call per request, or messages on open ModelStreamInfer streams")
     p.add_argument("--repeat", type=int, default=1, help="rounds over the fronts (medians printed)")
     p.add_argument("--out", help="CSV (appended)")
     p.add_argument("--profile", help="directory for cProfile dumps of the front process(es)")
@@ -286,7 +316,7 @@ def main(argv=None):
     if a.role == "inproc":
         return inproc_main(a.port, a.backend, a.profile_out)
     if a.role == "load":
-        return load_main(a.url, a.samples, a.channels, a.concurrency, a.duration)
+        return load_main(a.url, a.samples, a.channels, a.concurrency, a.duration, a.transport)
     from wenet_triton.serving.server import free_port
 
     if a.profile:
@@ -314,8 +344,9 @@ def main(argv=None):
             continue
         med = {k: float(np.median([r[k] for r in mine if r[k] is not None] or [np.nan]))
                for k in ("infer_per_s", "p99_ms", "front_cpu_us_per_req", "backend_cpu_us_per_req")}
-        print(f"{front:>8} {leg:>4} {a.label}: median of {len(mine)}: {med['infer_per_s']:.0f} infer/s, p99 "
-              f"{med['p99_ms']:.1f} ms, front {med['front_cpu_us_per_req']:.0f} us CPU/request, "
+        print(f"{front:>8} {leg:>4} {a.transport} {a.label}: median of {len(mine)}: "
+              f"{med['infer_per_s']:.0f} infer/s, p99 {med['p99_ms']:.1f} ms, "
+              f"front {med['front_cpu_us_per_req']:.0f} us CPU/request, "
               f"backend {med['backend_cpu_us_per_req']:.0f}", flush=True)
     if a.out:
         new = not os.path.exists(a.out)

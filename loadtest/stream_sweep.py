@@ -36,10 +36,10 @@ def model_stats(url):
     return int(m.get("inference_count", 0)), int(m.get("execution_count", 0)), compute
 
 
-def _stream_part(server, items, concurrency, chunk, delays, timeout):
+def _stream_part(server, items, concurrency, chunk, delays, timeout, transport):
     random.seed()  # sequence ids are random: each process its own
     return stream_many(server, items, concurrency, chunk, realtime=True, start_delays=delays,
-                       timeout=timeout)
+                       timeout=timeout, transport=transport)
 
 
 def _stream_in_procs(a, items, n, chunk, delays):
@@ -48,7 +48,7 @@ def _stream_in_procs(a, items, n, chunk, delays):
     procs = max(1, min(a.procs, n))
     if procs == 1:
         return stream_many(a.server, items, n, chunk, realtime=True, start_delays=delays,
-                           timeout=a.timeout)
+                           timeout=a.timeout, transport=a.transport)
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
@@ -56,7 +56,8 @@ def _stream_in_procs(a, items, n, chunk, delays):
     parts = [[k for k in range(len(items)) if k % n % procs == p] for p in range(procs)]
     with ProcessPoolExecutor(procs, mp_context=multiprocessing.get_context("spawn")) as ex:
         futs = [ex.submit(_stream_part, a.server, [items[k] for k in ks],
-                          len({k % n for k in ks}), chunk, [delays[k] for k in ks], a.timeout)
+                          len({k % n for k in ks}), chunk, [delays[k] for k in ks], a.timeout,
+                          a.transport)
                 for ks in parts]
         out = [None] * len(items)
         for ks, f in zip(parts, futs):
@@ -74,7 +75,8 @@ def run(a):
     os.makedirs(a.out, exist_ok=True)
     chunk = max(1, int(a.chunk_ms * 16))  # 16 kHz
     rng = random.Random(0)
-    stream_many(a.server, [("warmup", wavs[0])], 1, chunk)  # first-call costs out of the numbers
+    stream_many(a.server, [("warmup", wavs[0])], 1, chunk,  # first-call costs out of the numbers
+                transport=a.transport)
     rows = []
     for n in [int(x) for x in a.streams.split(",")]:
         per = max(1, round(a.duration / a.seconds))  # streams per microphone
@@ -162,6 +164,8 @@ def main(argv=None):
     p.add_argument("--keep-going", action="store_true", help="go on after streams fell behind")
     p.add_argument("--max-seconds", type=float, default=120, help="stop once a round took longer")
     p.add_argument("--timeout", type=float, default=60)
+    p.add_argument("--transport", choices=["unary", "stream"], default="unary",
+                   help="a gRPC call per chunk, or one ModelStreamInfer call per stream")
     p.add_argument("--procs", type=int, default=1,
                    help="client processes sharing the microphones (thousands of streams need several)")
     p.add_argument("--wait", type=float, default=300)

@@ -284,6 +284,41 @@ def test_served_streams_equal_offline_streaming(served, wavs, offline):
     assert live_streams(served) == 0
 
 
+def test_served_streams_over_grpc_streams(served, wavs, offline):
+    """transport="stream": each wav's chunks as messages on one bidirectional ModelStreamInfer
+    call through the checking front: the same finals, partials and final flags as offline
+    streaming; a NaN chunk gets its error on the stream (the model's), a chunk over the
+    maximum ends the call (the front's INVALID_ARGUMENT; the END then goes as a unary call);
+    the other streams go on; no stream is left live."""
+    from wenet_triton.serving.stream_client import split, stream_many
+
+    rec, finals, enc = offline
+    sizes = SIZES[:3]
+    replies = stream_many(served, wavs[:3], concurrency=3, sizes=sizes, transport="stream",
+                          start_delays=[0.1 * i for i in range(3)])
+    assert [r.error for r in replies] == [None] * 3
+    for b, ((name, wav), r) in enumerate(zip(wavs[:3], replies)):
+        assert r.text == finals[name]
+        assert r.sizes == [len(p) for p in split(wav, sizes[b])]
+        assert r.flags == [False] * (len(r.sizes) - 1) + [True]
+        assert r.partials == expected_partials(rec, enc, b, wav, r.sizes), name
+    name, wav = wavs[3]
+    bad = wav.copy()
+    bad[12000] = np.nan  # in the second chunk
+    long_name, long_wav = wavs[5]
+    got = stream_many(served, [(name, bad), wavs[4], (long_name, long_wav)], concurrency=3,
+                      sizes=[[10240], [10240], [8000, 40000]], transport="stream")
+    assert got[0].error is not None and "chunk 2/" in got[0].error and "NaN" in got[0].error, got[0].error
+    assert got[1].error is None and got[1].text == finals[wavs[4][0]]
+    assert got[2].error is not None and "chunk 2/" in got[2].error and "longer" in got[2].error, got[2].error
+    with pytest.raises(ValueError, match="transport"):
+        stream_many(served, wavs[:1], transport="udp")
+    deadline = time.time() + 10
+    while live_streams(served) and time.time() < deadline:  # the refused stream: its END was sent
+        time.sleep(0.2)
+    assert live_streams(served) == 0
+
+
 # -- bad input and faults -----------------------------------------------------------------
 def _code(exc):
     return exc.status() if hasattr(exc, "status") else ""

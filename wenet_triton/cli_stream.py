@@ -27,6 +27,10 @@ def add_command(sub) -> argparse.ArgumentParser:
     s.add_argument("--concurrency", type=int, default=8, help="streams at a time")
     s.add_argument("--sample-rate", type=int, default=16000, help="the rate the server expects")
     s.add_argument("--timeout", type=float, default=60.0, help="per-chunk request timeout (s)")
+    s.add_argument("--transport", choices=["unary", "stream"], default="unary",
+                   help="unary: one gRPC call per chunk (default); stream: one bidirectional "
+                        "ModelStreamInfer call per wav, its chunks as messages (less CPU per chunk "
+                        "in the client and the server's checking front)")
     s.add_argument("--wait", type=float, default=0,
                    help="wait up to this many seconds for the streaming model to be ready")
     s.add_argument("--verbose-partials", "--partials", dest="partials", action="store_true",
@@ -79,7 +83,7 @@ def cmd_stream(a) -> None:
     t0 = time.perf_counter()
     got = stream_many(a.server, items, a.concurrency, max(1, int(a.chunk_ms * a.sample_rate / 1000)),
                       a.realtime, a.sample_rate, on_partial=partials, on_reply=on_reply,
-                      timeout=a.timeout)
+                      timeout=a.timeout, transport=a.transport)
     wall = time.perf_counter() - t0
     partials.close()
     for r in got:

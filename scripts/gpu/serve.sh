@@ -23,7 +23,8 @@
 # leave the guard out), LOCUST_USERS, LOCUST_TIME, LOCUST_WORKERS, CONNECTIONS (gRPC connections of the sweep,
 # default 16), PA_CHANNEL_SHARE (perf_analyzer clients per gRPC channel, default 1: one connection
 # each; the kernel spreads connections, not requests, over `serve`'s guard workers); for
-# `streams`: STREAMS (list), STREAM_CHUNK_MS ("640 320"), STREAM_DURATION, STREAM_PROCS (client
+# `streams`: STREAMS (list), STREAM_CHUNK_MS ("640 320"), STREAM_TRANSPORT (unary | stream:
+# one gRPC call per chunk, or one ModelStreamInfer call per stream), STREAM_DURATION, STREAM_PROCS (client
 # processes), STREAM_TIMEOUT. MPS=1: `serve --mps` (a CUDA MPS daemon of the server's own, so
 # the instances' kernels share the GPU side by side instead of taking turns), MPS=0: `--no-mps`;
 # unset: the serving config's `mps` (auto in configs/serving_gpu.yaml).
@@ -138,6 +139,7 @@ streams() {  # real-time streams against the `streaming` model (configs/serving_
     (cd "$root" && timeout "${STREAM_TIMEOUT:-400}" python3 -m loadtest.stream_sweep --server "$GRPC" \
       --wav-dir "$WAV_DIR" --streams "${STREAMS:-256,1024,2048,3072,4096}" --seconds 8 \
       --duration "${STREAM_DURATION:-16}" --chunk-ms "$ms" --procs "${STREAM_PROCS:-6}" \
+      --transport "${STREAM_TRANSPORT:-unary}" \
       --max-seconds 90 --out "$OUT/streams_${ms}ms") | tee "$OUT/streams_${ms}ms.log"
   done
 }
