@@ -22,7 +22,7 @@ import time
 
 from loadtest.sweep import fixed_length, write_csv
 from wenet_triton.audio.frontend import read_audio
-from wenet_triton.serving.stream_client import MODEL, latency_summary, stream_many, wait_until_ready
+from wenet_triton.serving.stream_client import MODEL, TRANSPORTS, latency_summary, stream_many, wait_until_ready
 
 
 def model_stats(url):
@@ -164,7 +164,7 @@ def main(argv=None):
     p.add_argument("--keep-going", action="store_true", help="go on after streams fell behind")
     p.add_argument("--max-seconds", type=float, default=120, help="stop once a round took longer")
     p.add_argument("--timeout", type=float, default=60)
-    p.add_argument("--transport", choices=["unary", "stream"], default="unary",
+    p.add_argument("--transport", choices=TRANSPORTS, default="unary",
                    help="a gRPC call per chunk, or one ModelStreamInfer call per stream")
     p.add_argument("--procs", type=int, default=1,
                    help="client processes sharing the microphones (thousands of streams need several)")

@@ -12,7 +12,7 @@ import sys
 import time
 
 from wenet_triton.cli_client import read_inputs
-from wenet_triton.serving.stream_client import latency_summary, stream_many, wait_until_ready
+from wenet_triton.serving.stream_client import TRANSPORTS, latency_summary, stream_many, wait_until_ready
 
 
 def add_command(sub) -> argparse.ArgumentParser:
@@ -27,7 +27,7 @@ def add_command(sub) -> argparse.ArgumentParser:
     s.add_argument("--concurrency", type=int, default=8, help="streams at a time")
     s.add_argument("--sample-rate", type=int, default=16000, help="the rate the server expects")
     s.add_argument("--timeout", type=float, default=60.0, help="per-chunk request timeout (s)")
-    s.add_argument("--transport", choices=["unary", "stream"], default="unary",
+    s.add_argument("--transport", choices=TRANSPORTS, default="unary",
                    help="unary: one gRPC call per chunk (default); stream: one bidirectional "
                         "ModelStreamInfer call per wav, its chunks as messages (less CPU per chunk "
                         "in the client and the server's checking front)")

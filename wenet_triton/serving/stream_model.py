@@ -235,7 +235,8 @@ class Streaming:
                                 cuda_graphs=graphs, decoder_cudnn=False, coarse_decoder_buckets=True)
             seconds = float(p.get("rescore_warmup_seconds", "0"))
             if graphs and seconds > 0:  # the likely buckets' graphs now, not at a live final
-                shapes = engine.coarse_rescore_shapes(int(seconds * 100 / engine.fm.subsampling) + 1)
+                frames = int(seconds * 1000 / self.settings.fbank.frame_shift_ms)  # fbank frames
+                shapes = engine.coarse_rescore_shapes(engine.fm.out_frames(frames))
                 n, took = engine.warm_rescore(shapes, budget_s=max(10.0, 2 * seconds))
                 print(f"[streaming] finals' decoder: {n} of {len(shapes)} CUDA graphs (finals up to "
                       f"{seconds:g} s) captured at load in {took:.1f} s", flush=True)
