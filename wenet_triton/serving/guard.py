@@ -399,35 +399,46 @@ class GrpcGuard:
             if infer:
                 self._leave()
 
-    async def stream(self, method: str, request_iterator, context):
+    async def stream(self, method: str, context):
+        """One ModelStreamInfer call, relayed message by message with gRPC's read/write API (no
+        async generators between the two calls: each layer of them cost CPU per message).
+        A message that fails the checks ends the call with the front's error."""
         try:
             channel = self._enter(True)
         except Rejected as e:
             self._count_rejected()
             await context.abort(e.code, str(e))
         bad = []
-        call = None
+        call = self._stub(channel, method, True)(metadata=_metadata(context))
 
-        async def checked():
-            async for raw in request_iterator:
-                try:
+        async def requests():  # client -> tritonserver
+            try:
+                while True:
+                    raw = await context.read()
+                    if raw is grpc.aio.EOF:
+                        await call.done_writing()
+                        return
                     self._check(raw)
-                except Rejected as e:
-                    bad.append(e)
-                    if call is not None:
-                        call.cancel()
-                    return
-                yield raw
+                    await call.write(raw)
+            except Rejected as e:
+                bad.append(e)
+                call.cancel()
+            except (grpc.RpcError, asyncio.InvalidStateError, ConnectionError):
+                call.cancel()  # either side went away: the reply loop below ends with it
 
+        pump = asyncio.ensure_future(requests())
         try:
-            call = self._stub(channel, method, True)(checked(), metadata=_metadata(context))
-            async for reply in call:
-                yield reply
+            while True:
+                reply = await call.read()
+                if reply is grpc.aio.EOF:
+                    break
+                await context.write(reply)
         except (grpc.RpcError, asyncio.CancelledError) as e:
             if not bad:
                 code = e.code() if isinstance(e, grpc.RpcError) else grpc.StatusCode.CANCELLED
                 await context.abort(code, (e.details() if isinstance(e, grpc.RpcError) else "") or str(code))
         finally:
+            pump.cancel()
             self._leave()
         if bad:
             self._count_rejected()
@@ -449,9 +460,8 @@ class _Handler(grpc.GenericRpcHandler):
     def _make(self, method: str):
         g = self.guard
         if method == "ModelStreamInfer":
-            async def stream_call(it, ctx):
-                async for reply in g.stream(method, it, ctx):
-                    yield reply
+            async def stream_call(_requests, ctx):  # read / write on ctx, not the iterator
+                await g.stream(method, ctx)
             return grpc.stream_stream_rpc_method_handler(stream_call)
 
         async def call(raw, ctx):
