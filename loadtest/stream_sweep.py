@@ -164,8 +164,9 @@ def main(argv=None):
     p.add_argument("--keep-going", action="store_true", help="go on after streams fell behind")
     p.add_argument("--max-seconds", type=float, default=120, help="stop once a round took longer")
     p.add_argument("--timeout", type=float, default=60)
-    p.add_argument("--transport", choices=TRANSPORTS, default="unary",
-                   help="a gRPC call per chunk, or one ModelStreamInfer call per stream")
+    p.add_argument("--transport", choices=TRANSPORTS, default=TRANSPORTS[0],
+                   help="stream (default): one ModelStreamInfer call per stream; unary: a gRPC "
+                        "call per chunk")
     p.add_argument("--procs", type=int, default=1,
                    help="client processes sharing the microphones (thousands of streams need several)")
     p.add_argument("--wait", type=float, default=300)

@@ -284,17 +284,18 @@ def test_served_streams_equal_offline_streaming(served, wavs, offline):
     assert live_streams(served) == 0
 
 
-def test_served_streams_over_grpc_streams(served, wavs, offline):
-    """transport="stream": each wav's chunks as messages on one bidirectional ModelStreamInfer
-    call through the checking front: the same finals, partials and final flags as offline
-    streaming; a NaN chunk gets its error on the stream (the model's), a chunk over the
-    maximum ends the call (the front's INVALID_ARGUMENT; the END then goes as a unary call);
-    the other streams go on; no stream is left live."""
+def test_served_streams_both_transports(served, wavs, offline):
+    """transport="unary" (a ModelInfer call per chunk; the default, "stream", sends a wav's
+    chunks as messages on one bidirectional ModelStreamInfer call, as the other tests do):
+    the same finals, partials and final flags as offline streaming. Over gRPC streams a NaN
+    chunk gets its error on the stream (the model's), a chunk over the maximum ends the call
+    (the front's INVALID_ARGUMENT; the END then goes as a unary call); the other streams go
+    on; no stream is left live."""
     from wenet_triton.serving.stream_client import split, stream_many
 
     rec, finals, enc = offline
     sizes = SIZES[:3]
-    replies = stream_many(served, wavs[:3], concurrency=3, sizes=sizes, transport="stream",
+    replies = stream_many(served, wavs[:3], concurrency=3, sizes=sizes, transport="unary",
                           start_delays=[0.1 * i for i in range(3)])
     assert [r.error for r in replies] == [None] * 3
     for b, ((name, wav), r) in enumerate(zip(wavs[:3], replies)):

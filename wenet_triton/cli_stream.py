@@ -27,10 +27,10 @@ def add_command(sub) -> argparse.ArgumentParser:
     s.add_argument("--concurrency", type=int, default=8, help="streams at a time")
     s.add_argument("--sample-rate", type=int, default=16000, help="the rate the server expects")
     s.add_argument("--timeout", type=float, default=60.0, help="per-chunk request timeout (s)")
-    s.add_argument("--transport", choices=TRANSPORTS, default="unary",
-                   help="unary: one gRPC call per chunk (default); stream: one bidirectional "
-                        "ModelStreamInfer call per wav, its chunks as messages (less CPU per chunk "
-                        "in the client and the server's checking front)")
+    s.add_argument("--transport", choices=TRANSPORTS, default=TRANSPORTS[0],
+                   help="stream (default): one bidirectional ModelStreamInfer call per wav, its "
+                        "chunks as messages (less CPU per chunk in the client and the server's "
+                        "checking front); unary: one gRPC call per chunk")
     s.add_argument("--wait", type=float, default=0,
                    help="wait up to this many seconds for the streaming model to be ready")
     s.add_argument("--verbose-partials", "--partials", dest="partials", action="store_true",

@@ -18,13 +18,14 @@
 # (scratch: repo, pid file, logs; default /tmp/wenet_triton_gpu), GRPC_PORT (8001; metrics
 # on GRPC_PORT+1, health on +2), GPUS (build-repo --gpus: e.g. 0,1 or all; docs/multigpu.md),
 # SERVE_ARGS (more `serve` flags, e.g. --no-guard), SERVING_CONFIG, SECONDS_LIST, CONC, PA_SECONDS ("2 5 10 20"), PA_CONC,
-# PA_BATCHES, PA_MODEL (default attention_rescoring; `fused` asks the fused model directly,
+# PA_BATCHES, PA_EXTRA (more perf_analyzer flags, e.g. --streaming: requests as messages on gRPC
+# streams), PA_MODEL (default attention_rescoring; `fused` asks the fused model directly,
 # without the one-step ensemble), PA_URL (default the guard's GRPC; tritonserver's own port to
 # leave the guard out), LOCUST_USERS, LOCUST_TIME, LOCUST_WORKERS, CONNECTIONS (gRPC connections of the sweep,
 # default 16), PA_CHANNEL_SHARE (perf_analyzer clients per gRPC channel, default 1: one connection
 # each; the kernel spreads connections, not requests, over `serve`'s guard workers); for
-# `streams`: STREAMS (list), STREAM_CHUNK_MS ("640 320"), STREAM_TRANSPORT (unary | stream:
-# one gRPC call per chunk, or one ModelStreamInfer call per stream), STREAM_DURATION, STREAM_PROCS (client
+# `streams`: STREAMS (list), STREAM_CHUNK_MS ("640 320"), STREAM_TRANSPORT (stream | unary:
+# one ModelStreamInfer call per stream (default), or one gRPC call per chunk), STREAM_DURATION, STREAM_PROCS (client
 # processes), STREAM_TIMEOUT. MPS=1: `serve --mps` (a CUDA MPS daemon of the server's own, so
 # the instances' kernels share the GPU side by side instead of taking turns), MPS=0: `--no-mps`;
 # unset: the serving config's `mps` (auto in configs/serving_gpu.yaml).
@@ -99,6 +100,8 @@ pa() {  # perf_analyzer: concurrency sweep per length (one utterance per request
     --out "$WORK/pa") > /dev/null
   local opts=(-m "${PA_MODEL:-attention_rescoring}" -i grpc -u "${PA_URL:-$GRPC}" --measurement-interval 4000 --max-trials 10
               --stability-percentage 25)
+  # shellcheck disable=SC2206  # PA_EXTRA: more perf_analyzer flags, word-split (e.g. --streaming)
+  opts+=(${PA_EXTRA:-})
   : > "$OUT/perf_analyzer.log"
   # Triton's C++ client shares one channel among 6 clients by default: 16 threads = 3 connections,
   # too few for 4 guard workers; one connection per client instead
@@ -139,7 +142,7 @@ streams() {  # real-time streams against the `streaming` model (configs/serving_
     (cd "$root" && timeout "${STREAM_TIMEOUT:-400}" python3 -m loadtest.stream_sweep --server "$GRPC" \
       --wav-dir "$WAV_DIR" --streams "${STREAMS:-256,1024,2048,3072,4096}" --seconds 8 \
       --duration "${STREAM_DURATION:-16}" --chunk-ms "$ms" --procs "${STREAM_PROCS:-6}" \
-      --transport "${STREAM_TRANSPORT:-unary}" \
+      --transport "${STREAM_TRANSPORT:-stream}" \
       --max-seconds 90 --out "$OUT/streams_${ms}ms") | tee "$OUT/streams_${ms}ms.log"
   done
 }

@@ -2,10 +2,12 @@
 is sent in chunks as one sequence (its own sequence id, START on the first chunk, END on the
 last), one chunk in flight per stream, optionally at real-time pace; many streams at once.
 
-Transport: `unary` (one ModelInfer call per chunk) or `stream` (each audio stream keeps one
-bidirectional ModelStreamInfer call open and sends its chunks as messages on it: on the dev
-CPU the checking front spends 0.38 instead of 0.75 ms of CPU per 640 ms chunk that way,
-benchmarks/guard_front.py --transport stream). Same requests, same answers.
+Transport: `stream` (the default: each audio stream keeps one bidirectional ModelStreamInfer
+call open and sends its chunks as messages on it) or `unary` (one ModelInfer call per chunk).
+Same requests, same answers; gRPC streams cost less CPU per chunk: on the dev CPU the checking
+front spends 0.38 instead of 0.75 ms per 640 ms chunk (benchmarks/guard_front.py), and on an
+H200 host 3,072 real-time streams through the front kept up with gRPC streams (none behind)
+while 837 of 6,144 fell behind with unary calls (docs/streaming.md, 2026-12-02).
 
 Latencies (docs/streaming.md, "Serving streams"):
 - chunk latency: one chunk request's round trip;
@@ -30,7 +32,7 @@ import numpy as np
 from wenet_triton.serving import client as request_client
 
 MODEL = "streaming"
-TRANSPORTS = ("unary", "stream")
+TRANSPORTS = ("stream", "unary")  # the first is the default
 Sizes = Union[int, Sequence[int]]
 
 
@@ -163,9 +165,9 @@ class _StreamChunks:
 async def stream_one(client, name: str, wav: np.ndarray, seq_id: int, sizes: Sizes,
                      realtime: bool = False, rate: int = 16000,
                      on_partial: Optional[Callable[[str, str, bool], None]] = None,
-                     timeout: float = 60.0, transport: str = "unary") -> StreamReply:
+                     timeout: float = 60.0, transport: str = "stream") -> StreamReply:
     """Send one wav as one sequence; -> its StreamReply (never raises for server errors).
-    transport: `unary` (a ModelInfer call per chunk) or `stream` (one ModelStreamInfer call)."""
+    transport: `stream` (one ModelStreamInfer call) or `unary` (a ModelInfer call per chunk)."""
     _check_transport(transport)
     chunks = (_StreamChunks if transport == "stream" else _UnaryChunks)(client, seq_id, timeout)
     try:
@@ -262,11 +264,11 @@ def stream_many(url: str, items: Sequence[Tuple[str, np.ndarray]], concurrency: 
                 on_partial: Optional[Callable[[str, str, bool], None]] = None,
                 on_reply: Optional[Callable[[StreamReply], None]] = None,
                 start_delays: Optional[Sequence[float]] = None,
-                timeout: float = 60.0, transport: str = "unary") -> List[StreamReply]:
+                timeout: float = 60.0, transport: str = "stream") -> List[StreamReply]:
     """Stream (name, wav) items, `concurrency` streams at a time; replies in input order.
     sizes: chunk samples (an int, a list cycled within each stream, or one list per item);
     start_delays: seconds each stream waits before its first chunk (staggered starts);
-    transport: `unary` or `stream` (module docstring)."""
+    transport: `stream` or `unary` (module docstring)."""
     _check_transport(transport)  # before any connection
     return asyncio.run(_run(url, items, concurrency, sizes, realtime, rate, on_partial, on_reply,
                             start_delays, timeout, transport))
