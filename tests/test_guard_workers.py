@@ -192,6 +192,98 @@ def test_a_port_held_without_reuseport_fails_the_workers():
         assert time.time() - t0 < 15
 
 
+def _pool_events(port, **kw):
+    from wenet_triton.serving.guard import Limits
+    from wenet_triton.serving.guard_pool import GuardPool
+
+    events = []
+    pool = GuardPool("127.0.0.1", port, Limits(max_batch=2, max_samples=16000), 1,
+                     on_event=events.append, **kw)
+    return pool, events
+
+
+def _wait_for(cond, seconds):
+    deadline = time.time() + seconds
+    while not cond() and time.time() < deadline:
+        time.sleep(0.1)
+    return cond()
+
+
+def test_sigusr1_dumps_a_workers_stacks_and_it_goes_on(capfd):
+    """`kill -USR1` on a guard worker (what the pool sends before killing a stalled one)
+    writes every thread's Python stack to stderr, and the worker keeps beating and listening."""
+    from wenet_triton.serving.server import free_port
+
+    pool, _ = _pool_events(free_port())
+    pool.start()
+    try:
+        pid = pool.pids()[0]
+        os.kill(pid, signal.SIGUSR1)
+        err = ""
+        deadline = time.time() + 10
+        while "guard.py" not in err and time.time() < deadline:
+            time.sleep(0.2)
+            err += capfd.readouterr().err
+        assert "Thread 0x" in err and "guard.py" in err, err[-2000:]
+        beat = pool._workers[0].last_beat
+        assert _wait_for(lambda: pool._workers[0].last_beat > beat + 0.4, 10)
+        assert pool.pids() == [pid] and pool.healthy()
+    finally:
+        pool.stop()
+    assert not _alive(pid)
+
+
+def test_a_stalled_worker_is_killed_and_started_again(capfd):
+    """A worker whose loop stops beating (here: SIGSTOP) for stall_timeout is killed after the
+    pool asked for its stacks, and a new one listens on the port."""
+    from wenet_triton.serving.server import free_port
+
+    port = free_port()
+    pool, events = _pool_events(port, stall_timeout=2.0)
+    pool.start()
+    try:
+        old = pool.pids()[0]
+        os.kill(old, signal.SIGSTOP)
+        assert _wait_for(lambda: pool.pids() and pool.pids()[0] != old and pool.healthy(), 30), events
+        text = "\n".join(events)
+        assert f"pid {old}) did not beat for" in text and "stacks go to the log" in text, text
+        assert "started again" in text
+        assert not _alive(old)
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass  # the new worker listens
+    finally:
+        pool.stop()
+
+
+def test_a_late_watcher_reads_the_beats_before_judging(capfd):
+    """The supervisor process itself stalls (here: a thread holding the GIL for 3 s, past the
+    2 s stall_timeout): the pool notes that its watcher ran late and the healthy worker is not
+    killed (which of the watcher and the pipe's reader runs first after such a stall is up to
+    the scheduler; the 2 s grace makes the outcome independent of it)."""
+    from wenet_triton.serving.server import free_port
+
+    pool, events = _pool_events(free_port(), stall_timeout=2.0)
+    pool.start()
+    switch = sys.getswitchinterval()
+    try:
+        pid = pool.pids()[0]
+        sys.setswitchinterval(30.0)  # this thread keeps the GIL while it computes
+        try:
+            t_end = time.monotonic() + 3.0
+            n = 0
+            while time.monotonic() < t_end:
+                n += 1
+        finally:
+            sys.setswitchinterval(switch)
+        assert _wait_for(lambda: any("ran" in e and "late" in e for e in events), 10), events
+        time.sleep(3.0)  # past the 2 s grace: the beats were read, nothing killed
+        assert pool.pids() == [pid] and pool.healthy(), events
+        assert not any("did not beat" in e for e in events), events
+    finally:
+        sys.setswitchinterval(switch)
+        pool.stop()
+
+
 def _alive(pid):
     from wenet_triton.serving import procs
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import faulthandler
 import json
 import logging
 import math
@@ -524,6 +525,9 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # SIGUSR1 (the pool, before it kills a worker whose loop stopped beating): every thread's
+    # Python stack to stderr, the server's log
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     # the pool reads JSON from our stdout: keep it for that alone (fd 1 -> stderr for the rest)
     out = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)

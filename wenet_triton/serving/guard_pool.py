@@ -15,8 +15,9 @@ The pool (in the supervisor process)
   otherwise share the port silently and take a share of the connections. Found at start it is
   an error; found later it turns health false, naming the process,
 * watches them: one that exits, or whose event loop stops beating for `stall_timeout` s
-  (then it is killed), is started again (health false until it listens again), with backoff
-  when it keeps dying,
+  (then its threads' Python stacks go to the log and it is killed), is started again (health
+  false until it listens again), with backoff when it keeps dying; when the watcher itself
+  ran late (this process stalled), the beats are read again before any worker is judged,
 * passes the supervisor's calls on to all of them (set_backend, set_down, drain, stop) and
   adds up their figures (requests in flight, served, refused) for /metrics.
 """
@@ -25,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -347,11 +349,19 @@ class GuardPool:
 
     def _watch(self):
         last_scan = 0.0
+        last_pass = judge_from = time.monotonic()
         while not self._quit.wait(0.25):
             with self._lock:
                 if self._stopping or self._draining:
                     continue
             now = time.monotonic()
+            late, last_pass = now - last_pass, now
+            if late > max(1.0, self.stall_timeout / 4):
+                # this process did not run for a while (host overload, a long pause): the
+                # workers' beats may wait unread in their pipes; read them before judging
+                judge_from = now + 2.0
+                self._event(f"guard pool: its watcher ran {late:.1f} s late (this process stalled); "
+                            "judging the workers' heartbeats again in 2 s")
             for slot in range(self.n):
                 w = self._workers[slot]
                 code = w.proc.poll()
@@ -370,9 +380,15 @@ class GuardPool:
                             self.restarts += 1
                         nw = self._spawn(slot)
                         self._event(f"guard worker {slot} started again (pid {nw.proc.pid})")
-                elif w.listening and now - w.last_beat > self.stall_timeout:
+                elif w.listening and now >= judge_from and now - w.last_beat > self.stall_timeout:
                     self._event(f"guard worker {slot} (pid {w.proc.pid}) did not beat for "
-                                f"{now - w.last_beat:.0f} s: killing it")
+                                f"{now - w.last_beat:.0f} s: its threads' stacks go to the log, "
+                                "then it is killed")
+                    try:  # faulthandler in the worker (guard.main)
+                        w.proc.send_signal(signal.SIGUSR1)
+                        time.sleep(0.5)
+                    except OSError:
+                        pass
                     w.proc.kill()
                 elif not w.ready.is_set() and now - w.started > self.start_timeout:
                     self._event(f"guard worker {slot} (pid {w.proc.pid}) not listening after "
