@@ -5,7 +5,9 @@
 
 Each user is one live stream at a time: a random wav from --wav-dir sent in --chunk-ms chunks
 at real-time pace (a chunk goes out once its audio would have been recorded), its own
-sequence id, START on the first chunk, END on the last; then the next wav. Recorded in
+sequence id, START on the first chunk, END on the last; then the next wav. --transport
+stream (default, as `wenet-triton stream`): the wav's chunks as messages on one bidirectional
+ModelStreamInfer call; unary: one ModelInfer call per chunk. Recorded in
 locust's statistics:
 - `chunk`: every chunk request's round trip (failed when the server returns an error);
 - `final`: from sending the END chunk to the final transcript (failed when the final is
@@ -22,10 +24,11 @@ import grpc.experimental.gevent as grpc_gevent
 grpc_gevent.init_gevent()
 
 import gevent  # noqa: E402
+import gevent.queue  # noqa: E402
 from locust import User, events, task  # noqa: E402
 from locust_common import add_wav_args, quit_now, wav_loader, well_formed  # noqa: E402
 
-from wenet_triton.serving.stream_client import MODEL, chunk_inputs, parse, split  # noqa: E402
+from wenet_triton.serving.stream_client import MODEL, TRANSPORTS, chunk_inputs, parse, split  # noqa: E402
 
 RATE = 16000
 
@@ -34,6 +37,8 @@ RATE = 16000
 def _args(parser):
     add_wav_args(parser, "stream")
     parser.add_argument("--chunk-ms", type=float, default=640.0, help="audio per chunk request")
+    parser.add_argument("--transport", choices=TRANSPORTS, default=TRANSPORTS[0],
+                        help="stream (default): one gRPC stream per audio stream; unary: a call per chunk")
 
 
 _WAVS = []
@@ -52,6 +57,20 @@ class StreamUser(User):
         self.client = grpcclient.InferenceServerClient(self.host or "127.0.0.1:8001")
         self.mod = grpcclient
         self.chunk = max(1, int(self.environment.parsed_options.chunk_ms * RATE / 1000))
+        self.on_stream = self.environment.parsed_options.transport == "stream"
+        self.replies = gevent.queue.Queue()
+
+    def _chunk(self, seq, inputs, outputs, first, last):
+        """One chunk's response: over the user's open gRPC stream, or a call of its own."""
+        if not self.on_stream:
+            return self.client.infer(MODEL, inputs, outputs=outputs, sequence_id=seq,
+                                     sequence_start=first, sequence_end=last)
+        self.client.async_stream_infer(MODEL, inputs, outputs=outputs, sequence_id=seq,
+                                       sequence_start=first, sequence_end=last)
+        result, error = self.replies.get(timeout=60)
+        if error is not None:
+            raise error
+        return result
 
     def on_stop(self):
         self.client.close()
@@ -65,7 +84,21 @@ class StreamUser(User):
         name, wav = random.choice(_WAVS)
         seq = random.getrandbits(48) + 1
         pieces = split(wav, self.chunk)
-        t_start, done, lag, text, error = time.perf_counter(), 0, 0.0, "", None
+        t_start = time.perf_counter()
+        if self.on_stream:  # one gRPC stream per audio stream; its replies come in order
+            self.replies = gevent.queue.Queue()
+            self.client.start_stream(callback=lambda result, error, q=self.replies: q.put((result, error)))
+        try:
+            self._send_pieces(name, seq, pieces, t_start)
+        finally:
+            if self.on_stream:
+                try:
+                    self.client.stop_stream(cancel_requests=True)
+                except Exception:  # noqa: BLE001 - the stream may have broken already
+                    pass
+
+    def _send_pieces(self, name, seq, pieces, t_start):
+        done, lag, text, error = 0, 0.0, "", None
         for k, piece in enumerate(pieces):
             first, last = k == 0, k == len(pieces) - 1
             done += len(piece)
@@ -77,8 +110,7 @@ class StreamUser(User):
             inputs, outputs = chunk_inputs(piece, self.mod)
             t0 = time.perf_counter()
             try:
-                res = self.client.infer(MODEL, inputs, outputs=outputs, sequence_id=seq,
-                                        sequence_start=first, sequence_end=last)
+                res = self._chunk(seq, inputs, outputs, first, last)
                 text, final, _ = parse(res)
                 ms = (time.perf_counter() - t0) * 1000
                 self._fire("chunk", ms, size=len(text.encode("utf-8")))

@@ -510,8 +510,8 @@ def test_ensemble_beside_streaming_unchanged(served, wavs, repo, export_dir, tmp
 
 def test_load_tools_run_without_failures(served, tmp_path):
     """loadtest/stream_sweep.py (2 rounds of real-time streams, the second from 2 client
-    processes: CSV + plot) and a short
-    headless locust run of loadtest/locust_streams.py: no failed or empty stream."""
+    processes: CSV + plot) and short headless locust runs of loadtest/locust_streams.py over
+    gRPC streams and over unary calls: no failed or empty stream, no client traceback."""
     import csv
     import importlib.util
 
@@ -530,15 +530,17 @@ def test_load_tools_run_without_failures(served, tmp_path):
     # never import locust here: it monkey-patches this process with gevent
     if importlib.util.find_spec("locust") is None:
         pytest.skip("locust not installed")
-    prefix = tmp_path / "locust"
-    res = subprocess.run([os.path.join(os.path.dirname(sys.executable), "locust"), "-f",
-                          os.path.join(ROOT, "loadtest", "locust_streams.py"), "--headless", "-u", "2",
-                          "-r", "2", "-t", "8s", "--host", served, "--csv", str(prefix),
-                          "--wav-dir", d, "--max-wavs", "10", "--only-summary"],
-                         capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=120)
-    rows = {r["Name"]: r for r in csv.DictReader(open(f"{prefix}_stats.csv"))}
-    assert int(rows["chunk"]["Request Count"]) > 0, res.stderr[-2000:]
-    assert int(rows["Aggregated"]["Failure Count"]) == 0, res.stderr[-2000:]
+    for transport in ("stream", "unary"):  # one gRPC stream per audio stream, a call per chunk
+        prefix = tmp_path / f"locust_{transport}"
+        res = subprocess.run([os.path.join(os.path.dirname(sys.executable), "locust"), "-f",
+                              os.path.join(ROOT, "loadtest", "locust_streams.py"), "--headless", "-u", "2",
+                              "-r", "2", "-t", "6s", "--host", served, "--csv", str(prefix),
+                              "--wav-dir", d, "--max-wavs", "10", "--only-summary", "--transport", transport],
+                             capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=120)
+        rows = {r["Name"]: r for r in csv.DictReader(open(f"{prefix}_stats.csv"))}
+        assert "chunk" in rows and int(rows["chunk"]["Request Count"]) > 0, res.stderr[-2000:]
+        assert int(rows["Aggregated"]["Failure Count"]) == 0, res.stderr[-2000:]
+        assert "Traceback" not in res.stderr, res.stderr[-2000:]
     assert live_streams(served) <= 2  # locust stops users mid-stream: their state idles out
 
 
