@@ -424,8 +424,8 @@ class GrpcGuard:
             except Rejected as e:
                 bad.append(e)
                 call.cancel()
-            except (grpc.RpcError, asyncio.InvalidStateError, ConnectionError):
-                call.cancel()  # either side went away: the reply loop below ends with it
+            except Exception:  # noqa: BLE001 - either side went away: the reply loop ends with it
+                call.cancel()
 
         pump = asyncio.ensure_future(requests())
         try:

@@ -351,11 +351,11 @@ class GuardPool:
         last_scan = 0.0
         last_pass = judge_from = time.monotonic()
         while not self._quit.wait(0.25):
+            now = time.monotonic()
+            late, last_pass = now - last_pass, now
             with self._lock:
                 if self._stopping or self._draining:
                     continue
-            now = time.monotonic()
-            late, last_pass = now - last_pass, now
             if late > max(1.0, self.stall_timeout / 4):
                 # this process did not run for a while (host overload, a long pause): the
                 # workers' beats may wait unread in their pipes; read them before judging
