@@ -25,8 +25,8 @@ def cli_env():
 
 
 def processes_with(tag):
-    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if tag in line and "ps -eo" not in line]
+    out = subprocess.run(["ps", "-ww", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if tag in line and "ps -ww -eo" not in line]
 
 
 class ServedProcess:

@@ -65,8 +65,8 @@ def repo(tmp_path_factory, export_dir):
 
 
 def _our_processes(tag):
-    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if tag in line and "ps -eo" not in line]
+    out = subprocess.run(["ps", "-ww", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if tag in line and "ps -ww -eo" not in line]
 
 
 @contextlib.contextmanager
@@ -454,6 +454,44 @@ def test_more_streams_than_max_streams(served, wavs, offline):
     text, final, live = _chunk_request(client, ids[-1], pieces[0], start=True, end=True)
     assert final and live == 0
     assert live_streams(served) == 0
+
+
+def test_grpc_streams_through_a_tritonserver_crash(repo, wavs, offline, tmp_path):
+    """Three real-time gRPC streams are open through the front when tritonserver dies (kill
+    -9): each ends with an error within its timeout (none hangs), the supervisor brings
+    tritonserver back, and a new stream then gets the offline final; no stream is left."""
+    from wenet_triton.serving.stream_client import stream_many
+
+    _, finals, _ = offline
+    longest = sorted(wavs, key=lambda w: -len(w[1]))[:3]
+    assert min(len(w) for _, w in longest) > 3 * RATE
+    (tmp_path / "serve").mkdir()
+    with serving(repo, str(tmp_path / "serve")) as url:
+        got = {}
+        t = threading.Thread(target=lambda: got.update(r=stream_many(
+            url, longest, concurrency=3, sizes=3200, realtime=True, timeout=20)))
+        t.start()
+        time.sleep(1.5)
+        pids = [int(line.split()[0]) for line in _our_processes(repo) if "bin/tritonserver" in line]
+        assert len(pids) == 1, _our_processes(repo)
+        os.kill(pids[0], signal.SIGKILL)
+        t.join(120)
+        assert not t.is_alive(), "a stream hung after tritonserver died"
+        errors = [r.error for r in got["r"]]
+        assert all(errors), errors
+        assert all(len(r.partials) >= 2 for r in got["r"]), "a stream was not live when cut"
+        FIGURES["streams cut by a tritonserver crash"] = [e[:120] for e in errors]
+        t0, deadline = time.time(), time.time() + 120
+        name, wav = longest[0]
+        while True:
+            r = stream_many(url, [(name, wav)], concurrency=1, sizes=10240, timeout=20)[0]
+            if r.error is None:
+                break
+            assert time.time() < deadline, r.error
+            time.sleep(1)
+        FIGURES["a new stream answered after the crash (s)"] = round(time.time() - t0, 1)
+        assert r.text == finals[name]
+        assert live_streams(url) == 0
 
 
 # -- the client, the ensemble beside it, rendering ------------------------------------------

@@ -16,8 +16,8 @@ tritonclient = pytest.importorskip("tritonclient.grpc")
 
 def _our_processes(tag):
     """pids of processes whose command line mentions `tag` (our repo path)."""
-    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if tag in line and "ps -eo" not in line]
+    out = subprocess.run(["ps", "-ww", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if tag in line and "ps -ww -eo" not in line]
 
 
 @pytest.fixture(scope="module")
