@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -465,6 +466,8 @@ def test_grpc_streams_through_a_tritonserver_crash(repo, wavs, offline, tmp_path
     _, finals, _ = offline
     longest = sorted(wavs, key=lambda w: -len(w[1]))[:3]
     assert min(len(w) for _, w in longest) > 3 * RATE
+    # a copy: its path names this server's processes alone (the module's server serves `repo`)
+    repo = shutil.copytree(repo, str(tmp_path / "model_repo"))
     (tmp_path / "serve").mkdir()
     with serving(repo, str(tmp_path / "serve")) as url:
         got = {}
