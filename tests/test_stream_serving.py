@@ -20,7 +20,7 @@ import time
 import numpy as np
 import pytest
 from conftest import ROOT, model_dir, reference, shared_path
-from served import export_u2pp
+from served import export_u2pp, processes_with
 
 pytestmark = pytest.mark.server
 grpcclient = pytest.importorskip("tritonclient.grpc")
@@ -63,11 +63,6 @@ def repo(tmp_path_factory, export_dir):
                           "streaming": STREAM_CFG}, engine_dir=export_dir)
     FIGURES["build-repo incl. chunk export (s)"] = round(time.time() - t0, 1)
     return out
-
-
-def _our_processes(tag):
-    out = subprocess.run(["ps", "-ww", "-eo", "pid=,args="], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if tag in line and "ps -ww -eo" not in line]
 
 
 @contextlib.contextmanager
@@ -113,7 +108,7 @@ def serving(repo, tmp):
                 proc.wait(10)
         log.close()
         time.sleep(0.5)
-        assert not _our_processes(repo), _our_processes(repo)
+        assert not processes_with(repo), processes_with(repo)
         left = [r for r in regions if os.path.exists(os.path.join("/dev/shm", r.lstrip("/")))]
         assert not left, f"/dev/shm regions left: {left}"
         with open(log_path) as f:
@@ -475,8 +470,8 @@ def test_grpc_streams_through_a_tritonserver_crash(repo, wavs, offline, tmp_path
             url, longest, concurrency=3, sizes=3200, realtime=True, timeout=20)))
         t.start()
         time.sleep(1.5)
-        pids = [int(line.split()[0]) for line in _our_processes(repo) if "bin/tritonserver" in line]
-        assert len(pids) == 1, _our_processes(repo)
+        pids = [int(line.split()[0]) for line in processes_with(repo) if "bin/tritonserver" in line]
+        assert len(pids) == 1, processes_with(repo)
         os.kill(pids[0], signal.SIGKILL)
         t.join(120)
         assert not t.is_alive(), "a stream hung after tritonserver died"

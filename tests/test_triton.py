@@ -8,16 +8,10 @@ import time
 import numpy as np
 import pytest
 from conftest import ROOT, model_dir, shared_path, wav_path
-from served import infer_batch
+from served import infer_batch, processes_with
 
 pytestmark = pytest.mark.server
 tritonclient = pytest.importorskip("tritonclient.grpc")
-
-
-def _our_processes(tag):
-    """pids of processes whose command line mentions `tag` (our repo path)."""
-    out = subprocess.run(["ps", "-ww", "-eo", "pid=,args="], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if tag in line and "ps -ww -eo" not in line]
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +34,7 @@ def server(repo, tmp_path_factory):
     yield s
     s.stop()
     time.sleep(1)
-    assert not _our_processes(repo), "tritonserver or stubs left behind"
+    assert not processes_with(repo), "tritonserver or stubs left behind"
 
 
 def test_grpc_matches_offline_at_concurrency_8(server, exports):
@@ -170,7 +164,7 @@ def test_serve_command_stops_cleanly_on_sigterm(repo, tmp_path):
         if proc.poll() is None:
             proc.kill()
     time.sleep(1)
-    assert not [p for p in _our_processes(repo) if ports[1] in p]
+    assert not [p for p in processes_with(repo) if ports[1] in p]
 
 
 @pytest.mark.parametrize("impl", ["knf", "torch"])
@@ -206,7 +200,7 @@ def test_padded_feature_batches_give_the_same_transcripts(impl, exports, tmp_pat
     rec = Recognizer(eng, Vocab.from_engine_dir(exports["u2pp_conformer"], eng.settings))
     rec.fbank = Fbank(rec.fbank.conf, impl)
     assert [r.text for r in padded] == [r.text for r in rec.recognize([w for _, w in items])]
-    assert not _our_processes(repo)
+    assert not processes_with(repo)
 
 
 def test_fbank_inside_the_encoder_gives_the_same_transcripts(exports, tmp_path):
@@ -246,7 +240,7 @@ def test_fbank_inside_the_encoder_gives_the_same_transcripts(exports, tmp_path):
     offline = [r.text for r in rec.recognize([w for _, w in good])]
     assert [r.text for r in replies if not r.error] == offline
     assert batched == offline[:3]
-    assert not _our_processes(repo)
+    assert not processes_with(repo)
 
 
 def test_locust_smoke_zero_failures(server, tmp_path):
@@ -306,4 +300,4 @@ def test_demo_model_served_with_its_lm_matches_offline(tmp_path):
     assert [r.text for r in replies] == offline
     ref = read_text(os.path.join(d, "text"))
     assert cer((ref[n], r.text) for n, r in zip(names, replies))[0] <= 0.10
-    assert not _our_processes(repo)
+    assert not processes_with(repo)
