@@ -58,7 +58,6 @@ class StreamUser(User):
         self.mod = grpcclient
         self.chunk = max(1, int(self.environment.parsed_options.chunk_ms * RATE / 1000))
         self.on_stream = self.environment.parsed_options.transport == "stream"
-        self.replies = gevent.queue.Queue()
 
     def _chunk(self, seq, inputs, outputs, first, last):
         """One chunk's response: over the user's open gRPC stream, or a call of its own."""
