@@ -21,12 +21,14 @@ def main():
     p.add_argument("--seconds", type=float, default=20)
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--cudnn-benchmark", action="store_true")
+    p.add_argument("--fused-silu", action="store_true", help="the FFN's GEMM + bias + SiLU as one "
+                   "Triton kernel (engines/triton_gemm.py; WENET_TRITON_SILU_MIN_ROWS=0 for every batch)")
     a = p.parse_args()
     torch.backends.cudnn.benchmark = a.cudnn_benchmark
     kernels.load()
     spec = synthetic.random_spec()
     eng = CudaEngine(ASRModel.from_spec(spec), export_settings(spec, ASRModel.from_spec(spec)), "cuda", "float16",
-                     cuda_graphs=False)
+                     cuda_graphs=False, fused_silu=a.fused_silu)
     x, lens = bench._inputs(a.batch, a.seconds, 1, "cuda")[0]
     hy = bench._hyps(a.batch, 10, a.seconds, spec, "cuda")
     for _ in range(3):
@@ -41,6 +43,8 @@ def main():
     ops.sort(key=lambda e: -e.device_time_total)
     for e in ops[: a.top]:
         print(f"{e.device_time_total / 1000:8.2f} ms  x{e.count:<4} {e.key:32} {str(e.input_shapes)[:110]}")
+    print("== encoder kernels (Triton kernels show here, not among the aten ops)")
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=a.top, max_name_column_width=70))
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         eng.rescore_tensors(enc[0], enc[1], *hy)
         torch.cuda.synchronize()

@@ -81,7 +81,10 @@ def test_add_layernorm2_equals_two_launches(dtype, rows, cols):
                                               (64, 129, 256, 8, True, True), (2, 50, 144, 31, False, True),
                                               (4, 5, 256, 8, True, False),
                                               (4, 300, 256, 15, True, True),  # 4 frames per block
-                                              (2, 40, 512, 31, False, True)])  # > 48 KB shared memory
+                                              (2, 40, 512, 31, False, True),  # > 48 KB shared memory
+                                              (64, 500, 256, 15, True, True),  # 16 frames per block
+                                              (3, 30, 255, 15, True, True),  # odd C: one channel per thread
+                                              (2, 30, 1536, 15, False, True)])  # C > 1024: 16-bit only
 def test_glu_dwconv(dtype, B, T, C, K, causal, ln):
     g = torch.Generator(device="cuda").manual_seed(B * T)
     h = torch.randn(B, T, 2 * C, device="cuda", generator=g).to(dtype)
@@ -93,6 +96,10 @@ def test_glu_dwconv(dtype, B, T, C, K, causal, ln):
     lg = torch.randn(C, device="cuda", generator=g) if ln else None
     lb = torch.randn(C, device="cuda", generator=g) if ln else None
     poison()
+    if C > 1024 and dtype == torch.float32:  # one channel per thread: C threads per block
+        with pytest.raises(RuntimeError, match="wk_glu_dwconv failed"):
+            kernels.glu_dwconv(h, lens, w, bias, pad, lg, lb, causal, 1e-5)
+        return
     out = kernels.glu_dwconv(h, lens, w, bias, pad, lg, lb, causal, 1e-5)
     ref = kernels.ref_glu_dwconv(h, lens, w, bias, pad, lg, lb, causal, 1e-5)
     valid = torch.arange(T, device="cuda")[None, :] < lens[:, None]
@@ -100,6 +107,25 @@ def test_glu_dwconv(dtype, B, T, C, K, causal, ln):
     assert rel_err(out[valid], ref[valid]) <= TOL[dtype] * 2
     # one utterance alone runs with fewer frames per block: the same sums, bit for bit
     assert torch.equal(kernels.glu_dwconv(h[:1].contiguous(), lens[:1], w, bias, pad, lg, lb, causal, 1e-5), out[:1])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("B,T,h,dk,layers", [(1, 256, 4, 64, 12), (5, 63, 4, 64, 3), (2, 17, 8, 36, 2),
+                                             (3, 9, 2, 5, 1)])  # dk 36, 5: not 16-byte rows
+def test_pack_rel_keys_equals_cat(dtype, B, T, h, dk, layers):
+    """The rel-pos keys built by one copy kernel from views as the engine passes them (k: a
+    column slice of the QKV GEMM output; p: one layer's slice of every layer's linear_pos)
+    equal torch.cat's, bit for bit."""
+    g = torch.Generator(device="cuda").manual_seed(T)
+    D = h * dk
+    qkv = torch.randn(B, T, 4 * D, device="cuda", generator=g).to(dtype)
+    k = qkv[..., 2 * D: 3 * D].view(B, T, h, dk)
+    pos_all = torch.randn(T, layers * D, device="cuda", generator=g).to(dtype)
+    poison()
+    for p in pos_all.split(D, dim=-1):
+        out = kernels.pack_rel_keys(k, p)
+        assert torch.equal(out, kernels.ref_pack_rel_keys(k, p))
+    assert torch.equal(kernels.pack_rel_keys(k.contiguous(), p.contiguous()), kernels.ref_pack_rel_keys(k, p))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -9,6 +9,7 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include <algorithm>
 #include <initializer_list>
 
 #include "wenet_kernels.h"
@@ -394,6 +395,143 @@ __global__ void glu_dwconv_tiled_kernel(T* __restrict__ out, const T* __restrict
   }
 }
 
+// The same with two neighbouring channels per thread (16-bit types, C even): 2-element loads
+// and stores (a warp reads 128 bytes of a row, not 64) and half the threads per block. The
+// conv sums are the same sums in the same order as above; the LayerNorm's block sums add a
+// thread's pair first, so they round differently from the one-channel kernel's, but the order
+// is the same for every TT and batch (a frame's output does not depend on its batch).
+template <typename T> struct Pair;
+template <> struct Pair<__half> {
+  using type = __half2;
+  static __device__ __forceinline__ float2 to(type v) { return __half22float2(v); }
+  static __device__ __forceinline__ type from(float2 v) { return __float22half2_rn(v); }
+};
+template <> struct Pair<__nv_bfloat16> {
+  using type = __nv_bfloat162;
+  static __device__ __forceinline__ float2 to(type v) { return __bfloat1622float2(v); }
+  static __device__ __forceinline__ type from(float2 v) { return __float22bfloat162_rn(v); }
+};
+
+template <typename T, int TT>
+__global__ void glu_dwconv_pair_kernel(T* __restrict__ out, const T* __restrict__ h,
+                                       const int32_t* __restrict__ lens, const float* __restrict__ w,
+                                       const float* __restrict__ bias, const float* __restrict__ pad_value,
+                                       const float* __restrict__ ln_gamma, const float* __restrict__ ln_beta,
+                                       int T_, int C, int K, int causal, float eps) {
+  using P2 = Pair<T>;
+  using T2 = typename P2::type;
+  extern __shared__ float g[];  // (TT + K - 1) x C
+  __shared__ float red[TT][33];
+  const int t0 = blockIdx.x * TT, b = blockIdx.y, c = 2 * threadIdx.x;  // channels c, c + 1
+  const bool on = c < C;
+  const int len = lens[b];
+  const int P = causal ? K - 1 : (K - 1) / 2;
+  const int rows = TT + K - 1;
+  const T* hb = h + (size_t)b * T_ * 2 * C;
+  if (on) {
+    // U rows' loads in flight at once (a loop of one load per row waits out the memory
+    // latency once per row: the whole cost of a small batch)
+    constexpr int U = 8;
+    for (int r0 = 0; r0 < rows; r0 += U) {
+      T2 av[U], gv[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int tt = t0 - P + r0 + u;
+        if (r0 + u < rows && tt >= 0 && tt < len) {
+          av[u] = *reinterpret_cast<const T2*>(hb + (size_t)tt * 2 * C + c);
+          gv[u] = *reinterpret_cast<const T2*>(hb + (size_t)tt * 2 * C + C + c);
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int r = r0 + u, tt = t0 - P + r;
+        if (r >= rows) break;
+        float2 v;
+        if (tt >= 0 && tt < len) {
+          const float2 a = P2::to(av[u]), gate = P2::to(gv[u]);
+          v.x = a.x / (1.f + __expf(-gate.x));
+          v.y = a.y / (1.f + __expf(-gate.y));
+        } else if (tt < 0 && causal) {
+          v.x = pad_value[c];
+          v.y = pad_value[c + 1];
+        } else {
+          v.x = v.y = 0.f;
+        }
+        *reinterpret_cast<float2*>(g + r * C + c) = v;
+      }
+    }
+  }
+  __syncthreads();
+  float acc0[TT], acc1[TT];
+  const float b0 = on ? bias[c] : 0.f, b1 = on ? bias[c + 1] : 0.f;
+#pragma unroll
+  for (int i = 0; i < TT; ++i) { acc0[i] = b0; acc1[i] = b1; }
+  if (on) {
+    for (int k = 0; k < K; ++k) {
+      const float w0 = w[c * K + k], w1 = w[(c + 1) * K + k];
+#pragma unroll
+      for (int i = 0; i < TT; ++i) {
+        const float2 gv = *reinterpret_cast<const float2*>(g + (i + k) * C + c);
+        acc0[i] += w0 * gv.x;
+        acc1[i] += w1 * gv.y;
+      }
+    }
+  }
+  float mean[TT], rstd[TT], tmp[TT];
+  if (ln_gamma) {
+#pragma unroll
+    for (int i = 0; i < TT; ++i) tmp[i] = on ? acc0[i] + acc1[i] : 0.f;
+    tile_sums<TT>(tmp, mean, red);
+#pragma unroll
+    for (int i = 0; i < TT; ++i) {
+      mean[i] /= C;
+      const float d0 = acc0[i] - mean[i], d1 = acc1[i] - mean[i];
+      tmp[i] = on ? d0 * d0 + d1 * d1 : 0.f;
+    }
+    tile_sums<TT>(tmp, rstd, red);
+#pragma unroll
+    for (int i = 0; i < TT; ++i) rstd[i] = rsqrtf(rstd[i] / C + eps);
+  }
+  if (on) {
+    const float g0 = ln_gamma ? ln_gamma[c] : 1.f, g1 = ln_gamma ? ln_gamma[c + 1] : 1.f;
+    const float e0 = ln_gamma ? ln_beta[c] : 0.f, e1 = ln_gamma ? ln_beta[c + 1] : 0.f;
+#pragma unroll
+    for (int i = 0; i < TT; ++i) {
+      const int t = t0 + i;
+      if (t >= T_) break;
+      float2 v = make_float2(acc0[i], acc1[i]);
+      if (ln_gamma) {
+        v.x = (v.x - mean[i]) * rstd[i] * g0 + e0;
+        v.y = (v.y - mean[i]) * rstd[i] * g1 + e1;
+      }
+      v.x = v.x / (1.f + __expf(-v.x));
+      v.y = v.y / (1.f + __expf(-v.y));
+      *reinterpret_cast<T2*>(out + ((size_t)b * T_ + t) * C + c) = P2::from(v);
+    }
+  }
+}
+
+// Rel-pos attention keys: out (rows = B*T, h, 2*dk) holds per head [k, p]: k from the QKV
+// GEMM's output (row r at k + r*ld_k, head j at column j*dk), p from this layer's linear_pos
+// of the positional rows (row t = r % T at p + t*ld_p, shared by the batch). Copies of V
+// (16 bytes where everything is aligned to it; dk, ld_k and ld_p are counted in V units).
+template <typename V>
+__global__ void pack_rel_keys_kernel(V* __restrict__ out, const V* __restrict__ k,
+                                     const V* __restrict__ p, long long n, int T_, int h, int dk,
+                                     long long ld_k, long long ld_p) {
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
+       i += (long long)gridDim.x * blockDim.x) {
+    const int e = (int)(i % dk);
+    long long r = i / dk;
+    const int part = (int)(r & 1);
+    r >>= 1;
+    const int j = (int)(r % h);
+    r /= h;
+    out[i] = part == 0 ? k[r * ld_k + (long long)j * dk + e]
+                       : p[(r % T_) * ld_p + (long long)j * dk + e];
+  }
+}
+
 // Row-wise log-softmax (fp32 out, optional) + top-k (values fp32, indices int64), k <= KM.
 // WPR warps per row (1 for many rows, 4 for few), one pass over it: each lane keeps its
 // running max and sum of exp(v - max) (rescaled when the max grows) and an unsorted list of
@@ -652,9 +790,49 @@ static int glu_dwconv_launch(void* out, const void* h, const int32_t* lens, cons
   return (int)cudaGetLastError();
 }
 
+template <int TT>
+static int glu_dwconv_pair_launch(void* out, const void* h, const int32_t* lens, const float* w,
+                                  const float* bias, const float* pad_value, const float* ln_gamma,
+                                  const float* ln_beta, int B, int T_, int C, int K, int causal,
+                                  float eps, int dtype, cudaStream_t stream) {
+  const size_t smem = (size_t)(TT + K - 1) * C * sizeof(float);
+  dim3 grid((T_ + TT - 1) / TT, B);
+  const int threads = ((C / 2 + 31) / 32) * 32;
+  switch (dtype) {
+    case 1: {
+      using T = __half;
+      auto kernel = glu_dwconv_pair_kernel<T, TT>;
+      static size_t smem_allowed = 48 * 1024;
+      if (smem > smem_allowed) {
+        const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+        if (e != cudaSuccess) return (int)e;
+        smem_allowed = smem;
+      }
+      kernel<<<grid, threads, smem, stream>>>((T*)out, (const T*)h, lens, w, bias, pad_value,
+                                              ln_gamma, ln_beta, T_, C, K, causal, eps);
+      break;
+    }
+    case 2: {
+      using T = __nv_bfloat16;
+      auto kernel = glu_dwconv_pair_kernel<T, TT>;
+      static size_t smem_allowed = 48 * 1024;
+      if (smem > smem_allowed) {
+        const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+        if (e != cudaSuccess) return (int)e;
+        smem_allowed = smem;
+      }
+      kernel<<<grid, threads, smem, stream>>>((T*)out, (const T*)h, lens, w, bias, pad_value,
+                                              ln_gamma, ln_beta, T_, C, K, causal, eps);
+      break;
+    }
+    default: return (int)cudaErrorInvalidValue;
+  }
+  return (int)cudaGetLastError();
+}
+
 extern "C" {
 
-int wk_version() { return 6; }
+int wk_version() { return 7; }
 
 int wk_add_layernorm(void* sum_out, void* norm_out, const void* x, const void* delta,
                      float alpha, const void* gamma, const void* beta, int rows, int cols,
@@ -706,8 +884,26 @@ int wk_glu_dwconv(void* out, const void* h, const int32_t* lens, const float* w,
                   const float* ln_beta, int B, int T_, int C, int K, int causal, float eps,
                   int dtype, cudaStream_t stream) {
   if (B <= 0 || T_ <= 0) return 0;
+  if (C > 2048 || (C > 1024 && (dtype == 0 || C % 2))) return (int)cudaErrorInvalidValue;
+  // 16-bit activations, C even: two channels per thread. 16 frames per block re-read K - 1
+  // neighbours per 16 outputs (8: per 8); small batches take fewer frames per block so the
+  // blocks fill the GPU. Every output is the same sum in the same order whatever TT is.
+  if (dtype != 0 && C % 2 == 0 && !(reinterpret_cast<uintptr_t>(h) & 3) &&
+      !(reinterpret_cast<uintptr_t>(out) & 3)) {
+    if ((long long)B * ((T_ + 15) / 16) >= 512)
+      return glu_dwconv_pair_launch<16>(out, h, lens, w, bias, pad_value, ln_gamma, ln_beta, B, T_, C,
+                                        K, causal, eps, dtype, stream);
+    if ((long long)B * ((T_ + 7) / 8) >= 256)
+      return glu_dwconv_pair_launch<8>(out, h, lens, w, bias, pad_value, ln_gamma, ln_beta, B, T_, C,
+                                       K, causal, eps, dtype, stream);
+    if ((long long)B * ((T_ + 3) / 4) >= 256)
+      return glu_dwconv_pair_launch<4>(out, h, lens, w, bias, pad_value, ln_gamma, ln_beta, B, T_, C,
+                                       K, causal, eps, dtype, stream);
+    return glu_dwconv_pair_launch<2>(out, h, lens, w, bias, pad_value, ln_gamma, ln_beta, B, T_, C, K,
+                                     causal, eps, dtype, stream);
+  }
   if (C > 1024) return (int)cudaErrorInvalidValue;
-  // 8 frames per block re-read K - 1 neighbours per 8 outputs; a small batch (one short
+  // one channel per thread: 8 frames per block re-read K - 1 neighbours per 8 outputs; a small batch (one short
   // utterance, a chunk) makes too few blocks of 8 to fill the GPU, so fewer frames per block
   // there. Every output is the same sum in the same order whatever TT is.
   if ((long long)B * ((T_ + 7) / 8) >= 256)
@@ -718,6 +914,32 @@ int wk_glu_dwconv(void* out, const void* h, const int32_t* lens, const float* w,
                                 causal, eps, dtype, stream);
   return glu_dwconv_launch<2>(out, h, lens, w, bias, pad_value, ln_gamma, ln_beta, B, T_, C, K,
                               causal, eps, dtype, stream);
+}
+
+int wk_pack_rel_keys(void* out, const void* k, const void* p, int B, int T_, int h, int dk,
+                     long long ld_k, long long ld_p, int dtype, cudaStream_t stream) {
+  if (B <= 0 || T_ <= 0) return 0;
+  const int es = dtype == 0 ? 4 : 2;
+  const int threads = 256;
+  const long long elems = (long long)B * T_ * h * 2 * dk;
+  if ((dk * es) % 16 == 0 && (ld_k * es) % 16 == 0 && (ld_p * es) % 16 == 0 &&
+      !((reinterpret_cast<uintptr_t>(out) | reinterpret_cast<uintptr_t>(k) |
+         reinterpret_cast<uintptr_t>(p)) & 15)) {
+    const int per = 16 / es;
+    const long long n = elems / per;
+    const int blocks = (int)std::min<long long>((n + threads - 1) / threads, 65535LL * 8);
+    pack_rel_keys_kernel<uint4><<<blocks, threads, 0, stream>>>(
+        (uint4*)out, (const uint4*)k, (const uint4*)p, n, T_, h, dk / per, ld_k / per, ld_p / per);
+  } else {
+    const int blocks = (int)std::min<long long>((elems + threads - 1) / threads, 65535LL * 8);
+    if (es == 4)
+      pack_rel_keys_kernel<uint32_t><<<blocks, threads, 0, stream>>>(
+          (uint32_t*)out, (const uint32_t*)k, (const uint32_t*)p, elems, T_, h, dk, ld_k, ld_p);
+    else
+      pack_rel_keys_kernel<uint16_t><<<blocks, threads, 0, stream>>>(
+          (uint16_t*)out, (const uint16_t*)k, (const uint16_t*)p, elems, T_, h, dk, ld_k, ld_p);
+  }
+  return (int)cudaGetLastError();
 }
 
 int wk_log_softmax_topk(float* logp, float* topv, int64_t* topi, const void* x, int rows,

@@ -23,10 +23,16 @@ int wk_add_layernorm2(void* out1, void* out2, const void* x, const void* delta, 
                       const void* g1, const void* b1, float eps1, const void* g2, const void* b2,
                       float eps2, int rows, int cols, int dtype, cudaStream_t stream);
 
-// swish(LN(depthwise_conv(glu(h)))) with padded frames zeroed, h [B, T, 2C], w [C, K]
+// swish(LN(depthwise_conv(glu(h)))) with padded frames zeroed, h [B, T, 2C], w [C, K];
+// C <= 1024, or <= 2048 for even C and 16-bit types
 int wk_glu_dwconv(void* out, const void* h, const int32_t* lens, const float* w, const float* bias,
                   const float* pad_value, const float* ln_gamma, const float* ln_beta, int B, int T,
                   int C, int K, int causal, float eps, int dtype, cudaStream_t stream);
+
+// rel-pos attention keys: out [B*T, h, 2*dk] = per head [k, p]; k rows of ld_k elements (head
+// j at column j*dk), p [T rows of ld_p elements] shared by the batch
+int wk_pack_rel_keys(void* out, const void* k, const void* p, int B, int T, int h, int dk,
+                     long long ld_k, long long ld_p, int dtype, cudaStream_t stream);
 
 // log_softmax over V (row stride ld) in fp32, plus its top-k values and indices
 int wk_log_softmax_topk(float* logp, float* topv, int64_t* topi, const void* x, int rows, int V,

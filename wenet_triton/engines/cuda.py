@@ -4,7 +4,8 @@ fused kernels from csrc/ and CUDA graphs per (batch, length) bucket.
 What makes it fast, each keeping WeNet's numbers:
 - rel-pos attention as ONE scaled_dot_product_attention call: (q+u)·k + (q+v)·p equals
   [q+u, q+v]·[k, p] with head dim 2*d_k, so the (B,h,T,T) position term is never
-  materialized; only a key-padding mask is passed;
+  materialized; only a key-padding mask is passed; the keys [k, p] per head are packed by one
+  copy kernel (torch.cat ran at a quarter of memory bandwidth on the strided inputs);
 - residual add + LayerNorm in one kernel (fp32 statistics); GLU + depthwise conv (BatchNorm
   folded) + LayerNorm + swish in one kernel; CTC log-softmax + top-k in one kernel;
   decoder log-softmax + gather in one kernel (no (N,L,V) log-prob tensor);
@@ -321,7 +322,7 @@ class FastModel:
             q = out[..., : 2 * D].view(B, T, h, 2 * dk)
             k = out[..., 2 * D: 3 * D].view(B, T, h, dk)
             v = out[..., 3 * D:].view(B, T, h, dk)
-            k = torch.cat([k, pe_proj.view(1, T, h, dk).expand(B, T, h, dk)], dim=-1)
+            k = kernels.pack_rel_keys(k, pe_proj) if self.kern else kernels.ref_pack_rel_keys(k, pe_proj)
         else:
             q, k, v = F.linear(y, p["w_qkv"], p["b_qkv"]).view(B, T, 3, h, dk).unbind(2)
         o = sdpa(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask, 1.0 / math.sqrt(dk),
@@ -637,7 +638,8 @@ class CudaEngine(Engine):
         self.device = torch.device(device)
         self.fm = FastModel(model, DTYPES[dtype or "float16"], device, use_kernels)
         # the FFN's first GEMM + bias + SiLU as one Triton kernel where it applies (fp16/bf16,
-        # >= triton_gemm.MIN_ROWS rows); opt-in: not yet timed on a GPU
+        # >= triton_gemm.MIN_ROWS rows); opt-in: on an H200 it was no faster than cuBLAS + SiLU
+        # (benchmarks/results/h200_2026-12-02f/silu_ab)
         self.fm.fused_silu = fused_silu and triton_gemm.available()
         self.fm.dec_cudnn = decoder_cudnn  # False: memory-efficient attention first (see sdpa)
         self.beam = settings.beam_size

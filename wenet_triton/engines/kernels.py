@@ -55,7 +55,7 @@ class _Lib:
         self.path = path
         lib = ctypes.CDLL(path)
         lib.wk_version.restype = ctypes.c_int
-        if lib.wk_version() != 6:  # first: an old build lacks the newer symbols
+        if lib.wk_version() != 7:  # first: an old build lacks the newer symbols
             raise OSError(f"{path} is an old build: run `wenet-triton build-plugins` again")
         P, I, F = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
         lib.wk_add_layernorm.argtypes = [P, P, P, P, F, P, P, I, I, F, I, P]
@@ -64,12 +64,14 @@ class _Lib:
         lib.wk_log_softmax_topk.argtypes = [P, P, P, P, I, I, I, I, I, P]
         lib.wk_log_softmax_gather.argtypes = [P, P, P, P, I, I, I, I, I, P]
         lib.wk_attention.argtypes = [P] * 7 + [I] * 10 + [F, I, P]
+        L = ctypes.c_longlong
+        lib.wk_pack_rel_keys.argtypes = [P, P, P, I, I, I, I, L, L, I, P]
         lib.wk_ctc_search_workspace.argtypes = [I, I, I]
         lib.wk_ctc_search_workspace.restype = ctypes.c_int64
         D = ctypes.c_double
         lib.wk_ctc_search.argtypes = [P, P, P, I, I, I, I, I, I, P, P, P, P, P, P, I, D, D, P, P, P]
         for f in (lib.wk_add_layernorm, lib.wk_add_layernorm2, lib.wk_glu_dwconv, lib.wk_log_softmax_topk,
-                  lib.wk_log_softmax_gather, lib.wk_attention, lib.wk_ctc_search):
+                  lib.wk_log_softmax_gather, lib.wk_attention, lib.wk_ctc_search, lib.wk_pack_rel_keys):
             f.restype = ctypes.c_int
         self.lib = lib
 
@@ -222,6 +224,35 @@ def ref_glu_dwconv(h, lens, w, bias, pad_value, ln_gamma, ln_beta, causal, eps):
     if ln_gamma is not None:
         y = torch.nn.functional.layer_norm(y, (C,), ln_gamma.float(), ln_beta.float(), eps)
     return torch.nn.functional.silu(y).to(h.dtype)
+
+
+@torch.library.custom_op("wenet::pack_rel_keys", mutates_args=())
+def pack_rel_keys(k: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """The rel-pos attention's keys: k (B, T, h, dk) (a view of the QKV GEMM's output: rows
+    strided, each head's dk contiguous) and p (T, h*dk) (this layer's linear_pos rows, a
+    column slice of every layer's) -> (B, T, h, 2*dk) with per head [k, p]: the
+    torch.cat(k, p broadcast over the batch) of `ref_pack_rel_keys` as one copy kernel (the
+    cat ran at a quarter of memory bandwidth on the strided, broadcast inputs)."""
+    B, T, h, dk = k.shape
+    if k.stride(3) != 1 or k.stride(2) != dk or k.stride(0) != T * k.stride(1):
+        k = k.contiguous()
+    if p.stride(1) != 1:
+        p = p.contiguous()
+    out = torch.empty(B, T, h, 2 * dk, dtype=k.dtype, device=k.device)
+    _check(load().lib.wk_pack_rel_keys(
+        _ptr(out), _ptr(k), _ptr(p), B, T, h, dk, k.stride(1), p.stride(0), _DTYPES[k.dtype],
+        _stream()), "wk_pack_rel_keys")
+    return out
+
+
+@pack_rel_keys.register_fake
+def _(k, p):
+    return k.new_empty(*k.shape[:3], 2 * k.shape[3])
+
+
+def ref_pack_rel_keys(k, p):
+    B, T, h, dk = k.shape
+    return torch.cat([k, p.reshape(1, T, h, dk).expand(B, T, h, dk)], dim=-1)
 
 
 @torch.library.custom_op("wenet::log_softmax_topk", mutates_args=())

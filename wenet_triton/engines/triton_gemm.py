@@ -5,9 +5,14 @@ epilogue) and then a separate SiLU pass over the (rows, 2048) hidden tensor: 1.7
 at 64 x 20 s on an H200 (benchmarks/results/h200_2026-12-02c), at memory bandwidth. This
 kernel keeps the fp32 accumulator, adds the bias, applies SiLU and stores once.
 
-Opt-in (`CudaEngine(fused_silu=True)`, `wenet-triton bench --engines torch_cuda_silu`):
-written and tested on the CPU with Triton's interpreter (TRITON_INTERPRET=1), **not yet run
-or timed on a GPU**. Used only for fp16 / bf16 rows (Triton's dot would round fp32 operands to
+Opt-in (`CudaEngine(fused_silu=True)`, `wenet-triton bench --engines torch_cuda_silu`), and
+it stays so: on an H200 (2026-12-02, benchmarks/results/h200_2026-12-02f/silu_ab) it is exact
+to the two ops (tests/test_gpu.py) but no faster: at 64 x 20 s this kernel took 141 us per
+call where cuBLAS's GEMM took 46 us and the SiLU 74 us, so the encoder stayed at 13.4 ms; at
+1 x 10 s with every batch sent through it (WENET_TRITON_SILU_MIN_ROWS=0) 7.8 us against
+4.2 + 2.1 us, the encoder 1.08-1.10 vs 1.12-1.28 ms (within the machine's drift). A GEMM
+that beats cuBLAS on Hopper needs TMA loads and a warp-specialized, persistent schedule; this
+one has neither. Also tested on the CPU with Triton's interpreter (TRITON_INTERPRET=1). Used only for fp16 / bf16 rows (Triton's dot would round fp32 operands to
 TF32) and batches of at least MIN_ROWS rows (below that cuBLAS + SiLU is a few µs anyway).
 Values: SiLU of the fp32 sum rounded once, where the two-op path rounds the GEMM output
 first: equal within the dtype's rounding, not bit for bit.
@@ -17,6 +22,7 @@ whether it is there.
 """
 from __future__ import annotations
 
+import os
 from typing import Dict, Optional
 
 import torch
@@ -27,7 +33,9 @@ try:
 except ImportError:  # CPU-only installs: the engine keeps cuBLAS + SiLU
     triton = tl = None
 
-MIN_ROWS = 1024
+# below this many rows the engine keeps cuBLAS + SiLU; WENET_TRITON_SILU_MIN_ROWS overrides it
+# (an A/B knob for benchmarks: 0 sends every FFN through the fused kernel)
+MIN_ROWS = int(os.environ.get("WENET_TRITON_SILU_MIN_ROWS", "1024"))
 
 
 def available() -> bool:
@@ -37,7 +45,10 @@ def available() -> bool:
 if triton is not None:
     _CONFIGS = [triton.Config({"BM": bm, "BN": bn, "BK": bk, "GROUP_M": 8}, num_warps=w, num_stages=s)
                 for bm, bn, bk, w, s in [(128, 256, 64, 8, 3), (128, 128, 64, 4, 4), (64, 256, 32, 4, 4),
-                                         (128, 64, 64, 4, 4), (64, 128, 64, 4, 3)]]
+                                         (128, 64, 64, 4, 4), (64, 128, 64, 4, 3),
+                                         # a few hundred rows (one utterance): more, smaller
+                                         # tiles so the grid covers the SMs
+                                         (64, 64, 64, 4, 3), (32, 128, 64, 4, 3), (32, 64, 64, 4, 3)]]
 
     @triton.autotune(configs=_CONFIGS, key=["N", "K", "M_CLASS"])
     @triton.jit
