@@ -15,6 +15,13 @@ from wenet_triton.model import synthetic
 from wenet_triton.model.conformer import ASRModel
 
 
+def _ops(prof, top):
+    ops = [e for e in prof.key_averages(group_by_input_shape=True) if e.key.startswith(("aten::", "wenet::"))]
+    ops.sort(key=lambda e: -e.device_time_total)
+    for e in ops[:top]:
+        print(f"{e.device_time_total / 1000:8.2f} ms  x{e.count:<4} {e.key:32} {str(e.input_shapes)[:110]}")
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--batch", type=int, default=64)
@@ -39,16 +46,15 @@ def main():
         enc = eng.encode_tensors(x, lens)
         torch.cuda.synchronize()
     print("== encoder", a.batch, "x", a.seconds, "s: aten ops by device time, with input shapes")
-    ops = [e for e in prof.key_averages(group_by_input_shape=True) if e.key.startswith(("aten::", "wenet::"))]
-    ops.sort(key=lambda e: -e.device_time_total)
-    for e in ops[: a.top]:
-        print(f"{e.device_time_total / 1000:8.2f} ms  x{e.count:<4} {e.key:32} {str(e.input_shapes)[:110]}")
+    _ops(prof, a.top)
     print("== encoder kernels (Triton kernels show here, not among the aten ops)")
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=a.top, max_name_column_width=70))
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True) as prof:
         eng.rescore_tensors(enc[0], enc[1], *hy)
         torch.cuda.synchronize()
-    print("== decoder")
+    print("== decoder: aten ops by device time, with input shapes")
+    _ops(prof, a.top)
+    print("== decoder kernels")
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=15, max_name_column_width=70))
     # can the attention shapes run on the fused SDPA backends?
     from torch.nn.attention import SDPBackend, sdpa_kernel

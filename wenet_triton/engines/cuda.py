@@ -121,28 +121,30 @@ _CUDNN_FIRST = ("CUDNN_ATTENTION", "EFFICIENT_ATTENTION", "MATH")
 _PLANLESS_FIRST = ("EFFICIENT_ATTENTION", "CUDNN_ATTENTION", "MATH")
 
 
-def sdpa(q, k, v, mask, scale=None, tag: str = "", cudnn_first: bool = True):
+def sdpa(q, k, v, mask, scale=None, tag: str = "", cudnn_first: bool = True, causal: bool = False):
     """scaled_dot_product_attention on the first fused backend that takes these shapes
     (cuDNN, then memory-efficient), resolved once per shape signature (and `tag`: a caller
     whose shapes differ in other ways, e.g. more keys than queries) and cached. Left to
     itself SDPA chose its math path (fp32 bmm + softmax) for the rel-pos encoder call.
     cudnn_first=False tries memory-efficient attention first: cuDNN builds an execution plan
-    for every new shape, which costs a stall where shapes keep changing (eager rescoring)."""
+    for every new shape, which costs a stall where shapes keep changing (eager rescoring).
+    causal=True (mask None): query i attends keys 0..i, without a mask tensor."""
     if not q.is_cuda:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, is_causal=causal)
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    key = (tag, cudnn_first, q.shape[-1], v.shape[-1], q.dtype,
+    key = (tag, cudnn_first, causal, q.shape[-1], v.shape[-1], q.dtype,
            None if mask is None else (mask.dtype, mask.shape[-2] == 1))
     choice = _SDPA_CHOICE.get(key)
     if choice is not None:
         with sdpa_kernel([choice]):
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, is_causal=causal)
     for name in (_CUDNN_FIRST if cudnn_first else _PLANLESS_FIRST):
         be = getattr(SDPBackend, name)
         try:
             with sdpa_kernel([be]):
-                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale,
+                                                     is_causal=causal)
         except RuntimeError:
             continue
         _SDPA_CHOICE[key] = be
@@ -314,7 +316,7 @@ class FastModel:
         h = F.silu(h) if act == "silu" else F.gelu(h) if act == "gelu" else torch.tanh(h)
         return F.linear(h, w2, b2)
 
-    def self_attn(self, y, p, pe_proj, mask, cudnn_first: bool = True):
+    def self_attn(self, y, p, pe_proj, mask, cudnn_first: bool = True, causal: bool = False):
         B, T, D = y.shape
         h, dk = p["h"], p["dk"]
         if p.get("rel"):  # rel-pos: [q+u, q+v] . [k, p], q+u / q+v straight from the GEMM
@@ -326,7 +328,7 @@ class FastModel:
         else:
             q, k, v = F.linear(y, p["w_qkv"], p["b_qkv"]).view(B, T, 3, h, dk).unbind(2)
         o = sdpa(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask, 1.0 / math.sqrt(dk),
-                 cudnn_first=cudnn_first)
+                 cudnn_first=cudnn_first, causal=causal)
         return F.linear(o.transpose(1, 2).reshape(B, T, D), p["w_out"], p["b_out"])
 
     def conv(self, y, p, lens):
@@ -521,13 +523,15 @@ class FastModel:
         N, L = ys_in.shape
         x = F.embedding(ys_in, D["embed"]) * math.sqrt(self.d) + sinusoid_table(
             L, self.d, ys_in.device, self.dtype)
-        valid = torch.arange(L, device=ys_in.device)[None, :] < lens_sos[:, None]
-        causal = torch.ones(L, L, dtype=torch.bool, device=ys_in.device).tril()
-        self_mask = additive_mask((valid[:, None, :] & causal[None])[:, None], self.dtype)  # (N,1,L,L)
+        # self-attention: WeNet masks keys by (causal & valid); for a valid query i < len every
+        # key j <= i is valid, so the causal mask alone gives the same scores there (padded
+        # queries, i >= len, see keys 0..i and stay finite; no valid position ever reads them:
+        # every later op is per position or causal, and the score gathers valid positions only).
+        # No (N, L, L) mask tensor, and the backend skips the blocks above the diagonal.
         y = None
         for i, (n1, sa, n2, ca, n3, ff) in enumerate(D["layers"]):
             y = self.ln(x, n1) if y is None else y
-            x, y = self.add_ln(x, self.self_attn(y, sa, None, self_mask, self.dec_cudnn), 1.0, n2)
+            x, y = self.add_ln(x, self.self_attn(y, sa, None, None, self.dec_cudnn, causal=True), 1.0, n2)
             h, dk = ca["h"], ca["dk"]
             # the beam*L queries of one utterance share its memory: one batch entry each
             q = F.linear(y, ca["w_qkv"][: self.d], ca["b_qkv"][: self.d])
