@@ -1,12 +1,20 @@
 """The client's endpoints and retries (issue #18) against the real gRPC guard with no Triton
 behind it (it answers UNAVAILABLE, "starting"), and against a closed port: UNAVAILABLE is
-retried, on the next endpoint, within the deadline; INVALID_ARGUMENT is not. Fast, loopback."""
+retried, on the next endpoint, within the deadline; INVALID_ARGUMENT is not. And what the
+guard says when the process behind it dies mid-call. Fast, loopback."""
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
 import time
 
 import numpy as np
 import pytest
 
 pytest.importorskip("tritonclient.grpc")
+from tritonclient.utils import InferenceServerException  # noqa: E402
 
 
 @pytest.fixture()
@@ -58,8 +66,6 @@ def test_deadline_bounds_the_retries(down_guard):
 
 
 def test_invalid_argument_is_not_retried(down_guard):
-    from tritonclient.utils import InferenceServerException
-
     from wenet_triton.serving.client import RetryingClient
 
     c = RetryingClient(f"127.0.0.1:{down_guard.port}")
@@ -70,3 +76,82 @@ def test_invalid_argument_is_not_retried(down_guard):
         assert down_guard.rejected == 1  # one attempt only
     finally:
         c.close()
+
+
+# a stand-in for tritonserver's gRPC service: each stream message gets an empty response,
+# ModelInfer never answers; it prints its port and serves until killed
+STAND_IN = """
+import time
+from concurrent import futures
+import grpc
+
+def stream(requests, ctx):
+    for _ in requests:
+        yield b""
+
+def infer(raw, ctx):
+    time.sleep(60)
+    return b""
+
+server = grpc.server(futures.ThreadPoolExecutor(4))
+server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
+    "inference.GRPCInferenceService",
+    {"ModelStreamInfer": grpc.stream_stream_rpc_method_handler(stream),
+     "ModelInfer": grpc.unary_unary_rpc_method_handler(infer)})])
+print(server.add_insecure_port("127.0.0.1:0"), flush=True)
+server.start()
+server.wait_for_termination()
+"""
+
+
+def test_backend_killed_mid_call_is_named_to_the_client():
+    """The process behind the guard is killed (-9) while a gRPC stream is open and while a
+    request waits: both callers get UNAVAILABLE (so retrying clients retry) with a message
+    that says tritonserver is not answering and what they lost, gRPC's own words kept."""
+    import tritonclient.grpc as grpcclient
+
+    from wenet_triton.serving.guard import GrpcGuard, Limits
+    from wenet_triton.serving.server import free_port
+
+    def stand_in():
+        p = subprocess.Popen([sys.executable, "-c", STAND_IN], stdout=subprocess.PIPE, text=True)
+        return p, int(p.stdout.readline())
+
+    def wav():
+        x = grpcclient.InferInput("WAV", [1, 1600], "FP32")
+        x.set_data_from_numpy(np.zeros((1, 1600), np.float32))
+        return [x]
+
+    g = GrpcGuard("127.0.0.1", free_port(), Limits(max_batch=2, max_samples=16000 * 30))
+    procs = []
+    c = grpcclient.InferenceServerClient(f"127.0.0.1:{g.port}")
+    try:
+        p, port = stand_in()
+        procs.append(p)
+        g.set_backend(f"127.0.0.1:{port}")
+        g.start()
+        replies = queue.Queue()
+        c.start_stream(callback=lambda result, error: replies.put(error))
+        c.async_stream_infer("streaming", wav(), sequence_id=7, sequence_start=True)
+        assert replies.get(timeout=10) is None  # the stream is live
+        os.kill(p.pid, signal.SIGKILL)
+        err = replies.get(timeout=10)
+        assert err is not None and err.status() == "StatusCode.UNAVAILABLE", err
+        assert "tritonserver is not answering" in err.message(), err.message()
+        assert "start the stream again" in err.message()
+        c.stop_stream()
+
+        p, port = stand_in()
+        procs.append(p)
+        g.set_backend(f"127.0.0.1:{port}")
+        threading.Timer(1.0, os.kill, (p.pid, signal.SIGKILL)).start()
+        with pytest.raises(InferenceServerException) as e:
+            c.infer("attention_rescoring", wav(), client_timeout=20)
+        assert e.value.status() == "StatusCode.UNAVAILABLE"
+        assert "tritonserver is not answering" in e.value.message() and "retry" in e.value.message()
+    finally:
+        c.close()
+        g.stop()
+        for p in procs:
+            p.kill()
+            p.wait(10)

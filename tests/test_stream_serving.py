@@ -454,8 +454,9 @@ def test_more_streams_than_max_streams(served, wavs, offline):
 
 def test_grpc_streams_through_a_tritonserver_crash(repo, wavs, offline, tmp_path):
     """Three real-time gRPC streams are open through the front when tritonserver dies (kill
-    -9): each ends with an error within its timeout (none hangs), the supervisor brings
-    tritonserver back, and a new stream then gets the offline final; no stream is left."""
+    -9): each ends with an error within its timeout (none hangs) that says tritonserver is not
+    answering and the stream must start again, the supervisor brings tritonserver back, and
+    a new stream then gets the offline final; no stream is left."""
     from wenet_triton.serving.stream_client import stream_many
 
     _, finals, _ = offline
@@ -477,6 +478,8 @@ def test_grpc_streams_through_a_tritonserver_crash(repo, wavs, offline, tmp_path
         assert not t.is_alive(), "a stream hung after tritonserver died"
         errors = [r.error for r in got["r"]]
         assert all(errors), errors
+        assert all("tritonserver is not answering" in e and "start the stream again" in e
+                   for e in errors), errors
         assert all(len(r.partials) >= 2 for r in got["r"]), "a stream was not live when cut"
         FIGURES["streams cut by a tritonserver crash"] = [e[:120] for e in errors]
         t0, deadline = time.time(), time.time() + 120

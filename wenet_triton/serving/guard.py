@@ -395,7 +395,7 @@ class GrpcGuard:
             return await self._stub(channel, method, False)(raw, metadata=_metadata(context),
                                                              timeout=_remaining(context))
         except grpc.RpcError as e:
-            await context.abort(e.code(), e.details() or str(e.code()))
+            await context.abort(e.code(), _backend_error(e, "this request's reply is lost: retry it"))
         finally:
             if infer:
                 self._leave()
@@ -436,8 +436,10 @@ class GrpcGuard:
                 await context.write(reply)
         except (grpc.RpcError, asyncio.CancelledError) as e:
             if not bad:
-                code = e.code() if isinstance(e, grpc.RpcError) else grpc.StatusCode.CANCELLED
-                await context.abort(code, (e.details() if isinstance(e, grpc.RpcError) else "") or str(code))
+                if isinstance(e, grpc.RpcError):
+                    await context.abort(e.code(), _backend_error(
+                        e, "this stream's state is lost: start the stream again"))
+                await context.abort(grpc.StatusCode.CANCELLED, str(grpc.StatusCode.CANCELLED))
         finally:
             pump.cancel()
             self._leave()
@@ -475,6 +477,18 @@ class _Handler(grpc.GenericRpcHandler):
         if handler is None:
             return grpc.unary_unary_rpc_method_handler(_denied(full))
         return handler
+
+
+def _backend_error(e: grpc.RpcError, lost: str) -> str:
+    """The message passed on for a failed backend call. UNAVAILABLE from tritonserver's side
+    means it is not answering (killed, crashed, restarting: gRPC's own words are e.g. "Stream
+    removed (Socket closed)"): say so, what the caller lost, and that serve restarts it.
+    Anything else is tritonserver's own answer, passed on as it is."""
+    details = e.details() or str(e.code())
+    if e.code() == grpc.StatusCode.UNAVAILABLE:
+        return (f"tritonserver is not answering ({details}); {lost} once it is back "
+                "(serve restarts it)")
+    return details
 
 
 def _denied(method: str):
