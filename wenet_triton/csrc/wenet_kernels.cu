@@ -790,44 +790,38 @@ static int glu_dwconv_launch(void* out, const void* h, const int32_t* lens, cons
   return (int)cudaGetLastError();
 }
 
+template <typename T, int TT>
+static int glu_dwconv_pair_launch_t(void* out, const void* h, const int32_t* lens, const float* w,
+                                    const float* bias, const float* pad_value, const float* ln_gamma,
+                                    const float* ln_beta, int B, int T_, int C, int K, int causal,
+                                    float eps, cudaStream_t stream) {
+  const size_t smem = (size_t)(TT + K - 1) * C * sizeof(float);
+  dim3 grid((T_ + TT - 1) / TT, B);
+  const int threads = ((C / 2 + 31) / 32) * 32;
+  auto kernel = glu_dwconv_pair_kernel<T, TT>;
+  static size_t smem_allowed = 48 * 1024;  // per dtype and TT; raised once, outside graph replays
+  if (smem > smem_allowed) {
+    const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    if (e != cudaSuccess) return (int)e;
+    smem_allowed = smem;
+  }
+  kernel<<<grid, threads, smem, stream>>>((T*)out, (const T*)h, lens, w, bias, pad_value, ln_gamma,
+                                          ln_beta, T_, C, K, causal, eps);
+  return (int)cudaGetLastError();
+}
+
 template <int TT>
 static int glu_dwconv_pair_launch(void* out, const void* h, const int32_t* lens, const float* w,
                                   const float* bias, const float* pad_value, const float* ln_gamma,
                                   const float* ln_beta, int B, int T_, int C, int K, int causal,
                                   float eps, int dtype, cudaStream_t stream) {
-  const size_t smem = (size_t)(TT + K - 1) * C * sizeof(float);
-  dim3 grid((T_ + TT - 1) / TT, B);
-  const int threads = ((C / 2 + 31) / 32) * 32;
-  switch (dtype) {
-    case 1: {
-      using T = __half;
-      auto kernel = glu_dwconv_pair_kernel<T, TT>;
-      static size_t smem_allowed = 48 * 1024;
-      if (smem > smem_allowed) {
-        const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-        if (e != cudaSuccess) return (int)e;
-        smem_allowed = smem;
-      }
-      kernel<<<grid, threads, smem, stream>>>((T*)out, (const T*)h, lens, w, bias, pad_value,
-                                              ln_gamma, ln_beta, T_, C, K, causal, eps);
-      break;
-    }
-    case 2: {
-      using T = __nv_bfloat16;
-      auto kernel = glu_dwconv_pair_kernel<T, TT>;
-      static size_t smem_allowed = 48 * 1024;
-      if (smem > smem_allowed) {
-        const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-        if (e != cudaSuccess) return (int)e;
-        smem_allowed = smem;
-      }
-      kernel<<<grid, threads, smem, stream>>>((T*)out, (const T*)h, lens, w, bias, pad_value,
-                                              ln_gamma, ln_beta, T_, C, K, causal, eps);
-      break;
-    }
-    default: return (int)cudaErrorInvalidValue;
-  }
-  return (int)cudaGetLastError();
+  if (dtype == 1)
+    return glu_dwconv_pair_launch_t<__half, TT>(out, h, lens, w, bias, pad_value, ln_gamma, ln_beta,
+                                                B, T_, C, K, causal, eps, stream);
+  if (dtype == 2)
+    return glu_dwconv_pair_launch_t<__nv_bfloat16, TT>(out, h, lens, w, bias, pad_value, ln_gamma,
+                                                       ln_beta, B, T_, C, K, causal, eps, stream);
+  return (int)cudaErrorInvalidValue;
 }
 
 extern "C" {
