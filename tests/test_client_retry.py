@@ -90,6 +90,8 @@ def stream(requests, ctx):
         yield b""
 
 def infer(raw, ctx):
+    if b"nope" in raw:  # tritonserver's own UNAVAILABLE answer
+        ctx.abort(grpc.StatusCode.UNAVAILABLE, "Request for unknown model: 'nope' is not found")
     time.sleep(60)
     return b""
 
@@ -107,7 +109,8 @@ server.wait_for_termination()
 def test_backend_killed_mid_call_is_named_to_the_client():
     """The process behind the guard is killed (-9) while a gRPC stream is open and while a
     request waits: both callers get UNAVAILABLE (so retrying clients retry) with a message
-    that says tritonserver is not answering and what they lost, gRPC's own words kept."""
+    that says tritonserver is not answering and what they lost, gRPC's own words kept.
+    Tritonserver's own UNAVAILABLE answers (an unknown model) pass unchanged."""
     import tritonclient.grpc as grpcclient
 
     from wenet_triton.serving.guard import GrpcGuard, Limits
@@ -144,6 +147,10 @@ def test_backend_killed_mid_call_is_named_to_the_client():
         p, port = stand_in()
         procs.append(p)
         g.set_backend(f"127.0.0.1:{port}")
+        with pytest.raises(InferenceServerException) as e:
+            c.infer("nope", wav(), client_timeout=20)
+        assert e.value.message().endswith("Request for unknown model: 'nope' is not found"), e.value.message()
+        assert "tritonserver is not answering" not in e.value.message()
         threading.Timer(1.0, os.kill, (p.pid, signal.SIGKILL)).start()
         with pytest.raises(InferenceServerException) as e:
             c.infer("attention_rescoring", wav(), client_timeout=20)

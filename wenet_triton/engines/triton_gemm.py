@@ -12,10 +12,11 @@ call where cuBLAS's GEMM took 46 us and the SiLU 74 us, so the encoder stayed at
 1 x 10 s with every batch sent through it (WENET_TRITON_SILU_MIN_ROWS=0) 7.8 us against
 4.2 + 2.1 us, the encoder 1.08-1.10 vs 1.12-1.28 ms (within the machine's drift). A GEMM
 that beats cuBLAS on Hopper needs TMA loads and a warp-specialized, persistent schedule; this
-one has neither. Also tested on the CPU with Triton's interpreter (TRITON_INTERPRET=1). Used only for fp16 / bf16 rows (Triton's dot would round fp32 operands to
-TF32) and batches of at least MIN_ROWS rows (below that cuBLAS + SiLU is a few µs anyway).
-Values: SiLU of the fp32 sum rounded once, where the two-op path rounds the GEMM output
-first: equal within the dtype's rounding, not bit for bit.
+one has neither. Also tested on the CPU with Triton's interpreter (TRITON_INTERPRET=1).
+Used only for fp16 / bf16 rows (Triton's dot would round fp32 operands to TF32) and batches
+of at least MIN_ROWS rows (below that cuBLAS + SiLU is a few µs anyway). Values: SiLU of
+the fp32 sum rounded once, where the two-op path rounds the GEMM output first: equal within
+the dtype's rounding, not bit for bit.
 
 Needs the `triton` package (part of PyTorch's CUDA wheels on Linux); `available()` says
 whether it is there.

@@ -479,13 +479,20 @@ class _Handler(grpc.GenericRpcHandler):
         return handler
 
 
+# gRPC's own words for a connection that failed or went away (not tritonserver's answers:
+# Triton also says UNAVAILABLE, e.g. for an unknown model or a full streaming model)
+_TRANSPORT_WORDS = ("socket closed", "stream removed", "failed to connect", "connection reset",
+                    "connection refused", "broken pipe", "goaway", "transport closed",
+                    "endpoint read failed", "keepalive")
+
+
 def _backend_error(e: grpc.RpcError, lost: str) -> str:
-    """The message passed on for a failed backend call. UNAVAILABLE from tritonserver's side
-    means it is not answering (killed, crashed, restarting: gRPC's own words are e.g. "Stream
-    removed (Socket closed)"): say so, what the caller lost, and that serve restarts it.
-    Anything else is tritonserver's own answer, passed on as it is."""
+    """The message passed on for a failed backend call. UNAVAILABLE in gRPC's transport words
+    means tritonserver is not answering (killed, crashed, restarting: e.g. "Stream removed
+    (Socket closed)"): say so, what the caller lost, and that serve restarts it. Anything else
+    is tritonserver's own answer, passed on as it is."""
     details = e.details() or str(e.code())
-    if e.code() == grpc.StatusCode.UNAVAILABLE:
+    if e.code() == grpc.StatusCode.UNAVAILABLE and any(w in details.lower() for w in _TRANSPORT_WORDS):
         return (f"tritonserver is not answering ({details}); {lost} once it is back "
                 "(serve restarts it)")
     return details
