@@ -126,7 +126,7 @@ def test_backend_killed_mid_call_is_named_to_the_client():
         return [x]
 
     g = GrpcGuard("127.0.0.1", free_port(), Limits(max_batch=2, max_samples=16000 * 30))
-    procs = []
+    procs, timers = [], []
     c = grpcclient.InferenceServerClient(f"127.0.0.1:{g.port}")
     try:
         p, port = stand_in()
@@ -151,12 +151,15 @@ def test_backend_killed_mid_call_is_named_to_the_client():
             c.infer("nope", wav(), client_timeout=20)
         assert e.value.message().endswith("Request for unknown model: 'nope' is not found"), e.value.message()
         assert "tritonserver is not answering" not in e.value.message()
-        threading.Timer(1.0, os.kill, (p.pid, signal.SIGKILL)).start()
+        timers.append(threading.Timer(1.0, p.kill))  # Popen.kill: never a reused pid
+        timers[-1].start()
         with pytest.raises(InferenceServerException) as e:
             c.infer("attention_rescoring", wav(), client_timeout=20)
         assert e.value.status() == "StatusCode.UNAVAILABLE"
         assert "tritonserver is not answering" in e.value.message() and "retry" in e.value.message()
     finally:
+        for t in timers:
+            t.cancel()
         c.close()
         g.stop()
         for p in procs:
