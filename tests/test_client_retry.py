@@ -157,6 +157,12 @@ def test_backend_killed_mid_call_is_named_to_the_client():
             c.infer("attention_rescoring", wav(), client_timeout=20)
         assert e.value.status() == "StatusCode.UNAVAILABLE"
         assert "tritonserver is not answering" in e.value.message() and "retry" in e.value.message()
+        p.wait(10)  # and while nothing listens there (the supervisor has not noticed yet)
+        with pytest.raises(InferenceServerException) as e:
+            c.infer("attention_rescoring", wav(), client_timeout=20)
+        assert e.value.status() == "StatusCode.UNAVAILABLE"
+        assert "tritonserver is not answering" in e.value.message(), e.value.message()
+        assert "nothing was sent: try again" in e.value.message()
     finally:
         for t in timers:
             t.cancel()

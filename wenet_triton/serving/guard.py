@@ -492,7 +492,10 @@ def _backend_error(e: grpc.RpcError, lost: str) -> str:
     (Socket closed)"): say so, what the caller lost, and that serve restarts it. Anything else
     is tritonserver's own answer, passed on as it is."""
     details = e.details() or str(e.code())
-    if e.code() == grpc.StatusCode.UNAVAILABLE and any(w in details.lower() for w in _TRANSPORT_WORDS):
+    low = details.lower()
+    if e.code() == grpc.StatusCode.UNAVAILABLE and any(w in low for w in _TRANSPORT_WORDS):
+        if "failed to connect" in low or "connection refused" in low:  # nothing reached it
+            lost = "nothing was sent: try again"
         return (f"tritonserver is not answering ({details}); {lost} once it is back "
                 "(serve restarts it)")
     return details
