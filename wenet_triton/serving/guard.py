@@ -439,7 +439,8 @@ class GrpcGuard:
                 if isinstance(e, grpc.RpcError):
                     await context.abort(e.code(), _backend_error(
                         e, "this stream's state is lost: start the stream again"))
-                await context.abort(grpc.StatusCode.CANCELLED, str(grpc.StatusCode.CANCELLED))
+                else:
+                    await context.abort(grpc.StatusCode.CANCELLED, str(grpc.StatusCode.CANCELLED))
         finally:
             pump.cancel()
             self._leave()
