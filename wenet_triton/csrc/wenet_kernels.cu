@@ -250,19 +250,59 @@ __device__ __forceinline__ void vec_load_sum(float (&v)[MV][Vec16<T>::E], const 
   }
 }
 
+// x + alpha * delta with delta = round_T(sum_s parts[s] + bias): a GEMM's output left in S
+// fp32 split-K partials (parts + s * part_stride, rows of the same columns as x), summed,
+// biased and rounded to T here as the GEMM's epilogue would (the split-K FFN down-projection
+// for few rows, FastModel.ffn). parts == nullptr: plain vec_load_sum.
+template <typename T, int MV>
+__device__ __forceinline__ void vec_load_sum_parts(float (&v)[MV][Vec16<T>::E], const T* __restrict__ x,
+                                                   const T* __restrict__ delta, const float* __restrict__ parts,
+                                                   int S, size_t part_stride, const T* __restrict__ bias,
+                                                   float alpha, int lane, int nvec) {
+  if (parts == nullptr) {
+    vec_load_sum<T, MV>(v, x, delta, alpha, lane, nvec);
+    return;
+  }
+  constexpr int E = Vec16<T>::E;
+  vec_load<T, MV>(v, x, lane, nvec);
+  float b[MV][E];
+  vec_load<T, MV>(b, bias, lane, nvec);
+#pragma unroll
+  for (int i = 0; i < MV; ++i) {
+    const int j = i * 32 + lane;
+    if (j >= nvec) continue;
+    float d[E];
+#pragma unroll
+    for (int q = 0; q < E; ++q) d[q] = 0.f;
+    for (int s = 0; s < S; ++s) {
+      const float4* pp = reinterpret_cast<const float4*>(parts + s * part_stride) + j * (E / 4);
+#pragma unroll
+      for (int q4 = 0; q4 < E / 4; ++q4) {
+        const float4 f = pp[q4];
+        d[4 * q4] += f.x; d[4 * q4 + 1] += f.y; d[4 * q4 + 2] += f.z; d[4 * q4 + 3] += f.w;
+      }
+    }
+#pragma unroll
+    for (int q = 0; q < E; ++q) v[i][q] += alpha * to_f(from_f<T>(d[q] + b[i][q]));
+  }
+}
+
 // add_layernorm_warp_kernel, vectorized.
 template <typename T, int MV>
 __global__ void add_layernorm_vec_kernel(T* __restrict__ sum_out, T* __restrict__ norm_out,
                                          const T* __restrict__ x, const T* __restrict__ delta,
-                                         float alpha, const T* __restrict__ gamma,
-                                         const T* __restrict__ beta, int rows, int cols, float eps) {
+                                         const float* __restrict__ parts, int S,
+                                         const T* __restrict__ pbias, float alpha,
+                                         const T* __restrict__ gamma, const T* __restrict__ beta,
+                                         int rows, int cols, float eps) {
   const int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
   const int lane = threadIdx.x & 31;
   if (row >= rows) return;
   const size_t base = (size_t)row * cols;
   const int nvec = cols / Vec16<T>::E;
   float v[MV][Vec16<T>::E];
-  vec_load_sum<T, MV>(v, x + base, delta ? delta + base : nullptr, alpha, lane, nvec);
+  vec_load_sum_parts<T, MV>(v, x + base, delta ? delta + base : nullptr, parts ? parts + base : nullptr,
+                            S, (size_t)rows * cols, pbias, alpha, lane, nvec);
   if (sum_out) vec_store<T, MV>(sum_out + base, v, lane, nvec);
   vec_layernorm<T, MV>(v, lane, nvec, cols, eps, gamma, beta);
   vec_store<T, MV>(norm_out + base, v, lane, nvec);
@@ -275,7 +315,8 @@ __global__ void add_layernorm_vec_kernel(T* __restrict__ sum_out, T* __restrict_
 template <typename T, int MV>
 __global__ void add_layernorm2_vec_kernel(T* __restrict__ out1, T* __restrict__ out2,
                                           const T* __restrict__ x, const T* __restrict__ delta,
-                                          float alpha, const T* __restrict__ g1,
+                                          const float* __restrict__ parts, int S,
+                                          const T* __restrict__ pbias, float alpha, const T* __restrict__ g1,
                                           const T* __restrict__ b1, float eps1,
                                           const T* __restrict__ g2, const T* __restrict__ b2,
                                           float eps2, int rows, int cols) {
@@ -285,7 +326,8 @@ __global__ void add_layernorm2_vec_kernel(T* __restrict__ out1, T* __restrict__ 
   const size_t base = (size_t)row * cols;
   const int nvec = cols / Vec16<T>::E;
   float v[MV][Vec16<T>::E];
-  vec_load_sum<T, MV>(v, x + base, delta ? delta + base : nullptr, alpha, lane, nvec);
+  vec_load_sum_parts<T, MV>(v, x + base, delta ? delta + base : nullptr, parts ? parts + base : nullptr,
+                            S, (size_t)rows * cols, pbias, alpha, lane, nvec);
   vec_layernorm<T, MV>(v, lane, nvec, cols, eps1, g1, b1);
   vec_store<T, MV>(out1 + base, v, lane, nvec);
   vec_layernorm<T, MV>(v, lane, nvec, cols, eps2, g2, b2);
@@ -826,7 +868,7 @@ static int glu_dwconv_pair_launch(void* out, const void* h, const int32_t* lens,
 
 extern "C" {
 
-int wk_version() { return 7; }
+int wk_version() { return 8; }
 
 int wk_add_layernorm(void* sum_out, void* norm_out, const void* x, const void* delta,
                      float alpha, const void* gamma, const void* beta, int rows, int cols,
@@ -836,7 +878,7 @@ int wk_add_layernorm(void* sum_out, void* norm_out, const void* x, const void* d
   const int blocks = (rows + rows_per_block - 1) / rows_per_block;
   if (vec_ok(cols, dtype == 0 ? 4 : 2, {sum_out, norm_out, x, delta, gamma, beta})) {
     DISPATCH(dtype, (add_layernorm_vec_kernel<T, 4><<<blocks, 32 * rows_per_block, 0, stream>>>(
-        (T*)sum_out, (T*)norm_out, (const T*)x, (const T*)delta, alpha, (const T*)gamma,
+        (T*)sum_out, (T*)norm_out, (const T*)x, (const T*)delta, nullptr, 0, nullptr, alpha, (const T*)gamma,
         (const T*)beta, rows, cols, eps)));
     return (int)cudaGetLastError();
   }
@@ -868,8 +910,43 @@ int wk_add_layernorm2(void* out1, void* out2, const void* x, const void* delta, 
   const int rows_per_block = 4;
   DISPATCH(dtype, (add_layernorm2_vec_kernel<T, 4><<<(rows + rows_per_block - 1) / rows_per_block,
                                                      32 * rows_per_block, 0, stream>>>(
-      (T*)out1, (T*)out2, (const T*)x, (const T*)delta, alpha, (const T*)g1, (const T*)b1, eps1,
-      (const T*)g2, (const T*)b2, eps2, rows, cols)));
+      (T*)out1, (T*)out2, (const T*)x, (const T*)delta, nullptr, 0, nullptr, alpha, (const T*)g1,
+      (const T*)b1, eps1, (const T*)g2, (const T*)b2, eps2, rows, cols)));
+  return (int)cudaGetLastError();
+}
+
+// The two above with delta given as S fp32 split-K partials [S, rows, cols] + bias [cols]
+// (vector rows only: 16-byte aligned, cols a multiple of 8 and at most 32 * 4 vectors).
+static bool parts_ok(int S, int rows, int cols, int dtype, std::initializer_list<const void*> ptrs) {
+  return S >= 1 && cols % 8 == 0 && vec_ok(cols, dtype == 0 ? 4 : 2, ptrs) && rows > 0;
+}
+
+int wk_add_layernorm_parts(void* sum_out, void* norm_out, const void* x, const float* parts, int S,
+                           const void* bias, float alpha, const void* gamma, const void* beta,
+                           int rows, int cols, float eps, int dtype, cudaStream_t stream) {
+  if (rows <= 0) return 0;
+  if (!parts_ok(S, rows, cols, dtype, {sum_out, norm_out, x, parts, bias, gamma, beta}))
+    return (int)cudaErrorInvalidValue;
+  const int rows_per_block = 4;
+  DISPATCH(dtype, (add_layernorm_vec_kernel<T, 4><<<(rows + rows_per_block - 1) / rows_per_block,
+                                                    32 * rows_per_block, 0, stream>>>(
+      (T*)sum_out, (T*)norm_out, (const T*)x, nullptr, parts, S, (const T*)bias, alpha,
+      (const T*)gamma, (const T*)beta, rows, cols, eps)));
+  return (int)cudaGetLastError();
+}
+
+int wk_add_layernorm2_parts(void* out1, void* out2, const void* x, const float* parts, int S,
+                            const void* bias, float alpha, const void* g1, const void* b1, float eps1,
+                            const void* g2, const void* b2, float eps2, int rows, int cols, int dtype,
+                            cudaStream_t stream) {
+  if (rows <= 0) return 0;
+  if (!parts_ok(S, rows, cols, dtype, {out1, out2, x, parts, bias, g1, b1, g2, b2}))
+    return (int)cudaErrorInvalidValue;
+  const int rows_per_block = 4;
+  DISPATCH(dtype, (add_layernorm2_vec_kernel<T, 4><<<(rows + rows_per_block - 1) / rows_per_block,
+                                                     32 * rows_per_block, 0, stream>>>(
+      (T*)out1, (T*)out2, (const T*)x, nullptr, parts, S, (const T*)bias, alpha, (const T*)g1,
+      (const T*)b1, eps1, (const T*)g2, (const T*)b2, eps2, rows, cols)));
   return (int)cudaGetLastError();
 }
 

@@ -23,6 +23,16 @@ int wk_add_layernorm2(void* out1, void* out2, const void* x, const void* delta, 
                       const void* g1, const void* b1, float eps1, const void* g2, const void* b2,
                       float eps2, int rows, int cols, int dtype, cudaStream_t stream);
 
+// The two above with delta = round(sum_s parts[s] + bias): a GEMM's output as S fp32 split-K
+// partials [S, rows, cols] and its bias [cols] (cols a multiple of 8, 16-byte aligned rows)
+int wk_add_layernorm_parts(void* sum_out, void* norm_out, const void* x, const float* parts, int S,
+                           const void* bias, float alpha, const void* gamma, const void* beta,
+                           int rows, int cols, float eps, int dtype, cudaStream_t stream);
+int wk_add_layernorm2_parts(void* out1, void* out2, const void* x, const float* parts, int S,
+                            const void* bias, float alpha, const void* g1, const void* b1, float eps1,
+                            const void* g2, const void* b2, float eps2, int rows, int cols, int dtype,
+                            cudaStream_t stream);
+
 // swish(LN(depthwise_conv(glu(h)))) with padded frames zeroed, h [B, T, 2C], w [C, K];
 // C <= 1024, or <= 2048 for even C and 16-bit types
 int wk_glu_dwconv(void* out, const void* h, const int32_t* lens, const float* w, const float* bias,

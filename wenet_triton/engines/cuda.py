@@ -20,8 +20,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import os
 import time
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 import torch
@@ -152,6 +153,38 @@ def sdpa(q, k, v, mask, scale=None, tag: str = "", cudnn_first: bool = True, cau
     raise RuntimeError("no attention backend accepted the inputs")
 
 
+class Parts(NamedTuple):
+    """A GEMM's output not yet reduced: S fp32 split-K partials (S, ..., N) and the bias (N):
+    the consumer (add_layernorm_parts) sums, biases and rounds them."""
+    parts: torch.Tensor
+    bias: torch.Tensor
+
+
+def splitk_policy(spec: Optional[str] = None) -> List[Tuple[int, int]]:
+    """The FFN down-projection's split-K rule, "rows:S,rows:S,...": a GEMM of at most `rows`
+    rows runs as S batched GEMMs over slices of K (2048 for the AISHELL shape) whose fp32
+    partials the following add + LayerNorm kernel reduces. Few rows leave most of the GPU idle
+    in one GEMM (at 1 x 10 s the (256 x 2048) x (2048 x 256) GEMM ran on 44 CTAs, 5 us).
+    $WENET_TRITON_SPLITK overrides the default; "0" or "" turns it off."""
+    spec = os.environ.get("WENET_TRITON_SPLITK", SPLITK_DEFAULT) if spec is None else spec
+    rules = []
+    for item in spec.replace(" ", "").split(","):
+        if not item or item == "0":
+            continue
+        rows, _, n = item.partition(":")
+        try:
+            rules.append((int(rows), int(n)))
+        except ValueError:
+            raise ValueError(f"WENET_TRITON_SPLITK: {spec!r} is not rows:S[,rows:S...] (e.g. 512:4,2048:2)")
+    return sorted(rules)
+
+
+# measured on an H200 (benchmarks/small_batch_ab.py, AISHELL FFN 2048 -> 256, fp16, in CUDA
+# graphs): GEMM + add_layernorm 7.9 -> 6.3 us at 256 rows (S=4), 8.2 -> 6.8 at 512 (S=4),
+# 9.2 -> 7.8 at 1024 (S=2); from 2048 rows one GEMM is faster
+SPLITK_DEFAULT = "512:4,1024:2"
+
+
 class FastModel:
     """Inference-only re-packing of an ASRModel's weights for the GPU."""
     def __init__(self, model: ASRModel, dtype: torch.dtype = torch.float16,
@@ -159,6 +192,8 @@ class FastModel:
         self.dtype, self.device = dtype, torch.device(device)
         self.kern = kernels.available() if use_kernels is None else use_kernels
         self.fused_silu = False  # the FFN's GEMM + bias + SiLU as one Triton kernel (opt-in)
+        # split-K FFN down-projection for few rows, 16-bit only (splitk_policy)
+        self.splitk = splitk_policy() if self.kern and dtype != torch.float32 else []
         # decoder attention: cuDNN first (graph-bucketed shapes) or memory-efficient first
         # (shapes that keep changing: cuDNN would plan each one); see sdpa()
         self.dec_cudnn = True
@@ -294,6 +329,10 @@ class FastModel:
         return F.layer_norm(x, (x.shape[-1],), p[0], p[1], p[2])
 
     def add_ln(self, x, delta, alpha, p):
+        if isinstance(delta, Parts):
+            if self.kern:
+                return kernels.add_layernorm_parts(x, delta.parts, delta.bias, alpha, p[0], p[1], p[2])
+            delta = kernels.ref_parts_delta(delta.parts, delta.bias, x.dtype)
         if self.kern:
             return kernels.add_layernorm(x, delta, alpha, p[0], p[1], p[2])
         s = x + alpha * delta if alpha != 1.0 else x + delta
@@ -301,12 +340,25 @@ class FastModel:
 
     def add_ln2(self, x, delta, alpha, p1, p2):
         """(z, LN2(z)) with z = LN1(x + alpha*delta): a layer's norm_final and the next norm."""
+        if isinstance(delta, Parts):
+            if self.kern:
+                return kernels.add_layernorm2_parts(x, delta.parts, delta.bias, alpha, p1[0], p1[1], p1[2],
+                                                    p2[0], p2[1], p2[2])
+            delta = kernels.ref_parts_delta(delta.parts, delta.bias, x.dtype)
         if self.kern:
             return kernels.add_layernorm2(x, delta, alpha, p1[0], p1[1], p1[2], p2[0], p2[1], p2[2])
         _, z = self.add_ln(x, delta, alpha, p1)
         return z, self.ln(z, p2)
 
-    def ffn(self, y, p):
+    def _split(self, rows: int, k: int) -> int:
+        for max_rows, n in self.splitk:
+            if rows <= max_rows:
+                return n if n > 1 and k % (8 * n) == 0 else 1
+        return 1
+
+    def ffn(self, y, p, defer: bool = False):
+        """The feed-forward module; defer=True (the caller reduces Parts: add_ln / add_ln2) lets
+        the down-projection of few rows run split-K (splitk_policy)."""
         w1, b1, w2, b2, act = p
         if act == "relu":  # the decoder's FFN (and relu encoders): ReLU in the GEMM's epilogue
             return F.linear(linear_relu(y, w1, b1), w2, b2)
@@ -314,6 +366,13 @@ class FastModel:
             return F.linear(triton_gemm.linear_silu(y, w1, b1), w2, b2)
         h = F.linear(y, w1, b1)
         h = F.silu(h) if act == "silu" else F.gelu(h) if act == "gelu" else torch.tanh(h)
+        n, k = w2.shape
+        S = self._split(h.numel() // k, k) if defer and self.splitk and kernels.parts_fit(y) else 1
+        if S > 1:  # (S, rows, K/S) x (S, K/S, N): strided views, no copies; fp32 partials
+            a = h.reshape(-1, S, k // S).transpose(0, 1)
+            b = w2.view(n, S, k // S).permute(1, 2, 0)
+            parts = torch.bmm(a, b, out_dtype=torch.float32) if h.is_cuda else torch.bmm(a.float(), b.float())
+            return Parts(parts.view(S, *y.shape[:-1], n), b2)
         return F.linear(h, w2, b2)
 
     def self_attn(self, y, p, pe_proj, mask, cudnn_first: bool = True, causal: bool = False):
@@ -382,7 +441,7 @@ class FastModel:
             nxt = self.layers[i + 1][0][0][1] if i + 1 < n else self.after_norm
             for j, (kind, _, p, scale) in enumerate(stages):
                 if kind == "ffn":
-                    out = self.ffn(y, p)
+                    out = self.ffn(y, p, defer=j + 1 < len(stages) or final is not None)
                 elif kind == "mha":
                     out = attn(i, y, p)
                 else:

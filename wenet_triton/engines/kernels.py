@@ -55,11 +55,13 @@ class _Lib:
         self.path = path
         lib = ctypes.CDLL(path)
         lib.wk_version.restype = ctypes.c_int
-        if lib.wk_version() != 7:  # first: an old build lacks the newer symbols
+        if lib.wk_version() != 8:  # first: an old build lacks the newer symbols
             raise OSError(f"{path} is an old build: run `wenet-triton build-plugins` again")
         P, I, F = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
         lib.wk_add_layernorm.argtypes = [P, P, P, P, F, P, P, I, I, F, I, P]
         lib.wk_add_layernorm2.argtypes = [P, P, P, P, F, P, P, F, P, P, F, I, I, I, P]
+        lib.wk_add_layernorm_parts.argtypes = [P, P, P, P, I, P, F, P, P, I, I, F, I, P]
+        lib.wk_add_layernorm2_parts.argtypes = [P, P, P, P, I, P, F, P, P, F, P, P, F, I, I, I, P]
         lib.wk_glu_dwconv.argtypes = [P, P, P, P, P, P, P, P, I, I, I, I, I, F, I, P]
         lib.wk_log_softmax_topk.argtypes = [P, P, P, P, I, I, I, I, I, P]
         lib.wk_log_softmax_gather.argtypes = [P, P, P, P, I, I, I, I, I, P]
@@ -71,7 +73,8 @@ class _Lib:
         D = ctypes.c_double
         lib.wk_ctc_search.argtypes = [P, P, P, I, I, I, I, I, I, P, P, P, P, P, P, I, D, D, P, P, P]
         for f in (lib.wk_add_layernorm, lib.wk_add_layernorm2, lib.wk_glu_dwconv, lib.wk_log_softmax_topk,
-                  lib.wk_log_softmax_gather, lib.wk_attention, lib.wk_ctc_search, lib.wk_pack_rel_keys):
+                  lib.wk_log_softmax_gather, lib.wk_attention, lib.wk_ctc_search, lib.wk_pack_rel_keys,
+                  lib.wk_add_layernorm_parts, lib.wk_add_layernorm2_parts):
             f.restype = ctypes.c_int
         self.lib = lib
 
@@ -160,6 +163,57 @@ def add_layernorm2(x: torch.Tensor, delta: torch.Tensor, alpha: float, gamma1: t
 @add_layernorm2.register_fake
 def _(x, delta, alpha, gamma1, beta1, eps1, gamma2, beta2, eps2):
     return torch.empty_like(x), torch.empty_like(x)
+
+
+def parts_fit(x: torch.Tensor) -> bool:
+    """Whether add_layernorm_parts / add_layernorm2_parts take rows like x (16-bit or fp32
+    rows of a multiple of 8 columns, at most 1,024 (fp16/bf16) or 512 (fp32))."""
+    cols = x.shape[-1]
+    return cols % 8 == 0 and cols * x.element_size() <= 2048
+
+
+@torch.library.custom_op("wenet::add_layernorm_parts", mutates_args=())
+def add_layernorm_parts(x: torch.Tensor, parts: torch.Tensor, bias: torch.Tensor, alpha: float,
+                        gamma: torch.Tensor, beta: torch.Tensor, eps: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """add_layernorm with delta = (sum of parts (S, *x.shape) in fp32 + bias) rounded to x's
+    dtype: a GEMM's split-K partials reduced in the kernel that consumes its output."""
+    x, parts = x.contiguous(), parts.contiguous()
+    cols = x.shape[-1]
+    s, y = torch.empty_like(x), torch.empty_like(x)
+    _check(load().lib.wk_add_layernorm_parts(
+        _ptr(s), _ptr(y), _ptr(x), _ptr(parts), parts.shape[0], _ptr(bias), alpha, _ptr(gamma),
+        _ptr(beta), x.numel() // cols, cols, eps, _DTYPES[x.dtype], _stream()), "wk_add_layernorm_parts")
+    return s, y
+
+
+@add_layernorm_parts.register_fake
+def _(x, parts, bias, alpha, gamma, beta, eps):
+    return torch.empty_like(x), torch.empty_like(x)
+
+
+@torch.library.custom_op("wenet::add_layernorm2_parts", mutates_args=())
+def add_layernorm2_parts(x: torch.Tensor, parts: torch.Tensor, bias: torch.Tensor, alpha: float,
+                         gamma1: torch.Tensor, beta1: torch.Tensor, eps1: float, gamma2: torch.Tensor,
+                         beta2: torch.Tensor, eps2: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """add_layernorm2 with delta given as split-K partials + bias (see add_layernorm_parts)."""
+    x, parts = x.contiguous(), parts.contiguous()
+    cols = x.shape[-1]
+    z, y = torch.empty_like(x), torch.empty_like(x)
+    _check(load().lib.wk_add_layernorm2_parts(
+        _ptr(z), _ptr(y), _ptr(x), _ptr(parts), parts.shape[0], _ptr(bias), alpha, _ptr(gamma1),
+        _ptr(beta1), eps1, _ptr(gamma2), _ptr(beta2), eps2, x.numel() // cols, cols, _DTYPES[x.dtype],
+        _stream()), "wk_add_layernorm2_parts")
+    return z, y
+
+
+@add_layernorm2_parts.register_fake
+def _(x, parts, bias, alpha, gamma1, beta1, eps1, gamma2, beta2, eps2):
+    return torch.empty_like(x), torch.empty_like(x)
+
+
+def ref_parts_delta(parts: torch.Tensor, bias: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The GEMM output the partials stand for: their fp32 sum + bias, rounded to dtype."""
+    return (parts.float().sum(0) + bias.float()).to(dtype)
 
 
 @torch.library.custom_op("wenet::layernorm", mutates_args=())
