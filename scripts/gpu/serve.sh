@@ -3,7 +3,8 @@
 # one pass per batch, fbank + encoder + GPU search + decoder in the `fused` model; the ensemble:
 # SERVING_CONFIG=configs/serving_gpu_ensemble.yaml), accuracy against the CPU pipeline, the
 # tritonclient concurrency sweep (CSV + plot + per-model queue/compute), perf_analyzer
-# concurrency and batch sweeps, a distributed headless locust run. Results in $OUT.
+# concurrency and batch sweeps (with the cores each process group used: benchmarks/proc_cpu.py),
+# a distributed headless locust run. Results in $OUT.
 #
 #   scripts/gpu/serve.sh [all]             # start accuracy sweep pa locust stop
 #   scripts/gpu/serve.sh start sweep       # any steps, in order; the server stays up
@@ -106,10 +107,15 @@ pa() {  # perf_analyzer: concurrency sweep per length (one utterance per request
   # Triton's C++ client shares one channel among 6 clients by default: 16 threads = 3 connections,
   # too few for 4 guard workers; one connection per client instead
   export TRITON_CLIENT_GRPC_CHANNEL_MAX_SHARE_COUNT=${PA_CHANNEL_SHARE:-1}
+  local sampler
   for sec in $secs; do
+    # where the host's cores go meanwhile (per process group, every 2 s): cpu_<sec>s.csv
+    (cd "$root" && exec python3 -m benchmarks.proc_cpu --out "$OUT/cpu_${sec}s.csv" > "$OUT/cpu_${sec}s.txt") &
+    sampler=$!
     timeout 300 "$PA" "${opts[@]}" --input-data "$WORK/pa/wav_${sec}s.json" --shape "WAV:$((sec * 16000))" \
       --concurrency-range "${PA_CONC:-64:256:64}" -f "$OUT/perf_analyzer_${sec}s.csv" >> "$OUT/perf_analyzer.log" 2>&1
     echo "perf_analyzer ${sec} s rc=$?"
+    kill -INT "$sampler"; wait "$sampler"; cat "$OUT/cpu_${sec}s.txt"
   done
   for b in ${PA_BATCHES:-1 4 16}; do
     timeout 90 "$PA" "${opts[@]}" --input-data "$WORK/pa/wav_5s.json" --shape WAV:80000 -b "$b" \

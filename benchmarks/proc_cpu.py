@@ -1,0 +1,111 @@
+"""Where a host's cores go while a load runs: samples every process's CPU time (Linux /proc)
+every `--interval` seconds and writes, per interval, the cores each group of processes used
+(tritonserver, its python-backend stubs, `serve`'s checking front workers, the supervisor,
+perf_analyzer, load clients, the MPS daemon, the rest) and the host's busy cores.
+
+    python3 -m benchmarks.proc_cpu --out cpu.csv --interval 2 &   # scripts/gpu/serve.sh pa does this
+    ... run the load ...
+    kill -INT %1        # or --duration SECONDS; a summary is printed at the end
+
+The summary is the mean per group over the intervals where the host was at least half as busy
+as its busiest interval (the load's plateau), so a run's idle start and end do not dilute it."""
+import argparse
+import csv
+import os
+import signal
+import time
+from typing import Dict, Tuple
+
+TICK = os.sysconf("SC_CLK_TCK")
+GROUPS = ("tritonserver", "python-backend stubs", "checking front", "serve supervisor",
+          "perf_analyzer", "load clients", "mps daemon", "other")
+
+
+def group_of(cmdline: str) -> str:
+    argv0 = os.path.basename(cmdline.split("\0", 1)[0])
+    if "triton_python_backend_stub" in argv0:
+        return "python-backend stubs"
+    if argv0 == "tritonserver":
+        return "tritonserver"
+    if "perf_analyzer" in argv0:
+        return "perf_analyzer"
+    if "nvidia-cuda-mps" in argv0:
+        return "mps daemon"
+    if "wenet_triton.serving.guard" in cmdline:
+        return "checking front"
+    if "\0serve\0" in cmdline + "\0" and "wenet" in cmdline:
+        return "serve supervisor"
+    if "loadtest" in cmdline or "locust" in cmdline:
+        return "load clients"
+    return "other"
+
+
+def snapshot() -> Dict[int, Tuple[str, float]]:
+    """pid -> (group, CPU seconds so far, all threads)."""
+    out = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                stat = f.read()
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                cmd = f.read().decode(errors="replace")
+        except OSError:  # gone meanwhile
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        out[int(name)] = (group_of(cmd), (int(fields[11]) + int(fields[12])) / TICK)
+    return out
+
+
+def host_busy() -> Tuple[float, float]:
+    """(busy, total) CPU seconds of the host so far (/proc/stat)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    idle = v[3] + (v[4] if len(v) > 4 else 0)
+    return (sum(v) - idle) / TICK, sum(v) / TICK
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, help="CSV: t, then the cores of each group and of the host")
+    p.add_argument("--interval", type=float, default=2.0)
+    p.add_argument("--duration", type=float, default=0, help="stop after this many seconds (0: at SIGINT/SIGTERM)")
+    a = p.parse_args(argv)
+    stop = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.append(1))
+    t0 = time.monotonic()
+    prev, prev_host, prev_t = snapshot(), host_busy(), t0
+    rows = []
+    with open(a.out, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["t_s", *GROUPS, "host_busy"])
+        while not stop and (a.duration <= 0 or time.monotonic() - t0 < a.duration):
+            time.sleep(a.interval)
+            cur, cur_host, t = snapshot(), host_busy(), time.monotonic()
+            dt = t - prev_t
+            used = dict.fromkeys(GROUPS, 0.0)
+            for pid, (grp, cpu) in cur.items():
+                before = prev.get(pid)  # none: born in this interval, all its CPU time is from it
+                used[grp] += cpu - before[1] if before and before[0] == grp else cpu
+            busy = (cur_host[0] - prev_host[0]) / dt
+            row = [round(t - t0, 1), *(round(used[g] / dt, 2) for g in GROUPS), round(busy, 2)]
+            w.writerow(row)
+            f.flush()
+            rows.append(row)
+            prev, prev_host, prev_t = cur, cur_host, t
+    if not rows:
+        return 0
+    peak = max(r[-1] for r in rows)
+    plateau = [r for r in rows if r[-1] >= peak / 2] or rows
+    means = [sum(r[i + 1] for r in plateau) / len(plateau) for i in range(len(GROUPS) + 1)]
+    print(f"cores used, mean over {len(plateau)} of {len(rows)} intervals of {a.interval:g} s "
+          f"(host at >= half its peak of {peak:.1f} busy cores of {os.cpu_count()}):")
+    for g, m in zip((*GROUPS, "host busy"), means):
+        print(f"  {g:<22} {m:6.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
