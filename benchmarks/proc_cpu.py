@@ -6,13 +6,16 @@ perf_analyzer, load clients, the MPS daemon, the rest) and the host's busy cores
     python3 -m benchmarks.proc_cpu --out cpu.csv --interval 2 &   # scripts/gpu/serve.sh pa does this
     ... run the load ...
     kill -INT %1        # or --duration SECONDS; a summary is printed at the end
+    python3 -m benchmarks.proc_cpu plot --out cores.png "4 front workers=cpu_a.csv" "6=cpu_b.csv"
 
 The summary is the mean per group over the intervals where the host was at least half as busy
-as its busiest interval (the load's plateau), so a run's idle start and end do not dilute it."""
+as its busiest interval (the load's plateau), so a run's idle start and end do not dilute it.
+`plot` draws those means of several runs as stacked bars (one per LABEL=CSV)."""
 import argparse
 import csv
 import os
 import signal
+import sys
 import time
 from typing import Dict, Tuple
 
@@ -22,6 +25,9 @@ GROUPS = ("tritonserver", "python-backend stubs", "checking front", "serve super
 
 
 def group_of(cmdline: str) -> str:
+    """The group of a process by its command line ("" for none: a zombie or a kernel thread)."""
+    if not cmdline:
+        return ""
     argv0 = os.path.basename(cmdline.split("\0", 1)[0])
     if "triton_python_backend_stub" in argv0:
         return "python-backend stubs"
@@ -67,6 +73,9 @@ def host_busy() -> Tuple[float, float]:
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["plot"]:
+        return plot(argv[1:])
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="CSV: t, then the cores of each group and of the host")
     p.add_argument("--interval", type=float, default=2.0)
@@ -88,7 +97,11 @@ def main(argv=None):
             used = dict.fromkeys(GROUPS, 0.0)
             for pid, (grp, cpu) in cur.items():
                 before = prev.get(pid)  # none: born in this interval, all its CPU time is from it
-                used[grp] += cpu - before[1] if before and before[0] == grp else cpu
+                if before is None:
+                    used[grp or "other"] += cpu
+                else:  # an exited process not yet reaped has no command line: its group stays
+                    used[grp or before[0] or "other"] += cpu - before[1]
+                    cur[pid] = (grp or before[0], cpu)
             busy = (cur_host[0] - prev_host[0]) / dt
             row = [round(t - t0, 1), *(round(used[g] / dt, 2) for g in GROUPS), round(busy, 2)]
             w.writerow(row)
@@ -97,13 +110,56 @@ def main(argv=None):
             prev, prev_host, prev_t = cur, cur_host, t
     if not rows:
         return 0
+    means, n, peak = summarize(rows)
+    print(f"cores used, mean over {n} of {len(rows)} intervals of {a.interval:g} s "
+          f"(host at >= half its peak of {peak:.1f} busy cores of {os.cpu_count()}):")
+    for g, m in means.items():
+        print(f"  {g:<22} {m:6.2f}")
+    return 0
+
+
+def summarize(rows) -> Tuple[Dict[str, float], int, float]:
+    """Rows as written (t, groups..., host busy) -> (mean cores per group and "host busy" over
+    the plateau, its number of intervals, the peak host busy)."""
     peak = max(r[-1] for r in rows)
     plateau = [r for r in rows if r[-1] >= peak / 2] or rows
-    means = [sum(r[i + 1] for r in plateau) / len(plateau) for i in range(len(GROUPS) + 1)]
-    print(f"cores used, mean over {len(plateau)} of {len(rows)} intervals of {a.interval:g} s "
-          f"(host at >= half its peak of {peak:.1f} busy cores of {os.cpu_count()}):")
-    for g, m in zip((*GROUPS, "host busy"), means):
-        print(f"  {g:<22} {m:6.2f}")
+    means = {g: sum(r[i + 1] for r in plateau) / len(plateau) for i, g in enumerate((*GROUPS, "host busy"))}
+    return means, len(plateau), peak
+
+
+def read_rows(path: str):
+    with open(path) as f:
+        return [[float(x) for x in r] for r in list(csv.reader(f))[1:] if r]
+
+
+def plot(argv) -> int:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    p = argparse.ArgumentParser(prog="proc_cpu plot", description="stacked bars of the cores per group")
+    p.add_argument("--out", required=True)
+    p.add_argument("--title", default="cores used during the load (plateau mean)")
+    p.add_argument("runs", nargs="+", help="LABEL=CSV written by proc_cpu")
+    a = p.parse_args(argv)
+    runs = [(label, summarize(read_rows(path))[0]) for label, path in (r.split("=", 1) for r in a.runs)]
+    fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(runs), 4.2))
+    bottom = [0.0] * len(runs)
+    for g in GROUPS:
+        vals = [m[g] for _, m in runs]
+        if max(vals) < 0.05:
+            continue
+        ax.bar(range(len(runs)), vals, bottom=bottom, label=g)
+        bottom = [b + v for b, v in zip(bottom, vals)]
+    for i, (_, m) in enumerate(runs):
+        ax.text(i, bottom[i] + 0.1, f"{m['host busy']:.1f} busy", ha="center", fontsize=8)
+    ax.set_xticks(range(len(runs)), [label for label, _ in runs], fontsize=8)
+    ax.set_ylabel("cores")
+    ax.set_title(a.title, fontsize=9)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    fig.savefig(a.out, dpi=120)
+    print(f"wrote {a.out}")
     return 0
 
 

@@ -3,7 +3,8 @@ the engine's graphs): the FFN down-projection + residual add + LayerNorm as one 
 add_layernorm kernel against split-K (S batched GEMMs over slices of K with fp32 partials,
 reduced by add_layernorm_parts), and the rel-pos attention call on each SDPA backend.
 
-    python3 -m benchmarks.small_batch_ab --out small_batch.csv
+    python3 -m benchmarks.small_batch_ab --out small_batch.csv --plot small_batch.png
+    python3 -m benchmarks.small_batch_ab --from-csv small_batch.csv --plot small_batch.png   # redraw, no GPU
 
 Shapes: the AISHELL encoder (d 256, FFN 2048, 4 heads; rel-pos: query/key head dim 128,
 value 64), rows = batch x frames (a 10 s utterance is 250 frames, bucketed to 256). Prints a
@@ -93,6 +94,29 @@ def attention(batch: int, frames: int, reps: int, rounds: int, heads: int = 4, d
     return out
 
 
+def plot(results, path: str, title: str = ""):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, piece in zip(axes, ("ffn_down+add_ln", "rel_pos_attention")):
+        for v in sorted({v for p_, v, _, _ in results if p_ == piece}):
+            pts = sorted((r, us) for p_, v2, r, us in results if p_ == piece and v2 == v)
+            ax.plot([r for r, _ in pts], [us for _, us in pts], marker="o", label=v)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("rows (batch x frames)")
+        ax.set_ylabel("us per call (in a CUDA graph)")
+        ax.set_title({"ffn_down+add_ln": "FFN down-projection + add + LayerNorm: one GEMM (S=1) or split-K",
+                      "rel_pos_attention": "rel-pos attention (256 frames a batch row)"}[piece], fontsize=8)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="small_batch.csv")
@@ -101,7 +125,14 @@ def main(argv=None):
     p.add_argument("--batches", default="1,2,4,8,16,64", help="attention batches of 256 frames")
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--rounds", type=int, default=15)
+    p.add_argument("--plot", help="PNG of the results")
+    p.add_argument("--from-csv", help="redraw --plot from an earlier --out CSV (no GPU)")
     a = p.parse_args(argv)
+    if a.from_csv:
+        with open(a.from_csv) as f:
+            rows = [(r["piece"], r["variant"], int(r["rows"]), float(r["us_per_call"])) for r in csv.DictReader(f)]
+        plot(rows, a.plot or a.from_csv.replace(".csv", ".png"), "one NVIDIA H200, fp16, AISHELL shape")
+        return
     kernels.load()
     rows_list = [int(r) for r in a.rows.split(",")]
     splits = [int(s) for s in a.splits.split(",")]
@@ -114,6 +145,8 @@ def main(argv=None):
         w = csv.writer(f)
         w.writerow(["piece", "variant", "rows", "us_per_call"])
         w.writerows((p_, v, r, f"{us:.2f}") for p_, v, r, us in results)
+    if a.plot:
+        plot(results, a.plot, f"{torch.cuda.get_device_name()}, fp16, AISHELL shape")
     print(f"{torch.cuda.get_device_name()}; microseconds per call inside a CUDA graph")
     for p_, v, r, us in results:
         print(f"{p_:<20} {v:<22} rows {r:>6}  {us:8.2f} us")

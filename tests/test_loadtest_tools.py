@@ -45,3 +45,33 @@ def test_perf_analyzer_plot(tmp_path):
     assert [r["Concurrency"] for r in plot_perf_analyzer.read(str(path))] == ["64", "128"]
     plot_perf_analyzer.main([str(path), "--out", str(tmp_path / "pa.png")])
     assert os.path.getsize(tmp_path / "pa.png") > 10_000
+
+
+def test_proc_cpu_counts_a_busy_process_in_its_group_and_plots(tmp_path):
+    """benchmarks/proc_cpu.py: a process named perf_analyzer spinning one core shows up as
+    ~one core of that group (not of "other", also in the interval it exits in), and `plot`
+    draws the runs."""
+    import subprocess
+
+    from benchmarks import proc_cpu
+
+    spin = "import time\nt = time.time()\nwhile time.time() - t < 2.5: pass\n"
+    busy = subprocess.Popen(["bash", "-c", f'exec -a perf_analyzer {sys.executable} -c "{spin}"'])
+    try:
+        out = tmp_path / "cpu.csv"
+        proc_cpu.main(["--out", str(out), "--interval", "0.5", "--duration", "3.5"])
+    finally:
+        busy.kill()
+        busy.wait()
+    rows = proc_cpu.read_rows(str(out))
+    col = 1 + proc_cpu.GROUPS.index("perf_analyzer")
+    other = 1 + proc_cpu.GROUPS.index("other")
+    assert max(r[col] for r in rows) >= 0.6, rows
+    assert sum(r[col] for r in rows) * 0.5 >= 1.5  # ~2.5 core-seconds spun, in 0.5 s intervals
+    assert max(r[other] for r in rows) < 1.5, rows  # its exit is not booked to "other"
+    assert all(r[-1] <= os.cpu_count() + 0.5 for r in rows)
+    means, n, _ = proc_cpu.summarize(rows)
+    assert means["perf_analyzer"] > 0.4 and n >= 1
+    png = tmp_path / "cores.png"
+    assert proc_cpu.main(["plot", "--out", str(png), f"a={out}", f"b={out}"]) == 0
+    assert png.stat().st_size > 5000
