@@ -86,13 +86,12 @@ def _seq_delta(parts, bias, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("S,rows,cols", [(2, 1, 256), (4, 7, 256), (4, 256, 256), (8, 333, 512),
-                                         (2, 64 * 333, 256), (3, 5, 80)])
+                                         (2, 64 * 333, 256), (3, 5, 80), (2, 3, 1000)])
 def test_add_layernorm_parts_equals_reduced_delta(dtype, S, rows, cols):
     """Split-K partials reduced inside add + LayerNorm: bit for bit add_layernorm /
     add_layernorm2 on the delta the partials stand for (summed in order, biased, rounded),
-    and near the fp32 math."""
-    if not kernels.parts_fit(torch.empty(1, cols, dtype=dtype)):
-        pytest.skip("rows too wide for the vector kernel in this dtype")
+    and near the fp32 math; rows the vector kernel cannot take (unaligned, or 1,000 fp32
+    columns) give the same through the reduce-then-add_layernorm fallback."""
     g = torch.Generator(device="cuda").manual_seed(rows * S + cols)
     x = torch.randn(rows, cols, device="cuda", generator=g).to(dtype) * 3
     parts = torch.randn(S, rows, cols, device="cuda", generator=g) / S
@@ -108,10 +107,12 @@ def test_add_layernorm_parts_equals_reduced_delta(dtype, S, rows, cols):
     assert torch.equal(z, z2) and torch.equal(w, w2)
     rs, ry = kernels.ref_add_layernorm(x, kernels.ref_parts_delta(parts, bias, dtype), 0.5, g1, b1, 1e-5)
     assert rel_err(s, rs) <= TOL[dtype] and rel_err(y, ry) <= TOL[dtype]
-    # rows the vector kernel cannot take are refused with an error, not computed wrong
+    # rows the vector kernel cannot take (not 16-byte aligned): reduced first, the same result
     xo = torch.cat([x.new_zeros(1), x.flatten()])[1:].view(rows, cols)
-    with pytest.raises(RuntimeError, match="wk_add_layernorm_parts"):
-        kernels.add_layernorm_parts(xo, parts, bias, 0.5, g1, b1, 1e-5)
+    so, yo = kernels.add_layernorm_parts(xo, parts, bias, 0.5, g1, b1, 1e-5)
+    assert torch.equal(so, s2) and torch.equal(yo, y2)
+    zo, wo = kernels.add_layernorm2_parts(xo, parts, bias, 0.5, g1, b1, 1e-5, g2, b2, 1e-12)
+    assert torch.equal(zo, z2) and torch.equal(wo, w2)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

@@ -172,12 +172,22 @@ def parts_fit(x: torch.Tensor) -> bool:
     return cols % 8 == 0 and cols * x.element_size() <= 2048
 
 
+def _parts_kernel_takes(x, parts, *others) -> bool:
+    """The vector kernel's conditions: rows parts_fit() takes, fp32 partials, 16-byte aligned
+    pointers (a view into the middle of a tensor may not be)."""
+    return (parts_fit(x) and parts.dtype == torch.float32
+            and all(t.data_ptr() % 16 == 0 for t in (x, parts, *others)))
+
+
 @torch.library.custom_op("wenet::add_layernorm_parts", mutates_args=())
 def add_layernorm_parts(x: torch.Tensor, parts: torch.Tensor, bias: torch.Tensor, alpha: float,
                         gamma: torch.Tensor, beta: torch.Tensor, eps: float) -> Tuple[torch.Tensor, torch.Tensor]:
     """add_layernorm with delta = (sum of parts (S, *x.shape) in fp32 + bias) rounded to x's
-    dtype: a GEMM's split-K partials reduced in the kernel that consumes its output."""
+    dtype: a GEMM's split-K partials reduced in the kernel that consumes its output. Rows the
+    vector kernel does not take (unaligned, too wide) are reduced first, then add_layernorm."""
     x, parts = x.contiguous(), parts.contiguous()
+    if not _parts_kernel_takes(x, parts, bias, gamma, beta):  # reduce here, then the plain kernel
+        return add_layernorm(x, ref_parts_delta(parts, bias, x.dtype), alpha, gamma, beta, eps)
     cols = x.shape[-1]
     s, y = torch.empty_like(x), torch.empty_like(x)
     _check(load().lib.wk_add_layernorm_parts(
@@ -197,6 +207,9 @@ def add_layernorm2_parts(x: torch.Tensor, parts: torch.Tensor, bias: torch.Tenso
                          beta2: torch.Tensor, eps2: float) -> Tuple[torch.Tensor, torch.Tensor]:
     """add_layernorm2 with delta given as split-K partials + bias (see add_layernorm_parts)."""
     x, parts = x.contiguous(), parts.contiguous()
+    if not _parts_kernel_takes(x, parts, bias, gamma1, beta1, gamma2, beta2):
+        return add_layernorm2(x, ref_parts_delta(parts, bias, x.dtype), alpha, gamma1, beta1, eps1,
+                              gamma2, beta2, eps2)
     cols = x.shape[-1]
     z, y = torch.empty_like(x), torch.empty_like(x)
     _check(load().lib.wk_add_layernorm2_parts(
@@ -212,8 +225,12 @@ def _(x, parts, bias, alpha, gamma1, beta1, eps1, gamma2, beta2, eps2):
 
 
 def ref_parts_delta(parts: torch.Tensor, bias: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """The GEMM output the partials stand for: their fp32 sum + bias, rounded to dtype."""
-    return (parts.float().sum(0) + bias.float()).to(dtype)
+    """The GEMM output the partials stand for: their fp32 sum (in order, as the kernel adds
+    them) + bias, rounded to dtype."""
+    d = parts[0].float()
+    for s in range(1, parts.shape[0]):
+        d = d + parts[s].float()
+    return (d + bias.float()).to(dtype)
 
 
 @torch.library.custom_op("wenet::layernorm", mutates_args=())
