@@ -107,12 +107,15 @@ def test_add_layernorm_parts_equals_reduced_delta(dtype, S, rows, cols):
     assert torch.equal(z, z2) and torch.equal(w, w2)
     rs, ry = kernels.ref_add_layernorm(x, kernels.ref_parts_delta(parts, bias, dtype), 0.5, g1, b1, 1e-5)
     assert rel_err(s, rs) <= TOL[dtype] and rel_err(y, ry) <= TOL[dtype]
-    # rows the vector kernel cannot take (not 16-byte aligned): reduced first, the same result
+    # rows the vector kernel cannot take (not 16-byte aligned): reduced first, then the plain
+    # warp kernel: the same sums, LayerNorm statistics in its own order (close, not bit-equal)
     xo = torch.cat([x.new_zeros(1), x.flatten()])[1:].view(rows, cols)
     so, yo = kernels.add_layernorm_parts(xo, parts, bias, 0.5, g1, b1, 1e-5)
-    assert torch.equal(so, s2) and torch.equal(yo, y2)
+    assert torch.equal(so, s2) and rel_err(yo, ry) <= TOL[dtype]
     zo, wo = kernels.add_layernorm2_parts(xo, parts, bias, 0.5, g1, b1, 1e-5, g2, b2, 1e-12)
-    assert torch.equal(zo, z2) and torch.equal(wo, w2)
+    _, rz = kernels.ref_add_layernorm(x, delta, 0.5, g1, b1, 1e-5)
+    assert rel_err(zo, rz) <= TOL[dtype] and torch.isfinite(wo).all()
+    assert rel_err(wo, kernels.ref_add_layernorm(rz, torch.zeros_like(rz), 0, g2, b2, 1e-12)[1]) <= TOL[dtype]
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
