@@ -83,20 +83,9 @@ def backend_main(port: int, unix: str = ""):
                "ServerLive": service_pb2.ServerLiveResponse(live=True).SerializeToString(),
                "ModelReady": service_pb2.ModelReadyResponse(ready=True).SerializeToString()}
 
-    from wenet_triton.serving.guard import split_raw_contents
-
     async def stream_call(requests, _ctx):
-        async for raw in requests:  # the reply carries the request's id, as Triton's does
-            req = service_pb2.ModelInferRequest()
-            split = split_raw_contents(raw)
-            req.ParseFromString(raw if split is None else split[0])
-            if req.id == "bench":
-                yield stream_reply
-            else:
-                reply = service_pb2.ModelStreamInferResponse()
-                reply.infer_response.CopyFrom(resp)
-                reply.infer_response.id = req.id
-                yield reply.SerializeToString()
+        async for _raw in requests:
+            yield stream_reply
 
     class Handler(grpc.GenericRpcHandler):
         def service(self, details):
@@ -308,9 +297,6 @@ def main(argv=None):
                         "also listens on: --grpc-address=unix:PATH), or tcp,unix")
     p.add_argument("--transport", choices=["unary", "stream"], default="unary",
                    help="one ModelInfer call per request, or messages on open ModelStreamInfer streams")
-    p.add_argument("--streams", default="",
-                   help="BackendStreams per front process to compare, e.g. 0,4 (0: a unary call to the "
-                        "backend per request); default: WENET_TRITON_GUARD_STREAMS or the front's default")
     p.add_argument("--repeat", type=int, default=1, help="rounds over the fronts (medians printed)")
     p.add_argument("--out", help="CSV (appended)")
     p.add_argument("--profile", help="directory for cProfile dumps of the front process(es)")
@@ -341,30 +327,24 @@ def main(argv=None):
     backend = _spawn(["backend", "--port", str(bport), "--unix", unix])
     urls = {"tcp": f"127.0.0.1:{bport}", "unix": unix}
     legs = [x.strip() for x in a.legs.split(",")]
-    streams_list = [x.strip() for x in a.streams.split(",")] if a.streams else [""]
     rows = []
     try:
         for rep in range(a.repeat):  # the fronts in turn, so that a noisy spell hits all alike
             for front in a.fronts.split(","):
                 for leg in legs if front.strip() != "direct" else legs[:1]:
-                    for streams in streams_list if front.strip() != "direct" else streams_list[:1]:
-                        if streams != "":
-                            os.environ["WENET_TRITON_GUARD_STREAMS"] = streams  # fronts inherit it
-                        row = dict(measure(front.strip(), a, urls[leg], backend.pid), leg=leg,
-                                   streams=streams, repeat=rep)
-                        print(json.dumps(row), flush=True)
-                        rows.append(row)
+                    row = dict(measure(front.strip(), a, urls[leg], backend.pid), leg=leg, repeat=rep)
+                    print(json.dumps(row), flush=True)
+                    rows.append(row)
     finally:
         _stop(backend)
         shutil.rmtree(sockdir, ignore_errors=True)
-    for front, leg, streams in [(f.strip(), g, n) for f in a.fronts.split(",") for g in legs
-                                for n in streams_list]:
-        mine = [r for r in rows if r["front"] == front and r["leg"] == leg and r["streams"] == streams]
+    for front, leg in [(f.strip(), g) for f in a.fronts.split(",") for g in legs]:
+        mine = [r for r in rows if r["front"] == front and r["leg"] == leg]
         if not mine:
             continue
         med = {k: float(np.median([r[k] for r in mine if r[k] is not None] or [np.nan]))
                for k in ("infer_per_s", "p99_ms", "front_cpu_us_per_req", "backend_cpu_us_per_req")}
-        print(f"{front:>8} {leg:>4} streams={streams or '-'} {a.transport} {a.label}: median of {len(mine)}: "
+        print(f"{front:>8} {leg:>4} {a.transport} {a.label}: median of {len(mine)}: "
               f"{med['infer_per_s']:.0f} infer/s, p99 {med['p99_ms']:.1f} ms, "
               f"front {med['front_cpu_us_per_req']:.0f} us CPU/request, "
               f"backend {med['backend_cpu_us_per_req']:.0f}", flush=True)

@@ -53,7 +53,6 @@ CONTENTS_FIELD = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int
                   "BYTES": "bytes_contents"}
 AUDIO_MODELS = ("attention_rescoring", "feature_extractor", "encoder")
 STREAM_MODEL = "streaming"  # one chunk of one stream per request (sequence batching)
-DEFAULT_STREAMS = 0  # BackendStreams per guard worker (WENET_TRITON_GUARD_STREAMS)
 
 
 @dataclass
@@ -227,10 +226,9 @@ def check_infer_request(req, limits: Limits, raw_sizes: Optional[List[int]] = No
                            f"output '{o.name}': shared-memory outputs are not served here{rid}")
 
 
-def check_serialized_request(raw: bytes, limits: Limits):
+def check_serialized_request(raw: bytes, limits: Limits) -> None:
     """check_infer_request on a ModelInferRequest as it came over the wire; a request that
-    does not parse is INVALID_ARGUMENT. Its raw contents are not copied (split_raw_contents).
-    -> the parsed request (without its raw contents when they could be split off)."""
+    does not parse is INVALID_ARGUMENT. Its raw contents are not copied (split_raw_contents)."""
     req = service_pb2.ModelInferRequest()
     split = split_raw_contents(raw)
     try:
@@ -238,151 +236,6 @@ def check_serialized_request(raw: bytes, limits: Limits):
     except Exception as e:  # noqa: BLE001 - malformed protobuf
         raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {e}") from e
     check_infer_request(req, limits, None if split is None else split[1])
-    return req
-
-
-SEQUENCE_PARAMETERS = ("sequence_id", "sequence_start", "sequence_end")
-
-
-def _length_delimited(buf: bytes):
-    """(field, start, end) of each length-delimited top-level field of a protobuf message
-    (others skipped); ValueError/IndexError on a malformed one."""
-    n, i = len(buf), 0
-    while i < n:
-        key = buf[i]
-        i += 1
-        if key >= 0x80:
-            key, i = _varint(buf, i, key)
-        field, wire = key >> 3, key & 7
-        if wire == 2:
-            length = buf[i]
-            i += 1
-            if length >= 0x80:
-                length, i = _varint(buf, i, length)
-            if i + length > n:
-                raise ValueError("truncated field")
-            yield field, i, i + length
-            i += length
-        elif wire == 0:
-            while buf[i] >= 0x80:
-                i += 1
-            i += 1
-        elif wire == 1:
-            i += 8
-        elif wire == 5:
-            i += 4
-        else:
-            raise ValueError(f"wire type {wire}")
-
-
-def _string_field(field: int, value: bytes) -> bytes:
-    """One length-delimited field on the wire. Appended to a message it replaces an earlier
-    value of that (non-repeated) field: protobuf keeps the last."""
-    out = bytearray([field << 3 | 2])
-    n = len(value)
-    while n >= 0x80:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out) + value
-
-
-class BackendStreams:
-    """Unary ModelInfer calls to tritonserver sent as messages on a few long-lived
-    ModelStreamInfer streams of one channel, instead of a gRPC call each: a call costs the
-    front (and tritonserver) its HTTP/2 stream, headers and call objects, a message on an open
-    stream only its bytes. Each request gets an id of its own on the way in (appended to its
-    bytes: protobuf keeps the last id), the reply is matched by it and leaves with the
-    client's id again. A reply with an error (the stream carries only a message, not a status
-    code) is answered by sending the request once more as a unary call, whose status and
-    message the client then gets as before; errors are the rare case (refused requests).
-    A stream that breaks fails the requests waiting on it with UNAVAILABLE (tritonserver went
-    away) and the next request opens a new one."""
-
-    def __init__(self, channel, streams: int):
-        self._open = channel.stream_stream(SERVICE + "ModelStreamInfer")
-        self.calls: List[Optional[object]] = [None] * streams
-        self.locks = [asyncio.Lock() for _ in range(streams)]
-        self.waiting: Dict[bytes, Tuple[asyncio.Future, int]] = {}
-        self.seq = 0
-        self.replayed = 0  # answered with an error, sent again as a unary call
-
-    def _call(self, k: int):
-        call = self.calls[k]
-        if call is None:
-            call = self.calls[k] = self._open()
-            asyncio.ensure_future(self._replies(k, call))
-        return call
-
-    async def _replies(self, k: int, call):
-        error: Optional[BaseException] = None
-        try:
-            while True:
-                msg = await call.read()
-                if msg is grpc.aio.EOF:
-                    break
-                self._deliver(msg)
-        except (grpc.RpcError, asyncio.CancelledError) as e:
-            error = e
-        if self.calls[k] is call:
-            self.calls[k] = None
-        if not isinstance(error, grpc.RpcError):
-            error = grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(),
-                                         grpc.aio.Metadata(), "Stream removed (stream ended)")
-        for key, (fut, stream) in list(self.waiting.items()):
-            if stream == k and not fut.done():
-                fut.set_exception(error)
-                del self.waiting[key]
-
-    def _deliver(self, msg: bytes):
-        error = False
-        inner = b""
-        for field, a, b in _length_delimited(msg):
-            if field == 1 and b > a:
-                error = True
-            elif field == 2:
-                inner = msg[a:b]
-        rid = None
-        for field, a, b in _length_delimited(inner):
-            if field == 3:
-                rid = inner[a:b]
-        entry = self.waiting.pop(rid, None) if rid is not None else None
-        if entry is not None and not entry[0].done():
-            entry[0].set_result(None if error else inner)
-
-    async def infer(self, raw: bytes, client_id: str) -> Optional[bytes]:
-        """-> the reply's bytes (a ModelInferResponse with the client's id), or None when
-        tritonserver answered with an error (send it as a unary call to get its status)."""
-        self.seq += 1
-        rid = b"wtg%d" % self.seq
-        k = self.seq % len(self.calls)
-        fut = asyncio.get_running_loop().create_future()
-        self.waiting[rid] = (fut, k)
-        try:
-            async with self.locks[k]:  # gRPC takes one write at a time per call
-                call = self._call(k)
-                try:
-                    await call.write(raw + _string_field(3, rid))
-                except asyncio.InvalidStateError as e:  # the stream ended meanwhile
-                    if self.calls[k] is call:
-                        self.calls[k] = None
-                    raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(),
-                                               grpc.aio.Metadata(), f"Stream removed ({e})") from e
-            inner = await fut
-        finally:
-            self.waiting.pop(rid, None)
-        if inner is None:
-            self.replayed += 1
-            return None
-        return inner + _string_field(3, client_id.encode())
-
-    async def close(self):
-        """End the streams (requests waiting on them fail); the next request opens new ones.
-        Before tritonserver stops: an open stream keeps it waiting out its exit timeout."""
-        calls, self.calls = self.calls, [None] * len(self.calls)
-        for call in calls:
-            if call is not None:
-                call.cancel()
 
 
 class GrpcGuard:
@@ -399,14 +252,8 @@ class GrpcGuard:
     bind of the port fails, which is what a lone guard wants."""
 
     def __init__(self, host: str, port: int, limits: Limits, max_concurrent_rpcs: int = 4096,
-                 reuseport: bool = False, backend_streams: Optional[int] = None):
+                 reuseport: bool = False):
         self.pb = service_pb2
-        # ModelInfer calls forwarded as messages on this many ModelStreamInfer streams to
-        # tritonserver (BackendStreams); 0: a unary call each
-        self.backend_streams = (backend_streams if backend_streams is not None
-                                else int(os.environ.get("WENET_TRITON_GUARD_STREAMS", DEFAULT_STREAMS)))
-        self._mux: Optional[BackendStreams] = None
-        self._streamed_before = self._replayed_before = 0  # counts of earlier backends' streams
         self.reuseport = reuseport
         self.backend: Optional[str] = None
         self.limits = limits
@@ -453,31 +300,21 @@ class GrpcGuard:
                 return
 
         async def connect():
-            ch = grpc.aio.insecure_channel(url, options=[
+            return grpc.aio.insecure_channel(url, options=[
                 ("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1),
                 ("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
                 ("grpc.max_reconnect_backoff_ms", 1000)])
-            return ch, BackendStreams(ch, self.backend_streams) if self.backend_streams > 0 else None
 
-        ch, mux = self._run(connect())
+        ch = self._run(connect())
         with self._lock:
-            old, old_mux = self._channel, self._mux
-            if old_mux is not None:
-                self._streamed_before += old_mux.seq
-                self._replayed_before += old_mux.replayed
-            self._channel, self._mux, self._methods, self._down = ch, mux, {}, None
+            old, self._channel, self._methods, self._down = self._channel, ch, {}, None
             self.backend = url
-        if old_mux is not None:
-            self._run(old_mux.close())
         if old is not None:
             self._run(old.close())
 
     def set_down(self, reason: str):
         with self._lock:
             self._down = reason
-            mux = self._mux
-        if mux is not None:  # tritonserver is going: let it stop without waiting for our streams
-            self._run(mux.close())
 
     def drain(self, timeout: float) -> int:
         """Refuse new requests (UNAVAILABLE) and wait up to `timeout` s for the in-flight
@@ -487,35 +324,20 @@ class GrpcGuard:
             self.draining = True
             while self.inflight and time.monotonic() < deadline:
                 self._lock.wait(min(0.2, max(0.0, deadline - time.monotonic())))
-            left, mux = self.inflight, self._mux
-        if mux is not None:  # tritonserver stops next: our streams would hold it up
-            self._run(mux.close())
-        return left
+            return self.inflight
 
     def stop(self, grace: float = 1.0):
         try:
             self._run(self.server.stop(grace), timeout=grace + 5)
-            if self._mux is not None:
-                self._run(self._mux.close(), timeout=5)
             if self._channel is not None:
                 self._run(self._channel.close(), timeout=5)
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(5)
 
-    @property
-    def streamed(self) -> int:
-        """ModelInfer requests forwarded as messages on backend streams (BackendStreams)."""
-        return self._streamed_before + (self._mux.seq if self._mux is not None else 0)
-
-    @property
-    def replayed(self) -> int:
-        return self._replayed_before + (self._mux.replayed if self._mux is not None else 0)
-
     def stats(self) -> Dict[str, int]:
         with self._lock:
-            return {"inflight": self.inflight, "served": self.served, "rejected": self.rejected,
-                    "streamed": self.streamed, "replayed": self.replayed}
+            return {"inflight": self.inflight, "served": self.served, "rejected": self.rejected}
 
     # -- calls ------------------------------------------------------------------------------
     def _enter(self, infer: bool):
@@ -527,7 +349,7 @@ class GrpcGuard:
                 raise Rejected(grpc.StatusCode.UNAVAILABLE, f"server is {self._down}: retry shortly")
             if infer:
                 self.inflight += 1
-            return self._channel, self._mux
+            return self._channel
 
     def _leave(self):
         with self._lock:
@@ -544,7 +366,7 @@ class GrpcGuard:
         return fn
 
     def _check(self, raw: bytes):
-        return check_serialized_request(raw, self.limits)
+        check_serialized_request(raw, self.limits)
 
     def not_ready(self, method: str) -> Optional[bytes]:
         """While draining or restarting: 'not ready' for readiness calls."""
@@ -558,28 +380,19 @@ class GrpcGuard:
 
     async def unary(self, method: str, raw: bytes, context) -> bytes:
         infer = method == "ModelInfer"
-        req = None
         try:
             if infer:
-                req = self._check(raw)
+                self._check(raw)
             else:
                 reply = self.not_ready(method)
                 if reply is not None:
                     return reply
-            channel, mux = self._enter(infer)
+            channel = self._enter(infer)
         except Rejected as e:
             self._count_rejected()
             await context.abort(e.code, str(e))
         try:
-            metadata = _metadata(context)
-            # on a backend stream: requests without per-call metadata that are not part of a
-            # sequence (a sequence's chunks keep their own calls, in the order they are sent)
-            if mux is not None and infer and not metadata and not any(
-                    k in req.parameters for k in SEQUENCE_PARAMETERS):
-                reply = await mux.infer(raw, req.id)
-                if reply is not None:
-                    return reply
-            return await self._stub(channel, method, False)(raw, metadata=metadata,
+            return await self._stub(channel, method, False)(raw, metadata=_metadata(context),
                                                              timeout=_remaining(context))
         except grpc.RpcError as e:
             await context.abort(e.code(), _backend_error(e, "this request's reply is lost: retry it"))
@@ -592,7 +405,7 @@ class GrpcGuard:
         async generators between the two calls: each layer of them cost CPU per message).
         A message that fails the checks ends the call with the front's error."""
         try:
-            channel, _ = self._enter(True)
+            channel = self._enter(True)
         except Rejected as e:
             self._count_rejected()
             await context.abort(e.code, str(e))

@@ -130,7 +130,7 @@ class GuardPool:
         self._draining = self._stopping = False
         self._next_spawn = [0.0] * workers
         self._backoff = [0.5] * workers
-        self._totals = {"served": 0, "rejected": 0, "streamed": 0, "replayed": 0}  # of workers that are gone
+        self._totals = {"served": 0, "rejected": 0}  # of workers that are gone
         self.restarts = 0
         self.foreign = ""
         self._monitor: Optional[threading.Thread] = None
@@ -226,7 +226,7 @@ class GuardPool:
     # -- figures --------------------------------------------------------------------------------
     def _sum(self, key: str) -> int:
         with self._lock:
-            live = sum(w.stats.get(key, 0) for w in self._workers if w is not None and not w.retired)
+            live = sum(w.stats[key] for w in self._workers if w is not None and not w.retired)
             return live + self._totals.get(key, 0)
 
     @property
@@ -241,14 +241,6 @@ class GuardPool:
     @property
     def rejected(self) -> int:
         return self._sum("rejected")
-
-    @property
-    def streamed(self) -> int:
-        return self._sum("streamed")
-
-    @property
-    def replayed(self) -> int:
-        return self._sum("replayed")
 
     @property
     def listening(self) -> int:

@@ -360,11 +360,7 @@ class Supervisor:
                       g.inflight),
                      ("wenet_triton_guard_served_total", "counter", "requests the guard forwarded", g.served),
                      ("wenet_triton_guard_rejected_total", "counter",
-                      "requests the guard refused (bad, restarting, draining)", g.rejected),
-                     ("wenet_triton_guard_streamed_total", "counter", "inference requests the guard "
-                      "forwarded as messages on its streams to tritonserver", g.streamed),
-                     ("wenet_triton_guard_replayed_total", "counter", "of those, answered with an error "
-                      "and sent again as a call of their own (for the error's status code)", g.replayed)]
+                      "requests the guard refused (bad, restarting, draining)", g.rejected)]
         if isinstance(g, GuardPool):
             rows += [("wenet_triton_guard_workers", "gauge", "guard worker processes listening "
                       "on the public port", g.listening),
