@@ -333,14 +333,18 @@ def test_fused_silu_ffn_kernel_and_engine(dtype):
     from wenet_triton.model.conformer import ASRModel
 
     g = torch.Generator(device="cuda").manual_seed(5)
-    for M, K, N in ((1024, 256, 2048), (4096 + 17, 256, 2048), (2048, 144, 1152)):
+    hopper = torch.cuda.get_device_capability()[0] >= 9
+    for M, K, N in ((1024, 256, 2048), (4096 + 17, 256, 2048), (2048, 144, 1152), (300, 256, 2048)):
         x = torch.randn(M, K, device="cuda", generator=g).to(dtype)
         w = (torch.randn(N, K, device="cuda", generator=g) * 0.05).to(dtype)
         b = torch.randn(N, device="cuda", generator=g).to(dtype)
-        assert triton_gemm.applies(x)
-        y = triton_gemm.linear_silu(x, w, b)
+        assert triton_gemm.applies(x) or M < triton_gemm.MIN_ROWS
+        # Hopper and later: the persistent TMA kernel by default; the pointer kernel too
+        assert triton_gemm._tma_fits(x, w) == (hopper and triton_gemm.TensorDescriptor is not None)
         ref = torch.nn.functional.silu(x.float() @ w.float().t() + b.float())
-        assert rel_err(y, ref) <= TOL[dtype]
+        for tma in (None, False) + ((True,) if hopper else ()):
+            y = triton_gemm.linear_silu(x, w, b, tma=tma)
+            assert rel_err(y, ref) <= TOL[dtype], (M, K, N, tma)
     spec = synthetic.random_spec(synthetic.AISHELL)
     settings = export_settings(spec, ASRModel.from_spec(spec))
     ref_eng = TorchEngine(ASRModel.from_spec(spec), settings, "cpu")

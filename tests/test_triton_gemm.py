@@ -20,14 +20,19 @@ for dtype, tol in ((torch.float16, 2e-3),):  # bf16: on the GPU (the interpreter
         x = torch.randn(M, K).to(dtype)
         w = (torch.randn(N, K) * 0.05).to(dtype)
         b = torch.randn(N).to(dtype)
-        y = tg.linear_silu(x.view(1, M, K), w, b, tiles=dict(BM=64, BN=64, BK=32, GROUP_M=8))
-        assert y.shape == (1, M, N) and y.dtype == dtype
-        ref = torch.nn.functional.silu(x.float() @ w.float().t() + b.float())
-        err = ((y[0].float() - ref).abs().max() / ref.abs().max()).item()
-        assert err <= tol, (dtype, M, K, N, err)
-        # the two-op path it replaces rounds the GEMM output first: close, not bit for bit
-        two = torch.nn.functional.silu(torch.nn.functional.linear(x.float(), w.float(), b.float()).to(dtype).float())
-        assert ((y[0].float() - two).abs().max() / two.abs().max()).item() <= 2 * tol
+        for tma in (False, True):  # the pointer kernel; the persistent TMA one (Hopper's)
+            y = tg.linear_silu(x.view(1, M, K), w, b, tiles=dict(BM=64, BN=64, BK=32, GROUP_M=8), tma=tma)
+            assert y.shape == (1, M, N) and y.dtype == dtype
+            ref = torch.nn.functional.silu(x.float() @ w.float().t() + b.float())
+            err = ((y[0].float() - ref).abs().max() / ref.abs().max()).item()
+            assert err <= tol, (dtype, M, K, N, tma, err)
+            # the two-op path it replaces rounds the GEMM output first: close, not bit for bit
+            lin = torch.nn.functional.linear(x.float(), w.float(), b.float())
+            two = torch.nn.functional.silu(lin.to(dtype).float())
+            assert ((y[0].float() - two).abs().max() / two.abs().max()).item() <= 2 * tol
+assert tg._tma_fits(torch.zeros(8, 256, dtype=torch.float16), torch.zeros(64, 256, dtype=torch.float16))
+# rows whose bytes are not a multiple of 16 cannot be TMA tiles: the pointer kernel takes them
+assert not tg._tma_fits(torch.zeros(8, 100, dtype=torch.float16), torch.zeros(64, 100, dtype=torch.float16))
 assert not tg.applies(torch.zeros(4096, 256, dtype=torch.float16))  # CPU rows: never
 print("ok")
 """

@@ -701,8 +701,8 @@ class CudaEngine(Engine):
         self.device = torch.device(device)
         self.fm = FastModel(model, DTYPES[dtype or "float16"], device, use_kernels)
         # the FFN's first GEMM + bias + SiLU as one Triton kernel where it applies (fp16/bf16,
-        # >= triton_gemm.MIN_ROWS rows); opt-in: on an H200 it was no faster than cuBLAS + SiLU
-        # (benchmarks/results/h200_2026-12-02f/silu_ab)
+        # >= triton_gemm.MIN_ROWS rows); opt-in (why: triton_gemm's docstring): on an H200 the
+        # encoder at 64 x 20 s 12.1 vs 12.9 ms (benchmarks/results/h200_2026-12-03/silu_tma)
         self.fm.fused_silu = fused_silu and triton_gemm.available()
         self.fm.dec_cudnn = decoder_cudnn  # False: memory-efficient attention first (see sdpa)
         self.beam = settings.beam_size

@@ -5,16 +5,22 @@ epilogue) and then a separate SiLU pass over the (rows, 2048) hidden tensor: 1.7
 at 64 x 20 s on an H200 (benchmarks/results/h200_2026-12-02c), at memory bandwidth. This
 kernel keeps the fp32 accumulator, adds the bias, applies SiLU and stores once.
 
-Opt-in (`CudaEngine(fused_silu=True)`, `wenet-triton bench --engines torch_cuda_silu`), and
-it stays so: on an H200 (2026-12-02, benchmarks/results/h200_2026-12-02f/silu_ab) it is exact
-to the two ops (tests/test_gpu.py) but no faster: at 64 x 20 s this kernel took 141 us per
-call where cuBLAS's GEMM took 46 us and the SiLU 74 us, so the encoder stayed at 13.4 ms; at
-1 x 10 s with every batch sent through it (WENET_TRITON_SILU_MIN_ROWS=0) 7.8 us against
-4.2 + 2.1 us, the encoder 1.08-1.10 vs 1.12-1.28 ms (within the machine's drift). A GEMM
-that beats cuBLAS on Hopper needs TMA loads and a warp-specialized, persistent schedule; this
-one has neither. Also tested on the CPU with Triton's interpreter (TRITON_INTERPRET=1).
+Opt-in (`CudaEngine(fused_silu=True)`, `wenet-triton bench --engines torch_cuda_silu`). Two
+kernels: a pointer-load one, and on Hopper and later a persistent one (a program per SM
+walking the tiles) that loads its operands and stores its output by TMA. The first form (the
+pointer kernel only) was exact but no faster on an H200 (2026-12-02, session 16:
+benchmarks/results/h200_2026-12-02f/silu_ab). Measured again on 2026-12-03 (session 18,
+benchmarks/results/h200_2026-12-03/silu_tma, each timed in a CUDA graph): at 32,768 rows
+(64 x 20 s) TMA 108 us, pointer 136, cuBLAS + SiLU 137; at 4,096 17.6 / 20.2 / 21.6; at 1,024
+7.3 / 6.7 / 8.7; at 256 6.9 / 3.8 / 5.5 us. Hence the TMA kernel from TMA_MIN_ROWS (2,048)
+rows, the pointer kernel below. The encoder with it, two alternating rounds on one machine:
+64 x 20 s 12.88 / 12.92 -> 12.09 / 12.06 ms (audio-s/s 68.9k -> 71.9k), 64 x 10 s 6.60 / 6.55 ->
+6.15 / 6.22 ms; batch 1 within the machine's drift, also with every batch fused (MIN_ROWS 0).
+It stays opt-in until a serving run has shown the first-use tuning (Triton compiles and times
+its tile configurations when a new size class of rows first comes) costs nothing there.
+Also tested on the CPU with Triton's interpreter (TRITON_INTERPRET=1).
 Used only for fp16 / bf16 rows (Triton's dot would round fp32 operands to TF32) and batches
-of at least MIN_ROWS rows (below that cuBLAS + SiLU is a few µs anyway). Values: SiLU of
+of at least MIN_ROWS rows (1,024; fewer rows fused did not change the batch-1 encoder). Values: SiLU of
 the fp32 sum rounded once, where the two-op path rounds the GEMM output first: equal within
 the dtype's rounding, not bit for bit.
 
@@ -33,10 +39,19 @@ try:
     import triton.language as tl
 except ImportError:  # CPU-only installs: the engine keeps cuBLAS + SiLU
     triton = tl = None
+try:  # Triton >= 3.3: TMA descriptors made on the host, passed to the kernel by value
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:
+    TensorDescriptor = None
 
 # below this many rows the engine keeps cuBLAS + SiLU; WENET_TRITON_SILU_MIN_ROWS overrides it
 # (an A/B knob for benchmarks: 0 sends every FFN through the fused kernel)
 MIN_ROWS = int(os.environ.get("WENET_TRITON_SILU_MIN_ROWS", "1024"))
+# from this many rows the persistent TMA kernel (Hopper and later), below it the pointer one:
+# on an H200 (benchmarks/results/h200_2026-12-03, in CUDA graphs, K 256 -> N 2048) 256 rows
+# 3.8 vs 6.9 us, 1,024 6.7 vs 7.3, 4,096 20.2 vs 17.6, 32,768 136 vs 108 (cuBLAS + SiLU: 5.5,
+# 8.7, 21.6, 137)
+TMA_MIN_ROWS = int(os.environ.get("WENET_TRITON_SILU_TMA_MIN_ROWS", "2048"))
 
 
 def available() -> bool:
@@ -82,6 +97,64 @@ if triton is not None:
                  mask=(rm[:, None] < M) & (rn[None, :] < N))
 
 
+    # Hopper and later: a persistent kernel (one program per SM walking the tiles, so the
+    # next tile's loads overlap this tile's epilogue) whose operands come in and whose output
+    # goes out by TMA (the bulk tensor copy engine) instead of per-thread loads and stores
+    def _tma_blocks(nargs):
+        nargs["x_desc"].block_shape = [nargs["BM"], nargs["BK"]]
+        nargs["w_desc"].block_shape = [nargs["BN"], nargs["BK"]]
+        nargs["y_desc"].block_shape = [nargs["BM"], nargs["BN"]]
+
+    _TMA_CONFIGS = [triton.Config({"BM": bm, "BN": bn, "BK": bk, "GROUP_M": 8}, num_warps=w, num_stages=s,
+                                  pre_hook=_tma_blocks)
+                    for bm, bn, bk, w, s in [(128, 256, 64, 8, 3), (128, 256, 64, 8, 4), (128, 128, 64, 8, 4),
+                                             (128, 128, 64, 4, 4), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4),
+                                             (64, 64, 64, 4, 3)]]
+
+    @triton.autotune(configs=_TMA_CONFIGS, key=["N", "K", "M_CLASS"])
+    @triton.jit
+    def _linear_silu_tma_kernel(x_desc, w_desc, y_desc, b_ptr, M, N, K, M_CLASS, NUM_SMS: tl.constexpr,
+                                BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
+        pid = tl.program_id(0)
+        n_m = tl.cdiv(M, BM)
+        n_n = tl.cdiv(N, BN)
+        k_tiles = tl.cdiv(K, BK)
+        per_group = GROUP_M * n_n
+        for tile in tl.range(pid, n_m * n_n, NUM_SMS, flatten=True):
+            first_m = (tile // per_group) * GROUP_M
+            group_rows = min(n_m - first_m, GROUP_M)
+            pm = first_m + ((tile % per_group) % group_rows)
+            pn = (tile % per_group) // group_rows
+            acc = tl.zeros((BM, BN), dtype=tl.float32)
+            for kk in range(k_tiles):  # out-of-range rows / columns of a tile load as zeros
+                xt = x_desc.load([pm * BM, kk * BK])
+                wt = w_desc.load([pn * BN, kk * BK])
+                acc = tl.dot(xt, wt.T, acc)
+            rn = pn * BN + tl.arange(0, BN)
+            acc += tl.load(b_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
+            y = acc / (1.0 + tl.exp(-acc))
+            y_desc.store([pm * BM, pn * BN], y.to(y_desc.dtype))  # clipped to (M, N)
+
+
+def _tma_fits(x2: torch.Tensor, w: torch.Tensor) -> bool:
+    """Whether the TMA kernel can take these operands: Triton with host descriptors, a Hopper
+    or newer GPU (or Triton's CPU interpreter), contiguous rows 16-byte aligned."""
+    if TensorDescriptor is None or not hasattr(tl, "make_tensor_descriptor"):
+        return False
+    if x2.is_cuda and torch.cuda.get_device_capability(x2.device)[0] < 9:
+        return False
+    item = x2.element_size()
+    return (x2.stride(1) == 1 and w.stride(1) == 1 and w.stride(0) == w.shape[1]
+            and (x2.stride(0) * item) % 16 == 0 and (w.shape[1] * item) % 16 == 0
+            and (w.shape[0] * item) % 16 == 0 and x2.data_ptr() % 16 == 0 and w.data_ptr() % 16 == 0)
+
+
+def _num_sms(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 4  # the interpreter: a few programs, so that each walks several tiles
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
 def applies(x: torch.Tensor) -> bool:
     """Whether linear_silu takes these rows (else the caller runs F.linear + F.silu)."""
     return (triton is not None and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16)
@@ -89,9 +162,11 @@ def applies(x: torch.Tensor) -> bool:
 
 
 def linear_silu(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor,
-                tiles: Optional[Dict[str, int]] = None) -> torch.Tensor:
+                tiles: Optional[Dict[str, int]] = None, tma: Optional[bool] = None) -> torch.Tensor:
     """silu(x @ w.T + b) for x (..., K), w (N, K), b (N,), in x's dtype. tiles: fixed
-    BM / BN / BK / GROUP_M instead of the tuned choice (tests; Triton's CPU interpreter)."""
+    BM / BN / BK / GROUP_M instead of the tuned choice (tests; Triton's CPU interpreter).
+    tma: the persistent TMA kernel or the pointer one (default: TMA from TMA_MIN_ROWS rows
+    where it fits, _tma_fits)."""
     if triton is None:
         raise RuntimeError("linear_silu needs the triton package")
     x2 = x.reshape(-1, x.shape[-1])
@@ -102,6 +177,10 @@ def linear_silu(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor,
     def grid(meta):
         return (triton.cdiv(M, meta["BM"]) * triton.cdiv(N, meta["BN"]),)
 
+    if tma is None:
+        tma = M >= TMA_MIN_ROWS and _tma_fits(x2, w)
+    if tma:
+        return _linear_silu_tma(x2, w, b, y, tiles).view(*x.shape[:-1], N)
     args = (x2, w, b, y, M, N, K, max(M, 1).bit_length(), x2.stride(0), x2.stride(1),
             w.stride(0), w.stride(1), y.stride(0), y.stride(1))
     if tiles is not None:
@@ -111,3 +190,23 @@ def linear_silu(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor,
         # classes, not one tuning per batch bucket
         _linear_silu_kernel[grid](*args)
     return y.view(*x.shape[:-1], N)
+
+
+def _linear_silu_tma(x2, w, b, y, tiles: Optional[Dict[str, int]]) -> torch.Tensor:
+    M, K = x2.shape
+    N = w.shape[0]
+    t = tiles or {"BM": 64, "BN": 64, "BK": 64}  # tuned: the autotuner's pre-hook sets the blocks
+    descs = (TensorDescriptor.from_tensor(x2, [t["BM"], t["BK"]]),
+             TensorDescriptor.from_tensor(w, [t["BN"], t["BK"]]),
+             TensorDescriptor.from_tensor(y, [t["BM"], t["BN"]]))
+    sms = _num_sms(x2.device)
+
+    def grid(meta):
+        return (min(sms, triton.cdiv(M, meta["BM"]) * triton.cdiv(N, meta["BN"])),)
+
+    args = (*descs, b, M, N, K, max(M, 1).bit_length(), sms)
+    if tiles is not None:
+        _linear_silu_tma_kernel.fn[grid](*args, **tiles)
+    else:
+        _linear_silu_tma_kernel[grid](*args)
+    return y
