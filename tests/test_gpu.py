@@ -352,6 +352,12 @@ def test_fused_silu_ffn_kernel_and_engine(dtype):
     plain = CudaEngine(ASRModel.from_spec(spec), settings, "cuda", name)
     fused = CudaEngine(ASRModel.from_spec(spec), settings, "cuda", name, fused_silu=True)
     assert fused.fm.fused_silu
+    # by environment (a served A/B: the model processes inherit serve's environment)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("WENET_TRITON_FUSED_SILU", "1")
+        assert CudaEngine(ASRModel.from_spec(spec), settings, "cuda", name, cuda_graphs=False).fm.fused_silu
+        mp.setenv("WENET_TRITON_FUSED_SILU", "0")
+        assert not CudaEngine(ASRModel.from_spec(spec), settings, "cuda", name, cuda_graphs=False).fm.fused_silu
     x, lens = _random_inputs(8, 1011, seed=3)  # 8 x 252 rows: the kernel's side of MIN_ROWS
     ref_out = ref_eng.encode(x, lens)
     a, n_valid = ref_out["encoder_out"], ref_out["encoder_out_lens"]

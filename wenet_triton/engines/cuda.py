@@ -696,13 +696,17 @@ class CudaEngine(Engine):
                  dtype: str = "float16", use_kernels: Optional[bool] = None,
                  cuda_graphs: bool = True, time_bucket: int = 16, want_ctc_log_probs: bool = False,
                  decoder_cudnn: bool = True, coarse_decoder_buckets: bool = False,
-                 fused_silu: bool = False):
+                 fused_silu: Optional[bool] = None):
         self.settings = settings
         self.device = torch.device(device)
         self.fm = FastModel(model, DTYPES[dtype or "float16"], device, use_kernels)
         # the FFN's first GEMM + bias + SiLU as one Triton kernel where it applies (fp16/bf16,
         # >= triton_gemm.MIN_ROWS rows); opt-in (why: triton_gemm's docstring): on an H200 the
-        # encoder at 64 x 20 s 12.1 vs 12.9 ms (benchmarks/results/h200_2026-12-03/silu_tma)
+        # encoder at 64 x 20 s 12.1 vs 12.9 ms (benchmarks/results/h200_2026-12-03/silu_tma).
+        # None: WENET_TRITON_FUSED_SILU=1 turns it on (e.g. for a served A/B: the model
+        # processes inherit `serve`'s environment)
+        if fused_silu is None:
+            fused_silu = os.environ.get("WENET_TRITON_FUSED_SILU", "0") == "1"
         self.fm.fused_silu = fused_silu and triton_gemm.available()
         self.fm.dec_cudnn = decoder_cudnn  # False: memory-efficient attention first (see sdpa)
         self.beam = settings.beam_size
