@@ -66,20 +66,28 @@ if triton is not None:
                                          # tiles so the grid covers the SMs
                                          (64, 64, 64, 4, 3), (32, 128, 64, 4, 3), (32, 64, 64, 4, 3)]]
 
+    @triton.jit
+    def _tile_of(t, M, N, BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.constexpr):
+        """Output tile t -> its (row block, column block): tiles in groups of GROUP_M row
+        blocks, so that neighbouring tiles share weight tiles."""
+        n_m = tl.cdiv(M, BM)
+        per_group = GROUP_M * tl.cdiv(N, BN)
+        first_m = (t // per_group) * GROUP_M
+        group_rows = min(n_m - first_m, GROUP_M)
+        return first_m + ((t % per_group) % group_rows), (t % per_group) // group_rows
+
+    @triton.jit
+    def _bias_silu(acc, b_ptr, rn, N):
+        """SiLU(acc + bias[rn]) on the fp32 accumulator."""
+        acc += tl.load(b_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
+        return acc / (1.0 + tl.exp(-acc))
+
     @triton.autotune(configs=_CONFIGS, key=["N", "K", "M_CLASS"])
     @triton.jit
     def _linear_silu_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, M_CLASS,
                             sxm, sxk, swn, swk, sym, syn,
                             BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
-        # tiles in groups of GROUP_M row blocks, so neighbouring programs share weight tiles
-        pid = tl.program_id(0)
-        n_m = tl.cdiv(M, BM)
-        n_n = tl.cdiv(N, BN)
-        per_group = GROUP_M * n_n
-        first_m = (pid // per_group) * GROUP_M
-        group_rows = min(n_m - first_m, GROUP_M)
-        pm = first_m + ((pid % per_group) % group_rows)
-        pn = (pid % per_group) // group_rows
+        pm, pn = _tile_of(tl.program_id(0), M, N, BM, BN, GROUP_M)
         rm = pm * BM + tl.arange(0, BM)
         rn = pn * BN + tl.arange(0, BN)
         rk = tl.arange(0, BK)
@@ -91,8 +99,7 @@ if triton is not None:
             wt = tl.load(w_ptr + rn[None, :] * swn + ks[:, None] * swk,
                          mask=(rn[None, :] < N) & (ks[:, None] < K), other=0.0)
             acc = tl.dot(xt, wt, acc)
-        acc += tl.load(b_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
-        y = acc / (1.0 + tl.exp(-acc))
+        y = _bias_silu(acc, b_ptr, rn, N)
         tl.store(y_ptr + rm[:, None] * sym + rn[None, :] * syn, y.to(y_ptr.dtype.element_ty),
                  mask=(rm[:, None] < M) & (rn[None, :] < N))
 
@@ -115,24 +122,15 @@ if triton is not None:
     @triton.jit
     def _linear_silu_tma_kernel(x_desc, w_desc, y_desc, b_ptr, M, N, K, M_CLASS, NUM_SMS: tl.constexpr,
                                 BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
-        pid = tl.program_id(0)
-        n_m = tl.cdiv(M, BM)
-        n_n = tl.cdiv(N, BN)
         k_tiles = tl.cdiv(K, BK)
-        per_group = GROUP_M * n_n
-        for tile in tl.range(pid, n_m * n_n, NUM_SMS, flatten=True):
-            first_m = (tile // per_group) * GROUP_M
-            group_rows = min(n_m - first_m, GROUP_M)
-            pm = first_m + ((tile % per_group) % group_rows)
-            pn = (tile % per_group) // group_rows
+        for tile in tl.range(tl.program_id(0), tl.cdiv(M, BM) * tl.cdiv(N, BN), NUM_SMS, flatten=True):
+            pm, pn = _tile_of(tile, M, N, BM, BN, GROUP_M)
             acc = tl.zeros((BM, BN), dtype=tl.float32)
             for kk in range(k_tiles):  # out-of-range rows / columns of a tile load as zeros
                 xt = x_desc.load([pm * BM, kk * BK])
                 wt = w_desc.load([pn * BN, kk * BK])
                 acc = tl.dot(xt, wt.T, acc)
-            rn = pn * BN + tl.arange(0, BN)
-            acc += tl.load(b_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
-            y = acc / (1.0 + tl.exp(-acc))
+            y = _bias_silu(acc, b_ptr, pn * BN + tl.arange(0, BN), N)
             y_desc.store([pm * BM, pn * BN], y.to(y_desc.dtype))  # clipped to (M, N)
 
 
@@ -173,14 +171,13 @@ def linear_silu(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor,
     M, K = x2.shape
     N = w.shape[0]
     y = torch.empty((M, N), dtype=x.dtype, device=x.device)
-
-    def grid(meta):
-        return (triton.cdiv(M, meta["BM"]) * triton.cdiv(N, meta["BN"]),)
-
     if tma is None:
         tma = M >= TMA_MIN_ROWS and _tma_fits(x2, w)
     if tma:
         return _linear_silu_tma(x2, w, b, y, tiles).view(*x.shape[:-1], N)
+
+    def grid(meta):
+        return (triton.cdiv(M, meta["BM"]) * triton.cdiv(N, meta["BN"]),)
     args = (x2, w, b, y, M, N, K, max(M, 1).bit_length(), x2.stride(0), x2.stride(1),
             w.stride(0), w.stride(1), y.stride(0), y.stride(1))
     if tiles is not None:
