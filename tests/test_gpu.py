@@ -368,6 +368,73 @@ def test_fused_silu_ffn_kernel_and_engine(dtype):
     assert errs[1] <= 1.5 * errs[0] + 1e-3, errs
 
 
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs the triton package")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_fused_ffn_kernel_and_engine(dtype):
+    """The whole FFN as one Triton kernel (triton_ffn) against the ops it replaces, whole and
+    split over the hidden units (fp32 partials), SiLU and ReLU, d 256 / 144 / 512, rows from
+    one utterance to 64 x 20 s; then a torch_cuda engine using it: encoder output and
+    rescoring scores as close to the fp32 PyTorch model as the engine's without it."""
+    from wenet_triton.decode.search import rescoring_inputs
+    from wenet_triton.engines import TorchEngine, triton_ffn
+    from wenet_triton.engines.cuda import CudaEngine
+    from wenet_triton.engines.export import export_settings
+    from wenet_triton.model import synthetic
+    from wenet_triton.model.conformer import ASRModel
+    from wenet_triton.pipeline import search_batch
+
+    g = torch.Generator(device="cuda").manual_seed(7)
+    F = torch.nn.functional
+    for M, d, H, act in ((256, 256, 2048, "silu"), (1000, 256, 2048, "relu"), (4096 + 17, 256, 2048, "silu"),
+                         (32768, 256, 2048, "silu"), (300, 144, 1152, "silu"), (77, 512, 2048, "relu")):
+        x = torch.randn(M, d, device="cuda", generator=g).to(dtype)
+        w1 = (torch.randn(H, d, device="cuda", generator=g) * 0.05).to(dtype)
+        b1 = torch.randn(H, device="cuda", generator=g).to(dtype)
+        w2 = (torch.randn(d, H, device="cuda", generator=g) * 0.05).to(dtype)
+        b2 = torch.randn(d, device="cuda", generator=g).to(dtype)
+        assert triton_ffn.applies(x, w1, act)
+        h = F.linear(x.float(), w1.float(), b1.float())
+        h = (F.silu(h) if act == "silu" else F.relu(h)).to(dtype).float()  # rounded, as the model does
+        ref = F.linear(h, w2.float(), b2.float())
+        for can_split in (False, True):
+            out = triton_ffn.ffn(x, w1, b1, w2, b2, act, can_split=can_split)
+            if out.dtype == torch.float32:  # partials without b2
+                assert can_split and out.shape[1:] == (M, d) and out.shape[0] > 1
+                out = out.sum(0) + b2.float()
+            else:
+                assert out.shape == (M, d) and out.dtype == dtype
+            assert rel_err(out, ref) <= TOL[dtype], (M, d, H, act, can_split)
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    assert triton_ffn.plan(256, 256, 2048, True, sms).split > 1  # one utterance: split
+    assert triton_ffn.plan(32768, 256, 2048, True, sms).split == 1
+
+    spec = synthetic.random_spec(synthetic.AISHELL)
+    settings = export_settings(spec, ASRModel.from_spec(spec))
+    ref_eng = TorchEngine(ASRModel.from_spec(spec), settings, "cpu")
+    name = {torch.float16: "float16", torch.bfloat16: "bfloat16"}[dtype]
+    plain = CudaEngine(ASRModel.from_spec(spec), settings, "cuda", name)
+    fused = CudaEngine(ASRModel.from_spec(spec), settings, "cuda", name, fused_ffn=True)
+    assert fused.fm.fused_ffn and not plain.fm.fused_ffn
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("WENET_TRITON_FUSED_FFN", "1")
+        assert CudaEngine(ASRModel.from_spec(spec), settings, "cuda", name, cuda_graphs=False).fm.fused_ffn
+    for B, T in ((1, 1011), (8, 1011)):  # 256 rows (split) and 2,048
+        x, lens = _random_inputs(B, T, seed=B)
+        a = ref_eng.encode(x, lens)
+        n_valid = a["encoder_out_lens"]
+        nbest = search_batch(a, 10)
+        pad, hl, rpad, ctc = rescoring_inputs(nbest, 10, spec.sos, spec.eos)
+        _, s_ref = ref_eng.rescore(a["encoder_out"], n_valid, pad, hl, rpad, ctc)
+        errs, serrs = [], []
+        for eng in (plain, fused):
+            e = eng.encode(x, lens)["encoder_out"]
+            errs.append(max(np.abs(a["encoder_out"][i, :n] - e[i, :n]).max() for i, n in enumerate(n_valid)))
+            _, s = eng.rescore(a["encoder_out"], n_valid, pad, hl, rpad, ctc)
+            serrs.append((np.abs(s - s_ref) / np.maximum(np.abs(s_ref), 1)).max())
+        assert errs[1] <= 1.5 * errs[0] + 1e-3, (B, errs)
+        assert serrs[1] <= 1.5 * serrs[0] + 1e-3, (B, serrs)
+
+
 def test_coarse_decoder_buckets_equal_eager_model():
     """The streaming finals' decoder (coarse_decoder_buckets: CUDA graphs over frames 64, 128,
     256, ... and hypothesis lengths 16, 32, 64, ...) rescores as the PyTorch model does,

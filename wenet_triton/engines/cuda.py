@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from wenet_triton.contract import ENCODER_OUTPUTS, EngineSettings
-from wenet_triton.engines import kernels, triton_gemm
+from wenet_triton.engines import kernels, triton_ffn, triton_gemm
 from wenet_triton.engines.base import Engine
 from wenet_triton.model.conformer import ASRModel, BiTransformerDecoder, sinusoid_table
 from wenet_triton.model.streaming import sinusoid_rows
@@ -192,6 +192,7 @@ class FastModel:
         self.dtype, self.device = dtype, torch.device(device)
         self.kern = kernels.available() if use_kernels is None else use_kernels
         self.fused_silu = False  # the FFN's GEMM + bias + SiLU as one Triton kernel (opt-in)
+        self.fused_ffn = False  # the whole FFN as one Triton kernel (triton_ffn)
         # split-K FFN down-projection for few rows, 16-bit only (splitk_policy)
         self.splitk = splitk_policy() if self.kern and dtype != torch.float32 else []
         # decoder attention: cuDNN first (graph-bucketed shapes) or memory-efficient first
@@ -360,6 +361,11 @@ class FastModel:
         """The feed-forward module; defer=True (the caller reduces Parts: add_ln / add_ln2) lets
         the down-projection of few rows run split-K (splitk_policy)."""
         w1, b1, w2, b2, act = p
+        if self.fused_ffn and triton_ffn.applies(y, w1, act):
+            split = defer and kernels.parts_fit(y)
+            if split or y.numel() // y.shape[-1] >= triton_ffn.MIN_ROWS_WHOLE:
+                out = triton_ffn.ffn(y, w1, b1, w2, b2, act, can_split=split)
+                return Parts(out, b2) if out.dtype != y.dtype else out
         if act == "relu":  # the decoder's FFN (and relu encoders): ReLU in the GEMM's epilogue
             return F.linear(linear_relu(y, w1, b1), w2, b2)
         if act == "silu" and self.fused_silu and triton_gemm.applies(y):  # opt-in, see triton_gemm
@@ -599,7 +605,7 @@ class FastModel:
             o = sdpa(q, k, v, mem_mask, cudnn_first=self.dec_cudnn)
             o = F.linear(o.transpose(1, 2).reshape(N, L, self.d), ca["w_out"], ca["b_out"])
             x, y = self.add_ln(x, o, 1.0, n3)
-            out = self.ffn(y, ff)
+            out = self.ffn(y, ff, defer=True)  # add_ln below reduces Parts
             if i + 1 < len(D["layers"]):
                 x, y = self.add_ln(x, out, 1.0, D["layers"][i + 1][0])
             else:
@@ -696,7 +702,7 @@ class CudaEngine(Engine):
                  dtype: str = "float16", use_kernels: Optional[bool] = None,
                  cuda_graphs: bool = True, time_bucket: int = 16, want_ctc_log_probs: bool = False,
                  decoder_cudnn: bool = True, coarse_decoder_buckets: bool = False,
-                 fused_silu: Optional[bool] = None):
+                 fused_silu: Optional[bool] = None, fused_ffn: Optional[bool] = None):
         self.settings = settings
         self.device = torch.device(device)
         self.fm = FastModel(model, DTYPES[dtype or "float16"], device, use_kernels)
@@ -708,6 +714,11 @@ class CudaEngine(Engine):
         if fused_silu is None:
             fused_silu = os.environ.get("WENET_TRITON_FUSED_SILU", "0") == "1"
         self.fm.fused_silu = fused_silu and triton_gemm.available()
+        # the whole FFN (both GEMMs, bias, activation) as one Triton kernel (triton_ffn); None:
+        # WENET_TRITON_FUSED_FFN=1 turns it on
+        if fused_ffn is None:
+            fused_ffn = os.environ.get("WENET_TRITON_FUSED_FFN", "0") == "1"
+        self.fm.fused_ffn = fused_ffn and triton_ffn.available()
         self.fm.dec_cudnn = decoder_cudnn  # False: memory-efficient attention first (see sdpa)
         self.beam = settings.beam_size
         self.time_bucket = time_bucket

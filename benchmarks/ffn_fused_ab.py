@@ -1,0 +1,164 @@
+"""The FFN + the residual add + LayerNorm after it, on one GPU, each variant timed inside a
+CUDA graph (launch gaps as in the engine's graphs), as the `torch_cuda` engine runs them
+(FastModel.ffn with defer, then add_ln):
+
+- `cublas`: cuBLAS GEMM (bias epilogue) -> activation pass -> cuBLAS GEMM (split-K below
+  1,025 rows); the decoder's ReLU sits in the first GEMM's epilogue;
+- `silu_gemm`: the first GEMM + bias + SiLU as one Triton kernel (triton_gemm, encoder only);
+- `fused_ffn`: the whole FFN as one Triton kernel (triton_ffn), hidden units split over
+  programs for few rows (fp32 partials summed by the add + LayerNorm kernel), with its rule;
+- with `--sweep`, `fused_ffn` under each plan of a list (BM, BH, warps, stages, S) instead
+  of the rule: the measurements the rule (triton_ffn.plan) is made from.
+
+    python3 -m benchmarks.ffn_fused_ab --out ffn_fused.csv --plot ffn_fused.png [--sweep]
+    .venv/bin/python -m benchmarks.ffn_fused_ab --from-csv ffn_fused.csv --plot ffn_fused.png   # no GPU
+
+Shape: the AISHELL model (d 256, FFN 2048; random weights): encoder FFN (SiLU) at rows =
+batch x frames (1 x 10 s: 256 rows; 64 x 20 s: 32,768), decoder FFN (ReLU) at rows = batch x
+beam 10 x tokens (1 x 10 s: ~410; 64 x 20 s: 51,840). One CSV row per (ffn, variant, rows):
+microseconds per call (median of `--rounds` graph replays of `--reps` calls each) and the
+largest relative error of the LayerNorm output against the fp32 model."""
+import argparse
+import csv
+
+import torch
+import torch.nn.functional as F
+
+SWEEP = [(64, 64, 4, 2), (64, 64, 4, 3), (64, 32, 4, 3), (64, 128, 4, 2), (64, 64, 8, 2),
+         (128, 64, 8, 2), (128, 64, 8, 3), (128, 32, 8, 3), (128, 128, 8, 2)]
+
+
+def _model():
+    from wenet_triton.engines.cuda import FastModel
+    from wenet_triton.model import synthetic
+    from wenet_triton.model.conformer import ASRModel
+
+    spec = synthetic.random_spec(synthetic.AISHELL)
+    return FastModel(ASRModel.from_spec(spec), torch.float16, "cuda")
+
+
+def _ref(y, x, p, scale, ln):
+    """fp32: x + scale * FFN(y), then the LayerNorm."""
+    w1, b1, w2, b2, act = p
+    h = F.linear(y.float(), w1.float(), b1.float())
+    h = F.silu(h) if act == "silu" else F.relu(h)
+    s = x.float() + scale * F.linear(h, w2.float(), b2.float())
+    return F.layer_norm(s, (s.shape[-1],), ln[0].float(), ln[1].float(), ln[2])
+
+
+def measure(rows_enc, rows_dec, reps: int, rounds: int, sweep: bool):
+    from benchmarks.small_batch_ab import _graph_us
+    from wenet_triton.engines import triton_ffn
+
+    fm = _model()
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    pieces = [("encoder_silu", fm.layers[0][0][0][2], fm.layers[0][0][0][3], fm.layers[0][0][1][1], rows_enc),
+              ("decoder_relu", fm.left["layers"][0][5], 1.0, fm.left["layers"][1][0], rows_dec)]
+    out = []
+    for name, p, scale, ln, rows_list in pieces:
+        for rows in rows_list:
+            g = torch.Generator(device="cuda").manual_seed(rows)
+            x = torch.randn(1, rows, fm.d, device="cuda", generator=g).half()
+            y = F.layer_norm(x.float(), (fm.d,)).half()
+            ref = _ref(y, x, p, scale, ln)
+
+            def run(silu=False, ffn=False):
+                fm.fused_silu, fm.fused_ffn = silu, ffn
+                return fm.add_ln(x, fm.ffn(y, p, defer=True), scale, ln)[1]
+
+            variants = [("cublas", lambda: run()), ("fused_ffn", lambda: run(ffn=True))]
+            if p[4] == "silu":
+                variants.insert(1, ("silu_gemm", lambda: run(silu=True)))
+            if sweep:
+                hidden = p[0].shape[0]
+                for bm, bh, w, st in SWEEP:
+                    blocks = -(-rows // bm)
+                    for s in (1, 2, 4, 8, 16, 32):
+                        if blocks * s > 4 * sms or (s > 1 and blocks * s // 2 >= 2 * sms) or hidden // s < bh:
+                            continue
+                        variants.append((f"plan {bm},{bh},{w},{st},{s}",
+                                         lambda pl=triton_ffn.Plan(bm, bh, w, st, s): _forced(run, pl)))
+            for vname, fn in variants:
+                try:
+                    err = ((fn().float() - ref).abs().max() / ref.abs().max()).item()
+                    us = _graph_us(fn, reps, rounds)
+                except Exception as e:  # a plan that does not fit (shared memory, registers)
+                    print(f"{name} {vname:>22} rows {rows:>6}: failed ({type(e).__name__}: {str(e)[:80]})")
+                    triton_ffn.FORCED = None
+                    continue
+                out.append({"ffn": name, "variant": vname, "rows": rows, "us": round(us, 2),
+                            "rel_err": f"{err:.2e}"})
+                print(f"{name} {vname:>22} rows {rows:>6}: {us:8.2f} us  (rel err {err:.1e})", flush=True)
+    return out
+
+
+def _forced(run, plan):
+    from wenet_triton.engines import triton_ffn
+
+    triton_ffn.FORCED = plan
+    try:
+        return run(ffn=True)
+    finally:
+        triton_ffn.FORCED = None
+
+
+def plot(rows, path: str):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ffns = sorted({r["ffn"] for r in rows})
+    fig, axes = plt.subplots(1, len(ffns), figsize=(6 * len(ffns), 4), squeeze=False)
+    for ax, f in zip(axes[0], ffns):
+        sub = [r for r in rows if r["ffn"] == f]
+        names = [v for v in ("cublas", "silu_gemm", "fused_ffn") if any(r["variant"] == v for r in sub)]
+        for v in names:
+            pts = sorted((int(r["rows"]), float(r["us"])) for r in sub if r["variant"] == v)
+            ax.plot([q[0] for q in pts], [q[1] for q in pts], marker="o", label=v)
+        best = {}
+        for r in sub:
+            if r["variant"].startswith("plan"):
+                n = int(r["rows"])
+                best[n] = min(best.get(n, 1e30), float(r["us"]))
+        if best:
+            pts = sorted(best.items())
+            ax.plot([q[0] for q in pts], [q[1] for q in pts], ls=":", marker="x", label="best swept plan")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("rows, d 256 -> 2048 -> 256, fp16")
+        ax.set_ylabel("us per FFN + add & LayerNorm (in a CUDA graph)")
+        ax.set_title(f)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rows", default="256,1024,4096,8192,32768", help="encoder FFN rows")
+    p.add_argument("--dec-rows", default="410,3280,51840", help="decoder FFN rows")
+    p.add_argument("--reps", type=int, default=20)
+    p.add_argument("--rounds", type=int, default=15)
+    p.add_argument("--sweep", action="store_true", help="also each plan of a list (the rule's measurements)")
+    p.add_argument("--out", help="CSV to write")
+    p.add_argument("--from-csv", help="redraw from this CSV instead of measuring")
+    p.add_argument("--plot", help="PNG to write")
+    a = p.parse_args(argv)
+    if a.from_csv:
+        with open(a.from_csv) as f:
+            rows = list(csv.DictReader(f))
+    else:
+        ints = lambda s: [int(v) for v in s.split(",") if v]  # noqa: E731
+        rows = measure(ints(a.rows), ints(a.dec_rows), a.reps, a.rounds, a.sweep)
+    if a.out and rows:
+        with open(a.out, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+    if a.plot and rows:
+        plot(rows, a.plot)
+
+
+if __name__ == "__main__":
+    main()
