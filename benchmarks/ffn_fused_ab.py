@@ -10,6 +10,10 @@ CUDA graph (launch gaps as in the engine's graphs), as the `torch_cuda` engine r
 - with `--sweep`, `fused_ffn` under each plan of a list (BM, BH, warps, stages, S) instead
   of the rule: the measurements the rule (triton_ffn.plan) is made from.
 
+Also the decoder's output projection + log-softmax + gather of the target (`decoder_vocab`):
+`cublas` = the engine's fp32 TF32 GEMM (linear_f32) + kernels.log_softmax_gather, against
+`fused_vocab` (triton_vocab, its rule; `--sweep`: each plan of VOCAB_SWEEP).
+
     python3 -m benchmarks.ffn_fused_ab --out ffn_fused.csv --plot ffn_fused.png [--sweep]
     .venv/bin/python -m benchmarks.ffn_fused_ab --from-csv ffn_fused.csv --plot ffn_fused.png   # no GPU
 
@@ -26,6 +30,9 @@ import torch.nn.functional as F
 
 SWEEP = [(64, 64, 4, 2), (64, 64, 4, 3), (64, 32, 4, 3), (64, 128, 4, 2), (64, 64, 8, 2),
          (128, 64, 8, 2), (128, 64, 8, 3), (128, 32, 8, 3), (128, 128, 8, 2)]
+
+
+VOCAB_SWEEP = [(64, 128, 4, 2), (64, 64, 4, 3), (128, 128, 8, 2), (128, 64, 8, 3), (128, 128, 8, 3)]
 
 
 def _model():
@@ -89,6 +96,48 @@ def measure(rows_enc, rows_dec, reps: int, rounds: int, sweep: bool):
                 out.append({"ffn": name, "variant": vname, "rows": rows, "us": round(us, 2),
                             "rel_err": f"{err:.2e}"})
                 print(f"{name} {vname:>22} rows {rows:>6}: {us:8.2f} us  (rel err {err:.1e})", flush=True)
+    out += _measure_vocab(fm, rows_dec, reps, rounds, sweep, sms)
+    return out
+
+
+def _measure_vocab(fm, rows_dec, reps, rounds, sweep, sms):
+    from benchmarks.small_batch_ab import _graph_us
+    from wenet_triton.engines import kernels, triton_vocab
+    from wenet_triton.engines.cuda import linear_f32
+
+    D = fm.left
+    out = []
+    for rows in rows_dec:
+        L = 41 if rows < 4096 else 81  # tokens per hypothesis (10 s / 20 s)
+        N = -(-rows // L)
+        g = torch.Generator(device="cuda").manual_seed(rows)
+        x = F.layer_norm(torch.randn(N, L, fm.d, device="cuda", generator=g), (fm.d,)).half()
+        tgt = torch.randint(0, fm.vocab, (N, L), device="cuda", generator=g)
+        lens = torch.full((N,), L, dtype=torch.int32, device="cuda")
+        ref = kernels.ref_log_softmax_gather(F.linear(x.float(), D["out_w16"].float(), D["out_b32"]), tgt, lens)
+        variants = [("cublas", lambda: kernels.log_softmax_gather(linear_f32(x, D["out_w"], D["out_b"]), tgt, lens,
+                                                                  fm.vocab)),
+                    ("fused_vocab", lambda: triton_vocab.proj_log_softmax_gather(x, D["out_w16"], D["out_b32"],
+                                                                                 tgt, lens))]
+        if sweep:
+            for bm, bn, w, st in VOCAB_SWEEP:
+                blocks, tiles = -(-N * L // bm), -(-fm.vocab // bn)
+                for s in (1, 2, 4, 8, 16, 32):
+                    if s > tiles or blocks * s > 4 * sms or (s > 1 and blocks * s // 2 >= 2 * sms):
+                        continue
+                    pl = triton_vocab.Plan(bm, bn, w, st, s)
+                    variants.append((f"plan {bm},{bn},{w},{st},{s}", lambda pl=pl: triton_vocab.proj_log_softmax_gather(
+                        x, D["out_w16"], D["out_b32"], tgt, lens, tiles=pl)))
+        for vname, fn in variants:
+            try:
+                err = (fn() - ref).abs().max().item()
+                us = _graph_us(fn, reps, rounds)
+            except Exception as e:
+                print(f"decoder_vocab {vname:>22} rows {N * L:>6}: failed ({type(e).__name__}: {str(e)[:80]})")
+                continue
+            out.append({"ffn": "decoder_vocab", "variant": vname, "rows": N * L, "us": round(us, 2),
+                        "rel_err": f"{err:.2e}"})
+            print(f"decoder_vocab {vname:>22} rows {N * L:>6}: {us:8.2f} us  (abs err {err:.1e})", flush=True)
     return out
 
 
@@ -111,7 +160,8 @@ def plot(rows, path: str):
     fig, axes = plt.subplots(1, len(ffns), figsize=(6 * len(ffns), 4), squeeze=False)
     for ax, f in zip(axes[0], ffns):
         sub = [r for r in rows if r["ffn"] == f]
-        names = [v for v in ("cublas", "silu_gemm", "fused_ffn") if any(r["variant"] == v for r in sub)]
+        names = [v for v in ("cublas", "silu_gemm", "fused_ffn", "fused_vocab")
+                 if any(r["variant"] == v for r in sub)]
         for v in names:
             pts = sorted((int(r["rows"]), float(r["us"])) for r in sub if r["variant"] == v)
             ax.plot([q[0] for q in pts], [q[1] for q in pts], marker="o", label=v)
@@ -125,8 +175,9 @@ def plot(rows, path: str):
             ax.plot([q[0] for q in pts], [q[1] for q in pts], ls=":", marker="x", label="best swept plan")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
-        ax.set_xlabel("rows, d 256 -> 2048 -> 256, fp16")
-        ax.set_ylabel("us per FFN + add & LayerNorm (in a CUDA graph)")
+        ax.set_xlabel("rows, d 256 -> 4,240 tokens, fp16" if f == "decoder_vocab"
+                      else "rows, d 256 -> 2048 -> 256, fp16")
+        ax.set_ylabel("us per call (in a CUDA graph)")
         ax.set_title(f)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()

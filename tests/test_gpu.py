@@ -373,10 +373,11 @@ def test_fused_silu_ffn_kernel_and_engine(dtype):
 def test_fused_ffn_kernel_and_engine(dtype):
     """The whole FFN as one Triton kernel (triton_ffn) against the ops it replaces, whole and
     split over the hidden units (fp32 partials), SiLU and ReLU, d 256 / 144 / 512, rows from
-    one utterance to 64 x 20 s; then a torch_cuda engine using it: encoder output and
-    rescoring scores as close to the fp32 PyTorch model as the engine's without it."""
+    one utterance to 64 x 20 s; the decoder's projection + log-softmax + gather
+    (triton_vocab) against the unfused pair; then a torch_cuda engine using both: encoder
+    output and rescoring scores as close to the fp32 PyTorch model as the engine's without."""
     from wenet_triton.decode.search import rescoring_inputs
-    from wenet_triton.engines import TorchEngine, triton_ffn
+    from wenet_triton.engines import TorchEngine, triton_ffn, triton_vocab
     from wenet_triton.engines.cuda import CudaEngine
     from wenet_triton.engines.export import export_settings
     from wenet_triton.model import synthetic
@@ -406,6 +407,15 @@ def test_fused_ffn_kernel_and_engine(dtype):
             assert rel_err(out, ref) <= TOL[dtype], (M, d, H, act, can_split)
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     assert triton_ffn.plan(256, 256, 2048, True, sms).split > 1  # one utterance: split
+    for N, L, V in ((10, 41, 4233), (640, 81, 4233), (3, 17, 5000)):  # 1 x 10 s, 64 x 20 s beam 10
+        x = torch.randn(N, L, 256, device="cuda", generator=g).to(dtype)
+        w = (torch.randn(V, 256, device="cuda", generator=g) * 0.1).to(dtype)
+        b = torch.randn(V, device="cuda", generator=g)
+        tgt = torch.randint(0, V, (N, L), device="cuda", generator=g)
+        lens = torch.randint(1, L + 1, (N,), device="cuda", generator=g).int()
+        ref = kernels.ref_log_softmax_gather(F.linear(x.float(), w.float(), b), tgt, lens)
+        out = triton_vocab.proj_log_softmax_gather(x, w, b, tgt, lens)
+        assert (out - ref).abs().max().item() <= 2e-4, (N, L, V)
     assert triton_ffn.plan(32768, 256, 2048, True, sms).split == 1
 
     spec = synthetic.random_spec(synthetic.AISHELL)
@@ -413,8 +423,8 @@ def test_fused_ffn_kernel_and_engine(dtype):
     ref_eng = TorchEngine(ASRModel.from_spec(spec), settings, "cpu")
     name = {torch.float16: "float16", torch.bfloat16: "bfloat16"}[dtype]
     plain = CudaEngine(ASRModel.from_spec(spec), settings, "cuda", name)
-    fused = CudaEngine(ASRModel.from_spec(spec), settings, "cuda", name, fused_ffn=True)
-    assert fused.fm.fused_ffn and not plain.fm.fused_ffn
+    fused = CudaEngine(ASRModel.from_spec(spec), settings, "cuda", name, fused_ffn=True, fused_vocab=True)
+    assert fused.fm.fused_ffn and fused.fm.fused_vocab and not plain.fm.fused_ffn
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("WENET_TRITON_FUSED_FFN", "1")
         assert CudaEngine(ASRModel.from_spec(spec), settings, "cuda", name, cuda_graphs=False).fm.fused_ffn

@@ -71,6 +71,30 @@ print("ok")
 """
 
 
+VOCAB_SCRIPT = r"""
+import torch
+from wenet_triton.engines import kernels
+from wenet_triton.engines import triton_vocab as tv
+torch.manual_seed(0)
+# (hypotheses, positions, d, vocabulary, plan): ragged tiles, d not a power of two, the
+# vocabulary whole and in slices (3: not a power of two), targets out of range (clamped as
+# the unfused gather does), positions past each length (0)
+for N, L, d, V, plan in ((3, 5, 64, 300, tv.Plan(16, 64, 4, 2, 1)), (4, 7, 144, 1000, tv.Plan(16, 128, 4, 2, 3)),
+                         (2, 9, 64, 517, tv.Plan(32, 64, 4, 2, 4))):
+    x = torch.randn(N, L, d).half()
+    w, b = (torch.randn(V, d) * 0.1).half(), torch.randn(V)
+    tgt = torch.randint(0, V + 3, (N, L))
+    lens = torch.randint(1, L + 1, (N,)).int()
+    out = tv.proj_log_softmax_gather(x, w, b, tgt, lens, tiles=plan)
+    ref = kernels.ref_log_softmax_gather(x.float() @ w.float().t() + b, tgt, lens)
+    assert out.shape == (N, L) and out.dtype == torch.float32
+    assert (out - ref).abs().max().item() <= 1e-5, (N, L, d, V, plan)
+    assert (out[torch.arange(L)[None, :] >= lens[:, None].long()] == 0).all()
+assert tv.plan(410, 4233, 132).split > 1 and tv.plan(51840, 4233, 132).split == 1
+print("ok")
+"""
+
+
 def _interpret(script: str):
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
@@ -80,6 +104,11 @@ def _interpret(script: str):
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs the triton package")
 def test_fused_ffn_matches_the_unfused_ops_in_the_interpreter():
     _interpret(FFN_SCRIPT)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs the triton package")
+def test_fused_vocab_matches_projection_and_log_softmax_in_the_interpreter():
+    _interpret(VOCAB_SCRIPT)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs the triton package")
@@ -98,3 +127,19 @@ def test_linear_silu_without_triton_is_refused_and_never_chosen(monkeypatch):
     assert not tg.available() and not tg.applies(torch.zeros(4096, 256, dtype=torch.float16))
     with pytest.raises(RuntimeError, match="needs the triton package"):
         tg.linear_silu(torch.zeros(2, 4), torch.zeros(3, 4), torch.zeros(3))
+
+
+def test_fused_ffn_and_vocab_without_triton_are_refused_and_never_chosen(monkeypatch):
+    import torch
+
+    from wenet_triton.engines import triton_ffn, triton_vocab
+
+    monkeypatch.setattr(triton_ffn, "triton", None)
+    monkeypatch.setattr(triton_vocab, "triton", None)
+    x = torch.zeros(4096, 256, dtype=torch.float16)
+    assert not triton_ffn.applies(x, torch.zeros(2048, 256), "silu") and not triton_vocab.applies(x)
+    with pytest.raises(RuntimeError, match="needs the triton package"):
+        triton_ffn.ffn(x, torch.zeros(8, 256), torch.zeros(8), torch.zeros(256, 8), torch.zeros(256))
+    with pytest.raises(RuntimeError, match="needs the triton package"):
+        triton_vocab.proj_log_softmax_gather(x.view(1, 4096, 256), torch.zeros(8, 256), torch.zeros(8),
+                                             torch.zeros(1, 4096, dtype=torch.long), torch.ones(1))

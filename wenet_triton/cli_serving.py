@@ -184,8 +184,9 @@ def add_commands(sub, model_arg, weights_args):
                     help="'aishell' (random weights, AISHELL shape) and/or WeNet model dirs")
     be.add_argument("--engines", default="eager_fp32,eager_fp16,onnxruntime_cpu,torch_cuda_nokernels,torch_cuda",
                     help="comma-separated; also torch_cuda_silu (the FFN's GEMM + SiLU as one Triton "
-                         "kernel) and torch_cuda_ffn (the whole FFN as one Triton kernel); both "
-                         "opt-in, need the triton package")
+                         "kernel), torch_cuda_ffn (the whole FFN as one Triton kernel), torch_cuda_fused "
+                         "(that and the decoder's projection + log-softmax as one); opt-in, need "
+                         "the triton package")
     be.add_argument("--batches", default="1,4,8,16,32,64")
     be.add_argument("--seconds", default="5,10,20")
     be.add_argument("--iters", type=int, default=20)

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from wenet_triton.contract import ENCODER_OUTPUTS, EngineSettings
-from wenet_triton.engines import kernels, triton_ffn, triton_gemm
+from wenet_triton.engines import kernels, triton_ffn, triton_gemm, triton_vocab
 from wenet_triton.engines.base import Engine
 from wenet_triton.model.conformer import ASRModel, BiTransformerDecoder, sinusoid_table
 from wenet_triton.model.streaming import sinusoid_rows
@@ -193,6 +193,7 @@ class FastModel:
         self.kern = kernels.available() if use_kernels is None else use_kernels
         self.fused_silu = False  # the FFN's GEMM + bias + SiLU as one Triton kernel (opt-in)
         self.fused_ffn = False  # the whole FFN as one Triton kernel (triton_ffn)
+        self.fused_vocab = False  # decoder projection + log-softmax + gather in one (triton_vocab)
         # split-K FFN down-projection for few rows, 16-bit only (splitk_policy)
         self.splitk = splitk_policy() if self.kern and dtype != torch.float32 else []
         # decoder attention: cuDNN first (graph-bucketed shapes) or memory-efficient first
@@ -321,7 +322,9 @@ class FastModel:
                            self._ln(L.norm3, cv), self._ffn(L.feed_forward, cv)))
         out_w, out_b = self._padded(dec.output_layer, cv, f32)
         return {"embed": cv(dec.embed[0].weight), "layers": layers,
-                "after_norm": self._ln(dec.after_norm, cv), "out_w": out_w, "out_b": out_b}
+                "after_norm": self._ln(dec.after_norm, cv), "out_w": out_w, "out_b": out_b,
+                # triton_vocab: the weights in the model dtype, the bias in fp32, unpadded
+                "out_w16": cv(dec.output_layer.weight), "out_b32": f32(dec.output_layer.bias)}
 
     # -- building blocks ---------------------------------------------------------------------
     def ln(self, x, p):
@@ -610,6 +613,8 @@ class FastModel:
                 x, y = self.add_ln(x, out, 1.0, D["layers"][i + 1][0])
             else:
                 _, x = self.add_ln(x, out, 1.0, D["after_norm"])
+        if self.fused_vocab and triton_vocab.applies(x):  # no (N, L, V) logits in memory
+            return triton_vocab.proj_log_softmax_gather(x, D["out_w16"], D["out_b32"], ys_out, lens_sos).sum(1)
         logits = linear_f32(x, D["out_w"], D["out_b"])
         fn = kernels.log_softmax_gather if self.kern else kernels.ref_log_softmax_gather
         return fn(logits, ys_out, lens_sos, self.vocab).sum(1)
@@ -702,7 +707,8 @@ class CudaEngine(Engine):
                  dtype: str = "float16", use_kernels: Optional[bool] = None,
                  cuda_graphs: bool = True, time_bucket: int = 16, want_ctc_log_probs: bool = False,
                  decoder_cudnn: bool = True, coarse_decoder_buckets: bool = False,
-                 fused_silu: Optional[bool] = None, fused_ffn: Optional[bool] = None):
+                 fused_silu: Optional[bool] = None, fused_ffn: Optional[bool] = None,
+                 fused_vocab: Optional[bool] = None):
         self.settings = settings
         self.device = torch.device(device)
         self.fm = FastModel(model, DTYPES[dtype or "float16"], device, use_kernels)
@@ -719,6 +725,11 @@ class CudaEngine(Engine):
         if fused_ffn is None:
             fused_ffn = os.environ.get("WENET_TRITON_FUSED_FFN", "0") == "1"
         self.fm.fused_ffn = fused_ffn and triton_ffn.available()
+        # the decoder's output projection + log-softmax + gather as one Triton kernel
+        # (triton_vocab); None: WENET_TRITON_FUSED_VOCAB=1 turns it on
+        if fused_vocab is None:
+            fused_vocab = os.environ.get("WENET_TRITON_FUSED_VOCAB", "0") == "1"
+        self.fm.fused_vocab = fused_vocab and triton_vocab.available()
         self.fm.dec_cudnn = decoder_cudnn  # False: memory-efficient attention first (see sdpa)
         self.beam = settings.beam_size
         self.time_bucket = time_bucket
