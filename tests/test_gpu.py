@@ -423,7 +423,8 @@ def test_fused_ffn_kernel_and_engine(dtype):
     ref_eng = TorchEngine(ASRModel.from_spec(spec), settings, "cpu")
     name = {torch.float16: "float16", torch.bfloat16: "bfloat16"}[dtype]
     plain = CudaEngine(ASRModel.from_spec(spec), settings, "cuda", name)
-    fused = CudaEngine(ASRModel.from_spec(spec), settings, "cuda", name, fused_ffn=True, fused_vocab=True)
+    fused = CudaEngine(ASRModel.from_spec(spec), settings, "cuda", name, fused_silu=True, fused_ffn=True,
+                       fused_vocab=True)
     assert fused.fm.fused_ffn and fused.fm.fused_vocab and not plain.fm.fused_ffn
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("WENET_TRITON_FUSED_FFN", "1")

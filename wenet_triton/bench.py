@@ -117,7 +117,7 @@ def run(out_dir: str, models: List[str], batches: List[int], seconds: List[float
             elif eng.startswith("torch_cuda"):
                 ce = CudaEngine(copy.deepcopy(base), settings, dev, "float16" if gpu else "float32",
                                 use_kernels=gpu and eng != "torch_cuda_nokernels", cuda_graphs=gpu,
-                                fused_silu=eng == "torch_cuda_silu",
+                                fused_silu=eng in ("torch_cuda_silu", "torch_cuda_fused"),
                                 fused_ffn=eng in ("torch_cuda_ffn", "torch_cuda_fused"),
                                 fused_vocab=eng == "torch_cuda_fused")
                 enc_fn = ce.encode_tensors

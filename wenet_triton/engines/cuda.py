@@ -364,11 +364,10 @@ class FastModel:
         """The feed-forward module; defer=True (the caller reduces Parts: add_ln / add_ln2) lets
         the down-projection of few rows run split-K (splitk_policy)."""
         w1, b1, w2, b2, act = p
-        if self.fused_ffn and triton_ffn.applies(y, w1, act):
-            split = defer and kernels.parts_fit(y)
-            if split or y.numel() // y.shape[-1] >= triton_ffn.MIN_ROWS_WHOLE:
-                out = triton_ffn.ffn(y, w1, b1, w2, b2, act, can_split=split)
-                return Parts(out, b2) if out.dtype != y.dtype else out
+        if (self.fused_ffn and defer and y.numel() // y.shape[-1] < triton_ffn.MAX_ROWS
+                and kernels.parts_fit(y) and triton_ffn.applies(y, w1, act)):  # few rows, split
+            out = triton_ffn.ffn(y, w1, b1, w2, b2, act, can_split=True)
+            return Parts(out, b2) if out.dtype != y.dtype else out
         if act == "relu":  # the decoder's FFN (and relu encoders): ReLU in the GEMM's epilogue
             return F.linear(linear_relu(y, w1, b1), w2, b2)
         if act == "silu" and self.fused_silu and triton_gemm.applies(y):  # opt-in, see triton_gemm

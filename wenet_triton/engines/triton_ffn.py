@@ -41,9 +41,12 @@ except ImportError:  # CPU-only installs: the engine keeps the unfused FFN
     triton = tl = None
 
 ACTS = {"silu": 0, "relu": 1}
-# without a following reduction (partials not taken) the kernel is used from this many rows:
-# below it too few programs of whole hidden rows would run
-MIN_ROWS_WHOLE = 8192
+# the engine uses the kernel below this many rows only, split over the hidden units (its
+# caller reduces the partials): on an H200 (benchmarks/results/h200_2026-12-03b, FFN + add +
+# LayerNorm in CUDA graphs) 12.3 vs 12.8 us (cuBLAS + SiLU + split-K) at 256 rows, ReLU 11.1
+# vs 12.6 at 410; from 1,024 rows slower (17.7 vs 17.5 / 16.0 with triton_gemm's SiLU GEMM;
+# 259 vs 234 / 202 at 32,768: this kernel reaches ~270 TFLOP/s, cuBLAS more)
+MAX_ROWS = int(os.environ.get("WENET_TRITON_FFN_MAX_ROWS", "1024"))
 
 
 class Plan(NamedTuple):
@@ -118,17 +121,18 @@ def plan(rows: int, d: int, hidden: int, can_split: bool, sms: int = 132) -> Pla
     there are about as many programs as SMs (when the caller can take partials)."""
     if FORCED is not None:
         return FORCED._replace(split=FORCED.split if can_split else 1)
-    wide = _pow2(d) > 256  # a (BM, d) fp32 accumulator of d 512: more warps to hold it
+    wide = _pow2(d) > 256  # d 512: more warps for the (BM, d) accumulator, half-size weight tiles
     if rows >= 8192:
         bm, warps = 128, 8
     else:
         bm, warps = 64, 8 if wide else 4
+    bh = 32 if wide else 64
     split = 1
     if can_split:
         blocks = -(-rows // bm)
         while blocks * split * 2 <= sms and hidden // (split * 2) >= 128:
             split *= 2
-    return Plan(bm, 64, warps, 2, split)
+    return Plan(bm, bh, warps, 2, split)
 
 
 def _pow2(n: int) -> int:
@@ -141,7 +145,7 @@ def _pow2(n: int) -> int:
 def applies(x: torch.Tensor, w1: torch.Tensor, act: str) -> bool:
     """Whether ffn() takes these rows (else the caller runs the unfused FFN): a CUDA tensor in
     fp16 / bf16 (Triton's dot would round fp32 to TF32), d_model at most 512, a known
-    activation, contiguous weights."""
+    activation, contiguous weights. The engine also asks for fewer than MAX_ROWS rows."""
     return (triton is not None and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16)
             and act in ACTS and x.shape[-1] <= 512 and w1.is_contiguous() and x.stride(-1) == 1)
 
