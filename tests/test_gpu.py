@@ -134,10 +134,11 @@ def test_splitk_ffn_engine_close_to_fp32_model(dtype, monkeypatch):
     settings = export_settings(spec, ASRModel.from_spec(spec))
     ref_eng = TorchEngine(ASRModel.from_spec(spec), settings, "cpu")
     name = {torch.float16: "float16", torch.bfloat16: "bfloat16"}[dtype]
+    off = dict(fused_silu=False, fused_ffn=False, fused_vocab=False)  # cuBLAS FFNs: split-K's path
     monkeypatch.setenv("WENET_TRITON_SPLITK", "0")
-    plain = CudaEngine(ASRModel.from_spec(spec), settings, "cuda", name)
+    plain = CudaEngine(ASRModel.from_spec(spec), settings, "cuda", name, **off)
     monkeypatch.setenv("WENET_TRITON_SPLITK", "1000000:4")
-    split = CudaEngine(ASRModel.from_spec(spec), settings, "cuda", name)
+    split = CudaEngine(ASRModel.from_spec(spec), settings, "cuda", name, **off)
     assert plain.fm.splitk == [] and split.fm.splitk == splitk_policy("1000000:4")
     calls = []
     real = kernels.add_layernorm_parts
@@ -349,8 +350,10 @@ def test_fused_silu_ffn_kernel_and_engine(dtype):
     settings = export_settings(spec, ASRModel.from_spec(spec))
     ref_eng = TorchEngine(ASRModel.from_spec(spec), settings, "cpu")
     name = {torch.float16: "float16", torch.bfloat16: "bfloat16"}[dtype]
-    plain = CudaEngine(ASRModel.from_spec(spec), settings, "cuda", name)
-    fused = CudaEngine(ASRModel.from_spec(spec), settings, "cuda", name, fused_silu=True)
+    plain = CudaEngine(ASRModel.from_spec(spec), settings, "cuda", name, fused_silu=False, fused_ffn=False,
+                       fused_vocab=False)
+    fused = CudaEngine(ASRModel.from_spec(spec), settings, "cuda", name, fused_silu=True, fused_ffn=False,
+                       fused_vocab=False)
     assert fused.fm.fused_silu
     # by environment (a served A/B: the model processes inherit serve's environment)
     with pytest.MonkeyPatch.context() as mp:
@@ -422,13 +425,15 @@ def test_fused_ffn_kernel_and_engine(dtype):
     settings = export_settings(spec, ASRModel.from_spec(spec))
     ref_eng = TorchEngine(ASRModel.from_spec(spec), settings, "cpu")
     name = {torch.float16: "float16", torch.bfloat16: "bfloat16"}[dtype]
-    plain = CudaEngine(ASRModel.from_spec(spec), settings, "cuda", name)
-    fused = CudaEngine(ASRModel.from_spec(spec), settings, "cuda", name, fused_silu=True, fused_ffn=True,
-                       fused_vocab=True)
-    assert fused.fm.fused_ffn and fused.fm.fused_vocab and not plain.fm.fused_ffn
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("WENET_TRITON_FUSED_FFN", "1")
-        assert CudaEngine(ASRModel.from_spec(spec), settings, "cuda", name, cuda_graphs=False).fm.fused_ffn
+    plain = CudaEngine(ASRModel.from_spec(spec), settings, "cuda", name, fused_silu=False, fused_ffn=False,
+                       fused_vocab=False)
+    fused = CudaEngine(ASRModel.from_spec(spec), settings, "cuda", name)  # the default: all three
+    assert fused.fm.fused_silu and fused.fm.fused_ffn and fused.fm.fused_vocab and not plain.fm.fused_ffn
+    with pytest.MonkeyPatch.context() as mp:  # each can be turned off by environment
+        mp.setenv("WENET_TRITON_FUSED_FFN", "0")
+        mp.setenv("WENET_TRITON_FUSED_VOCAB", "0")
+        e = CudaEngine(ASRModel.from_spec(spec), settings, "cuda", name, cuda_graphs=False).fm
+        assert e.fused_silu and not e.fused_ffn and not e.fused_vocab
     for B, T in ((1, 1011), (8, 1011)):  # 256 rows (split) and 2,048
         x, lens = _random_inputs(B, T, seed=B)
         a = ref_eng.encode(x, lens)

@@ -86,6 +86,22 @@ def _hyps(B: int, beam: int, seconds: float, spec: ModelSpec, device, seed=0):
             torch.randn(B, beam, generator=g).to(device))
 
 
+def _triton_kernels(eng: str) -> dict:
+    """The torch_cuda variants' Triton-lang kernels: `torch_cuda` the engine's defaults (on
+    where they apply, unless WENET_TRITON_FUSED_* = 0), `torch_cuda_cublas` and
+    `torch_cuda_nokernels` none, `torch_cuda_silu` the SiLU GEMM only."""
+    names = ("fused_silu", "fused_ffn", "fused_vocab")
+    if eng == "torch_cuda":
+        return {}
+    if eng == "torch_cuda_silu":
+        return {"fused_silu": True, "fused_ffn": False, "fused_vocab": False}
+    if eng in ("torch_cuda_cublas", "torch_cuda_nokernels"):
+        return dict.fromkeys(names, False)
+    if eng == "torch_cuda_fused":
+        return dict.fromkeys(names, True)
+    raise ValueError(f"unknown bench engine {eng}")
+
+
 def run(out_dir: str, models: List[str], batches: List[int], seconds: List[float],
         engines: List[str], iters: int = 20, ort_max_batch: int = 4, ort_max_seconds: float = 10,
         beam: int = 10, device: str = "cuda") -> str:
@@ -117,9 +133,7 @@ def run(out_dir: str, models: List[str], batches: List[int], seconds: List[float
             elif eng.startswith("torch_cuda"):
                 ce = CudaEngine(copy.deepcopy(base), settings, dev, "float16" if gpu else "float32",
                                 use_kernels=gpu and eng != "torch_cuda_nokernels", cuda_graphs=gpu,
-                                fused_silu=eng in ("torch_cuda_silu", "torch_cuda_fused"),
-                                fused_ffn=eng in ("torch_cuda_ffn", "torch_cuda_fused"),
-                                fused_vocab=eng == "torch_cuda_fused")
+                                **_triton_kernels(eng))
                 enc_fn = ce.encode_tensors
                 dec_fn = ce.rescore_tensors
             elif eng == "onnxruntime_cpu":

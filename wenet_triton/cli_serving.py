@@ -183,10 +183,10 @@ def add_commands(sub, model_arg, weights_args):
     be.add_argument("--models", nargs="+", default=["aishell"],
                     help="'aishell' (random weights, AISHELL shape) and/or WeNet model dirs")
     be.add_argument("--engines", default="eager_fp32,eager_fp16,onnxruntime_cpu,torch_cuda_nokernels,torch_cuda",
-                    help="comma-separated; also torch_cuda_silu (the FFN's GEMM + SiLU as one Triton "
-                         "kernel), torch_cuda_ffn (the whole FFN as one Triton kernel), torch_cuda_fused "
-                         "(that and the decoder's projection + log-softmax as one); opt-in, need "
-                         "the triton package")
+                    help="comma-separated; torch_cuda uses the engine's Triton-lang kernels where "
+                         "they apply (WENET_TRITON_FUSED_*=0 turns one off); also torch_cuda_cublas "
+                         "(none of them: the A/B baseline), torch_cuda_silu (the SiLU GEMM only), "
+                         "torch_cuda_fused (all, whatever the environment)")
     be.add_argument("--batches", default="1,4,8,16,32,64")
     be.add_argument("--seconds", default="5,10,20")
     be.add_argument("--iters", type=int, default=20)

@@ -711,24 +711,23 @@ class CudaEngine(Engine):
         self.settings = settings
         self.device = torch.device(device)
         self.fm = FastModel(model, DTYPES[dtype or "float16"], device, use_kernels)
-        # the FFN's first GEMM + bias + SiLU as one Triton kernel where it applies (fp16/bf16,
-        # >= triton_gemm.MIN_ROWS rows); opt-in (why: triton_gemm's docstring): on an H200 the
-        # encoder at 64 x 20 s 12.1 vs 12.9 ms (benchmarks/results/h200_2026-12-03/silu_tma).
-        # None: WENET_TRITON_FUSED_SILU=1 turns it on (e.g. for a served A/B: the model
-        # processes inherit `serve`'s environment)
-        if fused_silu is None:
-            fused_silu = os.environ.get("WENET_TRITON_FUSED_SILU", "0") == "1"
-        self.fm.fused_silu = fused_silu and triton_gemm.available()
-        # the whole FFN (both GEMMs, bias, activation) as one Triton kernel (triton_ffn); None:
-        # WENET_TRITON_FUSED_FFN=1 turns it on
-        if fused_ffn is None:
-            fused_ffn = os.environ.get("WENET_TRITON_FUSED_FFN", "0") == "1"
-        self.fm.fused_ffn = fused_ffn and triton_ffn.available()
-        # the decoder's output projection + log-softmax + gather as one Triton kernel
-        # (triton_vocab); None: WENET_TRITON_FUSED_VOCAB=1 turns it on
-        if fused_vocab is None:
-            fused_vocab = os.environ.get("WENET_TRITON_FUSED_VOCAB", "0") == "1"
-        self.fm.fused_vocab = fused_vocab and triton_vocab.available()
+        # Triton-lang kernels where they apply (CUDA, fp16 / bf16 rows; the `triton` package of
+        # PyTorch's CUDA wheels): the FFN's first GEMM + bias + SiLU from triton_gemm.MIN_ROWS
+        # rows (triton_gemm), the whole FFN split over its hidden units below
+        # triton_ffn.MAX_ROWS (triton_ffn), the decoder's projection + log-softmax + gather
+        # (triton_vocab). On by default since 2026-12-03: on an H200 64 x 20 s 68.0k / 68.8k ->
+        # 70.8k / 74.0k audio-s/s, served transcripts unchanged
+        # (benchmarks/results/h200_2026-12-03b). None: the environment decides,
+        # WENET_TRITON_FUSED_SILU / _FFN / _VOCAB=0 turns one off (the model processes inherit
+        # `serve`'s environment); False / True: off / on.
+        def pick(flag, name, mod):
+            if flag is None:
+                flag = os.environ.get(name, "1") != "0"
+            return bool(flag) and mod.available()
+
+        self.fm.fused_silu = pick(fused_silu, "WENET_TRITON_FUSED_SILU", triton_gemm)
+        self.fm.fused_ffn = pick(fused_ffn, "WENET_TRITON_FUSED_FFN", triton_ffn)
+        self.fm.fused_vocab = pick(fused_vocab, "WENET_TRITON_FUSED_VOCAB", triton_vocab)
         self.fm.dec_cudnn = decoder_cudnn  # False: memory-efficient attention first (see sdpa)
         self.beam = settings.beam_size
         self.time_bucket = time_bucket

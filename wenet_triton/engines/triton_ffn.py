@@ -1,15 +1,18 @@
 """The whole position-wise feed-forward module in one kernel (Triton-lang):
 act(x @ W1.T + b1) @ W2.T (+ b2), without the (rows, hidden) tensor ever reaching memory.
 
-Why: the `torch_cuda` engine runs an FFN as cuBLAS (bias epilogue) -> SiLU pass -> cuBLAS.
-At 64 x 20 s (32,768 rows, AISHELL 256 -> 2048 -> 256) the hidden tensor is 134 MB, written
-by the first GEMM, read and written by the SiLU pass and read by the second GEMM; at 1 x 10 s
-(256 rows) the three launches and two small GEMMs that each fill a fraction of the GPU cost
-more than the arithmetic. Here each program takes BM rows and a slice of the hidden units:
-for each BH-wide block of its slice it computes the hidden block on the tensor cores (fp32),
-adds b1, applies the activation, rounds to the model's dtype and multiplies it straight into
-its (BM, d) fp32 output accumulator: the pattern of flash attention, with an activation in
-place of the softmax (nothing to rescale).
+Used by the `torch_cuda` engine below MAX_ROWS rows only (one utterance or a few): there it beat
+cuBLAS + SiLU + the split-K down-projection on an H200 by 0.5-1.5 us per FFN; from 1,024 rows it
+was slower than cuBLAS and than triton_gemm's SiLU GEMM (it reached ~270 TFLOP/s where cuBLAS
+does more; benchmarks/results/h200_2026-12-03b). The idea: unfused, an FFN is cuBLAS (bias
+epilogue) -> SiLU pass -> cuBLAS. At 64 x 20 s (32,768 rows, AISHELL 256 -> 2048 -> 256) the
+hidden tensor is 134 MB, written by the first GEMM, read and written by the SiLU pass and read
+by the second GEMM; at 1 x 10 s (256 rows) the three launches and two small GEMMs that each fill
+a fraction of the GPU cost more than the arithmetic. Here each program takes BM rows and a slice
+of the hidden units: for each BH-wide block of its slice it computes the hidden block on the
+tensor cores (fp32), adds b1, applies the activation, rounds to the model's dtype and multiplies
+it straight into its (BM, d) fp32 output accumulator: the pattern of flash attention, with an
+activation in place of the softmax (nothing to rescale).
 
 Split over the hidden units (S > 1, for few rows: one slice per program so the grid covers
 the SMs): each program writes its fp32 partial product to parts[s]; the add + LayerNorm

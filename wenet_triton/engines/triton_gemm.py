@@ -5,23 +5,25 @@ epilogue) and then a separate SiLU pass over the (rows, 2048) hidden tensor: 1.7
 at 64 x 20 s on an H200 (benchmarks/results/h200_2026-12-02c), at memory bandwidth. This
 kernel keeps the fp32 accumulator, adds the bias, applies SiLU and stores once.
 
-Opt-in (`CudaEngine(fused_silu=True)`, `wenet-triton bench --engines torch_cuda_silu`). Two
-kernels: a pointer-load one, and on Hopper and later a persistent one (a program per SM
-walking the tiles) that loads its operands and stores its output by TMA. The first form (the
-pointer kernel only) was exact but no faster on an H200 (2026-12-02, session 16:
-benchmarks/results/h200_2026-12-02f/silu_ab). Measured again on 2026-12-03 (session 18,
-benchmarks/results/h200_2026-12-03/silu_tma, each timed in a CUDA graph): at 32,768 rows
-(64 x 20 s) TMA 108 us, pointer 136, cuBLAS + SiLU 137; at 4,096 17.6 / 20.2 / 21.6; at 1,024
-7.3 / 6.7 / 8.7; at 256 6.9 / 3.8 / 5.5 us. Hence the TMA kernel from TMA_MIN_ROWS (2,048)
-rows, the pointer kernel below. The encoder with it, two alternating rounds on one machine:
-64 x 20 s 12.88 / 12.92 -> 12.09 / 12.06 ms (audio-s/s 68.9k -> 71.9k), 64 x 10 s 6.60 / 6.55 ->
-6.15 / 6.22 ms; batch 1 within the machine's drift, also with every batch fused (MIN_ROWS 0).
-It stays opt-in until a serving run has shown the first-use tuning (Triton compiles and times
-its tile configurations when a new size class of rows first comes) costs nothing there.
-Also tested on the CPU with Triton's interpreter (TRITON_INTERPRET=1).
-Used only for fp16 / bf16 rows (Triton's dot would round fp32 operands to TF32) and batches
-of at least MIN_ROWS rows (1,024; fewer rows fused did not change the batch-1 encoder). Values: SiLU of
-the fp32 sum rounded once, where the two-op path rounds the GEMM output first: equal within
+On by default in the `torch_cuda` engine since 2026-12-03 (`WENET_TRITON_FUSED_SILU=0` or
+`CudaEngine(fused_silu=False)` turns it off; `wenet-triton bench --engines torch_cuda_silu` runs
+it alone, `torch_cuda_cublas` without it). Two kernels: a pointer-load one, and on Hopper and
+later a persistent one (a program per SM walking the tiles) that loads its operands and stores
+its output by TMA. The first form (the pointer kernel only) was exact but no faster on an H200
+(2026-12-02, session 16: benchmarks/results/h200_2026-12-02f/silu_ab). Measured again on
+2026-12-03 (session 18, benchmarks/results/h200_2026-12-03/silu_tma, each timed in a CUDA
+graph): at 32,768 rows (64 x 20 s) TMA 108 us, pointer 136, cuBLAS + SiLU 137; at 4,096 17.6 /
+20.2 / 21.6; at 1,024 7.3 / 6.7 / 8.7; at 256 6.9 / 3.8 / 5.5 us. Hence the TMA kernel from
+TMA_MIN_ROWS (2,048) rows, the pointer kernel below. The encoder with it, two alternating rounds
+on one machine: 64 x 20 s 12.88 / 12.92 -> 12.09 / 12.06 ms (audio-s/s 68.9k -> 71.9k), 64 x 10
+s 6.60 / 6.55 -> 6.15 / 6.22 ms; batch 1 within the machine's drift, also with every batch fused
+(MIN_ROWS 0). A serving run (2026-12-03, benchmarks/results/h200_2026-12-03b) showed its
+first-use tuning (Triton compiles and times its tile configurations when a new size class of
+rows first comes) costs a server's start ~4 s (65 vs 61 s, with triton_ffn and triton_vocab),
+within its drift. Also tested on the CPU with Triton's interpreter (TRITON_INTERPRET=1). Used
+only for fp16 / bf16 rows (Triton's dot would round fp32 operands to TF32) and batches of at
+least MIN_ROWS rows (1,024; fewer rows fused did not change the batch-1 encoder). Values: SiLU
+of the fp32 sum rounded once, where the two-op path rounds the GEMM output first: equal within
 the dtype's rounding, not bit for bit.
 
 Needs the `triton` package (part of PyTorch's CUDA wheels on Linux); `available()` says
