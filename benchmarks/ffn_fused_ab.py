@@ -20,8 +20,10 @@ Also the decoder's output projection + log-softmax + gather of the target (`deco
 Shape: the AISHELL model (d 256, FFN 2048; random weights): encoder FFN (SiLU) at rows =
 batch x frames (1 x 10 s: 256 rows; 64 x 20 s: 32,768), decoder FFN (ReLU) at rows = batch x
 beam 10 x tokens (1 x 10 s: ~410; 64 x 20 s: 51,840). One CSV row per (ffn, variant, rows):
-microseconds per call (median of `--rounds` graph replays of `--reps` calls each) and the
-largest relative error of the LayerNorm output against the fp32 model."""
+microseconds per call (median of `--rounds` graph replays of `--reps` calls each) and, in
+`rel_err`, the largest relative error of the LayerNorm output against the fp32 model (FFN
+rows) or the largest absolute error of the log-probabilities against log_softmax over fp32
+logits (`decoder_vocab` rows)."""
 import argparse
 import csv
 

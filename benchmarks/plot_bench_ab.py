@@ -16,13 +16,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 def _rows(path, engine):
     with open(path) as f:
-        return [r for r in csv.DictReader(f) if r["engine"] == engine]
+        return [r for r in csv.DictReader(f) if engine == "any" or r["engine"] == engine]
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", help="LABEL=bench.csv")
-    p.add_argument("--engine", default="torch_cuda")
+    p.add_argument("--engine", default="torch_cuda", help="rows of this engine; 'any': every row of each CSV "
+                   "(one engine per CSV, e.g. an A/B of two engine variants)")
     p.add_argument("--out", required=True)
     p.add_argument("--title", default="torch_cuda engine, A/B on one H200")
     a = p.parse_args(argv)
