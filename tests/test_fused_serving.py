@@ -1,6 +1,7 @@
 """serving.yaml `pipeline: fused` (issue #17): one python model per dynamic batch (fbank,
 encoder, CTC prefix search with the LM on threads, in-process attention rescoring), served
 by a real tritonserver behind the same `attention_rescoring` name and I/O."""
+import json
 import os
 import sys
 import time
@@ -313,3 +314,48 @@ def test_range_checked_while_staging_equals_checked_first(monkeypatch, int16_ran
     assert again.shape == first.shape and again.frames == first.frames and again.bad == []
     n = first.shape[0] * first.shape[1]
     np.testing.assert_array_equal(again.slot.buf[:n].numpy(), first.slot.buf[:n].numpy())
+
+
+def test_triton_kernels_tuned_at_load_for_the_largest_batch(tmp_path):
+    """The fused / encoder models ask a torch_cuda engine to tune its Triton kernels at load
+    for every batch they can be given: max_batch_audio_seconds in encoder frames (25 per s:
+    10 ms frames, subsampling 4), twice over for the batch bucket's rounding; without that
+    limit max_batch_size x max_audio_seconds. Engines without warm_kernels are left alone."""
+    from wenet_triton.contract import EngineSettings
+    from wenet_triton.serving import triton_models as tm
+
+    (tmp_path / "1").mkdir()
+    EngineSettings(beam_size=10, ctc_weight=0.5, reverse_weight=0.3, sos=9, eos=9, vocab_size=10,
+                   decoder_has_reverse_input=True).save(str(tmp_path / "1"))
+    args = {"model_repository": str(tmp_path), "model_version": "1",
+            "model_config": json.dumps({"max_batch_size": 8})}
+
+    class Eng:
+        def __init__(self):
+            self.asked = []
+
+        def warm_kernels(self, rows):
+            self.asked.append(rows)
+            return 2, 0.5
+
+    e = Eng()
+    tm._warm_kernels(e, {"max_batch_audio_seconds": "240"}, args, "fused")
+    tm._warm_kernels(e, {"max_audio_seconds": "30"}, args, "encoder")
+    tm._warm_kernels(object(), {}, args, "fused")  # onnxruntime / TorchEngine: nothing to tune
+    assert e.asked == [2 * 240 * 25, 2 * 8 * 30 * 25]
+
+
+def test_triton_kernel_tuning_failure_at_load_does_not_stop_the_model(monkeypatch, capsys):
+    """A failing tuning at load is reported and the model loads on (its kernels then tune on
+    first use, as before)."""
+    from wenet_triton.serving import triton_models as tm
+
+    class Broken:
+        def warm_kernels(self, rows):
+            raise RuntimeError("out of resource: shared memory")
+
+    monkeypatch.setattr(tm, "_batch_cap", lambda *a: 6000.0)
+    tm._warm_kernels(Broken(), {}, {}, "fused")
+    out = capsys.readouterr().out
+    assert "[fused] tuning the Triton kernels at load failed (RuntimeError: out of resource" in out
+    assert "tune on first use" in out

@@ -451,6 +451,28 @@ def test_fused_ffn_kernel_and_engine(dtype):
         assert serrs[1] <= 1.5 * serrs[0] + 1e-3, (B, serrs)
 
 
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs the triton package")
+def test_warm_kernels_tunes_every_row_class_at_load():
+    """CudaEngine.warm_kernels (a server's load) runs the SiLU GEMM's autotuner for each size
+    class of rows up to the largest batch; with the kernel off it does nothing."""
+    from wenet_triton.engines import triton_gemm
+    from wenet_triton.engines.cuda import CudaEngine
+    from wenet_triton.engines.export import export_settings
+    from wenet_triton.model import synthetic
+    from wenet_triton.model.conformer import ASRModel
+
+    spec = synthetic.random_spec(synthetic.AISHELL)
+    settings = export_settings(spec, ASRModel.from_spec(spec))
+    eng = CudaEngine(ASRModel.from_spec(spec), settings, "cuda", "float16", fused_silu=True)
+    n, took = eng.warm_kernels(5000)
+    assert n == len(triton_gemm.warm_rows(5000)) == 3 and took > 0
+    tuned = {k[2] for kern in (triton_gemm._linear_silu_kernel, triton_gemm._linear_silu_tma_kernel)
+             for k in kern.cache}  # autotuner keys: (N, K, M_CLASS, dtypes...)
+    assert {1024 .bit_length(), 2048 .bit_length(), 4096 .bit_length()} <= tuned, tuned
+    off = CudaEngine(ASRModel.from_spec(spec), settings, "cuda", "float16", fused_silu=False)
+    assert off.warm_kernels(5000) == (0, 0.0)
+
+
 def test_coarse_decoder_buckets_equal_eager_model():
     """The streaming finals' decoder (coarse_decoder_buckets: CUDA graphs over frames 64, 128,
     256, ... and hypothesis lengths 16, 32, 64, ...) rescores as the PyTorch model does,

@@ -143,3 +143,21 @@ def test_fused_ffn_and_vocab_without_triton_are_refused_and_never_chosen(monkeyp
     with pytest.raises(RuntimeError, match="needs the triton package"):
         triton_vocab.proj_log_softmax_gather(x.view(1, 4096, 256), torch.zeros(8, 256), torch.zeros(8),
                                              torch.zeros(1, 4096, dtype=torch.long), torch.ones(1))
+
+
+def test_warm_rows_cover_each_size_class_the_autotuner_keys_on(monkeypatch):
+    """A server tunes the SiLU GEMM at load (CudaEngine.warm_kernels -> triton_gemm.warm): one
+    row count per class of the autotuner's key (the row count's bit length) from MIN_ROWS up
+    to the largest batch, so no live batch meets an untuned class."""
+    from wenet_triton.engines import triton_gemm as tg
+
+    monkeypatch.setattr(tg, "MIN_ROWS", 1024)
+    assert tg.warm_rows(1000) == []
+    assert tg.warm_rows(1024) == [1024]
+    assert tg.warm_rows(12000) == [1024, 2048, 4096, 8192]
+    classes = [r.bit_length() for r in tg.warm_rows(1 << 17)]
+    assert classes == list(range(11, 19))
+    for rows in (1024, 1500, 2047, 5000, 100000):  # every batch up to the limit: its class warmed
+        assert rows.bit_length() in classes
+    monkeypatch.setattr(tg, "MIN_ROWS", 1500)  # a threshold inside a class: that class from it
+    assert tg.warm_rows(5000) == [1500, 2048, 4096]

@@ -860,6 +860,21 @@ class CudaEngine(Engine):
         return n, time.perf_counter() - t0
 
     # numpy interface (Engine)
+    def warm_kernels(self, max_rows: int) -> Tuple[int, float]:
+        """Tune the autotuned Triton kernels now (a server's load) for every size class of
+        encoder rows up to max_rows (batch x encoder frames, as bucketed), so that no live
+        batch waits for a tuning (the SiLU GEMM times its tile choices per class of rows on
+        first use: ~1 s each). -> (classes run, seconds). Nothing to do without the SiLU GEMM
+        (off, fp32, no triton package, not CUDA)."""
+        if not self.fm.fused_silu or self.device.type != "cuda" or self.fm.dtype == torch.float32:
+            return 0, 0.0
+        shapes = {tuple(p[0].shape) for stages, _ in self.fm.layers
+                  for kind, _, p, _ in stages if kind == "ffn" and p[4] == "silu"}
+        t = time.perf_counter()
+        n = sum(triton_gemm.warm(N, K, max_rows, self.device, self.fm.dtype) for N, K in shapes)
+        torch.cuda.synchronize(self.device)
+        return n, time.perf_counter() - t
+
     def encode(self, feats, lens):
         return self.encode_device(torch.from_numpy(np.ascontiguousarray(feats)).to(self.device),
                                   torch.from_numpy(lens.astype(np.int32)).to(self.device))

@@ -32,7 +32,7 @@ whether it is there.
 from __future__ import annotations
 
 import os
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import torch
 
@@ -189,6 +189,36 @@ def linear_silu(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor,
         # classes, not one tuning per batch bucket
         _linear_silu_kernel[grid](*args)
     return y.view(*x.shape[:-1], N)
+
+
+def warm_rows(max_rows: int) -> List[int]:
+    """One row count per size class the autotuner keys on (M_CLASS: the bit length of the row
+    count), from MIN_ROWS up to max_rows: what warm() runs."""
+    out = []
+    c = max(MIN_ROWS, 1).bit_length()
+    while True:
+        rows = max(MIN_ROWS, 1 << (c - 1))
+        if rows > max_rows:
+            return out
+        out.append(rows)
+        c += 1
+
+
+def warm(n: int, k: int, max_rows: int, device, dtype) -> int:
+    """Run the kernel once per size class of rows up to max_rows (warm_rows) for a (n, k)
+    weight, so that its autotuner compiles and times its tile choices now (a server's load)
+    rather than on the first live batch of each class (seconds, with every request of that
+    batch waiting). Returns the number of classes run."""
+    rows = warm_rows(max_rows)
+    if triton is None or not rows:
+        return 0
+    g = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(rows[-1], k, device=device, dtype=dtype, generator=g)
+    w = (torch.randn(n, k, device=device, generator=g) * 0.05).to(dtype)
+    b = torch.zeros(n, device=device, dtype=dtype)
+    for r in rows:
+        linear_silu(x[:r], w, b)
+    return len(rows)
 
 
 def _linear_silu_tma(x2, w, b, y, tiles: Optional[Dict[str, int]]) -> torch.Tensor:

@@ -247,6 +247,32 @@ def _open_engine(args, params, parts):
                        threads=int(params.get("threads", "0")), parts=parts)
 
 
+def _warm_kernels(engine, params, args, model: str) -> None:
+    """torch_cuda: tune its autotuned Triton kernels at load for every batch this model can be
+    given (CudaEngine.warm_kernels), not on the first live batch of each size. The largest
+    batch: max_batch_audio_seconds (or max_batch_size x max_audio_seconds) in encoder
+    frames, twice over (batches are padded up to a power of two)."""
+    warm = getattr(engine, "warm_kernels", None)
+    if warm is None:
+        return
+    cap = _batch_cap(params, args, "encoder_frames")
+    if cap <= 0:
+        st = EngineSettings.load(_version_dir(args))
+        max_batch = int(json.loads(args.get("model_config", "{}")).get("max_batch_size", 16) or 1)
+        cap = (max_batch * float(params.get("max_audio_seconds", "60"))
+               * 1000.0 / st.fbank.frame_shift_ms / st.subsampling_rate)
+    rows = int(min(2 * cap, 1 << 17))
+    try:
+        n, took = warm(rows)
+    except Exception as e:  # noqa: BLE001 - serving goes on; the kernels then tune on first use
+        print(f"[{model}] tuning the Triton kernels at load failed ({type(e).__name__}: {e}); "
+              "they tune on first use instead", flush=True)
+        return
+    if n:
+        print(f"[{model}] Triton kernels tuned for {n} size classes of rows (up to {rows}) at load "
+              f"in {took:.1f} s", flush=True)
+
+
 def check_amplitude(w: np.ndarray, int16_range: bool, at: str = "") -> np.ndarray:
     """Samples must lie in [-1, 1] (fbank scales them to int16 range; 1e35 overflows it);
     with int16_range, int16-range audio (|x| <= 32768) is scaled to [-1, 1] instead."""
@@ -419,6 +445,7 @@ class Encoder:
     def initialize(self, args):
         p = _params(args)
         self.engine = _open_engine(args, p, ("encoder",))
+        _warm_kernels(self.engine, p, args, "encoder")
         self.front = None
         self.main_input = "WAV" if p.get("frontend", "") == "fbank" else "speech"
         self.cap = _batch_cap(p, args, "samples" if self.main_input == "WAV" else "frames")
@@ -730,6 +757,7 @@ class FusedAsr:
         self.settings = EngineSettings.load(vdir)
         self.vocab = Vocab.from_engine_dir(vdir, self.settings)
         self.engine = _open_engine(args, p, ("encoder", "decoder"))
+        _warm_kernels(self.engine, p, args, "fused")
         # torch_cuda: encoder_out stays on the GPU between the encoder and the decoder
         self.on_device = hasattr(self.engine, "encode_tensors") and hasattr(self.engine, "rescore_tensors")
         fbank_dev = _device(args, p) if p.get("fbank_device", "engine") == "engine" else "cpu"
