@@ -473,6 +473,44 @@ def test_warm_kernels_tunes_every_row_class_at_load():
     assert off.warm_kernels(5000) == (0, 0.0)
 
 
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs the triton package")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_triton_conv_equals_cudnn_and_engine(dtype):
+    """The opt-in implicit-GEMM subsampling convolution (triton_conv) against cuDNN's fused
+    convolution + bias + ReLU at the AISHELL shapes (1 x 10 s, 3 x 7 s), then an engine using
+    it: encoder output as close to the fp32 model as without it."""
+    from wenet_triton.engines import TorchEngine, triton_conv
+    from wenet_triton.engines.cuda import CudaEngine, conv2d_relu
+    from wenet_triton.engines.export import export_settings
+    from wenet_triton.model import synthetic
+    from wenet_triton.model.conformer import ASRModel
+
+    g = torch.Generator(device="cuda").manual_seed(11)
+    cl = torch.channels_last
+    for B, H, W in ((1, 513, 39), (3, 351, 39)):
+        x = torch.relu(torch.randn(B, H, W, 256, device="cuda", generator=g)).to(dtype).permute(0, 3, 1, 2)
+        w = (torch.randn(256, 256, 3, 3, device="cuda", generator=g) * 0.02).to(dtype).contiguous(memory_format=cl)
+        b = torch.randn(256, device="cuda", generator=g).to(dtype)
+        assert triton_conv.applies(x, w, (2, 2))
+        y = triton_conv.conv2d_relu(x, w, b, (2, 2))
+        ref = torch.relu(torch.nn.functional.conv2d(x.float(), w.float(), b.float(), 2))
+        assert y.shape == ref.shape and y.is_contiguous(memory_format=cl)
+        assert rel_err(y, ref) <= TOL[dtype]
+        assert rel_err(y, conv2d_relu(x, w, b, (2, 2))) <= 2 * TOL[dtype]
+    spec = synthetic.random_spec(synthetic.AISHELL)
+    settings = export_settings(spec, ASRModel.from_spec(spec))
+    ref_eng = TorchEngine(ASRModel.from_spec(spec), settings, "cpu")
+    name = {torch.float16: "float16", torch.bfloat16: "bfloat16"}[dtype]
+    plain = CudaEngine(ASRModel.from_spec(spec), settings, "cuda", name, fused_conv=False)
+    conv = CudaEngine(ASRModel.from_spec(spec), settings, "cuda", name, fused_conv=True)
+    assert conv.fm.fused_conv and not plain.fm.fused_conv
+    x, lens = _random_inputs(4, 1011, seed=4)
+    a = ref_eng.encode(x, lens)
+    errs = [max(np.abs(a["encoder_out"][i, :n] - e.encode(x, lens)["encoder_out"][i, :n]).max()
+                for i, n in enumerate(a["encoder_out_lens"])) for e in (plain, conv)]
+    assert errs[1] <= 1.5 * errs[0] + 1e-3, errs
+
+
 def test_coarse_decoder_buckets_equal_eager_model():
     """The streaming finals' decoder (coarse_decoder_buckets: CUDA graphs over frames 64, 128,
     256, ... and hypothesis lengths 16, 32, 64, ...) rescores as the PyTorch model does,

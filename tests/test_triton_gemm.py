@@ -95,6 +95,31 @@ print("ok")
 """
 
 
+CONV_SCRIPT = r"""
+import torch
+import torch.nn.functional as F
+from wenet_triton.engines import triton_conv as tc
+torch.manual_seed(0)
+cl = torch.channels_last
+# (batch, channels in, height, width, channels out, kernel, stride, tiles): the subsampling's
+# 3x3 / stride 2 (4x) and 5x5 / stride 3 (6x), ragged row and column tiles, channels not a
+# multiple of the K step, stride 1
+for B, C, H, W, N, k, s, plan in ((2, 16, 13, 11, 24, 3, 2, tc.Plan(32, 16, 16, 4, 2)),
+                                  (1, 20, 17, 9, 40, 5, 3, tc.Plan(16, 32, 16, 4, 2)),
+                                  (3, 32, 9, 9, 32, 3, 1, tc.Plan(32, 32, 32, 4, 2))):
+    x = torch.randn(B, H, W, C).half().permute(0, 3, 1, 2)  # NCHW view of channels-last memory
+    w = (torch.randn(N, C, k, k) * 0.1).half().contiguous(memory_format=cl)
+    b = torch.randn(N).half()
+    assert not tc.applies(x, w, (s, s))  # CPU tensors: the engine never picks it
+    y = tc.conv2d_relu(x, w, b, (s, s), tiles=plan)
+    ref = F.relu(F.conv2d(x.float(), w.float(), b.float(), s))
+    assert y.shape == ref.shape and y.dtype == torch.float16 and y.is_contiguous(memory_format=cl)
+    err = ((y.float() - ref).abs().max() / ref.abs().max()).item()
+    assert err <= 2e-3, (B, C, H, W, N, k, s, err)
+print("ok")
+"""
+
+
 def _interpret(script: str):
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
@@ -104,6 +129,11 @@ def _interpret(script: str):
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs the triton package")
 def test_fused_ffn_matches_the_unfused_ops_in_the_interpreter():
     _interpret(FFN_SCRIPT)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs the triton package")
+def test_conv_implicit_gemm_matches_conv2d_in_the_interpreter():
+    _interpret(CONV_SCRIPT)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs the triton package")
@@ -129,13 +159,17 @@ def test_linear_silu_without_triton_is_refused_and_never_chosen(monkeypatch):
         tg.linear_silu(torch.zeros(2, 4), torch.zeros(3, 4), torch.zeros(3))
 
 
-def test_fused_ffn_and_vocab_without_triton_are_refused_and_never_chosen(monkeypatch):
+def test_fused_ffn_vocab_conv_without_triton_are_refused_and_never_chosen(monkeypatch):
     import torch
 
-    from wenet_triton.engines import triton_ffn, triton_vocab
+    from wenet_triton.engines import triton_conv, triton_ffn, triton_vocab
 
     monkeypatch.setattr(triton_ffn, "triton", None)
     monkeypatch.setattr(triton_vocab, "triton", None)
+    monkeypatch.setattr(triton_conv, "triton", None)
+    assert not triton_conv.applies(torch.zeros(1, 8, 9, 9, dtype=torch.float16), torch.zeros(8, 8, 3, 3), (2, 2))
+    with pytest.raises(RuntimeError, match="needs the triton package"):
+        triton_conv.conv2d_relu(torch.zeros(1, 8, 9, 9), torch.zeros(8, 8, 3, 3), torch.zeros(8), (2, 2))
     x = torch.zeros(4096, 256, dtype=torch.float16)
     assert not triton_ffn.applies(x, torch.zeros(2048, 256), "silu") and not triton_vocab.applies(x)
     with pytest.raises(RuntimeError, match="needs the triton package"):

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from wenet_triton.contract import ENCODER_OUTPUTS, EngineSettings
-from wenet_triton.engines import kernels, triton_ffn, triton_gemm, triton_vocab
+from wenet_triton.engines import kernels, triton_conv, triton_ffn, triton_gemm, triton_vocab
 from wenet_triton.engines.base import Engine
 from wenet_triton.model.conformer import ASRModel, BiTransformerDecoder, sinusoid_table
 from wenet_triton.model.streaming import sinusoid_rows
@@ -194,6 +194,7 @@ class FastModel:
         self.fused_silu = False  # the FFN's GEMM + bias + SiLU as one Triton kernel (opt-in)
         self.fused_ffn = False  # the whole FFN as one Triton kernel (triton_ffn)
         self.fused_vocab = False  # decoder projection + log-softmax + gather in one (triton_vocab)
+        self.fused_conv = False  # subsampling convs as implicit GEMMs (triton_conv, opt-in)
         # split-K FFN down-projection for few rows, 16-bit only (splitk_policy)
         self.splitk = splitk_policy() if self.kern and dtype != torch.float32 else []
         # decoder attention: cuDNN first (graph-bucketed shapes) or memory-efficient first
@@ -431,7 +432,10 @@ class FastModel:
             x = F.pad(x, (0, kp - k1 * k1))
         x = linear_relu(x, w1, b1).permute(0, 3, 1, 2)  # NCHW view, channels-last memory
         for w, b, s in self.convs:
-            x = conv2d_relu(x, w, b, s)
+            if self.fused_conv and triton_conv.applies(x, w, s):
+                x = triton_conv.conv2d_relu(x, w, b, s)
+            else:
+                x = conv2d_relu(x, w, b, s)
         x = F.linear(x.permute(0, 2, 3, 1).flatten(2), self.out_w, self.out_b)
         for k, s in self.layout:
             valid = valid[:, k - 1::s]
@@ -707,7 +711,7 @@ class CudaEngine(Engine):
                  cuda_graphs: bool = True, time_bucket: int = 16, want_ctc_log_probs: bool = False,
                  decoder_cudnn: bool = True, coarse_decoder_buckets: bool = False,
                  fused_silu: Optional[bool] = None, fused_ffn: Optional[bool] = None,
-                 fused_vocab: Optional[bool] = None):
+                 fused_vocab: Optional[bool] = None, fused_conv: Optional[bool] = None):
         self.settings = settings
         self.device = torch.device(device)
         self.fm = FastModel(model, DTYPES[dtype or "float16"], device, use_kernels)
@@ -728,6 +732,11 @@ class CudaEngine(Engine):
         self.fm.fused_silu = pick(fused_silu, "WENET_TRITON_FUSED_SILU", triton_gemm)
         self.fm.fused_ffn = pick(fused_ffn, "WENET_TRITON_FUSED_FFN", triton_ffn)
         self.fm.fused_vocab = pick(fused_vocab, "WENET_TRITON_FUSED_VOCAB", triton_vocab)
+        # the subsampling's later convs as one implicit-GEMM kernel (triton_conv): opt-in,
+        # WENET_TRITON_FUSED_CONV=1 (not yet measured on a GPU)
+        if fused_conv is None:
+            fused_conv = os.environ.get("WENET_TRITON_FUSED_CONV", "0") == "1"
+        self.fm.fused_conv = bool(fused_conv) and triton_conv.available()
         self.fm.dec_cudnn = decoder_cudnn  # False: memory-efficient attention first (see sdpa)
         self.beam = settings.beam_size
         self.time_bucket = time_bucket

@@ -1,0 +1,105 @@
+"""The conv subsampling's second convolution (3x3, stride 2, 256 -> 256 channels, + bias +
+ReLU, channels-last, fp16) on one GPU, each variant timed inside a CUDA graph: cuDNN's fused
+convolution + bias + ReLU (the engine's default, `cuda.conv2d_relu`) against the implicit-GEMM
+Triton kernel of `wenet_triton/engines/triton_conv.py` (opt-in), with its default tiles and,
+with `--sweep`, each plan of SWEEP.
+
+    python3 -m benchmarks.conv_subsample_ab --out conv.csv --plot conv.png [--sweep]
+    .venv/bin/python -m benchmarks.conv_subsample_ab --from-csv conv.csv --plot conv.png   # no GPU
+
+Shapes: the AISHELL subsampling at batch x seconds (input (B, 256, 2 x 50 s - 1 ... , 39)):
+1 x 10 s, 8 x 20 s, 64 x 20 s. One CSV row per (variant, shape): microseconds per call
+(median of `--rounds` graph replays of `--reps` calls each), TFLOP/s, and the largest
+relative error against fp32."""
+import argparse
+import csv
+
+import torch
+import torch.nn.functional as F
+
+SWEEP = [(128, 128, 64, 8, 3), (128, 128, 64, 4, 4), (128, 256, 64, 8, 3), (64, 128, 64, 4, 4),
+         (128, 64, 64, 4, 4), (256, 128, 64, 8, 3)]
+SHAPES = {"1x10s": (1, 513), "8x20s": (8, 1025), "64x20s": (64, 1025)}
+
+
+def measure(shapes, reps: int, rounds: int, sweep: bool):
+    from benchmarks.small_batch_ab import _graph_us
+    from wenet_triton.engines import triton_conv
+    from wenet_triton.engines.cuda import conv2d_relu
+
+    out = []
+    cl = torch.channels_last
+    for label in shapes:
+        B, H = SHAPES[label]
+        g = torch.Generator(device="cuda").manual_seed(B)
+        x = torch.relu(torch.randn(B, H, 39, 256, device="cuda", generator=g)).half().permute(0, 3, 1, 2)
+        w = (torch.randn(256, 256, 3, 3, device="cuda", generator=g) * 0.02).half().contiguous(memory_format=cl)
+        b = torch.randn(256, device="cuda", generator=g).half()
+        ref = F.relu(F.conv2d(x.float(), w.float(), b.float(), 2))
+        flop = 2.0 * ref.numel() * 256 * 9
+        variants = [("cudnn", lambda: conv2d_relu(x, w, b, (2, 2))),
+                    ("triton", lambda: triton_conv.conv2d_relu(x, w, b, (2, 2)))]
+        if sweep:
+            variants += [(f"plan {','.join(map(str, p))}",
+                          lambda p=triton_conv.Plan(*p): triton_conv.conv2d_relu(x, w, b, (2, 2), tiles=p))
+                         for p in SWEEP]
+        for name, fn in variants:
+            try:
+                err = ((fn().float() - ref).abs().max() / ref.abs().max()).item()
+                us = _graph_us(fn, reps, rounds)
+            except Exception as e:  # a plan that does not fit
+                print(f"{label} {name:>22}: failed ({type(e).__name__}: {str(e)[:80]})")
+                continue
+            out.append({"shape": label, "variant": name, "us": round(us, 2),
+                        "tflops": round(flop / us / 1e6, 1), "rel_err": f"{err:.2e}"})
+            print(f"{label:>7} {name:>22}: {us:9.2f} us {flop / us / 1e6:7.1f} TFLOP/s (rel err {err:.1e})",
+                  flush=True)
+    return out
+
+
+def plot(rows, path: str):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [s for s in SHAPES if any(r["shape"] == s for r in rows)]
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for v in ("cudnn", "triton"):
+        pts = [next((float(r["us"]) for r in rows if r["shape"] == s and r["variant"] == v), None) for s in labels]
+        ax.plot(labels, pts, marker="o", label=v)
+    ax.set_yscale("log")
+    ax.set_xlabel("batch x audio (AISHELL subsampling, 2nd conv)")
+    ax.set_ylabel("us per call (in a CUDA graph)")
+    ax.set_title("conv 3x3 / 2, 256 -> 256, + bias + ReLU, fp16")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--shapes", default=",".join(SHAPES))
+    p.add_argument("--reps", type=int, default=10)
+    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--sweep", action="store_true")
+    p.add_argument("--out", help="CSV to write")
+    p.add_argument("--from-csv", help="redraw from this CSV instead of measuring")
+    p.add_argument("--plot", help="PNG to write")
+    a = p.parse_args(argv)
+    if a.from_csv:
+        with open(a.from_csv) as f:
+            rows = list(csv.DictReader(f))
+    else:
+        rows = measure([s for s in a.shapes.split(",") if s], a.reps, a.rounds, a.sweep)
+    if a.out and rows:
+        with open(a.out, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+    if a.plot and rows:
+        plot(rows, a.plot)
+
+
+if __name__ == "__main__":
+    main()
