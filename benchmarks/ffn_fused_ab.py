@@ -10,7 +10,9 @@ CUDA graph (launch gaps as in the engine's graphs), as the `torch_cuda` engine r
 - with `--sweep`, `fused_ffn` under each plan of a list (BM, BH, warps, stages, S) instead
   of the rule: the measurements the rule (triton_ffn.plan) is made from.
 
-Also the decoder's output projection + log-softmax + gather of the target (`decoder_vocab`):
+Also the CTC head (`ctc_head`: linear_f32 + kernels.log_softmax_topk, k 10, against the
+opt-in triton_ctc kernel) and the decoder's output projection + log-softmax + gather of the
+target (`decoder_vocab`):
 `cublas` = the engine's fp32 TF32 GEMM (linear_f32) + kernels.log_softmax_gather, against
 `fused_vocab` (triton_vocab, its rule; `--sweep`: each plan of VOCAB_SWEEP).
 
@@ -23,7 +25,7 @@ beam 10 x tokens (1 x 10 s: ~410; 64 x 20 s: 51,840). One CSV row per (ffn, vari
 microseconds per call (median of `--rounds` graph replays of `--reps` calls each) and, in
 `rel_err`, the largest relative error of the LayerNorm output against the fp32 model (FFN
 rows) or the largest absolute error of the log-probabilities against log_softmax over fp32
-logits (`decoder_vocab` rows)."""
+logits (`decoder_vocab`, `ctc_head` rows)."""
 import argparse
 import csv
 
@@ -99,6 +101,35 @@ def measure(rows_enc, rows_dec, reps: int, rounds: int, sweep: bool):
                             "rel_err": f"{err:.2e}"})
                 print(f"{name} {vname:>22} rows {rows:>6}: {us:8.2f} us  (rel err {err:.1e})", flush=True)
     out += _measure_vocab(fm, rows_dec, reps, rounds, sweep, sms)
+    out += _measure_ctc(fm, rows_enc, reps, rounds)
+    return out
+
+
+def _measure_ctc(fm, rows_enc, reps, rounds, k: int = 10):
+    """The CTC head: linear_f32 + kernels.log_softmax_topk (the engine's default) against the
+    opt-in fused kernel (triton_ctc), k 10; `rel_err` = the largest absolute value error."""
+    from benchmarks.small_batch_ab import _graph_us
+    from wenet_triton.engines import kernels, triton_ctc
+    from wenet_triton.engines.cuda import linear_f32
+
+    out = []
+    for rows in rows_enc:
+        g = torch.Generator(device="cuda").manual_seed(rows)
+        x = F.layer_norm(torch.randn(rows, fm.d, device="cuda", generator=g), (fm.d,)).half()
+        ref = kernels.ref_log_softmax_topk(F.linear(x.float(), fm.ctc_w16.float(), fm.ctc_b32), k, False)[1]
+        variants = [("cublas", lambda: kernels.log_softmax_topk(linear_f32(x, fm.ctc_w, fm.ctc_b), k, False,
+                                                                fm.vocab)[1]),
+                    ("fused_ctc", lambda: triton_ctc.proj_log_softmax_topk(x, fm.ctc_w16, fm.ctc_b32, k)[0])]
+        for vname, fn in variants:
+            try:
+                err = (fn() - ref).abs().max().item()
+                us = _graph_us(fn, reps, rounds)
+            except Exception as e:
+                print(f"ctc_head {vname:>22} rows {rows:>6}: failed ({type(e).__name__}: {str(e)[:80]})")
+                continue
+            out.append({"ffn": "ctc_head", "variant": vname, "rows": rows, "us": round(us, 2),
+                        "rel_err": f"{err:.2e}"})
+            print(f"ctc_head {vname:>22} rows {rows:>6}: {us:8.2f} us  (abs err {err:.1e})", flush=True)
     return out
 
 
@@ -162,7 +193,7 @@ def plot(rows, path: str):
     fig, axes = plt.subplots(1, len(ffns), figsize=(6 * len(ffns), 4), squeeze=False)
     for ax, f in zip(axes[0], ffns):
         sub = [r for r in rows if r["ffn"] == f]
-        names = [v for v in ("cublas", "silu_gemm", "fused_ffn", "fused_vocab")
+        names = [v for v in ("cublas", "silu_gemm", "fused_ffn", "fused_vocab", "fused_ctc")
                  if any(r["variant"] == v for r in sub)]
         for v in names:
             pts = sorted((int(r["rows"]), float(r["us"])) for r in sub if r["variant"] == v)
@@ -177,7 +208,7 @@ def plot(rows, path: str):
             ax.plot([q[0] for q in pts], [q[1] for q in pts], ls=":", marker="x", label="best swept plan")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
-        ax.set_xlabel("rows, d 256 -> 4,240 tokens, fp16" if f == "decoder_vocab"
+        ax.set_xlabel("rows, d 256 -> 4,233 tokens, fp16" if f in ("decoder_vocab", "ctc_head")
                       else "rows, d 256 -> 2048 -> 256, fp16")
         ax.set_ylabel("us per call (in a CUDA graph)")
         ax.set_title(f)

@@ -511,6 +511,46 @@ def test_triton_conv_equals_cudnn_and_engine(dtype):
     assert errs[1] <= 1.5 * errs[0] + 1e-3, errs
 
 
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs the triton package")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_triton_ctc_head_equals_projection_and_top_k(dtype):
+    """The opt-in fused CTC head (triton_ctc) against linear_f32 + log_softmax_topk (the
+    engine's unfused pair): values within fp32 rounding, ids equal where the values are not
+    near-tied; then an engine using it: its n-best inputs (top-k) equal the unfused engine's."""
+    from wenet_triton.engines import triton_ctc
+    from wenet_triton.engines.cuda import CudaEngine, linear_f32
+    from wenet_triton.engines.export import export_settings
+    from wenet_triton.model import synthetic
+    from wenet_triton.model.conformer import ASRModel
+
+    g = torch.Generator(device="cuda").manual_seed(13)
+    for R, V, k in ((250, 4233, 10), (32768, 4233, 10), (1000, 4233, 20), (77, 5000, 3)):
+        x = torch.randn(R, 256, device="cuda", generator=g).to(dtype)
+        w = (torch.randn(V, 256, device="cuda", generator=g) * 0.1).to(dtype)
+        b = torch.randn(V, device="cuda", generator=g)
+        v, i = triton_ctc.proj_log_softmax_topk(x, w, b, k)
+        pad = -V % 16  # the engine pads the projection's rows for an aligned leading dimension
+        wp, bp = torch.nn.functional.pad(w.float(), (0, 0, 0, pad)), torch.nn.functional.pad(b, (0, pad))
+        _, rv, ri = kernels.log_softmax_topk(linear_f32(x, wp, bp), k, False, V)
+        assert (v - rv).abs().max().item() <= 2e-5, (R, V, k)
+        gaps = (rv[:, :-1] - rv[:, 1:]).abs()
+        clear = torch.cat([gaps > 1e-4, torch.ones_like(gaps[:, :1], dtype=torch.bool)], 1) & \
+            torch.cat([torch.ones_like(gaps[:, :1], dtype=torch.bool), gaps > 1e-4], 1)
+        assert torch.equal(i[clear], ri[clear]), (R, V, k)
+    spec = synthetic.random_spec(synthetic.AISHELL)
+    settings = export_settings(spec, ASRModel.from_spec(spec))
+    name = {torch.float16: "float16", torch.bfloat16: "bfloat16"}[dtype]
+    plain = CudaEngine(ASRModel.from_spec(spec), settings, "cuda", name, fused_ctc=False)
+    fused = CudaEngine(ASRModel.from_spec(spec), settings, "cuda", name, fused_ctc=True)
+    assert fused.fm.fused_ctc and not plain.fm.fused_ctc
+    x, lens = _random_inputs(4, 1011, seed=6)
+    a, c = plain.encode(x, lens), fused.encode(x, lens)
+    for i, n in enumerate(a["encoder_out_lens"]):
+        np.testing.assert_allclose(a["beam_log_probs"][i, :n], c["beam_log_probs"][i, :n], atol=2e-5)
+        agree = (a["beam_log_probs_idx"][i, :n] == c["beam_log_probs_idx"][i, :n]).mean()
+        assert agree >= 0.999, agree
+
+
 def test_coarse_decoder_buckets_equal_eager_model():
     """The streaming finals' decoder (coarse_decoder_buckets: CUDA graphs over frames 64, 128,
     256, ... and hypothesis lengths 16, 32, 64, ...) rescores as the PyTorch model does,

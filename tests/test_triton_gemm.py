@@ -120,6 +120,37 @@ print("ok")
 """
 
 
+CTC_SCRIPT = r"""
+import torch
+from wenet_triton.engines import kernels
+from wenet_triton.engines import triton_ctc as tc
+torch.manual_seed(0)
+# (frames, d, vocabulary, k, tiles): ragged tiles, d not a power of two, k not a power of two,
+# k larger than a tile's width (several insertions per tile)
+for R, d, V, k, plan in ((37, 64, 300, 10, tc.Plan(16, 64, 4, 2)), (20, 144, 517, 3, tc.Plan(16, 128, 4, 2)),
+                         (9, 64, 100, 20, tc.Plan(16, 16, 4, 2))):
+    x = torch.randn(1, R, d).half()
+    w, b = (torch.randn(V, d) * 0.2).half(), torch.randn(V)
+    v, i = tc.proj_log_softmax_topk(x, w, b, k, tiles=plan)
+    assert v.shape == (1, R, k) and v.dtype == torch.float32 and i.dtype == torch.int64
+    _, rv, ri = kernels.ref_log_softmax_topk(x.float() @ w.float().t() + b, k, False)
+    assert (v - rv).abs().max().item() <= 1e-5, (R, d, V, k)
+    assert torch.equal(i, ri), (R, d, V, k)
+# equal logits (duplicated weight rows in different tiles): the smaller token id first
+w, b = (torch.randn(40, 32) * 0.2).half(), torch.zeros(40)
+w[33], w[5], w[17] = w[2], w[2], w[2]
+b[2] = 3.0
+b[[5, 17, 33]] = 3.0
+x = torch.randn(6, 32).half()
+v, i = tc.proj_log_softmax_topk(x, w, b, 4, tiles=tc.Plan(16, 16, 4, 2))
+logits = x.float() @ w.float().t() + b
+for r in range(6):
+    order = sorted(range(40), key=lambda c: (-logits[r, c].item(), c))[:4]
+    assert i[r].tolist() == order, (r, i[r].tolist(), order)
+print("ok")
+"""
+
+
 def _interpret(script: str):
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
@@ -129,6 +160,11 @@ def _interpret(script: str):
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs the triton package")
 def test_fused_ffn_matches_the_unfused_ops_in_the_interpreter():
     _interpret(FFN_SCRIPT)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs the triton package")
+def test_ctc_head_top_k_matches_log_softmax_top_k_in_the_interpreter():
+    _interpret(CTC_SCRIPT)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs the triton package")
@@ -159,14 +195,18 @@ def test_linear_silu_without_triton_is_refused_and_never_chosen(monkeypatch):
         tg.linear_silu(torch.zeros(2, 4), torch.zeros(3, 4), torch.zeros(3))
 
 
-def test_fused_ffn_vocab_conv_without_triton_are_refused_and_never_chosen(monkeypatch):
+def test_triton_kernels_without_triton_are_refused_and_never_chosen(monkeypatch):
     import torch
 
-    from wenet_triton.engines import triton_conv, triton_ffn, triton_vocab
+    from wenet_triton.engines import triton_conv, triton_ctc, triton_ffn, triton_vocab
 
     monkeypatch.setattr(triton_ffn, "triton", None)
     monkeypatch.setattr(triton_vocab, "triton", None)
     monkeypatch.setattr(triton_conv, "triton", None)
+    monkeypatch.setattr(triton_ctc, "triton", None)
+    assert not triton_ctc.applies(torch.zeros(4096, 256, dtype=torch.float16), 10)
+    with pytest.raises(RuntimeError, match="needs the triton package"):
+        triton_ctc.proj_log_softmax_topk(torch.zeros(4, 8), torch.zeros(10, 8), torch.zeros(10), 3)
     assert not triton_conv.applies(torch.zeros(1, 8, 9, 9, dtype=torch.float16), torch.zeros(8, 8, 3, 3), (2, 2))
     with pytest.raises(RuntimeError, match="needs the triton package"):
         triton_conv.conv2d_relu(torch.zeros(1, 8, 9, 9), torch.zeros(8, 8, 3, 3), torch.zeros(8), (2, 2))

@@ -90,17 +90,22 @@ def _triton_kernels(eng: str) -> dict:
     """The torch_cuda variants' Triton-lang kernels: `torch_cuda` the engine's defaults (on
     where they apply, unless WENET_TRITON_FUSED_* = 0), `torch_cuda_cublas` and
     `torch_cuda_nokernels` none, `torch_cuda_silu` the SiLU GEMM only, `torch_cuda_fused` the
-    three on by default whatever the environment, `torch_cuda_conv` the defaults and the
-    opt-in subsampling convolution (triton_conv)."""
+    three on by default whatever the environment, `torch_cuda_conv` / `torch_cuda_ctc` /
+    `torch_cuda_optin` the defaults and the opt-in subsampling convolution (triton_conv) / CTC
+    head (triton_ctc) / both."""
     names = ("fused_silu", "fused_ffn", "fused_vocab")
     if eng == "torch_cuda":
         return {}
     if eng == "torch_cuda_conv":
         return {"fused_conv": True}
+    if eng == "torch_cuda_ctc":
+        return {"fused_ctc": True}
+    if eng == "torch_cuda_optin":
+        return {"fused_conv": True, "fused_ctc": True}
     if eng == "torch_cuda_silu":
         return {"fused_silu": True, "fused_ffn": False, "fused_vocab": False}
     if eng in ("torch_cuda_cublas", "torch_cuda_nokernels"):
-        return dict.fromkeys(names + ("fused_conv",), False)
+        return dict.fromkeys(names + ("fused_conv", "fused_ctc"), False)
     if eng == "torch_cuda_fused":
         return dict.fromkeys(names, True)
     raise ValueError(f"unknown bench engine {eng}")

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from wenet_triton.contract import ENCODER_OUTPUTS, EngineSettings
-from wenet_triton.engines import kernels, triton_conv, triton_ffn, triton_gemm, triton_vocab
+from wenet_triton.engines import kernels, triton_conv, triton_ctc, triton_ffn, triton_gemm, triton_vocab
 from wenet_triton.engines.base import Engine
 from wenet_triton.model.conformer import ASRModel, BiTransformerDecoder, sinusoid_table
 from wenet_triton.model.streaming import sinusoid_rows
@@ -195,6 +195,7 @@ class FastModel:
         self.fused_ffn = False  # the whole FFN as one Triton kernel (triton_ffn)
         self.fused_vocab = False  # decoder projection + log-softmax + gather in one (triton_vocab)
         self.fused_conv = False  # subsampling convs as implicit GEMMs (triton_conv, opt-in)
+        self.fused_ctc = False  # CTC projection + log-softmax + top-k in one (triton_ctc, opt-in)
         # split-K FFN down-projection for few rows, 16-bit only (splitk_policy)
         self.splitk = splitk_policy() if self.kern and dtype != torch.float32 else []
         # decoder attention: cuDNN first (graph-bucketed shapes) or memory-efficient first
@@ -236,6 +237,8 @@ class FastModel:
         self.after_norm = self._ln(enc.after_norm, cv)
         self.vocab = model.ctc.ctc_lo.out_features
         self.ctc_w, self.ctc_b = self._padded(model.ctc.ctc_lo, cv, f32)
+        # triton_ctc: the weights in the model dtype, the bias in fp32, unpadded
+        self.ctc_w16, self.ctc_b32 = cv(model.ctc.ctc_lo.weight), f32(model.ctc.ctc_lo.bias)
         dec = model.decoder
         self.left = self.right = None  # decoder=False: encoder only (the chunk encoder)
         if decoder:
@@ -472,6 +475,9 @@ class FastModel:
         return F.linear(pe, self.w_pos_all).split(self.d, dim=-1) if self.rel_pos else None
 
     def _ctc_topk(self, x, beam: int, want_logp: bool):
+        if self.fused_ctc and not want_logp and triton_ctc.applies(x, beam):  # no logits in memory
+            topv, topi = triton_ctc.proj_log_softmax_topk(x, self.ctc_w16, self.ctc_b32, beam)
+            return x.new_empty(*x.shape[:-1], 0, dtype=torch.float32), topv, topi
         logits = linear_f32(x, self.ctc_w, self.ctc_b)
         fn = kernels.log_softmax_topk if self.kern else kernels.ref_log_softmax_topk
         return fn(logits, beam, want_logp, self.vocab)
@@ -711,7 +717,8 @@ class CudaEngine(Engine):
                  cuda_graphs: bool = True, time_bucket: int = 16, want_ctc_log_probs: bool = False,
                  decoder_cudnn: bool = True, coarse_decoder_buckets: bool = False,
                  fused_silu: Optional[bool] = None, fused_ffn: Optional[bool] = None,
-                 fused_vocab: Optional[bool] = None, fused_conv: Optional[bool] = None):
+                 fused_vocab: Optional[bool] = None, fused_conv: Optional[bool] = None,
+                 fused_ctc: Optional[bool] = None):
         self.settings = settings
         self.device = torch.device(device)
         self.fm = FastModel(model, DTYPES[dtype or "float16"], device, use_kernels)
@@ -732,11 +739,16 @@ class CudaEngine(Engine):
         self.fm.fused_silu = pick(fused_silu, "WENET_TRITON_FUSED_SILU", triton_gemm)
         self.fm.fused_ffn = pick(fused_ffn, "WENET_TRITON_FUSED_FFN", triton_ffn)
         self.fm.fused_vocab = pick(fused_vocab, "WENET_TRITON_FUSED_VOCAB", triton_vocab)
-        # the subsampling's later convs as one implicit-GEMM kernel (triton_conv): opt-in,
-        # WENET_TRITON_FUSED_CONV=1 (not yet measured on a GPU)
-        if fused_conv is None:
-            fused_conv = os.environ.get("WENET_TRITON_FUSED_CONV", "0") == "1"
-        self.fm.fused_conv = bool(fused_conv) and triton_conv.available()
+        # opt-in, not yet measured on a GPU: the subsampling's later convs as one implicit-GEMM
+        # kernel (triton_conv; WENET_TRITON_FUSED_CONV=1), the CTC head's projection +
+        # log-softmax + top-k as one (triton_ctc; WENET_TRITON_FUSED_CTC=1)
+        def opt_in(flag, name, mod):
+            if flag is None:
+                flag = os.environ.get(name, "0") == "1"
+            return bool(flag) and mod.available()
+
+        self.fm.fused_conv = opt_in(fused_conv, "WENET_TRITON_FUSED_CONV", triton_conv)
+        self.fm.fused_ctc = opt_in(fused_ctc, "WENET_TRITON_FUSED_CTC", triton_ctc)
         self.fm.dec_cudnn = decoder_cudnn  # False: memory-efficient attention first (see sdpa)
         self.beam = settings.beam_size
         self.time_bucket = time_bucket
