@@ -12,10 +12,11 @@ Shapes: the AISHELL subsampling at batch x seconds (input (B, 256, 2 x 50 s - 1 
 (median of `--rounds` graph replays of `--reps` calls each), TFLOP/s, and the largest
 relative error against fp32."""
 import argparse
-import csv
 
 import torch
 import torch.nn.functional as F
+
+from benchmarks.ab_io import finish, load_rows, style
 
 SWEEP = [(128, 128, 64, 8, 3), (128, 128, 64, 4, 4), (128, 256, 64, 8, 3), (64, 128, 64, 4, 4),
          (128, 64, 64, 4, 4), (256, 128, 64, 8, 3)]
@@ -67,12 +68,8 @@ def plot(rows, path: str):
     for v in ("cudnn", "triton"):
         pts = [next((float(r["us"]) for r in rows if r["shape"] == s and r["variant"] == v), None) for s in labels]
         ax.plot(labels, pts, marker="o", label=v)
-    ax.set_yscale("log")
-    ax.set_xlabel("batch x audio (AISHELL subsampling, 2nd conv)")
-    ax.set_ylabel("us per call (in a CUDA graph)")
-    ax.set_title("conv 3x3 / 2, 256 -> 256, + bias + ReLU, fp16")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    style(ax, "batch x audio (AISHELL subsampling, 2nd conv)", title="conv 3x3 / 2, 256 -> 256, + bias + ReLU, fp16",
+          logx=False)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -87,19 +84,9 @@ def main(argv=None):
     p.add_argument("--from-csv", help="redraw from this CSV instead of measuring")
     p.add_argument("--plot", help="PNG to write")
     a = p.parse_args(argv)
-    if a.from_csv:
-        with open(a.from_csv) as f:
-            rows = list(csv.DictReader(f))
-    else:
-        rows = measure([s for s in a.shapes.split(",") if s], a.reps, a.rounds, a.sweep)
-    if a.out and rows:
-        with open(a.out, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
-    if a.plot and rows:
-        plot(rows, a.plot)
-
+    rows = load_rows(a.from_csv) if a.from_csv else measure([s for s in a.shapes.split(",") if s], a.reps,
+                                                            a.rounds, a.sweep)
+    finish(rows, a.out, a.plot, plot)
 
 if __name__ == "__main__":
     main()

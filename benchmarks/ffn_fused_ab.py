@@ -27,10 +27,11 @@ microseconds per call (median of `--rounds` graph replays of `--reps` calls each
 rows) or the largest absolute error of the log-probabilities against log_softmax over fp32
 logits (`decoder_vocab`, `ctc_head` rows)."""
 import argparse
-import csv
 
 import torch
 import torch.nn.functional as F
+
+from benchmarks.ab_io import finish, load_rows, style
 
 SWEEP = [(64, 64, 4, 2), (64, 64, 4, 3), (64, 32, 4, 3), (64, 128, 4, 2), (64, 64, 8, 2),
          (128, 64, 8, 2), (128, 64, 8, 3), (128, 32, 8, 3), (128, 128, 8, 2)]
@@ -206,14 +207,8 @@ def plot(rows, path: str):
         if best:
             pts = sorted(best.items())
             ax.plot([q[0] for q in pts], [q[1] for q in pts], ls=":", marker="x", label="best swept plan")
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("rows, d 256 -> 4,233 tokens, fp16" if f in ("decoder_vocab", "ctc_head")
-                      else "rows, d 256 -> 2048 -> 256, fp16")
-        ax.set_ylabel("us per call (in a CUDA graph)")
-        ax.set_title(f)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend()
+        style(ax, "rows, d 256 -> 4,233 tokens, fp16" if f in ("decoder_vocab", "ctc_head")
+              else "rows, d 256 -> 2048 -> 256, fp16", title=f)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -229,20 +224,10 @@ def main(argv=None):
     p.add_argument("--from-csv", help="redraw from this CSV instead of measuring")
     p.add_argument("--plot", help="PNG to write")
     a = p.parse_args(argv)
-    if a.from_csv:
-        with open(a.from_csv) as f:
-            rows = list(csv.DictReader(f))
-    else:
-        ints = lambda s: [int(v) for v in s.split(",") if v]  # noqa: E731
-        rows = measure(ints(a.rows), ints(a.dec_rows), a.reps, a.rounds, a.sweep)
-    if a.out and rows:
-        with open(a.out, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
-    if a.plot and rows:
-        plot(rows, a.plot)
-
+    ints = lambda v: [int(x) for x in v.split(",") if x]  # noqa: E731
+    rows = load_rows(a.from_csv) if a.from_csv else measure(ints(a.rows), ints(a.dec_rows), a.reps, a.rounds,
+                                                            a.sweep)
+    finish(rows, a.out, a.plot, plot)
 
 if __name__ == "__main__":
     main()

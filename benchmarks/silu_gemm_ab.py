@@ -11,10 +11,11 @@ after bucketing, 64 x 20 s 32,768). One CSV row per (variant, rows): microsecond
 (median of `--rounds` graph replays of `--reps` calls each) and the largest relative error
 against fp32."""
 import argparse
-import csv
 
 import torch
 import torch.nn.functional as F
+
+from benchmarks.ab_io import finish, load_rows, style
 
 VARIANTS = ("cublas+silu", "triton_ptr", "triton_tma")
 
@@ -51,13 +52,7 @@ def plot(rows, path: str):
         pts = sorted((int(r["rows"]), float(r["us"])) for r in rows if r["variant"] == name)
         if pts:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("rows (batch x frames), K 256 -> N 2048, fp16")
-    ax.set_ylabel("us per call (in a CUDA graph)")
-    ax.set_title("FFN GEMM + bias + SiLU")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    style(ax, "rows (batch x frames), K 256 -> N 2048, fp16", title="FFN GEMM + bias + SiLU")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -71,19 +66,8 @@ def main(argv=None):
     p.add_argument("--from-csv", help="redraw from this CSV instead of measuring")
     p.add_argument("--plot", help="PNG to write")
     a = p.parse_args(argv)
-    if a.from_csv:
-        with open(a.from_csv) as f:
-            rows = list(csv.DictReader(f))
-    else:
-        rows = measure([int(r) for r in a.rows.split(",")], a.reps, a.rounds)
-    if a.out:
-        with open(a.out, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
-    if a.plot:
-        plot(rows, a.plot)
-
+    rows = load_rows(a.from_csv) if a.from_csv else measure([int(r) for r in a.rows.split(",")], a.reps, a.rounds)
+    finish(rows, a.out, a.plot, plot)
 
 if __name__ == "__main__":
     main()

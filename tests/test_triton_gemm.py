@@ -235,3 +235,18 @@ def test_warm_rows_cover_each_size_class_the_autotuner_keys_on(monkeypatch):
         assert rows.bit_length() in classes
     monkeypatch.setattr(tg, "MIN_ROWS", 1500)  # a threshold inside a class: that class from it
     assert tg.warm_rows(5000) == [1500, 2048, 4096]
+
+
+def test_forced_plans_parse_or_name_what_is_wrong():
+    """WENET_TRITON_*_PLAN: comma-separated integers into the module's plan, else an error
+    naming the variable and the fields it wants."""
+    from wenet_triton.engines import triton_ffn, triton_vocab
+    from wenet_triton.engines.triton_plan import parse_plan, pow2
+
+    assert parse_plan(triton_ffn.Plan, "64,64,4,2,8", "WENET_TRITON_FFN_PLAN") == triton_ffn.Plan(64, 64, 4, 2, 8)
+    assert parse_plan(triton_vocab.Plan, " ", "WENET_TRITON_VOCAB_PLAN") is None
+    with pytest.raises(ValueError, match=r"WENET_TRITON_FFN_PLAN: '64,64' is not BM,BH,WARPS,STAGES,SPLIT"):
+        parse_plan(triton_ffn.Plan, "64,64", "WENET_TRITON_FFN_PLAN")
+    with pytest.raises(ValueError, match="WENET_TRITON_VOCAB_PLAN: 'a,b,c,d,e' is not"):
+        parse_plan(triton_vocab.Plan, "a,b,c,d,e", "WENET_TRITON_VOCAB_PLAN")
+    assert [pow2(n) for n in (1, 2, 3, 144, 256, 257)] == [1, 2, 4, 256, 256, 512]

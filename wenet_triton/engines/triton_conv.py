@@ -20,10 +20,11 @@ WENET_TRITON_CONV_PLAN ("BM,BN,BK,warps,stages") forces others for A/B runs.
 """
 from __future__ import annotations
 
-import os
 from typing import NamedTuple, Optional
 
 import torch
+
+from wenet_triton.engines.triton_plan import forced_plan
 
 try:
     import triton
@@ -43,17 +44,7 @@ class Plan(NamedTuple):
 DEFAULT = Plan(128, 128, 64, 8, 3)
 
 
-def parse_plan(spec: str) -> Optional[Plan]:
-    spec = (spec or "").strip()
-    if not spec:
-        return None
-    try:
-        return Plan(*(int(v) for v in spec.split(",")))
-    except (TypeError, ValueError):
-        raise ValueError(f"WENET_TRITON_CONV_PLAN: {spec!r} is not BM,BN,BK,warps,stages (e.g. 128,128,64,8,3)")
-
-
-FORCED: Optional[Plan] = parse_plan(os.environ.get("WENET_TRITON_CONV_PLAN", ""))
+FORCED: Optional[Plan] = forced_plan(Plan, "WENET_TRITON_CONV_PLAN")
 
 
 def available() -> bool:

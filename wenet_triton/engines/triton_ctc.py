@@ -23,16 +23,19 @@ but NOT yet run on a GPU (session 19 had no device time left): its speed is unme
 """
 from __future__ import annotations
 
-import os
 from typing import NamedTuple, Optional, Tuple
 
 import torch
+
+from wenet_triton.engines.triton_plan import forced_plan, pow2
 
 try:
     import triton
     import triton.language as tl
 except ImportError:
     triton = tl = None
+if triton is not None:  # the logits tile + online log-sum-exp step, shared with the vocabulary kernel
+    from wenet_triton.engines.triton_vocab import _logits_lse_step
 
 
 class Plan(NamedTuple):
@@ -45,17 +48,7 @@ class Plan(NamedTuple):
 DEFAULT = Plan(64, 128, 4, 2)
 
 
-def parse_plan(spec: str) -> Optional[Plan]:
-    spec = (spec or "").strip()
-    if not spec:
-        return None
-    try:
-        return Plan(*(int(v) for v in spec.split(",")))
-    except (TypeError, ValueError):
-        raise ValueError(f"WENET_TRITON_CTC_PLAN: {spec!r} is not BM,BN,warps,stages (e.g. 64,128,4,2)")
-
-
-FORCED: Optional[Plan] = parse_plan(os.environ.get("WENET_TRITON_CTC_PLAN", ""))
+FORCED: Optional[Plan] = forced_plan(Plan, "WENET_TRITON_CTC_PLAN")
 
 
 def available() -> bool:
@@ -89,15 +82,7 @@ if triton is not None:
         vals = tl.where(slot[None, :] < K, float("-inf"), float("inf")) + tl.zeros((BM, KP), tl.float32)
         ids = tl.zeros((BM, KP), tl.int32)
         for n0 in tl.range(0, V, BN, num_stages=NUM_STAGES):
-            rn = n0 + rn0
-            n_ok = rn < V
-            w = tl.load(w_ptr + rn[:, None] * D + rd[None, :], mask=n_ok[:, None] & d_ok[None, :], other=0.0)
-            z = tl.dot(x, w.T)
-            z += tl.load(b_ptr + rn, mask=n_ok, other=0.0)[None, :]
-            z = tl.where(n_ok[None, :], z, float("-inf"))
-            new_mx = tl.maximum(mx, tl.max(z, 1))
-            sm = sm * tl.exp(mx - new_mx) + tl.sum(tl.exp(z - new_mx[:, None]), 1)
-            mx = new_mx
+            z, mx, sm = _logits_lse_step(x, w_ptr, b_ptr, n0 + rn0, n0 + rn0 < V, rd, d_ok, D, mx, sm)
             kth = tl.min(vals, 1)  # the smallest of the k slots
             more = tl.max((tl.max(z, 1) > kth).to(tl.int32), 0)
             j = 0
@@ -131,13 +116,6 @@ def applies(x: torch.Tensor, k: int) -> bool:
             and x.shape[-1] <= 512 and 1 <= k <= 64)
 
 
-def _pow2(n: int) -> int:
-    p = 1
-    while p < n:
-        p *= 2
-    return p
-
-
 def proj_log_softmax_topk(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, k: int,
                           tiles: Optional[Plan] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """x (..., d) 16-bit, w (V, d) in x's dtype, b (V,) fp32 -> (values (..., k) fp32, ids
@@ -158,6 +136,6 @@ def proj_log_softmax_topk(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, k: 
         p = tiles or FORCED or DEFAULT
         _ctc_topk_kernel[(triton.cdiv(R, p.bm),)](
             x2, w.contiguous(), b.contiguous(), vals, ids, R, V, d, x2.stride(0),
-            K=k, KP=max(2, _pow2(k)), BM=p.bm, BN=p.bn, BD=_pow2(d), NUM_STAGES=p.stages, num_warps=p.warps)
+            K=k, KP=max(2, pow2(k)), BM=p.bm, BN=p.bn, BD=pow2(d), NUM_STAGES=p.stages, num_warps=p.warps)
     lead = x.shape[:-1]
     return vals.view(*lead, k), ids.view(*lead, k)

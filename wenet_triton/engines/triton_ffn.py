@@ -37,6 +37,8 @@ from typing import NamedTuple, Optional
 
 import torch
 
+from wenet_triton.engines.triton_plan import forced_plan, pow2
+
 try:
     import triton
     import triton.language as tl
@@ -103,19 +105,8 @@ if triton is not None:
             tl.store(y_ptr + out, acc.to(y_ptr.dtype.element_ty), mask=ok)
 
 
-def parse_plan(spec: str) -> Optional[Plan]:
-    """ "BM,BH,warps,stages,S" -> Plan; "" -> None."""
-    spec = (spec or "").strip()
-    if not spec:
-        return None
-    try:
-        return Plan(*(int(v) for v in spec.split(",")))
-    except (TypeError, ValueError):
-        raise ValueError(f"WENET_TRITON_FFN_PLAN: {spec!r} is not BM,BH,warps,stages,S (e.g. 64,64,4,2,8)")
-
-
 # one plan for every call instead of the rule (A/B runs; benchmarks/ffn_fused_ab.py sets it)
-FORCED: Optional[Plan] = parse_plan(os.environ.get("WENET_TRITON_FFN_PLAN", ""))
+FORCED: Optional[Plan] = forced_plan(Plan, "WENET_TRITON_FFN_PLAN")
 
 
 def plan(rows: int, d: int, hidden: int, can_split: bool, sms: int = 132) -> Plan:
@@ -124,7 +115,7 @@ def plan(rows: int, d: int, hidden: int, can_split: bool, sms: int = 132) -> Pla
     there are about as many programs as SMs (when the caller can take partials)."""
     if FORCED is not None:
         return FORCED._replace(split=FORCED.split if can_split else 1)
-    wide = _pow2(d) > 256  # d 512: more warps for the (BM, d) accumulator, half-size weight tiles
+    wide = pow2(d) > 256  # d 512: more warps for the (BM, d) accumulator, half-size weight tiles
     if rows >= 8192:
         bm, warps = 128, 8
     else:
@@ -136,13 +127,6 @@ def plan(rows: int, d: int, hidden: int, can_split: bool, sms: int = 132) -> Pla
         while blocks * split * 2 <= sms and hidden // (split * 2) >= 128:
             split *= 2
     return Plan(bm, bh, warps, 2, split)
-
-
-def _pow2(n: int) -> int:
-    p = 1
-    while p < n:
-        p *= 2
-    return p
 
 
 def applies(x: torch.Tensor, w1: torch.Tensor, act: str) -> bool:
@@ -188,7 +172,7 @@ def ffn(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b
     grid = (triton.cdiv(M, p.bm), S)
     _ffn_kernel[grid](x2, w1, b1, w2, b2, y, M, d, H, h_per,
                       x2.stride(0), d, M * d,
-                      BM=p.bm, BD=_pow2(d), BH=p.bh, ACT=ACTS[act], PARTS=S > 1, NUM_STAGES=p.stages,
+                      BM=p.bm, BD=pow2(d), BH=p.bh, ACT=ACTS[act], PARTS=S > 1, NUM_STAGES=p.stages,
                       num_warps=p.warps)
     if S > 1:
         return y.view(S, *x.shape[:-1], d)

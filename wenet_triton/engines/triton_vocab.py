@@ -21,10 +21,11 @@ fp32 rows) the engine keeps linear_f32 + log_softmax_gather.
 """
 from __future__ import annotations
 
-import os
 from typing import NamedTuple, Optional
 
 import torch
+
+from wenet_triton.engines.triton_plan import forced_plan, pow2
 
 try:
     import triton
@@ -47,6 +48,19 @@ def available() -> bool:
 
 if triton is not None:
     @triton.jit
+    def _logits_lse_step(x, w_ptr, b_ptr, rn, n_ok, rd, d_ok, D, mx, sm):
+        """One vocabulary tile: its logits z = x @ w[rn].T + b[rn] (fp32; -inf past the
+        valid columns n_ok) and the online log-sum-exp state (running max mx, sum sm rescaled
+        to it) with the tile folded in. Shared with triton_ctc."""
+        w = tl.load(w_ptr + rn[:, None] * D + rd[None, :], mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+        z = tl.dot(x, w.T)
+        z += tl.load(b_ptr + rn, mask=n_ok, other=0.0)[None, :]
+        z = tl.where(n_ok[None, :], z, float("-inf"))
+        new_mx = tl.maximum(mx, tl.max(z, 1))
+        sm = sm * tl.exp(mx - new_mx) + tl.sum(tl.exp(z - new_mx[:, None]), 1)
+        return z, new_mx, sm
+
+    @triton.jit
     def _proj_lse_kernel(x_ptr, w_ptr, b_ptr, tgt_ptr, lens_ptr, out_ptr, part_ptr,
                          R, L, V, D, V_PER, sxm,
                          BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, SPLIT: tl.constexpr,
@@ -68,14 +82,7 @@ if triton is not None:
         v_hi = min(v_lo + V_PER, V)
         for n0 in tl.range(v_lo, v_hi, BN, num_stages=NUM_STAGES):
             rn = n0 + rn0
-            n_ok = rn < v_hi
-            w = tl.load(w_ptr + rn[:, None] * D + rd[None, :], mask=n_ok[:, None] & d_ok[None, :], other=0.0)
-            z = tl.dot(x, w.T)
-            z += tl.load(b_ptr + rn, mask=n_ok, other=0.0)[None, :]
-            z = tl.where(n_ok[None, :], z, float("-inf"))
-            new_mx = tl.maximum(mx, tl.max(z, 1))
-            sm = sm * tl.exp(mx - new_mx) + tl.sum(tl.exp(z - new_mx[:, None]), 1)
-            mx = new_mx
+            z, mx, sm = _logits_lse_step(x, w_ptr, b_ptr, rn, rn < v_hi, rd, d_ok, D, mx, sm)
             tv += tl.sum(tl.where(rn[None, :] == tgt[:, None], z, 0.0), 1)
         if SPLIT:  # (3, VS, R): max, sum, target logit of this slice
             base = part_ptr + ps * R + rm
@@ -102,19 +109,8 @@ if triton is not None:
         tl.store(out_ptr + rm, tl.where(valid, tl.sum(tv, 0) - lse, 0.0), mask=ok)
 
 
-def parse_plan(spec: str) -> Optional[Plan]:
-    """ "BM,BN,warps,stages,VS" -> Plan; "" -> None."""
-    spec = (spec or "").strip()
-    if not spec:
-        return None
-    try:
-        return Plan(*(int(v) for v in spec.split(",")))
-    except (TypeError, ValueError):
-        raise ValueError(f"WENET_TRITON_VOCAB_PLAN: {spec!r} is not BM,BN,warps,stages,VS (e.g. 64,128,4,2,8)")
-
-
 # one plan for every call instead of the rule (A/B runs)
-FORCED: Optional[Plan] = parse_plan(os.environ.get("WENET_TRITON_VOCAB_PLAN", ""))
+FORCED: Optional[Plan] = forced_plan(Plan, "WENET_TRITON_VOCAB_PLAN")
 
 
 def plan(rows: int, vocab: int, sms: int = 132) -> Plan:
@@ -138,13 +134,6 @@ def applies(x: torch.Tensor) -> bool:
     """CUDA rows in fp16 / bf16 (Triton's dot would round fp32 rows to TF32), d at most 512."""
     return (triton is not None and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16)
             and x.shape[-1] <= 512)
-
-
-def _pow2(n: int) -> int:
-    p = 1
-    while p < n:
-        p *= 2
-    return p
 
 
 def proj_log_softmax_gather(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, target: torch.Tensor,
@@ -174,8 +163,8 @@ def proj_log_softmax_gather(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, t
     part = torch.empty((3, VS, R), dtype=torch.float32, device=x.device) if VS > 1 else out
     _proj_lse_kernel[(triton.cdiv(R, p.bm), VS)](
         x2, w.contiguous(), b.contiguous(), tgt, lens, out, part, R, L, V, d, v_per, x2.stride(0),
-        BM=p.bm, BN=p.bn, BD=_pow2(d), SPLIT=VS > 1, NUM_STAGES=p.stages, num_warps=p.warps)
+        BM=p.bm, BN=p.bn, BD=pow2(d), SPLIT=VS > 1, NUM_STAGES=p.stages, num_warps=p.warps)
     if VS > 1:
         BR = 128
-        _combine_kernel[(triton.cdiv(R, BR),)](part, lens, out, R, L, VS, VSP=_pow2(VS), BR=BR)
+        _combine_kernel[(triton.cdiv(R, BR),)](part, lens, out, R, L, VS, VSP=pow2(VS), BR=BR)
     return out
