@@ -7,7 +7,10 @@ with `--sweep`, each plan of SWEEP.
     python3 -m benchmarks.conv_subsample_ab --out conv.csv --plot conv.png [--sweep]
     .venv/bin/python -m benchmarks.conv_subsample_ab --from-csv conv.csv --plot conv.png   # no GPU
 
-Shapes: the AISHELL subsampling at batch x seconds (input (B, 256, 2 x 50 s - 1 ... , 39)):
+Also the first conv (`first_unfused`: the engine's CMVN, cast, unfold + pad copy and GEMM +
+ReLU; `first_triton`: triton_conv.first_conv_relu, one kernel) on the fp32 features that
+give the second conv's input. Shapes: the AISHELL subsampling at batch x seconds as the
+engine buckets them (second conv input (B, 256, H, 39), H 513 at 10 s, 1,025 at 20 s):
 1 x 10 s, 8 x 20 s, 64 x 20 s. One CSV row per (variant, shape): microseconds per call
 (median of `--rounds` graph replays of `--reps` calls each), TFLOP/s, and the largest
 relative error against fp32."""
@@ -38,13 +41,15 @@ def measure(shapes, reps: int, rounds: int, sweep: bool):
         b = torch.randn(256, device="cuda", generator=g).half()
         ref = F.relu(F.conv2d(x.float(), w.float(), b.float(), 2))
         flop = 2.0 * ref.numel() * 256 * 9
-        variants = [("cudnn", lambda: conv2d_relu(x, w, b, (2, 2))),
-                    ("triton", lambda: triton_conv.conv2d_relu(x, w, b, (2, 2)))]
+        variants = [("cudnn", lambda: conv2d_relu(x, w, b, (2, 2)), ref, flop),
+                    ("triton", lambda: triton_conv.conv2d_relu(x, w, b, (2, 2)), ref, flop)]
         if sweep:
             variants += [(f"plan {','.join(map(str, p))}",
-                          lambda p=triton_conv.Plan(*p): triton_conv.conv2d_relu(x, w, b, (2, 2), tiles=p))
-                         for p in SWEEP]
-        for name, fn in variants:
+                          lambda p=triton_conv.Plan(*p): triton_conv.conv2d_relu(x, w, b, (2, 2), tiles=p),
+                          ref, flop) for p in SWEEP]
+        # the first conv: (B, 2H + 1, 80) fp32 features -> (B, H, 39, 256), the input above
+        variants += _first_conv_variants(B, 2 * H + 1, g)
+        for name, fn, ref, flop in variants:
             try:
                 err = ((fn().float() - ref).abs().max() / ref.abs().max()).item()
                 us = _graph_us(fn, reps, rounds)
@@ -58,6 +63,27 @@ def measure(shapes, reps: int, rounds: int, sweep: bool):
     return out
 
 
+def _first_conv_variants(B, T, g):
+    """The first conv as the engine runs it (CMVN, cast, unfold + pad, GEMM + ReLU) and as
+    triton_conv.first_conv_relu (one kernel); AISHELL weights' shapes, random values."""
+    from wenet_triton.engines import triton_conv
+    from wenet_triton.engines.cuda import linear_relu
+
+    speech = torch.randn(B, T, 80, device="cuda", generator=g) * 2 + 12
+    cmvn = (torch.randn(80, device="cuda", generator=g), torch.rand(80, device="cuda", generator=g) + 0.5)
+    w = F.pad(torch.randn(256, 9, device="cuda", generator=g) * 0.2, (0, 7)).half()
+    b = torch.randn(256, device="cuda", generator=g).half()
+
+    def unfused():
+        u = ((speech - cmvn[0]) * cmvn[1]).half().unfold(1, 3, 2).unfold(2, 3, 2)
+        return linear_relu(F.pad(u.reshape(*u.shape[:3], 9), (0, 7)), w, b)
+
+    ref = unfused().float()  # itself within fp16 rounding of fp32; the kernel against it
+    flop = 2.0 * ref.numel() * 9
+    return [("first_unfused", unfused, ref, flop),
+            ("first_triton", lambda: triton_conv.first_conv_relu(speech, cmvn, w, b, 3, 2), ref, flop)]
+
+
 def plot(rows, path: str):
     import matplotlib
     matplotlib.use("Agg")
@@ -65,7 +91,7 @@ def plot(rows, path: str):
 
     labels = [s for s in SHAPES if any(r["shape"] == s for r in rows)]
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    for v in ("cudnn", "triton"):
+    for v in ("cudnn", "triton", "first_unfused", "first_triton"):
         pts = [next((float(r["us"]) for r in rows if r["shape"] == s and r["variant"] == v), None) for s in labels]
         ax.plot(labels, pts, marker="o", label=v)
     style(ax, "batch x audio (AISHELL subsampling, 2nd conv)", title="conv 3x3 / 2, 256 -> 256, + bias + ReLU, fp16",

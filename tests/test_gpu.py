@@ -476,9 +476,10 @@ def test_warm_kernels_tunes_every_row_class_at_load():
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs the triton package")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_triton_conv_equals_cudnn_and_engine(dtype):
-    """The opt-in implicit-GEMM subsampling convolution (triton_conv) against cuDNN's fused
-    convolution + bias + ReLU at the AISHELL shapes (1 x 10 s, 3 x 7 s), then an engine using
-    it: encoder output as close to the fp32 model as without it."""
+    """The opt-in subsampling kernels (triton_conv): the implicit-GEMM convolution against
+    cuDNN's fused convolution + bias + ReLU at the AISHELL shapes (1 x 10 s, 3 x 7 s), the
+    first conv against the engine's CMVN + cast + unfold + GEMM, then an engine using both:
+    encoder output as close to the fp32 model as without them."""
     from wenet_triton.engines import TorchEngine, triton_conv
     from wenet_triton.engines.cuda import CudaEngine, conv2d_relu
     from wenet_triton.engines.export import export_settings
@@ -502,6 +503,15 @@ def test_triton_conv_equals_cudnn_and_engine(dtype):
     ref_eng = TorchEngine(ASRModel.from_spec(spec), settings, "cpu")
     name = {torch.float16: "float16", torch.bfloat16: "bfloat16"}[dtype]
     plain = CudaEngine(ASRModel.from_spec(spec), settings, "cuda", name, fused_conv=False)
+    # the first conv (CMVN .. ReLU in one kernel) against the engine's four ops
+    speech = torch.randn(3, 1011, 80, device="cuda", generator=g) * 2 + 12
+    fm = plain.fm
+    w1, b1, k1, s1, kp = fm.conv1
+    assert triton_conv.applies_first(speech, w1)
+    y = triton_conv.first_conv_relu(speech, fm.cmvn, w1, b1, k1, s1)
+    u = ((speech - fm.cmvn[0]) * fm.cmvn[1]).to(fm.dtype).unfold(1, k1, s1).unfold(2, k1, s1)
+    u = torch.nn.functional.pad(u.reshape(*u.shape[:3], k1 * k1), (0, kp - k1 * k1))
+    assert rel_err(y, torch.relu(torch.nn.functional.linear(u.float(), w1.float(), b1.float()))) <= TOL[dtype]
     conv = CudaEngine(ASRModel.from_spec(spec), settings, "cuda", name, fused_conv=True)
     assert conv.fm.fused_conv and not plain.fm.fused_conv
     x, lens = _random_inputs(4, 1011, seed=4)

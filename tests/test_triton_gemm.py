@@ -116,6 +116,20 @@ for B, C, H, W, N, k, s, plan in ((2, 16, 13, 11, 24, 3, 2, tc.Plan(32, 16, 16, 
     assert y.shape == ref.shape and y.dtype == torch.float16 and y.is_contiguous(memory_format=cl)
     err = ((y.float() - ref).abs().max() / ref.abs().max()).item()
     assert err <= 2e-3, (B, C, H, W, N, k, s, err)
+# the first conv from fp32 features: CMVN (or none), cast, k x k patches (taps padded to a
+# multiple of 8), GEMM, bias, ReLU, as FastModel._subsample's four ops
+for B, T, Fd, N, k, s, cmvn in ((2, 29, 20, 48, 3, 2, True), (1, 40, 17, 32, 3, 2, False), (2, 31, 23, 40, 5, 3, True)):
+    x = torch.randn(B, T, Fd) * 2 + 5
+    mean, istd = torch.randn(Fd), torch.rand(Fd) + 0.5
+    kp = (k * k + 7) // 8 * 8
+    w = F.pad(torch.randn(N, k * k) * 0.2, (0, kp - k * k)).half()
+    b = torch.randn(N).half()
+    y = tc.first_conv_relu(x, (mean, istd) if cmvn else None, w, b, k, s, bm=16, bn=32)
+    u = (((x - mean) * istd) if cmvn else x).half().unfold(1, k, s).unfold(2, k, s)
+    ref = F.relu(u.reshape(*u.shape[:3], k * k).float() @ w[:, : k * k].float().t() + b.float())
+    assert y.shape == ref.shape and y.dtype == torch.float16, (y.shape, ref.shape)
+    err = ((y.float() - ref).abs().max() / ref.abs().max()).item()
+    assert err <= 2e-3, (B, T, Fd, N, k, s, cmvn, err)
 print("ok")
 """
 

@@ -425,15 +425,18 @@ class FastModel:
     def _subsample(self, speech: torch.Tensor, valid: torch.Tensor):
         """CMVN + conv subsampling + output linear (xscale folded in): (B,T,feat) f32 and its
         (B,T) valid mask -> (B,T',D) in the engine dtype and the subsampled mask."""
-        x = speech
-        if self.cmvn is not None:
-            x = (x - self.cmvn[0]) * self.cmvn[1]
         w1, b1, k1, s1, kp = self.conv1
-        x = x.to(self.dtype).unfold(1, k1, s1).unfold(2, k1, s1)  # (B,T1,F1,kt,kf)
-        x = x.reshape(*x.shape[:3], k1 * k1)
-        if kp > k1 * k1:
-            x = F.pad(x, (0, kp - k1 * k1))
-        x = linear_relu(x, w1, b1).permute(0, 3, 1, 2)  # NCHW view, channels-last memory
+        if self.fused_conv and triton_conv.applies_first(speech, w1):  # CMVN .. ReLU: one kernel
+            x = triton_conv.first_conv_relu(speech, self.cmvn, w1, b1, k1, s1).permute(0, 3, 1, 2)
+        else:
+            x = speech
+            if self.cmvn is not None:
+                x = (x - self.cmvn[0]) * self.cmvn[1]
+            x = x.to(self.dtype).unfold(1, k1, s1).unfold(2, k1, s1)  # (B,T1,F1,kt,kf)
+            x = x.reshape(*x.shape[:3], k1 * k1)
+            if kp > k1 * k1:
+                x = F.pad(x, (0, kp - k1 * k1))
+            x = linear_relu(x, w1, b1).permute(0, 3, 1, 2)  # NCHW view, channels-last memory
         for w, b, s in self.convs:
             if self.fused_conv and triton_conv.applies(x, w, s):
                 x = triton_conv.conv2d_relu(x, w, b, s)

@@ -1,5 +1,6 @@
-"""The conv subsampling's later convolutions (3x3, stride 2, no padding, channels-last, + bias
-+ ReLU) as one implicit-GEMM kernel (Triton-lang).
+"""The conv subsampling in Triton-lang: its later convolutions (3x3, stride 2, no padding,
+channels-last, + bias + ReLU) as one implicit-GEMM kernel, and its first (one input channel)
+with the CMVN, the cast and the patch gathering in one kernel (first_conv_relu).
 
 Why: at 64 x 20 s on an H200 cuDNN's fused convolution + bias + ReLU for the second conv
 (256 -> 256 channels, (64, 1025, 39) -> (64, 512, 19)) took 0.93 ms for 73 GFLOP, ~80 TFLOP/s
@@ -9,6 +10,9 @@ K = (kh, kw, c): each program loads, per step, BK channels of one kernel tap for
 positions straight from the channels-last input (contiguous channels: one coalesced row per
 position), multiplies them with the matching weight tile on the tensor cores (fp32
 accumulator), adds the bias, applies ReLU and stores channels-last rows; no unfolded copy.
+The first conv ran as CMVN (two ops), a cast, an unfold + pad copy and a GEMM + ReLU: ~0.9 ms
+at 64 x 20 s for a 655 MB output; first_conv_relu reads the fp32 features once and writes that
+output once.
 
 Values as cuDNN's: fp16 / bf16 products summed in fp32, bias added in fp32, one rounding.
 
@@ -24,7 +28,7 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from wenet_triton.engines.triton_plan import forced_plan
+from wenet_triton.engines.triton_plan import forced_plan, pow2
 
 try:
     import triton
@@ -93,6 +97,66 @@ if triton is not None:
         acc = tl.maximum(acc, 0.0)
         tl.store(y_ptr + rm.to(tl.int64)[:, None] * N + rn[None, :], acc.to(y_ptr.dtype.element_ty),
                  mask=m_ok[:, None] & n_ok[None, :])
+
+
+    @triton.jit
+    def _first_conv_kernel(x_ptr, mean_ptr, istd_ptr, w_ptr, b_ptr, y_ptr, M, T1, F1, N, KW, sxb, sxt,
+                           KS: tl.constexpr, STRIDE: tl.constexpr, KP: tl.constexpr, CMVN: tl.constexpr,
+                           BM: tl.constexpr, BN: tl.constexpr):
+        """The subsampling's first conv (one input channel) on fp32 features: CMVN, the cast
+        to the weights' dtype, the KS x KS patch of each output position as a K = KP row (taps
+        t-major, zero past KS*KS), the GEMM with the (N, KW) tap-major weights, bias, ReLU;
+        output rows (b, t1, f1) of N channels (channels-last)."""
+        rm = tl.program_id(0) * BM + tl.arange(0, BM)
+        rn = tl.program_id(1) * BN + tl.arange(0, BN)
+        kk = tl.arange(0, KP)
+        m_ok = rm < M
+        n_ok = rn < N
+        k_ok = kk < KS * KS
+        b = rm // (T1 * F1)
+        r = rm % (T1 * F1)
+        f = (r % F1)[:, None] * STRIDE + (kk % KS)[None, :]
+        t = (r // F1)[:, None] * STRIDE + (kk // KS)[None, :]
+        both = m_ok[:, None] & k_ok[None, :]
+        a = tl.load(x_ptr + b.to(tl.int64)[:, None] * sxb + t * sxt + f, mask=both, other=0.0)
+        if CMVN:  # (x - mean) * istd in fp32, as the engine's two ops
+            a = (a - tl.load(mean_ptr + f, mask=both, other=0.0)) * tl.load(istd_ptr + f, mask=both, other=0.0)
+        a = tl.where(both, a, 0.0).to(w_ptr.dtype.element_ty)
+        w = tl.load(w_ptr + rn[None, :] * KW + kk[:, None], mask=n_ok[None, :] & (kk < KW)[:, None], other=0.0)
+        acc = tl.dot(a, w)
+        acc += tl.load(b_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+        acc = tl.maximum(acc, 0.0)
+        tl.store(y_ptr + rm.to(tl.int64)[:, None] * N + rn[None, :], acc.to(y_ptr.dtype.element_ty),
+                 mask=m_ok[:, None] & n_ok[None, :])
+
+
+def first_conv_relu(speech: torch.Tensor, cmvn, w: torch.Tensor, b: torch.Tensor, k: int, stride: int,
+                    bm: int = 128, bn: int = 128) -> torch.Tensor:
+    """The subsampling's first convolution from fp32 features in one kernel: speech (B, T, F)
+    fp32, cmvn (mean, istd) fp32 (F,) or None, w (N, KW) the k x k taps (t-major) padded to KW
+    columns, b (N,) -> (B, T1, F1, N) in w's dtype: relu(unfold(cmvn(speech)) @ w.T + b), what
+    FastModel._subsample computes with four ops (CMVN, cast, unfold + pad copy, GEMM)."""
+    if triton is None:
+        raise RuntimeError("the Triton convolution needs the triton package")
+    x = speech.contiguous()
+    B, T, F = x.shape
+    N, KW = w.shape
+    T1, F1 = (T - k) // stride + 1, (F - k) // stride + 1
+    y = torch.empty((B, max(T1, 0), max(F1, 0), N), dtype=w.dtype, device=x.device)
+    M = y.numel() // N if N else 0
+    if M > 0:
+        mean, istd = cmvn if cmvn is not None else (x, x)  # unused without CMVN
+        grid = (triton.cdiv(M, bm), triton.cdiv(N, bn))
+        _first_conv_kernel[grid](x, mean, istd, w.contiguous(), b, y, M, T1, F1, N, KW, x.stride(0), x.stride(1),
+                                 KS=k, STRIDE=stride, KP=max(16, pow2(max(KW, k * k))), CMVN=cmvn is not None,
+                                 BM=bm, BN=bn, num_warps=4)
+    return y
+
+
+def applies_first(speech: torch.Tensor, w: torch.Tensor) -> bool:
+    """fp32 CUDA features and 16-bit weights (first_conv_relu's inputs)."""
+    return (triton is not None and speech.is_cuda and speech.dtype == torch.float32 and speech.dim() == 3
+            and w.dtype in (torch.float16, torch.bfloat16))
 
 
 def applies(x: torch.Tensor, w: torch.Tensor, stride) -> bool:
