@@ -1,6 +1,6 @@
 """Where does the GPU engine's time go? torch.profiler over one bucket, top kernels by CUDA time,
 plus which SDPA backend the attention calls can use. Run on the GPU machine:
-    PYTHONPATH=. python3 benchmarks/profile_gpu.py --batch 64 --seconds 20
+    PYTHONPATH=. python3 benchmarks/profile_gpu.py --batch 64 --seconds 20 [--engine torch_cuda_cublas]
 """
 import argparse
 
@@ -28,14 +28,15 @@ def main():
     p.add_argument("--seconds", type=float, default=20)
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--cudnn-benchmark", action="store_true")
-    p.add_argument("--fused-silu", action="store_true", help="the FFN's GEMM + bias + SiLU as one "
-                   "Triton kernel (engines/triton_gemm.py; WENET_TRITON_SILU_MIN_ROWS=0 for every batch)")
+    p.add_argument("--engine", default="torch_cuda", help="a `wenet-triton bench` torch_cuda variant: torch_cuda "
+                   "(the engine's defaults, Triton-lang kernels where they apply), torch_cuda_cublas (none), "
+                   "torch_cuda_optin (the defaults + the opt-in conv and CTC-head kernels), ...")
     a = p.parse_args()
     torch.backends.cudnn.benchmark = a.cudnn_benchmark
     kernels.load()
     spec = synthetic.random_spec()
     eng = CudaEngine(ASRModel.from_spec(spec), export_settings(spec, ASRModel.from_spec(spec)), "cuda", "float16",
-                     cuda_graphs=False, fused_silu=a.fused_silu)
+                     cuda_graphs=False, **bench.triton_kernels(a.engine))
     x, lens = bench._inputs(a.batch, a.seconds, 1, "cuda")[0]
     hy = bench._hyps(a.batch, 10, a.seconds, spec, "cuda")
     for _ in range(3):

@@ -86,7 +86,7 @@ def _hyps(B: int, beam: int, seconds: float, spec: ModelSpec, device, seed=0):
             torch.randn(B, beam, generator=g).to(device))
 
 
-def _triton_kernels(eng: str) -> dict:
+def triton_kernels(eng: str) -> dict:
     """The torch_cuda variants' Triton-lang kernels: `torch_cuda` the engine's defaults (on
     where they apply, unless WENET_TRITON_FUSED_* = 0), `torch_cuda_cublas` and
     `torch_cuda_nokernels` none, `torch_cuda_silu` the SiLU GEMM only, `torch_cuda_fused` the
@@ -142,7 +142,7 @@ def run(out_dir: str, models: List[str], batches: List[int], seconds: List[float
             elif eng.startswith("torch_cuda"):
                 ce = CudaEngine(copy.deepcopy(base), settings, dev, "float16" if gpu else "float32",
                                 use_kernels=gpu and eng != "torch_cuda_nokernels", cuda_graphs=gpu,
-                                **_triton_kernels(eng))
+                                **triton_kernels(eng))
                 enc_fn = ce.encode_tensors
                 dec_fn = ce.rescore_tensors
             elif eng == "onnxruntime_cpu":

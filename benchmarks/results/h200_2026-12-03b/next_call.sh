@@ -14,3 +14,6 @@ for i in 1 2; do for e in torch_cuda torch_cuda_conv torch_cuda_ctc; do
   timeout 60 python3 -m wenet_triton.cli bench --out /tmp/b/$e$i --models aishell --engines $e --batches 1,64 --seconds 10,20 > /tmp/$e$i.log 2>&1
   cut -d, -f2-5,7,9 /tmp/b/$e$i/bench.csv | tail -n +2; mkdir -p $OUT/bench; cp /tmp/b/$e$i/bench.csv $OUT/bench/$e$i.csv
 done; done
+# where the time goes now (default engine), 64 x 20 s and 1 x 10 s
+PYTHONPATH=. timeout 60 python3 benchmarks/profile_gpu.py --batch 64 --seconds 20 > $OUT/profile_64x20.txt 2>&1
+PYTHONPATH=. timeout 60 python3 benchmarks/profile_gpu.py --batch 1 --seconds 10 > $OUT/profile_1x10.txt 2>&1
