@@ -264,3 +264,20 @@ def test_forced_plans_parse_or_name_what_is_wrong():
     with pytest.raises(ValueError, match="WENET_TRITON_VOCAB_PLAN: 'a,b,c,d,e' is not"):
         parse_plan(triton_vocab.Plan, "a,b,c,d,e", "WENET_TRITON_VOCAB_PLAN")
     assert [pow2(n) for n in (1, 2, 3, 144, 256, 257)] == [1, 2, 4, 256, 256, 512]
+
+
+def test_bench_engine_variants_name_their_triton_kernels():
+    """`wenet-triton bench` torch_cuda variants: the engine's defaults, none (the A/B
+    baseline), all three default kernels whatever the environment, the opt-in ones on top;
+    an unknown variant is an error, not a silent default."""
+    from wenet_triton.bench import triton_kernels
+
+    assert triton_kernels("torch_cuda") == {}
+    off = triton_kernels("torch_cuda_cublas")
+    assert off == triton_kernels("torch_cuda_nokernels") and set(off.values()) == {False}
+    assert {"fused_silu", "fused_ffn", "fused_vocab", "fused_conv", "fused_ctc"} == set(off)
+    assert triton_kernels("torch_cuda_fused") == {"fused_silu": True, "fused_ffn": True, "fused_vocab": True}
+    assert triton_kernels("torch_cuda_silu") == {"fused_silu": True, "fused_ffn": False, "fused_vocab": False}
+    assert triton_kernels("torch_cuda_optin") == {"fused_conv": True, "fused_ctc": True}
+    with pytest.raises(ValueError, match="unknown bench engine torch_cuda_typo"):
+        triton_kernels("torch_cuda_typo")
