@@ -281,3 +281,18 @@ def test_bench_engine_variants_name_their_triton_kernels():
     assert triton_kernels("torch_cuda_optin") == {"fused_conv": True, "fused_ctc": True}
     with pytest.raises(ValueError, match="unknown bench engine torch_cuda_typo"):
         triton_kernels("torch_cuda_typo")
+
+
+def test_kernel_switches_read_from_the_environment(monkeypatch):
+    """WENET_TRITON_FUSED_*: 1 / true / on / yes or 0 / false / off / no, unset = the
+    kernel's default; a typo is an error that names the variable, not a silent default."""
+    from wenet_triton.engines.cuda import env_switch
+
+    for v, want in (("1", True), ("true", True), ("ON", True), ("0", False), ("no", False), ("", True)):
+        monkeypatch.setenv("WENET_TRITON_FUSED_VOCAB", v)
+        assert env_switch("WENET_TRITON_FUSED_VOCAB", True) is want, v
+    monkeypatch.delenv("WENET_TRITON_FUSED_CONV", raising=False)
+    assert env_switch("WENET_TRITON_FUSED_CONV", False) is False
+    monkeypatch.setenv("WENET_TRITON_FUSED_CONV", "maybe")
+    with pytest.raises(ValueError, match="WENET_TRITON_FUSED_CONV='maybe': use 1"):
+        env_switch("WENET_TRITON_FUSED_CONV", False)

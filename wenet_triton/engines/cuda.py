@@ -51,6 +51,19 @@ def _pow2(x: int, base: int) -> int:
     return b
 
 
+def env_switch(name: str, default: bool) -> bool:
+    """An on/off environment variable: 1 / true / on / yes or 0 / false / off / no; unset or
+    empty: default; anything else is an error naming the variable."""
+    v = os.environ.get(name, "").strip().lower()
+    if not v:
+        return default
+    if v in ("1", "true", "on", "yes"):
+        return True
+    if v in ("0", "false", "off", "no"):
+        return False
+    raise ValueError(f"{name}={v!r}: use 1 (on) or 0 (off)")
+
+
 class _tf32:
     """Allow TF32 GEMMs inside the block. Exact when the fp32 operands hold fp16/bf16 values:
     TF32 keeps 10 mantissa bits, so products are exact and accumulation is fp32."""
@@ -191,10 +204,11 @@ class FastModel:
                  device: str = "cuda", use_kernels: Optional[bool] = None, decoder: bool = True):
         self.dtype, self.device = dtype, torch.device(device)
         self.kern = kernels.available() if use_kernels is None else use_kernels
-        self.fused_silu = False  # the FFN's GEMM + bias + SiLU as one Triton kernel (opt-in)
-        self.fused_ffn = False  # the whole FFN as one Triton kernel (triton_ffn)
+        # Triton-lang kernels (CudaEngine sets these: the first three on by default)
+        self.fused_silu = False  # the FFN's GEMM + bias + SiLU as one kernel (triton_gemm)
+        self.fused_ffn = False  # the whole FFN as one kernel, few rows (triton_ffn)
         self.fused_vocab = False  # decoder projection + log-softmax + gather in one (triton_vocab)
-        self.fused_conv = False  # subsampling convs as implicit GEMMs (triton_conv, opt-in)
+        self.fused_conv = False  # the subsampling convs (triton_conv, opt-in)
         self.fused_ctc = False  # CTC projection + log-softmax + top-k in one (triton_ctc, opt-in)
         # split-K FFN down-projection for few rows, 16-bit only (splitk_policy)
         self.splitk = splitk_policy() if self.kern and dtype != torch.float32 else []
@@ -374,7 +388,7 @@ class FastModel:
             return Parts(out, b2) if out.dtype != y.dtype else out
         if act == "relu":  # the decoder's FFN (and relu encoders): ReLU in the GEMM's epilogue
             return F.linear(linear_relu(y, w1, b1), w2, b2)
-        if act == "silu" and self.fused_silu and triton_gemm.applies(y):  # opt-in, see triton_gemm
+        if act == "silu" and self.fused_silu and triton_gemm.applies(y):  # from MIN_ROWS rows
             return F.linear(triton_gemm.linear_silu(y, w1, b1), w2, b2)
         h = F.linear(y, w1, b1)
         h = F.silu(h) if act == "silu" else F.gelu(h) if act == "gelu" else torch.tanh(h)
@@ -734,24 +748,19 @@ class CudaEngine(Engine):
         # (benchmarks/results/h200_2026-12-03b). None: the environment decides,
         # WENET_TRITON_FUSED_SILU / _FFN / _VOCAB=0 turns one off (the model processes inherit
         # `serve`'s environment); False / True: off / on.
-        def pick(flag, name, mod):
+        def switch(flag, name, mod, default):
             if flag is None:
-                flag = os.environ.get(name, "1") != "0"
+                flag = env_switch(name, default)
             return bool(flag) and mod.available()
 
-        self.fm.fused_silu = pick(fused_silu, "WENET_TRITON_FUSED_SILU", triton_gemm)
-        self.fm.fused_ffn = pick(fused_ffn, "WENET_TRITON_FUSED_FFN", triton_ffn)
-        self.fm.fused_vocab = pick(fused_vocab, "WENET_TRITON_FUSED_VOCAB", triton_vocab)
-        # opt-in, not yet measured on a GPU: the subsampling's later convs as one implicit-GEMM
-        # kernel (triton_conv; WENET_TRITON_FUSED_CONV=1), the CTC head's projection +
-        # log-softmax + top-k as one (triton_ctc; WENET_TRITON_FUSED_CTC=1)
-        def opt_in(flag, name, mod):
-            if flag is None:
-                flag = os.environ.get(name, "0") == "1"
-            return bool(flag) and mod.available()
-
-        self.fm.fused_conv = opt_in(fused_conv, "WENET_TRITON_FUSED_CONV", triton_conv)
-        self.fm.fused_ctc = opt_in(fused_ctc, "WENET_TRITON_FUSED_CTC", triton_ctc)
+        self.fm.fused_silu = switch(fused_silu, "WENET_TRITON_FUSED_SILU", triton_gemm, True)
+        self.fm.fused_ffn = switch(fused_ffn, "WENET_TRITON_FUSED_FFN", triton_ffn, True)
+        self.fm.fused_vocab = switch(fused_vocab, "WENET_TRITON_FUSED_VOCAB", triton_vocab, True)
+        # opt-in, not yet measured on a GPU: the subsampling's convs (triton_conv;
+        # WENET_TRITON_FUSED_CONV=1), the CTC head's projection + log-softmax + top-k as one
+        # kernel (triton_ctc; WENET_TRITON_FUSED_CTC=1)
+        self.fm.fused_conv = switch(fused_conv, "WENET_TRITON_FUSED_CONV", triton_conv, False)
+        self.fm.fused_ctc = switch(fused_ctc, "WENET_TRITON_FUSED_CTC", triton_ctc, False)
         self.fm.dec_cudnn = decoder_cudnn  # False: memory-efficient attention first (see sdpa)
         self.beam = settings.beam_size
         self.time_bucket = time_bucket
@@ -883,7 +892,6 @@ class CudaEngine(Engine):
         torch.cuda.synchronize(self.device)
         return n, time.perf_counter() - t0
 
-    # numpy interface (Engine)
     def warm_kernels(self, max_rows: int) -> Tuple[int, float]:
         """Tune the autotuned Triton kernels now (a server's load) for every size class of
         encoder rows up to max_rows (batch x encoder frames, as bucketed), so that no live
@@ -899,6 +907,7 @@ class CudaEngine(Engine):
         torch.cuda.synchronize(self.device)
         return n, time.perf_counter() - t
 
+    # numpy interface (Engine)
     def encode(self, feats, lens):
         return self.encode_device(torch.from_numpy(np.ascontiguousarray(feats)).to(self.device),
                                   torch.from_numpy(lens.astype(np.int32)).to(self.device))
