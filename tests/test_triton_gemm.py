@@ -172,28 +172,13 @@ def _interpret(script: str):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs the triton package")
-def test_fused_ffn_matches_the_unfused_ops_in_the_interpreter():
-    _interpret(FFN_SCRIPT)
-
-
-@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs the triton package")
-def test_ctc_head_top_k_matches_log_softmax_top_k_in_the_interpreter():
-    _interpret(CTC_SCRIPT)
-
-
-@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs the triton package")
-def test_conv_implicit_gemm_matches_conv2d_in_the_interpreter():
-    _interpret(CONV_SCRIPT)
-
-
-@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs the triton package")
-def test_fused_vocab_matches_projection_and_log_softmax_in_the_interpreter():
-    _interpret(VOCAB_SCRIPT)
-
-
-@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs the triton package")
-def test_linear_silu_matches_the_two_ops_in_the_interpreter():
-    _interpret(SCRIPT)
+@pytest.mark.parametrize("kernel", ["linear_silu", "ffn", "vocab", "ctc", "conv"])
+def test_triton_kernel_matches_the_unfused_ops_in_the_interpreter(kernel):
+    """Each Triton-lang kernel against the PyTorch ops it replaces, run by Triton's CPU
+    interpreter (the SiLU GEMM, the whole FFN, the decoder projection + log-softmax + gather,
+    the CTC head's top-k, the subsampling convolutions)."""
+    _interpret({"linear_silu": SCRIPT, "ffn": FFN_SCRIPT, "vocab": VOCAB_SCRIPT, "ctc": CTC_SCRIPT,
+                "conv": CONV_SCRIPT}[kernel])
 
 
 def test_linear_silu_without_triton_is_refused_and_never_chosen(monkeypatch):
