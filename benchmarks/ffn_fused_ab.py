@@ -61,9 +61,10 @@ def _ref(y, x, p, scale, ln):
 def measure(rows_enc, rows_dec, reps: int, rounds: int, sweep: bool):
     from benchmarks.small_batch_ab import _graph_us
     from wenet_triton.engines import triton_ffn
+    from wenet_triton.engines.triton_plan import num_sms
 
     fm = _model()
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    sms = num_sms(torch.device("cuda"))
     pieces = [("encoder_silu", fm.layers[0][0][0][2], fm.layers[0][0][0][3], fm.layers[0][0][1][1], rows_enc),
               ("decoder_relu", fm.left["layers"][0][5], 1.0, fm.left["layers"][1][0], rows_dec)]
     out = []

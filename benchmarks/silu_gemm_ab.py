@@ -69,5 +69,6 @@ def main(argv=None):
     rows = load_rows(a.from_csv) if a.from_csv else measure([int(r) for r in a.rows.split(",")], a.reps, a.rounds)
     finish(rows, a.out, a.plot, plot)
 
+
 if __name__ == "__main__":
     main()

@@ -281,3 +281,14 @@ def test_kernel_switches_read_from_the_environment(monkeypatch):
     monkeypatch.setenv("WENET_TRITON_FUSED_CONV", "maybe")
     with pytest.raises(ValueError, match="WENET_TRITON_FUSED_CONV='maybe': use 1"):
         env_switch("WENET_TRITON_FUSED_CONV", False)
+
+
+def test_slices_cut_whole_blocks():
+    """triton_plan.slices: about `split` slices of whole blocks (the FFN's hidden units, the
+    vocabulary's columns); the last slice may be short, none is empty."""
+    from wenet_triton.engines.triton_plan import slices
+
+    assert slices(2048, 16, 64) == (128, 16)
+    assert slices(224, 3, 32) == (96, 3)  # 75 units a slice rounded up to 3 blocks
+    assert slices(4233, 32, 128) == (256, 17)  # fewer slices than asked: whole 128-wide tiles
+    assert slices(300, 1, 64) == (320, 1) and slices(300, 0, 64) == (320, 1)

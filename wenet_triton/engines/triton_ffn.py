@@ -37,7 +37,7 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from wenet_triton.engines.triton_plan import forced_plan, pow2
+from wenet_triton.engines.triton_plan import forced_plan, num_sms, pow2, slices
 
 try:
     import triton
@@ -159,12 +159,8 @@ def ffn(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b
     M = x2.shape[0]
     if M == 0:
         return torch.empty((*x.shape[:-1], d), dtype=x.dtype, device=x.device)
-    sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 4
-    p = tiles or plan(M, d, H, can_split, sms)
-    S = max(1, p.split)
-    h_per = -(-H // S)
-    h_per = -(-h_per // p.bh) * p.bh  # whole BH blocks per slice
-    S = -(-H // h_per)
+    p = tiles or plan(M, d, H, can_split, num_sms(x.device))
+    h_per, S = slices(H, p.split, p.bh)
     if S > 1:
         y = torch.empty((S, M, d), dtype=torch.float32, device=x.device)
     else:

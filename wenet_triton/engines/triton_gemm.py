@@ -36,6 +36,8 @@ from typing import Dict, List, Optional
 
 import torch
 
+from wenet_triton.engines.triton_plan import num_sms
+
 try:
     import triton
     import triton.language as tl
@@ -149,12 +151,6 @@ def _tma_fits(x2: torch.Tensor, w: torch.Tensor) -> bool:
             and (w.shape[0] * item) % 16 == 0 and x2.data_ptr() % 16 == 0 and w.data_ptr() % 16 == 0)
 
 
-def _num_sms(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 4  # the interpreter: a few programs, so that each walks several tiles
-    return torch.cuda.get_device_properties(device).multi_processor_count
-
-
 def applies(x: torch.Tensor) -> bool:
     """Whether linear_silu takes these rows (else the caller runs F.linear + F.silu)."""
     return (triton is not None and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16)
@@ -180,6 +176,7 @@ def linear_silu(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor,
 
     def grid(meta):
         return (triton.cdiv(M, meta["BM"]) * triton.cdiv(N, meta["BN"]),)
+
     args = (x2, w, b, y, M, N, K, max(M, 1).bit_length(), x2.stride(0), x2.stride(1),
             w.stride(0), w.stride(1), y.stride(0), y.stride(1))
     if tiles is not None:
@@ -228,7 +225,7 @@ def _linear_silu_tma(x2, w, b, y, tiles: Optional[Dict[str, int]]) -> torch.Tens
     descs = (TensorDescriptor.from_tensor(x2, [t["BM"], t["BK"]]),
              TensorDescriptor.from_tensor(w, [t["BN"], t["BK"]]),
              TensorDescriptor.from_tensor(y, [t["BM"], t["BN"]]))
-    sms = _num_sms(x2.device)
+    sms = num_sms(x2.device)
 
     def grid(meta):
         return (min(sms, triton.cdiv(M, meta["BM"]) * triton.cdiv(N, meta["BN"])),)

@@ -4,7 +4,9 @@ tuned at run time; an environment variable may force one for A/B runs."""
 from __future__ import annotations
 
 import os
-from typing import Optional, Type, TypeVar
+from typing import Optional, Tuple, Type, TypeVar
+
+import torch
 
 P = TypeVar("P")
 
@@ -15,6 +17,22 @@ def pow2(n: int) -> int:
     while p < n:
         p *= 2
     return p
+
+
+def num_sms(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device (the plans size their grids by it); 4 for
+    Triton's CPU interpreter: a few programs, so that each walks several tiles."""
+    if device.type != "cuda":
+        return 4
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def slices(total: int, split: int, step: int) -> Tuple[int, int]:
+    """`total` units (hidden units, vocabulary columns) cut into about `split` slices of
+    whole `step`-wide blocks -> (units per slice, slices)."""
+    per = -(-total // max(1, split))
+    per = -(-per // step) * step
+    return per, -(-total // per)
 
 
 def parse_plan(cls: Type[P], spec: str, env: str) -> Optional[P]:

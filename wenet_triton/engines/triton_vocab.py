@@ -25,7 +25,7 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from wenet_triton.engines.triton_plan import forced_plan, pow2
+from wenet_triton.engines.triton_plan import forced_plan, num_sms, pow2, slices
 
 try:
     import triton
@@ -153,11 +153,8 @@ def proj_log_softmax_gather(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, t
     out = torch.empty((N, L), dtype=torch.float32, device=x.device)
     if R == 0:
         return out
-    sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 4
-    p = tiles or plan(R, V, sms)
-    v_per = -(-V // max(1, p.split))
-    v_per = -(-v_per // p.bn) * p.bn
-    VS = -(-V // v_per)
+    p = tiles or plan(R, V, num_sms(x.device))
+    v_per, VS = slices(V, p.split, p.bn)
     tgt = target.reshape(-1).contiguous()
     lens = lens.to(torch.int32).contiguous()
     part = torch.empty((3, VS, R), dtype=torch.float32, device=x.device) if VS > 1 else out
