@@ -124,21 +124,14 @@ def test_splitk_ffn_engine_close_to_fp32_model(dtype, monkeypatch):
     count: the engine's encoder output is as close to the fp32 PyTorch model as without it,
     at batch 1 and at a padded batch of 8, and its CTC top-1 picks agree with the model's as
     often."""
-    from wenet_triton.engines import TorchEngine
-    from wenet_triton.engines.cuda import CudaEngine, splitk_policy
-    from wenet_triton.engines.export import export_settings
-    from wenet_triton.model import synthetic
-    from wenet_triton.model.conformer import ASRModel
+    from wenet_triton.engines.cuda import splitk_policy
 
-    spec = synthetic.random_spec(synthetic.AISHELL)
-    settings = export_settings(spec, ASRModel.from_spec(spec))
-    ref_eng = TorchEngine(ASRModel.from_spec(spec), settings, "cpu")
-    name = {torch.float16: "float16", torch.bfloat16: "bfloat16"}[dtype]
+    _, ref_eng, make = _aishell(dtype)
     off = dict(fused_silu=False, fused_ffn=False, fused_vocab=False)  # cuBLAS FFNs: split-K's path
     monkeypatch.setenv("WENET_TRITON_SPLITK", "0")
-    plain = CudaEngine(ASRModel.from_spec(spec), settings, "cuda", name, **off)
+    plain = make(**off)
     monkeypatch.setenv("WENET_TRITON_SPLITK", "1000000:4")
-    split = CudaEngine(ASRModel.from_spec(spec), settings, "cuda", name, **off)
+    split = make(**off)
     assert plain.fm.splitk == [] and split.fm.splitk == splitk_policy("1000000:4")
     calls = []
     real = kernels.add_layernorm_parts
@@ -148,8 +141,7 @@ def test_splitk_ffn_engine_close_to_fp32_model(dtype, monkeypatch):
         want = ref_eng.encode(x, lens)
         a, n_valid = want["encoder_out"], want["encoder_out_lens"]
         outs = [eng.encode(x, lens) for eng in (plain, split)]
-        errs = [max(np.abs(a[i, :n] - o["encoder_out"][i, :n]).max() for i, n in enumerate(n_valid))
-                for o in outs]
+        errs = [_enc_err(a, o["encoder_out"], n_valid) for o in outs]
         assert errs[1] <= 1.5 * errs[0] + 1e-3, errs
         top1 = [np.concatenate([o["beam_log_probs_idx"][i, :n, 0] for i, n in enumerate(n_valid)])
                 for o in (want, *outs)]
@@ -290,6 +282,30 @@ def _random_inputs(B, T, seed=0):
     return x.numpy(), lens.numpy()
 
 
+def _aishell(dtype):
+    """The random-weight AISHELL-shape model of the engine tests: (spec, the fp32 PyTorch
+    engine on the CPU, make(**kwargs) -> a torch_cuda engine of it in `dtype`)."""
+    from wenet_triton.engines import TorchEngine
+    from wenet_triton.engines.cuda import CudaEngine
+    from wenet_triton.engines.export import export_settings
+    from wenet_triton.model import synthetic
+    from wenet_triton.model.conformer import ASRModel
+
+    spec = synthetic.random_spec(synthetic.AISHELL)
+    settings = export_settings(spec, ASRModel.from_spec(spec))
+    name = {torch.float16: "float16", torch.bfloat16: "bfloat16"}[dtype]
+
+    def make(**kwargs):
+        return CudaEngine(ASRModel.from_spec(spec), settings, "cuda", name, **kwargs)
+
+    return spec, TorchEngine(ASRModel.from_spec(spec), settings, "cpu"), make
+
+
+def _enc_err(want, got, lens):
+    """The largest |difference| of two encoder outputs over each row's valid frames."""
+    return max(np.abs(want[i, :n] - got[i, :n]).max() for i, n in enumerate(lens))
+
+
 @pytest.mark.parametrize("shape", ["AISHELL", "U2PP"])
 def test_cuda_engine_fp32_equals_eager_model(shape):
     """torch_cuda (kernels + graphs, fp32) vs the PyTorch model that CI checks against WeNet."""
@@ -327,11 +343,7 @@ def test_fused_silu_ffn_kernel_and_engine(dtype):
     """The opt-in FFN GEMM + bias + SiLU kernel (tuned, compiled) against the two ops it
     replaces, and a torch_cuda engine using it: its encoder output is as close to the fp32
     PyTorch model as the engine's without it (no accuracy lost to the fusion)."""
-    from wenet_triton.engines import TorchEngine, triton_gemm
-    from wenet_triton.engines.cuda import CudaEngine
-    from wenet_triton.engines.export import export_settings
-    from wenet_triton.model import synthetic
-    from wenet_triton.model.conformer import ASRModel
+    from wenet_triton.engines import triton_gemm
 
     g = torch.Generator(device="cuda").manual_seed(5)
     hopper = torch.cuda.get_device_capability()[0] >= 9
@@ -346,28 +358,20 @@ def test_fused_silu_ffn_kernel_and_engine(dtype):
         for tma in (None, False) + ((True,) if hopper else ()):
             y = triton_gemm.linear_silu(x, w, b, tma=tma)
             assert rel_err(y, ref) <= TOL[dtype], (M, K, N, tma)
-    spec = synthetic.random_spec(synthetic.AISHELL)
-    settings = export_settings(spec, ASRModel.from_spec(spec))
-    ref_eng = TorchEngine(ASRModel.from_spec(spec), settings, "cpu")
-    name = {torch.float16: "float16", torch.bfloat16: "bfloat16"}[dtype]
-    plain = CudaEngine(ASRModel.from_spec(spec), settings, "cuda", name, fused_silu=False, fused_ffn=False,
-                       fused_vocab=False)
-    fused = CudaEngine(ASRModel.from_spec(spec), settings, "cuda", name, fused_silu=True, fused_ffn=False,
-                       fused_vocab=False)
+    _, ref_eng, make = _aishell(dtype)
+    plain = make(fused_silu=False, fused_ffn=False, fused_vocab=False)
+    fused = make(fused_silu=True, fused_ffn=False, fused_vocab=False)
     assert fused.fm.fused_silu
     # by environment (a served A/B: the model processes inherit serve's environment)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("WENET_TRITON_FUSED_SILU", "1")
-        assert CudaEngine(ASRModel.from_spec(spec), settings, "cuda", name, cuda_graphs=False).fm.fused_silu
+        assert make(cuda_graphs=False).fm.fused_silu
         mp.setenv("WENET_TRITON_FUSED_SILU", "0")
-        assert not CudaEngine(ASRModel.from_spec(spec), settings, "cuda", name, cuda_graphs=False).fm.fused_silu
+        assert not make(cuda_graphs=False).fm.fused_silu
     x, lens = _random_inputs(8, 1011, seed=3)  # 8 x 252 rows: the kernel's side of MIN_ROWS
     ref_out = ref_eng.encode(x, lens)
     a, n_valid = ref_out["encoder_out"], ref_out["encoder_out_lens"]
-    errs = []
-    for eng in (plain, fused):
-        e = eng.encode(x, lens)["encoder_out"]
-        errs.append(max(np.abs(a[i, :n] - e[i, :n]).max() for i, n in enumerate(n_valid)))
+    errs = [_enc_err(a, eng.encode(x, lens)["encoder_out"], n_valid) for eng in (plain, fused)]
     assert errs[1] <= 1.5 * errs[0] + 1e-3, errs
 
 
@@ -380,11 +384,7 @@ def test_fused_ffn_kernel_and_engine(dtype):
     (triton_vocab) against the unfused pair; then a torch_cuda engine using both: encoder
     output and rescoring scores as close to the fp32 PyTorch model as the engine's without."""
     from wenet_triton.decode.search import rescoring_inputs
-    from wenet_triton.engines import TorchEngine, triton_ffn, triton_vocab
-    from wenet_triton.engines.cuda import CudaEngine
-    from wenet_triton.engines.export import export_settings
-    from wenet_triton.model import synthetic
-    from wenet_triton.model.conformer import ASRModel
+    from wenet_triton.engines import triton_ffn, triton_vocab
     from wenet_triton.pipeline import search_batch
 
     g = torch.Generator(device="cuda").manual_seed(7)
@@ -421,18 +421,14 @@ def test_fused_ffn_kernel_and_engine(dtype):
         assert (out - ref).abs().max().item() <= 2e-4, (N, L, V)
     assert triton_ffn.plan(32768, 256, 2048, True, sms).split == 1
 
-    spec = synthetic.random_spec(synthetic.AISHELL)
-    settings = export_settings(spec, ASRModel.from_spec(spec))
-    ref_eng = TorchEngine(ASRModel.from_spec(spec), settings, "cpu")
-    name = {torch.float16: "float16", torch.bfloat16: "bfloat16"}[dtype]
-    plain = CudaEngine(ASRModel.from_spec(spec), settings, "cuda", name, fused_silu=False, fused_ffn=False,
-                       fused_vocab=False)
-    fused = CudaEngine(ASRModel.from_spec(spec), settings, "cuda", name)  # the default: all three
+    spec, ref_eng, make = _aishell(dtype)
+    plain = make(fused_silu=False, fused_ffn=False, fused_vocab=False)
+    fused = make()  # the default: all three
     assert fused.fm.fused_silu and fused.fm.fused_ffn and fused.fm.fused_vocab and not plain.fm.fused_ffn
     with pytest.MonkeyPatch.context() as mp:  # each can be turned off by environment
         mp.setenv("WENET_TRITON_FUSED_FFN", "0")
         mp.setenv("WENET_TRITON_FUSED_VOCAB", "0")
-        e = CudaEngine(ASRModel.from_spec(spec), settings, "cuda", name, cuda_graphs=False).fm
+        e = make(cuda_graphs=False).fm
         assert e.fused_silu and not e.fused_ffn and not e.fused_vocab
     for B, T in ((1, 1011), (8, 1011)):  # 256 rows (split) and 2,048
         x, lens = _random_inputs(B, T, seed=B)
@@ -443,8 +439,7 @@ def test_fused_ffn_kernel_and_engine(dtype):
         _, s_ref = ref_eng.rescore(a["encoder_out"], n_valid, pad, hl, rpad, ctc)
         errs, serrs = [], []
         for eng in (plain, fused):
-            e = eng.encode(x, lens)["encoder_out"]
-            errs.append(max(np.abs(a["encoder_out"][i, :n] - e[i, :n]).max() for i, n in enumerate(n_valid)))
+            errs.append(_enc_err(a["encoder_out"], eng.encode(x, lens)["encoder_out"], n_valid))
             _, s = eng.rescore(a["encoder_out"], n_valid, pad, hl, rpad, ctc)
             serrs.append((np.abs(s - s_ref) / np.maximum(np.abs(s_ref), 1)).max())
         assert errs[1] <= 1.5 * errs[0] + 1e-3, (B, errs)
@@ -456,20 +451,15 @@ def test_warm_kernels_tunes_every_row_class_at_load():
     """CudaEngine.warm_kernels (a server's load) runs the SiLU GEMM's autotuner for each size
     class of rows up to the largest batch; with the kernel off it does nothing."""
     from wenet_triton.engines import triton_gemm
-    from wenet_triton.engines.cuda import CudaEngine
-    from wenet_triton.engines.export import export_settings
-    from wenet_triton.model import synthetic
-    from wenet_triton.model.conformer import ASRModel
 
-    spec = synthetic.random_spec(synthetic.AISHELL)
-    settings = export_settings(spec, ASRModel.from_spec(spec))
-    eng = CudaEngine(ASRModel.from_spec(spec), settings, "cuda", "float16", fused_silu=True)
+    _, _, make = _aishell(torch.float16)
+    eng = make(fused_silu=True)
     n, took = eng.warm_kernels(5000)
     assert n == len(triton_gemm.warm_rows(5000)) == 3 and took > 0
     tuned = {k[2] for kern in (triton_gemm._linear_silu_kernel, triton_gemm._linear_silu_tma_kernel)
              for k in kern.cache}  # autotuner keys: (N, K, M_CLASS, dtypes...)
     assert {1024 .bit_length(), 2048 .bit_length(), 4096 .bit_length()} <= tuned, tuned
-    off = CudaEngine(ASRModel.from_spec(spec), settings, "cuda", "float16", fused_silu=False)
+    off = make(fused_silu=False)
     assert off.warm_kernels(5000) == (0, 0.0)
 
 
@@ -480,11 +470,8 @@ def test_triton_conv_equals_cudnn_and_engine(dtype):
     cuDNN's fused convolution + bias + ReLU at the AISHELL shapes (1 x 10 s, 3 x 7 s), the
     first conv against the engine's CMVN + cast + unfold + GEMM, then an engine using both:
     encoder output as close to the fp32 model as without them."""
-    from wenet_triton.engines import TorchEngine, triton_conv
-    from wenet_triton.engines.cuda import CudaEngine, conv2d_relu
-    from wenet_triton.engines.export import export_settings
-    from wenet_triton.model import synthetic
-    from wenet_triton.model.conformer import ASRModel
+    from wenet_triton.engines import triton_conv
+    from wenet_triton.engines.cuda import conv2d_relu
 
     g = torch.Generator(device="cuda").manual_seed(11)
     cl = torch.channels_last
@@ -498,11 +485,8 @@ def test_triton_conv_equals_cudnn_and_engine(dtype):
         assert y.shape == ref.shape and y.is_contiguous(memory_format=cl)
         assert rel_err(y, ref) <= TOL[dtype]
         assert rel_err(y, conv2d_relu(x, w, b, (2, 2))) <= 2 * TOL[dtype]
-    spec = synthetic.random_spec(synthetic.AISHELL)
-    settings = export_settings(spec, ASRModel.from_spec(spec))
-    ref_eng = TorchEngine(ASRModel.from_spec(spec), settings, "cpu")
-    name = {torch.float16: "float16", torch.bfloat16: "bfloat16"}[dtype]
-    plain = CudaEngine(ASRModel.from_spec(spec), settings, "cuda", name, fused_conv=False)
+    _, ref_eng, make = _aishell(dtype)
+    plain = make(fused_conv=False)
     # the first conv (CMVN .. ReLU in one kernel) against the engine's four ops
     speech = torch.randn(3, 1011, 80, device="cuda", generator=g) * 2 + 12
     fm = plain.fm
@@ -512,12 +496,12 @@ def test_triton_conv_equals_cudnn_and_engine(dtype):
     u = ((speech - fm.cmvn[0]) * fm.cmvn[1]).to(fm.dtype).unfold(1, k1, s1).unfold(2, k1, s1)
     u = torch.nn.functional.pad(u.reshape(*u.shape[:3], k1 * k1), (0, kp - k1 * k1))
     assert rel_err(y, torch.relu(torch.nn.functional.linear(u.float(), w1.float(), b1.float()))) <= TOL[dtype]
-    conv = CudaEngine(ASRModel.from_spec(spec), settings, "cuda", name, fused_conv=True)
+    conv = make(fused_conv=True)
     assert conv.fm.fused_conv and not plain.fm.fused_conv
     x, lens = _random_inputs(4, 1011, seed=4)
     a = ref_eng.encode(x, lens)
-    errs = [max(np.abs(a["encoder_out"][i, :n] - e.encode(x, lens)["encoder_out"][i, :n]).max()
-                for i, n in enumerate(a["encoder_out_lens"])) for e in (plain, conv)]
+    errs = [_enc_err(a["encoder_out"], e.encode(x, lens)["encoder_out"], a["encoder_out_lens"])
+            for e in (plain, conv)]
     assert errs[1] <= 1.5 * errs[0] + 1e-3, errs
 
 
@@ -528,10 +512,7 @@ def test_triton_ctc_head_equals_projection_and_top_k(dtype):
     engine's unfused pair): values within fp32 rounding, ids equal where the values are not
     near-tied; then an engine using it: its n-best inputs (top-k) equal the unfused engine's."""
     from wenet_triton.engines import triton_ctc
-    from wenet_triton.engines.cuda import CudaEngine, linear_f32
-    from wenet_triton.engines.export import export_settings
-    from wenet_triton.model import synthetic
-    from wenet_triton.model.conformer import ASRModel
+    from wenet_triton.engines.cuda import linear_f32
 
     g = torch.Generator(device="cuda").manual_seed(13)
     for R, V, k in ((250, 4233, 10), (32768, 4233, 10), (1000, 4233, 20), (77, 5000, 3)):
@@ -547,11 +528,8 @@ def test_triton_ctc_head_equals_projection_and_top_k(dtype):
         clear = torch.cat([gaps > 1e-4, torch.ones_like(gaps[:, :1], dtype=torch.bool)], 1) & \
             torch.cat([torch.ones_like(gaps[:, :1], dtype=torch.bool), gaps > 1e-4], 1)
         assert torch.equal(i[clear], ri[clear]), (R, V, k)
-    spec = synthetic.random_spec(synthetic.AISHELL)
-    settings = export_settings(spec, ASRModel.from_spec(spec))
-    name = {torch.float16: "float16", torch.bfloat16: "bfloat16"}[dtype]
-    plain = CudaEngine(ASRModel.from_spec(spec), settings, "cuda", name, fused_ctc=False)
-    fused = CudaEngine(ASRModel.from_spec(spec), settings, "cuda", name, fused_ctc=True)
+    _, _, make = _aishell(dtype)
+    plain, fused = make(fused_ctc=False), make(fused_ctc=True)
     assert fused.fm.fused_ctc and not plain.fm.fused_ctc
     x, lens = _random_inputs(4, 1011, seed=6)
     a, c = plain.encode(x, lens), fused.encode(x, lens)
