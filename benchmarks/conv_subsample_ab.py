@@ -19,7 +19,7 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from benchmarks.ab_io import finish, load_rows, style
+from benchmarks.ab_io import finish, load_rows, rel_err, style, timed
 
 SWEEP = [(128, 128, 64, 8, 3), (128, 128, 64, 4, 4), (128, 256, 64, 8, 3), (64, 128, 64, 4, 4),
          (128, 64, 64, 4, 4), (256, 128, 64, 8, 3)]
@@ -27,7 +27,6 @@ SHAPES = {"1x10s": (1, 513), "8x20s": (8, 1025), "64x20s": (64, 1025)}
 
 
 def measure(shapes, reps: int, rounds: int, sweep: bool):
-    from benchmarks.small_batch_ab import _graph_us
     from wenet_triton.engines import triton_conv
     from wenet_triton.engines.cuda import conv2d_relu
 
@@ -50,16 +49,9 @@ def measure(shapes, reps: int, rounds: int, sweep: bool):
         # the first conv: (B, 2H + 1, 80) fp32 features -> (B, H, 39, 256), the input above
         variants += _first_conv_variants(B, 2 * H + 1, g)
         for name, fn, ref, flop in variants:
-            try:
-                err = ((fn().float() - ref).abs().max() / ref.abs().max()).item()
-                us = _graph_us(fn, reps, rounds)
-            except Exception as e:  # a plan that does not fit
-                print(f"{label} {name:>22}: failed ({type(e).__name__}: {str(e)[:80]})")
-                continue
-            out.append({"shape": label, "variant": name, "us": round(us, 2),
-                        "tflops": round(flop / us / 1e6, 1), "rel_err": f"{err:.2e}"})
-            print(f"{label:>7} {name:>22}: {us:9.2f} us {flop / us / 1e6:7.1f} TFLOP/s (rel err {err:.1e})",
-                  flush=True)
+            for v, us, err in timed(f"{label:>7}", [(name, fn)], lambda o, ref=ref: rel_err(o, ref), reps, rounds):
+                out.append({"shape": label, "variant": v, "us": round(us, 2),
+                            "tflops": round(flop / us / 1e6, 1), "rel_err": f"{err:.2e}"})
     return out
 
 

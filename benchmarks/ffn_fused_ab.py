@@ -31,7 +31,7 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from benchmarks.ab_io import finish, load_rows, style
+from benchmarks.ab_io import finish, load_rows, rel_err, style, timed
 
 SWEEP = [(64, 64, 4, 2), (64, 64, 4, 3), (64, 32, 4, 3), (64, 128, 4, 2), (64, 64, 8, 2),
          (128, 64, 8, 2), (128, 64, 8, 3), (128, 32, 8, 3), (128, 128, 8, 2)]
@@ -59,7 +59,6 @@ def _ref(y, x, p, scale, ln):
 
 
 def measure(rows_enc, rows_dec, reps: int, rounds: int, sweep: bool):
-    from benchmarks.small_batch_ab import _graph_us
     from wenet_triton.engines import triton_ffn
     from wenet_triton.engines.triton_plan import num_sms
 
@@ -91,17 +90,8 @@ def measure(rows_enc, rows_dec, reps: int, rounds: int, sweep: bool):
                             continue
                         variants.append((f"plan {bm},{bh},{w},{st},{s}",
                                          lambda pl=triton_ffn.Plan(bm, bh, w, st, s): _forced(run, pl)))
-            for vname, fn in variants:
-                try:
-                    err = ((fn().float() - ref).abs().max() / ref.abs().max()).item()
-                    us = _graph_us(fn, reps, rounds)
-                except Exception as e:  # a plan that does not fit (shared memory, registers)
-                    print(f"{name} {vname:>22} rows {rows:>6}: failed ({type(e).__name__}: {str(e)[:80]})")
-                    triton_ffn.FORCED = None
-                    continue
-                out.append({"ffn": name, "variant": vname, "rows": rows, "us": round(us, 2),
-                            "rel_err": f"{err:.2e}"})
-                print(f"{name} {vname:>22} rows {rows:>6}: {us:8.2f} us  (rel err {err:.1e})", flush=True)
+            out += _rows(name, rows, timed(f"{name} rows {rows:>6}", variants, lambda o, ref=ref: rel_err(o, ref),
+                                           reps, rounds))
     out += _measure_vocab(fm, rows_dec, reps, rounds, sweep, sms)
     out += _measure_ctc(fm, rows_enc, reps, rounds)
     return out
@@ -110,7 +100,6 @@ def measure(rows_enc, rows_dec, reps: int, rounds: int, sweep: bool):
 def _measure_ctc(fm, rows_enc, reps, rounds, k: int = 10):
     """The CTC head: linear_f32 + kernels.log_softmax_topk (the engine's default) against the
     opt-in fused kernel (triton_ctc), k 10; `rel_err` = the largest absolute value error."""
-    from benchmarks.small_batch_ab import _graph_us
     from wenet_triton.engines import kernels, triton_ctc
     from wenet_triton.engines.cuda import linear_f32
 
@@ -122,21 +111,11 @@ def _measure_ctc(fm, rows_enc, reps, rounds, k: int = 10):
         variants = [("cublas", lambda: kernels.log_softmax_topk(linear_f32(x, fm.ctc_w, fm.ctc_b), k, False,
                                                                 fm.vocab)[1]),
                     ("fused_ctc", lambda: triton_ctc.proj_log_softmax_topk(x, fm.ctc_w16, fm.ctc_b32, k)[0])]
-        for vname, fn in variants:
-            try:
-                err = (fn() - ref).abs().max().item()
-                us = _graph_us(fn, reps, rounds)
-            except Exception as e:
-                print(f"ctc_head {vname:>22} rows {rows:>6}: failed ({type(e).__name__}: {str(e)[:80]})")
-                continue
-            out.append({"ffn": "ctc_head", "variant": vname, "rows": rows, "us": round(us, 2),
-                        "rel_err": f"{err:.2e}"})
-            print(f"ctc_head {vname:>22} rows {rows:>6}: {us:8.2f} us  (abs err {err:.1e})", flush=True)
+        out += _rows("ctc_head", rows, timed(f"ctc_head rows {rows:>6}", variants, _abs_err(ref), reps, rounds))
     return out
 
 
 def _measure_vocab(fm, rows_dec, reps, rounds, sweep, sms):
-    from benchmarks.small_batch_ab import _graph_us
     from wenet_triton.engines import kernels, triton_vocab
     from wenet_triton.engines.cuda import linear_f32
 
@@ -163,20 +142,22 @@ def _measure_vocab(fm, rows_dec, reps, rounds, sweep, sms):
                     pl = triton_vocab.Plan(bm, bn, w, st, s)
                     variants.append((f"plan {bm},{bn},{w},{st},{s}", lambda pl=pl: triton_vocab.proj_log_softmax_gather(
                         x, D["out_w16"], D["out_b32"], tgt, lens, tiles=pl)))
-        for vname, fn in variants:
-            try:
-                err = (fn() - ref).abs().max().item()
-                us = _graph_us(fn, reps, rounds)
-            except Exception as e:
-                print(f"decoder_vocab {vname:>22} rows {N * L:>6}: failed ({type(e).__name__}: {str(e)[:80]})")
-                continue
-            out.append({"ffn": "decoder_vocab", "variant": vname, "rows": N * L, "us": round(us, 2),
-                        "rel_err": f"{err:.2e}"})
-            print(f"decoder_vocab {vname:>22} rows {N * L:>6}: {us:8.2f} us  (abs err {err:.1e})", flush=True)
+        out += _rows("decoder_vocab", N * L, timed(f"decoder_vocab rows {N * L:>6}", variants, _abs_err(ref),
+                                                   reps, rounds))
     return out
 
 
-def _forced(run, plan):
+def _abs_err(ref):
+    return lambda o: (o - ref).abs().max().item()
+
+
+def _rows(piece, rows, results):
+    """CSV rows of one piece's timed variants."""
+    return [{"ffn": piece, "variant": v, "rows": rows, "us": round(us, 2), "rel_err": f"{e:.2e}"}
+            for v, us, e in results]
+
+
+def _forced(run, plan):  # the plan for this call only, also when it fails
     from wenet_triton.engines import triton_ffn
 
     triton_ffn.FORCED = plan

@@ -15,7 +15,7 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from benchmarks.ab_io import finish, load_rows, style
+from benchmarks.ab_io import finish, load_rows, rel_err, style
 
 VARIANTS = ("cublas+silu", "triton_ptr", "triton_tma")
 
@@ -35,7 +35,7 @@ def measure(rows_list, reps: int, rounds: int, d: int = 256, n: int = 2048):
                "triton_ptr": lambda: tg.linear_silu(x, w, b, tma=False),
                "triton_tma": lambda: tg.linear_silu(x, w, b, tma=True)}
         for name in VARIANTS:
-            err = ((fns[name]().float() - ref).abs().max() / ref.abs().max()).item()
+            err = rel_err(fns[name](), ref)
             us = _graph_us(fns[name], reps, rounds)
             out.append({"variant": name, "rows": rows, "us": round(us, 2), "rel_err": f"{err:.2e}"})
             print(f"{name:>12} rows {rows:>6}: {us:8.2f} us  (rel err {err:.1e})", flush=True)
