@@ -27,7 +27,7 @@ from typing import NamedTuple, Optional, Tuple
 
 import torch
 
-from wenet_triton.engines.triton_plan import forced_plan, pow2
+from wenet_triton.engines.triton_plan import forced_plan, pow2, row_tile
 
 try:
     import triton
@@ -69,13 +69,9 @@ if triton is not None:
                          K: tl.constexpr, KP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
                          BD: tl.constexpr, NUM_STAGES: tl.constexpr):
         pm = tl.program_id(0)
-        rm = pm * BM + tl.arange(0, BM)
-        rd = tl.arange(0, BD)
+        x, rm, rd, m_ok, d_ok = row_tile(x_ptr, pm, R, D, sxm, BM, BD)
         rn0 = tl.arange(0, BN)
         slot = tl.arange(0, KP)
-        m_ok = rm < R
-        d_ok = rd < D
-        x = tl.load(x_ptr + rm[:, None] * sxm + rd[None, :], mask=m_ok[:, None] & d_ok[None, :], other=0.0)
         mx = tl.full((BM,), float("-inf"), tl.float32)
         sm = tl.zeros((BM,), tl.float32)
         # the k slots (unsorted); slots >= K hold +inf so that they are never the smallest

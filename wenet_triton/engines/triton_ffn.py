@@ -37,7 +37,7 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from wenet_triton.engines.triton_plan import forced_plan, num_sms, pow2, slices
+from wenet_triton.engines.triton_plan import forced_plan, num_sms, pow2, row_tile, slices
 
 try:
     import triton
@@ -74,12 +74,8 @@ if triton is not None:
                     PARTS: tl.constexpr, NUM_STAGES: tl.constexpr):
         pm = tl.program_id(0)
         ps = tl.program_id(1)
-        rm = pm * BM + tl.arange(0, BM)
-        rd = tl.arange(0, BD)
+        x, rm, rd, m_ok, d_ok = row_tile(x_ptr, pm, M, D, sxm, BM, BD)
         rh0 = tl.arange(0, BH)
-        m_ok = rm < M
-        d_ok = rd < D
-        x = tl.load(x_ptr + rm[:, None] * sxm + rd[None, :], mask=m_ok[:, None] & d_ok[None, :], other=0.0)
         acc = tl.zeros((BM, BD), dtype=tl.float32)
         h_lo = ps * H_PER
         h_hi = min(h_lo + H_PER, H)

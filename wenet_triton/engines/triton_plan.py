@@ -1,12 +1,19 @@
 """What the Triton-lang kernel modules (triton_ffn, triton_vocab, triton_conv, triton_ctc)
-share: their tile choices are fixed plans (NamedTuples of ints) made from measurements, not
-tuned at run time; an environment variable may force one for A/B runs."""
+share: the (BM, d) row tile their programs start from, and their tile choices: fixed plans
+(NamedTuples of ints) made from measurements, not tuned at run time; an environment variable
+may force one for A/B runs."""
 from __future__ import annotations
 
 import os
 from typing import Optional, Tuple, Type, TypeVar
 
 import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU-only installs: no kernels, the plans still parse
+    triton = tl = None
 
 P = TypeVar("P")
 
@@ -51,3 +58,17 @@ def parse_plan(cls: Type[P], spec: str, env: str) -> Optional[P]:
 def forced_plan(cls: Type[P], env: str) -> Optional[P]:
     """The plan $env forces for every call instead of the module's rule, or None."""
     return parse_plan(cls, os.environ.get(env, ""), env)
+
+
+row_tile = None  # the kernels' shared jit prologue (below, where triton is installed)
+if triton is not None:
+    @triton.jit
+    def row_tile(x_ptr, pid, R, D, sxm, BM: tl.constexpr, BD: tl.constexpr):
+        """Program pid's BM rows of x (R, D; row stride sxm, unit column stride), zero past R
+        and D -> (tile (BM, BD), row ids, column ids, row mask, column mask)."""
+        rm = pid * BM + tl.arange(0, BM)
+        rd = tl.arange(0, BD)
+        m_ok = rm < R
+        d_ok = rd < D
+        x = tl.load(x_ptr + rm[:, None] * sxm + rd[None, :], mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+        return x, rm, rd, m_ok, d_ok

@@ -25,7 +25,7 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from wenet_triton.engines.triton_plan import forced_plan, num_sms, pow2, slices
+from wenet_triton.engines.triton_plan import forced_plan, num_sms, pow2, row_tile, slices
 
 try:
     import triton
@@ -67,12 +67,8 @@ if triton is not None:
                          NUM_STAGES: tl.constexpr):
         pm = tl.program_id(0)
         ps = tl.program_id(1)
-        rm = pm * BM + tl.arange(0, BM)
-        rd = tl.arange(0, BD)
+        x, rm, rd, m_ok, d_ok = row_tile(x_ptr, pm, R, D, sxm, BM, BD)
         rn0 = tl.arange(0, BN)
-        m_ok = rm < R
-        d_ok = rd < D
-        x = tl.load(x_ptr + rm[:, None] * sxm + rd[None, :], mask=m_ok[:, None] & d_ok[None, :], other=0.0)
         tgt = tl.load(tgt_ptr + rm, mask=m_ok, other=0).to(tl.int32)
         tgt = tl.minimum(tl.maximum(tgt, 0), V - 1)  # as the unfused gather clamps
         mx = tl.full((BM,), float("-inf"), tl.float32)
