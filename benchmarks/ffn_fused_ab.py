@@ -7,6 +7,8 @@ CUDA graph (launch gaps as in the engine's graphs), as the `torch_cuda` engine r
 - `silu_gemm`: the first GEMM + bias + SiLU as one Triton kernel (triton_gemm, encoder only);
 - `fused_ffn`: the whole FFN as one Triton kernel (triton_ffn), hidden units split over
   programs for few rows (fp32 partials summed by the add + LayerNorm kernel), with its rule;
+- `fp8`: the FFN's GEMMs in e4m3 (engines/fp8.py, opt-in; from 1,024 rows), scales from the
+  rows themselves;
 - with `--sweep`, `fused_ffn` under each plan of a list (BM, BH, warps, stages, S) instead
   of the rule: the measurements the rule (triton_ffn.plan) is made from.
 
@@ -32,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.ab_io import finish, load_rows, rel_err, style, timed
+from wenet_triton.engines import fp8
 
 SWEEP = [(64, 64, 4, 2), (64, 64, 4, 3), (64, 32, 4, 3), (64, 128, 4, 2), (64, 64, 8, 2),
          (128, 64, 8, 2), (128, 64, 8, 3), (128, 32, 8, 3), (128, 128, 8, 2)]
@@ -51,7 +54,7 @@ def _model():
 
 def _ref(y, x, p, scale, ln):
     """fp32: x + scale * FFN(y), then the LayerNorm."""
-    w1, b1, w2, b2, act = p
+    w1, b1, w2, b2, act = p[:5]
     h = F.linear(y.float(), w1.float(), b1.float())
     h = F.silu(h) if act == "silu" else F.relu(h)
     s = x.float() + scale * F.linear(h, w2.float(), b2.float())
@@ -81,6 +84,9 @@ def measure(rows_enc, rows_dec, reps: int, rounds: int, sweep: bool):
             variants = [("cublas", lambda: run()), ("fused_ffn", lambda: run(ffn=True))]
             if p[4] == "silu":
                 variants.insert(1, ("silu_gemm", lambda: run(silu=True)))
+                q8 = _fp8_pack(y, p)
+                if fp8.fits(y, q8, "silu"):
+                    variants.append(("fp8", lambda q8=q8: fm.add_ln(x, fp8.ffn(y, q8, p[1], p[3]), scale, ln)[1]))
             if sweep:
                 hidden = p[0].shape[0]
                 for bm, bh, w, st in SWEEP:
@@ -95,6 +101,13 @@ def measure(rows_enc, rows_dec, reps: int, rounds: int, sweep: bool):
     out += _measure_vocab(fm, rows_dec, reps, rounds, sweep, sms)
     out += _measure_ctc(fm, rows_enc, reps, rounds)
     return out
+
+
+def _fp8_pack(y, p):
+    """The FFN's e4m3 form with its activation scales taken from these rows (the largest
+    input and hidden values), as `wenet-triton calibrate-fp8` takes them from fbank."""
+    h = F.silu(F.linear(y.float(), p[0].float(), p[1].float()))
+    return fp8.pack_weights(p[0].float(), p[2].float(), (y.float().abs().max().item(), h.abs().max().item()), y.device)
 
 
 def _measure_ctc(fm, rows_enc, reps, rounds, k: int = 10):
@@ -176,7 +189,7 @@ def plot(rows, path: str):
     fig, axes = plt.subplots(1, len(ffns), figsize=(6 * len(ffns), 4), squeeze=False)
     for ax, f in zip(axes[0], ffns):
         sub = [r for r in rows if r["ffn"] == f]
-        names = [v for v in ("cublas", "silu_gemm", "fused_ffn", "fused_vocab", "fused_ctc")
+        names = [v for v in ("cublas", "silu_gemm", "fused_ffn", "fp8", "fused_vocab", "fused_ctc")
                  if any(r["variant"] == v for r in sub)]
         for v in names:
             pts = sorted((int(r["rows"]), float(r["us"])) for r in sub if r["variant"] == v)

@@ -916,3 +916,59 @@ def test_cuda_chunk_encoder_transcripts_demo_model():
           f"{same16}; CER {rate}")
     assert same32 >= len(wavs) - 1, (same32, rate)
     assert same16 >= 0.9 * len(wavs) and abs(rate["float16"] - rate["float32"]) <= 0.01, (same16, rate)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None or not torch.cuda.is_available()
+                    or torch.cuda.get_device_capability() < (9, 0), reason="needs triton and a Hopper GPU")
+def test_fp8_silu_gemm_kernel_quantizes_as_the_reference():
+    """The e4m3 SiLU GEMM (both kernels) against fp32 arithmetic over the same e4m3 operands,
+    quantized once at the end: equal but for sums that land next to a rounding boundary (the
+    order of the fp32 sums differs), which move by one e4m3 step at most."""
+    from wenet_triton.engines import fp8, triton_gemm
+
+    g = torch.Generator(device="cuda").manual_seed(8)
+    for M, K, N in ((1024, 256, 2048), (4096 + 17, 256, 2048), (2048, 192, 768)):
+        x = torch.randn(M, K, device="cuda", generator=g)
+        w = torch.randn(N, K, device="cuda", generator=g) * 0.05
+        b = torch.randn(N, device="cuda", generator=g).half()
+        sx, sw = fp8.act_scale(x.abs().max().item()), fp8.weight_scale(w)
+        xq, wq = fp8.quantize(x, sx), fp8.quantize(w, sw)
+        ref = torch.nn.functional.silu((xq.float() @ wq.float().t()) * (sx * sw) + b.float())
+        sh = fp8.act_scale(ref.abs().max().item() * 0.9)  # some values clamp
+        want = fp8.quantize(ref, sh).float()
+        for tma in (False, True):
+            y = triton_gemm.linear_silu(xq, wq, b, tma=tma, scale=sx * sw, out_scale=sh)
+            assert y.dtype == torch.float8_e4m3fn and y.shape == (M, N)
+            got = y.float()
+            off = got != want
+            assert off.float().mean().item() < 0.01, (M, K, N, tma)
+            # one step of e4m3 (3 mantissa bits) at most where they differ
+            assert ((got - want).abs()[off] <= want.abs()[off] / 8 + 2 ** -9 + 1e-12).all(), (M, K, N, tma)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None or not torch.cuda.is_available()
+                    or torch.cuda.get_device_capability() < (9, 0), reason="needs triton and a Hopper GPU")
+def test_fp8_engine_follows_its_simulation():
+    """A torch_cuda engine with FP8 FFNs against the fp32 PyTorch model running the FP8
+    simulation (engines/fp8.simulate, the arithmetic the CPU's CER measurement uses): closer to
+    it than to the plain fp32 model, and its FFNs really took the FP8 path (outputs differ
+    from the 16-bit engine's)."""
+    from wenet_triton.engines import fp8
+
+    spec, ref_eng, make = _aishell(torch.float16)
+    x, lens = _random_inputs(8, 1011, seed=4)  # 8 x 252 rows: batches take the FP8 path
+    scales = fp8.calibrate(ref_eng.model, fp8.feats_batches([x[i, :n] for i, n in enumerate(lens)], 4))
+    eng8, eng16 = make(fp8_scales=scales), make()
+    assert sum(p[5] is not None for st, _ in eng8.fm.layers for k, _, p, _ in st if k == "ffn") == 24
+    plain = ref_eng.encode(x, lens)
+    with fp8.simulate(ref_eng.model, scales):
+        sim = ref_eng.encode(x, lens)
+    n = plain["encoder_out_lens"]
+    got8, got16 = eng8.encode(x, lens)["encoder_out"], eng16.encode(x, lens)["encoder_out"]
+    e_sim, e_plain = _enc_err(sim["encoder_out"], got8, n), _enc_err(plain["encoder_out"], got8, n)
+    assert e_sim < e_plain, (e_sim, e_plain)
+    assert _enc_err(got16, got8, n) > 0
+    # scales for another model are refused with a clear error
+    bad = dict(scales, ffn=dict(list(scales["ffn"].items())[:3]))
+    with pytest.raises(ValueError, match="do not fit this model"):
+        make(fp8_scales=bad)

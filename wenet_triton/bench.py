@@ -19,7 +19,7 @@ from typing import List
 import numpy as np
 import torch
 
-from wenet_triton.engines import OnnxEngine
+from wenet_triton.engines import OnnxEngine, fp8
 from wenet_triton.engines.cuda import CudaEngine
 from wenet_triton.engines.export import export_onnx_from_model, export_settings
 from wenet_triton.model.checkpoint import ModelSpec, load_model_dir
@@ -92,9 +92,10 @@ def triton_kernels(eng: str) -> dict:
     `torch_cuda_nokernels` none, `torch_cuda_silu` the SiLU GEMM only, `torch_cuda_fused` the
     three on by default whatever the environment, `torch_cuda_conv` / `torch_cuda_ctc` /
     `torch_cuda_optin` the defaults and the opt-in subsampling convolution (triton_conv) / CTC
-    head (triton_ctc) / both."""
+    head (triton_ctc) / both, `torch_cuda_fp8` the defaults with the encoder's FFNs in FP8
+    (engines/fp8.py; scales calibrated on the benchmark's own random features)."""
     names = ("fused_silu", "fused_ffn", "fused_vocab")
-    if eng == "torch_cuda":
+    if eng in ("torch_cuda", "torch_cuda_fp8"):
         return {}
     if eng == "torch_cuda_conv":
         return {"fused_conv": True}
@@ -140,9 +141,11 @@ def run(out_dir: str, models: List[str], batches: List[int], seconds: List[float
                     with torch.inference_mode(), torch.autocast(dev.split(":")[0], torch.float16, enabled=amp):
                         return dec_m(e, el, h, hl, rh, c)
             elif eng.startswith("torch_cuda"):
+                scales = fp8.calibrate(copy.deepcopy(base), _inputs(8, 10, 1, dev), dev) \
+                    if eng == "torch_cuda_fp8" else None
                 ce = CudaEngine(copy.deepcopy(base), settings, dev, "float16" if gpu else "float32",
                                 use_kernels=gpu and eng != "torch_cuda_nokernels", cuda_graphs=gpu,
-                                **triton_kernels(eng))
+                                fp8_scales=scales, **triton_kernels(eng))
                 enc_fn = ce.encode_tensors
                 dec_fn = ce.rescore_tensors
             elif eng == "onnxruntime_cpu":

@@ -188,7 +188,8 @@ def add_commands(sub, model_arg, weights_args):
                          "(none of them: the A/B baseline), torch_cuda_silu (the SiLU GEMM only), "
                          "torch_cuda_fused (the three, whatever the environment), torch_cuda_conv / "
                          "torch_cuda_ctc / torch_cuda_optin (the defaults + the opt-in subsampling "
-                         "convolution / CTC head kernel / both)")
+                         "convolution / CTC head kernel / both), torch_cuda_fp8 (the defaults + the "
+                         "encoder's FFNs in FP8, scales from the benchmark's features)")
     be.add_argument("--batches", default="1,4,8,16,32,64")
     be.add_argument("--seconds", default="5,10,20")
     be.add_argument("--iters", type=int, default=20)

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from wenet_triton.contract import ENCODER_OUTPUTS, EngineSettings
-from wenet_triton.engines import kernels, triton_conv, triton_ctc, triton_ffn, triton_gemm, triton_vocab
+from wenet_triton.engines import fp8, kernels, triton_conv, triton_ctc, triton_ffn, triton_gemm, triton_vocab
 from wenet_triton.engines.base import Engine
 from wenet_triton.model.conformer import ASRModel, BiTransformerDecoder, sinusoid_table
 from wenet_triton.model.streaming import sinusoid_rows
@@ -201,7 +201,10 @@ SPLITK_DEFAULT = "512:4,1024:2"
 class FastModel:
     """Inference-only re-packing of an ASRModel's weights for the GPU."""
     def __init__(self, model: ASRModel, dtype: torch.dtype = torch.float16,
-                 device: str = "cuda", use_kernels: Optional[bool] = None, decoder: bool = True):
+                 device: str = "cuda", use_kernels: Optional[bool] = None, decoder: bool = True,
+                 fp8_scales: Optional[Dict] = None):
+        """fp8_scales: calibrated activation scales (engines/fp8.py): the encoder's FFNs of
+        batches run their GEMMs in e4m3 (opt-in)."""
         self.dtype, self.device = dtype, torch.device(device)
         self.kern = kernels.available() if use_kernels is None else use_kernels
         # Triton-lang kernels (CudaEngine sets these: the first three on by default)
@@ -216,6 +219,9 @@ class FastModel:
         # (shapes that keep changing: cuDNN would plan each one); see sdpa()
         self.dec_cudnn = True
         model = model.fuse().eval()
+        if fp8_scales is not None:
+            fp8.check_model(fp8_scales, model)
+        self.fp8_scales = fp8_scales
         enc = model.encoder
         cv = lambda t: t.detach().to(self.device, dtype).contiguous()  # noqa: E731
         f32 = lambda t: t.detach().to(self.device, torch.float32).contiguous()  # noqa: E731
@@ -242,7 +248,7 @@ class FastModel:
         self.rel_pos = enc.rel_pos
         self.subsampling = enc.embed.subsampling_rate
         self.right_context = enc.embed.right_context
-        self.layers = [self._pack_layer(L, cv, f32) for L in enc.encoders]
+        self.layers = [self._pack_layer(i, L, cv, f32) for i, L in enumerate(enc.encoders)]
         # rel-pos: every layer's linear_pos as one (L*D, D) weight, so the positional rows
         # are projected for all layers by one GEMM per call (layer i: columns i*D..(i+1)*D)
         self.w_pos_all = torch.cat([p["w_pos"] for stages, _ in self.layers
@@ -274,12 +280,15 @@ class FastModel:
     def _ln(m, cv):
         return (cv(m.weight), cv(m.bias), float(m.eps))
 
-    @staticmethod
-    def _ffn(m, cv):
+    def _ffn(self, m, cv, name: Optional[str] = None):
+        """(w1, b1, w2, b2, activation, FP8 pack or None); name: the encoder FFN's name in
+        the FP8 scales (engines/fp8.py), when they are given."""
         act = m.activation
-        name = "silu" if isinstance(act, torch.nn.SiLU) else "relu" if isinstance(act, torch.nn.ReLU) \
+        kind = "silu" if isinstance(act, torch.nn.SiLU) else "relu" if isinstance(act, torch.nn.ReLU) \
             else "gelu" if isinstance(act, torch.nn.GELU) else "tanh"
-        return (cv(m.w_1.weight), cv(m.w_1.bias), cv(m.w_2.weight), cv(m.w_2.bias), name)
+        q8 = fp8.pack(m, self.fp8_scales["ffn"][name], self.device) \
+            if self.fp8_scales is not None and name is not None else None
+        return (cv(m.w_1.weight), cv(m.w_1.bias), cv(m.w_2.weight), cv(m.w_2.bias), kind, q8)
 
     @staticmethod
     def _attn(m, cv):
@@ -300,10 +309,11 @@ class FastModel:
                      w_pos=cv(m.linear_pos.weight), rel=True)
         return p
 
-    def _pack_layer(self, L, cv, f32):
+    def _pack_layer(self, i, L, cv, f32):
         stages = []
         if L.feed_forward_macaron is not None:
-            stages.append(("ffn", self._ln(L.norm_ff_macaron, cv), self._ffn(L.feed_forward_macaron, cv), 0.5))
+            stages.append(("ffn", self._ln(L.norm_ff_macaron, cv),
+                           self._ffn(L.feed_forward_macaron, cv, f"encoders.{i}.feed_forward_macaron"), 0.5))
         stages.append(("mha", self._ln(L.norm_mha if L.conformer else L.norm1, cv), self._attn(L.self_attn, cv), 1.0))
         if L.conv_module is not None:
             cm = L.conv_module
@@ -323,8 +333,8 @@ class FastModel:
                     "pw2_b": cv(cm.pointwise_conv2.bias if cm.pointwise_conv2.bias is not None
                                 else torch.zeros(C))}
             stages.append(("conv", self._ln(L.norm_conv, cv), conv, 1.0))
-        stages.append(("ffn", self._ln(L.norm_ff if L.conformer else L.norm2, cv), self._ffn(L.feed_forward, cv),
-                       L.ff_scale))
+        stages.append(("ffn", self._ln(L.norm_ff if L.conformer else L.norm2, cv),
+                       self._ffn(L.feed_forward, cv, f"encoders.{i}.feed_forward"), L.ff_scale))
         final = self._ln(L.norm_final, cv) if L.conv_module is not None else None
         if L.concat_after:
             raise NotImplementedError("concat_after encoders are not supported by the GPU engine")
@@ -381,7 +391,9 @@ class FastModel:
     def ffn(self, y, p, defer: bool = False):
         """The feed-forward module; defer=True (the caller reduces Parts: add_ln / add_ln2) lets
         the down-projection of few rows run split-K (splitk_policy)."""
-        w1, b1, w2, b2, act = p
+        w1, b1, w2, b2, act, q8 = p
+        if q8 is not None and fp8.fits(y, q8, act):  # batches, with FP8 scales (opt-in)
+            return fp8.ffn(y, q8, b1, b2, act)
         if (self.fused_ffn and defer and y.numel() // y.shape[-1] < triton_ffn.MAX_ROWS
                 and kernels.parts_fit(y) and triton_ffn.applies(y, w1, act)):  # few rows, split
             out = triton_ffn.ffn(y, w1, b1, w2, b2, act, can_split=True)
@@ -735,10 +747,12 @@ class CudaEngine(Engine):
                  decoder_cudnn: bool = True, coarse_decoder_buckets: bool = False,
                  fused_silu: Optional[bool] = None, fused_ffn: Optional[bool] = None,
                  fused_vocab: Optional[bool] = None, fused_conv: Optional[bool] = None,
-                 fused_ctc: Optional[bool] = None):
+                 fused_ctc: Optional[bool] = None, fp8_scales: Optional[Dict] = None):
         self.settings = settings
         self.device = torch.device(device)
-        self.fm = FastModel(model, DTYPES[dtype or "float16"], device, use_kernels)
+        # FP8 FFNs (opt-in; engines/fp8.py): the scales given, else WENET_TRITON_FP8_SCALES's file
+        fp8_scales = fp8_scales if fp8_scales is not None else fp8.scales_from_env()
+        self.fm = FastModel(model, DTYPES[dtype or "float16"], device, use_kernels, fp8_scales=fp8_scales)
         # Triton-lang kernels where they apply (CUDA, fp16 / bf16 rows; the `triton` package of
         # PyTorch's CUDA wheels): the FFN's first GEMM + bias + SiLU from triton_gemm.MIN_ROWS
         # rows (triton_gemm), the whole FFN split over its hidden units below
@@ -900,10 +914,10 @@ class CudaEngine(Engine):
         (off, fp32, no triton package, not CUDA)."""
         if not self.fm.fused_silu or self.device.type != "cuda" or self.fm.dtype == torch.float32:
             return 0, 0.0
-        shapes = {tuple(p[0].shape) for stages, _ in self.fm.layers
-                  for kind, _, p, _ in stages if kind == "ffn" and p[4] == "silu"}
+        ffns = [p for stages, _ in self.fm.layers for kind, _, p, _ in stages if kind == "ffn" and p[4] == "silu"]
+        shapes = {(tuple(p[0].shape), p[5] is not None) for p in ffns}
         t = time.perf_counter()
-        n = sum(triton_gemm.warm(N, K, max_rows, self.device, self.fm.dtype) for N, K in shapes)
+        n = sum(triton_gemm.warm(N, K, max_rows, self.device, self.fm.dtype, fp8=q8) for (N, K), q8 in shapes)
         torch.cuda.synchronize(self.device)
         return n, time.perf_counter() - t
 

@@ -81,15 +81,22 @@ if triton is not None:
         return first_m + ((t % per_group) % group_rows), (t % per_group) // group_rows
 
     @triton.jit
-    def _bias_silu(acc, b_ptr, rn, N):
-        """SiLU(acc + bias[rn]) on the fp32 accumulator."""
+    def _bias_silu(acc, b_ptr, rn, N, scale, out_inv, Q8: tl.constexpr):
+        """SiLU(acc + bias[rn]) on the fp32 accumulator; Q8 (fp8 operands, fp8 output): the
+        accumulator times the operands' scales first, the result divided by the output's
+        scale (times out_inv) and clamped to e4m3's range."""
+        if Q8:
+            acc = acc * scale
         acc += tl.load(b_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
-        return acc / (1.0 + tl.exp(-acc))
+        y = acc / (1.0 + tl.exp(-acc))
+        if Q8:
+            y = tl.clamp(y * out_inv, -448.0, 448.0)
+        return y
 
     @triton.autotune(configs=_CONFIGS, key=["N", "K", "M_CLASS"])
     @triton.jit
     def _linear_silu_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, M_CLASS,
-                            sxm, sxk, swn, swk, sym, syn,
+                            sxm, sxk, swn, swk, sym, syn, scale, out_inv, Q8: tl.constexpr,
                             BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
         pm, pn = _tile_of(tl.program_id(0), M, N, BM, BN, GROUP_M)
         rm = pm * BM + tl.arange(0, BM)
@@ -103,9 +110,9 @@ if triton is not None:
             wt = tl.load(w_ptr + rn[None, :] * swn + ks[:, None] * swk,
                          mask=(rn[None, :] < N) & (ks[:, None] < K), other=0.0)
             acc = tl.dot(xt, wt, acc)
-        y = _bias_silu(acc, b_ptr, rn, N)
-        tl.store(y_ptr + rm[:, None] * sym + rn[None, :] * syn, y.to(y_ptr.dtype.element_ty),
-                 mask=(rm[:, None] < M) & (rn[None, :] < N))
+        y = _bias_silu(acc, b_ptr, rn, N, scale, out_inv, Q8)
+        y = y.to(y_ptr.dtype.element_ty, fp_downcast_rounding="rtne")
+        tl.store(y_ptr + rm[:, None] * sym + rn[None, :] * syn, y, mask=(rm[:, None] < M) & (rn[None, :] < N))
 
 
     # Hopper and later: a persistent kernel (one program per SM walking the tiles, so the
@@ -124,7 +131,8 @@ if triton is not None:
 
     @triton.autotune(configs=_TMA_CONFIGS, key=["N", "K", "M_CLASS"])
     @triton.jit
-    def _linear_silu_tma_kernel(x_desc, w_desc, y_desc, b_ptr, M, N, K, M_CLASS, NUM_SMS: tl.constexpr,
+    def _linear_silu_tma_kernel(x_desc, w_desc, y_desc, b_ptr, M, N, K, M_CLASS, scale, out_inv,
+                                Q8: tl.constexpr, NUM_SMS: tl.constexpr,
                                 BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
         k_tiles = tl.cdiv(K, BK)
         for tile in tl.range(tl.program_id(0), tl.cdiv(M, BM) * tl.cdiv(N, BN), NUM_SMS, flatten=True):
@@ -134,8 +142,8 @@ if triton is not None:
                 xt = x_desc.load([pm * BM, kk * BK])
                 wt = w_desc.load([pn * BN, kk * BK])
                 acc = tl.dot(xt, wt.T, acc)
-            y = _bias_silu(acc, b_ptr, pn * BN + tl.arange(0, BN), N)
-            y_desc.store([pm * BM, pn * BN], y.to(y_desc.dtype))  # clipped to (M, N)
+            y = _bias_silu(acc, b_ptr, pn * BN + tl.arange(0, BN), N, scale, out_inv, Q8)
+            y_desc.store([pm * BM, pn * BN], y.to(y_desc.dtype, fp_downcast_rounding="rtne"))  # clipped to (M, N)
 
 
 def _tma_fits(x2: torch.Tensor, w: torch.Tensor) -> bool:
@@ -157,33 +165,49 @@ def applies(x: torch.Tensor) -> bool:
             and x.numel() // x.shape[-1] >= MIN_ROWS)
 
 
+def fp8_applies(x: torch.Tensor) -> bool:
+    """Whether linear_silu takes e4m3 operands on this device (Hopper or newer; fp8 tensor
+    cores): engines/fp8.py asks before it runs the FP8 FFN."""
+    return (triton is not None and x.is_cuda and torch.cuda.get_device_capability(x.device)[0] >= 9
+            and x.shape[-1] % 16 == 0)
+
+
 def linear_silu(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor,
-                tiles: Optional[Dict[str, int]] = None, tma: Optional[bool] = None) -> torch.Tensor:
+                tiles: Optional[Dict[str, int]] = None, tma: Optional[bool] = None,
+                scale: Optional[float] = None, out_scale: Optional[float] = None) -> torch.Tensor:
     """silu(x @ w.T + b) for x (..., K), w (N, K), b (N,), in x's dtype. tiles: fixed
     BM / BN / BK / GROUP_M instead of the tuned choice (tests; Triton's CPU interpreter).
     tma: the persistent TMA kernel or the pointer one (default: TMA from TMA_MIN_ROWS rows
-    where it fits, _tma_fits)."""
+    where it fits, _tma_fits).
+
+    FP8 (x and w in torch.float8_e4m3fn; engines/fp8.py): scale = x's scale times w's, and
+    the result is quantized to e4m3 at out_scale: silu(scale * (x @ w.T) + b) / out_scale,
+    clamped to +-448, returned in e4m3."""
     if triton is None:
         raise RuntimeError("linear_silu needs the triton package")
     x2 = x.reshape(-1, x.shape[-1])
     M, K = x2.shape
     N = w.shape[0]
+    q8 = x.dtype == torch.float8_e4m3fn
+    if q8 and (w.dtype != x.dtype or scale is None or out_scale is None):
+        raise ValueError("linear_silu: fp8 rows need an fp8 weight, scale and out_scale")
     y = torch.empty((M, N), dtype=x.dtype, device=x.device)
+    q = (float(scale), 1.0 / float(out_scale), q8) if q8 else (1.0, 1.0, False)
     if tma is None:
         tma = M >= TMA_MIN_ROWS and _tma_fits(x2, w)
     if tma:
-        return _linear_silu_tma(x2, w, b, y, tiles).view(*x.shape[:-1], N)
+        return _linear_silu_tma(x2, w, b, y, tiles, q).view(*x.shape[:-1], N)
 
     def grid(meta):
         return (triton.cdiv(M, meta["BM"]) * triton.cdiv(N, meta["BN"]),)
 
     args = (x2, w, b, y, M, N, K, max(M, 1).bit_length(), x2.stride(0), x2.stride(1),
-            w.stride(0), w.stride(1), y.stride(0), y.stride(1))
+            w.stride(0), w.stride(1), y.stride(0), y.stride(1), *q)
     if tiles is not None:
         _linear_silu_kernel.fn[grid](*args, **tiles)
     else:
-        # the tile choice is tuned per (N, K) and size class of M (a power of two): a few
-        # classes, not one tuning per batch bucket
+        # the tile choice is tuned per (N, K), size class of M (a power of two) and dtype: a
+        # few classes, not one tuning per batch bucket
         _linear_silu_kernel[grid](*args)
     return y.view(*x.shape[:-1], N)
 
@@ -201,24 +225,26 @@ def warm_rows(max_rows: int) -> List[int]:
         c += 1
 
 
-def warm(n: int, k: int, max_rows: int, device, dtype) -> int:
+def warm(n: int, k: int, max_rows: int, device, dtype, fp8: bool = False) -> int:
     """Run the kernel once per size class of rows up to max_rows (warm_rows) for a (n, k)
     weight, so that its autotuner compiles and times its tile choices now (a server's load)
     rather than on the first live batch of each class (seconds, with every request of that
-    batch waiting). Returns the number of classes run."""
+    batch waiting); fp8: its e4m3 form (engines/fp8.py). Returns the number of classes run."""
     rows = warm_rows(max_rows)
     if triton is None or not rows:
         return 0
     g = torch.Generator(device=device).manual_seed(0)
-    x = torch.randn(rows[-1], k, device=device, dtype=dtype, generator=g)
-    w = (torch.randn(n, k, device=device, generator=g) * 0.05).to(dtype)
+    op = torch.float8_e4m3fn if fp8 else dtype
+    x = torch.randn(rows[-1], k, device=device, generator=g).to(op)
+    w = (torch.randn(n, k, device=device, generator=g) * 0.05).to(op)
     b = torch.zeros(n, device=device, dtype=dtype)
+    q = {"scale": 1.0, "out_scale": 1.0} if fp8 else {}
     for r in rows:
-        linear_silu(x[:r], w, b)
+        linear_silu(x[:r], w, b, **q)
     return len(rows)
 
 
-def _linear_silu_tma(x2, w, b, y, tiles: Optional[Dict[str, int]]) -> torch.Tensor:
+def _linear_silu_tma(x2, w, b, y, tiles: Optional[Dict[str, int]], q) -> torch.Tensor:
     M, K = x2.shape
     N = w.shape[0]
     t = tiles or {"BM": 64, "BN": 64, "BK": 64}  # tuned: the autotuner's pre-hook sets the blocks
@@ -230,7 +256,7 @@ def _linear_silu_tma(x2, w, b, y, tiles: Optional[Dict[str, int]]) -> torch.Tens
     def grid(meta):
         return (min(sms, triton.cdiv(M, meta["BM"]) * triton.cdiv(N, meta["BN"])),)
 
-    args = (*descs, b, M, N, K, max(M, 1).bit_length(), sms)
+    args = (*descs, b, M, N, K, max(M, 1).bit_length(), *q, sms)
     if tiles is not None:
         _linear_silu_tma_kernel.fn[grid](*args, **tiles)
     else:
