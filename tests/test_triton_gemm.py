@@ -260,10 +260,13 @@ def test_bench_engine_variants_name_their_triton_kernels():
     assert triton_kernels("torch_cuda") == {}
     off = triton_kernels("torch_cuda_cublas")
     assert off == triton_kernels("torch_cuda_nokernels") and set(off.values()) == {False}
-    assert {"fused_silu", "fused_ffn", "fused_vocab", "fused_conv", "fused_ctc"} == set(off)
-    assert triton_kernels("torch_cuda_fused") == {"fused_silu": True, "fused_ffn": True, "fused_vocab": True}
-    assert triton_kernels("torch_cuda_silu") == {"fused_silu": True, "fused_ffn": False, "fused_vocab": False}
-    assert triton_kernels("torch_cuda_optin") == {"fused_conv": True, "fused_ctc": True}
+    defaults = {"fused_silu", "fused_ffn", "fused_vocab", "fused_conv1", "fused_ctc"}
+    assert defaults | {"fused_conv"} == set(off)
+    assert triton_kernels("torch_cuda_fused") == dict.fromkeys(defaults, True)
+    silu = triton_kernels("torch_cuda_silu")
+    assert silu.pop("fused_silu") is True and set(silu) == defaults - {"fused_silu"} and not any(silu.values())
+    assert triton_kernels("torch_cuda_conv") == {"fused_conv": True}
+    assert triton_kernels("torch_cuda_fp8") == {}
     with pytest.raises(ValueError, match="unknown bench engine torch_cuda_typo"):
         triton_kernels("torch_cuda_typo")
 

@@ -90,23 +90,19 @@ def triton_kernels(eng: str) -> dict:
     """The torch_cuda variants' Triton-lang kernels: `torch_cuda` the engine's defaults (on
     where they apply, unless WENET_TRITON_FUSED_* = 0), `torch_cuda_cublas` and
     `torch_cuda_nokernels` none, `torch_cuda_silu` the SiLU GEMM only, `torch_cuda_fused` the
-    three on by default whatever the environment, `torch_cuda_conv` / `torch_cuda_ctc` /
-    `torch_cuda_optin` the defaults and the opt-in subsampling convolution (triton_conv) / CTC
-    head (triton_ctc) / both, `torch_cuda_fp8` the defaults with the encoder's FFNs in FP8
-    (engines/fp8.py; scales calibrated on the benchmark's own random features)."""
-    names = ("fused_silu", "fused_ffn", "fused_vocab")
+    five on by default whatever the environment, `torch_cuda_conv` the defaults and the opt-in
+    implicit-GEMM subsampling convolutions (triton_conv), `torch_cuda_fp8` the defaults with
+    the encoder's FFNs in FP8 (engines/fp8.py; scales calibrated on the benchmark's own random
+    features)."""
+    names = ("fused_silu", "fused_ffn", "fused_vocab", "fused_conv1", "fused_ctc")
     if eng in ("torch_cuda", "torch_cuda_fp8"):
         return {}
     if eng == "torch_cuda_conv":
         return {"fused_conv": True}
-    if eng == "torch_cuda_ctc":
-        return {"fused_ctc": True}
-    if eng == "torch_cuda_optin":
-        return {"fused_conv": True, "fused_ctc": True}
     if eng == "torch_cuda_silu":
-        return {"fused_silu": True, "fused_ffn": False, "fused_vocab": False}
+        return {n: n == "fused_silu" for n in names}
     if eng in ("torch_cuda_cublas", "torch_cuda_nokernels"):
-        return dict.fromkeys(names + ("fused_conv", "fused_ctc"), False)
+        return dict.fromkeys(names + ("fused_conv",), False)
     if eng == "torch_cuda_fused":
         return dict.fromkeys(names, True)
     raise ValueError(f"unknown bench engine {eng}")

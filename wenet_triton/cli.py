@@ -11,15 +11,25 @@ import time
 from tqdm import tqdm
 
 from wenet_triton import cli_client, cli_serving, cli_stream
-from wenet_triton.audio.frontend import AudioError, check_waveform, expand_inputs, min_samples, read_audio, utt_id
+from wenet_triton.audio.frontend import (
+    AudioError,
+    Fbank,
+    check_waveform,
+    expand_inputs,
+    min_samples,
+    read_audio,
+    utt_id,
+)
 from wenet_triton.contract import ENGINES
 from wenet_triton.decode.cer import cer_files, cer_report, cer_summary
 from wenet_triton.decode.lm import LMError, estimate, text_to_ids
 from wenet_triton.decode.options import from_args
 from wenet_triton.decode.vocab import Vocab, read_vocab
-from wenet_triton.engines import open_engine
+from wenet_triton.engines import fp8, open_engine
 from wenet_triton.engines.artifacts import ensure_export
 from wenet_triton.engines.export import export_onnx
+from wenet_triton.model.checkpoint import load_model_dir
+from wenet_triton.model.conformer import ASRModel
 from wenet_triton.model.streaming import check_model_dir
 from wenet_triton.paths import default_model_dir
 from wenet_triton.pipeline import Recognizer
@@ -197,6 +207,27 @@ def cmd_lm(a):
     print(f"wrote {a.out}: {lm} in {time.time() - t0:.0f} s")
 
 
+def cmd_calibrate_fp8(a):
+    files = expand_inputs(a.wavs)[: a.max_wavs]
+    if not files:
+        sys.exit("calibrate-fp8: no audio files given")
+    spec = load_model_dir(a.model)
+    fb = Fbank(spec.fbank)
+    feats = []
+    for path in progress(files, len(files), "fbank"):
+        try:
+            feats.append(fb(check_waveform(read_audio(path, spec.fbank.sample_rate), path)))
+        except AudioError as e:
+            print(f"error: {e} (left out)", file=sys.stderr)
+    scales = fp8.calibrate(ASRModel.from_spec(spec), fp8.feats_batches(feats), a.device)
+    scales["model"] = os.path.abspath(a.model)
+    fp8.save(scales, a.out)
+    print(f"wrote {a.out}: activation ranges of {len(scales['ffn'])} encoder FFNs from {scales['utterances']} "
+          f"utterances ({scales['frames']} frames)")
+    print(f"use them: WENET_TRITON_FP8_SCALES={a.out} wenet-triton serve|transcribe|bench ... (torch_cuda on a "
+          "GPU with FP8 tensor cores)", file=sys.stderr)
+
+
 def cmd_cer(a):
     r = cer_files(a.ref, a.hyp)
     print(f"CER {r['cer'] * 100:.2f}% ({r['errors']}/{r['chars']} chars, {r['utts']} utts)")
@@ -255,6 +286,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="per order, fewest occurrences an n-gram needs to be kept (pruning)")
     m.add_argument("--out", required=True, help="ARPA file to write (.gz: gzip)")
     m.set_defaults(func=cmd_lm)
+
+    q = sub.add_parser("calibrate-fp8", help="measure the encoder FFNs' activation ranges on audio for the "
+                       "opt-in FP8 GEMMs (torch_cuda; WENET_TRITON_FP8_SCALES=<out>)",
+                       description="Runs the model's encoder (PyTorch, fp32) over real audio and writes, per "
+                       "encoder FFN, the largest |input| and |hidden| value: the static e4m3 scales of the "
+                       "FP8 feed-forward GEMMs (wenet_triton/engines/fp8.py). Use audio like what will be "
+                       "served; a few dozen utterances are enough.")
+    _model_arg(q)
+    q.add_argument("wavs", nargs="+", help="wav/flac files, directories or globs")
+    q.add_argument("--out", required=True, help="scales JSON to write")
+    q.add_argument("--max-wavs", type=int, default=200, help="use at most this many files (sorted)")
+    q.add_argument("--device", default="cpu", help="where the encoder runs (cpu, cuda)")
+    q.set_defaults(func=cmd_calibrate_fp8)
 
     c = sub.add_parser("cer", help="character error rate of a hypothesis text file")
     c.add_argument("ref")

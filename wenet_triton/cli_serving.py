@@ -186,10 +186,10 @@ def add_commands(sub, model_arg, weights_args):
                     help="comma-separated; torch_cuda uses the engine's Triton-lang kernels where "
                          "they apply (WENET_TRITON_FUSED_*=0 turns one off); also torch_cuda_cublas "
                          "(none of them: the A/B baseline), torch_cuda_silu (the SiLU GEMM only), "
-                         "torch_cuda_fused (the three, whatever the environment), torch_cuda_conv / "
-                         "torch_cuda_ctc / torch_cuda_optin (the defaults + the opt-in subsampling "
-                         "convolution / CTC head kernel / both), torch_cuda_fp8 (the defaults + the "
-                         "encoder's FFNs in FP8, scales from the benchmark's features)")
+                         "torch_cuda_fused (the five, whatever the environment), torch_cuda_conv "
+                         "(the defaults + the opt-in implicit-GEMM subsampling convolutions), "
+                         "torch_cuda_fp8 (the defaults + the encoder's FFNs in FP8, scales from the "
+                         "benchmark's features)")
     be.add_argument("--batches", default="1,4,8,16,32,64")
     be.add_argument("--seconds", default="5,10,20")
     be.add_argument("--iters", type=int, default=20)

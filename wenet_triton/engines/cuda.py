@@ -211,8 +211,9 @@ class FastModel:
         self.fused_silu = False  # the FFN's GEMM + bias + SiLU as one kernel (triton_gemm)
         self.fused_ffn = False  # the whole FFN as one kernel, few rows (triton_ffn)
         self.fused_vocab = False  # decoder projection + log-softmax + gather in one (triton_vocab)
-        self.fused_conv = False  # the subsampling convs (triton_conv, opt-in)
-        self.fused_ctc = False  # CTC projection + log-softmax + top-k in one (triton_ctc, opt-in)
+        self.fused_conv1 = False  # the first subsampling conv with CMVN and cast (triton_conv)
+        self.fused_conv = False  # the later subsampling convs (triton_conv, opt-in)
+        self.fused_ctc = False  # CTC projection + log-softmax + top-k in one, batches (triton_ctc)
         # split-K FFN down-projection for few rows, 16-bit only (splitk_policy)
         self.splitk = splitk_policy() if self.kern and dtype != torch.float32 else []
         # decoder attention: cuDNN first (graph-bucketed shapes) or memory-efficient first
@@ -452,7 +453,7 @@ class FastModel:
         """CMVN + conv subsampling + output linear (xscale folded in): (B,T,feat) f32 and its
         (B,T) valid mask -> (B,T',D) in the engine dtype and the subsampled mask."""
         w1, b1, k1, s1, kp = self.conv1
-        if self.fused_conv and triton_conv.applies_first(speech, w1):  # CMVN .. ReLU: one kernel
+        if self.fused_conv1 and triton_conv.applies_first(speech, w1):  # CMVN .. ReLU: one kernel
             x = triton_conv.first_conv_relu(speech, self.cmvn, w1, b1, k1, s1).permute(0, 3, 1, 2)
         else:
             x = speech
@@ -747,7 +748,8 @@ class CudaEngine(Engine):
                  decoder_cudnn: bool = True, coarse_decoder_buckets: bool = False,
                  fused_silu: Optional[bool] = None, fused_ffn: Optional[bool] = None,
                  fused_vocab: Optional[bool] = None, fused_conv: Optional[bool] = None,
-                 fused_ctc: Optional[bool] = None, fp8_scales: Optional[Dict] = None):
+                 fused_ctc: Optional[bool] = None, fp8_scales: Optional[Dict] = None,
+                 fused_conv1: Optional[bool] = None):
         self.settings = settings
         self.device = torch.device(device)
         # FP8 FFNs (opt-in; engines/fp8.py): the scales given, else WENET_TRITON_FP8_SCALES's file
@@ -759,9 +761,12 @@ class CudaEngine(Engine):
         # triton_ffn.MAX_ROWS (triton_ffn), the decoder's projection + log-softmax + gather
         # (triton_vocab). On by default since 2026-12-03: on an H200 64 x 20 s 68.0k / 68.8k ->
         # 70.8k / 74.0k audio-s/s, served transcripts unchanged
-        # (benchmarks/results/h200_2026-12-03b). None: the environment decides,
-        # WENET_TRITON_FUSED_SILU / _FFN / _VOCAB=0 turns one off (the model processes inherit
-        # `serve`'s environment); False / True: off / on.
+        # (benchmarks/results/h200_2026-12-03b). Also on since session 20 (2026-12-03c): the
+        # first subsampling conv with the CMVN and cast (triton_conv.first_conv_relu) and, from
+        # triton_ctc.MIN_ROWS frames, the CTC head's projection + log-softmax + top-k
+        # (triton_ctc). None: the environment decides, WENET_TRITON_FUSED_SILU / _FFN / _VOCAB
+        # / _CONV1 / _CTC=0 turns one off (the model processes inherit `serve`'s environment);
+        # False / True: off / on.
         def switch(flag, name, mod, default):
             if flag is None:
                 flag = env_switch(name, default)
@@ -770,11 +775,11 @@ class CudaEngine(Engine):
         self.fm.fused_silu = switch(fused_silu, "WENET_TRITON_FUSED_SILU", triton_gemm, True)
         self.fm.fused_ffn = switch(fused_ffn, "WENET_TRITON_FUSED_FFN", triton_ffn, True)
         self.fm.fused_vocab = switch(fused_vocab, "WENET_TRITON_FUSED_VOCAB", triton_vocab, True)
-        # opt-in, not yet measured on a GPU: the subsampling's convs (triton_conv;
-        # WENET_TRITON_FUSED_CONV=1), the CTC head's projection + log-softmax + top-k as one
-        # kernel (triton_ctc; WENET_TRITON_FUSED_CTC=1)
+        self.fm.fused_conv1 = switch(fused_conv1, "WENET_TRITON_FUSED_CONV1", triton_conv, True)
+        self.fm.fused_ctc = switch(fused_ctc, "WENET_TRITON_FUSED_CTC", triton_ctc, True)
+        # opt-in: the later subsampling convs as an implicit GEMM (triton_conv;
+        # WENET_TRITON_FUSED_CONV=1): slower than cuDNN on an H200 (2026-12-03c)
         self.fm.fused_conv = switch(fused_conv, "WENET_TRITON_FUSED_CONV", triton_conv, False)
-        self.fm.fused_ctc = switch(fused_ctc, "WENET_TRITON_FUSED_CTC", triton_ctc, False)
         self.fm.dec_cudnn = decoder_cudnn  # False: memory-efficient attention first (see sdpa)
         self.beam = settings.beam_size
         self.time_bucket = time_bucket

@@ -216,8 +216,9 @@ def ffn(x: torch.Tensor, q: Fp8Ffn, b1: torch.Tensor, b2: torch.Tensor, act: str
     return y.view(*x.shape[:-1], y.shape[-1])
 
 
-def feats_batches(feats: List[np.ndarray], batch: int = 8) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-    """(T_i, 80) fbank arrays -> zero-padded (feats, lens) batches for calibrate()."""
+def feats_batches(feats: List[np.ndarray], batch: int = 1) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+    """(T_i, 80) fbank arrays -> zero-padded (feats, lens) batches for calibrate(); batch 1
+    (the default) pads nothing: padded frames would widen the ranges calibrate() records."""
     for i in range(0, len(feats), batch):
         part = feats[i:i + batch]
         T = max(f.shape[0] for f in part)

@@ -16,11 +16,16 @@ output once.
 
 Values as cuDNN's: fp16 / bf16 products summed in fp32, bias added in fp32, one rounding.
 
-Opt-in (`WENET_TRITON_FUSED_CONV=1`, `CudaEngine(fused_conv=True)`): written and checked in
-Triton's CPU interpreter (tests/test_triton_gemm.py) and against cuDNN in tests/test_gpu.py,
-but NOT yet run on a GPU (session 19 had no device time left): its speed is unmeasured
-(`python3 -m benchmarks.conv_subsample_ab`). Fixed tiles, no tuning at run time;
-WENET_TRITON_CONV_PLAN ("BM,BN,BK,warps,stages") forces others for A/B runs.
+Measured on an H200 (2026-12-03, benchmarks/results/h200_2026-12-03c, each in a CUDA graph,
+`python3 -m benchmarks.conv_subsample_ab --sweep`): first_conv_relu 7.0 / 73.8 / 566 us
+against 18.2 / 96.2 / 857 for the unfused ops at 1 x 10 s / 8 x 20 s / 64 x 20 s, so the
+`torch_cuda` engine uses it by default (`WENET_TRITON_FUSED_CONV1=0` turns it off); the
+implicit-GEMM convolution lost to cuDNN at every shape and plan (best 1,680 vs 997 us at 64 x
+20 s, 26 vs 17 at 1 x 10 s: ~435 TFLOP/s-equivalent at best, cuDNN ~737), so it stays opt-in
+(`WENET_TRITON_FUSED_CONV=1`, `CudaEngine(fused_conv=True)`) for further work. Both pass
+Triton's CPU interpreter (tests/test_triton_gemm.py) and the GPU tests against cuDNN
+(tests/test_gpu.py). Fixed tiles, no tuning at run time; WENET_TRITON_CONV_PLAN
+("BM,BN,BK,warps,stages") forces others for A/B runs.
 """
 from __future__ import annotations
 

@@ -16,13 +16,17 @@ full log-probabilities keeps the GEMM + log_softmax_topk. Values: products of th
 frames and weights are exact in fp32 and summed in fp32 (as the TF32 GEMM over the same
 values, in another order), bias fp32; equal values keep the smaller token id first.
 
-Opt-in (`WENET_TRITON_FUSED_CTC=1`, `CudaEngine(fused_ctc=True)`): checked in Triton's CPU
-interpreter (tests/test_triton_gemm.py) and against the unfused pair in tests/test_gpu.py,
-but NOT yet run on a GPU (session 19 had no device time left): its speed is unmeasured
-(`python3 -m benchmarks.ffn_fused_ab` has it as `ctc_head`).
+Used by the `torch_cuda` engine from MIN_ROWS frames (a batch): on an H200 (2026-12-03,
+benchmarks/results/h200_2026-12-03c, in CUDA graphs, k 10, `python3 -m benchmarks.ffn_fused_ab`
+as `ctc_head`) 618 vs 972 us at 32,768 frames (64 x 20 s), but 226 vs 151 at 4,096 and 220 vs
+31 at 256: each program walks the whole vocabulary, so few frames leave most SMs idle (the
+vocabulary is not split over programs as in triton_vocab). `WENET_TRITON_FUSED_CTC=0` turns
+it off. Checked in Triton's CPU interpreter (tests/test_triton_gemm.py) and against the
+unfused pair on a GPU (tests/test_gpu.py).
 """
 from __future__ import annotations
 
+import os
 from typing import NamedTuple, Optional, Tuple
 
 import torch
@@ -46,6 +50,9 @@ class Plan(NamedTuple):
 
 
 DEFAULT = Plan(64, 128, 4, 2)
+# the engine takes the kernel from this many frames (between the measured 4,096, slower, and
+# 16,384: 64 x 10 s, faster in the engine); WENET_TRITON_CTC_MIN_ROWS overrides it
+MIN_ROWS = int(os.environ.get("WENET_TRITON_CTC_MIN_ROWS", "8192"))
 
 
 FORCED: Optional[Plan] = forced_plan(Plan, "WENET_TRITON_CTC_PLAN")
@@ -107,9 +114,9 @@ if triton is not None:
 
 
 def applies(x: torch.Tensor, k: int) -> bool:
-    """CUDA frames in fp16 / bf16, d at most 512, k at most 64."""
+    """CUDA frames in fp16 / bf16, d at most 512, k at most 64, at least MIN_ROWS frames."""
     return (triton is not None and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16)
-            and x.shape[-1] <= 512 and 1 <= k <= 64)
+            and x.shape[-1] <= 512 and 1 <= k <= 64 and x.numel() // x.shape[-1] >= MIN_ROWS)
 
 
 def proj_log_softmax_topk(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, k: int,

@@ -81,6 +81,16 @@ if triton is not None:
         return first_m + ((t % per_group) % group_rows), (t % per_group) // group_rows
 
     @triton.jit
+    def _dot(a, b, acc, BK: tl.constexpr, Q8: tl.constexpr):
+        """acc + a @ b. e4m3 operands: Hopper's FP8 tensor-core instructions add in reduced
+        precision, and Triton by default keeps the whole K loop in that accumulator (sums
+        drifted past one e4m3 step on an H200, 2026-12-03); each BK-wide product is added to
+        the fp32 accumulator instead."""
+        if Q8:
+            return tl.dot(a, b, acc, max_num_imprecise_acc=BK)
+        return tl.dot(a, b, acc)
+
+    @triton.jit
     def _bias_silu(acc, b_ptr, rn, N, scale, out_inv, Q8: tl.constexpr):
         """SiLU(acc + bias[rn]) on the fp32 accumulator; Q8 (fp8 operands, fp8 output): the
         accumulator times the operands' scales first, the result divided by the output's
@@ -109,7 +119,7 @@ if triton is not None:
                          mask=(rm[:, None] < M) & (ks[None, :] < K), other=0.0)
             wt = tl.load(w_ptr + rn[None, :] * swn + ks[:, None] * swk,
                          mask=(rn[None, :] < N) & (ks[:, None] < K), other=0.0)
-            acc = tl.dot(xt, wt, acc)
+            acc = _dot(xt, wt, acc, BK, Q8)
         y = _bias_silu(acc, b_ptr, rn, N, scale, out_inv, Q8)
         y = y.to(y_ptr.dtype.element_ty, fp_downcast_rounding="rtne")
         tl.store(y_ptr + rm[:, None] * sym + rn[None, :] * syn, y, mask=(rm[:, None] < M) & (rn[None, :] < N))
@@ -141,7 +151,7 @@ if triton is not None:
             for kk in range(k_tiles):  # out-of-range rows / columns of a tile load as zeros
                 xt = x_desc.load([pm * BM, kk * BK])
                 wt = w_desc.load([pn * BN, kk * BK])
-                acc = tl.dot(xt, wt.T, acc)
+                acc = _dot(xt, wt.T, acc, BK, Q8)
             y = _bias_silu(acc, b_ptr, pn * BN + tl.arange(0, BN), N, scale, out_inv, Q8)
             y_desc.store([pm * BM, pn * BN], y.to(y_desc.dtype, fp_downcast_rounding="rtne"))  # clipped to (M, N)
 
