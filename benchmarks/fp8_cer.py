@@ -31,7 +31,7 @@ SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data", "synth_test")
 
 
 def measure(model_dir: str, wav_dir: str, text: str, calib: int, engine: str, batch: int,
-            limit: int = 0):
+            limit: int = 0, hyps_dir: str = ""):
     files = expand_inputs([wav_dir])
     if len(files) <= calib:
         raise SystemExit(f"fp8_cer: {len(files)} files in {wav_dir}, need more than --calib {calib}")
@@ -84,6 +84,10 @@ def measure(model_dir: str, wav_dir: str, text: str, calib: int, engine: str, ba
     ref = read_text(text)
     rows = []
     for label, hyps in zip(labels, (plain, q8)):
+        if hyps_dir:  # Kaldi text: `wenet-triton cer` or a diff against another run's
+            os.makedirs(hyps_dir, exist_ok=True)
+            with open(os.path.join(hyps_dir, f"{engine}_{label}.txt"), "w") as f:
+                f.writelines(f"{u}\t{hyps[u]}\n" for u in names)
         rate_, errors, chars = cer((ref[u], hyps[u]) for u in names)
         rows.append({"model": os.path.basename(model_dir.rstrip("/")), "engine": engine, "variant": label,
                      "cer_pct": round(100 * rate_, 3), "errors": errors, "chars": chars, "utts": len(names),
@@ -103,8 +107,10 @@ def main(argv=None):
     p.add_argument("--engine", default="torch", choices=["torch", "torch_cuda"])
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--out", help="CSV to write")
+    p.add_argument("--hyps-dir", default="", help="also write each variant's transcripts here")
     a = p.parse_args(argv)
-    rows = measure(a.model, a.wavs, a.text or os.path.join(a.wavs, "text"), a.calib, a.engine, a.batch, a.limit)
+    rows = measure(a.model, a.wavs, a.text or os.path.join(a.wavs, "text"), a.calib, a.engine, a.batch, a.limit,
+                   a.hyps_dir)
     if a.out:
         with open(a.out, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(rows[0]))

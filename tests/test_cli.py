@@ -6,7 +6,8 @@ import pytest
 from conftest import model_dir, shared_path, wav_path
 
 CLI = os.path.join(os.path.dirname(sys.executable), "wenet-triton")
-COMMANDS = ["export", "transcribe", "cer", "lm", "build-plugins", "build", "bench", "build-repo", "serve"]
+COMMANDS = ["export", "transcribe", "cer", "lm", "build-plugins", "build", "bench", "build-repo", "serve",
+            "calibrate-fp8"]
 
 
 @pytest.mark.parametrize("cmd", COMMANDS)

@@ -93,3 +93,25 @@ def test_fp8_ffns_lose_at_most_a_tenth_of_a_cer_point_on_synth_test():
     assert plain["utts"] == q8["utts"] == 80
     assert q8["cer_pct"] - plain["cer_pct"] <= 0.1, (plain, q8)
     assert q8["same_as_first"] >= 70  # FP8 moves a few transcripts, not most
+
+
+@pytest.mark.skipif(not os.path.isdir(SYNTH), reason="needs ../shared/data/synth_test")
+def test_calibrate_fp8_command(tmp_path):
+    """`wenet-triton calibrate-fp8` writes scales that load and fit the model; a missing file
+    is named and no audio is a clear error."""
+    import subprocess
+    import sys
+
+    from wenet_triton.model.checkpoint import load_model_dir
+
+    cli = os.path.join(os.path.dirname(sys.executable), "wenet-triton")
+    out = str(tmp_path / "s.json")
+    res = subprocess.run([cli, "calibrate-fp8", "--model", DEMO, "--max-wavs", "3", "--out", out, SYNTH],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "from 3 utterances" in res.stdout
+    scales = fp8.load(out)
+    fp8.check_model(scales, ASRModel.from_spec(load_model_dir(DEMO)))
+    res = subprocess.run([cli, "calibrate-fp8", "--model", DEMO, "--out", out, str(tmp_path / "none")],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode != 0 and "none: no such file" in res.stderr and "no audio given" in res.stderr
