@@ -30,7 +30,7 @@ def main():
     p.add_argument("--cudnn-benchmark", action="store_true")
     p.add_argument("--engine", default="torch_cuda", help="a `wenet-triton bench` torch_cuda variant: torch_cuda "
                    "(the engine's defaults, Triton-lang kernels where they apply), torch_cuda_cublas (none), "
-                   "torch_cuda_optin (the defaults + the opt-in conv and CTC-head kernels), ...")
+                   "torch_cuda_conv (the defaults + the opt-in implicit-GEMM convs), torch_cuda_fp8, ...")
     a = p.parse_args()
     torch.backends.cudnn.benchmark = a.cudnn_benchmark
     kernels.load()
