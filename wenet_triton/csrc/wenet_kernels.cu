@@ -866,6 +866,19 @@ static int glu_dwconv_pair_launch(void* out, const void* h, const int32_t* lens,
   return (int)cudaErrorInvalidValue;
 }
 
+// The vector add + LayerNorm kernels hold a row in registers, MV 16-byte vectors per lane:
+// launch them with the fewest vectors that cover the row (a d-256 fp16 row: one), since
+// registers for four (the only form before) cut the warps an SM keeps in flight on short rows.
+// -DWK_VEC_MV4 builds that first form (A/B runs).
+#ifdef WK_VEC_MV4
+#define VEC_MV(nvec, LAUNCH) { constexpr int MV = 4; LAUNCH; }
+#else
+#define VEC_MV(nvec, LAUNCH)                                        \
+  if ((nvec) <= 32) { constexpr int MV = 1; LAUNCH; }               \
+  else if ((nvec) <= 64) { constexpr int MV = 2; LAUNCH; }          \
+  else { constexpr int MV = 4; LAUNCH; }
+#endif
+
 extern "C" {
 
 int wk_version() { return 8; }
@@ -877,9 +890,9 @@ int wk_add_layernorm(void* sum_out, void* norm_out, const void* x, const void* d
   const int rows_per_block = 4;
   const int blocks = (rows + rows_per_block - 1) / rows_per_block;
   if (vec_ok(cols, dtype == 0 ? 4 : 2, {sum_out, norm_out, x, delta, gamma, beta})) {
-    DISPATCH(dtype, (add_layernorm_vec_kernel<T, 4><<<blocks, 32 * rows_per_block, 0, stream>>>(
+    DISPATCH(dtype, VEC_MV(cols / Vec16<T>::E, (add_layernorm_vec_kernel<T, MV><<<blocks, 32 * rows_per_block, 0, stream>>>(
         (T*)sum_out, (T*)norm_out, (const T*)x, (const T*)delta, nullptr, 0, nullptr, alpha, (const T*)gamma,
-        (const T*)beta, rows, cols, eps)));
+        (const T*)beta, rows, cols, eps))));
     return (int)cudaGetLastError();
   }
   if (cols <= 1024) {
@@ -908,10 +921,10 @@ int wk_add_layernorm2(void* out1, void* out2, const void* x, const void* delta, 
                             stream);
   }
   const int rows_per_block = 4;
-  DISPATCH(dtype, (add_layernorm2_vec_kernel<T, 4><<<(rows + rows_per_block - 1) / rows_per_block,
+  DISPATCH(dtype, VEC_MV(cols / Vec16<T>::E, (add_layernorm2_vec_kernel<T, MV><<<(rows + rows_per_block - 1) / rows_per_block,
                                                      32 * rows_per_block, 0, stream>>>(
       (T*)out1, (T*)out2, (const T*)x, (const T*)delta, nullptr, 0, nullptr, alpha, (const T*)g1,
-      (const T*)b1, eps1, (const T*)g2, (const T*)b2, eps2, rows, cols)));
+      (const T*)b1, eps1, (const T*)g2, (const T*)b2, eps2, rows, cols))));
   return (int)cudaGetLastError();
 }
 
@@ -928,10 +941,10 @@ int wk_add_layernorm_parts(void* sum_out, void* norm_out, const void* x, const f
   if (!parts_ok(S, rows, cols, dtype, {sum_out, norm_out, x, parts, bias, gamma, beta}))
     return (int)cudaErrorInvalidValue;
   const int rows_per_block = 4;
-  DISPATCH(dtype, (add_layernorm_vec_kernel<T, 4><<<(rows + rows_per_block - 1) / rows_per_block,
+  DISPATCH(dtype, VEC_MV(cols / Vec16<T>::E, (add_layernorm_vec_kernel<T, MV><<<(rows + rows_per_block - 1) / rows_per_block,
                                                     32 * rows_per_block, 0, stream>>>(
       (T*)sum_out, (T*)norm_out, (const T*)x, nullptr, parts, S, (const T*)bias, alpha,
-      (const T*)gamma, (const T*)beta, rows, cols, eps)));
+      (const T*)gamma, (const T*)beta, rows, cols, eps))));
   return (int)cudaGetLastError();
 }
 
@@ -943,10 +956,10 @@ int wk_add_layernorm2_parts(void* out1, void* out2, const void* x, const float* 
   if (!parts_ok(S, rows, cols, dtype, {out1, out2, x, parts, bias, g1, b1, g2, b2}))
     return (int)cudaErrorInvalidValue;
   const int rows_per_block = 4;
-  DISPATCH(dtype, (add_layernorm2_vec_kernel<T, 4><<<(rows + rows_per_block - 1) / rows_per_block,
+  DISPATCH(dtype, VEC_MV(cols / Vec16<T>::E, (add_layernorm2_vec_kernel<T, MV><<<(rows + rows_per_block - 1) / rows_per_block,
                                                      32 * rows_per_block, 0, stream>>>(
       (T*)out1, (T*)out2, (const T*)x, nullptr, parts, S, (const T*)bias, alpha, (const T*)g1,
-      (const T*)b1, eps1, (const T*)g2, (const T*)b2, eps2, rows, cols)));
+      (const T*)b1, eps1, (const T*)g2, (const T*)b2, eps2, rows, cols))));
   return (int)cudaGetLastError();
 }
 
