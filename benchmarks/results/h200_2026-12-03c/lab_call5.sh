@@ -1,10 +1,10 @@
 # session 20, call 5 (fresh machine): the add + LayerNorm vector kernels launched with the fewest
 # vectors per lane that cover the row (MV 1 for d 256: 56 instead of 128 registers, ptxas) against
 # the first form (-DWK_VEC_MV4), same machine, alternating: GPU tests, then the engine A/B at
-# 64 x 20 s and 1 x 10 s. carry .device_fp8
+# 64 x 20 s and 1 x 10 s. carry .device_k
 export WENET_TRITON_CACHE=/tmp/wtc PYTHONUNBUFFERED=1
 t0=$(date +%s)
-python3 -m pip install -q --no-index --no-deps .device_fp8/*.whl > /dev/null 2>&1
+python3 -m pip install -q --no-index --no-deps .device_k/*.whl > /dev/null 2>&1
 python3 -m pip install -q --no-deps --no-build-isolation -e . > /dev/null 2>&1
 python3 -m wenet_triton.cli build-plugins --arch 90 2>&1 | tail -1 &
 NVCC_FLAGS=-DWK_VEC_MV4 bash wenet_triton/csrc/build.sh kernels /tmp/mv4.so 90 &
