@@ -207,7 +207,7 @@ class FastModel:
         batches run their GEMMs in e4m3 (opt-in)."""
         self.dtype, self.device = dtype, torch.device(device)
         self.kern = kernels.available() if use_kernels is None else use_kernels
-        # Triton-lang kernels (CudaEngine sets these: the first three on by default)
+        # Triton-lang kernels (CudaEngine sets these: all but fused_conv on by default)
         self.fused_silu = False  # the FFN's GEMM + bias + SiLU as one kernel (triton_gemm)
         self.fused_ffn = False  # the whole FFN as one kernel, few rows (triton_ffn)
         self.fused_vocab = False  # decoder projection + log-softmax + gather in one (triton_vocab)

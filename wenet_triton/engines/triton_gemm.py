@@ -26,6 +26,10 @@ least MIN_ROWS rows (1,024; fewer rows fused did not change the batch-1 encoder)
 of the fp32 sum rounded once, where the two-op path rounds the GEMM output first: equal within
 the dtype's rounding, not bit for bit.
 
+Both kernels also take e4m3 operands (engines/fp8.py, opt-in): the accumulator is scaled by the
+operands' scales, SiLU'd, divided by the output's scale and stored as e4m3 (the FP8 FFN's hidden
+units, one byte each); the FP8 sums are promoted to fp32 per BK slice (see _dot).
+
 Needs the `triton` package (part of PyTorch's CUDA wheels on Linux); `available()` says
 whether it is there.
 """
