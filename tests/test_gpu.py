@@ -466,10 +466,10 @@ def test_warm_kernels_tunes_every_row_class_at_load():
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs the triton package")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_triton_conv_equals_cudnn_and_engine(dtype):
-    """The opt-in subsampling kernels (triton_conv): the implicit-GEMM convolution against
+    """The subsampling kernels (triton_conv): the opt-in implicit-GEMM convolution against
     cuDNN's fused convolution + bias + ReLU at the AISHELL shapes (1 x 10 s, 3 x 7 s), the
-    first conv against the engine's CMVN + cast + unfold + GEMM, then an engine using both:
-    encoder output as close to the fp32 model as without them."""
+    first conv (on by default) against the engine's CMVN + cast + unfold + GEMM, then engines
+    with the first one and with both: encoder output as close to the fp32 model as without."""
     from wenet_triton.engines import triton_conv
     from wenet_triton.engines.cuda import conv2d_relu
 
