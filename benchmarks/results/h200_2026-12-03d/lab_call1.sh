@@ -12,7 +12,7 @@ python3 -c "import numpy, tritonclient, kaldi_native_fbank; print('numpy', numpy
 echo "install $(( $(date +%s) - t0 )) s"
 timeout 170 python3 -m pytest tests/test_gpu.py tests/test_gpu_search.py tests/test_fast_model.py -k "not two_gpus" -q -p no:cacheprovider > $OUT/gpu_tests.log 2>&1
 tail -1 $OUT/gpu_tests.log; echo "tests $(( $(date +%s) - t0 )) s"
-run() {  # run NAME ENV... -- bench args: one merged CSV ($OUT returns 8 files at most)
+run() {  # run NAME VAR=VALUE (A=1: none), bench args in $BARGS: one merged CSV ($OUT returns 8 files at most)
   local name=$1; shift
   env "$@" timeout 90 python3 -m wenet_triton.cli bench --out /tmp/b/$name --models aishell --engines torch_cuda $BARGS > /tmp/$name.log 2>&1 || tail -3 /tmp/$name.log
   [ -f $OUT/bench.csv ] || sed -n 1p /tmp/b/$name/bench.csv | sed 's/^/variant,/' > $OUT/bench.csv

@@ -1,5 +1,5 @@
 # session 21, call 2 (call 1's warm machine; carry .device_s21s: the tritonserver bundle of
-# docs/lab/pack_serve_assets.sh + 6 synth_test wavs with their text): the served table from one
+# docs/lab/pack_serve_assets.sh + 4 synth_test wavs with their text: 6 did not fit the 64 MiB): the served table from one
 # run. The GPU default (configs/serving_gpu.yaml: one pass per batch, GPU search + LM) at 5 s,
 # c384-c512, the served transcripts against the CPU pipeline, 2 / 10 / 20 s at c256; then, in
 # the same call, the configuration the issue started from (configs/serving_gpu_ensemble.yaml:
