@@ -107,6 +107,35 @@ def test_one_request_may_carry_a_batch_of_utterances(server):
         infer_batch(server.grpc_url, [wavs[0], np.full(16000, np.nan, np.float32)])
 
 
+def test_python_regions_hold_the_largest_batch_without_growing(server):
+    """The python backend's regions are sized at start for the repository's largest batch
+    (16 rows x 30 s here): two requests of 8 x 30 s each, batched together, leave every
+    region at the size it started with (Triton 2.51 crashed growing them under load), and
+    each row gets the transcript it gets alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from wenet_triton.audio.frontend import read_audio
+    from wenet_triton.serving import procs
+    from wenet_triton.serving.client import transcribe_one
+
+    stubs = procs.stubs(server.proc.pid)
+    assert stubs
+    sizes = {st.region: os.stat(os.path.join(procs.SHM_DIR, st.region)).st_size for st in stubs}
+    for st in stubs:  # the stub is told the planned size on its command line
+        assert int(procs._cmdline(st.pid)[3]) == server.shm_plan.default_bytes
+    # the feature extractor's batch of 16 x 30 s of float32 samples fits in one region
+    assert set(sizes.values()) == {server.shm_plan.default_bytes}
+    assert server.shm_plan.default_bytes >= 16 * 30 * 16000 * 4
+    w = read_audio(wav_path("test_000003"))
+    long = np.tile(w, -(-30 * 16000 // len(w)))[:30 * 16000]
+    with ThreadPoolExecutor(2) as pool:
+        outs = list(pool.map(lambda _: infer_batch(server.grpc_url, [long] * 8), range(2)))
+    alone = transcribe_one(server.grpc_url, long)
+    assert alone and outs == [[alone] * 8] * 2
+    after = {r: os.stat(os.path.join(procs.SHM_DIR, r)).st_size for r in sizes}
+    assert after == sizes, "a python-backend region grew under load"
+
+
 def test_bad_request_does_not_spoil_its_batch(server):
     """A NaN request batched with good ones fails alone."""
     from wenet_triton.audio.frontend import read_audio

@@ -160,6 +160,7 @@ class TritonServer:
         self.env = dict(env or {})
         self.log_verbose = log_verbose
         self.proc: Optional[subprocess.Popen] = None
+        self.shm_plan = None  # pyshm.ShmPlan of the last start
         self._log = None
 
     @property
@@ -197,7 +198,25 @@ class TritonServer:
             cmd.append(f"--exit-timeout-secs={int(self.exit_timeout)}")
         if inst.backend_dir:
             cmd.append(f"--backend-directory={inst.backend_dir}")
-        return cmd + self.extra_args
+        return cmd + self.shm_args() + self.extra_args
+
+    def shm_args(self) -> List[str]:
+        """The python backend's region size for this repository (serving/pyshm.py): every
+        region starts at the most one instance holds, so none grows under load; nothing
+        when the caller's extra_args set it."""
+        if any(a.startswith("--backend-config=python,shm-") for a in self.extra_args):
+            return []
+        from wenet_triton.serving import pyshm
+
+        try:
+            plan = pyshm.plan(self.repo, override_mb=pyshm.serving_override(self.repo))
+        except pyshm.ShmError as e:
+            raise ServerError(str(e)) from None
+        if plan is None:
+            return []
+        self.shm_plan = plan
+        (log.info if plan.fits else log.warning)("%s", plan.summary())
+        return plan.args()
 
     def start(self, timeout: float = 180.0) -> "TritonServer":
         inst = find_tritonserver()
