@@ -1,4 +1,4 @@
-# session 22, call 2 (call 1's warm machine; carry .device_s21s: the tritonserver bundle of
+# session 22, call 2 (call 1's warm machine; carry .device_s22s: the tritonserver bundle of
 # docs/lab/pack_serve_assets.sh + 4 synth_test wavs with their text): the served table from one
 # run, with the python backend's regions sized at start (serving/pyshm.py). The GPU default
 # (configs/serving_gpu.yaml) at 5 s c384-c512, transcripts against the CPU pipeline, then the
@@ -8,10 +8,10 @@
 # perf_analyzer through serve's checking front, on the same 16 cores.
 export WENET_TRITON_CACHE=/tmp/wtc PYTHONUNBUFFERED=1 WENET_TRITON_SERVER_DIR=/tmp/tritonserver
 [ -f /tmp/s22_installed ] || { echo "fresh machine: call 1's installs are gone"; exit 3; }
-[ -d /tmp/tritonserver ] || tar xJf .device_s21s/tritonserver_bundle.txz -C /tmp
+[ -d /tmp/tritonserver ] || tar xJf .device_s22s/tritonserver_bundle.txz -C /tmp
 t0=$(date +%s)
 R=/tmp/res2; mkdir -p $R
-export WAV_DIR=.device_s21s/wavs PA_BATCHES=" "
+export WAV_DIR=.device_s22s/wavs PA_BATCHES=" "
 df -h /dev/shm | tail -1
 OUT=$R/gpu SERVING_CONFIG=configs/serving_gpu.yaml timeout 150 scripts/gpu/serve.sh start 2>&1 | tail -1
 echo "gpu default ready after $(( $(date +%s) - t0 )) s"
