@@ -221,8 +221,9 @@ def plan(repo: str, free: Optional[int] = None, override_mb: Optional[float] = N
     else:
         share = int(free * BUDGET_SHARE / n) // MB * MB
         if share < MIN_REGION:
+            least = n * MIN_REGION / BUDGET_SHARE / MB
             raise ShmError(f"/dev/shm has {free / MB:.0f} MB free; the repository's {n} python-backend "
-                           f"instances need at least {MIN_REGION / MB:.0f} MB each ({n * MIN_REGION / BUDGET_SHARE / MB:.0f} "
+                           f"instances need at least {MIN_REGION / MB:.0f} MB each ({least:.0f} "
                            "MB of /dev/shm): give the container more (docker --shm-size, compose "
                            "shm_size, the k8s dshm volume) or serve fewer instances")
         size = max(MIN_REGION, min(-(-need // MB) * MB, share))
