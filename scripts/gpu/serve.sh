@@ -19,7 +19,8 @@
 # (scratch: repo, pid file, logs; default /tmp/wenet_triton_gpu), GRPC_PORT (8001; metrics
 # on GRPC_PORT+1, health on +2), GPUS (build-repo --gpus: e.g. 0,1 or all; docs/multigpu.md),
 # SERVE_ARGS (more `serve` flags, e.g. --no-guard), SERVING_CONFIG, SECONDS_LIST, CONC, PA_SECONDS ("2 5 10 20"), PA_CONC,
-# PA_BATCHES, PA_EXTRA (more perf_analyzer flags, e.g. --streaming: requests as messages on gRPC
+# PA_BATCHES, PA_INTERVAL / PA_TRIALS / PA_STABILITY (perf_analyzer's window in ms, trials, stability %),
+# PA_EXTRA (more perf_analyzer flags, e.g. --streaming: requests as messages on gRPC
 # streams), PA_MODEL (default attention_rescoring; `fused` asks the fused model directly,
 # without the one-step ensemble), PA_URL (default the guard's GRPC; tritonserver's own port to
 # leave the guard out), LOCUST_USERS, LOCUST_TIME, LOCUST_WORKERS, CONNECTIONS (gRPC connections of the sweep,
@@ -104,8 +105,11 @@ pa() {  # perf_analyzer: concurrency sweep per length (one utterance per request
   PA=$(tool perf_analyzer)
   (cd "$root" && python3 -m loadtest.perf_analyzer_inputs --wav-dir "$WAV_DIR" --seconds "${secs// /,},5" \
     --out "$WORK/pa") > /dev/null
-  local opts=(-m "${PA_MODEL:-attention_rescoring}" -i grpc -u "${PA_URL:-$GRPC}" --measurement-interval 4000 --max-trials 10
-              --stability-percentage 25)
+  # PA_INTERVAL (ms), PA_TRIALS, PA_STABILITY (%): perf_analyzer's window and when it settles (at
+  # 10 s / c256 on an H200, 25 % within 10 trials of 4 s was not reached once: try 50)
+  local opts=(-m "${PA_MODEL:-attention_rescoring}" -i grpc -u "${PA_URL:-$GRPC}"
+              --measurement-interval "${PA_INTERVAL:-4000}" --max-trials "${PA_TRIALS:-10}"
+              --stability-percentage "${PA_STABILITY:-25}")
   # shellcheck disable=SC2206  # PA_EXTRA: more perf_analyzer flags, word-split (e.g. --streaming)
   opts+=(${PA_EXTRA:-})
   : > "$OUT/perf_analyzer.log"
