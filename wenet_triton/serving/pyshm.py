@@ -18,10 +18,11 @@ that, the regions get their share and the log says how much more /dev/shm would 
 at the largest batches (docker `--shm-size` / compose `shm_size`, the k8s `dshm` volume).
 """
 import dataclasses
-import json
 import os
 import re
 from typing import Dict, List, Optional, Tuple
+
+from wenet_triton.serving.server import repo_config
 
 MB = 1 << 20
 SHM_DIR = "/dev/shm"
@@ -149,17 +150,9 @@ def _ensemble_outputs(repo: str) -> Dict[str, set]:
     return out
 
 
-def _repo_config(repo: str) -> Dict:
-    try:
-        with open(os.path.join(repo, "serving.json")) as f:
-            return json.load(f).get("config") or {}
-    except (OSError, ValueError):
-        return {}
-
-
 def model_needs(repo: str) -> List[ModelNeed]:
     rates = _rates(repo)
-    cfg = _repo_config(repo)
+    cfg = repo_config(repo)
     configs = {}
     for model in sorted(os.listdir(repo)):
         p = os.path.join(repo, model, "config.pbtxt")
@@ -232,13 +225,16 @@ def plan(repo: str, free: Optional[int] = None, override_mb: Optional[float] = N
 
 def serving_override(repo: str) -> Optional[float]:
     """`python_shm_mb` from the repository's serving.json (the serving config), if set."""
-    v = _repo_config(repo).get("python_shm_mb")
-    if v in (None, "", "auto"):
-        return None
+    v = repo_config(repo).get("python_shm_mb")
+    size = None if v in (None, "", "auto") else _number(v)
+    if v not in (None, "", "auto") and (size is None or size < 1):
+        raise ShmError(f"python_shm_mb {v!r}: use auto or a size in MB per python instance "
+                       "(the python backend needs at least 1 MB)")
+    return size
+
+
+def _number(v) -> Optional[float]:
     try:
-        v = float(v)
+        return float(v)
     except (TypeError, ValueError):
-        raise ShmError(f"python_shm_mb {v!r}: use auto or a size in MB per python instance") from None
-    if v < 1:
-        raise ShmError(f"python_shm_mb {v:g}: the python backend needs at least 1 MB per instance")
-    return v
+        return None
