@@ -519,29 +519,35 @@ def test_triton_ctc_head_equals_projection_and_top_k(dtype):
         x = torch.randn(R, 256, device="cuda", generator=g).to(dtype)
         w = (torch.randn(V, 256, device="cuda", generator=g) * 0.1).to(dtype)
         b = torch.randn(V, device="cuda", generator=g)
-        v, i = triton_ctc.proj_log_softmax_topk(x, w, b, k)
         pad = -V % 16  # the engine pads the projection's rows for an aligned leading dimension
         wp, bp = torch.nn.functional.pad(w.float(), (0, 0, 0, pad)), torch.nn.functional.pad(b, (0, pad))
         _, rv, ri = kernels.log_softmax_topk(linear_f32(x, wp, bp), k + 1, False, V)  # one past the k
-        assert (v - rv[:, :k]).abs().max().item() <= 2e-5, (R, V, k)
-        # near-tied neighbours (also the k-th with the first one left out: bf16 rows tie there)
-        # may come in either order
-        gaps = (rv[:, :-1] - rv[:, 1:]).abs() > 1e-4
-        clear = gaps & torch.cat([torch.ones_like(gaps[:, :1]), gaps[:, :-1]], 1)
-        assert torch.equal(i[clear], ri[:, :k][clear]), (R, V, k)
+        # split None: the rule (the vocabulary split over programs below MIN_ROWS frames); 1: one
+        # program per frame tile walks the whole vocabulary
+        for split in (None, 1):
+            v, i = triton_ctc.proj_log_softmax_topk(x, w, b, k, split=split)
+            assert (v - rv[:, :k]).abs().max().item() <= 2e-5, (R, V, k, split)
+            # near-tied neighbours (also the k-th with the first one left out: bf16 rows tie there)
+            # may come in either order
+            gaps = (rv[:, :-1] - rv[:, 1:]).abs() > 1e-4
+            clear = gaps & torch.cat([torch.ones_like(gaps[:, :1]), gaps[:, :-1]], 1)
+            assert torch.equal(i[clear], ri[:, :k][clear]), (R, V, k, split)
     _, _, make = _aishell(dtype)
     plain, fused = make(fused_ctc=False), make(fused_ctc=True)
-    triton_ctc.MIN_ROWS, min_rows = 0, triton_ctc.MIN_ROWS  # these 4 x 252 rows take it too
-    try:
-        x, lens = _random_inputs(4, 1011, seed=6)
-        a, c = plain.encode(x, lens), fused.encode(x, lens)
-    finally:
-        triton_ctc.MIN_ROWS = min_rows
-    assert fused.fm.fused_ctc and not plain.fm.fused_ctc
-    for i, n in enumerate(a["encoder_out_lens"]):
-        np.testing.assert_allclose(a["beam_log_probs"][i, :n], c["beam_log_probs"][i, :n], atol=2e-5)
-        agree = (a["beam_log_probs_idx"][i, :n] == c["beam_log_probs_idx"][i, :n]).mean()
-        assert agree >= 0.999, agree
+    x, lens = _random_inputs(4, 1011, seed=6)
+    a = plain.encode(x, lens)
+    min_rows, split_rows = triton_ctc.MIN_ROWS, triton_ctc.SPLIT_ROWS
+    # these 4 x 252 rows take it too: the one-program form (MIN_ROWS 0), the split form (opt-in)
+    for triton_ctc.MIN_ROWS, triton_ctc.SPLIT_ROWS in ((0, False), (min_rows, True)):
+        try:
+            c = fused.encode(x, lens)
+        finally:
+            triton_ctc.MIN_ROWS, triton_ctc.SPLIT_ROWS = min_rows, split_rows
+        assert fused.fm.fused_ctc and not plain.fm.fused_ctc
+        for i, n in enumerate(a["encoder_out_lens"]):
+            np.testing.assert_allclose(a["beam_log_probs"][i, :n], c["beam_log_probs"][i, :n], atol=2e-5)
+            agree = (a["beam_log_probs_idx"][i, :n] == c["beam_log_probs_idx"][i, :n]).mean()
+            assert agree >= 0.999, agree
 
 
 def test_coarse_decoder_buckets_equal_eager_model():

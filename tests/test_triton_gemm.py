@@ -156,11 +156,24 @@ w[33], w[5], w[17] = w[2], w[2], w[2]
 b[2] = 3.0
 b[[5, 17, 33]] = 3.0
 x = torch.randn(6, 32).half()
-v, i = tc.proj_log_softmax_topk(x, w, b, 4, tiles=tc.Plan(16, 16, 4, 2))
 logits = x.float() @ w.float().t() + b
-for r in range(6):
-    order = sorted(range(40), key=lambda c: (-logits[r, c].item(), c))[:4]
-    assert i[r].tolist() == order, (r, i[r].tolist(), order)
+for split in (None, 2, 3):  # the equal logits in different vocabulary slices too
+    v, i = tc.proj_log_softmax_topk(x, w, b, 4, tiles=tc.Plan(16, 16, 4, 2), split=split)
+    for r in range(6):
+        order = sorted(range(40), key=lambda c: (-logits[r, c].item(), c))[:4]
+        assert i[r].tolist() == order, (split, r, i[r].tolist(), order)
+# the split-vocabulary form (few frames): slices of whole tiles, a last slice shorter, more
+# slices than a power of two, k larger than a slice's tile
+for R, d, V, k, plan, split in ((37, 64, 300, 10, tc.Plan(16, 64, 4, 2), 2),
+                                (20, 144, 517, 3, tc.Plan(16, 32, 4, 2), 5),
+                                (9, 64, 100, 20, tc.Plan(16, 16, 4, 2), 3)):
+    x = torch.randn(2, R, d).half()
+    w, b = (torch.randn(V, d) * 0.2).half(), torch.randn(V)
+    v, i = tc.proj_log_softmax_topk(x, w, b, k, tiles=plan, split=split)
+    assert v.shape == (2, R, k)
+    _, rv, ri = kernels.ref_log_softmax_topk(x.float() @ w.float().t() + b, k, False)
+    assert (v - rv).abs().max().item() <= 1e-5, (R, d, V, k, split)
+    assert torch.equal(i, ri), (R, d, V, k, split)
 print("ok")
 """
 
@@ -284,6 +297,18 @@ def test_kernel_switches_read_from_the_environment(monkeypatch):
     monkeypatch.setenv("WENET_TRITON_FUSED_CONV", "maybe")
     with pytest.raises(ValueError, match="WENET_TRITON_FUSED_CONV='maybe': use 1"):
         env_switch("WENET_TRITON_FUSED_CONV", False)
+
+
+def test_ctc_head_splits_the_vocabulary_only_for_few_frames():
+    """Below MIN_ROWS frames the CTC head's vocabulary is split so that ~SPLIT_PROGRAMS
+    programs run (1 x 10 s of AISHELL: 250 frames, 16 tiles of 16 frames x 16 slices of
+    4,233 / 16 tokens), each slice at least two tiles wide; from MIN_ROWS one program per tile."""
+    from wenet_triton.engines import triton_ctc as tc
+
+    assert tc.splits_for(tc.MIN_ROWS, 4233) == 1
+    assert tc.splits_for(250, 4233) == 16
+    assert tc.splits_for(8 * 125, 4233) == 5  # 63 tiles x 5 slices: >= 256 programs
+    assert tc.splits_for(250, 300) == 1  # a vocabulary of one slice's worth
 
 
 def test_slices_cut_whole_blocks():

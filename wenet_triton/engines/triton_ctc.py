@@ -21,7 +21,11 @@ benchmarks/results/h200_2026-12-03c, in CUDA graphs, k 10, `python3 -m benchmark
 as `ctc_head`) 618 vs 972 us at 32,768 frames (64 x 20 s), but 226 vs 151 at 4,096 and 220 vs
 31 at 256: each program walks the whole vocabulary, so few frames leave most SMs idle (the
 vocabulary is not split over programs as in triton_vocab). `WENET_TRITON_FUSED_CTC=0` turns
-it off. Checked in Triton's CPU interpreter (tests/test_triton_gemm.py) and against the
+it off. For few frames there is a split form (session 22): each 16-frame tile's vocabulary is
+cut into slices of whole tiles (splits_for: ~256 programs), each slice keeps its k best and its
+log-sum-exp state, and a second kernel merges them (same order: value, then smaller id). At
+1 x 10 s it would replace the fp32 GEMM (~9 us) + log_softmax_topk (~20 us at 250 frames) of
+the profile; it is opt-in (`WENET_TRITON_CTC_SPLIT=1`) until it is measured on a GPU. Checked in Triton's CPU interpreter (tests/test_triton_gemm.py) and against the
 unfused pair on a GPU (tests/test_gpu.py).
 """
 from __future__ import annotations
@@ -50,6 +54,12 @@ class Plan(NamedTuple):
 
 
 DEFAULT = Plan(64, 128, 4, 2)
+SPLIT_DEFAULT = Plan(16, 128, 4, 2)  # few frames: 16-frame tiles, the vocabulary split (splits_for)
+SPLIT_PROGRAMS = 256                 # programs the split aims at (an H200 has 132 SMs)
+MERGE_ROWS = 16
+# below MIN_ROWS frames, the split-vocabulary form (two kernels) instead of the fp32 GEMM +
+# kernels.log_softmax_topk: opt-in (WENET_TRITON_CTC_SPLIT=1) until measured on a GPU
+SPLIT_ROWS = os.environ.get("WENET_TRITON_CTC_SPLIT", "0") not in ("0", "", "false")
 # the engine takes the kernel from this many frames (between the measured 4,096, slower, and
 # 16,384: 64 x 10 s, faster in the engine); WENET_TRITON_CTC_MIN_ROWS overrides it
 MIN_ROWS = int(os.environ.get("WENET_TRITON_CTC_MIN_ROWS", "8192"))
@@ -72,11 +82,11 @@ if triton is not None:
         return (ordered.to(tl.int64) << 32) | (0x7FFFFFFF - i).to(tl.int64)
 
     @triton.jit
-    def _ctc_topk_kernel(x_ptr, w_ptr, b_ptr, val_ptr, idx_ptr, R, V, D, sxm,
-                         K: tl.constexpr, KP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-                         BD: tl.constexpr, NUM_STAGES: tl.constexpr):
-        pm = tl.program_id(0)
-        x, rm, rd, m_ok, d_ok = row_tile(x_ptr, pm, R, D, sxm, BM, BD)
+    def _topk_walk(x, w_ptr, b_ptr, rd, d_ok, D, v_lo, v_hi,
+                   K: tl.constexpr, KP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+                   NUM_STAGES: tl.constexpr):
+        """Vocabulary columns [v_lo, v_hi) of the BM frames x: the online log-sum-exp state (max,
+        sum) and the k best logits with their ids in KP slots (unsorted; slots >= K hold -inf)."""
         rn0 = tl.arange(0, BN)
         slot = tl.arange(0, KP)
         mx = tl.full((BM,), float("-inf"), tl.float32)
@@ -84,8 +94,8 @@ if triton is not None:
         # the k slots (unsorted); slots >= K hold +inf so that they are never the smallest
         vals = tl.where(slot[None, :] < K, float("-inf"), float("inf")) + tl.zeros((BM, KP), tl.float32)
         ids = tl.zeros((BM, KP), tl.int32)
-        for n0 in tl.range(0, V, BN, num_stages=NUM_STAGES):
-            z, mx, sm = _logits_lse_step(x, w_ptr, b_ptr, n0 + rn0, n0 + rn0 < V, rd, d_ok, D, mx, sm)
+        for n0 in tl.range(v_lo, v_hi, BN, num_stages=NUM_STAGES):
+            z, mx, sm = _logits_lse_step(x, w_ptr, b_ptr, n0 + rn0, n0 + rn0 < v_hi, rd, d_ok, D, mx, sm)
             kth = tl.min(vals, 1)  # the smallest of the k slots
             more = tl.max((tl.max(z, 1) > kth).to(tl.int32), 0)
             j = 0
@@ -101,8 +111,13 @@ if triton is not None:
                 kth = tl.min(vals, 1)
                 more = tl.max((tl.max(z, 1) > kth).to(tl.int32), 0)
                 j += 1
-        lse = mx + tl.log(sm)
-        vals = tl.where(slot[None, :] < K, vals, float("-inf"))
+        return tl.where(slot[None, :] < K, vals, float("-inf")), ids, mx, sm
+
+    @triton.jit
+    def _store_sorted_topk(vals, ids, lse, val_ptr, idx_ptr, rm, m_ok, K: tl.constexpr, KP: tl.constexpr):
+        """Sort candidates (BM, KP) by value descending, then id ascending; store the first K,
+        shifted by the log-sum-exp, at rows rm."""
+        slot = tl.arange(0, KP)
         keys = tl.sort(_order_key(vals, ids), 1, descending=True)
         ids = (0x7FFFFFFF - (keys & 0xFFFFFFFF)).to(tl.int32)
         ordered = (keys >> 32).to(tl.int32)
@@ -112,17 +127,79 @@ if triton is not None:
         tl.store(val_ptr + out, vals - lse[:, None], mask=ok)
         tl.store(idx_ptr + out, ids.to(tl.int64), mask=ok)
 
+    @triton.jit
+    def _ctc_topk_kernel(x_ptr, w_ptr, b_ptr, val_ptr, idx_ptr, R, V, D, sxm,
+                         K: tl.constexpr, KP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+                         BD: tl.constexpr, NUM_STAGES: tl.constexpr):
+        pm = tl.program_id(0)
+        x, rm, rd, m_ok, d_ok = row_tile(x_ptr, pm, R, D, sxm, BM, BD)
+        vals, ids, mx, sm = _topk_walk(x, w_ptr, b_ptr, rd, d_ok, D, 0, V, K, KP, BM, BN, NUM_STAGES)
+        _store_sorted_topk(vals, ids, mx + tl.log(sm), val_ptr, idx_ptr, rm, m_ok, K, KP)
+
+    @triton.jit
+    def _ctc_topk_split_kernel(x_ptr, w_ptr, b_ptr, pval_ptr, pidx_ptr, pstat_ptr, R, V, D, V_PER, sxm,
+                               K: tl.constexpr, KP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+                               BD: tl.constexpr, NUM_STAGES: tl.constexpr):
+        """Program (pm, ps): frames pm*BM.., vocabulary slice ps -> its KP candidates and its
+        (max, sum) at [ps, row] of the partial buffers (S, R, KP) / (S, R, 2)."""
+        pm = tl.program_id(0)
+        ps = tl.program_id(1)
+        x, rm, rd, m_ok, d_ok = row_tile(x_ptr, pm, R, D, sxm, BM, BD)
+        v_lo = ps * V_PER
+        vals, ids, mx, sm = _topk_walk(x, w_ptr, b_ptr, rd, d_ok, D, v_lo, tl.minimum(v_lo + V_PER, V),
+                                       K, KP, BM, BN, NUM_STAGES)
+        slot = tl.arange(0, KP)
+        at = (ps * R + rm)[:, None] * KP + slot[None, :]
+        tl.store(pval_ptr + at, vals, mask=m_ok[:, None])
+        tl.store(pidx_ptr + at, ids, mask=m_ok[:, None])
+        tl.store(pstat_ptr + (ps * R + rm) * 2, mx, mask=m_ok)
+        tl.store(pstat_ptr + (ps * R + rm) * 2 + 1, sm, mask=m_ok)
+
+    @triton.jit
+    def _ctc_topk_merge_kernel(pval_ptr, pidx_ptr, pstat_ptr, val_ptr, idx_ptr, R,
+                               K: tl.constexpr, KP: tl.constexpr, S: tl.constexpr, BM: tl.constexpr):
+        """Frames pm*BM..: the S slices' candidates -> the k best, the slices' log-sum-exp
+        states -> one."""
+        pm = tl.program_id(0)
+        rm = pm * BM + tl.arange(0, BM)
+        m_ok = rm < R
+        c = tl.arange(0, S * KP)  # candidate c: slice c // KP, slot c % KP
+        at = ((c // KP) * R)[None, :] * KP + rm[:, None] * KP + (c % KP)[None, :]
+        vals = tl.load(pval_ptr + at, mask=m_ok[:, None], other=float("-inf"))
+        ids = tl.load(pidx_ptr + at, mask=m_ok[:, None], other=0)
+        sl = tl.arange(0, S)
+        st = (sl[None, :] * R + rm[:, None]) * 2
+        mx = tl.load(pstat_ptr + st, mask=m_ok[:, None], other=0.0)
+        sm = tl.load(pstat_ptr + st + 1, mask=m_ok[:, None], other=1.0)
+        top = tl.max(mx, 1)
+        total = tl.sum(tl.where(sm > 0, sm * tl.exp(mx - top[:, None]), 0.0), 1)
+        _store_sorted_topk(vals, ids, top + tl.log(total), val_ptr, idx_ptr, rm, m_ok, K, S * KP)
+
 
 def applies(x: torch.Tensor, k: int) -> bool:
-    """CUDA frames in fp16 / bf16, d at most 512, k at most 64, at least MIN_ROWS frames."""
+    """CUDA frames in fp16 / bf16, d at most 512, k at most 64, at least MIN_ROWS frames (any
+    number with SPLIT_ROWS: the split-vocabulary form below MIN_ROWS)."""
     return (triton is not None and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16)
-            and x.shape[-1] <= 512 and 1 <= k <= 64 and x.numel() // x.shape[-1] >= MIN_ROWS)
+            and x.shape[-1] <= 512 and 1 <= k <= 64
+            and x.numel() // x.shape[-1] >= (1 if SPLIT_ROWS else MIN_ROWS))
+
+
+def splits_for(rows: int, V: int) -> int:
+    """Slices of the vocabulary per frame tile: 1 from MIN_ROWS frames (enough tiles to fill
+    the GPU); below, enough slices for ~SPLIT_PROGRAMS programs, each at least 2 tiles wide."""
+    if rows >= MIN_ROWS:
+        return 1
+    tiles = max(1, -(-rows // SPLIT_DEFAULT.bm))
+    most = max(1, V // (2 * SPLIT_DEFAULT.bn))
+    return max(1, min(most, -(-SPLIT_PROGRAMS // tiles)))
 
 
 def proj_log_softmax_topk(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, k: int,
-                          tiles: Optional[Plan] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+                          tiles: Optional[Plan] = None, split: Optional[int] = None
+                          ) -> Tuple[torch.Tensor, torch.Tensor]:
     """x (..., d) 16-bit, w (V, d) in x's dtype, b (V,) fp32 -> (values (..., k) fp32, ids
-    (..., k) int64): the k largest of log_softmax(x @ w.T + b), values descending."""
+    (..., k) int64): the k largest of log_softmax(x @ w.T + b), values descending. split: the
+    vocabulary over this many programs per frame tile (None: splits_for)."""
     if triton is None:
         raise RuntimeError("the fused CTC head needs the triton package")
     d = x.shape[-1]
@@ -135,10 +212,26 @@ def proj_log_softmax_topk(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, k: 
     R = x2.shape[0]
     vals = torch.empty((R, k), dtype=torch.float32, device=x.device)
     ids = torch.empty((R, k), dtype=torch.int64, device=x.device)
-    if R:
+    KP = max(2, pow2(k))
+    S = splits_for(R, V) if split is None else split
+    if R and S > 1:  # few frames: the vocabulary over S programs per frame tile, then a merge
+        p = tiles or FORCED or SPLIT_DEFAULT
+        v_per = triton.cdiv(triton.cdiv(V, S), p.bn) * p.bn  # whole tiles per slice
+        S = triton.cdiv(V, v_per)
+        S2 = pow2(S)  # the merge loads S2 slices (a power of two); the extra ones stay empty
+        pval = torch.full((S2, R, KP), float("-inf"), dtype=torch.float32, device=x.device)
+        pidx = torch.zeros((S2, R, KP), dtype=torch.int32, device=x.device)
+        pstat = torch.zeros((S2, R, 2), dtype=torch.float32, device=x.device)
+        pstat[..., 0] = float("-inf")  # an empty slice: max -inf, sum 0
+        _ctc_topk_split_kernel[(triton.cdiv(R, p.bm), S)](
+            x2, w.contiguous(), b.contiguous(), pval, pidx, pstat, R, V, d, v_per, x2.stride(0),
+            K=k, KP=KP, BM=p.bm, BN=p.bn, BD=pow2(d), NUM_STAGES=p.stages, num_warps=p.warps)
+        _ctc_topk_merge_kernel[(triton.cdiv(R, MERGE_ROWS),)](
+            pval, pidx, pstat, vals, ids, R, K=k, KP=KP, S=S2, BM=MERGE_ROWS, num_warps=4)
+    elif R:
         p = tiles or FORCED or DEFAULT
         _ctc_topk_kernel[(triton.cdiv(R, p.bm),)](
             x2, w.contiguous(), b.contiguous(), vals, ids, R, V, d, x2.stride(0),
-            K=k, KP=max(2, pow2(k)), BM=p.bm, BN=p.bn, BD=pow2(d), NUM_STAGES=p.stages, num_warps=p.warps)
+            K=k, KP=KP, BM=p.bm, BN=p.bn, BD=pow2(d), NUM_STAGES=p.stages, num_warps=p.warps)
     lead = x.shape[:-1]
     return vals.view(*lead, k), ids.view(*lead, k)
