@@ -36,7 +36,7 @@ set -uo pipefail
 # against a server that a later `stop` takes away: long steps run as children waited on (bash
 # runs a trap only between commands, and `wait` is one) and go down with the script
 trap 'pkill -TERM -P $$ 2>/dev/null; exit 143' TERM INT
-fg() { "$@" & wait $!; }
+waited() { "$@" & wait $!; }
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 OUT=${OUT:-gpu_serve_out}
@@ -121,13 +121,13 @@ pa() {  # perf_analyzer: concurrency sweep per length (one utterance per request
     # where the host's cores go meanwhile (per process group, every 2 s): cpu_<sec>s.csv
     (cd "$root" && exec python3 -m benchmarks.proc_cpu --out "$OUT/cpu_${sec}s.csv" > "$OUT/cpu_${sec}s.txt") &
     sampler=$!
-    fg timeout 300 "$PA" "${opts[@]}" --input-data "$WORK/pa/wav_${sec}s.json" --shape "WAV:$((sec * 16000))" \
+    waited timeout 300 "$PA" "${opts[@]}" --input-data "$WORK/pa/wav_${sec}s.json" --shape "WAV:$((sec * 16000))" \
       --concurrency-range "${PA_CONC:-64:256:64}" -f "$OUT/perf_analyzer_${sec}s.csv" >> "$OUT/perf_analyzer.log" 2>&1
     echo "perf_analyzer ${sec} s rc=$?"
     kill -INT "$sampler"; wait "$sampler"; cat "$OUT/cpu_${sec}s.txt"
   done
   for b in ${PA_BATCHES:-1 4 16}; do
-    fg timeout 90 "$PA" "${opts[@]}" --input-data "$WORK/pa/wav_5s.json" --shape WAV:80000 -b "$b" \
+    waited timeout 90 "$PA" "${opts[@]}" --input-data "$WORK/pa/wav_5s.json" --shape WAV:80000 -b "$b" \
       --concurrency-range "$((128 / b)):$((128 / b))" -f "$OUT/perf_analyzer_5s_b$b.csv" >> "$OUT/perf_analyzer.log" 2>&1
     echo "perf_analyzer batch $b rc=$?"
   done
@@ -139,7 +139,7 @@ locust_run() {  # distributed locust: one master, LOCUST_WORKERS gevent workers
   L=$(tool locust)
   local args=(-f "$root/loadtest/locustfile.py" --host "$GRPC" --wav-dir "$WAV_DIR")
   for _ in $(seq "$n"); do "$L" "${args[@]}" --worker > /dev/null 2>&1 & pids+=($!); done
-  fg timeout 200 "$L" "${args[@]}" --master --expect-workers "$n" --headless -u "${LOCUST_USERS:-128}" -r 64 \
+  waited timeout 200 "$L" "${args[@]}" --master --expect-workers "$n" --headless -u "${LOCUST_USERS:-128}" -r 64 \
     -t "${LOCUST_TIME:-60s}" --csv "$OUT/locust" --only-summary > "$OUT/locust.log" 2>&1
   echo "locust rc=$?"; sleep 3
   kill "${pids[@]}" 2>/dev/null  # workers can outlive their master's quit
