@@ -25,8 +25,9 @@ it off. For few frames there is a split form (session 22): each 16-frame tile's 
 cut into slices of whole tiles (splits_for: ~256 programs), each slice keeps its k best and its
 log-sum-exp state, and a second kernel merges them (same order: value, then smaller id). At
 1 x 10 s it would replace the fp32 GEMM (~9 us) + log_softmax_topk (~20 us at 250 frames) of
-the profile; it is opt-in (`WENET_TRITON_CTC_SPLIT=1`) until it is measured on a GPU. Checked in Triton's CPU interpreter (tests/test_triton_gemm.py) and against the
-unfused pair on a GPU (tests/test_gpu.py).
+the profile; it is opt-in (`WENET_TRITON_CTC_SPLIT=1`) until it is measured on a GPU.
+Checked in Triton's CPU interpreter (tests/test_triton_gemm.py) and against the unfused pair
+on a GPU (tests/test_gpu.py).
 """
 from __future__ import annotations
 
