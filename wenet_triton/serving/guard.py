@@ -36,7 +36,7 @@ from typing import Dict, List, Optional, Tuple
 import grpc
 from tritonclient.grpc import service_pb2
 
-from wenet_triton.serving.server import repo_config
+from wenet_triton.serving.repo_json import repo_config
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,8 @@ from typing import Callable, Dict, List, Optional
 
 from wenet_triton.serving import procs
 from wenet_triton.serving.guard import Limits
-from wenet_triton.serving.server import ServerError, package_parent, repo_config
+from wenet_triton.serving.repo_json import repo_config
+from wenet_triton.serving.server import ServerError, package_parent
 
 log = logging.getLogger("wenet_triton.guard_pool")
 MAX_AUTO_WORKERS = 4

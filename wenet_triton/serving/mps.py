@@ -28,7 +28,8 @@ import time
 from typing import Callable, Dict, Optional, Tuple
 
 from wenet_triton.serving import procs
-from wenet_triton.serving.server import ServerError, repo_config
+from wenet_triton.serving.repo_json import repo_config
+from wenet_triton.serving.server import ServerError
 
 log = logging.getLogger("wenet_triton.mps")
 CONTROL = "nvidia-cuda-mps-control"

@@ -22,7 +22,8 @@ import os
 import re
 from typing import Dict, List, Optional, Tuple
 
-from wenet_triton.serving.server import repo_config
+from wenet_triton.contract import CONFIG_NAME, EngineSettings
+from wenet_triton.serving.repo_json import repo_config
 
 MB = 1 << 20
 SHM_DIR = "/dev/shm"
@@ -103,8 +104,6 @@ def _config(path: str) -> Optional[Dict]:
 def _rates(repo: str) -> Tuple[float, float, float, int]:
     """(samples, fbank frames, encoder frames) per second and the fbank dim, from the engine
     settings shipped in the repository (16 kHz, 10 ms, 4x, 80 when none is there)."""
-    from wenet_triton.contract import CONFIG_NAME, EngineSettings
-
     for model in sorted(os.listdir(repo)):
         vdir = os.path.join(repo, model, "1")
         if os.path.isfile(os.path.join(vdir, CONFIG_NAME)):

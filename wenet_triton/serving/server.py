@@ -9,7 +9,6 @@ and site-packages from there) and the wheel's bundled libraries on LD_LIBRARY_PA
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 import os
 import shutil
@@ -24,7 +23,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Set
 
 from wenet_triton.paths import PACKAGE_DIR, cache_root
-from wenet_triton.serving import procs
+from wenet_triton.serving import procs, pyshm
 
 log = logging.getLogger(__name__)
 
@@ -125,16 +124,6 @@ def package_parent() -> str:
     return os.path.dirname(PACKAGE_DIR)
 
 
-def repo_config(repo: Optional[str]) -> Dict:
-    """The serving config a rendered repository was built with (`build-repo` keeps it in
-    serving.json under "config"); {} without a repository or that file."""
-    path = os.path.join(repo, "serving.json") if repo else ""
-    if not path or not os.path.exists(path):
-        return {}
-    with open(path) as f:
-        return json.load(f).get("config") or {}
-
-
 class TritonServer:
     """A tritonserver process: `with TritonServer(repo) as s: ...` starts, waits, stops."""
 
@@ -206,8 +195,6 @@ class TritonServer:
         when the caller's extra_args set it."""
         if any(a.startswith("--backend-config=python,shm-") for a in self.extra_args):
             return []
-        from wenet_triton.serving import pyshm
-
         try:
             plan = pyshm.plan(self.repo, override_mb=pyshm.serving_override(self.repo))
         except pyshm.ShmError as e:
