@@ -13,6 +13,9 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Dict, List, Optional, Tuple
 
 CONFIG_NAME = "wenet_triton.json"
+# bytes per element of Triton's tensor data types (the names after TYPE_ in a config.pbtxt)
+TRITON_DTYPE_BYTES = {"BOOL": 1, "UINT8": 1, "UINT16": 2, "UINT32": 4, "UINT64": 8, "INT8": 1,
+                      "INT16": 2, "INT32": 4, "INT64": 8, "FP16": 2, "BF16": 2, "FP32": 4, "FP64": 8}
 
 # Engines that run an exported model; `tensorrt` plans are built from the ONNX export.
 ENGINES = ("onnxruntime", "torch", "torch_cuda")

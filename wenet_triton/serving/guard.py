@@ -36,6 +36,7 @@ from typing import Dict, List, Optional, Tuple
 import grpc
 from tritonclient.grpc import service_pb2
 
+from wenet_triton.contract import TRITON_DTYPE_BYTES
 from wenet_triton.serving.repo_json import repo_config
 
 log = logging.getLogger(__name__)
@@ -44,8 +45,6 @@ SERVICE = "/inference.GRPCInferenceService/"
 FORWARDED = {"ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata",
              "ModelConfig", "ModelStatistics", "ModelInfer", "ModelStreamInfer"}
 INFER = {"ModelInfer", "ModelStreamInfer"}
-DTYPE_BYTES = {"BOOL": 1, "UINT8": 1, "UINT16": 2, "UINT32": 4, "UINT64": 8, "INT8": 1,
-               "INT16": 2, "INT32": 4, "INT64": 8, "FP16": 2, "BF16": 2, "FP32": 4, "FP64": 8}
 CONTENTS_FIELD = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents",
                   "INT32": "int_contents", "INT64": "int64_contents", "UINT8": "uint_contents",
                   "UINT16": "uint_contents", "UINT32": "uint_contents",
@@ -186,7 +185,7 @@ def check_infer_request(req, limits: Limits, raw_sizes: Optional[List[int]] = No
             raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
                            f"input '{t.name}' declares shape {shape} ({count} elements); the most "
                            f"this server takes in one tensor is {limits.max_elements}{rid}")
-        size = DTYPE_BYTES.get(t.datatype)
+        size = TRITON_DTYPE_BYTES.get(t.datatype)
         if raw:
             if size is not None and raw[k] != count * size:
                 raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,

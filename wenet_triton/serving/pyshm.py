@@ -22,7 +22,7 @@ import os
 import re
 from typing import Dict, List, Optional, Tuple
 
-from wenet_triton.contract import CONFIG_NAME, EngineSettings
+from wenet_triton.contract import CONFIG_NAME, TRITON_DTYPE_BYTES, EngineSettings
 from wenet_triton.serving.repo_json import repo_config
 
 MB = 1 << 20
@@ -31,8 +31,6 @@ BUDGET_SHARE = 0.8           # of the free /dev/shm at start, for all regions to
 MIN_REGION = 4 * MB          # the backend needs >= 1 MB per instance; below 4 MB nothing fits
 HEADROOM = 4 * MB            # per region: small tensors, strings; plus 10 % for the allocator
 GROWTH = 64 * MB             # growth step when a batch still does not fit (rare by design)
-DTYPE_BYTES = {"FP32": 4, "FP16": 2, "BF16": 2, "INT64": 8, "UINT64": 8, "INT32": 4, "UINT32": 4,
-               "INT16": 2, "UINT16": 2, "INT8": 1, "UINT8": 1, "BOOL": 1, "FP64": 8}
 
 _TENSOR = re.compile(r'\{\s*name:\s*"([^"]+)"\s+data_type:\s*TYPE_(\w+)\s+dims:\s*\[([^\]]*)\]')
 _PARAM = re.compile(r'key:\s*"([^"]+)"\s+value:\s*\{\s*string_value:\s*"([^"]*)"')
@@ -54,10 +52,18 @@ class ModelNeed:
 class ShmPlan:
     default_bytes: int        # shm-default-byte-size: every region starts at this
     growth_bytes: int         # shm-growth-byte-size
-    instances: int            # python-backend instances (regions) in the repository
-    need_bytes: int           # the hungriest instance's need
     free_bytes: int           # /dev/shm free at planning time
     models: List[ModelNeed]
+
+    @property
+    def instances(self) -> int:
+        """python-backend instances (regions) in the repository"""
+        return sum(m.instances for m in self.models)
+
+    @property
+    def need_bytes(self) -> int:
+        """the hungriest instance's need"""
+        return self.hungriest().bytes_per_instance
 
     @property
     def fits(self) -> bool:
@@ -68,9 +74,10 @@ class ShmPlan:
                 f"--backend-config=python,shm-growth-byte-size={self.growth_bytes}"]
 
     def summary(self) -> str:
+        top = self.hungriest()
         s = (f"python backend shared memory: {self.instances} regions x {self.default_bytes / MB:.0f} MB "
              f"(= {self.instances * self.default_bytes / MB:.0f} MB of /dev/shm, {self.free_bytes / MB:.0f} MB free); "
-             f"largest need {self.need_bytes / MB:.0f} MB ({self.hungriest().name}: {self.hungriest().why})")
+             f"largest need {top.bytes_per_instance / MB:.0f} MB ({top.name}: {top.why})")
         if not self.fits:
             more = self.instances * self.need_bytes / BUDGET_SHARE - self.free_bytes
             s += (f"; /dev/shm is short of it by {more / MB:.0f} MB, so the largest batches grow their "
@@ -83,9 +90,19 @@ class ShmPlan:
         return max(self.models, key=lambda m: m.bytes_per_instance)
 
 
-def _config(path: str) -> Optional[Dict]:
-    with open(path) as f:
-        text = f.read()
+def _config_texts(repo: str) -> Dict[str, str]:
+    """model -> its config.pbtxt text, for every model directory of the repository."""
+    out = {}
+    for model in sorted(os.listdir(repo)):
+        p = os.path.join(repo, model, "config.pbtxt")
+        if os.path.isfile(p):
+            with open(p) as f:
+                out[model] = f.read()
+    return out
+
+
+def _config(text: str) -> Optional[Dict]:
+    """A python-backend model's batch, instances, tensors and parameters; None for others."""
     if not re.search(r'^backend:\s*"python"', text, re.M):
         return None
     m = re.search(r"^max_batch_size:\s*(\d+)", text, re.M)
@@ -120,27 +137,22 @@ def _per_second(tensors, rates) -> Tuple[float, str]:
     samples, fbank, enc, feat_dim = rates
     total, parts = 0.0, []
     for name, dtype, dims in tensors:
-        if -1 not in dims or dtype not in DTYPE_BYTES:
+        if -1 not in dims or dtype not in TRITON_DTYPE_BYTES:
             continue
         fixed = 1
         for d in dims:
             fixed *= d if d > 0 else 1
         rate = samples if dims == [-1] else fbank if dims == [-1, feat_dim] else enc
-        b = rate * fixed * DTYPE_BYTES[dtype]
+        b = rate * fixed * TRITON_DTYPE_BYTES[dtype]
         total += b
         parts.append(f"{name} {b / 1000:.0f} kB/s")
     return total, ", ".join(parts)
 
 
-def _ensemble_outputs(repo: str) -> Dict[str, set]:
+def _ensemble_outputs(texts: Dict[str, str]) -> Dict[str, set]:
     """model -> the outputs some ensemble step maps (Triton asks a step for those only)."""
     out: Dict[str, set] = {}
-    for model in sorted(os.listdir(repo)):
-        p = os.path.join(repo, model, "config.pbtxt")
-        if not os.path.isfile(p):
-            continue
-        with open(p) as f:
-            text = f.read()
+    for text in texts.values():
         if 'platform: "ensemble"' not in text:
             continue
         for step in re.split(r"\bmodel_name:", text)[1:]:
@@ -152,14 +164,9 @@ def _ensemble_outputs(repo: str) -> Dict[str, set]:
 def model_needs(repo: str) -> List[ModelNeed]:
     rates = _rates(repo)
     cfg = repo_config(repo)
-    configs = {}
-    for model in sorted(os.listdir(repo)):
-        p = os.path.join(repo, model, "config.pbtxt")
-        if os.path.isfile(p):
-            c = _config(p)
-            if c is not None:
-                configs[model] = c
-    mapped = _ensemble_outputs(repo)
+    texts = _config_texts(repo)
+    configs = {m: c for m, c in ((m, _config(t)) for m, t in texts.items()) if c is not None}
+    mapped = _ensemble_outputs(texts)
     max_audio = float(cfg.get("max_audio_seconds") or 60)
     out = []
     for name, c in configs.items():
@@ -202,8 +209,8 @@ def plan(repo: str, free: Optional[int] = None, override_mb: Optional[float] = N
     if not models:
         return None
     free = free_bytes() if free is None else free
-    n = sum(m.instances for m in models)
-    need = max(m.bytes_per_instance for m in models)
+    p = ShmPlan(0, 0, free, models)
+    n, need = p.instances, p.need_bytes
     if override_mb:
         size = int(float(override_mb) * MB)
         if size * n > free:
@@ -219,7 +226,7 @@ def plan(repo: str, free: Optional[int] = None, override_mb: Optional[float] = N
                            "MB of /dev/shm): give the container more (docker --shm-size, compose "
                            "shm_size, the k8s dshm volume) or serve fewer instances")
         size = max(MIN_REGION, min(-(-need // MB) * MB, share))
-    return ShmPlan(size, min(GROWTH, max(MB, size)), n, need, free, models)
+    return dataclasses.replace(p, default_bytes=size, growth_bytes=min(GROWTH, max(MB, size)))
 
 
 def serving_override(repo: str) -> Optional[float]:
