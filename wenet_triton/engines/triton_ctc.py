@@ -157,21 +157,24 @@ if triton is not None:
         tl.store(pstat_ptr + (ps * R + rm) * 2 + 1, sm, mask=m_ok)
 
     @triton.jit
-    def _ctc_topk_merge_kernel(pval_ptr, pidx_ptr, pstat_ptr, val_ptr, idx_ptr, R,
+    def _ctc_topk_merge_kernel(pval_ptr, pidx_ptr, pstat_ptr, val_ptr, idx_ptr, R, S_USED,
                                K: tl.constexpr, KP: tl.constexpr, S: tl.constexpr, BM: tl.constexpr):
-        """Frames pm*BM..: the S slices' candidates -> the k best, the slices' log-sum-exp
-        states -> one."""
+        """Frames pm*BM..: the S_USED slices' candidates -> the k best, their log-sum-exp
+        states -> one (S: S_USED rounded up to a power of two; the slices past S_USED are
+        masked, as empty ones: no candidates, max -inf, sum 0)."""
         pm = tl.program_id(0)
         rm = pm * BM + tl.arange(0, BM)
         m_ok = rm < R
         c = tl.arange(0, S * KP)  # candidate c: slice c // KP, slot c % KP
         at = ((c // KP) * R)[None, :] * KP + rm[:, None] * KP + (c % KP)[None, :]
-        vals = tl.load(pval_ptr + at, mask=m_ok[:, None], other=float("-inf"))
-        ids = tl.load(pidx_ptr + at, mask=m_ok[:, None], other=0)
+        c_ok = m_ok[:, None] & ((c // KP) < S_USED)[None, :]
+        vals = tl.load(pval_ptr + at, mask=c_ok, other=float("-inf"))
+        ids = tl.load(pidx_ptr + at, mask=c_ok, other=0)
         sl = tl.arange(0, S)
         st = (sl[None, :] * R + rm[:, None]) * 2
-        mx = tl.load(pstat_ptr + st, mask=m_ok[:, None], other=0.0)
-        sm = tl.load(pstat_ptr + st + 1, mask=m_ok[:, None], other=1.0)
+        s_ok = m_ok[:, None] & (sl < S_USED)[None, :]
+        mx = tl.load(pstat_ptr + st, mask=s_ok, other=float("-inf"))
+        sm = tl.load(pstat_ptr + st + 1, mask=s_ok, other=0.0)
         top = tl.max(mx, 1)
         total = tl.sum(tl.where(sm > 0, sm * tl.exp(mx - top[:, None]), 0.0), 1)
         _store_sorted_topk(vals, ids, top + tl.log(total), val_ptr, idx_ptr, rm, m_ok, K, S * KP)
@@ -219,16 +222,15 @@ def proj_log_softmax_topk(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, k: 
         p = tiles or FORCED or SPLIT_DEFAULT
         v_per = triton.cdiv(triton.cdiv(V, S), p.bn) * p.bn  # whole tiles per slice
         S = triton.cdiv(V, v_per)
-        S2 = pow2(S)  # the merge loads S2 slices (a power of two); the extra ones stay empty
-        pval = torch.full((S2, R, KP), float("-inf"), dtype=torch.float32, device=x.device)
-        pidx = torch.zeros((S2, R, KP), dtype=torch.int32, device=x.device)
-        pstat = torch.zeros((S2, R, 2), dtype=torch.float32, device=x.device)
-        pstat[..., 0] = float("-inf")  # an empty slice: max -inf, sum 0
+        # every slice's rows are written by the split kernel: no fill kernels before it
+        pval = torch.empty((S, R, KP), dtype=torch.float32, device=x.device)
+        pidx = torch.empty((S, R, KP), dtype=torch.int32, device=x.device)
+        pstat = torch.empty((S, R, 2), dtype=torch.float32, device=x.device)
         _ctc_topk_split_kernel[(triton.cdiv(R, p.bm), S)](
             x2, w.contiguous(), b.contiguous(), pval, pidx, pstat, R, V, d, v_per, x2.stride(0),
             K=k, KP=KP, BM=p.bm, BN=p.bn, BD=pow2(d), NUM_STAGES=p.stages, num_warps=p.warps)
         _ctc_topk_merge_kernel[(triton.cdiv(R, MERGE_ROWS),)](
-            pval, pidx, pstat, vals, ids, R, K=k, KP=KP, S=S2, BM=MERGE_ROWS, num_warps=4)
+            pval, pidx, pstat, vals, ids, R, S, K=k, KP=KP, S=pow2(S), BM=MERGE_ROWS, num_warps=4)
     elif R:
         p = tiles or FORCED or DEFAULT
         _ctc_topk_kernel[(triton.cdiv(R, p.bm),)](
