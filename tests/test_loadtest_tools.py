@@ -75,3 +75,42 @@ def test_proc_cpu_counts_a_busy_process_in_its_group_and_plots(tmp_path):
     png = tmp_path / "cores.png"
     assert proc_cpu.main(["plot", "--out", str(png), f"a={out}", f"b={out}"]) == 0
     assert png.stat().st_size > 5000
+
+
+def test_proc_mem_books_a_growing_load_to_its_group_and_stops_it_at_the_floor(tmp_path):
+    """benchmarks/proc_mem.py: a process named perf_analyzer holding ~200 MB shows up as that much
+    private memory of its group; with a floor above the host's headroom the load gets SIGTERM
+    (what stopped perf_analyzer 2.60 from taking an H200 host's 128 GB in session 23), the
+    summary names it, and `plot` draws the runs."""
+    import subprocess
+
+    from benchmarks import proc_mem
+
+    hold = ("import time\nb = bytearray(200 << 20)\nb[::4096] = b'x' * len(b[::4096])\n"
+            "print('ready', flush=True)\ntime.sleep(30)\n")
+    load = subprocess.Popen(["bash", "-c", f'exec -a perf_analyzer {sys.executable} -c "{hold}"'],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert load.stdout.readline().strip() == "ready"
+        out = tmp_path / "mem.csv"
+        quiet = tmp_path / "quiet.csv"
+        proc_mem.main(["--out", str(quiet), "--interval", "0.3", "--duration", "1"])
+        assert load.poll() is None  # no floor: the load runs on
+        floor = proc_mem.meminfo_mb()["MemAvailable"] + 1e6
+        proc_mem.main(["--out", str(out), "--interval", "0.3", "--duration", "1.5",
+                       "--stop-load-below-mb", str(floor)])
+        assert load.wait(10) == -15  # SIGTERM
+    finally:
+        if load.poll() is None:
+            load.kill()
+            load.wait()
+    rows = proc_mem.read_rows(str(quiet))
+    col = 1 + proc_mem.COLUMNS.index("perf_analyzer")
+    assert all(190 <= r[col] <= 260 for r in rows), rows
+    assert all(r[1 + proc_mem.COLUMNS.index("mem_available")] > 0 for r in rows)
+    first, peak, growth = proc_mem.summarize(rows)["perf_analyzer"]
+    assert 190 <= first <= peak <= 260 and abs(growth) < 200
+    assert proc_mem.slope_per_min([0, 30, 60], [0, 50, 100]) == 100
+    png = tmp_path / "mem.png"
+    assert proc_mem.main(["plot", "--out", str(png), f"a={quiet}", f"b={out}"]) == 0
+    assert png.stat().st_size > 5000

@@ -20,6 +20,7 @@
 # on GRPC_PORT+1, health on +2), GPUS (build-repo --gpus: e.g. 0,1 or all; docs/multigpu.md),
 # SERVE_ARGS (more `serve` flags, e.g. --no-guard), SERVING_CONFIG, SECONDS_LIST, CONC, PA_SECONDS ("2 5 10 20"), PA_CONC,
 # PA_BATCHES, PA_INTERVAL / PA_TRIALS / PA_STABILITY (perf_analyzer's window in ms, trials, stability %),
+# PA_MEM_FLOOR_MB (stop the load when the host's memory headroom falls below it; default 8192),
 # PA_EXTRA (more perf_analyzer flags, e.g. --streaming: requests as messages on gRPC
 # streams), PA_MODEL (default attention_rescoring; `fused` asks the fused model directly,
 # without the one-step ensemble), PA_URL (default the guard's GRPC; tritonserver's own port to
@@ -116,15 +117,20 @@ pa() {  # perf_analyzer: concurrency sweep per length (one utterance per request
   # Triton's C++ client shares one channel among 6 clients by default: 16 threads = 3 connections,
   # too few for 4 guard workers; one connection per client instead
   export TRITON_CLIENT_GRPC_CHANNEL_MAX_SHARE_COUNT=${PA_CHANNEL_SHARE:-1}
-  local sampler
+  local sampler msampler
   for sec in $secs; do
     # where the host's cores go meanwhile (per process group, every 2 s): cpu_<sec>s.csv
     (cd "$root" && exec python3 -m benchmarks.proc_cpu --out "$OUT/cpu_${sec}s.csv" > "$OUT/cpu_${sec}s.txt") &
     sampler=$!
+    # and its memory (private per process group, /dev/shm, MemAvailable): mem_<sec>s.csv; a load that
+    # leaks is stopped at PA_MEM_FLOOR_MB of headroom left instead of driving the host into the OOM killer
+    (cd "$root" && exec python3 -m benchmarks.proc_mem --out "$OUT/mem_${sec}s.csv" \
+      --stop-load-below-mb "${PA_MEM_FLOOR_MB:-8192}" > "$OUT/mem_${sec}s.txt") &
+    msampler=$!
     waited timeout 300 "$PA" "${opts[@]}" --input-data "$WORK/pa/wav_${sec}s.json" --shape "WAV:$((sec * 16000))" \
       --concurrency-range "${PA_CONC:-64:256:64}" -f "$OUT/perf_analyzer_${sec}s.csv" >> "$OUT/perf_analyzer.log" 2>&1
     echo "perf_analyzer ${sec} s rc=$?"
-    kill -INT "$sampler"; wait "$sampler"; cat "$OUT/cpu_${sec}s.txt"
+    kill -INT "$sampler" "$msampler"; wait "$sampler" "$msampler"; cat "$OUT/cpu_${sec}s.txt" "$OUT/mem_${sec}s.txt"
   done
   for b in ${PA_BATCHES:-1 4 16}; do
     waited timeout 90 "$PA" "${opts[@]}" --input-data "$WORK/pa/wav_5s.json" --shape WAV:80000 -b "$b" \
