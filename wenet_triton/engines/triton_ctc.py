@@ -25,7 +25,9 @@ it off. For few frames there is a split form (session 22): each 16-frame tile's 
 cut into slices of whole tiles (splits_for: ~256 programs), each slice keeps its k best and its
 log-sum-exp state, and a second kernel merges them (same order: value, then smaller id). At
 1 x 10 s it would replace the fp32 GEMM (~9 us) + log_softmax_topk (~20 us at 250 frames) of
-the profile; it is opt-in (`WENET_TRITON_CTC_SPLIT=1`) until it is measured on a GPU.
+the profile. Measured on an H200 (session 23, benchmarks/results/h200_2026-12-04b): exact, but
+no faster than the unfused pair at 1-8 utterances of 5-20 s within the round-to-round spread
+(1 x 10 s encoder 1.03-1.07 ms either way): it stays opt-in (`WENET_TRITON_CTC_SPLIT=1`).
 Checked in Triton's CPU interpreter (tests/test_triton_gemm.py) and against the unfused pair
 on a GPU (tests/test_gpu.py).
 """
@@ -59,7 +61,7 @@ SPLIT_DEFAULT = Plan(16, 128, 4, 2)  # few frames: 16-frame tiles, the vocabular
 SPLIT_PROGRAMS = 256                 # programs the split aims at (an H200 has 132 SMs)
 MERGE_ROWS = 16
 # below MIN_ROWS frames, the split-vocabulary form (two kernels) instead of the fp32 GEMM +
-# kernels.log_softmax_topk: opt-in (WENET_TRITON_CTC_SPLIT=1) until measured on a GPU
+# kernels.log_softmax_topk: opt-in (WENET_TRITON_CTC_SPLIT=1; no faster on an H200, session 23)
 SPLIT_ROWS = os.environ.get("WENET_TRITON_CTC_SPLIT", "0") not in ("0", "", "false")
 # the engine takes the kernel from this many frames (between the measured 4,096, slower, and
 # 16,384: 64 x 10 s, faster in the engine); WENET_TRITON_CTC_MIN_ROWS overrides it
