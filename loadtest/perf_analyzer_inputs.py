@@ -19,11 +19,20 @@ number of chunks, so every step has the same shape):
 There the concurrency is the number of concurrent streams (sequences), each sending its next
 chunk as soon as the previous answer came (not at real-time pace: use
 loadtest/stream_sweep.py for that), and the latency is per chunk request.
+
+perf_analyzer 2.60 keeps about every request it sends until its measurement ends (on an H200
+host at 10 s and concurrency 256: ~100 GB in a minute; session 23), so a measurement by time
+windows that does not settle soon fills the host. `count` gives a fixed number of requests
+whose inputs fit a memory budget (default a quarter of MemAvailable, at most 32 GB), for
+perf_analyzer's --request-count (one measurement over exactly that many requests):
+
+    python3 -m loadtest.perf_analyzer_inputs count --seconds 10 --concurrency 256   # 53687 (32 GB)
 """
 import argparse
 import glob
 import json
 import os
+import sys
 
 from loadtest.sweep import fixed_length
 from wenet_triton.audio.frontend import read_audio
@@ -45,7 +54,44 @@ def streaming_inputs(base, seconds: float, chunk_ms: float):
     return data, chunk, steps
 
 
+def request_count(seconds: float, concurrency: int, budget_mb: float, most: int = 200_000,
+                  bytes_per_sample: int = 4) -> int:
+    """Requests of `seconds` of float32 audio whose inputs fit budget_mb, at most `most`, at
+    least 4 x concurrency (perf_analyzer needs at least the concurrency; fewer than a few
+    rounds per client measure nothing)."""
+    per_request = max(1.0, seconds * RATE * bytes_per_sample)
+    n = int(budget_mb * (1 << 20) // per_request)
+    return max(4 * concurrency, min(most, n))
+
+
+def default_budget_mb(meminfo: str = "/proc/meminfo") -> float:
+    """A quarter of the host's MemAvailable, at most 32 GB (16 GB where it cannot be read)."""
+    try:
+        with open(meminfo) as f:
+            avail = next(int(ln.split()[1]) / 1024 for ln in f if ln.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return 16384.0
+    return min(32768.0, avail / 4)
+
+
+def count_main(argv) -> int:
+    p = argparse.ArgumentParser(prog="perf_analyzer_inputs count",
+                                description="perf_analyzer --request-count within a memory budget")
+    p.add_argument("--seconds", type=float, required=True, help="audio per request")
+    p.add_argument("--concurrency", type=int, required=True)
+    p.add_argument("--budget-mb", type=float, default=0, help="0: a quarter of MemAvailable, at most 32 GB")
+    p.add_argument("--most", type=int, default=200_000)
+    a = p.parse_args(argv)
+    if a.seconds <= 0 or a.concurrency < 1:
+        p.error("--seconds must be > 0 and --concurrency >= 1")
+    print(request_count(a.seconds, a.concurrency, a.budget_mb or default_budget_mb(), a.most))
+    return 0
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["count"]:
+        return count_main(argv[1:])
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--wav-dir", required=True)
     p.add_argument("--seconds", default="2,5,10,20")
@@ -74,4 +120,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

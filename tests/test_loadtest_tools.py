@@ -114,3 +114,72 @@ def test_proc_mem_books_a_growing_load_to_its_group_and_stops_it_at_the_floor(tm
     png = tmp_path / "mem.png"
     assert proc_mem.main(["plot", "--out", str(png), f"a={quiet}", f"b={out}"]) == 0
     assert png.stat().st_size > 5000
+
+
+FAKE_PA = """#!/usr/bin/env bash
+# records its arguments; writes a one-row CSV to -f unless it must refuse --request-count
+echo "$*" >> "$FAKE_PA_LOG"
+f=; prev=
+for a in "$@"; do [ "$prev" = -f ] && f=$a; prev=$a; done
+if [ -n "$FAKE_PA_NO_COUNT" ] && [[ " $* " == *" --request-count "* ]]; then echo "unknown option"; exit 1; fi
+c=$(echo "$*" | grep -o 'concurrency-range [0-9]*' | cut -d' ' -f2)
+printf 'Concurrency,Inferences/Second\\n%s,100\\n' "$c" > "$f"
+echo "Concurrency: $c, throughput: 100 infer/sec, latency 1000 usec"
+"""
+
+
+@pytest.mark.parametrize("refuses_count", [False, True])
+def test_serve_sh_pa_measures_each_concurrency_over_a_request_count_that_fits_memory(tmp_path, refuses_count):
+    """scripts/gpu/serve.sh pa: perf_analyzer 2.60 keeps what it sends, so each concurrency of
+    PA_CONC is one run of --request-count (sized by loadtest.perf_analyzer_inputs count) after
+    4 warm-up requests per client, the rows merged into one CSV per length; a perf_analyzer
+    that refuses the option is run by time windows instead."""
+    import subprocess
+
+    from loadtest import perf_analyzer_inputs as pai
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "perf_analyzer"
+    fake.write_text(FAKE_PA)
+    fake.chmod(0o755)
+    log = tmp_path / "pa_args.log"
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.path.dirname(sys.executable)}:{os.environ['PATH']}",
+               OUT=str(tmp_path / "out"), WORK=str(tmp_path / "work"),
+               WAV_DIR=os.path.join(ROOT, "wenet_triton", "samples"), PA_SECONDS="2", PA_CONC="2:4:2",
+               PA_BATCHES=" ", PA_MEM_FLOOR_MB="0", FAKE_PA_LOG=str(log))
+    if refuses_count:
+        env["FAKE_PA_NO_COUNT"] = "1"
+    r = subprocess.run(["bash", os.path.join(ROOT, "scripts", "gpu", "serve.sh"), "pa"], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    calls = log.read_text().splitlines()
+    counted = [c for c in calls if "--request-count" in c]
+    assert len(counted) == 2, calls
+    for conc, call in zip((2, 4), counted):
+        args = call.split()
+        assert args[args.index("--concurrency-range") + 1] == f"{conc}:{conc}"
+        assert args[args.index("--warmup-request-count") + 1] == str(4 * conc)
+        n = int(args[args.index("--request-count") + 1])
+        want = pai.request_count(2, conc, pai.default_budget_mb())
+        assert abs(n - want) <= 0.05 * want, (n, want)
+        assert "--measurement-interval" not in args and "--shape" in args and "WAV:32000" in args
+    windows = [c for c in calls if "--measurement-interval" in c]
+    assert len(windows) == (2 if refuses_count else 0), calls
+    assert ("time windows instead" in r.stdout) == refuses_count
+    with open(tmp_path / "out" / "perf_analyzer_2s.csv") as f:
+        rows = list(csv.reader(f))
+    assert rows == [["Concurrency", "Inferences/Second"], ["2", "100"], ["4", "100"]]
+    assert (tmp_path / "out" / "mem_2s.csv").exists() and (tmp_path / "out" / "cpu_2s.csv").exists()
+
+
+def test_perf_analyzer_request_count_fits_the_budget():
+    """loadtest.perf_analyzer_inputs count: inputs of the count fit the budget (10 s of float32 =
+    640 kB: 32 GB -> 53,687), never fewer than 4 per client, never more than `most`."""
+    from loadtest import perf_analyzer_inputs as pai
+
+    assert pai.request_count(10, 256, 32768) == 53687
+    assert pai.request_count(20, 256, 32768) == 26843
+    assert pai.request_count(60, 512, 1024) == 2048  # a small budget: 4 per client still
+    assert pai.request_count(0.5, 8, 1 << 20, most=5000) == 5000
+    assert 0 < pai.default_budget_mb() <= 32768

@@ -20,6 +20,8 @@
 # on GRPC_PORT+1, health on +2), GPUS (build-repo --gpus: e.g. 0,1 or all; docs/multigpu.md),
 # SERVE_ARGS (more `serve` flags, e.g. --no-guard), SERVING_CONFIG, SECONDS_LIST, CONC, PA_SECONDS ("2 5 10 20"), PA_CONC,
 # PA_BATCHES, PA_INTERVAL / PA_TRIALS / PA_STABILITY (perf_analyzer's window in ms, trials, stability %),
+# PA_REQUESTS (auto: each concurrency of PA_CONC measured over a fixed number of requests that fits
+# the host's memory, perf_analyzer keeping what it sends; N: that many; 0: time windows),
 # PA_MEM_FLOOR_MB (stop the load when the host's memory headroom falls below it; default 8192),
 # PA_EXTRA (more perf_analyzer flags, e.g. --streaming: requests as messages on gRPC
 # streams), PA_MODEL (default attention_rescoring; `fused` asks the fused model directly,
@@ -106,13 +108,14 @@ pa() {  # perf_analyzer: concurrency sweep per length (one utterance per request
   PA=$(tool perf_analyzer)
   (cd "$root" && python3 -m loadtest.perf_analyzer_inputs --wav-dir "$WAV_DIR" --seconds "${secs// /,},5" \
     --out "$WORK/pa") > /dev/null
-  # PA_INTERVAL (ms), PA_TRIALS, PA_STABILITY (%): perf_analyzer's window and when it settles (at
-  # 10 s / c256 on an H200, 25 % within 10 trials of 4 s was not reached once: try 50)
-  local opts=(-m "${PA_MODEL:-attention_rescoring}" -i grpc -u "${PA_URL:-$GRPC}"
-              --measurement-interval "${PA_INTERVAL:-4000}" --max-trials "${PA_TRIALS:-10}"
-              --stability-percentage "${PA_STABILITY:-25}")
+  local opts=(-m "${PA_MODEL:-attention_rescoring}" -i grpc -u "${PA_URL:-$GRPC}")
   # shellcheck disable=SC2206  # PA_EXTRA: more perf_analyzer flags, word-split (e.g. --streaming)
   opts+=(${PA_EXTRA:-})
+  # PA_INTERVAL (ms), PA_TRIALS, PA_STABILITY (%): perf_analyzer's window and when it settles (at
+  # 10 s / c256 on an H200, 25 % within 10 trials of 4 s was not reached once: try 50); used by the
+  # batch sweep, with PA_REQUESTS=0, and where a fixed count gave no result
+  local windows=(--measurement-interval "${PA_INTERVAL:-4000}" --max-trials "${PA_TRIALS:-10}"
+                 --stability-percentage "${PA_STABILITY:-25}")
   : > "$OUT/perf_analyzer.log"
   # Triton's C++ client shares one channel among 6 clients by default: 16 threads = 3 connections,
   # too few for 4 guard workers; one connection per client instead
@@ -127,13 +130,44 @@ pa() {  # perf_analyzer: concurrency sweep per length (one utterance per request
     (cd "$root" && exec python3 -m benchmarks.proc_mem --out "$OUT/mem_${sec}s.csv" \
       --stop-load-below-mb "${PA_MEM_FLOOR_MB:-8192}" > "$OUT/mem_${sec}s.txt") &
     msampler=$!
-    waited timeout 300 "$PA" "${opts[@]}" --input-data "$WORK/pa/wav_${sec}s.json" --shape "WAV:$((sec * 16000))" \
-      --concurrency-range "${PA_CONC:-64:256:64}" -f "$OUT/perf_analyzer_${sec}s.csv" >> "$OUT/perf_analyzer.log" 2>&1
-    echo "perf_analyzer ${sec} s rc=$?"
+    local data=(--input-data "$WORK/pa/wav_${sec}s.json" --shape "WAV:$((sec * 16000))")
+    if [ "${PA_REQUESTS:-auto}" = 0 ]; then  # time windows until perf_analyzer's measure settles
+      waited timeout 300 "$PA" "${opts[@]}" "${windows[@]}" "${data[@]}" \
+        --concurrency-range "${PA_CONC:-64:256:64}" -f "$OUT/perf_analyzer_${sec}s.csv" >> "$OUT/perf_analyzer.log" 2>&1
+      echo "perf_analyzer ${sec} s rc=$?"
+    else
+      # perf_analyzer 2.60 keeps the requests it sends until its measurement ends (~100 GB a minute
+      # at 10 s / c256): one measurement of a fixed count per concurrency, sized to fit the host's
+      # memory (PA_REQUESTS=auto: loadtest.perf_analyzer_inputs count), after 4 requests per client
+      # of warm-up (the first batches of a new length wait for graph captures)
+      local c n lo hi st rc rows
+      IFS=: read -r lo hi st <<< "${PA_CONC:-64:256:64}"
+      : > "$OUT/perf_analyzer_${sec}s.csv"
+      for c in $(seq "$lo" "${st:-1}" "${hi:-$lo}"); do
+        n=${PA_REQUESTS:-auto}
+        [ "$n" = auto ] && n=$(cd "$root" && python3 -m loadtest.perf_analyzer_inputs count --seconds "$sec" --concurrency "$c")
+        rm -f "$WORK/pa_one.csv"
+        waited timeout 300 "$PA" "${opts[@]}" "${data[@]}" --concurrency-range "$c:$c" --request-count "$n" \
+          --warmup-request-count "$((4 * c))" -f "$WORK/pa_one.csv" >> "$OUT/perf_analyzer.log" 2>&1
+        rc=$?
+        echo "perf_analyzer ${sec} s c$c ($n requests) rc=$rc"
+        rows=0; [ -f "$WORK/pa_one.csv" ] && rows=$(wc -l < "$WORK/pa_one.csv")
+        # no row, and not stopped (timeout, the memory floor): this perf_analyzer may lack the options
+        if [ "$rows" -lt 2 ] && [ "$rc" != 124 ] && [ "$rc" != 143 ] && [ "$rc" != 137 ]; then
+          echo "no result from a fixed count: time windows instead"
+          waited timeout 300 "$PA" "${opts[@]}" "${windows[@]}" "${data[@]}" --concurrency-range "$c:$c" \
+            -f "$WORK/pa_one.csv" >> "$OUT/perf_analyzer.log" 2>&1
+        fi
+        if [ -s "$WORK/pa_one.csv" ]; then  # one CSV per length: the header once, a row per concurrency
+          if [ -s "$OUT/perf_analyzer_${sec}s.csv" ]; then tail -n +2 "$WORK/pa_one.csv"; else cat "$WORK/pa_one.csv"; fi \
+            >> "$OUT/perf_analyzer_${sec}s.csv"
+        fi
+      done
+    fi
     kill -INT "$sampler" "$msampler"; wait "$sampler" "$msampler"; cat "$OUT/cpu_${sec}s.txt" "$OUT/mem_${sec}s.txt"
   done
   for b in ${PA_BATCHES:-1 4 16}; do
-    waited timeout 90 "$PA" "${opts[@]}" --input-data "$WORK/pa/wav_5s.json" --shape WAV:80000 -b "$b" \
+    waited timeout 90 "$PA" "${opts[@]}" "${windows[@]}" --input-data "$WORK/pa/wav_5s.json" --shape WAV:80000 -b "$b" \
       --concurrency-range "$((128 / b)):$((128 / b))" -f "$OUT/perf_analyzer_5s_b$b.csv" >> "$OUT/perf_analyzer.log" 2>&1
     echo "perf_analyzer batch $b rc=$?"
   done
