@@ -115,6 +115,14 @@ def slope_per_min(ts: List[float], ys: List[float]) -> float:
     return 60 * sum((t - mt) * (y - my) for t, y in zip(ts, ys)) / var
 
 
+def floor_mb(value: str, meminfo: str = "/proc/meminfo") -> float:
+    """--stop-load-below-mb: a number of MB, or auto = min(8 GB, MemTotal / 10) (a small host's
+    whole headroom can be below a fixed 8 GB before any load)."""
+    if value != "auto":
+        return float(value)
+    return min(8192.0, meminfo_mb(meminfo).get("MemTotal", 81920.0) / 10)
+
+
 COLUMNS = (*GROUPS, "dev_shm", "mem_available", "cgroup_current")
 
 
@@ -142,9 +150,11 @@ def main(argv=None) -> int:
                    "cgroup MB")
     p.add_argument("--interval", type=float, default=2.0)
     p.add_argument("--duration", type=float, default=0, help="stop after this many seconds (0: at SIGINT/SIGTERM)")
-    p.add_argument("--stop-load-below-mb", type=float, default=0,
-                   help="SIGTERM the load generators once the memory headroom falls below this (0: never)")
+    p.add_argument("--stop-load-below-mb", default="0",
+                   help="SIGTERM the load generators once the memory headroom falls below this many MB "
+                        "(0: never; auto: 8 GB or a tenth of the host's memory, whichever is less)")
     a = p.parse_args(argv)
+    a.stop_load_below_mb = floor_mb(a.stop_load_below_mb)
     stop = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.append(1))

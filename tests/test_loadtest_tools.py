@@ -111,6 +111,8 @@ def test_proc_mem_books_a_growing_load_to_its_group_and_stops_it_at_the_floor(tm
     first, peak, growth = proc_mem.summarize(rows)["perf_analyzer"]
     assert 190 <= first <= peak <= 260 and abs(growth) < 200
     assert proc_mem.slope_per_min([0, 30, 60], [0, 50, 100]) == 100
+    total = proc_mem.meminfo_mb()["MemTotal"]
+    assert proc_mem.floor_mb("auto") == min(8192, total / 10) and proc_mem.floor_mb("123") == 123
     png = tmp_path / "mem.png"
     assert proc_mem.main(["plot", "--out", str(png), f"a={quiet}", f"b={out}"]) == 0
     assert png.stat().st_size > 5000

@@ -22,7 +22,8 @@
 # PA_BATCHES, PA_INTERVAL / PA_TRIALS / PA_STABILITY (perf_analyzer's window in ms, trials, stability %),
 # PA_REQUESTS (auto: each concurrency of PA_CONC measured over a fixed number of requests that fits
 # the host's memory, perf_analyzer keeping what it sends; N: that many; 0: time windows),
-# PA_MEM_FLOOR_MB (stop the load when the host's memory headroom falls below it; default 8192),
+# PA_MEM_FLOOR_MB (stop the load when the host's memory headroom falls below it, MB; default auto:
+# 8192 or a tenth of the host's memory, whichever is less),
 # PA_EXTRA (more perf_analyzer flags, e.g. --streaming: requests as messages on gRPC
 # streams), PA_MODEL (default attention_rescoring; `fused` asks the fused model directly,
 # without the one-step ensemble), PA_URL (default the guard's GRPC; tritonserver's own port to
@@ -128,7 +129,7 @@ pa() {  # perf_analyzer: concurrency sweep per length (one utterance per request
     # and its memory (private per process group, /dev/shm, MemAvailable): mem_<sec>s.csv; a load that
     # leaks is stopped at PA_MEM_FLOOR_MB of headroom left instead of driving the host into the OOM killer
     (cd "$root" && exec python3 -m benchmarks.proc_mem --out "$OUT/mem_${sec}s.csv" \
-      --stop-load-below-mb "${PA_MEM_FLOOR_MB:-8192}" > "$OUT/mem_${sec}s.txt") &
+      --stop-load-below-mb "${PA_MEM_FLOOR_MB:-auto}" > "$OUT/mem_${sec}s.txt") &
     msampler=$!
     local data=(--input-data "$WORK/pa/wav_${sec}s.json" --shape "WAV:$((sec * 16000))")
     if [ "${PA_REQUESTS:-auto}" = 0 ]; then  # time windows until perf_analyzer's measure settles
