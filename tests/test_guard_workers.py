@@ -333,14 +333,15 @@ def _guard(served):
     return served.health()[1].get("guard", {})
 
 
-def _load(served, utterances, n, connections=8, concurrency=16, retry=None):
+def _load(served, utterances, n, connections=8, concurrency=16, retry=None, transport="unary"):
     from wenet_triton.serving.client import RetryPolicy, transcribe_many
 
     items, texts = utterances
     load = [(f"{i}", items[i % len(items)][1]) for i in range(n)]
     want = {f"{i}": texts[i % len(items)] for i in range(n)}
     return load, want, lambda **kw: transcribe_many(served.url, load, concurrency, connections=connections,
-                                                    retry=retry or RetryPolicy(), timeout=120, **kw)
+                                                    retry=retry or RetryPolicy(), timeout=120,
+                                                    transport=transport, **kw)
 
 
 @pytest.mark.server
@@ -377,15 +378,50 @@ def _mid_load(served, utterances, **kw):
         yield fut, want
 
 
+def _served_by_workers(served):
+    return sum(w["served"] for w in _guard(served)["per_worker"])
+
+
 @pytest.mark.server
-def test_killed_worker_others_keep_serving_and_it_comes_back(served, utterances):
+def test_stream_transport_answers_as_unary_does_and_a_bad_wav_costs_only_itself(served, utterances):
+    """transcribe_many(transport="stream"): 48 wavs as messages on ModelStreamInfer calls (the
+    workers count a call once: far fewer than 48), every transcript the offline one; then 24
+    with one wav out of [-1, 1] among them: its stream ends (Triton's stream error has no id),
+    the requests waiting on it go again as unary calls, so only that wav fails, with its own
+    error, and the others get their transcripts."""
+    from wenet_triton.serving.client import transcribe_many
+
+    before = _served_by_workers(served)
+    _, want, run = _load(served, utterances, 48, transport="stream")
+    out = run()
+    assert [r.error for r in out] == [None] * len(out), [r.error for r in out if r.error][:3]
+    assert all(r.text == want[r.name] for r in out)
+    time.sleep(1.2)  # a heartbeat or two: the workers' figures
+    calls = _served_by_workers(served) - before
+    FIGURES["48 wavs over streams: calls the workers served"] = calls
+    assert 1 <= calls <= 16, calls  # at most one stream per connection (8), not one call per wav
+    items, texts = utterances
+    load = [(f"{i}", items[i % len(items)][1]) for i in range(24)]
+    load[5] = ("loud", load[5][1] * 40.0)
+    out = transcribe_many(served.url, load, 12, connections=4, timeout=120, transport="stream")
+    by = {r.name: r for r in out}
+    assert by["loud"].text is None and "[-1, 1]" in by["loud"].error, by["loud"]
+    good = [r for r in out if r.name != "loud"]
+    assert [r.error for r in good] == [None] * 23, [r.error for r in good if r.error][:3]
+    assert all(r.text == texts[int(r.name) % len(items)] for r in good)
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("transport", ["unary", "stream"])
+def test_killed_worker_others_keep_serving_and_it_comes_back(served, utterances, transport):
     """kill -9 of one worker while 16 requests are in flight: every one of 64 is answered
-    rightly (the client retries what the dead worker's connections lost: UNAVAILABLE), health
-    turns false until the supervisor started it again, then true with a new pid."""
+    rightly (the client retries what the dead worker's connections lost: UNAVAILABLE; over
+    streams, what waited on a lost stream goes again as unary calls), health turns false until
+    the supervisor started it again, then true with a new pid."""
     g = _guard(served)
     victim, survivor = g["per_worker"][0]["pid"], g["per_worker"][1]
     restarts = g["restarts"]
-    with _mid_load(served, utterances) as (fut, want):
+    with _mid_load(served, utterances, transport=transport) as (fut, want):
         os.kill(victim, signal.SIGKILL)
         t0 = time.time()
         unhealthy_at = back_at = None
@@ -401,13 +437,14 @@ def test_killed_worker_others_keep_serving_and_it_comes_back(served, utterances)
     assert [r.error for r in out] == [None] * len(out), [r.error for r in out if r.error][:3]
     assert all(r.text == want[r.name] for r in out)
     assert unhealthy_at is not None and back_at is not None, served.tail()
+    time.sleep(1.2)  # a heartbeat or two: the workers' figures (a stream counts when it ends)
     g = _guard(served)
     assert g["listening"] == 2 and g["restarts"] == restarts + 1
     assert victim not in [w["pid"] for w in g["per_worker"]]
     still = [w for w in g["per_worker"] if w["pid"] == survivor["pid"]]
     assert still and still[0]["served"] > survivor["served"]  # the other one kept serving
     assert info["restarts"] == 0  # tritonserver itself was not touched
-    FIGURES["worker kill -9"] = {"health false after (s)": round(unhealthy_at, 2),
+    FIGURES[f"worker kill -9 ({transport})"] = {"health false after (s)": round(unhealthy_at, 2),
                                  "healthy again after (s)": round(back_at, 1),
                                  "requests": len(out), "retried": sum(r.attempts > 1 for r in out)}
 

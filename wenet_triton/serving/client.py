@@ -11,6 +11,15 @@ drains, and what a proxy (nginx: HTTP 502/503/504) answers when its upstream fai
 recognition request has no side effect, so running it twice can only cost time. Other codes
 (INVALID_ARGUMENT, DEADLINE_EXCEEDED, INTERNAL...) are final. Retries pause with exponential
 backoff and full jitter, and all attempts of a request share one deadline (`timeout`).
+
+Transport (transcribe_many): `unary` (default) sends each request as one ModelInfer call;
+`stream` sends them as messages on a few long-lived ModelStreamInfer calls (one per connection
+and endpoint), answers matched by request id. `serve`'s checking front relays a stream's
+messages for about a third less CPU than unary calls (benchmarks/guard_front.py --transport,
+session 23), which is what bounds a GPU server's throughput on a busy host. A request whose
+stream ends before its answer (a connection lost, a restart, the front refusing any message
+of that stream, an error that Triton does not tag with an id) is sent again as a unary call,
+where it gets its own answer or error and the retries above.
 """
 from __future__ import annotations
 
@@ -20,11 +29,12 @@ import random
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 MODEL = "attention_rescoring"
+TRANSPORTS = ("unary", "stream")
 RETRYABLE = frozenset({"StatusCode.UNAVAILABLE"})
 Urls = Union[str, Sequence[str]]
 
@@ -170,9 +180,72 @@ def transcribe_one(url: Urls, wav: np.ndarray, timeout: float = 60.0,
         client.close()
 
 
+class _StreamBroken(Exception):
+    """The ModelStreamInfer call a request was on ended before its answer."""
+
+
+class _StreamCall:
+    """One ModelStreamInfer call carrying many requests; answers matched by request id. When
+    the call ends (or an error arrives: Triton's stream errors carry no id, so which request
+    failed is unknown), every request still waiting on it gets _StreamBroken."""
+
+    def __init__(self, client):
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.pending: Dict[str, asyncio.Future] = {}
+        self.responses = client.stream_infer(self._requests())
+        self.task = asyncio.ensure_future(self._pump())
+
+    @property
+    def alive(self) -> bool:
+        return not self.task.done()
+
+    async def _requests(self):
+        while True:
+            item = await self.queue.get()
+            if item is None:
+                return
+            yield item
+
+    async def _pump(self):
+        why = "the stream ended"
+        try:
+            async for result, error in self.responses:
+                if error is not None:
+                    why = f"an error on the stream: {error}"
+                    self.responses.cancel()
+                    break
+                fut = self.pending.pop(result.get_response().id, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(result)
+        except Exception as e:  # noqa: BLE001 - the call failed: connection, front, server
+            why = f"the stream failed: {e}"
+        for fut in self.pending.values():
+            if not fut.done():
+                fut.set_exception(_StreamBroken(why))
+        self.pending.clear()
+
+    async def infer(self, inputs, outputs, request_id: str):
+        fut = asyncio.get_running_loop().create_future()
+        self.pending[request_id] = fut
+        self.queue.put_nowait({"model_name": MODEL, "inputs": inputs, "outputs": outputs,
+                               "request_id": request_id})
+        try:
+            return await fut
+        finally:
+            self.pending.pop(request_id, None)
+
+    async def close(self):
+        self.queue.put_nowait(None)
+        try:
+            await asyncio.wait_for(self.task, 5)
+        except (asyncio.TimeoutError, asyncio.CancelledError):
+            self.responses.cancel()
+            self.task.cancel()
+
+
 async def _run(url: Urls, items: Sequence[Tuple[str, np.ndarray]], concurrency: int,
                sample_rate: int, on_reply: Optional[Callable[[Reply], None]], timeout: float,
-               retry: RetryPolicy, connections: int = 1):
+               retry: RetryPolicy, connections: int = 1, transport: str = "unary"):
     import tritonclient.grpc.aio as aioclient
     from tritonclient.utils import InferenceServerException
 
@@ -184,12 +257,34 @@ async def _run(url: Urls, items: Sequence[Tuple[str, np.ndarray]], concurrency: 
     for i, it in enumerate(items):
         queue.put_nowait((i, it))
     replies: List[Optional[Reply]] = [None] * len(items)
+    if transport not in TRANSPORTS:
+        raise ValueError(f"transport {transport!r}: one of {', '.join(TRANSPORTS)}")
+    streams: Dict[Tuple[int, int], _StreamCall] = {}  # (connection, endpoint) -> its live call
+    ids = itertools.count()
 
-    async def one(name: str, wav: np.ndarray, clients) -> Reply:
+    async def by_stream(ci: int, e_i: int, inputs, outputs, left: float):
+        call = streams.get((ci, e_i))
+        if call is None or not call.alive:
+            call = streams[(ci, e_i)] = _StreamCall(conns[ci][e_i])
+        return await asyncio.wait_for(call.infer(inputs, outputs, f"wt-{next(ids)}"), left)
+
+    async def one(name: str, wav: np.ndarray, ci: int) -> Reply:
+        clients = conns[ci]
         inputs, outputs = make_inputs(wav, aioclient)
         t0 = time.perf_counter()
         deadline = time.monotonic() + timeout
         k = rr.start()
+        if transport == "stream":
+            try:
+                res = await by_stream(ci, k, inputs, outputs, timeout)
+                r = Reply(name, decode_transcript(res), None, 0.0, len(wav) / sample_rate, 1, urls[k])
+                r.seconds = time.perf_counter() - t0
+                return r
+            except _StreamBroken:
+                pass  # sent again as a unary call below: its own answer or error, retries as usual
+            except asyncio.TimeoutError:
+                return Reply(name, None, f"no answer within {timeout:g} s", time.perf_counter() - t0,
+                             len(wav) / sample_rate, 1, urls[k])
         for attempt in range(1, retry.attempts + 1):
             e_i = (k + attempt - 1) % len(clients)
             left = max(deadline - time.monotonic(), 0.001)
@@ -210,7 +305,7 @@ async def _run(url: Urls, items: Sequence[Tuple[str, np.ndarray]], concurrency: 
     async def worker(k: int):
         while not queue.empty():
             i, (name, wav) = queue.get_nowait()
-            r = await one(name, wav, conns[k % len(conns)])
+            r = await one(name, wav, k % len(conns))
             replies[i] = r
             if on_reply:
                 on_reply(r)
@@ -218,6 +313,8 @@ async def _run(url: Urls, items: Sequence[Tuple[str, np.ndarray]], concurrency: 
     try:
         await asyncio.gather(*(worker(k) for k in range(max(1, concurrency))))
     finally:
+        for call in streams.values():
+            await call.close()
         for c in (c for cs in conns for c in cs):
             await c.close()
     return replies
@@ -226,12 +323,14 @@ async def _run(url: Urls, items: Sequence[Tuple[str, np.ndarray]], concurrency: 
 def transcribe_many(url: Urls, items: Sequence[Tuple[str, np.ndarray]], concurrency: int = 8,
                     sample_rate: int = 16000, on_reply: Optional[Callable[[Reply], None]] = None,
                     timeout: float = 120.0, retry: RetryPolicy = RetryPolicy(),
-                    connections: int = 1) -> List[Reply]:
+                    connections: int = 1, transport: str = "unary") -> List[Reply]:
     """Send (name, wav) items with `concurrency` requests in flight over the endpoint(s) in
     `url`, retrying what is safe to retry; replies in input order. `timeout` bounds each
     request, all its attempts together. connections: gRPC connections per endpoint (requests
-    in flight take them in turn); more than one reaches several guard workers of a server."""
-    return asyncio.run(_run(url, items, concurrency, sample_rate, on_reply, timeout, retry, connections))
+    in flight take them in turn); more than one reaches several guard workers of a server.
+    transport: `unary` or `stream` (the module's docstring)."""
+    return asyncio.run(_run(url, items, concurrency, sample_rate, on_reply, timeout, retry, connections,
+                            transport))
 
 
 def wait_until_ready(url: Urls, timeout: float = 120.0, model: str = MODEL) -> None:
