@@ -160,8 +160,8 @@ pa() {  # perf_analyzer: concurrency sweep per length (one utterance per request
             -f "$WORK/pa_one.csv" >> "$OUT/perf_analyzer.log" 2>&1
         fi
         if [ -s "$WORK/pa_one.csv" ]; then  # one CSV per length: the header once, a row per concurrency
-          if [ -s "$OUT/perf_analyzer_${sec}s.csv" ]; then tail -n +2 "$WORK/pa_one.csv"; else cat "$WORK/pa_one.csv"; fi \
-            >> "$OUT/perf_analyzer_${sec}s.csv"
+          local from=1; [ -s "$OUT/perf_analyzer_${sec}s.csv" ] && from=2
+          tail -n +"$from" "$WORK/pa_one.csv" >> "$OUT/perf_analyzer_${sec}s.csv"
         fi
       done
     fi
