@@ -157,9 +157,13 @@ def plot(argv) -> int:
     ax.set_ylabel("cores")
     ax.set_title(a.title, fontsize=9)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return save_figure(fig, a.out)
+
+
+def save_figure(fig, out: str) -> int:
     fig.tight_layout()
-    fig.savefig(a.out, dpi=120)
-    print(f"wrote {a.out}")
+    fig.savefig(out, dpi=120)
+    print(f"wrote {out}")
     return 0
 
 

@@ -22,7 +22,7 @@ import sys
 import time
 from typing import Dict, List, Optional, Tuple
 
-from benchmarks.proc_cpu import GROUPS, group_of
+from benchmarks.proc_cpu import GROUPS, group_of, save_figure
 
 LOAD_GROUPS = ("perf_analyzer", "load clients")
 MB = 1 << 20
@@ -228,10 +228,7 @@ def plot(argv) -> int:
     handles = {h.get_label(): h for ax in axes[0] for h in ax.get_lines()}  # every series once
     axes[0][-1].legend(handles.values(), handles.keys(), fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.suptitle(a.title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(a.out, dpi=120)
-    print(f"wrote {a.out}")
-    return 0
+    return save_figure(fig, a.out)
 
 
 if __name__ == "__main__":

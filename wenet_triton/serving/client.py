@@ -180,6 +180,15 @@ def transcribe_one(url: Urls, wav: np.ndarray, timeout: float = 60.0,
         client.close()
 
 
+async def queued_messages(queue: asyncio.Queue):
+    """The messages of a ModelStreamInfer call as they are put on `queue`; None ends the call."""
+    while True:
+        item = await queue.get()
+        if item is None:
+            return
+        yield item
+
+
 class _StreamBroken(Exception):
     """The ModelStreamInfer call a request was on ended before its answer."""
 
@@ -192,19 +201,12 @@ class _StreamCall:
     def __init__(self, client):
         self.queue: asyncio.Queue = asyncio.Queue()
         self.pending: Dict[str, asyncio.Future] = {}
-        self.responses = client.stream_infer(self._requests())
+        self.responses = client.stream_infer(queued_messages(self.queue))
         self.task = asyncio.ensure_future(self._pump())
 
     @property
     def alive(self) -> bool:
         return not self.task.done()
-
-    async def _requests(self):
-        while True:
-            item = await self.queue.get()
-            if item is None:
-                return
-            yield item
 
     async def _pump(self):
         why = "the stream ended"

@@ -121,14 +121,7 @@ class _StreamChunks:
         self.unary: Optional[_UnaryChunks] = None
         self.client = client
         self.out: asyncio.Queue = asyncio.Queue()
-        self.responses = client.stream_infer(self._requests()).__aiter__()
-
-    async def _requests(self):
-        while True:
-            item = await self.out.get()
-            if item is None:
-                return
-            yield item
+        self.responses = client.stream_infer(request_client.queued_messages(self.out)).__aiter__()
 
     async def send(self, inputs, outputs, first: bool, last: bool):
         from tritonclient.utils import InferenceServerException
