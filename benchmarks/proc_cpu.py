@@ -17,7 +17,7 @@ import os
 import signal
 import sys
 import time
-from typing import Dict, Tuple
+from typing import Dict, Iterator, Tuple
 
 TICK = os.sysconf("SC_CLK_TCK")
 GROUPS = ("tritonserver", "python-backend stubs", "checking front", "serve supervisor",
@@ -46,21 +46,28 @@ def group_of(cmdline: str) -> str:
     return "other"
 
 
-def snapshot() -> Dict[int, Tuple[str, float]]:
-    """pid -> (group, CPU seconds so far, all threads)."""
-    out = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
+def each_process(name: str) -> Iterator[Tuple[int, str, str]]:
+    """(pid, group, the text of /proc/PID/<name>) of every process readable now (proc_mem
+    reads `status` the same way)."""
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
             continue
         try:
-            with open(f"/proc/{name}/stat") as f:
-                stat = f.read()
-            with open(f"/proc/{name}/cmdline", "rb") as f:
+            with open(f"/proc/{pid}/{name}") as f:
+                text = f.read()
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
                 cmd = f.read().decode(errors="replace")
         except OSError:  # gone meanwhile
             continue
+        yield int(pid), group_of(cmd), text
+
+
+def snapshot() -> Dict[int, Tuple[str, float]]:
+    """pid -> (group, CPU seconds so far, all threads)."""
+    out = {}
+    for pid, grp, stat in each_process("stat"):
         fields = stat.rsplit(")", 1)[1].split()
-        out[int(name)] = (group_of(cmd), (int(fields[11]) + int(fields[12])) / TICK)
+        out[pid] = (grp, (int(fields[11]) + int(fields[12])) / TICK)
     return out
 
 

@@ -22,7 +22,7 @@ import sys
 import time
 from typing import Dict, List, Optional, Tuple
 
-from benchmarks.proc_cpu import GROUPS, group_of, save_figure
+from benchmarks.proc_cpu import GROUPS, each_process, save_figure
 
 LOAD_GROUPS = ("perf_analyzer", "load clients")
 MB = 1 << 20
@@ -40,21 +40,11 @@ def group_rss() -> Tuple[Dict[str, float], Dict[str, List[int]]]:
     mb = dict.fromkeys(GROUPS, 0.0)
     pids: Dict[str, List[int]] = {g: [] for g in GROUPS}
     me = os.getpid()
-    for name in os.listdir("/proc"):
-        if not name.isdigit() or int(name) == me:
-            continue
-        try:
-            with open(f"/proc/{name}/cmdline", "rb") as f:
-                cmd = f.read().decode(errors="replace")
-            with open(f"/proc/{name}/status") as f:
-                status = f.read()
-        except OSError:  # gone meanwhile
-            continue
-        grp = group_of(cmd)
-        if not grp:
+    for pid, grp, status in each_process("status"):
+        if not grp or pid == me:
             continue
         mb[grp] += _status_kb(status, "RssAnon") / 1024
-        pids[grp].append(int(name))
+        pids[grp].append(pid)
     return mb, pids
 
 
