@@ -504,5 +504,13 @@ def test_sigterm_drains_every_worker_and_leaves_nothing(served, utterances):
     assert not processes_with(served.repo)
     left = [r for r in served.regions if os.path.exists(os.path.join("/dev/shm", r))]
     assert served.regions and not left, left
+    # the port is free: nothing listens there, and a new server binds it as gRPC and tritonserver
+    # do (SO_REUSEADDR: connections the drain closed first may sit in TIME_WAIT on it for a minute,
+    # a kernel state no process holds; a plain bind failed on them once in CI)
+    from wenet_triton.serving import procs
+
+    assert not procs.listening_sockets(served.grpc_port, "127.0.0.1")
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("127.0.0.1", served.grpc_port))
+        s.listen()
