@@ -70,6 +70,10 @@ def test_gpu_config_renders_the_fused_pipeline(u2pp_export, tmp_path):
     from wenet_triton.serving.mps import mps_mode
     assert mps_mode(None, repo) == "auto"  # what `serve` reads from the repository: MPS where it can run
     assert p["search_device"] == "auto"  # the GPU search where the engine is torch_cuda on a GPU
+    assert float(p["warm_graphs_seconds"]) == 20  # encoder graphs up to 20 s captured at load
+    with pytest.raises(ValueError, match=r"models.fused.warm_graphs_seconds must be within 0..max_audio_seconds"):
+        build_repo(model_dir("u2pp_conformer"), str(tmp_path / "bad"), "onnxruntime", config=gpu_yaml,
+                   overrides={"models": {"fused": {"warm_graphs_seconds": 61}}}, engine_dir=u2pp_export)
     for f in ("model.py", "encoder.onnx", "decoder.onnx", "units.txt", "wenet_triton.json"):
         assert os.path.exists(os.path.join(repo, "attention_rescoring", "1", f))
     ens_repo = build_repo(model_dir("u2pp_conformer"), str(tmp_path / "gpu_ens"), "onnxruntime", config=gpu_yaml,
@@ -343,6 +347,87 @@ def test_triton_kernels_tuned_at_load_for_the_largest_batch(tmp_path):
     tm._warm_kernels(e, {"max_audio_seconds": "30"}, args, "encoder")
     tm._warm_kernels(object(), {}, args, "fused")  # onnxruntime / TorchEngine: nothing to tune
     assert e.asked == [2 * 240 * 25, 2 * 8 * 30 * 25]
+
+
+def test_encoder_graph_keys_cover_every_batch_up_to_the_warm_length():
+    """CudaEngine.encoder_keys(max_batch, max_frames[, max_rows]) lists exactly the encoder
+    graphs that inputs within those limits run in (what warm_encoder captures at a server's
+    load): every (batch, frames) input's key, as encode_tensors asks its graphs for it, is
+    listed; nothing listed is beyond the limits; max_rows drops only keys no batch of at
+    most that many rows x encoder frames reaches. On the CPU (no graphs) warm_encoder does
+    nothing."""
+    import torch
+
+    from wenet_triton.engines.cuda import CudaEngine
+    from wenet_triton.engines.export import export_settings
+    from wenet_triton.model import synthetic
+    from wenet_triton.model.conformer import ASRModel
+
+    spec = synthetic.random_spec(synthetic.U2PP)
+    eng = CudaEngine(ASRModel.from_spec(spec), export_settings(spec, ASRModel.from_spec(spec)), "cpu",
+                     "float32", cuda_graphs=False)
+    keys = eng.encoder_keys(64, 2000)
+    assert len(keys) == len(set(keys)) == 7 * 32  # batch buckets 1..64 x 16-frame buckets to 512
+    asked, graphs = [], eng.enc_graphs
+    eng.enc_graphs = lambda key, make, fill: asked.append(key) or graphs(key, make, fill)
+    rng = np.random.default_rng(0)
+    for _ in range(6):  # encode_tensors asks for the key encoder_key names, which is listed
+        B, T = int(rng.integers(1, 5)), int(rng.integers(7, 700))
+        eng.encode_tensors(torch.zeros(B, T, 80), torch.full((B,), T, dtype=torch.int32))
+        assert asked[-1] == eng.encoder_key(B, T) and asked[-1] in keys
+    for B, T in [(1, 7), (64, 2000), (33, 1999), (17, 64 * 4 + 7), (2, 16 * 4 + 6), (1, 2003 - 4 * 12)]:
+        assert eng.encoder_key(B, T) in keys, (B, T)
+    eng.enc_graphs = graphs
+    assert eng.encoder_key(65, 100) not in keys and eng.encoder_key(1, 2100) not in keys
+    limited = eng.encoder_keys(64, 2000, max_rows=6000)  # max_batch_audio_seconds 240
+    assert set(limited) < set(keys)
+    for B, T in [(int(b), int(t)) for b, t in zip(rng.integers(1, 65, 400), rng.integers(7, 2001, 400))]:
+        rows = B * eng.fm.out_frames(T)
+        assert (eng.encoder_key(B, T) in limited) or rows > 6000, (B, T)
+    assert (64, eng.fm.frames_for(512)) not in limited and (1, eng.fm.frames_for(512)) in limited
+    assert eng.warm_encoder(4, 400) == (0, 0.0)
+
+
+def test_encoder_graphs_captured_at_load_up_to_warm_graphs_seconds(tmp_path, capsys):
+    """The fused model asks a torch_cuda engine to capture its encoder graphs at load for
+    requests up to warm_graphs_seconds (fbank frames at 10 ms), bounded by max_batch_size and
+    max_batch_audio_seconds (as encoder rows); 0 or an engine without warm_encoder: nothing;
+    a failure is reported and the model loads on."""
+    from wenet_triton.contract import EngineSettings
+    from wenet_triton.serving import triton_models as tm
+
+    (tmp_path / "1").mkdir()
+    EngineSettings(beam_size=10, ctc_weight=0.5, reverse_weight=0.3, sos=9, eos=9, vocab_size=10,
+                   decoder_has_reverse_input=True).save(str(tmp_path / "1"))
+    args = {"model_repository": str(tmp_path), "model_version": "1",
+            "model_config": json.dumps({"max_batch_size": 8})}
+
+    class Eng:
+        def __init__(self):
+            self.asked = []
+
+        def warm_encoder(self, max_batch, frames, budget_s, max_rows):
+            self.asked.append((max_batch, frames, budget_s, max_rows))
+            return 3, 0.5
+
+    e = Eng()
+    tm._warm_graphs(e, {"warm_graphs_seconds": "20"}, args, "fused")
+    tm._warm_graphs(e, {"warm_graphs_seconds": "5", "max_batch_audio_seconds": "240",
+                        "warm_graphs_budget_s": "30"}, args, "fused")
+    tm._warm_graphs(e, {"warm_graphs_seconds": "0"}, args, "fused")
+    tm._warm_graphs(e, {}, args, "fused")
+    tm._warm_graphs(object(), {"warm_graphs_seconds": "20"}, args, "fused")  # not torch_cuda
+    assert e.asked == [(8, 2000, 120.0, 0), (8, 500, 30.0, 6000)]
+    assert "[fused] encoder CUDA graphs captured for 3 (batch, length) buckets up to 20 s" in capsys.readouterr().out
+
+    class Broken:
+        def warm_encoder(self, *a, **k):
+            raise RuntimeError("CUDA error: out of memory")
+
+    tm._warm_graphs(Broken(), {"warm_graphs_seconds": "20"}, args, "fused")
+    out = capsys.readouterr().out
+    assert "[fused] capturing the encoder's CUDA graphs at load failed (RuntimeError: CUDA error: out of memory)" in out
+    assert "captured on first use instead" in out
 
 
 def test_triton_kernel_tuning_failure_at_load_does_not_stop_the_model(monkeypatch, capsys):

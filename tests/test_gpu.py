@@ -604,6 +604,31 @@ def test_coarse_decoder_buckets_equal_eager_model():
     assert len(warm.dec_graphs.graphs) == len(shapes)
 
 
+def test_warm_encoder_captures_every_graph_ahead_and_changes_no_output():
+    """CudaEngine.warm_encoder (a server's load) captures the encoder graph of every key of
+    encoder_keys; afterwards inputs within its limits capture nothing new, and their outputs
+    equal those of an engine that captured its graphs on first use."""
+    from wenet_triton.engines.cuda import CudaEngine
+    from wenet_triton.engines.export import export_settings
+    from wenet_triton.model import synthetic
+    from wenet_triton.model.conformer import ASRModel
+
+    spec = synthetic.random_spec(synthetic.U2PP)
+    settings = export_settings(spec, ASRModel.from_spec(spec))
+    warm = CudaEngine(ASRModel.from_spec(spec), settings, "cuda", "float32")
+    cold = CudaEngine(ASRModel.from_spec(spec), settings, "cuda", "float32")
+    keys = warm.encoder_keys(4, 400)
+    n, took = warm.warm_encoder(4, 400)
+    assert n == len(keys) == 3 * 7 == len(warm.enc_graphs.graphs) and took > 0
+    assert warm.warm_encoder(4, 400)[0] == 0  # all there already
+    for B, T in [(1, 40), (3, 301), (4, 399), (2, 170)]:
+        x, lens = _random_inputs(B, T, seed=T)
+        a, b = warm.encode(x, lens), cold.encode(x, lens)
+        for name in ("encoder_out", "encoder_out_lens", "beam_log_probs", "beam_log_probs_idx"):
+            np.testing.assert_allclose(a[name], b[name], rtol=0, atol=1e-5, err_msg=name)
+    assert len(warm.enc_graphs.graphs) == len(keys)
+
+
 def _available_models():
     import os
 

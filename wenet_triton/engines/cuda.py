@@ -801,6 +801,54 @@ class CudaEngine(Engine):
                 return s
         return _round_up(b, self.BATCH_BUCKETS[-1])
 
+    def encoder_key(self, batch: int, frames: int) -> Tuple[int, int]:
+        """The encoder graph a (batch, fbank frames) input runs in: (batch bucket, input frames
+        of its time bucket, a multiple of time_bucket encoder frames)."""
+        t_out = (frames - self.fm.right_context - 1) // self.fm.subsampling + 1
+        return self._bucket_batch(batch), self.fm.frames_for(_round_up(max(t_out, 1), self.time_bucket))
+
+    def encoder_keys(self, max_batch: int, max_frames: int, max_rows: int = 0) -> List[Tuple[int, int]]:
+        """Every encoder graph key that inputs of up to max_batch utterances and max_frames
+        fbank frames can need: each batch bucket up to max_batch's, each time bucket up to
+        max_frames's; small inputs first. max_rows > 0: only keys that a batch of at most
+        max_rows utterances x encoder frames can need (a server's max_batch_audio_seconds)."""
+        top_b, top_t = self.encoder_key(max(1, max_batch), max(1, max_frames))
+        batches = [b for b in self.BATCH_BUCKETS if b < top_b] + [top_b]
+        fewest = {b: (batches[i - 1] + 1 if i else 1) for i, b in enumerate(batches)}  # least rows in b's bucket
+        keys, k = [], 1
+        while True:
+            t = self.fm.frames_for(k * self.time_bucket)
+            keys += [(b, t) for b in batches
+                     if max_rows <= 0 or fewest[b] * ((k - 1) * self.time_bucket + 1) <= max_rows]
+            if t >= top_t:
+                return keys
+            k += 1
+
+    @_on_device
+    @torch.inference_mode()
+    def warm_encoder(self, max_batch: int, max_frames: int, budget_s: float = 60.0,
+                     max_rows: int = 0) -> Tuple[int, float]:
+        """Capture the encoder's CUDA graphs now (a server's load) for every key of
+        encoder_keys(max_batch, max_frames, max_rows), small ones first, until budget_s has passed: a
+        capture at first use holds up the batch that needs it (two eager runs and the
+        capture) and every batch behind it. -> (graphs captured, seconds)."""
+        t0, n = time.perf_counter(), 0
+        if not self.enc_graphs.enabled:
+            return 0, 0.0
+        D = self.settings.input_dim
+        for b, t in self.encoder_keys(max_batch, max_frames, max_rows):
+            if time.perf_counter() - t0 > budget_s:
+                break
+            if (b, t) in self.enc_graphs.graphs:
+                continue
+            speech = torch.zeros(b, t, D, device=self.device)
+            self.encode_tensors(speech, torch.full((b,), t, dtype=torch.int32, device=self.device),
+                                host_lens=[t] * b)
+            n += int((b, t) in self.enc_graphs.graphs)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return n, time.perf_counter() - t0
+
     # tensors in, tensors out (used by the benchmarks and the Triton models on GPU)
     @_on_device
     @torch.inference_mode()
@@ -809,9 +857,7 @@ class CudaEngine(Engine):
         has them: the outputs' length then comes from FastModel.out_frames instead of a
         device-to-host copy, so this call only queues GPU work (no synchronisation)."""
         B, T, D = speech.shape
-        t_out = (T - self.fm.right_context - 1) // self.fm.subsampling + 1
-        Bb = self._bucket_batch(B)
-        Tb = self.fm.frames_for(_round_up(max(t_out, 1), self.time_bucket))
+        Bb, Tb = self.encoder_key(B, T)
         min_len = self.fm.right_context + 1
 
         def make():

@@ -447,6 +447,16 @@ def _pipeline(cfg: Dict, engine: str) -> str:
     return pipeline
 
 
+def _warm_seconds(m: Dict, cfg: Dict) -> float:
+    """models.fused.warm_graphs_seconds: within 0..max_audio_seconds (a named error otherwise)."""
+    sec = float(m.get("warm_graphs_seconds", 0) or 0)
+    top = float(cfg.get("max_audio_seconds", 60))
+    if not 0 <= sec <= top:
+        raise ValueError(f"models.fused.warm_graphs_seconds must be within 0..max_audio_seconds ({top:g}): "
+                         f"the encoder graphs for requests up to this long are captured at load; got {sec:g}")
+    return sec
+
+
 def _build_fused(model_dir: str, out: str, engine: str, engine_dir: str, cfg: Dict,
                  decoding: Decoding, beam: int, values: Dict,
                  gpus: Optional[List[int]] = None) -> str:
@@ -476,6 +486,8 @@ def _build_fused(model_dir: str, out: str, engine: str, engine_dir: str, cfg: Di
               "stage_threads": int(m.get("stage_threads", 1)),
               "device_stage": str(m.get("device_stage", "execute")),
               "blocking_waits": _flag(m.get("blocking_waits", True)),
+              # encoder CUDA graphs captured at load for requests up to this long (0: on first use)
+              "warm_graphs_seconds": _warm_seconds(m, cfg),
               "rescore_batch": max_batch}
     v = dict(values, dynamic_batching=_batching(m, max_batch), instance_group=_instances(m, gpus),
              fused_parameters=_pbtxt_params(params), model_name=name)
