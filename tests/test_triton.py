@@ -136,6 +136,25 @@ def test_python_regions_hold_the_largest_batch_without_growing(server):
     assert after == sizes, "a python-backend region grew under load"
 
 
+def test_stubs_keep_compiled_triton_kernels_in_the_wenet_triton_cache(server):
+    """The python backend stubs (where the torch_cuda engine compiles its Triton-lang kernels)
+    run with TRITON_CACHE_DIR in $WENET_TRITON_CACHE (a volume in the container), so the
+    compiled code outlives a restart; a TRITON_CACHE_DIR the caller set wins."""
+    from wenet_triton.paths import cache_root
+    from wenet_triton.serving import procs
+
+    stubs = procs.stubs(server.proc.pid)
+    assert stubs
+    for st in stubs:
+        with open(f"/proc/{st.pid}/environ", "rb") as f:
+            env = dict(v.split(b"=", 1) for v in f.read().split(b"\0") if b"=" in v)
+        assert env[b"TRITON_CACHE_DIR"].decode() == os.path.join(cache_root(), "triton_kernels")
+    from wenet_triton.serving.server import TritonInstall
+
+    mine = server.process_env(TritonInstall("tritonserver", None, {"TRITON_CACHE_DIR": "/srv/kernels"}))
+    assert mine["TRITON_CACHE_DIR"] == "/srv/kernels"  # one already set is kept
+
+
 def test_bad_request_does_not_spoil_its_batch(server):
     """A NaN request batched with good ones fails alone."""
     from wenet_triton.audio.frontend import read_audio
