@@ -23,10 +23,12 @@ loadtest/stream_sweep.py for that), and the latency is per chunk request.
 perf_analyzer 2.60 keeps about every request it sends until its measurement ends (on an H200
 host at 10 s and concurrency 256: ~100 GB in a minute; session 23), so a measurement by time
 windows that does not settle soon fills the host. `count` gives a fixed number of requests
-whose inputs fit a memory budget (default a quarter of MemAvailable, at most 32 GB), for
-perf_analyzer's --request-count (one measurement over exactly that many requests):
+whose keeping fits a memory budget (default a quarter of MemAvailable, at most 32 GB), for
+perf_analyzer's --request-count (one measurement over exactly that many requests). What it
+keeps was measured at ~1.6-1.8x the inputs' bytes (H200 host, session 24: 47-55 GB of
+private memory for 26-31 GB of requests at 2 / 5 / 10 s), so the count allows 1.8x:
 
-    python3 -m loadtest.perf_analyzer_inputs count --seconds 10 --concurrency 256   # 53687 (32 GB)
+    python3 -m loadtest.perf_analyzer_inputs count --seconds 10 --concurrency 256   # 29826 (32 GB)
 """
 import argparse
 import glob
@@ -38,6 +40,7 @@ from loadtest.sweep import fixed_length
 from wenet_triton.audio.frontend import read_audio
 
 RATE = 16000
+KEPT_PER_INPUT_BYTE = 1.8  # perf_analyzer 2.60's memory per byte of the requests it sent (measured)
 
 
 def _step(w):
@@ -56,10 +59,11 @@ def streaming_inputs(base, seconds: float, chunk_ms: float):
 
 def request_count(seconds: float, concurrency: int, budget_mb: float, most: int = 200_000,
                   bytes_per_sample: int = 4) -> int:
-    """Requests of `seconds` of float32 audio whose inputs fit budget_mb, at most `most`, at
-    least 4 x concurrency (perf_analyzer needs at least the concurrency; fewer than a few
-    rounds per client measure nothing)."""
-    per_request = max(1.0, seconds * RATE * bytes_per_sample)
+    """Requests of `seconds` of float32 audio that perf_analyzer can keep within budget_mb
+    (KEPT_PER_INPUT_BYTE per byte sent), at most `most`, at least 4 x concurrency
+    (perf_analyzer needs at least the concurrency; fewer than a few rounds per client
+    measure nothing)."""
+    per_request = max(1.0, seconds * RATE * bytes_per_sample * KEPT_PER_INPUT_BYTE)
     n = int(budget_mb * (1 << 20) // per_request)
     return max(4 * concurrency, min(most, n))
 

@@ -176,12 +176,14 @@ def test_serve_sh_pa_measures_each_concurrency_over_a_request_count_that_fits_me
 
 
 def test_perf_analyzer_request_count_fits_the_budget():
-    """loadtest.perf_analyzer_inputs count: inputs of the count fit the budget (10 s of float32 =
-    640 kB: 32 GB -> 53,687), never fewer than 4 per client, never more than `most`."""
+    """loadtest.perf_analyzer_inputs count: what perf_analyzer keeps of the count's requests
+    (1.8x their bytes, as measured) fits the budget (10 s of float32 = 640 kB: 32 GB ->
+    29,826), never fewer than 4 per client, never more than `most`."""
     from loadtest import perf_analyzer_inputs as pai
 
-    assert pai.request_count(10, 256, 32768) == 53687
-    assert pai.request_count(20, 256, 32768) == 26843
+    # 32 GB / (10 s x 16,000 samples x 4 bytes x 1.8 kept per byte sent) = 29,826.2
+    assert pai.request_count(10, 256, 32768) == 29826
+    assert pai.request_count(20, 256, 32768) == 14913
     assert pai.request_count(60, 512, 1024) == 2048  # a small budget: 4 per client still
     assert pai.request_count(0.5, 8, 1 << 20, most=5000) == 5000
     assert 0 < pai.default_budget_mb() <= 32768
