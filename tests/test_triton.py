@@ -155,6 +155,31 @@ def test_stubs_keep_compiled_triton_kernels_in_the_wenet_triton_cache(server):
     assert mine["TRITON_CACHE_DIR"] == "/srv/kernels"  # one already set is kept
 
 
+def test_first_requests_benchmark_reports_each_wave_and_its_failures(server, tmp_path, capsys):
+    """benchmarks.first_requests against a running server: one CSV row per wave (appended run
+    after run, labelled), latencies of answered requests, failures counted with the server's
+    error (audio too short for the model), exit status 1 then; a malformed wave is a usage
+    error naming it; `plot` draws the CSV."""
+    import csv
+
+    from benchmarks import first_requests as fr
+
+    out = str(tmp_path / "first.csv")
+    assert fr.main(["--url", server.grpc_url, "--out", out, "--waves", "3x1.5,2x2", "--label", "a"]) == 0
+    assert fr.main(["--url", server.grpc_url, "--out", out, "--waves", "2x0.01", "--label", "short"]) == 1
+    rows = list(csv.DictReader(open(out)))
+    assert [(r["label"], r["wave"], r["requests"], r["failed"]) for r in rows] == [
+        ("a", "1", "3", "0"), ("a", "2", "2", "0"), ("short", "1", "2", "2")]
+    for r in rows[:2]:
+        assert 0 < float(r["p50_ms"]) <= float(r["max_ms"]) <= 1000 * float(r["wall_s"]) + 1
+    assert "shorter than one 25 ms frame" in rows[2]["first_error"] and rows[2]["max_ms"] == ""
+    with pytest.raises(SystemExit) as e:
+        fr.main(["--url", server.grpc_url, "--out", out, "--waves", "64by10"])
+    assert e.value.code == 2 and "wave '64by10': write REQUESTSxSECONDS" in capsys.readouterr().err
+    assert fr.main(["plot", "--out", str(tmp_path / "first.png"), out]) == 0
+    assert os.path.getsize(tmp_path / "first.png") > 10_000
+
+
 def test_bad_request_does_not_spoil_its_batch(server):
     """A NaN request batched with good ones fails alone."""
     from wenet_triton.audio.frontend import read_audio

@@ -9,6 +9,8 @@
 #   scripts/gpu/serve.sh [all]             # start accuracy sweep pa locust stop
 #   scripts/gpu/serve.sh start sweep       # any steps, in order; the server stays up
 #   scripts/gpu/serve.sh pa locust stop    #   between invocations until `stop`
+#   scripts/gpu/serve.sh start first stop  # what the first requests after a start wait
+#                                          #   (benchmarks/first_requests.py; FIRST_LABEL, FIRST_WAVES)
 #   SERVING_CONFIG=configs/serving_gpu_streams.yaml scripts/gpu/serve.sh start streams stop
 #
 # Needs: this package installed (pip install ".[server,loadtest]" or NVIDIA's Triton image:
@@ -203,6 +205,12 @@ streams() {  # real-time streams against the `streaming` model (configs/serving_
   done
 }
 
+first() {  # the first requests right after `start` (new shapes, one wave after the other)
+  python3 -m benchmarks.first_requests --url "$GRPC" --wav-dir "$WAV_DIR" --out "$OUT/first_requests.csv" \
+    --label "${FIRST_LABEL:-$(basename "${SERVING_CONFIG:-serving_gpu.yaml}" .yaml)}" ${FIRST_WAVES:+--waves "$FIRST_WAVES"}
+  python3 -m benchmarks.first_requests plot --out "$OUT/first_requests.png" "$OUT/first_requests.csv" > /dev/null
+}
+
 stop() {  # the server we started (its pid file), and everything in its process group
   if [ -f "$PIDFILE" ]; then
     local pid; pid=$(cat "$PIDFILE")
@@ -218,8 +226,8 @@ stop() {  # the server we started (its pid file), and everything in its process 
 steps=("$@"); [ ${#steps[@]} -eq 0 ] || [ "${steps[0]}" = all ] && steps=(start accuracy sweep pa locust stop)
 for s in "${steps[@]}"; do
   case $s in
-    start|accuracy|sweep|pa|streams|stop) $s ;;
+    start|accuracy|sweep|pa|streams|first|stop) $s ;;
     locust) locust_run ;;
-    *) echo "unknown step $s (start accuracy sweep pa streams locust stop all)"; exit 2 ;;
+    *) echo "unknown step $s (start first accuracy sweep pa streams locust stop all)"; exit 2 ;;
   esac
 done
