@@ -320,19 +320,25 @@ def test_range_checked_while_staging_equals_checked_first(monkeypatch, int16_ran
     np.testing.assert_array_equal(again.slot.buf[:n].numpy(), first.slot.buf[:n].numpy())
 
 
+def _model_args(tmp_path):
+    """Triton's `args` of a python model whose version folder holds the engine settings."""
+    from wenet_triton.contract import EngineSettings
+
+    (tmp_path / "1").mkdir()
+    EngineSettings(beam_size=10, ctc_weight=0.5, reverse_weight=0.3, sos=9, eos=9, vocab_size=10,
+                   decoder_has_reverse_input=True).save(str(tmp_path / "1"))
+    return {"model_repository": str(tmp_path), "model_version": "1",
+            "model_config": json.dumps({"max_batch_size": 8})}
+
+
 def test_triton_kernels_tuned_at_load_for_the_largest_batch(tmp_path):
     """The fused / encoder models ask a torch_cuda engine to tune its Triton kernels at load
     for every batch they can be given: max_batch_audio_seconds in encoder frames (25 per s:
     10 ms frames, subsampling 4), twice over for the batch bucket's rounding; without that
     limit max_batch_size x max_audio_seconds. Engines without warm_kernels are left alone."""
-    from wenet_triton.contract import EngineSettings
     from wenet_triton.serving import triton_models as tm
 
-    (tmp_path / "1").mkdir()
-    EngineSettings(beam_size=10, ctc_weight=0.5, reverse_weight=0.3, sos=9, eos=9, vocab_size=10,
-                   decoder_has_reverse_input=True).save(str(tmp_path / "1"))
-    args = {"model_repository": str(tmp_path), "model_version": "1",
-            "model_config": json.dumps({"max_batch_size": 8})}
+    args = _model_args(tmp_path)
 
     class Eng:
         def __init__(self):
@@ -393,14 +399,9 @@ def test_encoder_graphs_captured_at_load_up_to_warm_graphs_seconds(tmp_path, cap
     requests up to warm_graphs_seconds (fbank frames at 10 ms), bounded by max_batch_size and
     max_batch_audio_seconds (as encoder rows); 0 or an engine without warm_encoder: nothing;
     a failure is reported and the model loads on."""
-    from wenet_triton.contract import EngineSettings
     from wenet_triton.serving import triton_models as tm
 
-    (tmp_path / "1").mkdir()
-    EngineSettings(beam_size=10, ctc_weight=0.5, reverse_weight=0.3, sos=9, eos=9, vocab_size=10,
-                   decoder_has_reverse_input=True).save(str(tmp_path / "1"))
-    args = {"model_repository": str(tmp_path), "model_version": "1",
-            "model_config": json.dumps({"max_batch_size": 8})}
+    args = _model_args(tmp_path)
 
     class Eng:
         def __init__(self):

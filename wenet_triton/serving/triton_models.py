@@ -247,6 +247,16 @@ def _open_engine(args, params, parts):
                        threads=int(params.get("threads", "0")), parts=parts)
 
 
+def _at_load(model: str, what: str, otherwise: str, fn):
+    """fn() at a model's load -> its result; a failure is reported (what failed, what happens
+    instead) and gives None: serving goes on without that preparation."""
+    try:
+        return fn()
+    except Exception as e:  # noqa: BLE001 - a preparation, not a condition of serving
+        print(f"[{model}] {what} at load failed ({type(e).__name__}: {e}); {otherwise}", flush=True)
+        return None
+
+
 def _warm_kernels(engine, params, args, model: str) -> None:
     """torch_cuda: tune its autotuned Triton kernels at load for every batch this model can be
     given (CudaEngine.warm_kernels), not on the first live batch of each size. The largest
@@ -262,12 +272,10 @@ def _warm_kernels(engine, params, args, model: str) -> None:
         cap = (max_batch * float(params.get("max_audio_seconds", "60"))
                * 1000.0 / st.fbank.frame_shift_ms / st.subsampling_rate)
     rows = int(min(2 * cap, 1 << 17))
-    try:
-        n, took = warm(rows)
-    except Exception as e:  # noqa: BLE001 - serving goes on; the kernels then tune on first use
-        print(f"[{model}] tuning the Triton kernels at load failed ({type(e).__name__}: {e}); "
-              "they tune on first use instead", flush=True)
+    done = _at_load(model, "tuning the Triton kernels", "they tune on first use instead", lambda: warm(rows))
+    if done is None:
         return
+    n, took = done
     if n:
         print(f"[{model}] Triton kernels tuned for {n} size classes of rows (up to {rows}) at load "
               f"in {took:.1f} s", flush=True)
@@ -288,12 +296,11 @@ def _warm_graphs(engine, params, args, model: str) -> None:
     frames = int(seconds * 1000.0 / st.fbank.frame_shift_ms)
     rows = int(_batch_cap(params, args, "encoder_frames"))
     budget = float(params.get("warm_graphs_budget_s", "120"))
-    try:
-        n, took = warm(max_batch, frames, budget_s=budget, max_rows=rows)
-    except Exception as e:  # noqa: BLE001 - serving goes on; the graphs are then captured on first use
-        print(f"[{model}] capturing the encoder's CUDA graphs at load failed ({type(e).__name__}: {e}); "
-              "they are captured on first use instead", flush=True)
+    done = _at_load(model, "capturing the encoder's CUDA graphs", "they are captured on first use instead",
+                    lambda: warm(max_batch, frames, budget_s=budget, max_rows=rows))
+    if done is None:
         return
+    n, took = done
     if n:
         print(f"[{model}] encoder CUDA graphs captured for {n} (batch, length) buckets up to {seconds:g} s "
               f"at load in {took:.1f} s", flush=True)
@@ -846,14 +853,15 @@ class FusedAsr:
         if not (self.on_device and self.gpu_fbank):
             return
         t = time.perf_counter()
-        try:
+
+        def run():
             staged = self.front.torch_fbank.stage([np.zeros(int(self.front.conf.sample_rate), np.float32)])
             batch = _FusedBatch([None], [1], [None], staged.frames, staged=staged)
             self._device_stage(batch)
             self._back(batch)
-        except Exception as e:  # noqa: BLE001 - the first live batch then pays for it instead
-            print(f"[fused] the pipeline's run at load failed ({type(e).__name__}: {e}); its kernels load "
-                  "on the first live batch instead", flush=True)
+            return True
+
+        if _at_load("fused", "the pipeline's run", "its kernels load on the first live batch instead", run) is None:
             return
         print(f"[fused] one utterance through the whole pipeline at load in {time.perf_counter() - t:.2f} s",
               flush=True)
