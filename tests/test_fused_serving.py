@@ -431,6 +431,41 @@ def test_encoder_graphs_captured_at_load_up_to_warm_graphs_seconds(tmp_path, cap
     assert "captured on first use instead" in out
 
 
+def test_pipeline_run_at_load_stages_one_utterance_and_reports_failures(capsys):
+    """FusedAsr._warm_pipeline (GPU path; what it runs is the live path's own stages): one
+    second of silence staged by the fbank front end, then the device stage and the host stage
+    of that batch; a failure in them is reported and loading goes on; nothing runs off the
+    GPU path."""
+    from types import SimpleNamespace
+
+    from wenet_triton.audio.torch_fbank import TorchFbank
+    from wenet_triton.contract import FbankConf
+    from wenet_triton.serving import triton_models as tm
+
+    m = tm.FusedAsr.__new__(tm.FusedAsr)
+    m.on_device = m.gpu_fbank = True
+    m.front = SimpleNamespace(conf=FbankConf(), torch_fbank=TorchFbank(FbankConf(), "cpu"))
+    seen = []
+    m._device_stage = lambda b: seen.append(("device", b.counts, b.frames, b.staged.shape))
+    m._back = lambda b: seen.append(("back", b.counts))
+    m._warm_pipeline()
+    assert seen == [("device", [1], [98], (1, 16000)), ("back", [1])]  # 1 s: 1 + (16000 - 400) // 160 frames
+    assert "[fused] one utterance through the whole pipeline at load in" in capsys.readouterr().out
+
+    def broken(b):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    m._device_stage = broken
+    m._warm_pipeline()
+    out = capsys.readouterr().out
+    assert "[fused] the pipeline's run at load failed (RuntimeError: CUDA error: an illegal memory access" in out
+    assert "its kernels load on the first live batch instead" in out
+    seen.clear()
+    m.on_device = False  # onnxruntime / CPU fbank: nothing to prepare
+    m._warm_pipeline()
+    assert seen == [] and capsys.readouterr().out == ""
+
+
 def test_triton_kernel_tuning_failure_at_load_does_not_stop_the_model(monkeypatch, capsys):
     """A failing tuning at load is reported and the model loads on (its kernels then tune on
     first use, as before)."""

@@ -247,14 +247,17 @@ def _open_engine(args, params, parts):
                        threads=int(params.get("threads", "0")), parts=parts)
 
 
-def _at_load(model: str, what: str, otherwise: str, fn):
-    """fn() at a model's load -> its result; a failure is reported (what failed, what happens
-    instead) and gives None: serving goes on without that preparation."""
+def _at_load(model: str, what: str, otherwise: str, fn, said) -> None:
+    """A preparation at a model's load: fn() -> (things done, seconds); said(n, seconds) is
+    logged when it did something. A failure is logged (what failed, what happens instead) and
+    serving goes on without it."""
     try:
-        return fn()
+        n, took = fn()
     except Exception as e:  # noqa: BLE001 - a preparation, not a condition of serving
         print(f"[{model}] {what} at load failed ({type(e).__name__}: {e}); {otherwise}", flush=True)
-        return None
+        return
+    if n:
+        print(f"[{model}] {said(n, took)}", flush=True)
 
 
 def _warm_kernels(engine, params, args, model: str) -> None:
@@ -272,13 +275,9 @@ def _warm_kernels(engine, params, args, model: str) -> None:
         cap = (max_batch * float(params.get("max_audio_seconds", "60"))
                * 1000.0 / st.fbank.frame_shift_ms / st.subsampling_rate)
     rows = int(min(2 * cap, 1 << 17))
-    done = _at_load(model, "tuning the Triton kernels", "they tune on first use instead", lambda: warm(rows))
-    if done is None:
-        return
-    n, took = done
-    if n:
-        print(f"[{model}] Triton kernels tuned for {n} size classes of rows (up to {rows}) at load "
-              f"in {took:.1f} s", flush=True)
+    _at_load(model, "tuning the Triton kernels", "they tune on first use instead", lambda: warm(rows),
+             lambda n, took: f"Triton kernels tuned for {n} size classes of rows (up to {rows}) at load "
+                             f"in {took:.1f} s")
 
 
 def _warm_graphs(engine, params, args, model: str) -> None:
@@ -296,14 +295,10 @@ def _warm_graphs(engine, params, args, model: str) -> None:
     frames = int(seconds * 1000.0 / st.fbank.frame_shift_ms)
     rows = int(_batch_cap(params, args, "encoder_frames"))
     budget = float(params.get("warm_graphs_budget_s", "120"))
-    done = _at_load(model, "capturing the encoder's CUDA graphs", "they are captured on first use instead",
-                    lambda: warm(max_batch, frames, budget_s=budget, max_rows=rows))
-    if done is None:
-        return
-    n, took = done
-    if n:
-        print(f"[{model}] encoder CUDA graphs captured for {n} (batch, length) buckets up to {seconds:g} s "
-              f"at load in {took:.1f} s", flush=True)
+    _at_load(model, "capturing the encoder's CUDA graphs", "they are captured on first use instead",
+             lambda: warm(max_batch, frames, budget_s=budget, max_rows=rows),
+             lambda n, took: f"encoder CUDA graphs captured for {n} (batch, length) buckets up to "
+                             f"{seconds:g} s at load in {took:.1f} s")
 
 
 def check_amplitude(w: np.ndarray, int16_range: bool, at: str = "") -> np.ndarray:
@@ -852,19 +847,17 @@ class FusedAsr:
         once per instance. A failure is reported; serving goes on."""
         if not (self.on_device and self.gpu_fbank):
             return
-        t = time.perf_counter()
 
         def run():
+            t = time.perf_counter()
             staged = self.front.torch_fbank.stage([np.zeros(int(self.front.conf.sample_rate), np.float32)])
             batch = _FusedBatch([None], [1], [None], staged.frames, staged=staged)
             self._device_stage(batch)
             self._back(batch)
-            return True
+            return 1, time.perf_counter() - t
 
-        if _at_load("fused", "the pipeline's run", "its kernels load on the first live batch instead", run) is None:
-            return
-        print(f"[fused] one utterance through the whole pipeline at load in {time.perf_counter() - t:.2f} s",
-              flush=True)
+        _at_load("fused", "the pipeline's run", "its kernels load on the first live batch instead", run,
+                 lambda n, took: f"one utterance through the whole pipeline at load in {took:.2f} s")
 
     def _gpu_search_module(self, where: str):
         """search_device: gpu (the CUDA search: the n-best, decoder inputs and pick stay on the
