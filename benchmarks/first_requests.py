@@ -20,6 +20,7 @@ from typing import Dict, List
 
 import numpy as np
 
+from loadtest.sweep import fixed_length
 from wenet_triton.audio.frontend import read_audio
 from wenet_triton.paths import SAMPLES_DIR
 from wenet_triton.serving.client import RetryPolicy, transcribe_many
@@ -47,11 +48,11 @@ def base_audio(wav_dir: str) -> np.ndarray:
     names = sorted(f for f in os.listdir(wav_dir) if f.endswith(".wav"))
     if not names:
         raise ValueError(f"no .wav files in {wav_dir}")
-    return np.concatenate([read_audio(os.path.join(wav_dir, f)) for f in names]).astype(np.float32)
+    return np.concatenate([read_audio(os.path.join(wav_dir, f)) for f in names])
 
 
 def run_wave(url: str, audio: np.ndarray, n: int, seconds: float, timeout: float) -> Dict:
-    wav = np.resize(audio, int(round(seconds * RATE)))
+    wav = fixed_length([audio], seconds, RATE)[0]
     t = time.perf_counter()
     replies = transcribe_many(url, [(f"w{i}", wav) for i in range(n)], concurrency=n, timeout=timeout,
                               retry=RetryPolicy(retries=0))

@@ -142,6 +142,7 @@ def test_stubs_keep_compiled_triton_kernels_in_the_wenet_triton_cache(server):
     compiled code outlives a restart; a TRITON_CACHE_DIR the caller set wins."""
     from wenet_triton.paths import cache_root
     from wenet_triton.serving import procs
+    from wenet_triton.serving.server import TritonInstall
 
     stubs = procs.stubs(server.proc.pid)
     assert stubs
@@ -149,8 +150,6 @@ def test_stubs_keep_compiled_triton_kernels_in_the_wenet_triton_cache(server):
         with open(f"/proc/{st.pid}/environ", "rb") as f:
             env = dict(v.split(b"=", 1) for v in f.read().split(b"\0") if b"=" in v)
         assert env[b"TRITON_CACHE_DIR"].decode() == os.path.join(cache_root(), "triton_kernels")
-    from wenet_triton.serving.server import TritonInstall
-
     mine = server.process_env(TritonInstall("tritonserver", None, {"TRITON_CACHE_DIR": "/srv/kernels"}))
     assert mine["TRITON_CACHE_DIR"] == "/srv/kernels"  # one already set is kept
 

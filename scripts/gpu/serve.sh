@@ -206,9 +206,10 @@ streams() {  # real-time streams against the `streaming` model (configs/serving_
 }
 
 first() {  # the first requests right after `start` (new shapes, one wave after the other)
-  python3 -m benchmarks.first_requests --url "$GRPC" --wav-dir "$WAV_DIR" --out "$OUT/first_requests.csv" \
-    --label "${FIRST_LABEL:-$(basename "${SERVING_CONFIG:-serving_gpu.yaml}" .yaml)}" ${FIRST_WAVES:+--waves "$FIRST_WAVES"}
-  python3 -m benchmarks.first_requests plot --out "$OUT/first_requests.png" "$OUT/first_requests.csv" > /dev/null
+  (cd "$root" && python3 -m benchmarks.first_requests --url "$GRPC" --wav-dir "$WAV_DIR" \
+    --out "$OUT/first_requests.csv" --label "${FIRST_LABEL:-$(basename "${SERVING_CONFIG:-serving_gpu.yaml}" .yaml)}" \
+    ${FIRST_WAVES:+--waves "$FIRST_WAVES"} &&
+    python3 -m benchmarks.first_requests plot --out "$OUT/first_requests.png" "$OUT/first_requests.csv" > /dev/null)
 }
 
 stop() {  # the server we started (its pid file), and everything in its process group

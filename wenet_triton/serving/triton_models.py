@@ -247,6 +247,11 @@ def _open_engine(args, params, parts):
                        threads=int(params.get("threads", "0")), parts=parts)
 
 
+def _max_batch(args) -> int:
+    """The model's max_batch_size as Triton gives it in `args` (16 where absent, at least 1)."""
+    return int(json.loads(args.get("model_config", "{}")).get("max_batch_size", 16) or 1)
+
+
 def _at_load(model: str, what: str, otherwise: str, fn, said) -> None:
     """A preparation at a model's load: fn() -> (things done, seconds); said(n, seconds) is
     logged when it did something. A failure is logged (what failed, what happens instead) and
@@ -271,7 +276,7 @@ def _warm_kernels(engine, params, args, model: str) -> None:
     cap = _batch_cap(params, args, "encoder_frames")
     if cap <= 0:
         st = EngineSettings.load(_version_dir(args))
-        max_batch = int(json.loads(args.get("model_config", "{}")).get("max_batch_size", 16) or 1)
+        max_batch = _max_batch(args)
         cap = (max_batch * float(params.get("max_audio_seconds", "60"))
                * 1000.0 / st.fbank.frame_shift_ms / st.subsampling_rate)
     rows = int(min(2 * cap, 1 << 17))
@@ -291,7 +296,7 @@ def _warm_graphs(engine, params, args, model: str) -> None:
     if warm is None or seconds <= 0:
         return
     st = EngineSettings.load(_version_dir(args))
-    max_batch = int(json.loads(args.get("model_config", "{}")).get("max_batch_size", 16) or 1)
+    max_batch = _max_batch(args)
     frames = int(seconds * 1000.0 / st.fbank.frame_shift_ms)
     rows = int(_batch_cap(params, args, "encoder_frames"))
     budget = float(params.get("warm_graphs_budget_s", "120"))
